@@ -1,0 +1,304 @@
+//! The daily overage of SPEC section 5: node-hours, gap bridging, licences, the cap, rounding.
+
+use std::str::FromStr;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::money::{cents, div_ceil, div_round_half_up};
+use crate::zone::{BillingZone, Timeline};
+
+/// The smallest elastic cap an account may have, in cores.
+pub const CAP_MIN_CORES: u32 = 500;
+
+/// How the capped daily average becomes the billed whole cores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CoreRounding {
+    /// Round any fraction up to a whole core (the default: cores are sold whole).
+    #[default]
+    Ceil,
+    /// Round half up to a whole core.
+    HalfUp,
+    /// Bill the exact average.
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("billable_core_rounding {0:?} is not one of ceil, half_up, none")]
+pub struct UnknownRounding(pub String);
+
+impl FromStr for CoreRounding {
+    type Err = UnknownRounding;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "ceil" => Ok(CoreRounding::Ceil),
+            "half_up" => Ok(CoreRounding::HalfUp),
+            "none" => Ok(CoreRounding::None),
+            other => Err(UnknownRounding(other.to_string())),
+        }
+    }
+}
+
+/// A configuration that breaks a rule of SPEC section 2.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    #[error("cap {cores} is below the minimum of {min} cores", min = CAP_MIN_CORES)]
+    CapBelowMinimum { cores: u32 },
+    #[error("price_per_core_day {0} must not be negative")]
+    NegativePrice(Decimal),
+    #[error("licence cores {0} must be at least 1")]
+    LicenceCores(u32),
+    #[error("licence ends ({end}) before it starts ({start})")]
+    LicencePeriod {
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    },
+    #[error("gap_bridge_hours {0} is more than the 24 allowed")]
+    GapBridgeTooLong(u32),
+}
+
+/// The settings that turn samples into a bill.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rules {
+    pub price_per_core_day: Decimal,
+    pub rounding: CoreRounding,
+    /// Missing hours between two samples of a node that are filled in (default 3).
+    pub gap_bridge_hours: u32,
+    /// The cap of an account that never set one.
+    pub default_cap_cores: u32,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Rules {
+            price_per_core_day: Decimal::new(25, 2),
+            rounding: CoreRounding::Ceil,
+            gap_bridge_hours: 3,
+            default_cap_cores: CAP_MIN_CORES,
+        }
+    }
+}
+
+impl Rules {
+    /// Checks the rules against SPEC section 2.
+    pub fn check(&self) -> Result<(), RuleError> {
+        check_cap(self.default_cap_cores)?;
+        if self.price_per_core_day.is_sign_negative() && !self.price_per_core_day.is_zero() {
+            return Err(RuleError::NegativePrice(self.price_per_core_day));
+        }
+        if self.gap_bridge_hours > 24 {
+            return Err(RuleError::GapBridgeTooLong(self.gap_bridge_hours));
+        }
+        Ok(())
+    }
+
+    /// How many buckets beyond a day's own can change its figures (through bridging).
+    pub fn reach_hours(&self) -> u32 {
+        self.gap_bridge_hours + 1
+    }
+}
+
+/// An elastic cap must be at least [`CAP_MIN_CORES`].
+pub fn check_cap(cores: u32) -> Result<u32, RuleError> {
+    if cores < CAP_MIN_CORES {
+        Err(RuleError::CapBelowMinimum { cores })
+    } else {
+        Ok(cores)
+    }
+}
+
+/// One node's core count at one instant. `node` is any number unique to the
+/// node within the account (the store's node id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeSample {
+    pub node: u64,
+    pub at_ms: i64,
+    pub cores: u32,
+}
+
+/// Licensed cores counting over `[start, end)` (grace included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Licence {
+    pub cores: u32,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+}
+
+impl Licence {
+    pub fn new(cores: u32, start: DateTime<Utc>, end: DateTime<Utc>) -> Result<Licence, RuleError> {
+        if cores < 1 {
+            return Err(RuleError::LicenceCores(cores));
+        }
+        if end < start {
+            return Err(RuleError::LicencePeriod { start, end });
+        }
+        Ok(Licence { cores, start, end })
+    }
+}
+
+/// An elastic cap in force from an instant until the next change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CapChange {
+    pub cores: u32,
+    pub from: DateTime<Utc>,
+}
+
+/// The cap in force at the end of a day: the last change before `day_end`,
+/// in the order given when two share an instant.
+pub fn cap_at_day_end(caps: &[CapChange], day_end: DateTime<Utc>, default_cores: u32) -> u32 {
+    caps.iter()
+        .enumerate()
+        .filter(|(_, c)| c.from < day_end)
+        .max_by_key(|(i, c)| (c.from, *i))
+        .map_or(default_cores, |(_, c)| c.cores)
+}
+
+/// A day's overage, as billed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DayFigures {
+    pub day: NaiveDate,
+    pub hours: u32,
+    /// S: the sum over the day's buckets of cores above the licence.
+    pub excess_core_hours: u64,
+    /// S / H, half up to two places.
+    pub average_excess_cores: Decimal,
+    pub cap_cores: u32,
+    /// The capped average as billed (two places).
+    pub billable_cores: Decimal,
+    pub amount: Decimal,
+    /// Whether any sample falls in the day's own buckets (a day without one is not billed).
+    pub sampled: bool,
+}
+
+/// Steps 7 to 9: from excess core-hours, hours and cap to the billed figures.
+pub fn price_day(
+    excess_core_hours: u64,
+    hours: u32,
+    cap_cores: u32,
+    rules: &Rules,
+) -> (Decimal, Decimal, Decimal) {
+    assert!(hours > 0, "a day has hours");
+    let h = u64::from(hours);
+    let billable_core_hours = excess_core_hours.min(u64::from(cap_cores) * h);
+    let average = div_round_half_up(Decimal::from(excess_core_hours), h, 2);
+    let (billable, amount) = match rules.rounding {
+        CoreRounding::Ceil => {
+            let cores = Decimal::from(div_ceil(billable_core_hours, h));
+            (cores, cents(cores * rules.price_per_core_day))
+        }
+        CoreRounding::HalfUp => {
+            let cores = div_round_half_up(Decimal::from(billable_core_hours), h, 0);
+            (cores, cents(cores * rules.price_per_core_day))
+        }
+        CoreRounding::None => (
+            div_round_half_up(Decimal::from(billable_core_hours), h, 2),
+            div_round_half_up(
+                Decimal::from(billable_core_hours) * rules.price_per_core_day,
+                h,
+                2,
+            ),
+        ),
+    };
+    let mut billable = billable;
+    billable.rescale(2);
+    debug_assert!(billable <= Decimal::from(cap_cores));
+    debug_assert!(!amount.is_sign_negative() || amount.is_zero());
+    (average, billable, amount)
+}
+
+/// The `at` range `[from, to)` whose samples the figures of `first..=last` depend on.
+pub fn sample_window(
+    zone: &BillingZone,
+    first: NaiveDate,
+    last: NaiveDate,
+    rules: &Rules,
+) -> (i64, i64) {
+    Timeline::new(zone, first, last, rules.reach_hours()).span_ms()
+}
+
+/// The daily overage of every day in `first..=last` for one account, from its
+/// samples (those of [`sample_window`]; others are ignored), licences and caps.
+pub fn daily_overage(
+    zone: &BillingZone,
+    first: NaiveDate,
+    last: NaiveDate,
+    samples: &[NodeSample],
+    licences: &[Licence],
+    caps: &[CapChange],
+    rules: &Rules,
+) -> Vec<DayFigures> {
+    let timeline = Timeline::new(zone, first, last, rules.reach_hours());
+    let n = timeline.len();
+
+    // 1. Node-hours: each node's largest sample in each bucket. Sorting by
+    // (node, bucket) puts every node's hours together and in order.
+    let mut hours: Vec<(u64, usize, u32)> = samples
+        .iter()
+        .filter_map(|s| timeline.bucket_of(s.at_ms).map(|b| (s.node, b, s.cores)))
+        .collect();
+    hours.sort_unstable();
+    let mut node_hours: Vec<(u64, usize, u32)> = Vec::with_capacity(hours.len());
+    for (node, b, cores) in hours {
+        match node_hours.last_mut() {
+            Some(last) if last.0 == node && last.1 == b => last.2 = last.2.max(cores),
+            _ => node_hours.push((node, b, cores)),
+        }
+    }
+
+    // 2 and 3. Bridge short gaps with the smaller neighbour, and add every
+    // node into the account's total.
+    let mut total = vec![0u64; n];
+    let mut sampled = vec![false; n];
+    let gap_max = rules.gap_bridge_hours as usize;
+    for (i, &(node, b, cores)) in node_hours.iter().enumerate() {
+        total[b] += u64::from(cores);
+        sampled[b] = true;
+        if let Some(&(next_node, nb, next_cores)) = node_hours.get(i + 1) {
+            if next_node == node && (1..=gap_max).contains(&(nb - b - 1)) {
+                let fill = u64::from(cores.min(next_cores));
+                for t in &mut total[b + 1..nb] {
+                    *t += fill;
+                }
+            }
+        }
+    }
+
+    // 4. Licensed cores: every licence that overlaps a bucket at all counts in it.
+    let mut licensed = vec![0u64; n];
+    for l in licences {
+        let (start, end) = (l.start.timestamp_millis(), l.end.timestamp_millis());
+        for (b, lic) in licensed.iter_mut().enumerate() {
+            let (bs, be) = timeline.bucket_bounds_ms(b);
+            if start < be && end > bs {
+                *lic += u64::from(l.cores);
+            }
+        }
+    }
+
+    // 5 to 9, day by day.
+    timeline
+        .days()
+        .map(|(day, range)| {
+            let hours = u32::try_from(range.len()).expect("a day has few hours");
+            let excess: u64 = range
+                .clone()
+                .map(|b| total[b].saturating_sub(licensed[b]))
+                .sum();
+            let cap_cores = cap_at_day_end(caps, zone.day_end(day), rules.default_cap_cores);
+            let (average, billable, amount) = price_day(excess, hours, cap_cores, rules);
+            DayFigures {
+                day,
+                hours,
+                excess_core_hours: excess,
+                average_excess_cores: average,
+                cap_cores,
+                billable_cores: billable,
+                amount,
+                sampled: range.into_iter().any(|b| sampled[b]),
+            }
+        })
+        .collect()
+}
