@@ -1,1 +1,6 @@
-//! x
+//! The aggregator: stores the samples agents push, knows accounts, licences and
+//! caps, bills every account's daily overage, and replays conformance cases.
+
+pub mod billing;
+pub mod replay;
+pub mod store;

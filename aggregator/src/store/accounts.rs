@@ -1,0 +1,182 @@
+//! Accounts, their licences and their cap history.
+
+use chrono::{DateTime, Utc};
+use rusqlite::OptionalExtension;
+use shared::overage::{check_cap, CapChange, Licence};
+
+use super::{from_ms, Store, StoreError};
+
+/// An account as billing sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub(super) reference: i64,
+    pub id: String,
+    /// Days from here on may have changed since they were billed.
+    pub recompute_from: Option<DateTime<Utc>>,
+}
+
+/// Account ids appear in URLs, CSV and idempotency keys: keep them plain.
+fn valid_account_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+impl Store {
+    pub fn create_account(&mut self, id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        if !valid_account_id(id) {
+            return Err(StoreError::InvalidAccountId(id.to_string()));
+        }
+        let inserted = self.conn.execute(
+            "INSERT INTO accounts (id, created_at_ms) VALUES (?1, ?2) ON CONFLICT (id) DO NOTHING",
+            (id, now.timestamp_millis()),
+        )?;
+        if inserted == 0 {
+            return Err(StoreError::AccountExists(id.to_string()));
+        }
+        Ok(())
+    }
+
+    pub fn accounts(&self) -> Result<Vec<Account>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT ref, id, recompute_from_ms FROM accounts ORDER BY id")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(Account {
+                reference: r.get(0)?,
+                id: r.get(1)?,
+                recompute_from: r.get::<_, Option<i64>>(2)?.map(from_ms),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Adds a licence. Days it overlaps that were already billed are recomputed at the next run.
+    pub fn add_licence(
+        &mut self,
+        account: &str,
+        licence: &Licence,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let account_ref = self.require_account(account)?;
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO licences (account_ref, cores, start_ms, end_ms, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            (
+                account_ref,
+                licence.cores,
+                licence.start.timestamp_millis(),
+                licence.end.timestamp_millis(),
+                now.timestamp_millis(),
+            ),
+        )?;
+        mark_for_recompute(&tx, account_ref, licence.start)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn licences(&self, account: &Account) -> Result<Vec<Licence>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT cores, start_ms, end_ms FROM licences WHERE account_ref = ?1 ORDER BY id",
+        )?;
+        let rows = stmt.query_map([account.reference], |r| {
+            Ok(Licence {
+                cores: r.get(0)?,
+                start: from_ms(r.get(1)?),
+                end: from_ms(r.get(2)?),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Sets the elastic cap from `from` on; the history is kept. Under the minimum is refused.
+    pub fn set_cap(
+        &mut self,
+        account: &str,
+        cores: u32,
+        from: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        check_cap(cores)?;
+        let account_ref = self.require_account(account)?;
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO caps (account_ref, cores, from_ms, set_at_ms) VALUES (?1, ?2, ?3, ?4)",
+            (
+                account_ref,
+                cores,
+                from.timestamp_millis(),
+                now.timestamp_millis(),
+            ),
+        )?;
+        mark_for_recompute(&tx, account_ref, from)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The cap history in the order it was set.
+    pub fn caps(&self, account: &Account) -> Result<Vec<CapChange>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT cores, from_ms FROM caps WHERE account_ref = ?1 ORDER BY id")?;
+        let rows = stmt.query_map([account.reference], |r| {
+            Ok(CapChange {
+                cores: r.get(0)?,
+                from: from_ms(r.get(1)?),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Clears the recompute mark a run has handled, unless a newer change moved it.
+    pub fn clear_recompute(&mut self, account: &Account) -> Result<(), StoreError> {
+        if let Some(from) = account.recompute_from {
+            self.conn.execute(
+                "UPDATE accounts SET recompute_from_ms = NULL WHERE ref = ?1 AND recompute_from_ms = ?2",
+                (account.reference, from.timestamp_millis()),
+            )?;
+        }
+        Ok(())
+    }
+
+    pub fn account_exists(&mut self, id: &str) -> Result<bool, StoreError> {
+        Ok(self.account_ref(id)?.is_some())
+    }
+
+    pub fn account(&mut self, id: &str) -> Result<Option<Account>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT ref, id, recompute_from_ms FROM accounts WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok(Account {
+                        reference: r.get(0)?,
+                        id: r.get(1)?,
+                        recompute_from: r.get::<_, Option<i64>>(2)?.map(from_ms),
+                    })
+                },
+            )
+            .optional()?)
+    }
+}
+
+fn mark_for_recompute(
+    tx: &rusqlite::Transaction<'_>,
+    account_ref: i64,
+    from: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE accounts SET recompute_from_ms = min(coalesce(recompute_from_ms, ?2), ?2) WHERE ref = ?1",
+        (account_ref, from.timestamp_millis()),
+    )?;
+    Ok(())
+}
+
+impl Account {
+    /// The account's row reference, as other tables store it.
+    pub fn reference(&self) -> i64 {
+        self.reference
+    }
+}

@@ -1,0 +1,136 @@
+//! Issuing bill lines (exactly once per key) and reading them back.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use rust_decimal::Decimal;
+use shared::bill::{idempotency_key, next_line, BillLine, Issued, LineKind};
+use shared::overage::DayFigures;
+
+use super::{from_ms, Account, Store, StoreError};
+
+impl Store {
+    /// Issues, for each day's figures, the line `next_line` calls for against
+    /// what is already stored, all in one transaction that holds the write
+    /// lock: two runs that overlap cannot both bill a day.
+    pub fn issue_lines(
+        &mut self,
+        account: &Account,
+        figures: &[DayFigures],
+        currency: &str,
+        issued_at: DateTime<Utc>,
+    ) -> Result<Vec<BillLine>, StoreError> {
+        let (Some(first), Some(last)) = (figures.first(), figures.last()) else {
+            return Ok(Vec::new());
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut issued: HashMap<NaiveDate, Issued> = HashMap::new();
+        {
+            let mut stmt = tx.prepare_cached(
+                "SELECT day, seq, amount FROM bill_lines WHERE account_ref = ?1 AND day >= ?2 AND day <= ?3",
+            )?;
+            let mut rows = stmt.query((
+                account.reference,
+                first.day.to_string(),
+                last.day.to_string(),
+            ))?;
+            while let Some(r) = rows.next()? {
+                let day: String = r.get(0)?;
+                let amount: String = r.get(2)?;
+                issued
+                    .entry(parse_day(&day)?)
+                    .or_default()
+                    .add(r.get(1)?, parse_decimal(&amount)?);
+            }
+        }
+        let mut lines = Vec::new();
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO bill_lines (account_ref, day, seq, kind, hours, excess_core_hours, average_excess_cores,
+                                         cap_cores, billable_cores, amount, currency, issued_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            )?;
+            for f in figures {
+                let before = issued.get(&f.day).copied().unwrap_or_default();
+                if let Some(line) = next_line(&account.id, f, &before, currency, issued_at) {
+                    insert.execute(rusqlite::params![
+                        account.reference,
+                        line.day.to_string(),
+                        line.seq,
+                        line.kind.as_str(),
+                        line.hours,
+                        line.excess_core_hours as i64,
+                        line.average_excess_cores.to_string(),
+                        line.cap_cores,
+                        line.billable_cores.to_string(),
+                        line.amount.to_string(),
+                        line.currency,
+                        line.issued_at.timestamp_millis(),
+                    ])?;
+                    lines.push(line);
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(lines)
+    }
+
+    /// Issued lines, optionally of one account and one day, in the order they were issued.
+    pub fn bill_lines(
+        &self,
+        account: Option<&str>,
+        day: Option<NaiveDate>,
+    ) -> Result<Vec<BillLine>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT a.id, b.day, b.seq, b.kind, b.hours, b.excess_core_hours, b.average_excess_cores,
+                    b.cap_cores, b.billable_cores, b.amount, b.currency, b.issued_at_ms
+               FROM bill_lines b JOIN accounts a ON a.ref = b.account_ref
+              WHERE (?1 IS NULL OR a.id = ?1) AND (?2 IS NULL OR b.day = ?2)
+              ORDER BY b.issued_at_ms, a.id, b.day, b.seq",
+        )?;
+        let mut rows = stmt.query((account, day.map(|d| d.to_string())))?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let account: String = r.get(0)?;
+            let day = parse_day(&r.get::<_, String>(1)?)?;
+            let seq: u32 = r.get(2)?;
+            let kind = LineKind::from_str(&r.get::<_, String>(3)?).map_err(corrupt)?;
+            out.push(BillLine {
+                idempotency_key: idempotency_key(&account, day, seq),
+                account,
+                day,
+                seq,
+                kind,
+                hours: r.get(4)?,
+                excess_core_hours: r.get::<_, i64>(5)? as u64,
+                average_excess_cores: parse_decimal(&r.get::<_, String>(6)?)?,
+                cap_cores: r.get(7)?,
+                billable_cores: parse_decimal(&r.get::<_, String>(8)?)?,
+                amount: parse_decimal(&r.get::<_, String>(9)?)?,
+                currency: r.get(10)?,
+                issued_at: from_ms(r.get(11)?),
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn corrupt(msg: String) -> StoreError {
+    StoreError::Sqlite(rusqlite::Error::FromSqlConversionFailure(
+        0,
+        rusqlite::types::Type::Text,
+        msg.into(),
+    ))
+}
+
+fn parse_day(s: &str) -> Result<NaiveDate, StoreError> {
+    s.parse()
+        .map_err(|e| corrupt(format!("stored day {s:?}: {e}")))
+}
+
+fn parse_decimal(s: &str) -> Result<Decimal, StoreError> {
+    Decimal::from_str(s).map_err(|e| corrupt(format!("stored decimal {s:?}: {e}")))
+}

@@ -1,0 +1,196 @@
+//! The aggregator's storage: one SQLite file in WAL mode, migrated on open. A write is durable when the call returns.
+
+mod accounts;
+mod bills;
+mod samples;
+mod schema;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension};
+
+pub use accounts::Account;
+pub use samples::{Incoming, Outcome};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("account {0:?} already exists")]
+    AccountExists(String),
+    #[error("account {0:?} does not exist")]
+    UnknownAccount(String),
+    #[error(
+        "account id must be 1 to 128 characters of letters, digits, '-', '_' or '.', got {0:?}"
+    )]
+    InvalidAccountId(String),
+    #[error(transparent)]
+    Rule(#[from] shared::overage::RuleError),
+    #[error("database {path} was written by a newer core-meter (schema version {found}, this build knows {known})")]
+    TooNew {
+        path: String,
+        found: usize,
+        known: usize,
+    },
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// How hard a commit works to survive a power cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Every commit is on disk when it returns (`synchronous = FULL`): the service.
+    Durable,
+    /// Commits are not synced: throw-away databases such as `replay`'s.
+    Scratch,
+}
+
+pub struct Store {
+    conn: Connection,
+    /// Account id to its row reference; only hits are cached.
+    account_refs: HashMap<String, i64>,
+    /// (account, cluster, node name) to node id.
+    node_ids: HashMap<(i64, String, String), i64>,
+}
+
+/// The billing job's bookkeeping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BillingState {
+    pub last_run: Option<DateTime<Utc>>,
+    /// The highest sample id the last run had seen.
+    pub sample_watermark: i64,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` and applies pending migrations.
+    pub fn open(path: &Path, durability: Durability) -> Result<Store, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        let sync = match durability {
+            Durability::Durable => "FULL",
+            Durability::Scratch => "OFF",
+        };
+        conn.pragma_update(None, "synchronous", sync)?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let mut store = Store {
+            conn,
+            account_refs: HashMap::new(),
+            node_ids: HashMap::new(),
+        };
+        store.migrate(&path.display().to_string())?;
+        Ok(store)
+    }
+
+    fn migrate(&mut self, path: &str) -> Result<(), StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let applied: usize = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let known = schema::MIGRATIONS.len();
+        if applied > known {
+            return Err(StoreError::TooNew {
+                path: path.to_string(),
+                found: applied,
+                known,
+            });
+        }
+        for sql in &schema::MIGRATIONS[applied..] {
+            tx.execute_batch(sql)?;
+        }
+        tx.pragma_update(None, "user_version", known)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The schema version the database is at.
+    pub fn schema_version(&self) -> Result<usize, StoreError> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?)
+    }
+
+    pub fn billing_state(&self) -> Result<BillingState, StoreError> {
+        let (last, watermark): (Option<i64>, i64) = self.conn.query_row(
+            "SELECT last_run_ms, sample_watermark FROM billing_state WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok(BillingState {
+            last_run: last.map(from_ms),
+            sample_watermark: watermark,
+        })
+    }
+
+    /// Records a finished run; both fields only move forward, so overlapping runs agree.
+    pub fn finish_billing_run(
+        &mut self,
+        run_at: DateTime<Utc>,
+        watermark: i64,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE billing_state
+                SET last_run_ms = max(coalesce(last_run_ms, ?1), ?1),
+                    sample_watermark = max(sample_watermark, ?2)
+              WHERE id = 1",
+            (run_at.timestamp_millis(), watermark),
+        )?;
+        Ok(())
+    }
+
+    fn account_ref(&mut self, id: &str) -> Result<Option<i64>, StoreError> {
+        if let Some(r) = self.account_refs.get(id) {
+            return Ok(Some(*r));
+        }
+        let found: Option<i64> = self
+            .conn
+            .query_row("SELECT ref FROM accounts WHERE id = ?1", [id], |r| r.get(0))
+            .optional()?;
+        if let Some(r) = found {
+            self.account_refs.insert(id.to_string(), r);
+        }
+        Ok(found)
+    }
+
+    fn require_account(&mut self, id: &str) -> Result<i64, StoreError> {
+        self.account_ref(id)?
+            .ok_or_else(|| StoreError::UnknownAccount(id.to_string()))
+    }
+}
+
+pub fn from_ms(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).expect("stored instants are in range")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opening_twice_applies_the_migrations_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("core-meter.sqlite");
+        let store = Store::open(&path, Durability::Durable).unwrap();
+        assert_eq!(store.schema_version().unwrap(), schema::MIGRATIONS.len());
+        drop(store);
+        let store = Store::open(&path, Durability::Durable).unwrap();
+        assert_eq!(store.schema_version().unwrap(), schema::MIGRATIONS.len());
+        let mode: String = store
+            .conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn a_database_from_a_newer_build_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("core-meter.sqlite");
+        drop(Store::open(&path, Durability::Durable).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        let err = Store::open(&path, Durability::Durable).err().unwrap();
+        assert!(matches!(err, StoreError::TooNew { found: 99, .. }), "{err}");
+    }
+}
