@@ -1,6 +1,6 @@
 //! The billing run of SPEC section 6: bill every due day once, and adjust billed days that late samples changed.
 
-use chrono::{DateTime, Days, NaiveDate, TimeDelta, Utc};
+use chrono::{DateTime, Days, NaiveDate, Utc};
 use shared::bill::{BillLine, DEFAULT_CURRENCY};
 use shared::overage::{daily_overage, sample_window, Rules};
 use shared::sample::AgeLimits;
@@ -33,10 +33,10 @@ impl Default for BillingConfig {
 
 /// Runs billing at instant `now` and returns the lines it issued.
 ///
-/// For each account it looks at the days from the earliest of: the day of the
-/// earliest sample stored since the last run, the first day that was not yet
-/// due at the last run, and the day a licence or cap change marked; up to the
-/// last day due at `now`. Each such day with samples gets its daily line if it
+/// For each account it looks at the days from the earlier of: the day the
+/// account was marked from (the earliest sample stored, licence or cap set
+/// since the last run) and the first day that was not yet due at the last
+/// run; up to the last day due at `now`. Each such day with samples gets its daily line if it
 /// has none, or an adjustment if its amount now differs from what was issued.
 /// A second run at the same instant finds nothing to do.
 pub fn run_billing(
@@ -45,24 +45,13 @@ pub fn run_billing(
     config: &BillingConfig,
 ) -> Result<Vec<BillLine>, StoreError> {
     let zone = &config.zone;
-    let state = store.billing_state()?;
-    let watermark = store.max_sample_id()?;
-    let fresh = store.fresh_samples_earliest_at(state.sample_watermark, watermark)?;
+    let last_run = store.last_billing_run()?;
     let last_due = zone.last_due_day(now);
-    // Licence and cap changes reach back no further than a late sample could.
-    let horizon =
-        now - config.limits.max_age - TimeDelta::hours(i64::from(config.rules.reach_hours()));
-
     let mut issued = Vec::new();
     for account in store.accounts()? {
         let starts = [
-            fresh
-                .get(&account.reference())
-                .map(|&ms| zone.day_of(crate::store::from_ms(ms))),
-            state.last_run.map(|l| zone.first_day_not_due(l)),
-            account
-                .recompute_from
-                .map(|from| zone.day_of(from.max(horizon))),
+            account.recompute_from.map(|from| zone.day_of(from)),
+            last_run.map(|l| zone.first_day_not_due(l)),
         ];
         if let Some(first) = starts.into_iter().flatten().min() {
             if first <= last_due {
@@ -71,7 +60,7 @@ pub fn run_billing(
         }
         store.clear_recompute(&account)?;
     }
-    store.finish_billing_run(now, watermark)?;
+    store.finish_billing_run(now)?;
     Ok(issued)
 }
 

@@ -1,16 +1,18 @@
 //! `aggregator replay`: runs a conformance case (SPEC section 7) through the service's own validation, store and billing.
 
+use std::borrow::Cow;
 use std::path::Path;
 use std::str::FromStr;
 
 use anyhow::{anyhow, bail, Context};
 use chrono::{DateTime, TimeDelta, Utc};
 use rust_decimal::Decimal;
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shared::bill::{BillLine, DEFAULT_CURRENCY};
-use shared::overage::{check_cap, CoreRounding, Licence};
-use shared::sample::{parse_instant, AgeLimits, Rejection};
+use shared::overage::{check_cap, CoreRounding, Licence, CAP_MIN_CORES};
+use shared::sample::{parse_cores, parse_instant, AgeLimits, Rejection};
 use shared::zone::BillingZone;
 
 use crate::billing::{run_billing, BillingConfig};
@@ -21,7 +23,7 @@ const INGEST_CHUNK: usize = 10_000;
 
 /// A replay case. Unknown fields are ignored so cases can carry notes.
 #[derive(Debug, Deserialize)]
-pub struct Case {
+pub struct Case<'a> {
     #[serde(default)]
     pub name: Option<String>,
     #[serde(default)]
@@ -29,7 +31,8 @@ pub struct Case {
     #[serde(default)]
     pub accounts: Vec<CaseAccount>,
     #[serde(default)]
-    pub samples: Vec<CaseSample>,
+    #[serde(borrow)]
+    pub samples: Vec<CaseSample<'a>>,
     #[serde(default)]
     pub runs: Vec<String>,
 }
@@ -69,21 +72,96 @@ pub struct CaseCap {
 }
 
 /// A sample of a case. Its fields are taken as they come, so that a bad one
-/// is rejected by validation rather than failing the case.
+/// is rejected by validation rather than failing the case; text is borrowed
+/// from the case file, which keeps parsing a large case cheap.
 #[derive(Debug, Deserialize)]
-pub struct CaseSample {
-    #[serde(default)]
-    pub account: Option<String>,
-    #[serde(default)]
-    pub cluster: Option<String>,
-    #[serde(default)]
-    pub node: Option<String>,
+pub struct CaseSample<'a> {
+    #[serde(default, borrow)]
+    pub account: Loose<'a>,
+    #[serde(default, borrow)]
+    pub cluster: Loose<'a>,
+    #[serde(default, borrow)]
+    pub node: Loose<'a>,
     #[serde(default)]
     pub cores: Option<Value>,
-    #[serde(default)]
-    pub at: Option<Value>,
-    #[serde(default)]
-    pub received: Option<String>,
+    #[serde(default, borrow)]
+    pub at: Loose<'a>,
+    #[serde(default, borrow)]
+    pub received: Option<Cow<'a, str>>,
+}
+
+/// A JSON value where a string is expected: the string, or nothing if the
+/// field is missing or holds something else.
+#[derive(Debug, Default)]
+pub struct Loose<'a>(pub Option<Cow<'a, str>>);
+
+impl Loose<'_> {
+    pub fn as_str(&self) -> Option<&str> {
+        self.0.as_deref()
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Loose<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Loose<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Loose(Some(Cow::Borrowed(v))))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Loose(Some(Cow::Owned(v.to_string()))))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Loose(Some(Cow::Owned(v))))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Loose(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(Loose(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(Loose(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(Loose(None))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Loose(None))
+            }
+            fn visit_none<E>(self) -> Result<Self::Value, E> {
+                Ok(Loose(None))
+            }
+            fn visit_some<D: serde::Deserializer<'de>>(
+                self,
+                d: D,
+            ) -> Result<Self::Value, D::Error> {
+                d.deserialize_any(V)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Self::Value, A::Error> {
+                while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Loose(None))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Self::Value, A::Error> {
+                while a
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(Loose(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -106,7 +184,7 @@ pub fn replay_file(path: &Path) -> anyhow::Result<Output> {
 }
 
 /// Parses a case; a malformed one is an error naming the field.
-pub fn parse_case(text: &[u8]) -> anyhow::Result<Case> {
+pub fn parse_case(text: &[u8]) -> anyhow::Result<Case<'_>> {
     match serde_json::from_slice(text) {
         Ok(case) => Ok(case),
         // Parse again, slower, only to say where the problem is.
@@ -162,7 +240,7 @@ fn instant(s: &str, what: &str) -> anyhow::Result<DateTime<Utc>> {
 }
 
 /// Replays a case on a temporary database.
-pub fn replay(case: &Case) -> anyhow::Result<Output> {
+pub fn replay(case: &Case<'_>) -> anyhow::Result<Output> {
     let config = config_from(&case.settings)?;
     let mut runs = case
         .runs
@@ -178,22 +256,37 @@ pub fn replay(case: &Case) -> anyhow::Result<Output> {
         if !seen.insert(a.id.as_str()) {
             bail!("accounts[{i}]: account {} appears twice", a.id);
         }
-        for c in &a.caps {
-            check_cap(c.cores).map_err(|e| anyhow!("cap below 500 for account {}: {e}", a.id))?;
+        for (j, c) in a.caps.iter().enumerate() {
+            if check_cap(c.cores).is_err() {
+                bail!(
+                    "cap below {CAP_MIN_CORES} for account {}: accounts[{i}].caps[{j}] is {} cores",
+                    a.id,
+                    c.cores
+                );
+            }
         }
     }
     // Samples are processed in the order received; `received` defaults to `at`.
-    let mut order = Vec::with_capacity(case.samples.len());
-    for (i, s) in case.samples.iter().enumerate() {
-        let received = match (&s.received, s.at.as_ref().and_then(Value::as_str)) {
-            (Some(r), _) => Some(instant(r, &format!("samples[{i}].received"))?),
-            (None, Some(at)) => parse_instant(at),
+    let mut names = Names::default();
+    let mut pending = Vec::with_capacity(case.samples.len());
+    for (index, s) in case.samples.iter().enumerate() {
+        let at = s.at.as_str().and_then(parse_instant);
+        let received_at = match &s.received {
+            Some(r) => instant(r, &format!("samples[{index}].received"))?,
             // Without a valid `at` the sample is rejected whenever it comes.
-            (None, None) => None,
+            None => at.unwrap_or(DateTime::<Utc>::MIN_UTC),
         };
-        order.push((received.unwrap_or(DateTime::<Utc>::MIN_UTC), i));
+        pending.push(Pending {
+            received_at,
+            index,
+            account: names.intern(s.account.as_str().unwrap_or("")),
+            cluster: names.intern(s.cluster.as_str().unwrap_or("")),
+            node: names.intern(s.node.as_str().unwrap_or("")),
+            cores: s.cores.as_ref().and_then(parse_cores),
+            at,
+        });
     }
-    order.sort();
+    pending.sort_unstable_by_key(|p| (p.received_at.timestamp_millis(), p.index));
 
     let dir = tempfile::tempdir().context("create a temporary directory")?;
     let mut store = Store::open(&dir.path().join("replay.sqlite"), Durability::Scratch)?;
@@ -219,11 +312,11 @@ pub fn replay(case: &Case) -> anyhow::Result<Output> {
     let mut next = 0;
     for run in runs.iter().copied().map(Some).chain([None]) {
         let upto = match run {
-            Some(r) => order.partition_point(|(received, _)| *received <= r),
-            None => order.len(),
+            Some(r) => pending.partition_point(|p| p.received_at <= r),
+            None => pending.len(),
         };
-        for chunk in order[next..upto].chunks(INGEST_CHUNK) {
-            ingest_chunk(&mut store, case, chunk, &config.limits, &mut rejected)?;
+        for chunk in pending[next..upto].chunks(INGEST_CHUNK) {
+            ingest_chunk(&mut store, &names, chunk, &config.limits, &mut rejected)?;
         }
         next = upto;
         if let Some(r) = run {
@@ -234,33 +327,65 @@ pub fn replay(case: &Case) -> anyhow::Result<Output> {
     Ok(Output { bills, rejected })
 }
 
+/// A case sample reduced to what ingest needs, its names interned. Ingest
+/// walks these in order of receipt, which is not the file's order; compact
+/// records keep that walk in cache.
+struct Pending {
+    received_at: DateTime<Utc>,
+    index: usize,
+    account: u32,
+    cluster: u32,
+    node: u32,
+    cores: Option<u32>,
+    at: Option<DateTime<Utc>>,
+}
+
+#[derive(Default)]
+struct Names<'a> {
+    ids: FxHashMap<&'a str, u32>,
+    names: Vec<&'a str>,
+}
+
+impl<'a> Names<'a> {
+    fn intern(&mut self, name: &'a str) -> u32 {
+        *self.ids.entry(name).or_insert_with(|| {
+            self.names.push(name);
+            u32::try_from(self.names.len() - 1).expect("fewer than 4 billion names")
+        })
+    }
+
+    fn get(&self, id: u32) -> &'a str {
+        self.names[id as usize]
+    }
+}
+
 fn ingest_chunk(
     store: &mut Store,
-    case: &Case,
-    chunk: &[(DateTime<Utc>, usize)],
+    names: &Names<'_>,
+    chunk: &[Pending],
     limits: &AgeLimits,
     rejected: &mut Vec<RejectedSample>,
 ) -> anyhow::Result<()> {
     let incoming: Vec<Incoming<'_>> = chunk
         .iter()
-        .map(|&(received_at, i)| {
-            let s = &case.samples[i];
-            Incoming {
-                account: s.account.as_deref().unwrap_or(""),
-                cluster: s.cluster.as_deref().unwrap_or(""),
-                node: s.node.as_deref().unwrap_or(""),
-                cores: s.cores.as_ref(),
-                at: s.at.as_ref().and_then(Value::as_str),
-                seq: None,
-                agent_version: None,
-                received_at,
-            }
+        .map(|p| Incoming {
+            account: names.get(p.account),
+            cluster: names.get(p.cluster),
+            node: names.get(p.node),
+            cores: p.cores,
+            at: p.at,
+            seq: None,
+            agent_version: None,
+            received_at: p.received_at,
         })
         .collect();
     let outcomes = store.ingest(&incoming, limits)?;
-    for (&(_, index), outcome) in chunk.iter().zip(outcomes) {
+    for (p, outcome) in chunk.iter().zip(outcomes) {
         if let Outcome::Rejected(reason) = outcome {
-            rejected.push(RejectedSample { index, reason });
+            rejected.push(RejectedSample {
+                index: p.index,
+                reason,
+            });
         }
     }
     Ok(())

@@ -77,8 +77,10 @@ pub struct Unchecked<'a> {
     pub account_known: bool,
     pub cluster: &'a str,
     pub node: &'a str,
-    pub cores: Option<&'a Value>,
-    pub at: Option<&'a str>,
+    /// The cores, if [`parse_cores`] found a whole number from 1 to 10,000.
+    pub cores: Option<u32>,
+    /// The instant, if [`parse_instant`] could read one.
+    pub at: Option<DateTime<Utc>>,
 }
 
 /// A sample that passed validation.
@@ -97,14 +99,11 @@ pub fn validate(
     if !s.account_known {
         return Err(Rejection::UnknownAccount);
     }
-    let cores = s
-        .cores
-        .and_then(parse_cores)
-        .ok_or(Rejection::InvalidCores)?;
+    let cores = s.cores.ok_or(Rejection::InvalidCores)?;
     if s.cluster.trim().is_empty() || s.node.trim().is_empty() {
         return Err(Rejection::MissingIdentity);
     }
-    let at = s.at.and_then(parse_instant).ok_or(Rejection::InvalidAt)?;
+    let at = s.at.ok_or(Rejection::InvalidAt)?;
     if at > received_at + limits.max_future {
         return Err(Rejection::InFuture);
     }
@@ -161,8 +160,8 @@ mod tests {
             account_known,
             cluster,
             node,
-            cores: Some(&cores),
-            at: Some(at),
+            cores: parse_cores(&cores),
+            at: parse_instant(at),
         };
         validate(&s, received(), &AgeLimits::default())
     }

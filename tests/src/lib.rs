@@ -1,1 +1,4 @@
-//! x
+//! Helpers for core-meter's end-to-end tests: the fleet generator and the comparison of replay output with expected results.
+
+pub mod expect;
+pub mod fleet;

@@ -11,8 +11,10 @@ use super::{from_ms, Store, StoreError};
 pub struct Account {
     pub(super) reference: i64,
     pub id: String,
-    /// Days from here on may have changed since they were billed.
+    /// Days from here on may have changed since the last billing run.
     pub recompute_from: Option<DateTime<Utc>>,
+    /// The change counter that went with `recompute_from` when it was read.
+    marks: i64,
 }
 
 /// Account ids appear in URLs, CSV and idempotency keys: keep them plain.
@@ -41,12 +43,13 @@ impl Store {
     pub fn accounts(&self) -> Result<Vec<Account>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT ref, id, recompute_from_ms FROM accounts ORDER BY id")?;
+            .prepare_cached("SELECT ref, id, recompute_from_ms, marks FROM accounts ORDER BY id")?;
         let rows = stmt.query_map([], |r| {
             Ok(Account {
                 reference: r.get(0)?,
                 id: r.get(1)?,
                 recompute_from: r.get::<_, Option<i64>>(2)?.map(from_ms),
+                marks: r.get(3)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -129,12 +132,13 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Clears the recompute mark a run has handled, unless a newer change moved it.
+    /// Clears the recompute mark a run has handled, unless something marked
+    /// the account again since the run read it.
     pub fn clear_recompute(&mut self, account: &Account) -> Result<(), StoreError> {
-        if let Some(from) = account.recompute_from {
+        if account.recompute_from.is_some() {
             self.conn.execute(
-                "UPDATE accounts SET recompute_from_ms = NULL WHERE ref = ?1 AND recompute_from_ms = ?2",
-                (account.reference, from.timestamp_millis()),
+                "UPDATE accounts SET recompute_from_ms = NULL WHERE ref = ?1 AND marks = ?2",
+                (account.reference, account.marks),
             )?;
         }
         Ok(())
@@ -148,13 +152,14 @@ impl Store {
         Ok(self
             .conn
             .query_row(
-                "SELECT ref, id, recompute_from_ms FROM accounts WHERE id = ?1",
+                "SELECT ref, id, recompute_from_ms, marks FROM accounts WHERE id = ?1",
                 [id],
                 |r| {
                     Ok(Account {
                         reference: r.get(0)?,
                         id: r.get(1)?,
                         recompute_from: r.get::<_, Option<i64>>(2)?.map(from_ms),
+                        marks: r.get(3)?,
                     })
                 },
             )
@@ -162,7 +167,7 @@ impl Store {
     }
 }
 
-fn mark_for_recompute(
+pub(super) fn mark_for_recompute(
     tx: &rusqlite::Transaction<'_>,
     account_ref: i64,
     from: DateTime<Utc>,

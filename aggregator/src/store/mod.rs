@@ -10,6 +10,7 @@ use std::path::Path;
 
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension};
+use rustc_hash::FxHashMap;
 
 pub use accounts::Account;
 pub use samples::{Incoming, Outcome};
@@ -49,16 +50,9 @@ pub struct Store {
     conn: Connection,
     /// Account id to its row reference; only hits are cached.
     account_refs: HashMap<String, i64>,
-    /// (account, cluster, node name) to node id.
-    node_ids: HashMap<(i64, String, String), i64>,
-}
-
-/// The billing job's bookkeeping.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BillingState {
-    pub last_run: Option<DateTime<Utc>>,
-    /// The highest sample id the last run had seen.
-    pub sample_watermark: i64,
+    /// Node ids by account, cluster and node name; nested so that a lookup
+    /// borrows the names instead of allocating a key.
+    node_ids: FxHashMap<i64, FxHashMap<String, FxHashMap<String, i64>>>,
 }
 
 impl Store {
@@ -73,10 +67,12 @@ impl Store {
         };
         conn.pragma_update(None, "synchronous", sync)?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // 16 MiB of page cache keeps the sample indexes' hot pages in memory.
+        conn.pragma_update(None, "cache_size", -16_384)?;
         let mut store = Store {
             conn,
             account_refs: HashMap::new(),
-            node_ids: HashMap::new(),
+            node_ids: FxHashMap::default(),
         };
         store.migrate(&path.display().to_string())?;
         Ok(store)
@@ -110,30 +106,21 @@ impl Store {
             .query_row("PRAGMA user_version", [], |r| r.get(0))?)
     }
 
-    pub fn billing_state(&self) -> Result<BillingState, StoreError> {
-        let (last, watermark): (Option<i64>, i64) = self.conn.query_row(
-            "SELECT last_run_ms, sample_watermark FROM billing_state WHERE id = 1",
+    /// The instant of the latest billing run, if there was one.
+    pub fn last_billing_run(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let last: Option<i64> = self.conn.query_row(
+            "SELECT last_run_ms FROM billing_state WHERE id = 1",
             [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| r.get(0),
         )?;
-        Ok(BillingState {
-            last_run: last.map(from_ms),
-            sample_watermark: watermark,
-        })
+        Ok(last.map(from_ms))
     }
 
-    /// Records a finished run; both fields only move forward, so overlapping runs agree.
-    pub fn finish_billing_run(
-        &mut self,
-        run_at: DateTime<Utc>,
-        watermark: i64,
-    ) -> Result<(), StoreError> {
+    /// Records a finished run; the instant only moves forward, so overlapping runs agree.
+    pub fn finish_billing_run(&mut self, run_at: DateTime<Utc>) -> Result<(), StoreError> {
         self.conn.execute(
-            "UPDATE billing_state
-                SET last_run_ms = max(coalesce(last_run_ms, ?1), ?1),
-                    sample_watermark = max(sample_watermark, ?2)
-              WHERE id = 1",
-            (run_at.timestamp_millis(), watermark),
+            "UPDATE billing_state SET last_run_ms = max(coalesce(last_run_ms, ?1), ?1) WHERE id = 1",
+            [run_at.timestamp_millis()],
         )?;
         Ok(())
     }

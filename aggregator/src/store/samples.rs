@@ -1,10 +1,9 @@
 //! Taking samples in (validate, deduplicate, commit) and reading them back for billing and audit.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, Transaction};
-use serde_json::Value;
 use shared::overage::NodeSample;
 use shared::sample::{validate, AgeLimits, Rejection, Unchecked};
 
@@ -16,8 +15,10 @@ pub struct Incoming<'a> {
     pub account: &'a str,
     pub cluster: &'a str,
     pub node: &'a str,
-    pub cores: Option<&'a Value>,
-    pub at: Option<&'a str>,
+    /// The cores, if they parsed as a whole number in range (`shared::sample::parse_cores`).
+    pub cores: Option<u32>,
+    /// The instant, if it parsed (`shared::sample::parse_instant`).
+    pub at: Option<DateTime<Utc>>,
     /// The agent's sequence number for this node; a resend of a stored (node, seq) is a duplicate.
     pub seq: Option<i64>,
     pub agent_version: Option<&'a str>,
@@ -42,7 +43,7 @@ impl Store {
         limits: &AgeLimits,
     ) -> Result<Vec<Outcome>, StoreError> {
         // Resolve accounts first, outside the write transaction.
-        let mut refs: HashMap<&str, Option<i64>> = HashMap::new();
+        let mut refs: FxHashMap<&str, Option<i64>> = FxHashMap::default();
         for s in batch {
             if !refs.contains_key(s.account) {
                 refs.insert(s.account, self.account_ref(s.account)?);
@@ -52,8 +53,14 @@ impl Store {
         let result = self.ingest_in_transaction(batch, limits, &refs, &mut new_nodes);
         if result.is_err() {
             // The transaction rolled back: forget the node ids it created.
-            for key in new_nodes {
-                self.node_ids.remove(&key);
+            for (account_ref, cluster, node) in new_nodes {
+                if let Some(names) = self
+                    .node_ids
+                    .get_mut(&account_ref)
+                    .and_then(|c| c.get_mut(&cluster))
+                {
+                    names.remove(&node);
+                }
             }
         }
         result
@@ -63,19 +70,20 @@ impl Store {
         &mut self,
         batch: &[Incoming<'_>],
         limits: &AgeLimits,
-        refs: &HashMap<&str, Option<i64>>,
+        refs: &FxHashMap<&str, Option<i64>>,
         new_nodes: &mut Vec<(i64, String, String)>,
     ) -> Result<Vec<Outcome>, StoreError> {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut outcomes = Vec::with_capacity(batch.len());
+        let mut next_id: i64 =
+            tx.query_row("SELECT next FROM sample_ids WHERE id = 1", [], |r| r.get(0))?;
+        // The earliest `at` accepted per account: billing recomputes from there.
+        let mut earliest: FxHashMap<i64, DateTime<Utc>> = FxHashMap::default();
         {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO samples (account_ref, node_id, seq, cores, at_ms, received_at_ms, agent_version)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                 ON CONFLICT DO NOTHING",
-            )?;
+            let mut insert_one = tx.prepare_cached(&insert_sql(1))?;
+            let mut unsequenced: Vec<Row<'_>> = Vec::with_capacity(ROWS_PER_INSERT);
             for s in batch {
                 let account_ref = refs[s.account];
                 let unchecked = Unchecked {
@@ -93,31 +101,67 @@ impl Store {
                     }
                 };
                 let account_ref = account_ref.expect("validated");
-                let key = (account_ref, s.cluster.to_string(), s.node.to_string());
-                let node_id = match self.node_ids.get(&key) {
-                    Some(id) => *id,
+                earliest
+                    .entry(account_ref)
+                    .and_modify(|e| *e = (*e).min(checked.at))
+                    .or_insert(checked.at);
+                let cached = self
+                    .node_ids
+                    .get(&account_ref)
+                    .and_then(|c| c.get(s.cluster))
+                    .and_then(|n| n.get(s.node))
+                    .copied();
+                let node_id = match cached {
+                    Some(id) => id,
                     None => {
-                        let id = node_id(&tx, &key)?;
-                        self.node_ids.insert(key.clone(), id);
-                        new_nodes.push(key);
+                        let id = node_id(&tx, account_ref, s.cluster, s.node)?;
+                        self.node_ids
+                            .entry(account_ref)
+                            .or_default()
+                            .entry(s.cluster.to_string())
+                            .or_default()
+                            .insert(s.node.to_string(), id);
+                        new_nodes.push((account_ref, s.cluster.to_string(), s.node.to_string()));
                         id
                     }
                 };
-                let inserted = insert.execute((
+                let row = Row {
                     account_ref,
+                    at_ms: checked.at.timestamp_millis(),
                     node_id,
-                    s.seq,
-                    checked.cores,
-                    checked.at.timestamp_millis(),
-                    s.received_at.timestamp_millis(),
-                    s.agent_version,
-                ))?;
+                    id: next_id,
+                    cores: checked.cores,
+                    received_at_ms: s.received_at.timestamp_millis(),
+                    seq: s.seq,
+                    agent_version: s.agent_version,
+                };
+                next_id += 1;
+                if row.seq.is_none() {
+                    // Without a seq there is nothing to be a duplicate of: such
+                    // rows go in many to a statement, which is several times faster.
+                    unsequenced.push(row);
+                    if unsequenced.len() == ROWS_PER_INSERT {
+                        insert_many(&tx, &unsequenced)?;
+                        unsequenced.clear();
+                    }
+                    outcomes.push(Outcome::Accepted);
+                    continue;
+                }
+                let inserted = insert_one.execute(row.params())?;
                 outcomes.push(if inserted == 1 {
                     Outcome::Accepted
                 } else {
                     Outcome::Duplicate
                 });
             }
+            for row in &unsequenced {
+                insert_one.execute(row.params())?;
+            }
+        }
+        // A duplicate leaves a gap in the ids; they only need to increase.
+        tx.execute("UPDATE sample_ids SET next = ?1 WHERE id = 1", [next_id])?;
+        for (account_ref, at) in earliest {
+            super::accounts::mark_for_recompute(&tx, account_ref, at)?;
         }
         tx.commit()?;
         Ok(outcomes)
@@ -153,31 +197,70 @@ impl Store {
         )?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+}
 
-    /// The highest sample id stored so far (0 when there is none).
-    pub fn max_sample_id(&self) -> Result<i64, StoreError> {
-        Ok(self
-            .conn
-            .query_row("SELECT coalesce(max(id), 0) FROM samples", [], |r| r.get(0))?)
-    }
+/// Sample rows written by one multi-row INSERT.
+const ROWS_PER_INSERT: usize = 64;
 
-    /// For each account with samples stored after id `after` up to id `upto`,
-    /// the earliest `at` among them, in Unix milliseconds.
-    pub fn fresh_samples_earliest_at(
-        &self,
-        after: i64,
-        upto: i64,
-    ) -> Result<HashMap<i64, i64>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT account_ref, min(at_ms) FROM samples WHERE id > ?1 AND id <= ?2 GROUP BY account_ref",
-        )?;
-        let rows = stmt.query_map((after, upto), |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+/// One row of the samples table.
+struct Row<'a> {
+    account_ref: i64,
+    at_ms: i64,
+    node_id: i64,
+    id: i64,
+    cores: u32,
+    received_at_ms: i64,
+    seq: Option<i64>,
+    agent_version: Option<&'a str>,
+}
+
+impl Row<'_> {
+    fn params(&self) -> impl rusqlite::Params + '_ {
+        (
+            self.account_ref,
+            self.at_ms,
+            self.node_id,
+            self.id,
+            self.cores,
+            self.received_at_ms,
+            self.seq,
+            self.agent_version,
+        )
     }
 }
 
-fn node_id(tx: &Transaction<'_>, key: &(i64, String, String)) -> Result<i64, StoreError> {
-    let (account_ref, cluster, name) = key;
+fn insert_sql(rows: usize) -> String {
+    let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?)"; rows].join(", ");
+    format!(
+        "INSERT INTO samples (account_ref, at_ms, node_id, id, cores, received_at_ms, seq, agent_version)
+         VALUES {values} ON CONFLICT DO NOTHING"
+    )
+}
+
+fn insert_many(tx: &Transaction<'_>, rows: &[Row<'_>]) -> Result<(), StoreError> {
+    let mut stmt = tx.prepare_cached(&insert_sql(rows.len()))?;
+    let mut i = 1;
+    for r in rows {
+        stmt.raw_bind_parameter(i, r.account_ref)?;
+        stmt.raw_bind_parameter(i + 1, r.at_ms)?;
+        stmt.raw_bind_parameter(i + 2, r.node_id)?;
+        stmt.raw_bind_parameter(i + 3, r.id)?;
+        stmt.raw_bind_parameter(i + 4, r.cores)?;
+        stmt.raw_bind_parameter(i + 5, r.received_at_ms)?;
+        stmt.raw_bind_parameter(i + 6, r.seq)?;
+        stmt.raw_bind_parameter(i + 7, r.agent_version)?;
+        i += 8;
+    }
+    stmt.raw_execute()?;
+    Ok(())
+}
+
+fn node_id(
+    tx: &Transaction<'_>,
+    account_ref: i64,
+    cluster: &str,
+    name: &str,
+) -> Result<i64, StoreError> {
     let found: Option<i64> = tx
         .prepare_cached(
             "SELECT id FROM nodes WHERE account_ref = ?1 AND cluster = ?2 AND name = ?3",

@@ -8,9 +8,12 @@ pub const MIGRATIONS: &[&str] = &[
         ref                INTEGER PRIMARY KEY,
         id                 TEXT NOT NULL UNIQUE,
         created_at_ms      INTEGER NOT NULL,
-        -- Set when a licence or cap change may alter days already billed:
-        -- the next billing run recomputes from here.
-        recompute_from_ms  INTEGER
+        -- The earliest instant whose day may have changed since the last
+        -- billing run (a sample stored, a licence or cap set): the next run
+        -- recomputes from its day. `marks` counts changes, so that a run only
+        -- clears a mark that nothing touched while it ran.
+        recompute_from_ms  INTEGER,
+        marks              INTEGER NOT NULL DEFAULT 0
     );
 
     CREATE TABLE licences (
@@ -43,19 +46,30 @@ pub const MIGRATIONS: &[&str] = &[
     );
 
     -- Every accepted sample, kept for audit. Rows are only ever inserted.
+    -- Clustered by (account, at): billing and the audit trail read a range of
+    -- it, and each row is written to one B-tree instead of a table and an
+    -- index. `id` is the store's own counter (sample_ids), increasing in the
+    -- order samples were stored. No foreign keys: ingest resolves account and
+    -- node itself, and the parent look-ups would cost a fifth of ingest time.
     CREATE TABLE samples (
-        id              INTEGER PRIMARY KEY,
-        account_ref     INTEGER NOT NULL REFERENCES accounts(ref),
-        node_id         INTEGER NOT NULL REFERENCES nodes(id),
-        seq             INTEGER,
-        cores           INTEGER NOT NULL CHECK (cores BETWEEN 1 AND 10000),
+        account_ref     INTEGER NOT NULL,
         at_ms           INTEGER NOT NULL,
+        node_id         INTEGER NOT NULL,
+        id              INTEGER NOT NULL,
+        cores           INTEGER NOT NULL CHECK (cores BETWEEN 1 AND 10000),
         received_at_ms  INTEGER NOT NULL,
-        agent_version   TEXT
-    );
+        seq             INTEGER,
+        agent_version   TEXT,
+        PRIMARY KEY (account_ref, at_ms, node_id, id)
+    ) WITHOUT ROWID;
     -- A resend of the same (node, seq) is a duplicate, never a second row.
     CREATE UNIQUE INDEX samples_by_node_seq ON samples(node_id, seq) WHERE seq IS NOT NULL;
-    CREATE INDEX samples_by_account_at ON samples(account_ref, at_ms);
+
+    CREATE TABLE sample_ids (
+        id    INTEGER PRIMARY KEY CHECK (id = 1),
+        next  INTEGER NOT NULL
+    );
+    INSERT INTO sample_ids (id, next) VALUES (1, 1);
 
     -- Issued bill lines. Never updated or deleted. The key (account, day, seq)
     -- and the rule "daily is seq 1" make a second daily line for a day impossible.
@@ -77,11 +91,10 @@ pub const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX bill_lines_by_issue ON bill_lines(issued_at_ms);
 
-    -- One row: the last billing run and the last sample id it had seen.
+    -- One row: the instant of the latest billing run.
     CREATE TABLE billing_state (
-        id                INTEGER PRIMARY KEY CHECK (id = 1),
-        last_run_ms       INTEGER,
-        sample_watermark  INTEGER NOT NULL DEFAULT 0
+        id           INTEGER PRIMARY KEY CHECK (id = 1),
+        last_run_ms  INTEGER
     );
     INSERT INTO billing_state (id) VALUES (1);
     "#,
