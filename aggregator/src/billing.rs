@@ -1,6 +1,6 @@
 //! The billing run of SPEC section 6: bill every due day once, and adjust billed days that late samples changed.
 
-use chrono::{DateTime, Days, NaiveDate, Utc};
+use chrono::{DateTime, Days, NaiveDate, TimeDelta, Utc};
 use shared::bill::{BillLine, DEFAULT_CURRENCY};
 use shared::overage::{daily_overage, sample_window, Rules};
 use shared::sample::AgeLimits;
@@ -47,13 +47,20 @@ pub fn run_billing(
     let zone = &config.zone;
     let last_run = store.last_billing_run()?;
     let last_due = zone.last_due_day(now);
+    let reach = TimeDelta::hours(i64::from(config.rules.reach_hours()));
     let mut issued = Vec::new();
     for account in store.accounts()? {
         let starts = [
-            account.recompute_from.map(|from| zone.day_of(from)),
+            // A change at `from` reaches back through gap bridging.
+            account.recompute_from.map(|from| zone.day_of(from - reach)),
             last_run.map(|l| zone.first_day_not_due(l)),
         ];
-        if let Some(first) = starts.into_iter().flatten().min() {
+        // Nothing before the account's first sample can be billed.
+        let earliest = store
+            .earliest_sample_at(&account)?
+            .map(|at| zone.day_of(at));
+        if let (Some(first), Some(earliest)) = (starts.into_iter().flatten().min(), earliest) {
+            let first = first.max(earliest);
             if first <= last_due {
                 issued.extend(bill_account(store, &account, first, last_due, now, config)?);
             }

@@ -268,7 +268,8 @@ pub fn daily_overage(
 
     // 4. Licensed cores: every licence that overlaps a bucket at all counts in it.
     let mut licensed = vec![0u64; n];
-    for l in licences {
+    // An empty period overlaps nothing, not even the hour it sits in.
+    for l in licences.iter().filter(|l| l.end > l.start) {
         let (start, end) = (l.start.timestamp_millis(), l.end.timestamp_millis());
         for (b, lic) in licensed.iter_mut().enumerate() {
             let (bs, be) = timeline.bucket_bounds_ms(b);

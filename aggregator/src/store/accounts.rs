@@ -17,12 +17,10 @@ pub struct Account {
     marks: i64,
 }
 
-/// Account ids appear in URLs, CSV and idempotency keys: keep them plain.
+/// Account ids appear in URLs, CSV and idempotency keys (`account/day/seq`):
+/// 1 to 128 characters, no control characters, no `/`.
 fn valid_account_id(id: &str) -> bool {
-    (1..=128).contains(&id.len())
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    (1..=128).contains(&id.chars().count()) && !id.chars().any(|c| c.is_control() || c == '/')
 }
 
 impl Store {
@@ -167,15 +165,18 @@ impl Store {
     }
 }
 
+/// Notes that the days of `account_ref` may have changed from `from` on, and
+/// counts the change so that a run under way does not clear it.
 pub(super) fn mark_for_recompute(
     tx: &rusqlite::Transaction<'_>,
     account_ref: i64,
     from: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    tx.execute(
-        "UPDATE accounts SET recompute_from_ms = min(coalesce(recompute_from_ms, ?2), ?2) WHERE ref = ?1",
-        (account_ref, from.timestamp_millis()),
-    )?;
+    tx.prepare_cached(
+        "UPDATE accounts SET recompute_from_ms = min(coalesce(recompute_from_ms, ?2), ?2), marks = marks + 1
+          WHERE ref = ?1",
+    )?
+    .execute((account_ref, from.timestamp_millis()))?;
     Ok(())
 }
 

@@ -199,6 +199,20 @@ impl Store {
     }
 }
 
+impl Store {
+    /// The `at` of the account's earliest stored sample, if it has one.
+    pub fn earliest_sample_at(
+        &self,
+        account: &Account,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let ms: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT min(at_ms) FROM samples WHERE account_ref = ?1")?
+            .query_row([account.reference], |r| r.get(0))?;
+        Ok(ms.map(super::from_ms))
+    }
+}
+
 /// Sample rows written by one multi-row INSERT.
 const ROWS_PER_INSERT: usize = 64;
 

@@ -1,0 +1,122 @@
+//! The `aggregator replay` command as scripts see it: JSON on stdout, or one line on stderr and a non-zero exit.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn conformance(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/conformance")
+        .join(name)
+}
+
+fn replay(case: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_aggregator"))
+        .arg("replay")
+        .arg(case)
+        .output()
+        .expect("run aggregator")
+}
+
+fn replay_text(text: &str) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("case.json");
+    std::fs::write(&path, text).unwrap();
+    replay(&path)
+}
+
+#[test]
+fn replay_prints_the_bills_of_a_case_as_json() {
+    let out = replay(&conformance("constant-overage.json"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+    let bills = v["bills"].as_array().expect("bills");
+    assert_eq!(bills.len(), 1);
+    assert_eq!(bills[0]["amount"], "50.00");
+    assert_eq!(bills[0]["idempotency_key"], "acme/2026-11-24/1");
+    assert_eq!(v["rejected"], serde_json::json!([]));
+}
+
+#[test]
+fn a_cap_below_500_exits_non_zero_with_one_line_naming_it() {
+    let out = replay(&conformance("cap-below-minimum.json"));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("cap below 500 for account acme"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn configuration_errors_name_the_field_and_the_reason() {
+    let cases = [
+        (
+            r#"{"settings": {"timezone": "Mars/Olympus"}}"#,
+            "unknown time zone \"Mars/Olympus\"",
+        ),
+        (
+            r#"{"settings": {"billable_core_rounding": "floor"}}"#,
+            "billable_core_rounding",
+        ),
+        (
+            r#"{"settings": {"price_per_core_day": "-1"}}"#,
+            "price_per_core_day",
+        ),
+        (
+            r#"{"accounts": [{"id": "a", "licenses": [{"cores": "x", "start": "", "end": ""}]}]}"#,
+            "accounts[0].licenses[0].cores",
+        ),
+        (
+            r#"{"accounts": [{"id": "a"}, {"id": "a"}]}"#,
+            "appears twice",
+        ),
+        (r#"{"runs": ["tomorrow"]}"#, "runs[0]"),
+        (
+            r#"{"samples": [{"account": "a", "received": "soon"}]}"#,
+            "samples[0].received",
+        ),
+        ("{not json", "malformed case"),
+    ];
+    for (case, needle) in cases {
+        let out = replay_text(case);
+        let stderr = String::from_utf8_lossy(&out.stderr).trim_end().to_string();
+        assert!(!out.status.success(), "{case} should fail");
+        assert_eq!(stderr.lines().count(), 1, "{case}: {stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{case}: {stderr:?} lacks {needle:?}"
+        );
+    }
+}
+
+#[test]
+fn a_sample_with_an_unreadable_at_is_rejected_and_the_rest_is_billed() {
+    let out = replay_text(
+        r#"{
+      "accounts": [{"id": "a"}],
+      "samples": [
+        {"account": "a", "cluster": "c", "node": "n", "cores": 4, "at": "2026-11-24T10:00:00+08:00"},
+        {"account": "a", "cluster": "c", "node": "m", "cores": 4, "at": 12345, "received": "2026-11-24T10:00:00+08:00"},
+        {"account": "a", "cluster": "c", "node": "m", "cores": 4}
+      ],
+      "runs": ["2026-11-25T02:00:00+08:00"]
+    }"#,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["rejected"],
+        serde_json::json!([{"index": 1, "reason": "invalid_at"}, {"index": 2, "reason": "invalid_at"}])
+    );
+    assert_eq!(v["bills"][0]["excess_core_hours"], 4);
+}
