@@ -30,9 +30,8 @@ pub struct Case<'a> {
     pub settings: Settings,
     #[serde(default)]
     pub accounts: Vec<CaseAccount>,
-    #[serde(default)]
-    #[serde(borrow)]
-    pub samples: Vec<CaseSample<'a>>,
+    #[serde(default, borrow)]
+    pub samples: CaseSamples<'a>,
     #[serde(default)]
     pub runs: Vec<String>,
 }
@@ -75,7 +74,7 @@ pub struct CaseCap {
 /// is rejected by validation rather than failing the case; text is borrowed
 /// from the case file, which keeps parsing a large case cheap.
 #[derive(Debug, Deserialize)]
-pub struct CaseSample<'a> {
+struct CaseSample<'a> {
     #[serde(default, borrow)]
     pub account: Loose<'a>,
     #[serde(default, borrow)]
@@ -266,28 +265,6 @@ pub fn replay(case: &Case<'_>) -> anyhow::Result<Output> {
             }
         }
     }
-    // Samples are processed in the order received; `received` defaults to `at`.
-    let mut names = Names::default();
-    let mut pending = Vec::with_capacity(case.samples.len());
-    for (index, s) in case.samples.iter().enumerate() {
-        let at = s.at.as_str().and_then(parse_instant);
-        let received_at = match &s.received {
-            Some(r) => instant(r, &format!("samples[{index}].received"))?,
-            // Without a valid `at` the sample is rejected whenever it comes.
-            None => at.unwrap_or(DateTime::<Utc>::MIN_UTC),
-        };
-        pending.push(Pending {
-            received_at,
-            index,
-            account: names.intern(s.account.as_str().unwrap_or("")),
-            cluster: names.intern(s.cluster.as_str().unwrap_or("")),
-            node: names.intern(s.node.as_str().unwrap_or("")),
-            cores: s.cores.as_ref().and_then(parse_cores),
-            at,
-        });
-    }
-    pending.sort_unstable_by_key(|p| (p.received_at.timestamp_millis(), p.index));
-
     let dir = tempfile::tempdir().context("create a temporary directory")?;
     let mut store = Store::open(&dir.path().join("replay.sqlite"), Durability::Scratch)?;
     let created = runs.first().copied().unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
@@ -307,6 +284,9 @@ pub fn replay(case: &Case<'_>) -> anyhow::Result<Output> {
         }
     }
 
+    // Samples are processed in the order received.
+    let mut pending: Vec<&Pending> = case.samples.pending.iter().collect();
+    pending.sort_unstable_by_key(|p| (p.received_at.timestamp_millis(), p.index));
     let mut bills = Vec::new();
     let mut rejected = Vec::new();
     let mut next = 0;
@@ -316,7 +296,13 @@ pub fn replay(case: &Case<'_>) -> anyhow::Result<Output> {
             None => pending.len(),
         };
         for chunk in pending[next..upto].chunks(INGEST_CHUNK) {
-            ingest_chunk(&mut store, &names, chunk, &config.limits, &mut rejected)?;
+            ingest_chunk(
+                &mut store,
+                &case.samples.names,
+                chunk,
+                &config.limits,
+                &mut rejected,
+            )?;
         }
         next = upto;
         if let Some(r) = run {
@@ -330,7 +316,8 @@ pub fn replay(case: &Case<'_>) -> anyhow::Result<Output> {
 /// A case sample reduced to what ingest needs, its names interned. Ingest
 /// walks these in order of receipt, which is not the file's order; compact
 /// records keep that walk in cache.
-struct Pending {
+#[derive(Debug)]
+pub struct Pending {
     received_at: DateTime<Utc>,
     index: usize,
     account: u32,
@@ -340,29 +327,95 @@ struct Pending {
     at: Option<DateTime<Utc>>,
 }
 
-#[derive(Default)]
+/// The samples of a case, reduced to [`Pending`] records as they are parsed,
+/// so a large case is never held twice in memory.
+#[derive(Debug, Default)]
+pub struct CaseSamples<'a> {
+    names: Names<'a>,
+    pending: Vec<Pending>,
+}
+
+impl CaseSamples<'_> {
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for CaseSamples<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = CaseSamples<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an array of samples")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut out = CaseSamples::default();
+                out.pending.reserve(seq.size_hint().unwrap_or(0));
+                while let Some(s) = seq.next_element::<CaseSample<'de>>()? {
+                    let index = out.pending.len();
+                    let at = s.at.as_str().and_then(parse_instant);
+                    let received_at = match &s.received {
+                        Some(r) => parse_instant(r).ok_or_else(|| {
+                            serde::de::Error::custom(format!(
+                                "samples[{index}].received: {r:?} is not an RFC 3339 instant with an offset"
+                            ))
+                        })?,
+                        // `received` defaults to `at`; without a valid `at`
+                        // the sample is rejected whenever it comes.
+                        None => at.unwrap_or(DateTime::<Utc>::MIN_UTC),
+                    };
+                    let names = &mut out.names;
+                    out.pending.push(Pending {
+                        received_at,
+                        index,
+                        account: names.intern(s.account.0.unwrap_or_default()),
+                        cluster: names.intern(s.cluster.0.unwrap_or_default()),
+                        node: names.intern(s.node.0.unwrap_or_default()),
+                        cores: s.cores.as_ref().and_then(parse_cores),
+                        at,
+                    });
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+#[derive(Debug, Default)]
 struct Names<'a> {
-    ids: FxHashMap<&'a str, u32>,
-    names: Vec<&'a str>,
+    ids: FxHashMap<Cow<'a, str>, u32>,
+    names: Vec<Cow<'a, str>>,
 }
 
 impl<'a> Names<'a> {
-    fn intern(&mut self, name: &'a str) -> u32 {
-        *self.ids.entry(name).or_insert_with(|| {
-            self.names.push(name);
-            u32::try_from(self.names.len() - 1).expect("fewer than 4 billion names")
-        })
+    fn intern(&mut self, name: Cow<'a, str>) -> u32 {
+        if let Some(id) = self.ids.get(name.as_ref()) {
+            return *id;
+        }
+        let id = u32::try_from(self.names.len()).expect("fewer than 4 billion names");
+        self.names.push(name.clone());
+        self.ids.insert(name, id);
+        id
     }
 
-    fn get(&self, id: u32) -> &'a str {
-        self.names[id as usize]
+    fn get(&self, id: u32) -> &str {
+        &self.names[id as usize]
     }
 }
 
 fn ingest_chunk(
     store: &mut Store,
     names: &Names<'_>,
-    chunk: &[Pending],
+    chunk: &[&Pending],
     limits: &AgeLimits,
     rejected: &mut Vec<RejectedSample>,
 ) -> anyhow::Result<()> {
