@@ -1,10 +1,207 @@
-//! The node agent (skeleton): the sampler, spool and pusher arrive with the agent's own issue.
+//! The `agent` command: parses the command line (flags with environment fallbacks) and hands over to the library.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent::daemon::{Settings, AGENT_VERSION};
+use agent::identity::{node_name, TokenSource};
+use agent::sampler::{default_sys_root, Machine};
+use agent::spool::Spool;
+use clap::{Args, Parser, Subcommand};
+use shared::clock::{Clock, SystemClock};
+
+#[derive(Parser)]
+#[command(
+    name = "agent",
+    version,
+    about = "core-meter's node agent: counts the node's cores every hour and pushes them"
+)]
+struct Cli {
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true, env = "CORE_METER_LOG_JSON")]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node daemon.
+    Run(RunArgs),
+    /// Sample once and print the sample as JSON; sends nothing.
+    Once {
+        /// Print the sample (the only thing `once` does).
+        #[arg(long)]
+        print: bool,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// List the samples waiting in the spool, as JSON lines.
+    Spool {
+        #[arg(
+            long,
+            env = "CORE_METER_SPOOL",
+            default_value = "/var/lib/core-meter/spool"
+        )]
+        spool: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct NodeArgs {
+    /// The node's name; defaults to the host name.
+    #[arg(long, env = "NODE_NAME")]
+    node: Option<String>,
+    /// Where the host's /sys is (default: /host/sys if mounted, else /sys).
+    #[arg(long, env = "CORE_METER_SYS_ROOT")]
+    sys_root: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The aggregator's base URL.
+    #[arg(long, env = "CORE_METER_AGGREGATOR")]
+    aggregator: String,
+    /// The spool directory (a hostPath in a DaemonSet, so samples outlive the pod).
+    #[arg(
+        long,
+        env = "CORE_METER_SPOOL",
+        default_value = "/var/lib/core-meter/spool"
+    )]
+    spool: PathBuf,
+    /// Seconds between samples.
+    #[arg(long, env = "CORE_METER_INTERVAL_SECS", default_value_t = 3600)]
+    interval_secs: u64,
+    /// Samples are spread over this many seconds at the start of each interval.
+    #[arg(long, env = "CORE_METER_SPREAD_SECS", default_value_t = 600)]
+    spread_secs: u64,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "CORE_METER_LISTEN", default_value = "0.0.0.0:9464")]
+    listen: SocketAddr,
+    /// A file holding the cluster token (a mounted Secret).
+    #[arg(long, env = "CORE_METER_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// The cluster token itself (prefer the file).
+    #[arg(long, env = "CORE_METER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Pending samples kept at most (default: 30 days of hourly samples); the oldest go first.
+    #[arg(long, env = "CORE_METER_MAX_SPOOL_SAMPLES", default_value_t = 720)]
+    max_spool_samples: usize,
+    /// Samples per request (at most 1000).
+    #[arg(long, default_value_t = 500)]
+    batch_size: usize,
+    /// Seconds a push may take.
+    #[arg(long, default_value_t = 10)]
+    push_timeout_secs: u64,
+    /// The longest wait between retries, in seconds.
+    #[arg(long, default_value_t = 300)]
+    max_backoff_secs: u64,
+    /// Seconds the last push on SIGTERM may take.
+    #[arg(long, default_value_t = 5)]
+    shutdown_grace_secs: u64,
+    #[command(flatten)]
+    node: NodeArgs,
+}
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(cli.log_json);
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Once { print: _, node } => once(node),
+        Command::Spool { spool } => list_spool(&spool),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "agent failed");
+            eprintln!("agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logs(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn machine(args: &NodeArgs) -> Machine {
+    Machine::new(
+        args.sys_root
+            .clone()
+            .unwrap_or_else(|| default_sys_root().to_path_buf()),
+    )
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let settings = Settings {
+        aggregator: args.aggregator,
+        token: TokenSource::from_settings(args.token_file, args.token)?,
+        node: node_name(args.node.node.as_deref())?,
+        spool_dir: args.spool,
+        machine: machine(&args.node),
+        interval_secs: args.interval_secs,
+        spread_secs: args.spread_secs,
+        listen: args.listen,
+        max_spool_samples: args.max_spool_samples,
+        max_memory_samples: args.max_spool_samples,
+        batch_size: args.batch_size,
+        push_timeout: Duration::from_secs(args.push_timeout_secs.max(1)),
+        backoff_base: Duration::from_secs(1),
+        backoff_cap: Duration::from_secs(args.max_backoff_secs.max(1)),
+        shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+    };
+    // One thread is plenty for one sample an hour, and keeps the footprint small.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(agent::daemon::run(settings, Arc::new(SystemClock)))
+}
+
+fn once(args: NodeArgs) -> anyhow::Result<()> {
+    let node = node_name(args.node.as_deref())?;
+    let count = machine(&args).cores()?;
+    let out = serde_json::json!({
+        "node": node,
+        "cores": count.cores,
+        "at": SystemClock.now(),
+        "agent_version": AGENT_VERSION,
+        "sysfs_cores": count.sysfs,
+        "sysinfo_cores": count.sysinfo,
+    });
+    println!("{out}");
+    Ok(())
+}
+
+fn list_spool(dir: &std::path::Path) -> anyhow::Result<()> {
+    anyhow::ensure!(dir.is_dir(), "no spool at {}", dir.display());
+    let mut spool = Spool::open(dir, usize::MAX)?;
+    let loaded = spool.load(usize::MAX);
+    for s in &loaded.samples {
+        println!("{}", serde_json::to_string(s)?);
+    }
     eprintln!(
-        "agent: not built yet; the node agent arrives with its own issue (sampler, spool, push)"
+        "{} pending, {} bytes, next seq {}{}",
+        loaded.samples.len(),
+        spool.bytes(),
+        spool.next_seq(),
+        if loaded.corrupt > 0 {
+            format!(", {} corrupt set aside", loaded.corrupt)
+        } else {
+            String::new()
+        }
     );
-    ExitCode::from(2)
+    Ok(())
 }

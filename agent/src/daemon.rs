@@ -1,0 +1,360 @@
+//! `agent run`: sample at start and then every interval, spool each sample, push what is pending, serve health and metrics, stop cleanly on SIGTERM.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use shared::clock::Clock;
+use shared::wire::{AgentSample, SampleStatus, MAX_BATCH_SAMPLES};
+use tokio::time::Instant;
+
+use crate::identity::TokenSource;
+use crate::metrics::Metrics;
+use crate::pusher::{Backoff, PushError, Pusher};
+use crate::sampler::Machine;
+use crate::schedule::{next_tick, offset_secs, wait};
+use crate::spool::Spool;
+
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Everything `agent run` is told.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub aggregator: String,
+    pub token: TokenSource,
+    pub node: String,
+    pub spool_dir: PathBuf,
+    pub machine: Machine,
+    pub interval_secs: u64,
+    pub spread_secs: u64,
+    pub listen: SocketAddr,
+    pub max_spool_samples: usize,
+    /// Samples kept in memory while the spool refuses writes.
+    pub max_memory_samples: usize,
+    pub batch_size: usize,
+    pub push_timeout: Duration,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    /// How long the last push on SIGTERM may take.
+    pub shutdown_grace: Duration,
+}
+
+/// The agent's state between ticks.
+struct Agent {
+    settings: Settings,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    spool: Option<Spool>,
+    /// Samples that could not be written to disk, by seq; pushed all the same.
+    memory: BTreeMap<u64, AgentSample>,
+    pusher: Pusher,
+}
+
+/// Runs until SIGTERM or SIGINT, then tries one last push and returns.
+pub async fn run(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        settings.interval_secs > 0,
+        "--interval-secs must be at least 1"
+    );
+    anyhow::ensure!(
+        (1..=MAX_BATCH_SAMPLES).contains(&settings.batch_size),
+        "--batch-size must be 1 to {MAX_BATCH_SAMPLES}"
+    );
+    anyhow::ensure!(
+        settings.max_spool_samples > 0,
+        "--max-spool-samples must be at least 1"
+    );
+    let metrics = Arc::new(Metrics::default());
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let ready = Arc::new(AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("listen on {}: {e}", settings.listen))?;
+    tracing::info!(listen = %listener.local_addr()?, "serving /healthz, /readyz and /metrics");
+    tokio::spawn(crate::server::serve(
+        listener,
+        Arc::new(registry),
+        ready.clone(),
+    ));
+
+    let offset = offset_secs(&settings.node, settings.spread_secs, settings.interval_secs);
+    metrics
+        .offset_seconds
+        .set(i64::try_from(offset).unwrap_or(i64::MAX));
+    tracing::info!(
+        node = %settings.node,
+        aggregator = %settings.aggregator,
+        interval_secs = settings.interval_secs,
+        offset_secs = offset,
+        version = AGENT_VERSION,
+        "agent started"
+    );
+    let pusher = Pusher::new(&settings.aggregator, settings.push_timeout)?;
+    let mut agent = Agent {
+        spool: None,
+        memory: BTreeMap::new(),
+        pusher,
+        clock,
+        metrics,
+        ready,
+        settings,
+    };
+    agent.open_spool();
+
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut backoff = Backoff::new(agent.settings.backoff_base, agent.settings.backoff_cap);
+    let mut retry_at: Option<Instant> = None;
+    let mut next_sample = agent.clock.now();
+    loop {
+        let until_sample = wait(agent.clock.now(), next_sample);
+        let retry = retry_at.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
+        let push_now = tokio::select! {
+            _ = tokio::time::sleep(until_sample) => {
+                agent.take_sample();
+                next_sample = next_tick(agent.clock.now(), agent.settings.interval_secs, offset);
+                true
+            }
+            _ = tokio::time::sleep_until(retry), if retry_at.is_some() => true,
+            _ = terminate.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        };
+        if push_now {
+            // A push may wait on a slow aggregator; SIGTERM must not.
+            let pushed = tokio::select! {
+                r = agent.push_pending() => r,
+                _ = terminate.recv() => break,
+                _ = tokio::signal::ctrl_c() => break,
+            };
+            retry_at = match pushed {
+                Ok(()) => {
+                    backoff.reset();
+                    None
+                }
+                Err(e) if e.retryable() => {
+                    let pause = backoff.next_wait();
+                    tracing::warn!(error = %e, attempt = backoff.attempts(), retry_in_ms = pause.as_millis() as u64, "push failed; will retry");
+                    Some(Instant::now() + pause)
+                }
+                Err(e) => {
+                    // Retrying at once will not help: say so loudly, keep the
+                    // samples, and try again at the next sample.
+                    tracing::error!(error = %e, "push refused; samples kept until the next interval");
+                    None
+                }
+            };
+        }
+    }
+
+    tracing::info!(
+        grace_ms = agent.settings.shutdown_grace.as_millis() as u64,
+        "stopping: one last push"
+    );
+    agent.ready.store(false, Ordering::Relaxed);
+    match tokio::time::timeout(agent.settings.shutdown_grace, agent.push_pending()).await {
+        Ok(Ok(())) => tracing::info!("stopped; nothing pending"),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, pending = agent.pending(), "stopped; samples stay in the spool")
+        }
+        Err(_) => tracing::warn!(
+            pending = agent.pending(),
+            "stopped; the last push ran out of time, samples stay in the spool"
+        ),
+    }
+    if !agent.memory.is_empty() {
+        tracing::error!(
+            lost = agent.memory.len(),
+            "samples that never reached the disk are lost at exit"
+        );
+    }
+    Ok(())
+}
+
+impl Agent {
+    fn open_spool(&mut self) {
+        if self.spool.is_some() {
+            return;
+        }
+        match Spool::open(&self.settings.spool_dir, self.settings.max_spool_samples) {
+            Ok(mut spool) => {
+                // Seqs handed out while the disk was away must not be reused.
+                if let Some(&last) = self.memory.keys().next_back() {
+                    while spool.next_seq() <= last {
+                        spool.take_seq();
+                    }
+                }
+                self.spool = Some(spool);
+                self.ready.store(true, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open the spool; samples are kept in memory");
+                self.ready.store(false, Ordering::Relaxed);
+            }
+        }
+        self.update_gauges();
+    }
+
+    fn pending(&self) -> usize {
+        self.spool.as_ref().map_or(0, Spool::len) + self.memory.len()
+    }
+
+    fn update_gauges(&self) {
+        let m = &self.metrics;
+        m.samples_pending
+            .set(i64::try_from(self.pending()).unwrap_or(i64::MAX));
+        m.spool_bytes.set(
+            self.spool
+                .as_ref()
+                .map_or(0, |s| i64::try_from(s.bytes()).unwrap_or(i64::MAX)),
+        );
+    }
+
+    /// Counts the node's cores now and keeps the sample: on disk if it can,
+    /// in memory if it cannot.
+    fn take_sample(&mut self) {
+        self.open_spool();
+        let count = match self.settings.machine.cores() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "no sample this time");
+                return;
+            }
+        };
+        let at = self.clock.now();
+        self.metrics.samples_taken.inc();
+        self.metrics.node_cores.set(i64::from(count.cores));
+        let node = self.settings.node.clone();
+        let stored = match self.spool.as_mut() {
+            Some(spool) => match spool.append(&node, count.cores, at, AGENT_VERSION) {
+                Ok((sample, appended)) => {
+                    if appended.dropped > 0 {
+                        tracing::warn!(
+                            dropped = appended.dropped,
+                            bound = self.settings.max_spool_samples,
+                            "spool full; dropped the oldest samples"
+                        );
+                        self.metrics.dropped("spool_full", appended.dropped);
+                    }
+                    self.ready.store(true, Ordering::Relaxed);
+                    tracing::info!(seq = sample.seq, cores = count.cores, "sample taken");
+                    true
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot write the sample to the spool; keeping it in memory");
+                    self.metrics.spool_write_errors.inc();
+                    self.ready.store(false, Ordering::Relaxed);
+                    false
+                }
+            },
+            None => {
+                self.metrics.spool_write_errors.inc();
+                false
+            }
+        };
+        if !stored {
+            let seq = match self.spool.as_mut() {
+                Some(spool) => spool.take_seq(),
+                None => self.memory_seq(at),
+            };
+            self.memory.insert(
+                seq,
+                AgentSample {
+                    node,
+                    cores: count.cores,
+                    at,
+                    seq,
+                    agent_version: AGENT_VERSION.to_string(),
+                },
+            );
+            while self.memory.len() > self.settings.max_memory_samples {
+                self.memory.pop_first();
+                self.metrics.dropped("memory_full", 1);
+            }
+        }
+        self.update_gauges();
+    }
+
+    /// A seq when no spool could be opened at all: above anything handed out
+    /// before, and above the Unix time in seconds, so that an agent that
+    /// restarts without its spool still never repeats one.
+    fn memory_seq(&self, at: chrono::DateTime<chrono::Utc>) -> u64 {
+        let last = self.memory.keys().next_back().copied().unwrap_or(0);
+        (last + 1).max(u64::try_from(at.timestamp()).unwrap_or(0))
+    }
+
+    /// Pushes every pending sample, oldest first, in batches.
+    async fn push_pending(&mut self) -> Result<(), PushError> {
+        loop {
+            let batch = self.next_batch();
+            if batch.is_empty() {
+                self.update_gauges();
+                return Ok(());
+            }
+            let token = self
+                .settings
+                .token
+                .current()
+                .map_err(|e| PushError::Token(format!("{e:#}")))?;
+            let results = match self.pusher.push(&batch, &token).await {
+                Ok(r) => r,
+                Err(e) => {
+                    self.metrics.push_error(e.kind());
+                    return Err(e);
+                }
+            };
+            for (sample, result) in batch.iter().zip(&results) {
+                match result.status {
+                    SampleStatus::Accepted | SampleStatus::Duplicate => {
+                        self.metrics.samples_pushed.inc();
+                    }
+                    SampleStatus::Rejected => {
+                        let reason = result.reason.map_or("unknown", |r| r.as_str());
+                        tracing::warn!(seq = sample.seq, reason, at = %sample.at, "the aggregator rejected a sample; dropping it");
+                        self.metrics.dropped("rejected", 1);
+                    }
+                }
+                self.forget(sample.seq);
+            }
+            if let Some(spool) = &self.spool {
+                if let Err(e) = spool.sync() {
+                    tracing::warn!(error = %e, "cannot sync the spool directory");
+                }
+            }
+            self.metrics
+                .last_push_success
+                .set(self.clock.now().timestamp() as f64);
+            self.update_gauges();
+        }
+    }
+
+    fn next_batch(&mut self) -> Vec<AgentSample> {
+        let size = self.settings.batch_size;
+        let mut batch: Vec<AgentSample> = self.memory.values().take(size).cloned().collect();
+        if let Some(spool) = self.spool.as_mut() {
+            let loaded = spool.load(size);
+            if loaded.corrupt > 0 {
+                self.metrics.dropped("corrupt", loaded.corrupt);
+            }
+            batch.extend(loaded.samples);
+        }
+        batch.sort_by_key(|s| s.seq);
+        batch.truncate(size);
+        batch
+    }
+
+    fn forget(&mut self, seq: u64) {
+        if self.memory.remove(&seq).is_some() {
+            return;
+        }
+        if let Some(spool) = self.spool.as_mut() {
+            if let Err(e) = spool.remove(seq) {
+                tracing::error!(error = %e, seq, "cannot remove an acknowledged sample; it will be sent again");
+            }
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! The agent's Prometheus metrics.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Cause {
+    pub cause: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Kind {
+    pub kind: String,
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    pub samples_taken: Counter,
+    pub samples_pushed: Counter,
+    pub samples_pending: Gauge,
+    pub samples_dropped: Family<Cause, Counter>,
+    pub push_errors: Family<Kind, Counter>,
+    pub last_push_success: Gauge<f64, AtomicU64>,
+    pub spool_bytes: Gauge,
+    pub spool_write_errors: Counter,
+    pub node_cores: Gauge,
+    pub offset_seconds: Gauge,
+}
+
+impl Metrics {
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("core_meter_agent");
+        r.register(
+            "samples_taken",
+            "Samples taken of the node's cores",
+            self.samples_taken.clone(),
+        );
+        r.register(
+            "samples_pushed",
+            "Samples the aggregator acknowledged (accepted or duplicate)",
+            self.samples_pushed.clone(),
+        );
+        r.register(
+            "samples_pending",
+            "Samples waiting to be acknowledged",
+            self.samples_pending.clone(),
+        );
+        r.register(
+            "samples_dropped",
+            "Samples given up, by cause (spool_full, rejected, corrupt, memory_full)",
+            self.samples_dropped.clone(),
+        );
+        r.register(
+            "push_errors",
+            "Failed pushes, by kind",
+            self.push_errors.clone(),
+        );
+        r.register(
+            "last_push_success_timestamp_seconds",
+            "Unix time of the last acknowledged push",
+            self.last_push_success.clone(),
+        );
+        r.register(
+            "spool_bytes",
+            "Bytes of pending samples on disk",
+            self.spool_bytes.clone(),
+        );
+        r.register(
+            "spool_write_errors",
+            "Samples that could not be written to the spool (kept in memory instead)",
+            self.spool_write_errors.clone(),
+        );
+        r.register(
+            "node_cores",
+            "The node's cores at the last sample",
+            self.node_cores.clone(),
+        );
+        r.register(
+            "schedule_offset_seconds",
+            "This node's offset into each sampling interval",
+            self.offset_seconds.clone(),
+        );
+    }
+
+    pub fn dropped(&self, cause: &str, n: u64) {
+        self.samples_dropped
+            .get_or_create(&Cause {
+                cause: cause.to_string(),
+            })
+            .inc_by(n);
+    }
+
+    pub fn push_error(&self, kind: &str) {
+        self.push_errors
+            .get_or_create(&Kind {
+                kind: kind.to_string(),
+            })
+            .inc();
+    }
+}

@@ -1,0 +1,343 @@
+//! Test helpers: a small aggregator that speaks `POST /v1/samples` (SPEC section 9), and the real agent binary run, killed and restarted.
+
+#![allow(dead_code)]
+// Metric values are floats in the Prometheus text format; summing them is test arithmetic.
+#![allow(clippy::float_arithmetic)]
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::post;
+use axum::{Json, Router};
+use shared::wire::{IngestResponse, SampleBatch, SampleResult, SampleStatus};
+
+pub const TOKEN: &str = "cluster-token-for-tests";
+
+/// How the fake aggregator answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Stores and answers.
+    Normal,
+    /// Stores, then never answers (the agent dies or times out waiting).
+    StoreThenHang,
+    /// Answers 503 without storing.
+    Unavailable,
+}
+
+#[derive(Default)]
+pub struct Received {
+    /// Stored samples by (node, seq), with the cores.
+    pub stored: BTreeMap<(String, u64), u32>,
+    /// Seqs in the order they were first stored.
+    pub arrival: Vec<u64>,
+    pub duplicates: u64,
+    pub requests: u64,
+    pub unauthorized: u64,
+}
+
+pub struct FakeAggregator {
+    pub addr: SocketAddr,
+    pub received: Arc<Mutex<Received>>,
+    mode: Arc<Mutex<Mode>>,
+    _thread: std::thread::JoinHandle<()>,
+}
+
+type Shared = (Arc<Mutex<Received>>, Arc<Mutex<Mode>>);
+
+async fn ingest(
+    State((received, mode)): State<Shared>,
+    headers: HeaderMap,
+    Json(batch): Json<SampleBatch>,
+) -> axum::response::Response {
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if auth != format!("Bearer {TOKEN}") {
+        received.lock().unwrap().unauthorized += 1;
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let mode = *mode.lock().unwrap();
+    if mode == Mode::Unavailable {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    let results = {
+        let mut r = received.lock().unwrap();
+        r.requests += 1;
+        batch
+            .samples
+            .iter()
+            .enumerate()
+            .map(|(index, s)| {
+                let key = (s.node.clone(), s.seq);
+                let status = match r.stored.entry(key) {
+                    std::collections::btree_map::Entry::Occupied(_) => SampleStatus::Duplicate,
+                    std::collections::btree_map::Entry::Vacant(e) => {
+                        e.insert(s.cores);
+                        SampleStatus::Accepted
+                    }
+                };
+                match status {
+                    SampleStatus::Accepted => r.arrival.push(s.seq),
+                    _ => r.duplicates += 1,
+                }
+                SampleResult {
+                    index,
+                    status,
+                    reason: None,
+                }
+            })
+            .collect()
+    };
+    if mode == Mode::StoreThenHang {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+    Json(IngestResponse { results }).into_response()
+}
+
+impl FakeAggregator {
+    /// Starts on a free port.
+    pub fn start(mode: Mode) -> FakeAggregator {
+        Self::start_on(free_port(), mode)
+    }
+
+    /// Starts on `addr` (e.g. a port the agent already tries in vain).
+    pub fn start_on(addr: SocketAddr, mode: Mode) -> FakeAggregator {
+        let received = Arc::new(Mutex::new(Received::default()));
+        let mode = Arc::new(Mutex::new(mode));
+        let state: Shared = (received.clone(), mode.clone());
+        let listener = TcpListener::bind(addr).expect("bind the fake aggregator");
+        listener.set_nonblocking(true).unwrap();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let app = Router::new()
+                    .route("/v1/samples", post(ingest))
+                    .with_state(state);
+                axum::serve(listener, app).await.unwrap();
+            });
+        });
+        FakeAggregator {
+            addr,
+            received,
+            mode,
+            _thread: thread,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        *self.mode.lock().unwrap() = mode;
+    }
+
+    pub fn stored_seqs(&self) -> Vec<u64> {
+        self.received
+            .lock()
+            .unwrap()
+            .stored
+            .keys()
+            .map(|(_, s)| *s)
+            .collect()
+    }
+
+    pub fn arrival(&self) -> Vec<u64> {
+        self.received.lock().unwrap().arrival.clone()
+    }
+
+    pub fn duplicates(&self) -> u64 {
+        self.received.lock().unwrap().duplicates
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.received.lock().unwrap().requests
+    }
+}
+
+/// A port nothing listens on (bound and released).
+pub fn free_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// The real agent binary.
+pub struct Agent {
+    pub child: Child,
+    pub metrics: SocketAddr,
+    pub log: PathBuf,
+}
+
+pub struct AgentOptions<'a> {
+    pub aggregator: String,
+    pub spool: &'a Path,
+    pub node: &'a str,
+    pub interval_secs: u64,
+    pub extra: Vec<String>,
+}
+
+impl Agent {
+    pub fn start(o: &AgentOptions<'_>) -> Agent {
+        let metrics = free_port();
+        // Not beside the spool: a test may make that read-only.
+        let log =
+            std::env::temp_dir().join(format!("core-meter-agent-test-{}.log", metrics.port()));
+        let log_file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_agent"))
+            .args(["run", "--aggregator", &o.aggregator])
+            .arg("--spool")
+            .arg(o.spool)
+            .args(["--interval-secs", &o.interval_secs.to_string()])
+            .args(["--listen", &metrics.to_string()])
+            .args(["--max-backoff-secs", "1", "--push-timeout-secs", "30"])
+            .args(&o.extra)
+            .env("NODE_NAME", o.node)
+            .env("CORE_METER_TOKEN", TOKEN)
+            .env_remove("CORE_METER_TOKEN_FILE")
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("start the agent");
+        let agent = Agent {
+            child,
+            metrics,
+            log,
+        };
+        agent.wait_for_metrics();
+        agent
+    }
+
+    fn wait_for_metrics(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if http_get(self.metrics, "/healthz").is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "the agent did not serve /healthz; log:\n{}",
+            self.log_text()
+        );
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `kill -9`: no chance to clean up.
+    pub fn kill_hard(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn terminate(mut self, within: Duration) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not stop within {within:?}; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// A metric's value from /metrics (summed over its labels when `label` is empty).
+    pub fn metric(&self, name: &str, label: &str) -> Option<f64> {
+        let body = http_get(self.metrics, "/metrics")?.1;
+        let mut found = None;
+        for line in body.lines().filter(|l| !l.starts_with('#')) {
+            let (key, value) = line.rsplit_once(' ')?;
+            let metric = key.split('{').next().unwrap_or(key);
+            if metric == name && key.contains(label) {
+                let v: f64 = value.parse().ok()?;
+                found = Some(found.unwrap_or(0.0) + v);
+            }
+        }
+        found
+    }
+
+    pub fn readyz(&self) -> Option<u16> {
+        http_get(self.metrics, "/readyz").map(|(s, _)| s)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.0 GET over a real socket: (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// Waits until `check` holds, or panics with `what`.
+pub fn eventually(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out after {within:?} waiting until {what}");
+}
+
+/// The pending samples `agent spool` lists.
+pub fn spool_listing(spool: &Path) -> Vec<serde_json::Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_agent"))
+        .arg("spool")
+        .arg("--spool")
+        .arg(spool)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
