@@ -2,9 +2,9 @@
 
 use chrono::{DateTime, Days, NaiveDate, TimeDelta, Utc};
 use shared::bill::{BillLine, DEFAULT_CURRENCY};
-use shared::overage::{daily_overage, sample_window, Rules};
+use shared::overage::{overage_on, NodeSample, Rules};
 use shared::sample::AgeLimits;
-use shared::zone::BillingZone;
+use shared::zone::{next_day, BillingZone, Timeline};
 
 use crate::store::{Account, Store, StoreError};
 
@@ -34,11 +34,13 @@ impl Default for BillingConfig {
 /// Runs billing at instant `now` and returns the lines it issued.
 ///
 /// For each account it looks at the days from the earlier of: the day the
-/// account was marked from (the earliest sample stored, licence or cap set
-/// since the last run) and the first day that was not yet due at the last
-/// run; up to the last day due at `now`. Each such day with samples gets its daily line if it
-/// has none, or an adjustment if its amount now differs from what was issued.
-/// A second run at the same instant finds nothing to do.
+/// account was marked from (less the hours gap bridging reaches back: the
+/// earliest sample stored, licence or cap set since the last run) and the
+/// first day that was not yet due at the last run; up to the last day due at
+/// `now`. Each such day with samples gets its daily line if it has none, or an
+/// adjustment if its amount now differs from what was issued. A second run at
+/// the same instant finds nothing to do. A run never goes back in time: asked
+/// for an instant before the last run, it runs at the last run's instant.
 pub fn run_billing(
     store: &mut Store,
     now: DateTime<Utc>,
@@ -46,21 +48,22 @@ pub fn run_billing(
 ) -> Result<Vec<BillLine>, StoreError> {
     let zone = &config.zone;
     let last_run = store.last_billing_run()?;
+    let now = match last_run {
+        Some(last) if last > now => {
+            tracing::warn!(%now, %last, "billing asked to run before the last run; running at the last run's instant");
+            last
+        }
+        _ => now,
+    };
     let last_due = zone.last_due_day(now);
     let reach = TimeDelta::hours(i64::from(config.rules.reach_hours()));
     let mut issued = Vec::new();
     for account in store.accounts()? {
         let starts = [
-            // A change at `from` reaches back through gap bridging.
             account.recompute_from.map(|from| zone.day_of(from - reach)),
             last_run.map(|l| zone.first_day_not_due(l)),
         ];
-        // Nothing before the account's first sample can be billed.
-        let earliest = store
-            .earliest_sample_at(&account)?
-            .map(|at| zone.day_of(at));
-        if let (Some(first), Some(earliest)) = (starts.into_iter().flatten().min(), earliest) {
-            let first = first.max(earliest);
+        if let Some(first) = starts.into_iter().flatten().min() {
             if first <= last_due {
                 issued.extend(bill_account(store, &account, first, last_due, now, config)?);
             }
@@ -71,6 +74,8 @@ pub fn run_billing(
     Ok(issued)
 }
 
+/// Bills `first..=last` of one account, a chunk of days at a time, skipping
+/// stretches without samples.
 fn bill_account(
     store: &mut Store,
     account: &Account,
@@ -79,31 +84,38 @@ fn bill_account(
     now: DateTime<Utc>,
     config: &BillingConfig,
 ) -> Result<Vec<BillLine>, StoreError> {
+    let zone = &config.zone;
+    let reach = TimeDelta::hours(i64::from(config.rules.reach_hours()));
     let licences = store.licences(account)?;
     let caps = store.caps(account)?;
     let mut issued = Vec::new();
     let mut chunk_start = first;
     while chunk_start <= last {
+        // Jump over days without samples: nothing there can be billed.
+        let Some(next) = store.first_sample_at(account, zone.day_start(chunk_start) - reach)?
+        else {
+            break;
+        };
+        chunk_start = chunk_start.max(zone.day_of(next));
+        if chunk_start > last {
+            break;
+        }
         let chunk_end = chunk_start
             .checked_add_days(Days::new(CHUNK_DAYS - 1))
             .expect("date in range")
             .min(last);
-        let (from_ms, to_ms) = sample_window(&config.zone, chunk_start, chunk_end, &config.rules);
-        let samples = store.billing_samples(account, from_ms, to_ms, now)?;
-        let figures: Vec<_> = daily_overage(
-            &config.zone,
-            chunk_start,
-            chunk_end,
-            &samples,
-            &licences,
-            &caps,
-            &config.rules,
-        )
-        .into_iter()
-        .filter(|f| f.sampled)
-        .collect();
-        issued.extend(store.issue_lines(account, &figures, &config.currency, now)?);
-        chunk_start = shared::zone::next_day(chunk_end);
+        let timeline = Timeline::new(zone, chunk_start, chunk_end, config.rules.reach_hours());
+        let compute = |samples: &[NodeSample]| {
+            overage_on(zone, &timeline, samples, &licences, &caps, &config.rules)
+        };
+        issued.extend(store.bill_days(
+            account,
+            timeline.span_ms(),
+            compute,
+            &config.currency,
+            now,
+        )?);
+        chunk_start = next_day(chunk_end);
     }
     Ok(issued)
 }

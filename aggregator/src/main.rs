@@ -26,6 +26,23 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // A bug must still end in one line that says what happened, not a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_string());
+        let place = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!(
+            "aggregator: internal error: {}{place}",
+            message.replace('\n', " ")
+        );
+    }));
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Replay { case } => replay(&case),

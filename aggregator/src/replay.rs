@@ -51,7 +51,7 @@ pub struct Settings {
 #[derive(Debug, Deserialize)]
 pub struct CaseAccount {
     pub id: String,
-    #[serde(default)]
+    #[serde(default, alias = "licences")]
     pub licenses: Vec<CaseLicence>,
     #[serde(default)]
     pub caps: Vec<CaseCap>,

@@ -172,12 +172,7 @@ impl Meter {
     fn stored_samples(&mut self, account: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> usize {
         let account = self.store.account(account).unwrap().expect("account");
         self.store
-            .billing_samples(
-                &account,
-                from.timestamp_millis(),
-                to.timestamp_millis(),
-                DateTime::<Utc>::MAX_UTC,
-            )
+            .samples_between(&account, from, to)
             .unwrap()
             .len()
     }

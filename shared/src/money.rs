@@ -16,12 +16,6 @@ pub fn div_round_half_up(numerator: Decimal, denominator: u64, places: u32) -> D
     Decimal::from_i128_with_scale(if negative { -q } else { q }, places)
 }
 
-/// `numerator / denominator` rounded up to a whole number, for non-negative integers.
-pub fn div_ceil(numerator: u64, denominator: u64) -> u64 {
-    assert!(denominator > 0, "division by zero");
-    numerator.div_ceil(denominator)
-}
-
 /// A decimal shown with exactly two places (`5` as `5.00`), after half-up rounding.
 pub fn cents(value: Decimal) -> Decimal {
     let mut v =
@@ -53,12 +47,5 @@ mod tests {
         assert_eq!(div_round_half_up(d("121"), 24, 0), d("5"));
         assert_eq!(div_round_half_up(d("-3"), 24, 2), d("-0.13"));
         assert_eq!(div_round_half_up(d("121.0000"), 1, 2).to_string(), "121.00");
-    }
-
-    #[test]
-    fn ceil_rounds_any_fraction_up() {
-        assert_eq!(div_ceil(484, 24), 21);
-        assert_eq!(div_ceil(480, 24), 20);
-        assert_eq!(div_ceil(0, 24), 0);
     }
 }

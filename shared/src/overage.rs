@@ -6,7 +6,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::money::{cents, div_ceil, div_round_half_up};
+use crate::money::{cents, div_round_half_up};
 use crate::zone::{BillingZone, Timeline};
 
 /// The smallest elastic cap an account may have, in cores.
@@ -186,7 +186,7 @@ pub fn price_day(
     let average = div_round_half_up(Decimal::from(excess_core_hours), h, 2);
     let (billable, amount) = match rules.rounding {
         CoreRounding::Ceil => {
-            let cores = Decimal::from(div_ceil(billable_core_hours, h));
+            let cores = Decimal::from(billable_core_hours.div_ceil(h));
             (cores, cents(cores * rules.price_per_core_day))
         }
         CoreRounding::HalfUp => {
@@ -204,23 +204,18 @@ pub fn price_day(
     };
     let mut billable = billable;
     billable.rescale(2);
-    debug_assert!(billable <= Decimal::from(cap_cores));
-    debug_assert!(!amount.is_sign_negative() || amount.is_zero());
+    assert!(
+        billable <= Decimal::from(cap_cores),
+        "billable cores never exceed the cap"
+    );
+    assert!(
+        !amount.is_sign_negative() || amount.is_zero(),
+        "a day's amount is never negative"
+    );
     (average, billable, amount)
 }
 
-/// The `at` range `[from, to)` whose samples the figures of `first..=last` depend on.
-pub fn sample_window(
-    zone: &BillingZone,
-    first: NaiveDate,
-    last: NaiveDate,
-    rules: &Rules,
-) -> (i64, i64) {
-    Timeline::new(zone, first, last, rules.reach_hours()).span_ms()
-}
-
-/// The daily overage of every day in `first..=last` for one account, from its
-/// samples (those of [`sample_window`]; others are ignored), licences and caps.
+/// The daily overage of every day in `first..=last` for one account (see [`overage_on`]).
 pub fn daily_overage(
     zone: &BillingZone,
     first: NaiveDate,
@@ -231,6 +226,21 @@ pub fn daily_overage(
     rules: &Rules,
 ) -> Vec<DayFigures> {
     let timeline = Timeline::new(zone, first, last, rules.reach_hours());
+    overage_on(zone, &timeline, samples, licences, caps, rules)
+}
+
+/// The daily overage of every day of `timeline` for one account, from its
+/// samples (those outside the timeline's span are ignored), licences and caps.
+/// Build the timeline with a margin of `rules.reach_hours()` and pass every
+/// sample in its span, or bridging at the edges is lost.
+pub fn overage_on(
+    zone: &BillingZone,
+    timeline: &Timeline,
+    samples: &[NodeSample],
+    licences: &[Licence],
+    caps: &[CapChange],
+    rules: &Rules,
+) -> Vec<DayFigures> {
     let n = timeline.len();
 
     // 1. Node-hours: each node's largest sample in each bucket. Sorting by
@@ -282,6 +292,8 @@ pub fn daily_overage(
     // 5 to 9, day by day.
     timeline
         .days()
+        // A day a zone skipped altogether (Pacific/Apia, 2011-12-30) has no hours to bill.
+        .filter(|(_, range)| !range.is_empty())
         .map(|(day, range)| {
             let hours = u32::try_from(range.len()).expect("a day has few hours");
             let excess: u64 = range

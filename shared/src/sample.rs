@@ -34,16 +34,6 @@ impl Rejection {
             Rejection::TooOld => "too_old",
         }
     }
-
-    /// The field of the sample that the rejection is about.
-    pub fn field(self) -> &'static str {
-        match self {
-            Rejection::UnknownAccount => "account",
-            Rejection::InvalidCores => "cores",
-            Rejection::MissingIdentity => "node",
-            Rejection::InvalidAt | Rejection::InFuture | Rejection::TooOld => "at",
-        }
-    }
 }
 
 impl std::fmt::Display for Rejection {
@@ -104,10 +94,17 @@ pub fn validate(
         return Err(Rejection::MissingIdentity);
     }
     let at = s.at.ok_or(Rejection::InvalidAt)?;
-    if at > received_at + limits.max_future {
+    // Limits past the representable range simply never bind.
+    if received_at
+        .checked_add_signed(limits.max_future)
+        .is_some_and(|newest| at > newest)
+    {
         return Err(Rejection::InFuture);
     }
-    if at < received_at - limits.max_age {
+    if received_at
+        .checked_sub_signed(limits.max_age)
+        .is_some_and(|oldest| at < oldest)
+    {
         return Err(Rejection::TooOld);
     }
     Ok(Checked { cores, at })

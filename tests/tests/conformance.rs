@@ -43,7 +43,16 @@ fn every_conformance_case_replays_to_its_expected_result() {
         let expected = expected_for(case);
         let outcome = aggregator::replay::replay_file(case);
         match (expected.get("error"), outcome) {
-            (Some(_), Err(_)) => {}
+            // The message must name the same problem the expected file does.
+            (Some(want), Err(e)) => {
+                let want = want.as_str().unwrap_or("").to_lowercase();
+                let got = format!("{e:#}").to_lowercase();
+                if !got.contains(&want) {
+                    failures.push(format!(
+                        "{name}: expected an error naming {want:?}, got {got:?}"
+                    ));
+                }
+            }
             (Some(want), Ok(_)) => {
                 failures.push(format!("{name}: expected an error ({want}), got bills"))
             }

@@ -105,15 +105,25 @@ async fn ingest(
 impl FakeAggregator {
     /// Starts on a free port.
     pub fn start(mode: Mode) -> FakeAggregator {
-        Self::start_on(free_port(), mode)
+        Self::serve(
+            TcpListener::bind("127.0.0.1:0").expect("bind the fake aggregator"),
+            mode,
+        )
     }
 
     /// Starts on `addr` (e.g. a port the agent already tries in vain).
     pub fn start_on(addr: SocketAddr, mode: Mode) -> FakeAggregator {
+        Self::serve(
+            TcpListener::bind(addr).expect("bind the fake aggregator"),
+            mode,
+        )
+    }
+
+    fn serve(listener: TcpListener, mode: Mode) -> FakeAggregator {
+        let addr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Received::default()));
         let mode = Arc::new(Mutex::new(mode));
         let state: Shared = (received.clone(), mode.clone());
-        let listener = TcpListener::bind(addr).expect("bind the fake aggregator");
         listener.set_nonblocking(true).unwrap();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -190,40 +200,56 @@ pub struct AgentOptions<'a> {
 
 impl Agent {
     pub fn start(o: &AgentOptions<'_>) -> Agent {
-        let metrics = free_port();
         // Not beside the spool: a test may make that read-only.
-        let log =
-            std::env::temp_dir().join(format!("core-meter-agent-test-{}.log", metrics.port()));
+        let log = tempfile::Builder::new()
+            .prefix("core-meter-agent-test-")
+            .suffix(".log")
+            .tempfile()
+            .unwrap()
+            .into_temp_path()
+            .keep()
+            .unwrap();
         let log_file = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_agent"))
             .args(["run", "--aggregator", &o.aggregator])
             .arg("--spool")
             .arg(o.spool)
             .args(["--interval-secs", &o.interval_secs.to_string()])
-            .args(["--listen", &metrics.to_string()])
+            // Port 0: the agent says in its log which port it got.
+            .args(["--listen", "127.0.0.1:0"])
             .args(["--max-backoff-secs", "1", "--push-timeout-secs", "30"])
             .args(&o.extra)
             .env("NODE_NAME", o.node)
             .env("CORE_METER_TOKEN", TOKEN)
             .env_remove("CORE_METER_TOKEN_FILE")
+            .env_remove("CORE_METER_LOG_JSON")
+            .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
             .expect("start the agent");
-        let agent = Agent {
+        let mut agent = Agent {
             child,
-            metrics,
+            metrics: "0.0.0.0:0".parse().unwrap(),
             log,
         };
-        agent.wait_for_metrics();
+        agent.metrics = agent.wait_for_metrics();
         agent
     }
 
-    fn wait_for_metrics(&self) {
+    fn wait_for_metrics(&self) -> SocketAddr {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if http_get(self.metrics, "/healthz").is_some() {
-                return;
+            let log = self.log_text();
+            let addr = log
+                .split("listen=")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|a| a.parse::<SocketAddr>().ok());
+            if let Some(addr) = addr {
+                if http_get(addr, "/healthz").is_some() {
+                    return addr;
+                }
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -292,6 +318,12 @@ impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Keep the log of a failed test for a look; forget the others.
+        if std::thread::panicking() {
+            eprintln!("agent log kept at {}", self.log.display());
+        } else {
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
 }
 

@@ -42,14 +42,7 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT ref, id, recompute_from_ms, marks FROM accounts ORDER BY id")?;
-        let rows = stmt.query_map([], |r| {
-            Ok(Account {
-                reference: r.get(0)?,
-                id: r.get(1)?,
-                recompute_from: r.get::<_, Option<i64>>(2)?.map(from_ms),
-                marks: r.get(3)?,
-            })
-        })?;
+        let rows = stmt.query_map([], account_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -142,27 +135,25 @@ impl Store {
         Ok(())
     }
 
-    pub fn account_exists(&mut self, id: &str) -> Result<bool, StoreError> {
-        Ok(self.account_ref(id)?.is_some())
-    }
-
     pub fn account(&mut self, id: &str) -> Result<Option<Account>, StoreError> {
         Ok(self
             .conn
             .query_row(
                 "SELECT ref, id, recompute_from_ms, marks FROM accounts WHERE id = ?1",
                 [id],
-                |r| {
-                    Ok(Account {
-                        reference: r.get(0)?,
-                        id: r.get(1)?,
-                        recompute_from: r.get::<_, Option<i64>>(2)?.map(from_ms),
-                        marks: r.get(3)?,
-                    })
-                },
+                account_row,
             )
             .optional()?)
     }
+}
+
+fn account_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Account> {
+    Ok(Account {
+        reference: r.get(0)?,
+        id: r.get(1)?,
+        recompute_from: r.get::<_, Option<i64>>(2)?.map(from_ms),
+        marks: r.get(3)?,
+    })
 }
 
 /// Notes that the days of `account_ref` may have changed from `from` on, and
@@ -178,11 +169,4 @@ pub(super) fn mark_for_recompute(
     )?
     .execute((account_ref, from.timestamp_millis()))?;
     Ok(())
-}
-
-impl Account {
-    /// The account's row reference, as other tables store it.
-    pub fn reference(&self) -> i64 {
-        self.reference
-    }
 }

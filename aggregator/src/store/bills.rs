@@ -6,27 +6,37 @@ use std::str::FromStr;
 use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use shared::bill::{idempotency_key, next_line, BillLine, Issued, LineKind};
-use shared::overage::DayFigures;
+use shared::overage::{DayFigures, NodeSample};
 
 use super::{from_ms, Account, Store, StoreError};
 
 impl Store {
-    /// Issues, for each day's figures, the line `next_line` calls for against
-    /// what is already stored, all in one transaction that holds the write
-    /// lock: two runs that overlap cannot both bill a day.
-    pub fn issue_lines(
+    /// Bills some days of an account in one transaction that holds SQLite's
+    /// write lock from start to end: reads the account's samples with `at` in
+    /// `window_ms`, lets `compute` turn them into day figures, and issues for
+    /// each day the line `next_line` calls for against what is stored. Two
+    /// runs that overlap therefore see each other's lines and the same
+    /// samples: neither bills a day twice nor undoes the other's adjustment.
+    pub fn bill_days(
         &mut self,
         account: &Account,
-        figures: &[DayFigures],
+        window_ms: (i64, i64),
+        compute: impl FnOnce(&[NodeSample]) -> Vec<DayFigures>,
         currency: &str,
         issued_at: DateTime<Utc>,
     ) -> Result<Vec<BillLine>, StoreError> {
-        let (Some(first), Some(last)) = (figures.first(), figures.last()) else {
-            return Ok(Vec::new());
-        };
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let samples = super::samples::samples_in(&tx, account.reference, window_ms)?;
+        let figures: Vec<DayFigures> = compute(&samples)
+            .into_iter()
+            .filter(|f| f.sampled)
+            .collect();
+        drop(samples);
+        let (Some(first), Some(last)) = (figures.first(), figures.last()) else {
+            return Ok(Vec::new());
+        };
         let mut issued: HashMap<NaiveDate, Issued> = HashMap::new();
         {
             let mut stmt = tx.prepare_cached(
@@ -53,7 +63,7 @@ impl Store {
                                          cap_cores, billable_cores, amount, currency, issued_at_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?;
-            for f in figures {
+            for f in &figures {
                 let before = issued.get(&f.day).copied().unwrap_or_default();
                 if let Some(line) = next_line(&account.id, f, &before, currency, issued_at) {
                     insert.execute(rusqlite::params![

@@ -166,51 +166,57 @@ impl Store {
         tx.commit()?;
         Ok(outcomes)
     }
-
-    /// The samples billing needs: the account's, with `at` in `[from_ms, to_ms)`,
-    /// received at or before `received_by`.
-    pub fn billing_samples(
-        &self,
-        account: &Account,
-        from_ms: i64,
-        to_ms: i64,
-        received_by: DateTime<Utc>,
-    ) -> Result<Vec<NodeSample>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT node_id, at_ms, cores FROM samples
-              WHERE account_ref = ?1 AND at_ms >= ?2 AND at_ms < ?3 AND received_at_ms <= ?4",
-        )?;
-        let rows = stmt.query_map(
-            (
-                account.reference,
-                from_ms,
-                to_ms,
-                received_by.timestamp_millis(),
-            ),
-            |r| {
-                Ok(NodeSample {
-                    node: r.get::<_, i64>(0)? as u64,
-                    at_ms: r.get(1)?,
-                    cores: r.get(2)?,
-                })
-            },
-        )?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
 }
 
 impl Store {
-    /// The `at` of the account's earliest stored sample, if it has one.
-    pub fn earliest_sample_at(
+    /// The account's samples with `at` in `[from, to)`.
+    pub fn samples_between(
         &self,
         account: &Account,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<NodeSample>, StoreError> {
+        samples_in(
+            &self.conn,
+            account.reference,
+            (from.timestamp_millis(), to.timestamp_millis()),
+        )
+    }
+
+    /// The `at` of the account's first stored sample at or after `from`, if any.
+    pub fn first_sample_at(
+        &self,
+        account: &Account,
+        from: DateTime<Utc>,
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
         let ms: Option<i64> = self
             .conn
-            .prepare_cached("SELECT min(at_ms) FROM samples WHERE account_ref = ?1")?
-            .query_row([account.reference], |r| r.get(0))?;
+            .prepare_cached(
+                "SELECT min(at_ms) FROM samples WHERE account_ref = ?1 AND at_ms >= ?2",
+            )?
+            .query_row((account.reference, from.timestamp_millis()), |r| r.get(0))?;
         Ok(ms.map(super::from_ms))
     }
+}
+
+/// The account's samples with `at` in `[from_ms, to_ms)`, whenever received:
+/// a billing run counts everything stored when it takes the write lock.
+pub(super) fn samples_in(
+    conn: &rusqlite::Connection,
+    account_ref: i64,
+    (from_ms, to_ms): (i64, i64),
+) -> Result<Vec<NodeSample>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT node_id, at_ms, cores FROM samples WHERE account_ref = ?1 AND at_ms >= ?2 AND at_ms < ?3",
+    )?;
+    let rows = stmt.query_map((account_ref, from_ms, to_ms), |r| {
+        Ok(NodeSample {
+            node: r.get::<_, i64>(0)? as u64,
+            at_ms: r.get(1)?,
+            cores: r.get(2)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Sample rows written by one multi-row INSERT.
