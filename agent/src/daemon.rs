@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::SubsecRound;
 use prometheus_client::registry::Registry;
 use shared::clock::Clock;
 use shared::wire::{AgentSample, SampleStatus, MAX_BATCH_SAMPLES};
@@ -225,7 +226,8 @@ impl Agent {
                 return;
             }
         };
-        let at = self.clock.now();
+        // Milliseconds are all the aggregator keeps.
+        let at = self.clock.now().trunc_subsecs(3);
         self.metrics.samples_taken.inc();
         self.metrics.node_cores.set(i64::from(count.cores));
         let node = self.settings.node.clone();

@@ -10,6 +10,7 @@ use agent::daemon::{Settings, AGENT_VERSION};
 use agent::identity::{node_name, TokenSource};
 use agent::sampler::{default_sys_root, Machine};
 use agent::spool::Spool;
+use chrono::SubsecRound;
 use clap::{Args, Parser, Subcommand};
 use shared::clock::{Clock, SystemClock};
 
@@ -127,9 +128,11 @@ fn main() -> ExitCode {
 fn init_logs(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     if json {
         builder.json().init();
     } else {
@@ -176,7 +179,7 @@ fn once(args: NodeArgs) -> anyhow::Result<()> {
     let out = serde_json::json!({
         "node": node,
         "cores": count.cores,
-        "at": SystemClock.now(),
+        "at": SystemClock.now().trunc_subsecs(3),
         "agent_version": AGENT_VERSION,
         "sysfs_cores": count.sysfs,
         "sysinfo_cores": count.sysinfo,
