@@ -319,3 +319,52 @@ fn sigterm_with_the_aggregator_unreachable_exits_zero_within_the_grace_and_keeps
     );
     assert!(!spool_listing(&spool).is_empty());
 }
+
+#[test]
+fn a_wrong_token_is_not_retried_at_once_and_the_samples_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let server = FakeAggregator::start(Mode::Normal);
+    let mut opts = options(server.url(), &spool, "node-w");
+    opts.extra = vec!["--token".into(), "not-the-token".into()];
+    opts.interval_secs = 3600;
+    let agent = Agent::start(&opts);
+    eventually(Duration::from_secs(10), "the push was refused", || {
+        server.unauthorized() >= 1
+    });
+    // An hour-long interval: a 401 waits for the next sample, it is not hammered.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        server.unauthorized(),
+        1,
+        "a 401 is not retried with backoff"
+    );
+    assert_eq!(
+        agent.metric("core_meter_agent_push_errors_total", "refused"),
+        Some(1.0)
+    );
+    assert_eq!(spool_listing(&spool).len(), 1, "the sample is kept");
+    assert!(
+        agent.log_text().contains("ERROR"),
+        "the refusal is logged as an error"
+    );
+}
+
+#[test]
+fn a_rejected_sample_is_dropped_with_its_reason_logged_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let server = FakeAggregator::start(Mode::RejectAll);
+    let agent = Agent::start(&options(server.url(), &spool, "node-r"));
+    eventually(Duration::from_secs(10), "two samples were rejected", || {
+        agent
+            .metric("core_meter_agent_samples_dropped_total", "rejected")
+            .unwrap_or(0.0)
+            >= 2.0
+    });
+    assert!(
+        spool_listing(&spool).len() <= 1,
+        "rejected samples leave the spool"
+    );
+    assert!(agent.log_text().contains("too_old"), "the reason is logged");
+}

@@ -29,6 +29,8 @@ pub enum Mode {
     StoreThenHang,
     /// Answers 503 without storing.
     Unavailable,
+    /// Answers every sample `rejected` (`too_old`) without storing.
+    RejectAll,
 }
 
 #[derive(Default)]
@@ -67,6 +69,17 @@ async fn ingest(
     let mode = *mode.lock().unwrap();
     if mode == Mode::Unavailable {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    if mode == Mode::RejectAll {
+        received.lock().unwrap().requests += 1;
+        let results = (0..batch.samples.len())
+            .map(|index| SampleResult {
+                index,
+                status: SampleStatus::Rejected,
+                reason: Some(shared::sample::Rejection::TooOld),
+            })
+            .collect();
+        return Json(IngestResponse { results }).into_response();
     }
     let results = {
         let mut r = received.lock().unwrap();
@@ -174,6 +187,10 @@ impl FakeAggregator {
 
     pub fn requests(&self) -> u64 {
         self.received.lock().unwrap().requests
+    }
+
+    pub fn unauthorized(&self) -> u64 {
+        self.received.lock().unwrap().unauthorized
     }
 }
 
