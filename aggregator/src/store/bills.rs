@@ -63,6 +63,9 @@ impl Store {
                                          cap_cores, billable_cores, amount, currency, issued_at_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?;
+            let mut queue = tx.prepare_cached(
+                "INSERT INTO outbox (account_ref, day, seq, next_attempt_ms) VALUES (?1, ?2, ?3, ?4)",
+            )?;
             for f in &figures {
                 let before = issued.get(&f.day).copied().unwrap_or_default();
                 if let Some(line) = next_line(&account.id, f, &before, currency, issued_at) {
@@ -80,6 +83,12 @@ impl Store {
                         line.currency,
                         line.issued_at.timestamp_millis(),
                     ])?;
+                    queue.execute((
+                        account.reference,
+                        line.day.to_string(),
+                        line.seq,
+                        issued_at.timestamp_millis(),
+                    ))?;
                     lines.push(line);
                 }
             }
@@ -94,38 +103,47 @@ impl Store {
         account: Option<&str>,
         day: Option<NaiveDate>,
     ) -> Result<Vec<BillLine>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT a.id, b.day, b.seq, b.kind, b.hours, b.excess_core_hours, b.average_excess_cores,
-                    b.cap_cores, b.billable_cores, b.amount, b.currency, b.issued_at_ms
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {LINE_COLUMNS}
                FROM bill_lines b JOIN accounts a ON a.ref = b.account_ref
               WHERE (?1 IS NULL OR a.id = ?1) AND (?2 IS NULL OR b.day = ?2)
-              ORDER BY b.issued_at_ms, a.id, b.day, b.seq",
-        )?;
+              ORDER BY b.issued_at_ms, a.id, b.day, b.seq"
+        ))?;
         let mut rows = stmt.query((account, day.map(|d| d.to_string())))?;
         let mut out = Vec::new();
         while let Some(r) = rows.next()? {
-            let account: String = r.get(0)?;
-            let day = parse_day(&r.get::<_, String>(1)?)?;
-            let seq: u32 = r.get(2)?;
-            let kind = LineKind::from_str(&r.get::<_, String>(3)?).map_err(corrupt)?;
-            out.push(BillLine {
-                idempotency_key: idempotency_key(&account, day, seq),
-                account,
-                day,
-                seq,
-                kind,
-                hours: r.get(4)?,
-                excess_core_hours: r.get::<_, i64>(5)? as u64,
-                average_excess_cores: parse_decimal(&r.get::<_, String>(6)?)?,
-                cap_cores: r.get(7)?,
-                billable_cores: parse_decimal(&r.get::<_, String>(8)?)?,
-                amount: parse_decimal(&r.get::<_, String>(9)?)?,
-                currency: r.get(10)?,
-                issued_at: from_ms(r.get(11)?),
-            });
+            out.push(line_row(r, 0)?);
         }
         Ok(out)
     }
+}
+
+/// The columns a bill line is read from, in the order [`line_row`] expects.
+pub(super) const LINE_COLUMNS: &str =
+    "a.id, b.day, b.seq, b.kind, b.hours, b.excess_core_hours, b.average_excess_cores,
+     b.cap_cores, b.billable_cores, b.amount, b.currency, b.issued_at_ms";
+
+/// A bill line from [`LINE_COLUMNS`] starting at column `at`.
+pub(super) fn line_row(r: &rusqlite::Row<'_>, at: usize) -> Result<BillLine, StoreError> {
+    let account: String = r.get(at)?;
+    let day = parse_day(&r.get::<_, String>(at + 1)?)?;
+    let seq: u32 = r.get(at + 2)?;
+    let kind = LineKind::from_str(&r.get::<_, String>(at + 3)?).map_err(corrupt)?;
+    Ok(BillLine {
+        idempotency_key: idempotency_key(&account, day, seq),
+        account,
+        day,
+        seq,
+        kind,
+        hours: r.get(at + 4)?,
+        excess_core_hours: r.get::<_, i64>(at + 5)? as u64,
+        average_excess_cores: parse_decimal(&r.get::<_, String>(at + 6)?)?,
+        cap_cores: r.get(at + 7)?,
+        billable_cores: parse_decimal(&r.get::<_, String>(at + 8)?)?,
+        amount: parse_decimal(&r.get::<_, String>(at + 9)?)?,
+        currency: r.get(at + 10)?,
+        issued_at: from_ms(r.get(at + 11)?),
+    })
 }
 
 fn corrupt(msg: String) -> StoreError {

@@ -2,6 +2,8 @@
 
 mod accounts;
 mod bills;
+mod clusters;
+mod outbox;
 mod samples;
 mod schema;
 
@@ -13,6 +15,8 @@ use rusqlite::{Connection, OptionalExtension};
 use rustc_hash::FxHashMap;
 
 pub use accounts::Account;
+pub use clusters::ClusterIdentity;
+pub use outbox::{Delivery, OutboxStatus};
 pub use samples::{Incoming, Outcome};
 
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +25,12 @@ pub enum StoreError {
     AccountExists(String),
     #[error("account {0:?} does not exist")]
     UnknownAccount(String),
+    #[error("cluster {1:?} of account {0:?} already exists")]
+    ClusterExists(String, String),
+    #[error("cluster {1:?} of account {0:?} does not exist")]
+    UnknownCluster(String, String),
+    #[error("name must be 1 to 128 characters without '/' or control characters, got {0:?}")]
+    InvalidName(String),
     #[error(
         "account id must be 1 to 128 characters of letters, digits, '-', '_' or '.', got {0:?}"
     )]

@@ -98,4 +98,40 @@ pub const MIGRATIONS: &[&str] = &[
     );
     INSERT INTO billing_state (id) VALUES (1);
     "#,
+    // 2: clusters with their token hashes, the admin token, the bill outbox.
+    r#"
+    -- A cluster of an account. Its token is stored only as a SHA-256 hash;
+    -- the token itself is shown once, when created or rotated.
+    CREATE TABLE clusters (
+        account_ref    INTEGER NOT NULL REFERENCES accounts(ref),
+        name           TEXT NOT NULL,
+        token_hash     BLOB NOT NULL UNIQUE,
+        created_at_ms  INTEGER NOT NULL,
+        rotated_at_ms  INTEGER,
+        PRIMARY KEY (account_ref, name)
+    );
+
+    -- The generated admin token's hash, when none is configured.
+    CREATE TABLE admin_token (
+        id             INTEGER PRIMARY KEY CHECK (id = 1),
+        token_hash     BLOB NOT NULL,
+        created_at_ms  INTEGER NOT NULL
+    );
+
+    -- Every issued bill line waits here until the billing backend took it
+    -- (a 2xx from the webhook). Rows are written in the transaction that
+    -- issues the line, so a line is never issued without being queued.
+    CREATE TABLE outbox (
+        account_ref      INTEGER NOT NULL,
+        day              TEXT NOT NULL,
+        seq              INTEGER NOT NULL,
+        delivered_at_ms  INTEGER,
+        attempts         INTEGER NOT NULL DEFAULT 0,
+        next_attempt_ms  INTEGER NOT NULL,
+        last_error       TEXT,
+        PRIMARY KEY (account_ref, day, seq),
+        FOREIGN KEY (account_ref, day, seq) REFERENCES bill_lines (account_ref, day, seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX outbox_pending ON outbox (next_attempt_ms) WHERE delivered_at_ms IS NULL;
+    "#,
 ];

@@ -1,0 +1,430 @@
+//! The service's settings: defaults, then a TOML file, then `CORE_METER_*` environment variables, then flags; a bad one stops start-up naming it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use chrono::TimeDelta;
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use shared::overage::CoreRounding;
+use shared::zone::BillingZone;
+
+use crate::billing::BillingConfig;
+
+/// Everything `aggregator serve` runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub database: PathBuf,
+    pub billing: BillingConfig,
+    /// The admin bearer token, if configured; otherwise one is generated at first start.
+    pub admin_token: Option<String>,
+    pub webhook: Option<WebhookConfig>,
+    pub log_json: bool,
+    /// The longest any request may take.
+    pub request_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub url: String,
+    pub timeout: Duration,
+    pub max_backoff: Duration,
+}
+
+/// The TOML file, every key optional. Unknown keys are an error: a typo must
+/// not silently leave a default in force.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub database: Option<PathBuf>,
+    pub admin_token: Option<String>,
+    pub log_json: Option<bool>,
+    pub request_timeout_secs: Option<u64>,
+    #[serde(default)]
+    pub billing: FileBilling,
+    #[serde(default)]
+    pub webhook: FileWebhook,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileBilling {
+    pub timezone: Option<String>,
+    pub price_per_core_day: Option<String>,
+    pub billable_core_rounding: Option<String>,
+    pub gap_bridge_hours: Option<u32>,
+    pub max_sample_age_hours: Option<u32>,
+    pub max_future_minutes: Option<u32>,
+    pub default_cap_cores: Option<u32>,
+    pub currency: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileWebhook {
+    pub url: Option<String>,
+    pub timeout_secs: Option<u64>,
+    pub max_backoff_secs: Option<u64>,
+}
+
+/// Flags given on the command line (they win over everything).
+#[derive(Debug, Default, Clone)]
+pub struct Flags {
+    pub config: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub database: Option<PathBuf>,
+}
+
+/// One setting: its file key, its environment variable, and how to apply it.
+struct Setting {
+    key: &'static str,
+    env: &'static str,
+}
+
+const SETTINGS: &[Setting] = &[
+    Setting {
+        key: "listen",
+        env: "CORE_METER_LISTEN",
+    },
+    Setting {
+        key: "database",
+        env: "CORE_METER_DATABASE",
+    },
+    Setting {
+        key: "admin_token",
+        env: "CORE_METER_ADMIN_TOKEN",
+    },
+    Setting {
+        key: "log_json",
+        env: "CORE_METER_LOG_JSON",
+    },
+    Setting {
+        key: "request_timeout_secs",
+        env: "CORE_METER_REQUEST_TIMEOUT_SECS",
+    },
+    Setting {
+        key: "billing.timezone",
+        env: "CORE_METER_TIMEZONE",
+    },
+    Setting {
+        key: "billing.price_per_core_day",
+        env: "CORE_METER_PRICE_PER_CORE_DAY",
+    },
+    Setting {
+        key: "billing.billable_core_rounding",
+        env: "CORE_METER_BILLABLE_CORE_ROUNDING",
+    },
+    Setting {
+        key: "billing.gap_bridge_hours",
+        env: "CORE_METER_GAP_BRIDGE_HOURS",
+    },
+    Setting {
+        key: "billing.max_sample_age_hours",
+        env: "CORE_METER_MAX_SAMPLE_AGE_HOURS",
+    },
+    Setting {
+        key: "billing.max_future_minutes",
+        env: "CORE_METER_MAX_FUTURE_MINUTES",
+    },
+    Setting {
+        key: "billing.default_cap_cores",
+        env: "CORE_METER_DEFAULT_CAP_CORES",
+    },
+    Setting {
+        key: "billing.currency",
+        env: "CORE_METER_CURRENCY",
+    },
+    Setting {
+        key: "webhook.url",
+        env: "CORE_METER_WEBHOOK_URL",
+    },
+    Setting {
+        key: "webhook.timeout_secs",
+        env: "CORE_METER_WEBHOOK_TIMEOUT_SECS",
+    },
+    Setting {
+        key: "webhook.max_backoff_secs",
+        env: "CORE_METER_WEBHOOK_MAX_BACKOFF_SECS",
+    },
+];
+
+fn env_of(key: &str) -> &'static str {
+    SETTINGS.iter().find(|s| s.key == key).map_or("", |s| s.env)
+}
+
+/// Where a setting's value came from, for error messages.
+fn named(key: &str) -> String {
+    format!(
+        "setting {key} (file key {key}, environment {})",
+        env_of(key)
+    )
+}
+
+impl Config {
+    /// Reads the file named by `--config` (if any), the environment (through
+    /// `env`, so tests can pass their own), and the flags.
+    pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Config> {
+        let mut file = match &flags.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        apply_env(&mut file, env)?;
+        if let Some(l) = &flags.listen {
+            file.listen = Some(l.clone());
+        }
+        if let Some(d) = &flags.database {
+            file.database = Some(d.clone());
+        }
+        Config::from_file(file)
+    }
+
+    fn from_file(f: FileConfig) -> anyhow::Result<Config> {
+        let listen = f.listen.as_deref().unwrap_or("127.0.0.1:8080");
+        let listen = SocketAddr::from_str(listen).map_err(|e| {
+            anyhow!(
+                "{}: {listen:?} is not an address such as 127.0.0.1:8080 ({e})",
+                named("listen")
+            )
+        })?;
+        let mut billing = BillingConfig::default();
+        let b = &f.billing;
+        if let Some(tz) = &b.timezone {
+            billing.zone = BillingZone::from_str(tz).with_context(|| named("billing.timezone"))?;
+        }
+        if let Some(p) = &b.price_per_core_day {
+            billing.rules.price_per_core_day = Decimal::from_str(p).map_err(|e| {
+                anyhow!(
+                    "{}: {p:?} is not a decimal ({e})",
+                    named("billing.price_per_core_day")
+                )
+            })?;
+        }
+        if let Some(r) = &b.billable_core_rounding {
+            billing.rules.rounding = CoreRounding::from_str(r)
+                .with_context(|| named("billing.billable_core_rounding"))?;
+        }
+        if let Some(g) = b.gap_bridge_hours {
+            billing.rules.gap_bridge_hours = g;
+        }
+        if let Some(c) = b.default_cap_cores {
+            billing.rules.default_cap_cores = c;
+        }
+        if let Some(h) = b.max_sample_age_hours {
+            anyhow::ensure!(
+                (1..=24 * 366).contains(&h),
+                "{}: {h} must be 1 to 8784 hours",
+                named("billing.max_sample_age_hours")
+            );
+            billing.limits.max_age = TimeDelta::hours(i64::from(h));
+        }
+        if let Some(m) = b.max_future_minutes {
+            anyhow::ensure!(
+                m <= 24 * 60,
+                "{}: {m} must be at most 1440 minutes",
+                named("billing.max_future_minutes")
+            );
+            billing.limits.max_future = TimeDelta::minutes(i64::from(m));
+        }
+        if let Some(c) = &b.currency {
+            anyhow::ensure!(
+                c.len() == 3 && c.chars().all(|ch| ch.is_ascii_uppercase()),
+                "{}: {c:?} is not a three-letter currency code such as USD",
+                named("billing.currency")
+            );
+            billing.currency = c.clone();
+        }
+        billing.rules.check().context("billing settings")?;
+        let webhook = match &f.webhook.url {
+            Some(url) if !url.trim().is_empty() => {
+                anyhow::ensure!(
+                    url.starts_with("http://") || url.starts_with("https://"),
+                    "{}: {url:?} is not an http(s) URL",
+                    named("webhook.url")
+                );
+                Some(WebhookConfig {
+                    url: url.clone(),
+                    timeout: Duration::from_secs(f.webhook.timeout_secs.unwrap_or(10).max(1)),
+                    max_backoff: Duration::from_secs(
+                        f.webhook.max_backoff_secs.unwrap_or(300).max(1),
+                    ),
+                })
+            }
+            _ => None,
+        };
+        Ok(Config {
+            listen,
+            database: f
+                .database
+                .unwrap_or_else(|| PathBuf::from("data/core-meter.sqlite")),
+            billing,
+            admin_token: f.admin_token.filter(|t| !t.trim().is_empty()),
+            webhook,
+            log_json: f.log_json.unwrap_or(false),
+            request_timeout: Duration::from_secs(f.request_timeout_secs.unwrap_or(30).max(1)),
+        })
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("read config file {}", path.display()))?;
+    toml::from_str(&text).map_err(|e| {
+        anyhow!(
+            "config file {}: {}",
+            path.display(),
+            e.to_string().trim().replace('\n', " ")
+        )
+    })
+}
+
+fn apply_env(f: &mut FileConfig, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+    let get = |key: &str| env(env_of(key)).filter(|v| !v.is_empty());
+    let number = |key: &str| -> anyhow::Result<Option<u64>> {
+        get(key)
+            .map(|v| {
+                v.trim()
+                    .parse::<u64>()
+                    .map_err(|_| anyhow!("{}: {v:?} is not a whole number", named(key)))
+            })
+            .transpose()
+    };
+    let small = |key: &str| -> anyhow::Result<Option<u32>> {
+        number(key)?
+            .map(|n| u32::try_from(n).map_err(|_| anyhow!("{}: {n} is too large", named(key))))
+            .transpose()
+    };
+    if let Some(v) = get("listen") {
+        f.listen = Some(v);
+    }
+    if let Some(v) = get("database") {
+        f.database = Some(PathBuf::from(v));
+    }
+    if let Some(v) = get("admin_token") {
+        f.admin_token = Some(v);
+    }
+    if let Some(v) = get("log_json") {
+        f.log_json = Some(matches!(v.trim(), "1" | "true" | "yes"));
+    }
+    if let Some(v) = number("request_timeout_secs")? {
+        f.request_timeout_secs = Some(v);
+    }
+    let b = &mut f.billing;
+    b.timezone = get("billing.timezone").or(b.timezone.take());
+    b.price_per_core_day = get("billing.price_per_core_day").or(b.price_per_core_day.take());
+    b.billable_core_rounding =
+        get("billing.billable_core_rounding").or(b.billable_core_rounding.take());
+    b.currency = get("billing.currency").or(b.currency.take());
+    b.gap_bridge_hours = small("billing.gap_bridge_hours")?.or(b.gap_bridge_hours);
+    b.max_sample_age_hours = small("billing.max_sample_age_hours")?.or(b.max_sample_age_hours);
+    b.max_future_minutes = small("billing.max_future_minutes")?.or(b.max_future_minutes);
+    b.default_cap_cores = small("billing.default_cap_cores")?.or(b.default_cap_cores);
+    let w = &mut f.webhook;
+    w.url = get("webhook.url").or(w.url.take());
+    w.timeout_secs = number("webhook.timeout_secs")?.or(w.timeout_secs);
+    w.max_backoff_secs = number("webhook.max_backoff_secs")?.or(w.max_backoff_secs);
+    Ok(())
+}
+
+/// Every setting with its file key and environment variable, for `--help` and the README.
+pub fn settings_table() -> Vec<(&'static str, &'static str)> {
+    SETTINGS.iter().map(|s| (s.key, s.env)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(file: Option<&str>, env: &[(&str, &str)], flags: Flags) -> anyhow::Result<Config> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut flags = flags;
+        if let Some(text) = file {
+            let path = dir.path().join("core-meter.toml");
+            std::fs::write(&path, text).unwrap();
+            flags.config = Some(path);
+        }
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::load(&flags, &|k| env.get(k).cloned())
+    }
+
+    #[test]
+    fn with_nothing_set_the_service_listens_on_8080_with_sqlite_under_data() {
+        let c = load(None, &[], Flags::default()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.database, PathBuf::from("data/core-meter.sqlite"));
+        assert_eq!(c.billing, BillingConfig::default());
+        assert!(c.webhook.is_none());
+    }
+
+    #[test]
+    fn flags_beat_the_environment_which_beats_the_file() {
+        let file =
+            "listen = \"127.0.0.1:1000\"\n[billing]\ntimezone = \"UTC\"\ngap_bridge_hours = 2\n";
+        let c = load(
+            Some(file),
+            &[
+                ("CORE_METER_LISTEN", "127.0.0.1:2000"),
+                ("CORE_METER_TIMEZONE", "Asia/Kolkata"),
+            ],
+            Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:2000");
+        assert_eq!(c.billing.zone.name(), "Asia/Kolkata");
+        assert_eq!(c.billing.rules.gap_bridge_hours, 2);
+        let flags = Flags {
+            listen: Some("127.0.0.1:3000".into()),
+            ..Flags::default()
+        };
+        let c = load(
+            Some(file),
+            &[("CORE_METER_LISTEN", "127.0.0.1:2000")],
+            flags,
+        )
+        .unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:3000");
+    }
+
+    #[test]
+    fn a_bad_setting_names_itself() {
+        let cases: &[(Option<&str>, &[(&str, &str)], &str)] = &[
+            (
+                None,
+                &[("CORE_METER_TIMEZONE", "Mars/Base")],
+                "billing.timezone",
+            ),
+            (None, &[("CORE_METER_DEFAULT_CAP_CORES", "499")], "499"),
+            (
+                None,
+                &[("CORE_METER_GAP_BRIDGE_HOURS", "three")],
+                "CORE_METER_GAP_BRIDGE_HOURS",
+            ),
+            (None, &[("CORE_METER_LISTEN", "localhost")], "listen"),
+            (
+                None,
+                &[("CORE_METER_WEBHOOK_URL", "ftp://x")],
+                "webhook.url",
+            ),
+            (
+                None,
+                &[("CORE_METER_PRICE_PER_CORE_DAY", "cheap")],
+                "billing.price_per_core_day",
+            ),
+            (Some("[billing]\ntimezon = \"UTC\"\n"), &[], "timezon"),
+            (Some("listen = 8080\n"), &[], "listen"),
+        ];
+        for (file, env, needle) in cases {
+            let err = format!("{:#}", load(*file, env, Flags::default()).unwrap_err());
+            assert!(err.contains(needle), "{err:?} should name {needle:?}");
+            assert!(!err.contains('\n'), "one line: {err:?}");
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! Clusters and the tokens their agents authenticate with; the admin token.
+
+use chrono::{DateTime, Utc};
+use rusqlite::OptionalExtension;
+
+use super::{Store, StoreError};
+use crate::auth::{hash_token, new_token};
+
+/// Who a cluster token speaks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterIdentity {
+    pub account: String,
+    pub cluster: String,
+}
+
+/// Cluster names appear in URLs and reports: 1 to 128 characters, no `/`, no control characters.
+fn valid_name(name: &str) -> bool {
+    (1..=128).contains(&name.chars().count()) && !name.chars().any(|c| c.is_control() || c == '/')
+}
+
+impl Store {
+    /// Creates a cluster and returns its token; only the token's hash is kept.
+    pub fn create_cluster(
+        &mut self,
+        account: &str,
+        name: &str,
+        now: DateTime<Utc>,
+    ) -> Result<String, StoreError> {
+        if !valid_name(name) {
+            return Err(StoreError::InvalidName(name.to_string()));
+        }
+        let account_ref = self.require_account(account)?;
+        let token = new_token("cmc");
+        let inserted = self.conn.execute(
+            "INSERT INTO clusters (account_ref, name, token_hash, created_at_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (account_ref, name) DO NOTHING",
+            (account_ref, name, hash_token(&token).to_vec(), now.timestamp_millis()),
+        )?;
+        if inserted == 0 {
+            return Err(StoreError::ClusterExists(
+                account.to_string(),
+                name.to_string(),
+            ));
+        }
+        Ok(token)
+    }
+
+    /// Replaces a cluster's token; the old one stops working at once.
+    pub fn rotate_cluster_token(
+        &mut self,
+        account: &str,
+        name: &str,
+        now: DateTime<Utc>,
+    ) -> Result<String, StoreError> {
+        let account_ref = self.require_account(account)?;
+        let token = new_token("cmc");
+        let updated = self.conn.execute(
+            "UPDATE clusters SET token_hash = ?3, rotated_at_ms = ?4 WHERE account_ref = ?1 AND name = ?2",
+            (account_ref, name, hash_token(&token).to_vec(), now.timestamp_millis()),
+        )?;
+        if updated == 0 {
+            return Err(StoreError::UnknownCluster(
+                account.to_string(),
+                name.to_string(),
+            ));
+        }
+        Ok(token)
+    }
+
+    /// The account and cluster a token belongs to. The look-up is by the
+    /// token's hash, so nothing about the token itself is compared.
+    pub fn cluster_for_token(&self, token: &str) -> Result<Option<ClusterIdentity>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT a.id, c.name FROM clusters c JOIN accounts a ON a.ref = c.account_ref WHERE c.token_hash = ?1",
+            )?
+            .query_row([hash_token(token).to_vec()], |r| {
+                Ok(ClusterIdentity {
+                    account: r.get(0)?,
+                    cluster: r.get(1)?,
+                })
+            })
+            .optional()?)
+    }
+
+    /// The names of an account's clusters.
+    pub fn clusters(&mut self, account: &str) -> Result<Vec<String>, StoreError> {
+        let account_ref = self.require_account(account)?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT name FROM clusters WHERE account_ref = ?1 ORDER BY name")?;
+        let rows = stmt.query_map([account_ref], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The stored hash of the generated admin token, if one was generated.
+    pub fn admin_token_hash(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT token_hash FROM admin_token WHERE id = 1", [], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    /// Generates the admin token if none exists yet; returns it only then.
+    pub fn generate_admin_token(
+        &mut self,
+        now: DateTime<Utc>,
+    ) -> Result<Option<String>, StoreError> {
+        let token = new_token("cma");
+        let inserted = self.conn.execute(
+            "INSERT INTO admin_token (id, token_hash, created_at_ms) VALUES (1, ?1, ?2) ON CONFLICT (id) DO NOTHING",
+            (hash_token(&token).to_vec(), now.timestamp_millis()),
+        )?;
+        Ok((inserted == 1).then_some(token))
+    }
+}

@@ -1,0 +1,161 @@
+//! The bill outbox: every issued line waits here until the billing backend acknowledged it.
+
+use chrono::{DateTime, Utc};
+use rusqlite::OptionalExtension;
+use serde::Serialize;
+use shared::bill::BillLine;
+
+use super::bills::{line_row, LINE_COLUMNS};
+use super::{from_ms, Store, StoreError};
+
+/// A line to deliver, and how often delivery failed so far.
+#[derive(Debug, Clone, Serialize)]
+pub struct Delivery {
+    pub line: BillLine,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub next_attempt_at: DateTime<Utc>,
+}
+
+/// How the outbox stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct OutboxStatus {
+    pub pending: u64,
+    /// Pending lines whose last attempt failed.
+    pub failing: u64,
+    pub delivered: u64,
+}
+
+const SELECT: &str = "SELECT o.attempts, o.last_error, o.delivered_at_ms, o.next_attempt_ms,";
+const FROM: &str = "FROM outbox o
+     JOIN bill_lines b ON b.account_ref = o.account_ref AND b.day = o.day AND b.seq = o.seq
+     JOIN accounts a ON a.ref = o.account_ref";
+
+fn delivery_row(r: &rusqlite::Row<'_>) -> Result<Delivery, StoreError> {
+    Ok(Delivery {
+        attempts: r.get(0)?,
+        last_error: r.get(1)?,
+        delivered_at: r.get::<_, Option<i64>>(2)?.map(from_ms),
+        next_attempt_at: from_ms(r.get(3)?),
+        line: line_row(r, 4)?,
+    })
+}
+
+impl Store {
+    /// Undelivered lines whose next attempt is due at `now`, oldest first.
+    pub fn due_deliveries(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "{SELECT} {LINE_COLUMNS} {FROM}
+              WHERE o.delivered_at_ms IS NULL AND o.next_attempt_ms <= ?1
+              ORDER BY b.issued_at_ms, a.id, b.day, b.seq LIMIT ?2"
+        ))?;
+        let mut rows = stmt.query((now.timestamp_millis(), limit as i64))?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            out.push(delivery_row(r)?);
+        }
+        Ok(out)
+    }
+
+    /// The outbox, newest first, optionally only the undelivered lines.
+    pub fn outbox(
+        &self,
+        undelivered_only: bool,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "{SELECT} {LINE_COLUMNS} {FROM}
+              WHERE (?1 = 0 OR o.delivered_at_ms IS NULL)
+              ORDER BY b.issued_at_ms DESC, a.id, b.day, b.seq LIMIT ?2"
+        ))?;
+        let mut rows = stmt.query((i64::from(undelivered_only), limit as i64))?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            out.push(delivery_row(r)?);
+        }
+        Ok(out)
+    }
+
+    /// When the next undelivered line is due, if there is one.
+    pub fn next_delivery_at(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let ms: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT min(next_attempt_ms) FROM outbox WHERE delivered_at_ms IS NULL",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten();
+        Ok(ms.map(from_ms))
+    }
+
+    fn outbox_key(&mut self, line: &BillLine) -> Result<i64, StoreError> {
+        self.require_account(&line.account)
+    }
+
+    /// Records that the backend took a line.
+    pub fn mark_delivered(
+        &mut self,
+        line: &BillLine,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let account_ref = self.outbox_key(line)?;
+        self.conn.execute(
+            "UPDATE outbox SET delivered_at_ms = ?4, attempts = attempts + 1, last_error = NULL
+              WHERE account_ref = ?1 AND day = ?2 AND seq = ?3",
+            (
+                account_ref,
+                line.day.to_string(),
+                line.seq,
+                now.timestamp_millis(),
+            ),
+        )?;
+        Ok(())
+    }
+
+    /// Records a failed attempt and when to try again.
+    pub fn mark_failed(
+        &mut self,
+        line: &BillLine,
+        error: &str,
+        retry_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let account_ref = self.outbox_key(line)?;
+        let error: String = error.chars().take(1000).collect();
+        self.conn.execute(
+            "UPDATE outbox SET attempts = attempts + 1, last_error = ?4, next_attempt_ms = ?5
+              WHERE account_ref = ?1 AND day = ?2 AND seq = ?3 AND delivered_at_ms IS NULL",
+            (
+                account_ref,
+                line.day.to_string(),
+                line.seq,
+                error,
+                retry_at.timestamp_millis(),
+            ),
+        )?;
+        Ok(())
+    }
+
+    pub fn outbox_status(&self) -> Result<OutboxStatus, StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT coalesce(sum(delivered_at_ms IS NULL), 0),
+                    coalesce(sum(delivered_at_ms IS NULL AND attempts > 0), 0),
+                    coalesce(sum(delivered_at_ms IS NOT NULL), 0)
+               FROM outbox",
+            [],
+            |r| {
+                Ok(OutboxStatus {
+                    pending: r.get::<_, i64>(0)? as u64,
+                    failing: r.get::<_, i64>(1)? as u64,
+                    delivered: r.get::<_, i64>(2)? as u64,
+                })
+            },
+        )?)
+    }
+}
