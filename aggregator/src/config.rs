@@ -395,7 +395,8 @@ mod tests {
 
     #[test]
     fn a_bad_setting_names_itself() {
-        let cases: &[(Option<&str>, &[(&str, &str)], &str)] = &[
+        type Case<'a> = (Option<&'a str>, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
             (
                 None,
                 &[("CORE_METER_TIMEZONE", "Mars/Base")],
