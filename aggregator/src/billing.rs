@@ -68,7 +68,8 @@ pub fn run_billing(
                 issued.extend(bill_account(store, &account, first, last_due, now, config)?);
             }
         }
-        store.clear_recompute(&account)?;
+        // Everything up to the last due day is done; later days keep the mark.
+        store.advance_recompute(&account, zone.day_start(next_day(last_due)) + reach)?;
     }
     store.finish_billing_run(now)?;
     Ok(issued)

@@ -4,5 +4,7 @@
 pub mod auth;
 pub mod billing;
 pub mod config;
+pub mod ingest_writer;
 pub mod replay;
+pub mod service_metrics;
 pub mod store;

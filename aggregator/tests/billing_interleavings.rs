@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Barrier;
 
 use aggregator::billing::{run_billing, BillingConfig};
@@ -620,33 +621,56 @@ impl Rng {
     }
 }
 
-/// One replica: at each instant of `runs`, meets the other replica at the
-/// barrier and runs billing twice; returns every line it issued.
-fn replica(
-    store: &mut Store,
-    runs: &[DateTime<Utc>],
-    start: &Barrier,
-    config: &BillingConfig,
-) -> Vec<BillLine> {
-    let mut issued = Vec::new();
-    for &run in runs {
-        start.wait();
-        for _ in 0..2 {
-            let lines = run_billing(store, run, config).expect("billing run");
-            assert!(
-                lines.iter().all(|l| l.issued_at == run),
-                "run at {run}: {lines:?}"
-            );
-            issued.extend(lines);
-        }
-    }
-    issued
+/// What the two replicas share: the run instants, a barrier to start each
+/// round together, and whether the feeder is done.
+struct Replicas<'a> {
+    runs: &'a [DateTime<Utc>],
+    config: &'a BillingConfig,
+    start: Barrier,
+    fed: AtomicBool,
+    stop: AtomicBool,
 }
 
+impl Replicas<'_> {
+    /// One replica: round after round, meets the other replica and runs
+    /// billing twice at the round's instant (the next instant each round, then
+    /// the last one again), until every instant had its round and the feeder
+    /// is done; returns every line it issued.
+    fn bill(&self, store: &mut Store) -> Vec<BillLine> {
+        let mut issued = Vec::new();
+        for round in 0.. {
+            // Both replicas stop after the same round: the leader decides
+            // between the two barriers, and both read it after the second.
+            if self.start.wait().is_leader() {
+                let done = self.fed.load(Ordering::SeqCst) && round >= self.runs.len();
+                self.stop.store(done, Ordering::SeqCst);
+            }
+            self.start.wait();
+            if self.stop.load(Ordering::SeqCst) {
+                break;
+            }
+            let run = self.runs[round.min(self.runs.len() - 1)];
+            for _ in 0..2 {
+                let lines = run_billing(store, run, self.config).expect("billing run");
+                assert!(
+                    lines.iter().all(|l| l.issued_at == run),
+                    "run at {run}: {lines:?}"
+                );
+                issued.extend(lines);
+            }
+        }
+        issued
+    }
+}
+
+/// Two replicas (two connections to one file) bill at the same instants,
+/// round after round, while a third connection stores late samples. Whatever
+/// the interleaving, one more run once the samples are in must leave every
+/// day adding up to its fresh computation, and no key may be issued twice.
 #[test]
 fn two_connections_running_at_the_same_instant_while_samples_arrive_agree() {
     const SAMPLE_DAYS: u64 = 6;
-    const LATE_BATCHES: usize = 60;
+    const LATE_BATCHES: u64 = 144;
     let mut m = Meter::new();
     let accounts = ["tenant-0", "tenant-1"];
     for a in accounts {
@@ -672,21 +696,30 @@ fn two_connections_running_at_the_same_instant_while_samples_arrive_agree() {
     let mut two = m.another_connection();
     let mut feeder = m.another_connection();
     let config = m.config.clone();
-    let start = Barrier::new(2);
+    let replicas = Replicas {
+        runs: &runs,
+        config: &config,
+        start: Barrier::new(2),
+        fed: AtomicBool::new(false),
+        stop: AtomicBool::new(false),
+    };
     let (from_one, from_two, late) = std::thread::scope(|s| {
-        let a = s.spawn(|| replica(&mut one, &runs, &start, &config));
-        let b = s.spawn(|| replica(&mut two, &runs, &start, &config));
-        // Meanwhile late samples of three more nodes arrive, for any of the
-        // days, received one to 48 hours after they were taken.
+        let a = s.spawn(|| replicas.bill(&mut one));
+        let b = s.spawn(|| replicas.bill(&mut two));
+        // Meanwhile late samples of three more nodes arrive, taken in order
+        // through the six days (a backlog delivered in order, so that a later
+        // sample never re-marks an earlier day one that went astray), each
+        // received one to 48 hours after it was taken.
         let c = s.spawn(|| {
             let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
             let mut late = Vec::new();
-            for _ in 0..LATE_BATCHES {
+            let slot = SAMPLE_DAYS * 1440 / LATE_BATCHES;
+            for i in 0..LATE_BATCHES {
                 let batch: Vec<Sample> = (0..=rng.below(3))
                     .map(|_| {
                         let account = accounts[rng.below(2) as usize];
                         let node = format!("late-{}", rng.below(3));
-                        let minute = i64::try_from(rng.below(SAMPLE_DAYS * 1440)).unwrap();
+                        let minute = i64::try_from(i * slot + rng.below(slot)).unwrap();
                         let at = local(&format!("{first}T00:00:00")) + TimeDelta::minutes(minute);
                         let cores = u32::try_from(1 + rng.below(64)).unwrap();
                         let delay =
@@ -700,8 +733,9 @@ fn two_connections_running_at_the_same_instant_while_samples_arrive_agree() {
                     "{outcomes:?}"
                 );
                 late.extend(batch);
-                std::thread::sleep(std::time::Duration::from_millis(1 + rng.below(3)));
+                std::thread::sleep(std::time::Duration::from_millis(rng.below(3)));
             }
+            replicas.fed.store(true, Ordering::SeqCst);
             late
         });
         (a.join().unwrap(), b.join().unwrap(), c.join().unwrap())

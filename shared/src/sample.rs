@@ -21,6 +21,8 @@ pub enum Rejection {
     InvalidAt,
     InFuture,
     TooOld,
+    /// `seq` is present but not a whole number from 0 to 2^63 - 1 (checked by the ingest endpoint).
+    InvalidSeq,
 }
 
 impl Rejection {
@@ -32,6 +34,7 @@ impl Rejection {
             Rejection::InvalidAt => "invalid_at",
             Rejection::InFuture => "in_future",
             Rejection::TooOld => "too_old",
+            Rejection::InvalidSeq => "invalid_seq",
         }
     }
 }

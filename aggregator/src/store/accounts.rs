@@ -123,15 +123,21 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Clears the recompute mark a run has handled, unless something marked
-    /// the account again since the run read it.
-    pub fn clear_recompute(&mut self, account: &Account) -> Result<(), StoreError> {
-        if account.recompute_from.is_some() {
-            self.conn.execute(
-                "UPDATE accounts SET recompute_from_ms = NULL WHERE ref = ?1 AND marks = ?2",
-                (account.reference, account.marks),
-            )?;
-        }
+    /// Moves the account's recompute mark up to `to` once a run has handled
+    /// everything before it, unless something marked the account again since
+    /// the run read it. The mark never moves back, and never disappears: days
+    /// from `to` on were not due for this run, and a replica whose clock runs
+    /// ahead may already have billed one of them.
+    pub fn advance_recompute(
+        &mut self,
+        account: &Account,
+        to: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE accounts SET recompute_from_ms = max(coalesce(recompute_from_ms, ?3), ?3)
+              WHERE ref = ?1 AND marks = ?2",
+            (account.reference, account.marks, to.timestamp_millis()),
+        )?;
         Ok(())
     }
 

@@ -17,7 +17,7 @@ use rustc_hash::FxHashMap;
 pub use accounts::Account;
 pub use clusters::ClusterIdentity;
 pub use outbox::{Delivery, OutboxStatus};
-pub use samples::{Incoming, Outcome};
+pub use samples::{AuditSample, Incoming, Outcome};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

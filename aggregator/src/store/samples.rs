@@ -294,3 +294,50 @@ fn node_id(
         .execute((account_ref, cluster, name))?;
     Ok(tx.last_insert_rowid())
 }
+
+/// A stored sample as the audit trail shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AuditSample {
+    pub id: i64,
+    pub cluster: String,
+    pub node: String,
+    pub cores: u32,
+    pub at: DateTime<Utc>,
+    pub received_at: DateTime<Utc>,
+    pub seq: Option<i64>,
+    pub agent_version: Option<String>,
+}
+
+impl Store {
+    /// Every stored sample of an account with `at` in `[from, to)`, in order of `at`.
+    pub fn audit_samples(
+        &mut self,
+        account: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<AuditSample>, StoreError> {
+        let account_ref = self.require_account(account)?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT s.id, n.cluster, n.name, s.cores, s.at_ms, s.received_at_ms, s.seq, s.agent_version
+               FROM samples s JOIN nodes n ON n.id = s.node_id
+              WHERE s.account_ref = ?1 AND s.at_ms >= ?2 AND s.at_ms < ?3
+              ORDER BY s.at_ms, s.id",
+        )?;
+        let rows = stmt.query_map(
+            (account_ref, from.timestamp_millis(), to.timestamp_millis()),
+            |r| {
+                Ok(AuditSample {
+                    id: r.get(0)?,
+                    cluster: r.get(1)?,
+                    node: r.get(2)?,
+                    cores: r.get(3)?,
+                    at: super::from_ms(r.get(4)?),
+                    received_at: super::from_ms(r.get(5)?),
+                    seq: r.get(6)?,
+                    agent_version: r.get(7)?,
+                })
+            },
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}

@@ -1,0 +1,92 @@
+//! The service's Prometheus metrics.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SampleLabels {
+    pub result: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+pub struct ServiceMetrics {
+    pub ingest_samples: Family<SampleLabels, Counter>,
+    pub ingest_commits: Counter,
+    pub ingest_commit_samples: Histogram,
+    pub requests: Family<RouteLabels, Counter>,
+    pub request_seconds: Family<RouteLabels, Histogram>,
+    pub billing_runs: Counter,
+    pub billing_lines: Family<KindLabels, Counter>,
+    pub outbox_pending: Gauge,
+    pub outbox_delivered: Counter,
+    pub outbox_failures: Counter,
+    pub last_billing_run: Gauge<f64, AtomicU64>,
+}
+
+impl Default for ServiceMetrics {
+    fn default() -> Self {
+        ServiceMetrics {
+            ingest_samples: Family::default(),
+            ingest_commits: Counter::default(),
+            ingest_commit_samples: Histogram::new(exponential_buckets(1.0, 4.0, 9)),
+            requests: Family::default(),
+            request_seconds: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 4.0, 9))),
+            billing_runs: Counter::default(),
+            billing_lines: Family::default(),
+            outbox_pending: Gauge::default(),
+            outbox_delivered: Counter::default(),
+            outbox_failures: Counter::default(),
+            last_billing_run: Gauge::default(),
+        }
+    }
+}
+
+impl ServiceMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("core_meter");
+        r.register(
+            "ingest_samples",
+            "Samples received, by result (accepted, duplicate, rejected) and rejection reason",
+            self.ingest_samples.clone(),
+        );
+        r.register("ingest_commits", "Ingest transactions committed (one per group of requests)", self.ingest_commits.clone());
+        r.register(
+            "ingest_commit_samples",
+            "Samples per ingest commit: more than one request's worth means commits are shared",
+            self.ingest_commit_samples.clone(),
+        );
+        r.register("http_requests", "HTTP requests, by route and status", self.requests.clone());
+        r.register(
+            "http_request_duration_seconds",
+            "HTTP request latency, by route and status",
+            self.request_seconds.clone(),
+        );
+        r.register("billing_runs", "Billing runs finished", self.billing_runs.clone());
+        r.register("billing_lines", "Bill lines issued, by kind", self.billing_lines.clone());
+        r.register("outbox_pending", "Bill lines not yet taken by the billing backend", self.outbox_pending.clone());
+        r.register("outbox_delivered", "Bill lines the billing backend took", self.outbox_delivered.clone());
+        r.register("outbox_failures", "Failed deliveries of bill lines", self.outbox_failures.clone());
+        r.register(
+            "last_billing_run_timestamp_seconds",
+            "Unix time of the last finished billing run",
+            self.last_billing_run.clone(),
+        );
+    }
+}
