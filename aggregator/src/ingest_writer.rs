@@ -74,7 +74,13 @@ impl IngestQueue {
         samples: Vec<OwnedSample>,
     ) -> Result<Vec<Outcome>, SubmitError> {
         let (reply, answer) = oneshot::channel();
-        let job = Job { account, cluster, received_at, samples, reply };
+        let job = Job {
+            account,
+            cluster,
+            received_at,
+            samples,
+            reply,
+        };
         match self.tx.try_send(job) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => return Err(SubmitError::Busy),
@@ -88,7 +94,12 @@ impl IngestQueue {
     }
 }
 
-fn writer(rx: Receiver<Job>, store: Arc<Mutex<Store>>, limits: AgeLimits, metrics: Arc<ServiceMetrics>) {
+fn writer(
+    rx: Receiver<Job>,
+    store: Arc<Mutex<Store>>,
+    limits: AgeLimits,
+    metrics: Arc<ServiceMetrics>,
+) {
     while let Ok(first) = rx.recv() {
         // Everything that queued up while the last commit was syncing goes in this one.
         let mut jobs = vec![first];

@@ -347,47 +347,140 @@ impl CaseSamples<'_> {
 
 impl<'de: 'a, 'a> Deserialize<'de> for CaseSamples<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = CaseSamples<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("an array of samples")
+        let raw: &'de serde_json::value::RawValue = Deserialize::deserialize(d)?;
+        parse_samples(raw.get()).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Cases with fewer samples are parsed on one thread.
+const PARALLEL_FROM: usize = 20_000;
+
+/// Parses the text of the `samples` array into [`Pending`] records, on as
+/// many threads as the machine has (up to 4): the elements are found by a
+/// scan that knows JSON strings, then each thread parses its share.
+fn parse_samples(text: &str) -> Result<CaseSamples<'_>, String> {
+    let elements = split_array(text).ok_or("samples: expected an array of samples")?;
+    let threads = if elements.len() < PARALLEL_FROM {
+        1
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+    };
+    let per = elements.len().div_ceil(threads.max(1)).max(1);
+    let parts: Vec<Result<CaseSamples<'_>, String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = elements
+            .chunks(per)
+            .enumerate()
+            .map(|(i, chunk)| scope.spawn(move || parse_elements(text, chunk, i * per)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a parser thread panicked"))
+            .collect()
+    });
+    let mut out = CaseSamples::default();
+    out.pending.reserve(elements.len());
+    for part in parts {
+        let part = part?;
+        // Re-intern the part's names into the whole case's table.
+        let ids: Vec<u32> = part
+            .names
+            .names
+            .into_iter()
+            .map(|n| out.names.intern(n))
+            .collect();
+        out.pending.extend(part.pending.into_iter().map(|mut p| {
+            p.account = ids[p.account as usize];
+            p.cluster = ids[p.cluster as usize];
+            p.node = ids[p.node as usize];
+            p
+        }));
+    }
+    Ok(out)
+}
+
+fn parse_elements<'a>(
+    text: &'a str,
+    elements: &[(usize, usize)],
+    first_index: usize,
+) -> Result<CaseSamples<'a>, String> {
+    let mut out = CaseSamples::default();
+    out.pending.reserve(elements.len());
+    for (k, &(start, end)) in elements.iter().enumerate() {
+        let index = first_index + k;
+        let s: CaseSample<'a> = serde_json::from_str(&text[start..end])
+            .map_err(|e| format!("samples[{index}]: {e}"))?;
+        let at = s.at.as_str().and_then(parse_instant);
+        let received_at = match &s.received {
+            Some(r) => parse_instant(r).ok_or_else(|| {
+                format!(
+                    "samples[{index}].received: {r:?} is not an RFC 3339 instant with an offset"
+                )
+            })?,
+            // `received` defaults to `at`; without a valid `at` the sample
+            // is rejected whenever it comes.
+            None => at.unwrap_or(DateTime::<Utc>::MIN_UTC),
+        };
+        let names = &mut out.names;
+        out.pending.push(Pending {
+            received_at,
+            index,
+            account: names.intern(s.account.0.unwrap_or_default()),
+            cluster: names.intern(s.cluster.0.unwrap_or_default()),
+            node: names.intern(s.node.0.unwrap_or_default()),
+            cores: s.cores.as_ref().and_then(parse_cores),
+            at,
+        });
+    }
+    Ok(out)
+}
+
+/// The byte ranges of the elements of a JSON array (already known to be
+/// valid JSON), found by tracking nesting outside strings.
+fn split_array(text: &str) -> Option<Vec<(usize, usize)>> {
+    let bytes = text.as_bytes();
+    let open = bytes.iter().position(|b| !b.is_ascii_whitespace())?;
+    if bytes[open] != b'[' {
+        return None;
+    }
+    let mut elements = Vec::new();
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    let mut start: Option<usize> = None;
+    for (i, &b) in bytes.iter().enumerate().skip(open + 1) {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<Self::Value, A::Error> {
-                let mut out = CaseSamples::default();
-                out.pending.reserve(seq.size_hint().unwrap_or(0));
-                while let Some(s) = seq.next_element::<CaseSample<'de>>()? {
-                    let index = out.pending.len();
-                    let at = s.at.as_str().and_then(parse_instant);
-                    let received_at = match &s.received {
-                        Some(r) => parse_instant(r).ok_or_else(|| {
-                            serde::de::Error::custom(format!(
-                                "samples[{index}].received: {r:?} is not an RFC 3339 instant with an offset"
-                            ))
-                        })?,
-                        // `received` defaults to `at`; without a valid `at`
-                        // the sample is rejected whenever it comes.
-                        None => at.unwrap_or(DateTime::<Utc>::MIN_UTC),
-                    };
-                    let names = &mut out.names;
-                    out.pending.push(Pending {
-                        received_at,
-                        index,
-                        account: names.intern(s.account.0.unwrap_or_default()),
-                        cluster: names.intern(s.cluster.0.unwrap_or_default()),
-                        node: names.intern(s.node.0.unwrap_or_default()),
-                        cores: s.cores.as_ref().and_then(parse_cores),
-                        at,
-                    });
+            continue;
+        }
+        match b {
+            b'"' => {
+                in_string = true;
+                start.get_or_insert(i);
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                start.get_or_insert(i);
+            }
+            b'}' | b']' if depth > 0 => depth -= 1,
+            b']' => {
+                if let Some(s) = start.take() {
+                    elements.push((s, i));
                 }
-                Ok(out)
+                return Some(elements);
+            }
+            b',' if depth == 0 => {
+                elements.push((start.take()?, i));
+            }
+            _ if b.is_ascii_whitespace() => {}
+            _ => {
+                start.get_or_insert(i);
             }
         }
-        d.deserialize_seq(V)
     }
+    None
 }
 
 #[derive(Debug, Default)]

@@ -47,7 +47,9 @@ impl Default for ServiceMetrics {
             ingest_commits: Counter::default(),
             ingest_commit_samples: Histogram::new(exponential_buckets(1.0, 4.0, 9)),
             requests: Family::default(),
-            request_seconds: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 4.0, 9))),
+            request_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0005, 4.0, 9))
+            }),
             billing_runs: Counter::default(),
             billing_lines: Family::default(),
             outbox_pending: Gauge::default(),
@@ -66,23 +68,51 @@ impl ServiceMetrics {
             "Samples received, by result (accepted, duplicate, rejected) and rejection reason",
             self.ingest_samples.clone(),
         );
-        r.register("ingest_commits", "Ingest transactions committed (one per group of requests)", self.ingest_commits.clone());
+        r.register(
+            "ingest_commits",
+            "Ingest transactions committed (one per group of requests)",
+            self.ingest_commits.clone(),
+        );
         r.register(
             "ingest_commit_samples",
             "Samples per ingest commit: more than one request's worth means commits are shared",
             self.ingest_commit_samples.clone(),
         );
-        r.register("http_requests", "HTTP requests, by route and status", self.requests.clone());
+        r.register(
+            "http_requests",
+            "HTTP requests, by route and status",
+            self.requests.clone(),
+        );
         r.register(
             "http_request_duration_seconds",
             "HTTP request latency, by route and status",
             self.request_seconds.clone(),
         );
-        r.register("billing_runs", "Billing runs finished", self.billing_runs.clone());
-        r.register("billing_lines", "Bill lines issued, by kind", self.billing_lines.clone());
-        r.register("outbox_pending", "Bill lines not yet taken by the billing backend", self.outbox_pending.clone());
-        r.register("outbox_delivered", "Bill lines the billing backend took", self.outbox_delivered.clone());
-        r.register("outbox_failures", "Failed deliveries of bill lines", self.outbox_failures.clone());
+        r.register(
+            "billing_runs",
+            "Billing runs finished",
+            self.billing_runs.clone(),
+        );
+        r.register(
+            "billing_lines",
+            "Bill lines issued, by kind",
+            self.billing_lines.clone(),
+        );
+        r.register(
+            "outbox_pending",
+            "Bill lines not yet taken by the billing backend",
+            self.outbox_pending.clone(),
+        );
+        r.register(
+            "outbox_delivered",
+            "Bill lines the billing backend took",
+            self.outbox_delivered.clone(),
+        );
+        r.register(
+            "outbox_failures",
+            "Failed deliveries of bill lines",
+            self.outbox_failures.clone(),
+        );
         r.register(
             "last_billing_run_timestamp_seconds",
             "Unix time of the last finished billing run",

@@ -16,7 +16,7 @@ fn main() {
     let days: u32 = std::env::var("FLEET_DAYS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(7);
+        .unwrap_or(3);
     let rounds: usize = std::env::var("BENCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())

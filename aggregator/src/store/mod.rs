@@ -70,11 +70,13 @@ impl Store {
     pub fn open(path: &Path, durability: Durability) -> Result<Store, StoreError> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        let sync = match durability {
-            Durability::Durable => "FULL",
-            Durability::Scratch => "OFF",
+        // A scratch database is thrown away: keep its rollback journal in
+        // memory and never sync; the service's gets WAL and full syncs.
+        let (journal, sync) = match durability {
+            Durability::Durable => ("WAL", "FULL"),
+            Durability::Scratch => ("MEMORY", "OFF"),
         };
+        conn.pragma_update(None, "journal_mode", journal)?;
         conn.pragma_update(None, "synchronous", sync)?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         // 16 MiB of page cache keeps the sample indexes' hot pages in memory.
