@@ -3,8 +3,12 @@
 
 pub mod auth;
 pub mod billing;
+pub mod billing_job;
 pub mod config;
 pub mod ingest_writer;
+pub mod outbox;
 pub mod replay;
+pub mod routes;
 pub mod service_metrics;
+pub mod startup;
 pub mod store;

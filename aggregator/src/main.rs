@@ -18,6 +18,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the service: ingest, admin API, 02:00 billing, bill delivery.
+    Serve {
+        /// A TOML file of settings (see the README for every key).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Address to listen on [default: 127.0.0.1:8080].
+        #[arg(long)]
+        listen: Option<String>,
+        /// The SQLite file [default: data/core-meter.sqlite].
+        #[arg(long)]
+        database: Option<PathBuf>,
+    },
     /// Run a replay case (SPEC section 7) on a temporary database and print the bills as JSON.
     Replay {
         /// The case file.
@@ -46,6 +58,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Replay { case } => replay(&case),
+        Command::Serve {
+            config,
+            listen,
+            database,
+        } => serve(aggregator::config::Flags {
+            config,
+            listen,
+            database,
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -65,4 +86,37 @@ fn replay(case: &std::path::Path) -> anyhow::Result<()> {
     writeln!(out)?;
     out.flush()?;
     Ok(())
+}
+
+fn serve(flags: aggregator::config::Flags) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let config = aggregator::config::Config::load(&flags, &|k| std::env::var(k).ok())?;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    if config.log_json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let app = aggregator::startup::Application::build(
+            config,
+            std::sync::Arc::new(shared::clock::SystemClock),
+            aggregator::startup::Timing::default(),
+        )
+        .await?;
+        if let Some(token) = &app.generated_admin_token {
+            // Shown once: only its hash is stored.
+            println!("admin token (shown once, store it now): {token}");
+        }
+        app.run(aggregator::startup::shutdown_signal()).await
+    })
 }

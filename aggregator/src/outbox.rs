@@ -1,0 +1,107 @@
+//! Bill delivery: every issued line is POSTed to the billing backend's webhook with its idempotency key, and retried with backoff until a 2xx; the queue is the store's outbox, so it survives restarts.
+
+use std::time::Duration;
+
+use chrono::TimeDelta;
+use tokio::sync::watch;
+
+use crate::config::WebhookConfig;
+use crate::routes::{blocking, State};
+use crate::store::Delivery;
+
+/// Lines sent per pass.
+const BATCH: usize = 50;
+
+pub async fn run(
+    state: State,
+    webhook: WebhookConfig,
+    poll: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let client = match reqwest::Client::builder()
+        .timeout(webhook.timeout)
+        .user_agent(concat!("core-meter-aggregator/", env!("CARGO_PKG_VERSION")))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the webhook client; bill lines stay in the outbox");
+            return;
+        }
+    };
+    tracing::info!(url = %webhook.url, "delivering bill lines");
+    loop {
+        let now = state.clock.now();
+        let due = blocking(&state.reader, move |s| s.due_deliveries(now, BATCH))
+            .await
+            .unwrap_or_default();
+        for d in &due {
+            deliver(&state, &client, &webhook, d).await;
+        }
+        if due.len() == BATCH {
+            continue;
+        }
+        let next = blocking(&state.reader, |s| s.next_delivery_at())
+            .await
+            .ok()
+            .flatten();
+        let nap = next
+            .map(|at| (at - state.clock.now()).to_std().unwrap_or_default())
+            .unwrap_or(poll)
+            .min(poll);
+        tokio::select! {
+            _ = tokio::time::sleep(nap) => {}
+            _ = state.outbox_wake.notified() => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+async fn deliver(state: &State, client: &reqwest::Client, webhook: &WebhookConfig, d: &Delivery) {
+    let result = client
+        .post(&webhook.url)
+        .header("Idempotency-Key", &d.line.idempotency_key)
+        .json(&d.line)
+        .send()
+        .await;
+    let failure = match result {
+        Ok(r) if r.status().is_success() => None,
+        Ok(r) => Some(format!("the webhook answered {}", r.status())),
+        Err(e) => Some(format!("cannot reach the webhook: {e}")),
+    };
+    let line = d.line.clone();
+    match failure {
+        None => {
+            let now = state.clock.now();
+            if let Err(e) = blocking(&state.store, move |s| s.mark_delivered(&line, now)).await {
+                tracing::error!(error = %e.message, "cannot record a delivery; the line will be sent again");
+            }
+            state.metrics.outbox_delivered.inc();
+            tracing::info!(key = %d.line.idempotency_key, "bill line delivered");
+        }
+        Some(error) => {
+            state.metrics.outbox_failures.inc();
+            let wait = backoff(d.attempts, webhook.max_backoff);
+            let retry_at =
+                state.clock.now() + TimeDelta::from_std(wait).unwrap_or(TimeDelta::seconds(1));
+            tracing::warn!(key = %d.line.idempotency_key, attempts = d.attempts + 1, %error, retry_in_ms = wait.as_millis() as u64, "bill line not delivered");
+            if let Err(e) = blocking(&state.store, move |s| {
+                s.mark_failed(&line, &error, retry_at)
+            })
+            .await
+            {
+                tracing::error!(error = %e.message, "cannot record a failed delivery");
+            }
+        }
+    }
+}
+
+/// Exponential backoff with full jitter: uniform in `[0, min(cap, 1 s * 2^attempts)]`.
+fn backoff(attempts: u32, cap: Duration) -> Duration {
+    let ceiling = Duration::from_secs(1)
+        .saturating_mul(1u32 << attempts.min(20))
+        .min(cap);
+    Duration::from_millis(fastrand::u64(
+        0..=u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX),
+    ))
+}

@@ -1,0 +1,347 @@
+//! The admin API: accounts, clusters and their tokens, licences, the cap, the audit trail, billing runs, bills, the outbox.
+
+use axum::extract::{Path, Query, Request, State as Extract};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use shared::bill::BillLine;
+use shared::overage::Licence;
+use shared::sample::parse_instant;
+
+use super::{blocking, ApiError, State};
+use crate::auth::{bearer, token_matches};
+use crate::billing::run_billing;
+use crate::service_metrics::KindLabels;
+
+/// Only the admin token passes; a cluster token gets 401 like any other.
+pub async fn require_admin(
+    Extract(state): Extract<State>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let presented = bearer(
+        request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+    );
+    match presented {
+        Some(token) if token_matches(token, &state.admin_token_hash) => next.run(request).await,
+        Some(_) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "not the admin token",
+        )
+        .into_response(),
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the admin token is required (Authorization: Bearer …)",
+        )
+        .into_response(),
+    }
+}
+
+/// A JSON body, with a 400 naming the problem when it is not what the route takes.
+fn body<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(raw);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e.path().to_string();
+        ApiError::bad_request(
+            if field == "." { "" } else { &field },
+            format!("{}", e.inner()),
+        )
+    })
+}
+
+fn instant(field: &str, value: &str) -> Result<DateTime<Utc>, ApiError> {
+    parse_instant(value).ok_or_else(|| {
+        ApiError::bad_request(
+            field,
+            format!("{value:?} is not an RFC 3339 instant with an offset"),
+        )
+    })
+}
+
+fn day(field: &str, value: &str) -> Result<NaiveDate, ApiError> {
+    value.parse().map_err(|_| {
+        ApiError::bad_request(field, format!("{value:?} is not a day such as 2026-11-24"))
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewAccount {
+    id: String,
+}
+
+pub async fn create_account(
+    Extract(state): Extract<State>,
+    raw: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let NewAccount { id } = body(&raw)?;
+    let now = state.clock.now();
+    let created = id.clone();
+    blocking(&state.store, move |s| s.create_account(&created, now)).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "id": id }))).into_response())
+}
+
+pub async fn get_account(
+    Extract(state): Extract<State>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let now = state.clock.now();
+    let default_cap = state.config.billing.rules.default_cap_cores;
+    let view = blocking(&state.reader, move |s| {
+        let account = s
+            .account(&id)?
+            .ok_or_else(|| crate::store::StoreError::UnknownAccount(id.clone()))?;
+        let licences = s.licences(&account)?;
+        let caps = s.caps(&account)?;
+        let clusters = s.clusters(&id)?;
+        Ok((account, licences, caps, clusters))
+    })
+    .await?;
+    let (account, licences, caps, clusters) = view;
+    let cap_now = caps
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.from <= now)
+        .max_by_key(|(i, c)| (c.from, *i))
+        .map_or(default_cap, |(_, c)| c.cores);
+    let active = licences.iter().any(|l| l.start <= now && now < l.end);
+    Ok(Json(json!({
+        "id": account.id,
+        "state": if active { "licensed" } else { "unlicensed" },
+        "cap_cores": cap_now,
+        "cap_history": caps.iter().map(|c| json!({"cores": c.cores, "from": c.from})).collect::<Vec<_>>(),
+        "licenses": licences.iter().map(|l| json!({"cores": l.cores, "start": l.start, "end": l.end})).collect::<Vec<_>>(),
+        "clusters": clusters,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewCluster {
+    name: String,
+}
+
+pub async fn create_cluster(
+    Extract(state): Extract<State>,
+    Path(id): Path<String>,
+    raw: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let NewCluster { name } = body(&raw)?;
+    let now = state.clock.now();
+    let cluster = name.clone();
+    let token = blocking(&state.store, move |s| s.create_cluster(&id, &cluster, now)).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "name": name, "token": token })),
+    )
+        .into_response())
+}
+
+pub async fn rotate_token(
+    Extract(state): Extract<State>,
+    Path((id, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let now = state.clock.now();
+    let cluster = name.clone();
+    let token = blocking(&state.store, move |s| {
+        s.rotate_cluster_token(&id, &cluster, now)
+    })
+    .await?;
+    Ok(Json(json!({ "name": name, "token": token })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewLicence {
+    cores: u32,
+    start: String,
+    end: String,
+}
+
+pub async fn add_licence(
+    Extract(state): Extract<State>,
+    Path(id): Path<String>,
+    raw: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let l: NewLicence = body(&raw)?;
+    let licence = Licence::new(
+        l.cores,
+        instant("start", &l.start)?,
+        instant("end", &l.end)?,
+    )
+    .map_err(crate::store::StoreError::from)?;
+    let now = state.clock.now();
+    blocking(&state.store, move |s| s.add_licence(&id, &licence, now)).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"cores": l.cores, "start": l.start, "end": l.end})),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewCap {
+    cores: u32,
+}
+
+pub async fn set_cap(
+    Extract(state): Extract<State>,
+    Path(id): Path<String>,
+    raw: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let NewCap { cores } = body(&raw)?;
+    let now = state.clock.now();
+    blocking(&state.store, move |s| s.set_cap(&id, cores, now, now)).await?;
+    Ok(Json(json!({ "cores": cores, "from": now })))
+}
+
+#[derive(Deserialize)]
+pub struct DayQuery {
+    day: Option<String>,
+}
+
+pub async fn audit_samples(
+    Extract(state): Extract<State>,
+    Path(id): Path<String>,
+    Query(q): Query<DayQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let d = day(
+        "day",
+        q.day
+            .as_deref()
+            .ok_or_else(|| ApiError::bad_request("day", "day=YYYY-MM-DD is required"))?,
+    )?;
+    let zone = state.config.billing.zone;
+    let (from, to) = (zone.day_start(d), zone.day_end(d));
+    let account = id.clone();
+    let samples = blocking(&state.reader, move |s| s.audit_samples(&account, from, to)).await?;
+    Ok(Json(json!({ "account": id, "day": d, "samples": samples })))
+}
+
+pub async fn billing_run(Extract(state): Extract<State>) -> Result<Json<Value>, ApiError> {
+    let issued = run_billing_now(&state).await?;
+    Ok(Json(json!({ "issued": issued })))
+}
+
+/// Runs billing at the clock's now, counts it, and wakes the outbox.
+pub async fn run_billing_now(state: &State) -> Result<Vec<BillLine>, ApiError> {
+    let now = state.clock.now();
+    let config = state.config.billing.clone();
+    let issued = blocking(&state.store, move |s| run_billing(s, now, &config)).await?;
+    state.metrics.billing_runs.inc();
+    state.metrics.last_billing_run.set(now.timestamp() as f64);
+    for line in &issued {
+        state
+            .metrics
+            .billing_lines
+            .get_or_create(&KindLabels {
+                kind: line.kind.as_str().to_string(),
+            })
+            .inc();
+    }
+    if !issued.is_empty() {
+        state.outbox_wake.notify_one();
+    }
+    Ok(issued)
+}
+
+#[derive(Deserialize)]
+pub struct BillsQuery {
+    account: Option<String>,
+    day: Option<String>,
+    format: Option<String>,
+}
+
+pub async fn bills(
+    Extract(state): Extract<State>,
+    Query(q): Query<BillsQuery>,
+) -> Result<Response, ApiError> {
+    let d = q
+        .day
+        .as_deref()
+        .filter(|d| !d.is_empty())
+        .map(|d| day("day", d))
+        .transpose()?;
+    let account = q.account.filter(|a| !a.is_empty());
+    let lines = blocking(&state.reader, move |s| s.bill_lines(account.as_deref(), d)).await?;
+    match q.format.as_deref().unwrap_or("json") {
+        "json" => Ok(Json(json!({ "bills": lines })).into_response()),
+        "csv" => Ok((
+            [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+            bills_csv(&lines)?,
+        )
+            .into_response()),
+        other => Err(ApiError::bad_request(
+            "format",
+            format!("{other:?} is not json or csv"),
+        )),
+    }
+}
+
+/// Bill lines as CSV, one row per line, money as exact decimals.
+pub fn bills_csv(lines: &[BillLine]) -> Result<String, ApiError> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record([
+        "account",
+        "day",
+        "seq",
+        "kind",
+        "hours",
+        "excess_core_hours",
+        "average_excess_cores",
+        "cap_cores",
+        "billable_cores",
+        "amount",
+        "currency",
+        "issued_at",
+        "idempotency_key",
+    ])
+    .map_err(ApiError::internal)?;
+    for l in lines {
+        w.write_record([
+            l.account.clone(),
+            l.day.to_string(),
+            l.seq.to_string(),
+            l.kind.as_str().to_string(),
+            l.hours.to_string(),
+            l.excess_core_hours.to_string(),
+            l.average_excess_cores.to_string(),
+            l.cap_cores.to_string(),
+            l.billable_cores.to_string(),
+            l.amount.to_string(),
+            l.currency.clone(),
+            l.issued_at
+                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+            l.idempotency_key.clone(),
+        ])
+        .map_err(ApiError::internal)?;
+    }
+    String::from_utf8(w.into_inner().map_err(ApiError::internal)?).map_err(ApiError::internal)
+}
+
+#[derive(Deserialize)]
+pub struct OutboxQuery {
+    pending: Option<bool>,
+}
+
+pub async fn outbox(
+    Extract(state): Extract<State>,
+    Query(q): Query<OutboxQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let pending_only = q.pending.unwrap_or(false);
+    let (entries, status) = blocking(&state.reader, move |s| {
+        Ok((s.outbox(pending_only, 1000)?, s.outbox_status()?))
+    })
+    .await?;
+    Ok(Json(json!({ "status": status, "lines": entries })))
+}

@@ -1,0 +1,245 @@
+//! The HTTP API: the router, shared state, and `ApiError`, which turns every failure into `{"error": {"code", "message", "field"}}`.
+
+mod admin;
+mod ingest;
+mod ops;
+
+pub use admin::{bills_csv, run_billing_now as admin_run_billing};
+pub use ops::openapi_document;
+
+use std::sync::{Arc, Mutex};
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use prometheus_client::registry::Registry;
+use shared::clock::Clock;
+use shared::overage::RuleError;
+use shared::wire::{ErrorBody, ErrorDetail};
+
+use crate::config::Config;
+use crate::ingest_writer::IngestQueue;
+use crate::service_metrics::ServiceMetrics;
+use crate::store::{Store, StoreError};
+
+/// What every handler can reach.
+pub struct AppState {
+    /// The connection that writes (admin changes, billing); ingest writes through `queue`.
+    pub store: Arc<Mutex<Store>>,
+    /// A second connection for reads (token look-ups, audit, bills), so reads never wait on a commit.
+    pub reader: Arc<Mutex<Store>>,
+    pub queue: IngestQueue,
+    pub config: Config,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<ServiceMetrics>,
+    pub registry: Arc<Registry>,
+    /// SHA-256 of the admin token.
+    pub admin_token_hash: Vec<u8>,
+    /// Wakes the outbox worker when lines were issued.
+    pub outbox_wake: Arc<tokio::sync::Notify>,
+}
+
+pub type State = Arc<AppState>;
+
+/// Every route: (method, path, who may call it, what it does). The router and
+/// the OpenAPI document are both built from this table.
+pub const ROUTES: &[(&str, &str, &str, &str)] = &[
+    (
+        "post",
+        "/v1/samples",
+        "cluster",
+        "Push a batch of samples (at most 1,000 and 1 MiB)",
+    ),
+    ("post", "/v1/admin/accounts", "admin", "Create an account"),
+    (
+        "get",
+        "/v1/admin/accounts/{id}",
+        "admin",
+        "An account with its licences, cap history and clusters",
+    ),
+    (
+        "post",
+        "/v1/admin/accounts/{id}/clusters",
+        "admin",
+        "Create a cluster; answers its token once",
+    ),
+    (
+        "post",
+        "/v1/admin/accounts/{id}/clusters/{name}/rotate-token",
+        "admin",
+        "Replace a cluster's token",
+    ),
+    (
+        "post",
+        "/v1/admin/accounts/{id}/licenses",
+        "admin",
+        "Add a licence",
+    ),
+    (
+        "put",
+        "/v1/admin/accounts/{id}/cap",
+        "admin",
+        "Set the elastic cap (at least 500 cores)",
+    ),
+    (
+        "get",
+        "/v1/admin/accounts/{id}/samples",
+        "admin",
+        "The audit trail: every stored sample of a day",
+    ),
+    ("post", "/v1/admin/billing-runs", "admin", "Run billing now"),
+    (
+        "get",
+        "/v1/admin/bills",
+        "admin",
+        "Issued bill lines as JSON or CSV",
+    ),
+    (
+        "get",
+        "/v1/admin/outbox",
+        "admin",
+        "Bill lines and their delivery to the billing backend",
+    ),
+    ("get", "/healthz", "none", "Liveness"),
+    ("get", "/readyz", "none", "Readiness: the database answers"),
+    ("get", "/metrics", "none", "Prometheus metrics"),
+    ("get", "/v1/openapi.json", "none", "This API description"),
+];
+
+pub fn router(state: State) -> Router {
+    let admin = Router::new()
+        .route("/v1/admin/accounts", post(admin::create_account))
+        .route("/v1/admin/accounts/{id}", get(admin::get_account))
+        .route(
+            "/v1/admin/accounts/{id}/clusters",
+            post(admin::create_cluster),
+        )
+        .route(
+            "/v1/admin/accounts/{id}/clusters/{name}/rotate-token",
+            post(admin::rotate_token),
+        )
+        .route("/v1/admin/accounts/{id}/licenses", post(admin::add_licence))
+        .route("/v1/admin/accounts/{id}/cap", put(admin::set_cap))
+        .route("/v1/admin/accounts/{id}/samples", get(admin::audit_samples))
+        .route("/v1/admin/billing-runs", post(admin::billing_run))
+        .route("/v1/admin/bills", get(admin::bills))
+        .route("/v1/admin/outbox", get(admin::outbox))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            admin::require_admin,
+        ));
+    Router::new()
+        .route("/v1/samples", post(ingest::push_samples))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/v1/openapi.json", get(ops::openapi))
+        .merge(admin)
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            ops::observe,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            shared::wire::MAX_BATCH_BYTES,
+        ))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            state.config.request_timeout,
+        ))
+        .with_state(state)
+}
+
+/// An error as the API answers it.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    pub fn field(mut self, field: impl Into<String>) -> ApiError {
+        self.field = Some(field.into());
+        self
+    }
+
+    pub fn bad_request(field: &str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message).field(field)
+    }
+
+    pub fn unprocessable(field: &str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_value", message).field(field)
+    }
+
+    /// An unexpected failure: logged in full, answered without detail.
+    pub fn internal(error: impl std::fmt::Display) -> ApiError {
+        tracing::error!(%error, "request failed");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; see the service log",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message,
+                field: self.field,
+            },
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        use StoreError as E;
+        match e {
+            E::AccountExists(_) | E::ClusterExists(..) => {
+                ApiError::new(StatusCode::CONFLICT, "exists", e.to_string())
+            }
+            E::UnknownAccount(_) | E::UnknownCluster(..) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+            }
+            E::InvalidAccountId(_) => ApiError::unprocessable("id", e.to_string()),
+            E::InvalidName(_) => ApiError::unprocessable("name", e.to_string()),
+            E::Rule(RuleError::CapBelowMinimum { .. }) => {
+                ApiError::unprocessable("cores", e.to_string())
+            }
+            E::Rule(RuleError::LicenceCores(_)) => ApiError::unprocessable("cores", e.to_string()),
+            E::Rule(RuleError::LicencePeriod { .. }) => {
+                ApiError::unprocessable("end", e.to_string())
+            }
+            E::Rule(_) => ApiError::unprocessable("", e.to_string()),
+            E::TooNew { .. } | E::Sqlite(_) => ApiError::internal(e),
+        }
+    }
+}
+
+/// Runs `f` on a store connection off the async threads.
+pub async fn blocking<T: Send + 'static>(
+    store: &Arc<Mutex<Store>>,
+    f: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || f(&mut store.lock().expect("store lock")))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::from)
+}
