@@ -2,3 +2,4 @@
 
 pub mod expect;
 pub mod fleet;
+pub mod procs;
