@@ -6,24 +6,23 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The path of a workspace binary, built (or found up to date) first, so a
-/// test never runs a stale one.
+/// The path of a workspace binary. `cargo test --workspace` (the README's
+/// test command) builds every binary before any test runs; run alone, this
+/// crate's tests build the binaries only if they are missing.
 pub fn binary(name: &str) -> PathBuf {
-    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if !built.iter().any(|b| b == name) {
+    let path = target.join("debug").join(name);
+    if !path.exists() {
         let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", name, "--bin", name])
+            .args(["build", "--quiet", "--workspace", "--bins"])
             .current_dir(&root)
             .status()
             .expect("run cargo build");
-        assert!(status.success(), "cargo build -p {name} failed");
-        built.push(name.to_string());
+        assert!(status.success(), "cargo build --workspace --bins failed");
     }
-    target.join("debug").join(name)
+    path
 }
 
 /// A port nothing listens on now.
