@@ -145,3 +145,41 @@ fn the_agent_pushes_to_the_service_and_its_samples_appear_in_the_audit_trail() {
         "seqs 1, 2, 3, … in order"
     );
 }
+
+#[test]
+fn sigterm_finishes_requests_in_flight_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("core-meter.sqlite");
+    let mut service = Service::start(&db, ADMIN);
+    let token = service.account_with_cluster("acme", "prod");
+    let addr = service.addr;
+    let now = chrono::Utc::now();
+    let day = shared::zone::BillingZone::default().day_of(now).to_string();
+    let pusher = std::thread::spawn(move || {
+        let mut acked = 0u64;
+        for seq in 0..100_000u64 {
+            let body = format!(
+                r#"{{"samples":[{{"node":"n","cores":2,"at":"{}","seq":{seq},"agent_version":"e2e"}}]}}"#,
+                now.to_rfc3339()
+            );
+            match request(addr, "POST", "/v1/samples", Some(&token), Some(&body)) {
+                Some((200, _)) => acked += 1,
+                _ => break,
+            }
+        }
+        acked
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &service.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = service.child.wait().unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    let acked = pusher.join().unwrap();
+    assert!(acked > 0);
+    let service = Service::start(&db, ADMIN);
+    let stored = audit(&service, "acme", &day).len() as u64;
+    assert!(stored >= acked, "{acked} acknowledged, {stored} stored");
+}
