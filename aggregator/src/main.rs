@@ -18,6 +18,20 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Print a replay case holding the inputs of one account's bill for one day.
+    Export {
+        /// The day, YYYY-MM-DD in the billing zone.
+        #[arg(long)]
+        day: chrono::NaiveDate,
+        #[arg(long)]
+        account: String,
+        /// The SQLite file [default: data/core-meter.sqlite].
+        #[arg(long)]
+        database: Option<PathBuf>,
+        /// The service's settings file (the billing zone and rules come from it).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Run the service: ingest, admin API, 02:00 billing, bill delivery.
     Serve {
         /// A TOML file of settings (see the README for every key).
@@ -58,6 +72,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Replay { case } => replay(&case),
+        Command::Export {
+            day,
+            account,
+            database,
+            config,
+        } => export(day, &account, config, database),
         Command::Serve {
             config,
             listen,
@@ -119,4 +139,30 @@ fn serve(flags: aggregator::config::Flags) -> anyhow::Result<()> {
         }
         app.run(aggregator::startup::shutdown_signal()).await
     })
+}
+
+fn export(
+    day: chrono::NaiveDate,
+    account: &str,
+    config: Option<PathBuf>,
+    database: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let flags = aggregator::config::Flags {
+        config,
+        listen: None,
+        database,
+    };
+    let config = aggregator::config::Config::load(&flags, &|k| std::env::var(k).ok())?;
+    anyhow::ensure!(
+        config.database.exists(),
+        "no database at {}",
+        config.database.display()
+    );
+    let mut store =
+        aggregator::store::Store::open(&config.database, aggregator::store::Durability::Durable)
+            .with_context(|| format!("open the database {}", config.database.display()))?;
+    let case = aggregator::export::export_case(&mut store, &config.billing, account, day)?;
+    println!("{}", serde_json::to_string_pretty(&case)?);
+    Ok(())
 }

@@ -45,6 +45,9 @@ pub struct Settings {
     pub billable_core_rounding: Option<String>,
     pub gap_bridge_hours: Option<u32>,
     pub max_sample_age_hours: Option<u32>,
+    /// How far past its receipt a sample's `at` may lie (default 5); an
+    /// addition to SPEC section 7 that `export` writes.
+    pub max_future_minutes: Option<u32>,
     pub currency: Option<String>,
 }
 
@@ -216,6 +219,9 @@ pub fn config_from(settings: &Settings) -> anyhow::Result<BillingConfig> {
     if let Some(h) = settings.max_sample_age_hours {
         config.limits.max_age = TimeDelta::hours(i64::from(h));
     }
+    if let Some(m) = settings.max_future_minutes {
+        config.limits.max_future = TimeDelta::minutes(i64::from(m));
+    }
     config.currency = settings
         .currency
         .clone()
@@ -267,6 +273,17 @@ pub fn replay(case: &Case<'_>) -> anyhow::Result<Output> {
     }
     let dir = tempfile::tempdir().context("create a temporary directory")?;
     let mut store = Store::open(&dir.path().join("replay.sqlite"), Durability::Scratch)?;
+    replay_into(case, &config, &runs, &mut store)
+}
+
+/// Replays a checked case into `store`, which keeps what it stored (the
+/// export round-trip tests read it back).
+pub fn replay_into(
+    case: &Case<'_>,
+    config: &BillingConfig,
+    runs: &[DateTime<Utc>],
+    store: &mut Store,
+) -> anyhow::Result<Output> {
     let created = runs.first().copied().unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
     for (i, a) in case.accounts.iter().enumerate() {
         store
@@ -297,7 +314,7 @@ pub fn replay(case: &Case<'_>) -> anyhow::Result<Output> {
         };
         for chunk in pending[next..upto].chunks(INGEST_CHUNK) {
             ingest_chunk(
-                &mut store,
+                store,
                 &case.samples.names,
                 chunk,
                 &config.limits,
@@ -306,7 +323,7 @@ pub fn replay(case: &Case<'_>) -> anyhow::Result<Output> {
         }
         next = upto;
         if let Some(r) = run {
-            bills.extend(run_billing(&mut store, r, &config)?);
+            bills.extend(run_billing(store, r, &config)?);
         }
     }
     rejected.sort_by_key(|r| r.index);

@@ -372,3 +372,26 @@ async fn concurrent_pushes_share_commits_and_all_are_stored() {
     );
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_licence_keeps_counting_through_its_five_day_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn(dir.path().join("db.sqlite"), None, local("2026-11-24T23:00:00")).await;
+    let token = app.account_with_cluster("acme", "prod").await;
+    // Ends on the 20th; counts until the 25th.
+    let (s, v) = app
+        .admin(
+            Method::POST,
+            "/v1/admin/accounts/acme/licenses",
+            Some(json!({"cores": 20, "start": "2026-11-01T00:00:00+08:00", "end": "2026-11-20T00:00:00+08:00"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["counts_until"], "2026-11-24T16:00:00Z");
+    app.push_day(&token, "n1", 30, "2026-11-24", 1).await;
+    app.clock.set(local("2026-11-25T02:00:00"));
+    let (_, run) = app.admin(Method::POST, "/v1/admin/billing-runs", None).await;
+    // 30 cores against 20 licensed all day: 10 excess cores, 2.50 (7.50 without the grace).
+    assert_eq!(run["issued"][0]["amount"], "2.50", "{run}");
+    app.stop().await;
+}

@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 use crate::money::{cents, div_round_half_up};
 use crate::zone::{BillingZone, Timeline};
 
+/// Days a licence keeps counting after its end (SPEC section 8).
+pub const LICENCE_GRACE_DAYS: i64 = 5;
+
 /// The smallest elastic cap an account may have, in cores.
 pub const CAP_MIN_CORES: u32 = 500;
 

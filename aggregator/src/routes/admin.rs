@@ -9,7 +9,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use shared::bill::BillLine;
-use shared::overage::Licence;
+use shared::overage::{Licence, LICENCE_GRACE_DAYS};
 use shared::sample::parse_instant;
 
 use super::{blocking, ApiError, State};
@@ -119,7 +119,10 @@ pub async fn get_account(
         "state": if active { "licensed" } else { "unlicensed" },
         "cap_cores": cap_now,
         "cap_history": caps.iter().map(|c| json!({"cores": c.cores, "from": c.from})).collect::<Vec<_>>(),
-        "licenses": licences.iter().map(|l| json!({"cores": l.cores, "start": l.start, "end": l.end})).collect::<Vec<_>>(),
+        "licenses": licences
+            .iter()
+            .map(|l| json!({"cores": l.cores, "start": l.start, "counts_until": l.end}))
+            .collect::<Vec<_>>(),
         "clusters": clusters,
     })))
 }
@@ -173,17 +176,23 @@ pub async fn add_licence(
     raw: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let l: NewLicence = body(&raw)?;
-    let licence = Licence::new(
-        l.cores,
-        instant("start", &l.start)?,
-        instant("end", &l.end)?,
-    )
-    .map_err(crate::store::StoreError::from)?;
+    let (start, end) = (instant("start", &l.start)?, instant("end", &l.end)?);
+    if end < start {
+        return Err(ApiError::unprocessable(
+            "end",
+            format!("the licence ends ({end}) before it starts ({start})"),
+        ));
+    }
+    // A licence keeps counting for the grace days after its end (SPEC
+    // sections 5 and 8); the store keeps the period it counts.
+    let counts_until = end + chrono::TimeDelta::days(LICENCE_GRACE_DAYS);
+    let licence =
+        Licence::new(l.cores, start, counts_until).map_err(crate::store::StoreError::from)?;
     let now = state.clock.now();
     blocking(&state.store, move |s| s.add_licence(&id, &licence, now)).await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"cores": l.cores, "start": l.start, "end": l.end})),
+        Json(json!({"cores": l.cores, "start": start, "end": end, "counts_until": counts_until})),
     )
         .into_response())
 }
