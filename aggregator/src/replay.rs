@@ -323,7 +323,7 @@ pub fn replay_into(
         }
         next = upto;
         if let Some(r) = run {
-            bills.extend(run_billing(store, r, &config)?);
+            bills.extend(run_billing(store, r, config)?);
         }
     }
     rejected.sort_by_key(|r| r.index);
