@@ -9,6 +9,7 @@ pub mod export;
 pub mod ingest_writer;
 pub mod outbox;
 pub mod replay;
+pub mod report;
 pub mod routes;
 pub mod service_metrics;
 pub mod startup;

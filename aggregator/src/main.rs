@@ -18,6 +18,22 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Print the daily overage report of a day (all accounts, or one).
+    Report {
+        /// The day, YYYY-MM-DD in the billing zone.
+        #[arg(long)]
+        day: chrono::NaiveDate,
+        #[arg(long)]
+        account: Option<String>,
+        #[arg(long, default_value = "table", value_parser = ["table", "csv", "json"])]
+        format: String,
+        /// The SQLite file [default: data/core-meter.sqlite].
+        #[arg(long)]
+        database: Option<PathBuf>,
+        /// The service's settings file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Print a replay case holding the inputs of one account's bill for one day.
     Export {
         /// The day, YYYY-MM-DD in the billing zone.
@@ -72,6 +88,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Replay { case } => replay(&case),
+        Command::Report {
+            day,
+            account,
+            format,
+            database,
+            config,
+        } => report(day, account, &format, config, database),
         Command::Export {
             day,
             account,
@@ -164,5 +187,76 @@ fn export(
             .with_context(|| format!("open the database {}", config.database.display()))?;
     let case = aggregator::export::export_case(&mut store, &config.billing, account, day)?;
     println!("{}", serde_json::to_string_pretty(&case)?);
+    Ok(())
+}
+
+fn open_configured(
+    config: Option<PathBuf>,
+    database: Option<PathBuf>,
+) -> anyhow::Result<(aggregator::config::Config, aggregator::store::Store)> {
+    use anyhow::Context;
+    let flags = aggregator::config::Flags {
+        config,
+        listen: None,
+        database,
+    };
+    let config = aggregator::config::Config::load(&flags, &|k| std::env::var(k).ok())?;
+    anyhow::ensure!(
+        config.database.exists(),
+        "no database at {}",
+        config.database.display()
+    );
+    let store =
+        aggregator::store::Store::open(&config.database, aggregator::store::Durability::Durable)
+            .with_context(|| format!("open the database {}", config.database.display()))?;
+    Ok((config, store))
+}
+
+fn report(
+    day: chrono::NaiveDate,
+    account: Option<String>,
+    format: &str,
+    config: Option<PathBuf>,
+    database: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use shared::clock::Clock;
+    let (config, mut store) = open_configured(config, database)?;
+    let accounts = match account {
+        Some(a) => vec![a],
+        None => store.accounts()?.into_iter().map(|a| a.id).collect(),
+    };
+    let now = shared::clock::SystemClock.now();
+    let mut reports = Vec::new();
+    for a in &accounts {
+        reports.push(aggregator::report::daily_report(
+            &mut store,
+            &config.billing,
+            a,
+            day,
+            now,
+        )?);
+    }
+    match format {
+        "json" => println!("{}", serde_json::to_string_pretty(&reports)?),
+        "csv" => {
+            for (i, r) in reports.iter().enumerate() {
+                let csv = aggregator::report::render_csv(r);
+                // One header for all accounts.
+                print!(
+                    "{}",
+                    if i == 0 {
+                        csv.as_str()
+                    } else {
+                        csv.split_once('\n').map_or("", |(_, rest)| rest)
+                    }
+                );
+            }
+        }
+        _ => {
+            for r in &reports {
+                println!("{}", aggregator::report::render_table(r));
+            }
+        }
+    }
     Ok(())
 }

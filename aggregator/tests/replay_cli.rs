@@ -120,3 +120,72 @@ fn a_sample_with_an_unreadable_at_is_rejected_and_the_rest_is_billed() {
     );
     assert_eq!(v["bills"][0]["excess_core_hours"], 4);
 }
+
+/// A database holding a replayed conformance case, as `serve` would have left it.
+fn database_from_case(name: &str, dir: &Path) -> PathBuf {
+    use aggregator::replay::{config_from, parse_case, replay_into};
+    let text = std::fs::read_to_string(conformance(name)).unwrap();
+    let case = parse_case(text.as_bytes()).unwrap();
+    let config = config_from(&case.settings).unwrap();
+    let runs: Vec<chrono::DateTime<chrono::Utc>> =
+        case.runs.iter().map(|r| r.parse().unwrap()).collect();
+    let path = dir.join("core-meter.sqlite");
+    let mut store =
+        aggregator::store::Store::open(&path, aggregator::store::Durability::Durable).unwrap();
+    replay_into(&case, &config, &runs, &mut store).unwrap();
+    path
+}
+
+#[test]
+fn report_prints_a_table_csv_or_json_and_export_prints_a_case_that_replays_to_the_bill() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = database_from_case("autoscale-burst.json", dir.path());
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_aggregator"))
+            .args(args)
+            .arg("--database")
+            .arg(&db)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let table = run(&["report", "--day", "2026-11-24"]);
+    assert!(
+        table.contains("account acme") && table.contains("amount 5.25 USD"),
+        "{table}"
+    );
+    let csv = run(&["report", "--day", "2026-11-24", "--format", "csv"]);
+    assert_eq!(csv.lines().count(), 25);
+    let json: serde_json::Value = serde_json::from_str(&run(&[
+        "report",
+        "--day",
+        "2026-11-24",
+        "--account",
+        "acme",
+        "--format",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(json[0]["figures"]["billable_cores"], "21.00");
+
+    let case = run(&["export", "--day", "2026-11-24", "--account", "acme"]);
+    let path = dir.path().join("exported.json");
+    std::fs::write(&path, case).unwrap();
+    let out = replay(&path);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let day: Vec<&serde_json::Value> = v["bills"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["day"] == "2026-11-24")
+        .collect();
+    assert_eq!(day.len(), 1);
+    assert_eq!(day[0]["amount"], "5.25");
+    assert_eq!(day[0]["issued_at"], "2026-11-24T18:00:00Z");
+}

@@ -376,7 +376,12 @@ async fn concurrent_pushes_share_commits_and_all_are_stored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_licence_keeps_counting_through_its_five_day_grace() {
     let dir = tempfile::tempdir().unwrap();
-    let app = TestApp::spawn(dir.path().join("db.sqlite"), None, local("2026-11-24T23:00:00")).await;
+    let app = TestApp::spawn(
+        dir.path().join("db.sqlite"),
+        None,
+        local("2026-11-24T23:00:00"),
+    )
+    .await;
     let token = app.account_with_cluster("acme", "prod").await;
     // Ends on the 20th; counts until the 25th.
     let (s, v) = app
@@ -390,8 +395,68 @@ async fn a_licence_keeps_counting_through_its_five_day_grace() {
     assert_eq!(v["counts_until"], "2026-11-24T16:00:00Z");
     app.push_day(&token, "n1", 30, "2026-11-24", 1).await;
     app.clock.set(local("2026-11-25T02:00:00"));
-    let (_, run) = app.admin(Method::POST, "/v1/admin/billing-runs", None).await;
+    let (_, run) = app
+        .admin(Method::POST, "/v1/admin/billing-runs", None)
+        .await;
     // 30 cores against 20 licensed all day: 10 excess cores, 2.50 (7.50 without the grace).
     assert_eq!(run["issued"][0]["amount"], "2.50", "{run}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daily_report_is_served_as_json_and_csv_and_is_provisional_until_due() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn(
+        dir.path().join("db.sqlite"),
+        None,
+        local("2026-11-24T23:30:00"),
+    )
+    .await;
+    let token = app.account_with_cluster("acme", "prod").await;
+    app.push_day(&token, "n1", 12, "2026-11-24", 1).await;
+    let (s, today) = app
+        .admin(
+            Method::GET,
+            "/v1/reports/daily?day=2026-11-24&account=acme",
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{today}");
+    assert_eq!(today["provisional"], true);
+    assert_eq!(
+        today["figures"]["amount"], "3.00",
+        "12 cores all day, no licence"
+    );
+    app.clock.set(local("2026-11-25T02:00:00"));
+    app.admin(Method::POST, "/v1/admin/billing-runs", None)
+        .await;
+    let (_, billed) = app
+        .admin(
+            Method::GET,
+            "/v1/reports/daily?day=2026-11-24&account=acme",
+            None,
+        )
+        .await;
+    assert_eq!(billed["provisional"], false);
+    assert_eq!(billed["lines"][0]["idempotency_key"], "acme/2026-11-24/1");
+    let csv = app
+        .client
+        .get(app.url("/v1/reports/daily?day=2026-11-24&account=acme&format=csv"))
+        .bearer_auth(support::ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(csv.lines().count(), 25);
+    let (s, v) = app
+        .admin(
+            Method::GET,
+            "/v1/reports/daily?day=2026-11-24&account=acme&format=pdf",
+            None,
+        )
+        .await;
+    assert_eq!((s, v["error"]["field"].as_str()), (400, Some("format")));
     app.stop().await;
 }

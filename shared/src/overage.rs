@@ -218,6 +218,76 @@ pub fn price_day(
     (average, billable, amount)
 }
 
+/// One node's cores in one bucket of a timeline: the largest it sampled
+/// there, or, in a short gap, the smaller of its neighbours (`bridged`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeHour {
+    pub node: u64,
+    pub bucket: usize,
+    pub cores: u32,
+    pub bridged: bool,
+}
+
+/// Steps 1 and 2 of SPEC section 5: every node's hours, sampled and bridged,
+/// ordered by node and bucket. Samples outside the timeline are ignored.
+pub fn node_hours(
+    timeline: &Timeline,
+    samples: &[NodeSample],
+    gap_bridge_hours: u32,
+) -> Vec<NodeHour> {
+    // Sorting by (node, bucket) puts every node's hours together and in order.
+    let mut hours: Vec<(u64, usize, u32)> = samples
+        .iter()
+        .filter_map(|s| timeline.bucket_of(s.at_ms).map(|b| (s.node, b, s.cores)))
+        .collect();
+    hours.sort_unstable();
+    let mut sampled: Vec<(u64, usize, u32)> = Vec::with_capacity(hours.len());
+    for (node, b, cores) in hours {
+        match sampled.last_mut() {
+            Some(last) if last.0 == node && last.1 == b => last.2 = last.2.max(cores),
+            _ => sampled.push((node, b, cores)),
+        }
+    }
+    let gap_max = gap_bridge_hours as usize;
+    let mut out = Vec::with_capacity(sampled.len());
+    for (i, &(node, bucket, cores)) in sampled.iter().enumerate() {
+        out.push(NodeHour {
+            node,
+            bucket,
+            cores,
+            bridged: false,
+        });
+        if let Some(&(next_node, nb, next_cores)) = sampled.get(i + 1) {
+            if next_node == node && (1..=gap_max).contains(&(nb - bucket - 1)) {
+                let fill = cores.min(next_cores);
+                out.extend((bucket + 1..nb).map(|b| NodeHour {
+                    node,
+                    bucket: b,
+                    cores: fill,
+                    bridged: true,
+                }));
+            }
+        }
+    }
+    out
+}
+
+/// Step 4: the licensed cores of each bucket; a licence counts in every
+/// bucket it overlaps at all, and an empty period overlaps nothing.
+pub fn licensed_per_bucket(timeline: &Timeline, licences: &[Licence]) -> Vec<u64> {
+    let mut licensed = vec![0u64; timeline.len()];
+    for l in licences.iter().filter(|l| l.end > l.start) {
+        let (start, end) = (l.start.timestamp_millis(), l.end.timestamp_millis());
+        for (b, lic) in licensed.iter_mut().enumerate() {
+            let (bs, be) = timeline.bucket_bounds_ms(b);
+            if start < be && end > bs {
+                *lic += u64::from(l.cores);
+            }
+        }
+    }
+    licensed
+}
+
 /// The daily overage of every day in `first..=last` for one account (see [`overage_on`]).
 pub fn daily_overage(
     zone: &BillingZone,
@@ -245,52 +315,15 @@ pub fn overage_on(
     rules: &Rules,
 ) -> Vec<DayFigures> {
     let n = timeline.len();
-
-    // 1. Node-hours: each node's largest sample in each bucket. Sorting by
-    // (node, bucket) puts every node's hours together and in order.
-    let mut hours: Vec<(u64, usize, u32)> = samples
-        .iter()
-        .filter_map(|s| timeline.bucket_of(s.at_ms).map(|b| (s.node, b, s.cores)))
-        .collect();
-    hours.sort_unstable();
-    let mut node_hours: Vec<(u64, usize, u32)> = Vec::with_capacity(hours.len());
-    for (node, b, cores) in hours {
-        match node_hours.last_mut() {
-            Some(last) if last.0 == node && last.1 == b => last.2 = last.2.max(cores),
-            _ => node_hours.push((node, b, cores)),
-        }
-    }
-
-    // 2 and 3. Bridge short gaps with the smaller neighbour, and add every
-    // node into the account's total.
+    // 1 to 3: node-hours, bridged, added into the account's total per bucket.
     let mut total = vec![0u64; n];
     let mut sampled = vec![false; n];
-    let gap_max = rules.gap_bridge_hours as usize;
-    for (i, &(node, b, cores)) in node_hours.iter().enumerate() {
-        total[b] += u64::from(cores);
-        sampled[b] = true;
-        if let Some(&(next_node, nb, next_cores)) = node_hours.get(i + 1) {
-            if next_node == node && (1..=gap_max).contains(&(nb - b - 1)) {
-                let fill = u64::from(cores.min(next_cores));
-                for t in &mut total[b + 1..nb] {
-                    *t += fill;
-                }
-            }
-        }
+    for h in node_hours(timeline, samples, rules.gap_bridge_hours) {
+        total[h.bucket] += u64::from(h.cores);
+        sampled[h.bucket] |= !h.bridged;
     }
-
-    // 4. Licensed cores: every licence that overlaps a bucket at all counts in it.
-    let mut licensed = vec![0u64; n];
-    // An empty period overlaps nothing, not even the hour it sits in.
-    for l in licences.iter().filter(|l| l.end > l.start) {
-        let (start, end) = (l.start.timestamp_millis(), l.end.timestamp_millis());
-        for (b, lic) in licensed.iter_mut().enumerate() {
-            let (bs, be) = timeline.bucket_bounds_ms(b);
-            if start < be && end > bs {
-                *lic += u64::from(l.cores);
-            }
-        }
-    }
+    // 4. Licensed cores.
+    let licensed = licensed_per_bucket(timeline, licences);
 
     // 5 to 9, day by day.
     timeline

@@ -43,6 +43,10 @@ impl BillingZone {
         self.0.name()
     }
 
+    pub fn tz(&self) -> Tz {
+        self.0
+    }
+
     fn offset_secs(&self, at: DateTime<Utc>) -> i32 {
         self.0
             .offset_from_utc_datetime(&at.naive_utc())

@@ -354,3 +354,48 @@ pub async fn outbox(
     .await?;
     Ok(Json(json!({ "status": status, "lines": entries })))
 }
+
+#[derive(Deserialize)]
+pub struct ReportQuery {
+    day: Option<String>,
+    account: Option<String>,
+    format: Option<String>,
+}
+
+/// `GET /v1/reports/daily?day=&account=&format=json|csv`: the report of one
+/// account's day, provisional while the day is not yet due.
+pub async fn daily_report(
+    Extract(state): Extract<State>,
+    Query(q): Query<ReportQuery>,
+) -> Result<Response, ApiError> {
+    let d = day(
+        "day",
+        q.day
+            .as_deref()
+            .ok_or_else(|| ApiError::bad_request("day", "day=YYYY-MM-DD is required"))?,
+    )?;
+    let account = q
+        .account
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| ApiError::bad_request("account", "account= is required"))?;
+    let format = q.format.unwrap_or_else(|| "json".into());
+    if !matches!(format.as_str(), "json" | "csv") {
+        return Err(ApiError::bad_request(
+            "format",
+            format!("{format:?} is not json or csv"),
+        ));
+    }
+    let (config, now) = (state.config.billing.clone(), state.clock.now());
+    let report = blocking(&state.reader, move |s| {
+        crate::report::daily_report(s, &config, &account, d, now)
+    })
+    .await?;
+    Ok(match format.as_str() {
+        "csv" => (
+            [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+            crate::report::render_csv(&report),
+        )
+            .into_response(),
+        _ => Json(report).into_response(),
+    })
+}

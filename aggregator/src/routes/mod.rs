@@ -125,6 +125,7 @@ pub fn router(state: State) -> Router {
         .route("/v1/admin/billing-runs", post(admin::billing_run))
         .route("/v1/admin/bills", get(admin::bills))
         .route("/v1/admin/outbox", get(admin::outbox))
+        .route("/v1/reports/daily", get(admin::daily_report))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             admin::require_admin,

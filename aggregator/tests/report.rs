@@ -1,0 +1,151 @@
+//! The daily report agrees with the bill and explains it: hours, bridging, shares, completeness, every format.
+
+use std::path::Path;
+
+use aggregator::replay::{config_from, parse_case, replay_into};
+use aggregator::report::{daily_report, render_csv, render_table};
+use aggregator::store::{Durability, Store};
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+
+fn stored(case_name: &str) -> (tempfile::TempDir, Store, aggregator::billing::BillingConfig) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/conformance")
+        .join(case_name);
+    let text = std::fs::read_to_string(path).unwrap();
+    let case = parse_case(text.as_bytes()).unwrap();
+    let config = config_from(&case.settings).unwrap();
+    let mut runs: Vec<DateTime<Utc>> = case.runs.iter().map(|r| r.parse().unwrap()).collect();
+    runs.sort();
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("db.sqlite"), Durability::Scratch).unwrap();
+    replay_into(&case, &config, &runs, &mut store).unwrap();
+    (dir, store, config)
+}
+
+fn now() -> DateTime<Utc> {
+    "2026-12-01T00:00:00Z".parse().unwrap()
+}
+
+#[test]
+fn the_report_shows_the_bills_figures_and_the_hours_add_up_to_them() {
+    let (_dir, mut store, config) = stored("late-samples-adjustment.json");
+    let r = daily_report(
+        &mut store,
+        &config,
+        "acme",
+        "2026-11-24".parse().unwrap(),
+        now(),
+    )
+    .unwrap();
+    assert!(!r.provisional);
+    // Two lines: the daily 7.50 and the adjustment 1.75 for the late node.
+    assert_eq!(r.lines.len(), 2);
+    assert_eq!(r.billed_amount, Decimal::new(925, 2));
+    assert_eq!(
+        r.figures.amount, r.billed_amount,
+        "what was billed is what the day now costs"
+    );
+    assert_eq!(r.figures.excess_core_hours, 880);
+    let from_hours: u64 = r.hours.iter().map(|h| h.excess_cores).sum();
+    assert_eq!(from_hours, r.figures.excess_core_hours);
+    assert_eq!(r.hours.len(), 24);
+    assert_eq!(r.licence_short_hours, 24);
+    assert!(r
+        .lines
+        .iter()
+        .all(|l| l.idempotency_key.starts_with("acme/2026-11-24/")));
+}
+
+#[test]
+fn bridged_hours_node_shares_and_gaps_are_shown() {
+    let (_dir, mut store, config) = stored("gap-bridging.json");
+    let r = daily_report(
+        &mut store,
+        &config,
+        "acme",
+        "2026-11-24".parse().unwrap(),
+        now(),
+    )
+    .unwrap();
+    let bridged: usize = r.hours.iter().map(|h| h.bridged.len()).sum();
+    let bridged_by_nodes: u32 = r.nodes.iter().map(|n| n.hours_bridged).sum();
+    assert!(bridged > 0, "the case bridges gaps");
+    assert_eq!(bridged as u32, bridged_by_nodes);
+    assert!(
+        r.nodes.iter().any(|n| n.gap_hours > 0),
+        "the long gap shows"
+    );
+    // The shares add up to the day's excess (to the cent of a core-hour per node).
+    let shares: Decimal = r.clusters.iter().map(|c| c.excess_core_hours).sum();
+    let excess = Decimal::from(r.figures.excess_core_hours);
+    assert!(
+        (shares - excess).abs() <= Decimal::new(1, 2) * Decimal::from(r.nodes.len() as u64),
+        "{shares} vs {excess}"
+    );
+}
+
+#[test]
+fn clusters_get_their_share_and_a_day_within_the_licence_shows_a_surplus() {
+    let (_dir, mut store, config) = stored("duplicates-resize-and-clusters.json");
+    let r = daily_report(
+        &mut store,
+        &config,
+        "acme",
+        "2026-11-24".parse().unwrap(),
+        now(),
+    )
+    .unwrap();
+    assert!(r.clusters.len() >= 2, "{:?}", r.clusters);
+    let (_dir, mut store, config) = stored("within-license.json");
+    let r = daily_report(
+        &mut store,
+        &config,
+        "acme",
+        "2026-11-24".parse().unwrap(),
+        now(),
+    )
+    .unwrap();
+    // 160 cores against 200 licensed all day: 40 cores to spare.
+    assert_eq!(r.surplus_cores, Some(40));
+    assert_eq!(r.licence_short_hours, 0);
+}
+
+#[test]
+fn a_day_not_yet_due_is_provisional() {
+    let (_dir, mut store, config) = stored("constant-overage.json");
+    let before_0200: DateTime<Utc> = "2026-11-24T17:00:00Z".parse().unwrap();
+    let r = daily_report(
+        &mut store,
+        &config,
+        "acme",
+        "2026-11-24".parse().unwrap(),
+        before_0200,
+    )
+    .unwrap();
+    assert!(r.provisional);
+    assert!(render_table(&r).contains("PROVISIONAL"));
+}
+
+#[test]
+fn every_format_carries_the_figures() {
+    let (_dir, mut store, config) = stored("autoscale-burst.json");
+    let r = daily_report(
+        &mut store,
+        &config,
+        "acme",
+        "2026-11-24".parse().unwrap(),
+        now(),
+    )
+    .unwrap();
+    let table = render_table(&r);
+    assert!(table.contains("amount 5.25 USD"), "{table}");
+    assert!(table.contains("acme/2026-11-24/1"));
+    let csv = render_csv(&r);
+    assert_eq!(csv.lines().count(), 25, "a header and 24 hours");
+    assert!(csv.starts_with("account,day,hour_start,total_cores"));
+    assert!(csv.contains("2026-11-24T00:00:00+08:00"));
+    let json = serde_json::to_value(&r).unwrap();
+    assert_eq!(json["figures"]["amount"], "5.25");
+    assert_eq!(json["hours"].as_array().unwrap().len(), 24);
+}
