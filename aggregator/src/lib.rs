@@ -10,6 +10,7 @@ pub mod ingest_writer;
 pub mod outbox;
 pub mod replay;
 pub mod report;
+pub mod report_html;
 pub mod routes;
 pub mod service_metrics;
 pub mod startup;

@@ -25,8 +25,11 @@ enum Command {
         day: chrono::NaiveDate,
         #[arg(long)]
         account: Option<String>,
-        #[arg(long, default_value = "table", value_parser = ["table", "csv", "json"])]
+        #[arg(long, default_value = "table", value_parser = ["table", "csv", "json", "html"])]
         format: String,
+        /// With --format html: the directory the pages are written to.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
         /// The SQLite file [default: data/core-meter.sqlite].
         #[arg(long)]
         database: Option<PathBuf>,
@@ -92,9 +95,10 @@ fn main() -> ExitCode {
             day,
             account,
             format,
+            out,
             database,
             config,
-        } => report(day, account, &format, config, database),
+        } => report(day, account, &format, &out, config, database),
         Command::Export {
             day,
             account,
@@ -216,9 +220,11 @@ fn report(
     day: chrono::NaiveDate,
     account: Option<String>,
     format: &str,
+    out: &std::path::Path,
     config: Option<PathBuf>,
     database: Option<PathBuf>,
 ) -> anyhow::Result<()> {
+    use anyhow::Context;
     use shared::clock::Clock;
     let (config, mut store) = open_configured(config, database)?;
     let accounts = match account {
@@ -238,6 +244,15 @@ fn report(
     }
     match format {
         "json" => println!("{}", serde_json::to_string_pretty(&reports)?),
+        "html" => {
+            std::fs::create_dir_all(out).with_context(|| format!("create {}", out.display()))?;
+            for r in &reports {
+                let path = out.join(format!("report-{}-{}.html", r.account, r.day));
+                std::fs::write(&path, aggregator::report_html::render_html(r))
+                    .with_context(|| format!("write {}", path.display()))?;
+                println!("{}", path.display());
+            }
+        }
         "csv" => {
             for (i, r) in reports.iter().enumerate() {
                 let csv = aggregator::report::render_csv(r);
