@@ -18,6 +18,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// A self-contained tour: the service, a simulated fleet, a billed day, the report.
+    Demo,
     /// Print the daily overage report of a day (all accounts, or one).
     Report {
         /// The day, YYYY-MM-DD in the billing zone.
@@ -91,6 +93,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Replay { case } => replay(&case),
+        Command::Demo => aggregator::demo::run(),
         Command::Report {
             day,
             account,

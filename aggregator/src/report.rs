@@ -244,7 +244,11 @@ pub fn daily_report(
                 excess_core_hours,
             })
             .collect(),
-        nodes: per_node.into_values().collect(),
+        nodes: {
+            let mut nodes: Vec<NodeLine> = per_node.into_values().collect();
+            nodes.sort_by(|a, b| (&a.cluster, &a.node).cmp(&(&b.cluster, &b.node)));
+            nodes
+        },
         licence_short_hours,
         surplus_cores,
     })

@@ -189,3 +189,38 @@ fn report_prints_a_table_csv_or_json_and_export_prints_a_case_that_replays_to_th
     assert_eq!(day[0]["amount"], "5.25");
     assert_eq!(day[0]["issued_at"], "2026-11-24T18:00:00Z");
 }
+
+#[test]
+fn the_demo_bills_a_simulated_day_and_writes_the_report_page() {
+    let started = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_aggregator"))
+        .arg("demo")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "the demo takes under a minute"
+    );
+    assert!(text.contains("Daily overage: account acme"), "{text}");
+    assert!(
+        text.contains("daily") && text.contains("key acme/"),
+        "a bill line was issued: {text}"
+    );
+    let page = text
+        .lines()
+        .find_map(|l| l.strip_prefix("The report as a page: "))
+        .expect("the demo says where the page is");
+    let html = std::fs::read_to_string(page).unwrap();
+    assert!(html.contains("<svg id=\"chart\""));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("24/24 h"),
+        "the progress bar reached the end"
+    );
+    let _ = std::fs::remove_dir_all(Path::new(page).parent().unwrap());
+}
