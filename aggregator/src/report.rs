@@ -28,6 +28,8 @@ pub struct DailyReport {
     pub hours: Vec<Hour>,
     pub clusters: Vec<ClusterShare>,
     pub nodes: Vec<NodeLine>,
+    /// Samples of the day the service refused, by reason.
+    pub rejected: BTreeMap<String, u64>,
     /// Hours in which total cores exceeded licensed cores.
     pub licence_short_hours: u32,
     /// When licensed cores stayed above total cores all day: the smallest surplus (a refund hint).
@@ -206,6 +208,10 @@ pub fn daily_report(
         *clusters.entry(line.cluster.clone()).or_default() += line.excess_core_hours;
     }
     let lines = store.bill_lines(Some(account), Some(day))?;
+    let rejected: BTreeMap<String, u64> = store
+        .rejections(account, day_start, day_end)?
+        .into_iter()
+        .collect();
     let licence_short_hours = hours
         .iter()
         .filter(|h| h.total_cores > h.licensed_cores)
@@ -249,6 +255,7 @@ pub fn daily_report(
             nodes.sort_by(|a, b| (&a.cluster, &a.node).cmp(&(&b.cluster, &b.node)));
             nodes
         },
+        rejected,
         licence_short_hours,
         surplus_cores,
     })
@@ -334,6 +341,14 @@ pub fn render_table(r: &DailyReport) -> String {
             n.excess_core_hours,
             silent
         );
+    }
+    if !r.rejected.is_empty() {
+        let list: Vec<String> = r
+            .rejected
+            .iter()
+            .map(|(reason, n)| format!("{reason} {n}"))
+            .collect();
+        let _ = writeln!(out, "\nrejected samples: {}", list.join(", "));
     }
     let _ = writeln!(
         out,

@@ -190,9 +190,21 @@ pub fn render_html(r: &DailyReport) -> String {
             .unwrap_or_default();
         let _ = write!(page, "<tr><td class=l>{}</td><td class=l>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=l>{}</td></tr>", esc(&nl.cluster), esc(&nl.node), nl.hours_observed, nl.hours_bridged, nl.gap_hours, nl.missing_seqs, nl.excess_core_hours, silent);
     }
+    page.push_str("</table>");
+    if !r.rejected.is_empty() {
+        page.push_str("<h2>Rejected samples</h2><table id=\"rejected\"><tr><th class=l>reason</th><th>samples</th></tr>");
+        for (reason, n) in &r.rejected {
+            let _ = write!(
+                page,
+                "<tr><td class=l>{}</td><td>{n}</td></tr>",
+                esc(reason)
+            );
+        }
+        page.push_str("</table>");
+    }
     let _ = write!(
         page,
-        "</table><p id=\"short\">Licence short in {} of {} hours.</p>",
+        "<p id=\"short\">Licence short in {} of {} hours.</p>",
         r.licence_short_hours, f.hours
     );
     if let Some(s) = r.surplus_cores {

@@ -244,3 +244,29 @@ fn the_html_page_renders_in_chromium_with_its_chart_and_figures() {
     );
     eprintln!("screenshot saved at {}", shot.display());
 }
+
+#[test]
+fn samples_the_service_refused_are_counted_by_reason() {
+    let (_dir, mut store, config) = stored("bad-samples.json");
+    let r = daily_report(
+        &mut store,
+        &config,
+        "acme",
+        "2026-11-24".parse().unwrap(),
+        now(),
+    )
+    .unwrap();
+    // bad-samples: 3 invalid_cores, 1 in_future, 1 missing_identity on the 24th; the too_old one
+    // claims November 1st, and the unknown account's is nobody's.
+    let got: Vec<(String, u64)> = r.rejected.clone().into_iter().collect();
+    assert_eq!(
+        got,
+        vec![
+            ("in_future".to_string(), 1),
+            ("invalid_cores".to_string(), 3),
+            ("missing_identity".to_string(), 1)
+        ]
+    );
+    assert!(render_table(&r)
+        .contains("rejected samples: in_future 1, invalid_cores 3, missing_identity 1"));
+}

@@ -96,6 +96,17 @@ impl Store {
                 let checked = match validate(&unchecked, s.received_at, limits) {
                     Ok(c) => c,
                     Err(reason) => {
+                        if let Some(account_ref) = account_ref {
+                            tx.prepare_cached(
+                                "INSERT INTO rejections (account_ref, at_ms, reason, received_at_ms) VALUES (?1, ?2, ?3, ?4)",
+                            )?
+                            .execute((
+                                account_ref,
+                                s.at.unwrap_or(s.received_at).timestamp_millis(),
+                                reason.as_str(),
+                                s.received_at.timestamp_millis(),
+                            ))?;
+                        }
                         outcomes.push(Outcome::Rejected(reason));
                         continue;
                     }
@@ -337,6 +348,27 @@ impl Store {
                     agent_version: r.get(7)?,
                 })
             },
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+impl Store {
+    /// How many samples of an account claiming an instant in `[from, to)` were rejected, by reason.
+    pub fn rejections(
+        &mut self,
+        account: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        let account_ref = self.require_account(account)?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT reason, count(*) FROM rejections WHERE account_ref = ?1 AND at_ms >= ?2 AND at_ms < ?3
+              GROUP BY reason ORDER BY reason",
+        )?;
+        let rows = stmt.query_map(
+            (account_ref, from.timestamp_millis(), to.timestamp_millis()),
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)),
         )?;
         Ok(rows.collect::<Result<_, _>>()?)
     }

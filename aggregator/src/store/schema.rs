@@ -134,4 +134,16 @@ pub const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX outbox_pending ON outbox (next_attempt_ms) WHERE delivered_at_ms IS NULL;
     "#,
+    // 3: rejected samples of known accounts, for the report's completeness section.
+    r#"
+    -- One row per rejected sample of a known account: when it claimed to be
+    -- (its `at`, or its receipt when `at` was unreadable) and why it was refused.
+    CREATE TABLE rejections (
+        account_ref     INTEGER NOT NULL REFERENCES accounts(ref),
+        at_ms           INTEGER NOT NULL,
+        reason          TEXT NOT NULL,
+        received_at_ms  INTEGER NOT NULL
+    );
+    CREATE INDEX rejections_by_account_at ON rejections (account_ref, at_ms);
+    "#,
 ];
