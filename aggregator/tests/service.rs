@@ -450,6 +450,19 @@ async fn the_daily_report_is_served_as_json_and_csv_and_is_provisional_until_due
         .await
         .unwrap();
     assert_eq!(csv.lines().count(), 25);
+    let page = app
+        .client
+        .get(app.url("/v1/reports/daily?day=2026-11-24&account=acme&format=html"))
+        .bearer_auth(support::ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert!(page.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let page = page.text().await.unwrap();
+    assert!(page.contains("<svg id=\"chart\"") && page.contains("3.00 USD"));
     let (s, v) = app
         .admin(
             Method::GET,
