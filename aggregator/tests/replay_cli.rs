@@ -173,6 +173,19 @@ fn report_prints_a_table_csv_or_json_and_export_prints_a_case_that_replays_to_th
     .unwrap();
     assert_eq!(json[0]["figures"]["billable_cores"], "21.00");
 
+    let pages = dir.path().join("pages");
+    let written = run(&[
+        "report",
+        "--day",
+        "2026-11-24",
+        "--format",
+        "html",
+        "--out",
+        pages.to_str().unwrap(),
+    ]);
+    let page = std::fs::read_to_string(written.trim()).unwrap();
+    assert!(page.contains("<svg id=\"chart\"") && page.contains("5.25 USD"));
+
     let case = run(&["export", "--day", "2026-11-24", "--account", "acme"]);
     let path = dir.path().join("exported.json");
     std::fs::write(&path, case).unwrap();

@@ -379,10 +379,10 @@ pub async fn daily_report(
         .filter(|a| !a.is_empty())
         .ok_or_else(|| ApiError::bad_request("account", "account= is required"))?;
     let format = q.format.unwrap_or_else(|| "json".into());
-    if !matches!(format.as_str(), "json" | "csv") {
+    if !matches!(format.as_str(), "json" | "csv" | "html") {
         return Err(ApiError::bad_request(
             "format",
-            format!("{format:?} is not json or csv"),
+            format!("{format:?} is not json, csv or html"),
         ));
     }
     let (config, now) = (state.config.billing.clone(), state.clock.now());
@@ -394,6 +394,11 @@ pub async fn daily_report(
         "csv" => (
             [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
             crate::report::render_csv(&report),
+        )
+            .into_response(),
+        "html" => (
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            crate::report_html::render_html(&report),
         )
             .into_response(),
         _ => Json(report).into_response(),
