@@ -177,21 +177,7 @@ fn export(
     config: Option<PathBuf>,
     database: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    use anyhow::Context;
-    let flags = aggregator::config::Flags {
-        config,
-        listen: None,
-        database,
-    };
-    let config = aggregator::config::Config::load(&flags, &|k| std::env::var(k).ok())?;
-    anyhow::ensure!(
-        config.database.exists(),
-        "no database at {}",
-        config.database.display()
-    );
-    let mut store =
-        aggregator::store::Store::open(&config.database, aggregator::store::Durability::Durable)
-            .with_context(|| format!("open the database {}", config.database.display()))?;
+    let (config, mut store) = open_configured(config, database)?;
     let case = aggregator::export::export_case(&mut store, &config.billing, account, day)?;
     println!("{}", serde_json::to_string_pretty(&case)?);
     Ok(())
