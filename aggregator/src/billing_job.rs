@@ -19,7 +19,7 @@ pub async fn run(state: State, poll: Duration, mut stop: watch::Receiver<bool>) 
         // The next 02:00 (03:00 on a spring-forward day): the due time of the
         // first day not yet due.
         let next = zone.due_at(zone.first_day_not_due(now));
-        let nap = shared_wait(now, next).min(poll);
+        let nap = until(now, next).min(poll);
         tokio::select! {
             _ = tokio::time::sleep(nap) => {}
             _ = stop.changed() => return,
@@ -39,6 +39,7 @@ async fn run_once(state: &State) {
     }
 }
 
-fn shared_wait(now: chrono::DateTime<chrono::Utc>, at: chrono::DateTime<chrono::Utc>) -> Duration {
+/// How long from `now` until `at` (zero once it has passed).
+fn until(now: chrono::DateTime<chrono::Utc>, at: chrono::DateTime<chrono::Utc>) -> Duration {
     (at - now).to_std().unwrap_or_default()
 }

@@ -330,11 +330,6 @@ fn apply_env(f: &mut FileConfig, env: &dyn Fn(&str) -> Option<String>) -> anyhow
     Ok(())
 }
 
-/// Every setting with its file key and environment variable, for `--help` and the README.
-pub fn settings_table() -> Vec<(&'static str, &'static str)> {
-    SETTINGS.iter().map(|s| (s.key, s.env)).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -352,11 +352,6 @@ pub struct CaseSamples<'a> {
     pending: Vec<Pending>,
 }
 
-impl CaseSamples<'_> {
-    pub fn len(&self) -> usize {
-        self.pending.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.pending.is_empty()
     }

@@ -95,17 +95,13 @@ impl Store {
         Ok(ms.map(from_ms))
     }
 
-    fn outbox_key(&mut self, line: &BillLine) -> Result<i64, StoreError> {
-        self.require_account(&line.account)
-    }
-
     /// Records that the backend took a line.
     pub fn mark_delivered(
         &mut self,
         line: &BillLine,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let account_ref = self.outbox_key(line)?;
+        let account_ref = self.require_account(&line.account)?;
         self.conn.execute(
             "UPDATE outbox SET delivered_at_ms = ?4, attempts = attempts + 1, last_error = NULL
               WHERE account_ref = ?1 AND day = ?2 AND seq = ?3",
@@ -126,7 +122,7 @@ impl Store {
         error: &str,
         retry_at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let account_ref = self.outbox_key(line)?;
+        let account_ref = self.require_account(&line.account)?;
         let error: String = error.chars().take(1000).collect();
         self.conn.execute(
             "UPDATE outbox SET attempts = attempts + 1, last_error = ?4, next_attempt_ms = ?5
