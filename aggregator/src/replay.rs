@@ -352,11 +352,6 @@ pub struct CaseSamples<'a> {
     pending: Vec<Pending>,
 }
 
-    pub fn is_empty(&self) -> bool {
-        self.pending.is_empty()
-    }
-}
-
 impl<'de: 'a, 'a> Deserialize<'de> for CaseSamples<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw: &'de serde_json::value::RawValue = Deserialize::deserialize(d)?;
