@@ -3,6 +3,7 @@
 pub mod daemon;
 pub mod identity;
 pub mod metrics;
+pub mod prepare;
 pub mod pusher;
 pub mod sampler;
 pub mod schedule;

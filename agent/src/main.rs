@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use agent::daemon::{Settings, AGENT_VERSION};
 use agent::identity::{node_name, TokenSource};
+use agent::prepare::Owner;
 use agent::sampler::{default_sys_root, Machine};
 use agent::spool::Spool;
 use chrono::SubsecRound;
@@ -39,6 +40,15 @@ enum Command {
         print: bool,
         #[command(flatten)]
         node: NodeArgs,
+    },
+    /// Give the spool's host directory to the agent's user (run as root, with only CAP_CHOWN, in an init container).
+    PrepareSpool {
+        /// The user and group the agent runs as.
+        #[arg(long, default_value = "65532:65532")]
+        owner: Owner,
+        /// The directory the spool lives in (the hostPath's mount point).
+        #[arg(default_value = "/var/lib/core-meter")]
+        dir: PathBuf,
     },
     /// List the samples waiting in the spool, as JSON lines.
     Spool {
@@ -113,6 +123,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Once { print: _, node } => once(node),
+        Command::PrepareSpool { owner, dir } => prepare_spool(&dir, owner),
         Command::Spool { spool } => list_spool(&spool),
     };
     match result {
@@ -185,6 +196,19 @@ fn once(args: NodeArgs) -> anyhow::Result<()> {
         "sysinfo_cores": count.sysinfo,
     });
     println!("{out}");
+    Ok(())
+}
+
+fn prepare_spool(dir: &std::path::Path, owner: Owner) -> anyhow::Result<()> {
+    let done = agent::prepare::prepare(dir, owner)?;
+    tracing::info!(
+        dir = %dir.display(),
+        uid = owner.uid,
+        gid = owner.gid,
+        changed = done.changed,
+        unchanged = done.unchanged,
+        "the spool directory belongs to the agent's user"
+    );
     Ok(())
 }
 

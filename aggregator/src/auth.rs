@@ -1,7 +1,10 @@
-//! Tokens: generated from the OS's random source, stored only as SHA-256 hashes, compared in constant time.
+//! Tokens: generated from the OS's random source (or supplied in the same form), stored only as SHA-256 hashes, compared in constant time.
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+
+/// The hex characters of a token: 32 random bytes.
+const TOKEN_HEX_CHARS: usize = 64;
 
 /// A new secret token: 32 random bytes as hex, with a prefix saying what it is.
 pub fn new_token(prefix: &str) -> String {
@@ -9,6 +12,28 @@ pub fn new_token(prefix: &str) -> String {
     getrandom::fill(&mut bytes).expect("the operating system's random source works");
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     format!("{prefix}_{hex}")
+}
+
+/// Whether a supplied token has the form `new_token(prefix)` gives: the
+/// prefix, `_`, and 64 lowercase hex characters; if not, why. The reason never
+/// quotes the token, which is a secret.
+pub fn check_token_form(prefix: &str, token: &str) -> Result<(), String> {
+    let Some(hex) = token
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('_'))
+    else {
+        return Err(format!("it does not start with {prefix}_"));
+    };
+    let chars = hex.chars().count();
+    if chars != TOKEN_HEX_CHARS {
+        return Err(format!("it has {chars} characters after {prefix}_"));
+    }
+    if !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(format!(
+            "it has characters other than 0-9 and a-f after {prefix}_"
+        ));
+    }
+    Ok(())
 }
 
 /// What is stored in place of a token.
@@ -44,6 +69,34 @@ mod tests {
         assert!(token_matches(&t, &stored));
         assert!(!token_matches(&new_token("cm"), &stored));
         assert!(!token_matches(&t, &stored[..16]));
+    }
+
+    #[test]
+    fn a_supplied_token_must_have_the_form_of_a_generated_one() {
+        assert_eq!(check_token_form("cmc", &new_token("cmc")), Ok(()));
+        let hex = "0123456789abcdef".repeat(4);
+        assert_eq!(check_token_form("cmc", &format!("cmc_{hex}")), Ok(()));
+        let refused = [
+            (String::new(), "does not start with cmc_"),
+            (format!("cma_{hex}"), "does not start with cmc_"),
+            (format!("cmc{hex}"), "does not start with cmc_"),
+            (format!("CMC_{hex}"), "does not start with cmc_"),
+            (format!("cmc_{}", &hex[1..]), "63 characters"),
+            (format!("cmc_{hex}0"), "65 characters"),
+            (format!("cmc_{hex}\n"), "65 characters"),
+            (
+                format!("cmc_{}", hex.to_uppercase()),
+                "other than 0-9 and a-f",
+            ),
+            (format!("cmc_{}g", &hex[1..]), "other than 0-9 and a-f"),
+            (format!("cmc_{} ", &hex[1..]), "other than 0-9 and a-f"),
+            (format!("cmc_{}é", &hex[1..]), "other than 0-9 and a-f"),
+        ];
+        for (token, reason) in refused {
+            let err = check_token_form("cmc", &token).unwrap_err();
+            assert!(err.contains(reason), "{token:?}: {err:?}");
+            assert!(token.len() < 8 || !err.contains(&token[4..8]), "{err:?}");
+        }
     }
 
     #[test]

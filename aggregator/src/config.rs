@@ -1,5 +1,6 @@
 //! The service's settings: defaults, then a TOML file, then `CORE_METER_*` environment variables, then flags; a bad one stops start-up naming it.
 
+use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -20,7 +21,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub database: PathBuf,
     pub billing: BillingConfig,
-    /// The admin bearer token, if configured; otherwise one is generated at first start.
+    /// The admin bearer token, if configured (`admin_token`, or the content of
+    /// `admin_token_file`); otherwise one is generated at first start.
     pub admin_token: Option<String>,
     pub webhook: Option<WebhookConfig>,
     pub log_json: bool,
@@ -43,6 +45,8 @@ pub struct FileConfig {
     pub listen: Option<String>,
     pub database: Option<PathBuf>,
     pub admin_token: Option<String>,
+    /// A file holding the admin token, such as a mounted Kubernetes Secret.
+    pub admin_token_file: Option<PathBuf>,
     pub log_json: Option<bool>,
     pub request_timeout_secs: Option<u64>,
     #[serde(default)]
@@ -98,6 +102,10 @@ const SETTINGS: &[Setting] = &[
     Setting {
         key: "admin_token",
         env: "CORE_METER_ADMIN_TOKEN",
+    },
+    Setting {
+        key: "admin_token_file",
+        env: "CORE_METER_ADMIN_TOKEN_FILE",
     },
     Setting {
         key: "log_json",
@@ -256,18 +264,71 @@ impl Config {
             }
             _ => None,
         };
+        let admin_token = admin_token(f.admin_token, f.admin_token_file.as_deref())?;
         Ok(Config {
             listen,
             database: f
                 .database
                 .unwrap_or_else(|| PathBuf::from("data/core-meter.sqlite")),
             billing,
-            admin_token: f.admin_token.filter(|t| !t.trim().is_empty()),
+            admin_token,
             webhook,
             log_json: f.log_json.unwrap_or(false),
             request_timeout: Duration::from_secs(f.request_timeout_secs.unwrap_or(30).max(1)),
         })
     }
+}
+
+/// The most a token file may hold: a token is under a hundred bytes, so more
+/// means the setting names the wrong file.
+const TOKEN_FILE_MAX_BYTES: u64 = 4096;
+
+/// The admin token from `admin_token` or from the file `admin_token_file`
+/// names (read once, here), never both. A blank `admin_token` counts as unset.
+/// No message quotes the token or the file's content.
+fn admin_token(token: Option<String>, file: Option<&Path>) -> anyhow::Result<Option<String>> {
+    let token = token.filter(|t| !t.trim().is_empty());
+    let Some(path) = file else {
+        return Ok(token);
+    };
+    anyhow::ensure!(
+        token.is_none(),
+        "{} and {}: both are set; set only one",
+        named("admin_token"),
+        named("admin_token_file")
+    );
+    let unreadable = |e: std::io::Error| {
+        anyhow!(
+            "{}: cannot read {}: {e}",
+            named("admin_token_file"),
+            path.display()
+        )
+    };
+    let mut content = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(TOKEN_FILE_MAX_BYTES + 1).read_to_end(&mut content))
+        .map_err(unreadable)?;
+    anyhow::ensure!(
+        content.len() as u64 <= TOKEN_FILE_MAX_BYTES,
+        "{}: {} is larger than {TOKEN_FILE_MAX_BYTES} bytes; it must hold only the token",
+        named("admin_token_file"),
+        path.display()
+    );
+    let content = String::from_utf8(content).map_err(|_| {
+        anyhow!(
+            "{}: {} is not UTF-8 text",
+            named("admin_token_file"),
+            path.display()
+        )
+    })?;
+    let token = content.trim();
+    anyhow::ensure!(
+        !token.is_empty(),
+        "{}: {} is empty",
+        named("admin_token_file"),
+        path.display()
+    );
+    Ok(Some(token.to_string()))
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
@@ -306,6 +367,9 @@ fn apply_env(f: &mut FileConfig, env: &dyn Fn(&str) -> Option<String>) -> anyhow
     }
     if let Some(v) = get("admin_token") {
         f.admin_token = Some(v);
+    }
+    if let Some(v) = get("admin_token_file") {
+        f.admin_token_file = Some(PathBuf::from(v));
     }
     if let Some(v) = get("log_json") {
         f.log_json = Some(matches!(v.trim(), "1" | "true" | "yes"));
@@ -421,6 +485,141 @@ mod tests {
             let err = format!("{:#}", load(*file, env, Flags::default()).unwrap_err());
             assert!(err.contains(needle), "{err:?} should name {needle:?}");
             assert!(!err.contains('\n'), "one line: {err:?}");
+        }
+    }
+
+    #[test]
+    fn the_admin_token_can_come_from_a_file_trimmed_of_surrounding_whitespace() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin-token");
+        std::fs::write(&path, "  cma_from_a_secret \n\n").unwrap();
+        let by_env = load(
+            None,
+            &[("CORE_METER_ADMIN_TOKEN_FILE", path.to_str().unwrap())],
+            Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(by_env.admin_token.as_deref(), Some("cma_from_a_secret"));
+        let by_file = load(
+            Some(&format!(
+                "admin_token_file = {:?}\n",
+                path.to_str().unwrap()
+            )),
+            &[],
+            Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(by_file.admin_token.as_deref(), Some("cma_from_a_secret"));
+        let neither = load(None, &[], Flags::default()).unwrap();
+        assert_eq!(neither.admin_token, None);
+    }
+
+    #[test]
+    fn an_unreadable_admin_token_file_names_the_setting_the_path_and_the_os_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("no-such-secret");
+        let err = format!(
+            "{:#}",
+            load(
+                None,
+                &[("CORE_METER_ADMIN_TOKEN_FILE", missing.to_str().unwrap())],
+                Flags::default(),
+            )
+            .unwrap_err()
+        );
+        for needle in [
+            "admin_token_file",
+            "CORE_METER_ADMIN_TOKEN_FILE",
+            missing.to_str().unwrap(),
+            "os error",
+        ] {
+            assert!(err.contains(needle), "{err:?} should name {needle:?}");
+        }
+        assert!(!err.contains('\n'), "one line: {err:?}");
+    }
+
+    #[test]
+    fn an_empty_admin_token_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for content in ["", " \n\t\n"] {
+            let path = dir.path().join("admin-token");
+            std::fs::write(&path, content).unwrap();
+            let err = format!(
+                "{:#}",
+                load(
+                    None,
+                    &[("CORE_METER_ADMIN_TOKEN_FILE", path.to_str().unwrap())],
+                    Flags::default(),
+                )
+                .unwrap_err()
+            );
+            assert!(
+                err.contains("admin_token_file") && err.contains("is empty"),
+                "{err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_admin_token_file_larger_than_any_token_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin-token");
+        std::fs::write(&path, "x".repeat(5000)).unwrap();
+        let err = format!(
+            "{:#}",
+            load(
+                None,
+                &[("CORE_METER_ADMIN_TOKEN_FILE", path.to_str().unwrap())],
+                Flags::default(),
+            )
+            .unwrap_err()
+        );
+        assert!(
+            err.contains("admin_token_file") && err.contains("4096 bytes"),
+            "{err:?}"
+        );
+        assert!(
+            !err.contains("xxxx"),
+            "the content is never quoted: {err:?}"
+        );
+    }
+
+    #[test]
+    fn an_admin_token_and_an_admin_token_file_together_are_refused_naming_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin-token");
+        std::fs::write(&path, "cma_from_a_secret\n").unwrap();
+        let path = path.to_str().unwrap();
+        let file_and_env = format!("admin_token_file = {path:?}\n");
+        type Case<'a> = (Option<&'a str>, Vec<(&'a str, &'a str)>);
+        let cases: Vec<Case> = vec![
+            (
+                None,
+                vec![
+                    ("CORE_METER_ADMIN_TOKEN", "cma_inline"),
+                    ("CORE_METER_ADMIN_TOKEN_FILE", path),
+                ],
+            ),
+            (
+                Some("admin_token = \"cma_inline\"\n"),
+                vec![("CORE_METER_ADMIN_TOKEN_FILE", path)],
+            ),
+            (
+                Some(&file_and_env),
+                vec![("CORE_METER_ADMIN_TOKEN", "cma_inline")],
+            ),
+        ];
+        for (file, env) in cases {
+            let err = format!("{:#}", load(file, &env, Flags::default()).unwrap_err());
+            for needle in [
+                "setting admin_token ",
+                "CORE_METER_ADMIN_TOKEN)",
+                "setting admin_token_file ",
+                "CORE_METER_ADMIN_TOKEN_FILE",
+            ] {
+                assert!(err.contains(needle), "{err:?} should name {needle:?}");
+            }
+            assert!(!err.contains("cma_"), "no token is quoted: {err:?}");
         }
     }
 }

@@ -127,10 +127,13 @@ pub async fn get_account(
     })))
 }
 
+/// A new cluster; `token` is one the operator generated (`cmc_` and 64
+/// lowercase hex), else the service generates one.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewCluster {
     name: String,
+    token: Option<String>,
 }
 
 pub async fn create_cluster(
@@ -138,10 +141,13 @@ pub async fn create_cluster(
     Path(id): Path<String>,
     raw: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let NewCluster { name } = body(&raw)?;
+    let NewCluster { name, token } = body(&raw)?;
     let now = state.clock.now();
     let cluster = name.clone();
-    let token = blocking(&state.store, move |s| s.create_cluster(&id, &cluster, now)).await?;
+    let token = blocking(&state.store, move |s| {
+        s.create_cluster(&id, &cluster, token, now)
+    })
+    .await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({ "name": name, "token": token })),
@@ -149,14 +155,29 @@ pub async fn create_cluster(
         .into_response())
 }
 
+/// A rotation's optional body: the token the operator generated, else the
+/// service generates one.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rotation {
+    token: Option<String>,
+}
+
 pub async fn rotate_token(
     Extract(state): Extract<State>,
     Path((id, name)): Path<(String, String)>,
+    raw: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
+    // The route took no body before, so an empty one still asks for a generated token.
+    let Rotation { token } = if raw.trim_ascii().is_empty() {
+        Rotation::default()
+    } else {
+        body(&raw)?
+    };
     let now = state.clock.now();
     let cluster = name.clone();
     let token = blocking(&state.store, move |s| {
-        s.rotate_cluster_token(&id, &cluster, now)
+        s.rotate_cluster_token(&id, &cluster, token, now)
     })
     .await?;
     Ok(Json(json!({ "name": name, "token": token })))

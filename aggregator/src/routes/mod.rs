@@ -62,13 +62,13 @@ pub const ROUTES: &[(&str, &str, &str, &str)] = &[
         "post",
         "/v1/admin/accounts/{id}/clusters",
         "admin",
-        "Create a cluster; answers its token once",
+        "Create a cluster with a generated token, or the one given (cmc_ and 64 lowercase hex); answers it once",
     ),
     (
         "post",
         "/v1/admin/accounts/{id}/clusters/{name}/rotate-token",
         "admin",
-        "Replace a cluster's token",
+        "Replace a cluster's token with a generated one, or the one given; the old one stops at once",
     ),
     (
         "post",
@@ -220,6 +220,10 @@ impl From<StoreError> for ApiError {
             }
             E::InvalidAccountId(_) => ApiError::unprocessable("id", e.to_string()),
             E::InvalidName(_) => ApiError::unprocessable("name", e.to_string()),
+            E::InvalidToken(_) => ApiError::unprocessable("token", e.to_string()),
+            E::TokenInUse | E::TokenUnchanged => {
+                ApiError::new(StatusCode::CONFLICT, "token_in_use", e.to_string()).field("token")
+            }
             E::Rule(RuleError::CapBelowMinimum { .. }) => {
                 ApiError::unprocessable("cores", e.to_string())
             }

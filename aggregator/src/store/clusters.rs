@@ -4,7 +4,10 @@ use chrono::{DateTime, Utc};
 use rusqlite::OptionalExtension;
 
 use super::{Store, StoreError};
-use crate::auth::{hash_token, new_token};
+use crate::auth::{check_token_form, hash_token, new_token};
+
+/// What a cluster token starts with (`cmc_`), generated or supplied.
+const CLUSTER_TOKEN_PREFIX: &str = "cmc";
 
 /// Who a cluster token speaks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,24 +21,56 @@ fn valid_name(name: &str) -> bool {
     (1..=128).contains(&name.chars().count()) && !name.chars().any(|c| c.is_control() || c == '/')
 }
 
+/// The token a cluster gets: the one supplied, if it has the generated form,
+/// else a new one.
+fn token_or_new(supplied: Option<String>) -> Result<String, StoreError> {
+    match supplied {
+        Some(token) => {
+            check_token_form(CLUSTER_TOKEN_PREFIX, &token).map_err(StoreError::InvalidToken)?;
+            Ok(token)
+        }
+        None => Ok(new_token(CLUSTER_TOKEN_PREFIX)),
+    }
+}
+
+/// A write refused by the unique index on `clusters.token_hash` is a token
+/// some cluster already has; anything else is a database error.
+fn token_in_use(e: rusqlite::Error) -> StoreError {
+    match &e {
+        rusqlite::Error::SqliteFailure(f, Some(message))
+            if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                && message.contains("clusters.token_hash") =>
+        {
+            StoreError::TokenInUse
+        }
+        _ => StoreError::Sqlite(e),
+    }
+}
+
 impl Store {
-    /// Creates a cluster and returns its token; only the token's hash is kept.
+    /// Creates a cluster with the supplied token, or a generated one, and
+    /// returns it; only the token's hash is kept. A token another cluster has
+    /// is refused by the unique index, so nothing is written.
     pub fn create_cluster(
         &mut self,
         account: &str,
         name: &str,
+        token: Option<String>,
         now: DateTime<Utc>,
     ) -> Result<String, StoreError> {
         if !valid_name(name) {
             return Err(StoreError::InvalidName(name.to_string()));
         }
+        let token = token_or_new(token)?;
         let account_ref = self.require_account(account)?;
-        let token = new_token("cmc");
-        let inserted = self.conn.execute(
-            "INSERT INTO clusters (account_ref, name, token_hash, created_at_ms) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (account_ref, name) DO NOTHING",
-            (account_ref, name, hash_token(&token).to_vec(), now.timestamp_millis()),
-        )?;
+        let inserted = self
+            .conn
+            .execute(
+                "INSERT INTO clusters (account_ref, name, token_hash, created_at_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (account_ref, name) DO NOTHING",
+                (account_ref, name, hash_token(&token).to_vec(), now.timestamp_millis()),
+            )
+            .map_err(token_in_use)?;
         if inserted == 0 {
             return Err(StoreError::ClusterExists(
                 account.to_string(),
@@ -45,25 +80,47 @@ impl Store {
         Ok(token)
     }
 
-    /// Replaces a cluster's token; the old one stops working at once.
+    /// Replaces a cluster's token with the supplied one, or a generated one,
+    /// and returns it; the old one stops working at once. A token any cluster
+    /// has, this one included, is refused and nothing changes.
     pub fn rotate_cluster_token(
         &mut self,
         account: &str,
         name: &str,
+        token: Option<String>,
         now: DateTime<Utc>,
     ) -> Result<String, StoreError> {
+        let token = token_or_new(token)?;
         let account_ref = self.require_account(account)?;
-        let token = new_token("cmc");
-        let updated = self.conn.execute(
-            "UPDATE clusters SET token_hash = ?3, rotated_at_ms = ?4 WHERE account_ref = ?1 AND name = ?2",
-            (account_ref, name, hash_token(&token).to_vec(), now.timestamp_millis()),
-        )?;
-        if updated == 0 {
-            return Err(StoreError::UnknownCluster(
-                account.to_string(),
-                name.to_string(),
-            ));
+        let hash = hash_token(&token).to_vec();
+        // The cluster's own token would pass the unique index and leave the
+        // old token working, so it is looked at first, under the write lock.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let current: Option<Vec<u8>> = tx
+            .query_row(
+                "SELECT token_hash FROM clusters WHERE account_ref = ?1 AND name = ?2",
+                (account_ref, name),
+                |r| r.get(0),
+            )
+            .optional()?;
+        match current {
+            None => {
+                return Err(StoreError::UnknownCluster(
+                    account.to_string(),
+                    name.to_string(),
+                ))
+            }
+            Some(current) if current == hash => return Err(StoreError::TokenUnchanged),
+            Some(_) => {}
         }
+        tx.execute(
+            "UPDATE clusters SET token_hash = ?3, rotated_at_ms = ?4 WHERE account_ref = ?1 AND name = ?2",
+            (account_ref, name, hash, now.timestamp_millis()),
+        )
+        .map_err(token_in_use)?;
+        tx.commit()?;
         Ok(token)
     }
 

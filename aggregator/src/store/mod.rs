@@ -31,6 +31,16 @@ pub enum StoreError {
     UnknownCluster(String, String),
     #[error("name must be 1 to 128 characters without '/' or control characters, got {0:?}")]
     InvalidName(String),
+    /// A supplied cluster token not in the generated form; the reason never quotes it.
+    #[error("token must be cmc_ followed by 64 lowercase hex characters; {0}")]
+    InvalidToken(String),
+    /// A supplied cluster token whose hash another cluster already has. Which
+    /// cluster is not said: the caller may not know that one's token.
+    #[error("token is already in use by another cluster")]
+    TokenInUse,
+    /// A rotation to the token the cluster already has, which would not stop it.
+    #[error("token is already this cluster's token; a rotation needs a different one")]
+    TokenUnchanged,
     #[error(
         "account id must be 1 to 128 characters of letters, digits, '-', '_' or '.', got {0:?}"
     )]

@@ -1,0 +1,964 @@
+//! The Kubernetes manifests, as `kubectl kustomize` renders them: every setting
+//! the agent's DaemonSet must keep (issue 6, item 2), the aggregator's lock-down,
+//! and the names that tie the objects together. An edit that drops a setting
+//! fails here, naming it.
+//!
+//! Needs `kubectl` (with its built-in kustomize). Without it the tests say so
+//! and pass, unless CORE_METER_REQUIRE_KUBECTL=1 (set by `.ci/run`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use serde::Deserialize;
+use serde_json::Value;
+use serde_yaml_ng::Deserializer;
+
+/// The agent's peak resident memory, measured pushing a 720-sample backlog
+/// (`/usr/bin/time -v`, README "Node agent").
+const AGENT_PEAK_RSS_BYTES: u64 = 6_224 * 1024;
+/// The agent's `--shutdown-grace-secs` when the manifest does not set it.
+const AGENT_DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 5;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Every kustomization under deploy/, rendered from a copy of the tree with
+/// fresh tokens (the example overlay reads its Secrets from files that are
+/// never committed). `None` when kubectl is missing and not required.
+/// Each kustomization's directory under deploy/ and the objects it renders.
+type Renderings = Vec<(String, Vec<Value>)>;
+
+fn rendered() -> Option<&'static Renderings> {
+    static RENDERED: OnceLock<Option<Renderings>> = OnceLock::new();
+    RENDERED.get_or_init(render_all).as_ref()
+}
+
+fn render_all() -> Option<Renderings> {
+    let kubectl = Command::new("kubectl")
+        .args(["version", "--client"])
+        .output();
+    if !kubectl.is_ok_and(|o| o.status.success()) {
+        assert!(
+            std::env::var("CORE_METER_REQUIRE_KUBECTL").as_deref() != Ok("1"),
+            "CORE_METER_REQUIRE_KUBECTL=1 but kubectl does not run"
+        );
+        eprintln!("skipped: kubectl is not installed");
+        return None;
+    }
+    let copy = tempfile::tempdir().unwrap();
+    let deploy = copy.path().join("deploy");
+    copy_tree(&repo().join("deploy"), &deploy);
+    let secrets = deploy.join("overlays/example/secrets");
+    let made = Command::new(deploy.join("new-tokens"))
+        .arg(&secrets)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "deploy/new-tokens failed: {made:?}");
+    let mut out = Vec::new();
+    for dir in kustomizations(&deploy) {
+        let name = dir
+            .strip_prefix(&deploy)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let render = Command::new("kubectl")
+            .arg("kustomize")
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            render.status.success(),
+            "kubectl kustomize deploy/{name}: {}",
+            String::from_utf8_lossy(&render.stderr)
+        );
+        let text = String::from_utf8(render.stdout).unwrap();
+        let objects = Deserializer::from_str(&text)
+            .map(|doc| Value::deserialize(doc).unwrap())
+            .collect();
+        out.push((name, objects));
+    }
+    assert!(
+        out.iter().any(|(n, _)| n == "base") && out.iter().any(|(n, _)| n == "overlays/example"),
+        "deploy/ has a base and an example overlay; found {:?}",
+        out.iter().map(|(n, _)| n).collect::<Vec<_>>()
+    );
+    Some(out)
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+fn kustomizations(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    if dir.join("kustomization.yaml").is_file() {
+        found.push(dir.to_path_buf());
+    }
+    let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        if entry.file_type().unwrap().is_dir() {
+            found.extend(kustomizations(&entry.path()));
+        }
+    }
+    found
+}
+
+/// Runs `check` on every rendering (base and overlays), naming it on failure.
+fn in_every_rendering(check: impl Fn(&Rendering)) {
+    let Some(all) = rendered() else { return };
+    for (name, objects) in all {
+        let r = Rendering { name, objects };
+        check(&r);
+    }
+}
+
+struct Rendering<'a> {
+    name: &'a str,
+    objects: &'a [Value],
+}
+
+impl Rendering<'_> {
+    fn object(&self, kind: &str, name: &str) -> &Value {
+        self.objects
+            .iter()
+            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("deploy/{}: no {kind} {name}", self.name))
+    }
+
+    fn objects_of(&self, kind: &str) -> Vec<&Value> {
+        self.objects.iter().filter(|o| o["kind"] == kind).collect()
+    }
+
+    fn agent(&self) -> &Value {
+        self.object("DaemonSet", "core-meter-agent")
+    }
+
+    fn agent_pod(&self) -> &Value {
+        &self.agent()["spec"]["template"]["spec"]
+    }
+
+    fn agent_container(&self) -> &Value {
+        container(self.agent_pod(), "agent")
+    }
+
+    fn aggregator_pod(&self) -> &Value {
+        &self.object("StatefulSet", "core-meter-aggregator")["spec"]["template"]["spec"]
+    }
+
+    fn aggregator_container(&self) -> &Value {
+        container(self.aggregator_pod(), "aggregator")
+    }
+
+    /// `what` and where it was looked for, for assertion messages.
+    fn says(&self, what: &str) -> String {
+        format!("deploy/{}: {what}", self.name)
+    }
+}
+
+fn container<'a>(pod: &'a Value, name: &str) -> &'a Value {
+    pod["containers"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == name))
+        .unwrap_or_else(|| panic!("no container {name}"))
+}
+
+fn env<'a>(container: &'a Value, name: &str) -> Option<&'a Value> {
+    container["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)
+}
+
+fn env_value<'a>(container: &'a Value, name: &str) -> Option<&'a str> {
+    env(container, name)?["value"].as_str()
+}
+
+fn volume<'a>(pod: &'a Value, name: &str) -> &'a Value {
+    pod["volumes"]
+        .as_array()
+        .and_then(|vs| vs.iter().find(|v| v["name"] == name))
+        .unwrap_or_else(|| panic!("no volume {name}"))
+}
+
+/// The container's mount of the volume whose hostPath is `host_path`.
+fn host_mount<'a>(pod: &'a Value, container: &'a Value, host_path: &str) -> (&'a Value, &'a Value) {
+    let vol = pod["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| v["hostPath"]["path"] == host_path)
+        .unwrap_or_else(|| panic!("no hostPath volume of {host_path}"));
+    let mount = container["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["name"] == vol["name"])
+        .unwrap_or_else(|| panic!("the hostPath {host_path} is not mounted"));
+    (vol, mount)
+}
+
+/// A container's effective security setting: its own, else the pod's.
+fn security<'a>(pod: &'a Value, container: &'a Value, key: &str) -> &'a Value {
+    let own = &container["securityContext"][key];
+    if own.is_null() {
+        &pod["securityContext"][key]
+    } else {
+        own
+    }
+}
+
+/// The value of `--flag=N` (or `--flag N`) among a container's arguments.
+fn flag(container: &Value, flag: &str) -> Option<String> {
+    let args: Vec<&str> = container["args"]
+        .as_array()?
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    args.iter().enumerate().find_map(|(i, a)| {
+        a.strip_prefix(&format!("{flag}="))
+            .map(str::to_string)
+            .or_else(|| (*a == flag).then(|| args.get(i + 1).map(|s| s.to_string()))?)
+    })
+}
+
+/// A Kubernetes quantity of bytes ("32Mi", "16M", "1Gi", "1000") as bytes.
+fn bytes(quantity: &Value) -> u64 {
+    let q = quantity
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| quantity.to_string());
+    let units: [(&str, u64); 6] = [
+        ("Ki", 1 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("k", 1_000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+    ];
+    for (suffix, factor) in units {
+        if let Some(n) = q.strip_suffix(suffix) {
+            return n.parse::<u64>().expect("a whole number") * factor;
+        }
+    }
+    q.parse()
+        .unwrap_or_else(|_| panic!("{q} is not a byte quantity"))
+}
+
+/// A CPU quantity ("5m", "1", "0.5") in millicores.
+fn millicores(quantity: &Value) -> u64 {
+    let q = quantity
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| quantity.to_string());
+    match q.strip_suffix('m') {
+        Some(n) => n.parse().expect("whole millicores"),
+        None => {
+            let (whole, frac) = q.split_once('.').unwrap_or((&q, ""));
+            let frac = format!("{frac:0<3}");
+            whole.parse::<u64>().unwrap() * 1000 + frac[..3].parse::<u64>().unwrap()
+        }
+    }
+}
+
+fn labels_match(selector: &Value, labels: &Value) -> bool {
+    let Some(wanted) = selector.as_object() else {
+        return false;
+    };
+    !wanted.is_empty() && wanted.iter().all(|(k, v)| &labels[k] == v)
+}
+
+// --- The agent's DaemonSet (issue 6, item 2) ---
+
+#[test]
+fn the_agent_tolerates_every_taint_so_it_runs_on_every_node() {
+    in_every_rendering(|r| {
+        let tolerations = r.agent_pod()["tolerations"].as_array();
+        let tolerates_all = tolerations
+            .into_iter()
+            .flatten()
+            .any(|t| t["operator"] == "Exists" && t["key"].is_null() && t["effect"].is_null());
+        assert!(
+            tolerates_all,
+            "{}",
+            r.says("the agent must tolerate every taint: tolerations [{operator: Exists}]")
+        );
+    });
+}
+
+#[test]
+fn the_agent_runs_on_linux_nodes() {
+    in_every_rendering(|r| {
+        assert_eq!(
+            r.agent_pod()["nodeSelector"]["kubernetes.io/os"],
+            "linux",
+            "{}",
+            r.says("nodeSelector kubernetes.io/os: linux")
+        );
+    });
+}
+
+#[test]
+fn the_agent_learns_its_node_name_from_the_downward_api() {
+    in_every_rendering(|r| {
+        let node = env(r.agent_container(), "NODE_NAME");
+        assert_eq!(
+            node.map(|e| &e["valueFrom"]["fieldRef"]["fieldPath"]),
+            Some(&Value::from("spec.nodeName")),
+            "{}",
+            r.says("env NODE_NAME from fieldRef spec.nodeName")
+        );
+    });
+}
+
+#[test]
+fn the_agent_reads_the_hosts_sys_read_only_where_it_looks_for_it() {
+    in_every_rendering(|r| {
+        let (_, mount) = host_mount(r.agent_pod(), r.agent_container(), "/sys");
+        assert_eq!(
+            mount["readOnly"],
+            true,
+            "{}",
+            r.says("the host's /sys is mounted readOnly")
+        );
+        let at = mount["mountPath"].as_str().unwrap();
+        // The agent reads CORE_METER_SYS_ROOT, else /host/sys when it exists.
+        let looks_at = env_value(r.agent_container(), "CORE_METER_SYS_ROOT").unwrap_or("/host/sys");
+        assert_eq!(
+            at,
+            looks_at,
+            "{}",
+            r.says("the host's /sys is mounted where the agent reads it")
+        );
+    });
+}
+
+#[test]
+fn the_agent_spools_in_a_host_directory_created_if_missing() {
+    in_every_rendering(|r| {
+        let pod = r.agent_pod();
+        let spool = volume(pod, "spool");
+        assert_eq!(
+            spool["hostPath"]["type"],
+            "DirectoryOrCreate",
+            "{}",
+            r.says("the spool is a hostPath of type DirectoryOrCreate")
+        );
+        let host_path = spool["hostPath"]["path"].as_str().unwrap();
+        let (_, mount) = host_mount(pod, r.agent_container(), host_path);
+        let mounted_at = mount["mountPath"].as_str().unwrap();
+        let spool_dir = env_value(r.agent_container(), "CORE_METER_SPOOL")
+            .map(str::to_string)
+            .or_else(|| flag(r.agent_container(), "--spool"))
+            .unwrap_or_else(|| "/var/lib/core-meter/spool".to_string());
+        assert!(
+            Path::new(&spool_dir).starts_with(mounted_at),
+            "{}",
+            r.says(&format!(
+                "the spool {spool_dir} lies in the hostPath mount {mounted_at}"
+            ))
+        );
+        assert_ne!(
+            mount["readOnly"],
+            true,
+            "{}",
+            r.says("the spool is writable")
+        );
+    });
+}
+
+#[test]
+fn the_agent_is_node_critical() {
+    in_every_rendering(|r| {
+        assert_eq!(
+            r.agent_pod()["priorityClassName"],
+            "system-node-critical",
+            "{}",
+            r.says("priorityClassName: system-node-critical")
+        );
+    });
+}
+
+#[test]
+fn the_agent_gets_no_service_account_token() {
+    in_every_rendering(|r| {
+        assert_eq!(
+            r.agent_pod()["automountServiceAccountToken"],
+            false,
+            "{}",
+            r.says("the agent's pod sets automountServiceAccountToken: false")
+        );
+    });
+}
+
+#[test]
+fn the_agent_runs_as_a_user_other_than_root() {
+    in_every_rendering(|r| {
+        let (pod, c) = (r.agent_pod(), r.agent_container());
+        assert_eq!(
+            security(pod, c, "runAsNonRoot"),
+            true,
+            "{}",
+            r.says("the agent runs with runAsNonRoot: true")
+        );
+        let uid = security(pod, c, "runAsUser").as_u64();
+        assert!(
+            uid.is_some_and(|u| u != 0),
+            "{}",
+            r.says("the agent runs as a numeric non-zero runAsUser")
+        );
+    });
+}
+
+#[test]
+fn the_agent_has_a_read_only_root_filesystem() {
+    in_every_rendering(|r| {
+        assert_eq!(
+            security(r.agent_pod(), r.agent_container(), "readOnlyRootFilesystem"),
+            true,
+            "{}",
+            r.says("the agent's container sets readOnlyRootFilesystem: true")
+        );
+    });
+}
+
+#[test]
+fn the_agent_cannot_gain_privileges() {
+    in_every_rendering(|r| {
+        let c = r.agent_container();
+        assert_eq!(
+            c["securityContext"]["allowPrivilegeEscalation"],
+            false,
+            "{}",
+            r.says("the agent's container sets allowPrivilegeEscalation: false")
+        );
+        assert_ne!(
+            c["securityContext"]["privileged"],
+            true,
+            "{}",
+            r.says("not privileged")
+        );
+        for host in ["hostNetwork", "hostPID", "hostIPC"] {
+            assert_ne!(
+                r.agent_pod()[host],
+                true,
+                "{}",
+                r.says(&format!("no {host}"))
+            );
+        }
+    });
+}
+
+#[test]
+fn the_agent_drops_every_capability() {
+    in_every_rendering(|r| {
+        let caps = &r.agent_container()["securityContext"]["capabilities"];
+        assert!(
+            caps["drop"]
+                .as_array()
+                .is_some_and(|d| d.contains(&Value::from("ALL"))),
+            "{}",
+            r.says("the agent's container drops ALL capabilities")
+        );
+        assert!(
+            caps["add"].as_array().is_none_or(Vec::is_empty),
+            "{}",
+            r.says("the agent's container adds no capability")
+        );
+    });
+}
+
+#[test]
+fn the_agent_uses_the_runtimes_default_seccomp_profile() {
+    in_every_rendering(|r| {
+        assert_eq!(
+            security(r.agent_pod(), r.agent_container(), "seccompProfile")["type"],
+            "RuntimeDefault",
+            "{}",
+            r.says("the agent uses seccompProfile RuntimeDefault")
+        );
+    });
+}
+
+#[test]
+fn the_init_container_only_may_change_owners_and_nothing_else() {
+    in_every_rendering(|r| {
+        let pod = r.agent_pod();
+        for c in pod["initContainers"].as_array().into_iter().flatten() {
+            let name = c["name"].as_str().unwrap_or("?");
+            let sc = &c["securityContext"];
+            assert_eq!(sc["allowPrivilegeEscalation"], false, "{}", r.says(name));
+            assert_eq!(sc["readOnlyRootFilesystem"], true, "{}", r.says(name));
+            assert_ne!(sc["privileged"], true, "{}", r.says(name));
+            assert_eq!(
+                security(pod, c, "seccompProfile")["type"],
+                "RuntimeDefault",
+                "{}",
+                r.says(name)
+            );
+            assert!(
+                sc["capabilities"]["drop"]
+                    .as_array()
+                    .is_some_and(|d| d.contains(&Value::from("ALL"))),
+                "{}",
+                r.says(&format!("init container {name} drops ALL capabilities"))
+            );
+            let added: Vec<&Value> = sc["capabilities"]["add"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .collect();
+            assert!(
+                added.iter().all(|c| *c == "CHOWN"),
+                "{}",
+                r.says(&format!(
+                    "init container {name} adds at most CHOWN, not {added:?}"
+                ))
+            );
+        }
+    });
+}
+
+#[test]
+fn the_agent_asks_for_and_is_limited_to_what_it_was_measured_to_use() {
+    in_every_rendering(|r| {
+        let res = &r.agent_container()["resources"];
+        for (kind, key) in [
+            ("requests", "cpu"),
+            ("requests", "memory"),
+            ("limits", "cpu"),
+            ("limits", "memory"),
+        ] {
+            assert!(
+                !res[kind][key].is_null(),
+                "{}",
+                r.says(&format!("the agent sets resources.{kind}.{key}"))
+            );
+        }
+        let request = bytes(&res["requests"]["memory"]);
+        let limit = bytes(&res["limits"]["memory"]);
+        assert!(
+            request >= AGENT_PEAK_RSS_BYTES,
+            "{}",
+            r.says(&format!("the memory request ({request} B) covers the measured peak ({AGENT_PEAK_RSS_BYTES} B)"))
+        );
+        assert!(
+            (4 * AGENT_PEAK_RSS_BYTES..=16 * AGENT_PEAK_RSS_BYTES).contains(&limit),
+            "{}",
+            r.says(&format!(
+                "the memory limit ({limit} B) is 4 to 16 times the measured peak"
+            ))
+        );
+        let (cpu_request, cpu_limit) = (
+            millicores(&res["requests"]["cpu"]),
+            millicores(&res["limits"]["cpu"]),
+        );
+        assert!(
+            cpu_request >= 1 && cpu_request <= cpu_limit && cpu_limit <= 500,
+            "{}",
+            r.says(&format!(
+                "CPU: 1m <= request ({cpu_request}m) <= limit ({cpu_limit}m) <= 500m"
+            ))
+        );
+    });
+}
+
+#[test]
+fn the_agent_is_probed_on_its_health_port() {
+    in_every_rendering(|r| {
+        let c = r.agent_container();
+        let listen = env_value(c, "CORE_METER_LISTEN").unwrap_or("0.0.0.0:9464");
+        let port: u64 = listen.rsplit(':').next().unwrap().parse().unwrap();
+        for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+            let get = &c[probe]["httpGet"];
+            assert_eq!(
+                get["path"],
+                path,
+                "{}",
+                r.says(&format!("{probe} GETs {path}"))
+            );
+            let probed = match &get["port"] {
+                Value::String(name) => c["ports"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|p| &p["name"] == name)
+                    .and_then(|p| p["containerPort"].as_u64()),
+                other => other.as_u64(),
+            };
+            assert_eq!(
+                probed,
+                Some(port),
+                "{}",
+                r.says(&format!(
+                    "{probe} probes the port the agent listens on ({port})"
+                ))
+            );
+        }
+    });
+}
+
+#[test]
+fn the_agent_rolls_out_a_tenth_of_the_nodes_at_a_time() {
+    in_every_rendering(|r| {
+        let strategy = &r.agent()["spec"]["updateStrategy"];
+        assert_eq!(
+            strategy["type"],
+            "RollingUpdate",
+            "{}",
+            r.says("updateStrategy RollingUpdate")
+        );
+        assert_eq!(
+            strategy["rollingUpdate"]["maxUnavailable"],
+            "10%",
+            "{}",
+            r.says("rollingUpdate.maxUnavailable: 10%")
+        );
+    });
+}
+
+#[test]
+fn the_agent_has_time_for_its_last_push_when_stopped() {
+    in_every_rendering(|r| {
+        let grace: u64 = flag(r.agent_container(), "--shutdown-grace-secs")
+            .map_or(AGENT_DEFAULT_SHUTDOWN_GRACE_SECS, |v| v.parse().unwrap());
+        let period = r.agent_pod()["terminationGracePeriodSeconds"].as_u64();
+        assert!(
+            period.is_some_and(|p| p >= grace + 5),
+            "{}",
+            r.says(&format!(
+                "terminationGracePeriodSeconds ({period:?}) is at least the last push's {grace} s plus 5 s to exit"
+            ))
+        );
+    });
+}
+
+#[test]
+fn every_environment_variable_given_to_the_agent_is_one_it_reads() {
+    let main = std::fs::read_to_string(repo().join("agent/src/main.rs")).unwrap();
+    in_every_rendering(|r| {
+        for e in r.agent_container()["env"].as_array().into_iter().flatten() {
+            let name = e["name"].as_str().unwrap();
+            assert!(
+                main.contains(&format!("env = \"{name}\"")),
+                "{}",
+                r.says(&format!("the agent reads no environment variable {name}"))
+            );
+        }
+    });
+}
+
+// --- The aggregator ---
+
+#[test]
+fn the_aggregator_is_one_locked_down_replica_with_its_own_volume() {
+    in_every_rendering(|r| {
+        let set = r.object("StatefulSet", "core-meter-aggregator");
+        assert_eq!(
+            set["spec"]["replicas"],
+            1,
+            "{}",
+            r.says("one replica: SQLite has one writer")
+        );
+        let claims = set["spec"]["volumeClaimTemplates"].as_array();
+        assert!(
+            claims.is_some_and(|c| !c.is_empty()),
+            "{}",
+            r.says("a PersistentVolumeClaim for SQLite")
+        );
+        let (pod, c) = (r.aggregator_pod(), r.aggregator_container());
+        assert_eq!(
+            pod["automountServiceAccountToken"],
+            false,
+            "{}",
+            r.says("no service account token")
+        );
+        assert_eq!(
+            security(pod, c, "runAsNonRoot"),
+            true,
+            "{}",
+            r.says("runAsNonRoot")
+        );
+        assert_eq!(
+            security(pod, c, "readOnlyRootFilesystem"),
+            true,
+            "{}",
+            r.says("read-only root")
+        );
+        assert_eq!(
+            c["securityContext"]["allowPrivilegeEscalation"],
+            false,
+            "{}",
+            r.says("no escalation")
+        );
+        assert!(
+            c["securityContext"]["capabilities"]["drop"]
+                .as_array()
+                .is_some_and(|d| d.contains(&Value::from("ALL"))),
+            "{}",
+            r.says("the aggregator drops ALL capabilities")
+        );
+        assert_eq!(
+            security(pod, c, "seccompProfile")["type"],
+            "RuntimeDefault",
+            "{}",
+            r.says("seccomp RuntimeDefault")
+        );
+        assert_eq!(
+            c["livenessProbe"]["httpGet"]["path"],
+            "/healthz",
+            "{}",
+            r.says("liveness")
+        );
+        assert_eq!(
+            c["readinessProbe"]["httpGet"]["path"],
+            "/readyz",
+            "{}",
+            r.says("readiness")
+        );
+    });
+}
+
+#[test]
+fn the_agents_reach_the_aggregator_through_its_service() {
+    in_every_rendering(|r| {
+        let service = r.object("Service", "core-meter-aggregator");
+        let pod_labels = &r.object("StatefulSet", "core-meter-aggregator")["spec"]["template"]
+            ["metadata"]["labels"];
+        assert!(
+            labels_match(&service["spec"]["selector"], pod_labels),
+            "{}",
+            r.says("the Service selects the aggregator's pods")
+        );
+        let port = service["spec"]["ports"][0]["port"].as_u64().unwrap();
+        let url = env_value(r.agent_container(), "CORE_METER_AGGREGATOR").unwrap();
+        assert_eq!(
+            url,
+            format!("http://core-meter-aggregator:{port}"),
+            "{}",
+            r.says("the agent's aggregator URL names the Service and its port")
+        );
+    });
+}
+
+#[test]
+fn only_the_agents_and_the_billing_namespace_may_reach_the_aggregator() {
+    in_every_rendering(|r| {
+        let policies = r.objects_of("NetworkPolicy");
+        let aggregator_labels = &r.object("StatefulSet", "core-meter-aggregator")["spec"]
+            ["template"]["metadata"]["labels"];
+        let policy = policies
+            .iter()
+            .find(|p| labels_match(&p["spec"]["podSelector"]["matchLabels"], aggregator_labels))
+            .unwrap_or_else(|| panic!("{}", r.says("a NetworkPolicy selects the aggregator")));
+        assert!(
+            policy["spec"]["policyTypes"]
+                .as_array()
+                .is_some_and(|t| t.contains(&Value::from("Ingress"))),
+            "{}",
+            r.says("the policy restricts ingress")
+        );
+        let peers: Vec<&Value> = policy["spec"]["ingress"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|rule| rule["from"].as_array().into_iter().flatten())
+            .collect();
+        let agent_labels = &r.agent()["spec"]["template"]["metadata"]["labels"];
+        let agents = peers
+            .iter()
+            .filter(|p| p["namespaceSelector"].is_null())
+            .collect::<Vec<_>>();
+        assert!(
+            !agents.is_empty()
+                && agents
+                    .iter()
+                    .all(|p| labels_match(&p["podSelector"]["matchLabels"], agent_labels)),
+            "{}",
+            r.says("the pods of this namespace let in are the agents, and only they")
+        );
+        let namespaces: Vec<&Value> = peers
+            .iter()
+            .filter(|p| !p["namespaceSelector"].is_null())
+            .map(|p| &p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"])
+            .collect();
+        assert!(
+            namespaces.iter().all(|n| n.is_string()),
+            "{}",
+            r.says("other namespaces are let in by name only: {namespaces:?}")
+        );
+        assert!(
+            namespaces.contains(&&Value::from("billing")),
+            "{}",
+            r.says("the billing namespace is let in")
+        );
+        assert!(
+            peers.iter().all(|p| p["ipBlock"].is_null()),
+            "{}",
+            r.says("no address range is let in")
+        );
+    });
+}
+
+#[test]
+fn the_disruption_budget_covers_the_aggregator_without_blocking_drains() {
+    in_every_rendering(|r| {
+        let pdb = r.object("PodDisruptionBudget", "core-meter-aggregator");
+        let labels = &r.object("StatefulSet", "core-meter-aggregator")["spec"]["template"]
+            ["metadata"]["labels"];
+        assert!(
+            labels_match(&pdb["spec"]["selector"]["matchLabels"], labels),
+            "{}",
+            r.says("selects the aggregator")
+        );
+        assert!(
+            pdb["spec"]["minAvailable"].is_null() && pdb["spec"]["maxUnavailable"] == 1,
+            "{}",
+            r.says("maxUnavailable: 1, so a drain of the aggregator's node can finish")
+        );
+    });
+}
+
+#[test]
+fn every_secret_and_config_map_a_pod_mounts_is_in_the_overlay() {
+    let Some(all) = rendered() else { return };
+    for (name, objects) in all.iter().filter(|(n, _)| n.starts_with("overlays/")) {
+        let r = Rendering { name, objects };
+        for pod in [r.agent_pod(), r.aggregator_pod()] {
+            for v in pod["volumes"].as_array().into_iter().flatten() {
+                if let Some(secret) = v["secret"]["secretName"].as_str() {
+                    r.object("Secret", secret);
+                }
+                if let Some(map) = v["configMap"]["name"].as_str() {
+                    r.object("ConfigMap", map);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_aggregator_accepts_the_settings_each_rendering_gives_it() {
+    in_every_rendering(|r| {
+        let map = r
+            .objects_of("ConfigMap")
+            .into_iter()
+            .find(|m| {
+                m["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("core-meter-aggregator"))
+            })
+            .unwrap_or_else(|| panic!("{}", r.says("the aggregator's ConfigMap")));
+        let toml = map["data"]["aggregator.toml"].as_str().unwrap();
+        // The admin token's Secret is not mounted here: point at a stand-in.
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "cma_stand-in").unwrap();
+        let toml = toml.replace("/etc/core-meter/admin-token/token", token.to_str().unwrap());
+        let file = dir.path().join("aggregator.toml");
+        std::fs::write(&file, &toml).unwrap();
+        let flags = aggregator::config::Flags {
+            config: Some(file),
+            ..Default::default()
+        };
+        let config = aggregator::config::Config::load(&flags, &|_| None).unwrap_or_else(|e| {
+            panic!(
+                "{}",
+                r.says(&format!("the aggregator refuses its settings: {e:#}"))
+            )
+        });
+        assert_eq!(
+            config.listen.port(),
+            8080,
+            "{}",
+            r.says("listens on the Service's port")
+        );
+        assert!(
+            !config.listen.ip().is_loopback(),
+            "{}",
+            r.says("listens beyond loopback")
+        );
+        assert!(
+            config.database.starts_with("/var/lib/core-meter"),
+            "{}",
+            r.says("the database is on the volume")
+        );
+        assert_eq!(
+            config.admin_token.as_deref(),
+            Some("cma_stand-in"),
+            "{}",
+            r.says("the admin token is read from its file")
+        );
+    });
+}
+
+// --- The images ---
+
+#[test]
+fn each_image_is_built_in_stages_and_runs_distroless_as_a_user_without_a_shell() {
+    for binary in ["agent", "aggregator"] {
+        let path = repo().join(binary).join("Dockerfile");
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let lines: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .collect();
+        let stages: Vec<usize> = lines
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.starts_with("FROM "))
+            .map(|(i, _)| i)
+            .collect();
+        assert!(
+            stages.len() >= 2,
+            "{binary}/Dockerfile builds in one stage and runs in another"
+        );
+        let last = &lines[*stages.last().unwrap()..];
+        assert!(
+            last[0].contains("gcr.io/distroless/"),
+            "{binary}/Dockerfile's runtime is distroless, not {}",
+            last[0]
+        );
+        assert!(
+            !last.iter().any(|l| l.starts_with("RUN ")),
+            "{binary}/Dockerfile's runtime stage runs nothing: it has no shell"
+        );
+        let user = last
+            .iter()
+            .rev()
+            .find_map(|l| l.strip_prefix("USER "))
+            .unwrap_or_else(|| panic!("{binary}/Dockerfile sets a USER"));
+        let uid = user.split(':').next().unwrap();
+        assert!(
+            uid.parse::<u32>().is_ok_and(|u| u != 0),
+            "{binary}/Dockerfile runs as a numeric non-root user, not {user}"
+        );
+        assert!(
+            last.iter().any(|l| l.starts_with("ENTRYPOINT [")),
+            "{binary}/Dockerfile's entrypoint is exec form (no shell)"
+        );
+    }
+    let ignore = std::fs::read_to_string(repo().join(".dockerignore")).unwrap();
+    for must in ["target", ".git", "**/secrets"] {
+        assert!(
+            ignore.lines().any(|l| l.trim() == must),
+            ".dockerignore keeps {must} out of the build context"
+        );
+    }
+}
