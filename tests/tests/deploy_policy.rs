@@ -27,6 +27,12 @@ fn repo() -> PathBuf {
         .to_path_buf()
 }
 
+/// The deploy/ tree under test: the repo's, or the one CORE_METER_DEPLOY_DIR
+/// names (tests/tools/deploy-mutations points it at edited copies).
+fn deploy_source() -> PathBuf {
+    std::env::var_os("CORE_METER_DEPLOY_DIR").map_or_else(|| repo().join("deploy"), PathBuf::from)
+}
+
 /// Every kustomization under deploy/, rendered from a copy of the tree with
 /// fresh tokens (the example overlay reads its Secrets from files that are
 /// never committed). `None` when kubectl is missing and not required.
@@ -52,7 +58,7 @@ fn render_all() -> Option<Renderings> {
     }
     let copy = tempfile::tempdir().unwrap();
     let deploy = copy.path().join("deploy");
-    copy_tree(&repo().join("deploy"), &deploy);
+    copy_tree(&deploy_source(), &deploy);
     let secrets = deploy.join("overlays/example/secrets");
     let made = Command::new(deploy.join("new-tokens"))
         .arg(&secrets)
