@@ -297,11 +297,14 @@ impl Agent {
                 self.update_gauges();
                 return Ok(());
             }
-            let token = self
-                .settings
-                .token
-                .current()
-                .map_err(|e| PushError::Token(format!("{e:#}")))?;
+            let token = match self.settings.token.current() {
+                Ok(token) => token,
+                Err(e) => {
+                    let e = PushError::Token(format!("{e:#}"));
+                    self.metrics.push_error(e.kind());
+                    return Err(e);
+                }
+            };
             let results = match self.pusher.push(&batch, &token).await {
                 Ok(r) => r,
                 Err(e) => {

@@ -6,7 +6,10 @@
 //! it changes the owner of that one directory (and of anything under it that
 //! an earlier run left with another owner) and exits. Symbolic links are never
 //! followed: a link planted in a host directory must not make root change the
-//! owner of some other host file.
+//! owner of some other host file. It only walks into directories root owns,
+//! so nothing it walks can be changed under it by another user; an entry of
+//! a third user (neither root nor the agent's) stops it with that entry named.
+//! Once the directory is the agent's, it is not walked at all.
 
 use std::fs;
 use std::io;
@@ -57,6 +60,8 @@ pub enum PrepareError {
     Io { path: PathBuf, source: io::Error },
     #[error("{0} holds more than {MAX_ENTRIES} entries; not a spool")]
     TooMany(PathBuf),
+    #[error("{path} belongs to uid {uid}, neither root nor the agent's user; change its owner by hand if it is the spool's")]
+    ForeignOwner { path: PathBuf, uid: u32 },
 }
 
 fn at(path: &Path) -> impl FnOnce(io::Error) -> PrepareError + '_ {
@@ -72,42 +77,50 @@ fn at(path: &Path) -> impl FnOnce(io::Error) -> PrepareError + '_ {
 pub fn prepare(dir: &Path, owner: Owner) -> Result<Prepared, PrepareError> {
     fs::create_dir_all(dir).map_err(at(dir))?;
     let mut done = Prepared::default();
-    let meta = fs::symlink_metadata(dir).map_err(at(dir))?;
-    if !owned_by(&meta, owner) {
-        // chmod needs the owner (or CAP_FOWNER), so it goes first.
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(at(dir))?;
-    }
     // Look at everything first, while root still owns the directories and
     // may walk them; then change owners deepest first, the directory last.
     let mut stack = vec![dir.to_path_buf()];
     let mut to_change = Vec::new();
+    let mut seen = 0usize;
     while let Some(path) = stack.pop() {
-        if done.unchanged + to_change.len() >= MAX_ENTRIES {
-            return Err(PrepareError::TooMany(dir.to_path_buf()));
-        }
         let meta = fs::symlink_metadata(&path).map_err(at(&path))?;
-        if owned_by(&meta, owner) {
-            // Ours already, and so is what the agent wrote under it: a
-            // directory the agent owns is not readable without its rights.
-            done.unchanged += 1;
+        if meta.uid() == owner.uid {
+            // The agent's already, and so is what it wrote under it: never
+            // walked (root may not read it, and the agent could change it).
+            if meta.gid() == owner.gid {
+                done.unchanged += 1;
+            } else {
+                to_change.push(path);
+            }
             continue;
+        }
+        if meta.uid() != 0 {
+            return Err(PrepareError::ForeignOwner {
+                path,
+                uid: meta.uid(),
+            });
         }
         if meta.is_dir() {
             for entry in fs::read_dir(&path).map_err(at(&path))? {
+                seen += 1;
+                if seen > MAX_ENTRIES {
+                    return Err(PrepareError::TooMany(dir.to_path_buf()));
+                }
                 stack.push(entry.map_err(at(&path))?.path());
             }
         }
         to_change.push(path);
+    }
+    let root_owns_it = fs::symlink_metadata(dir).map_err(at(dir))?.uid() == 0;
+    if root_owns_it && owner.uid != 0 {
+        // chmod needs the owner (or CAP_FOWNER): while root still owns it.
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(at(dir))?;
     }
     for path in to_change.iter().rev() {
         lchown(path, Some(owner.uid), Some(owner.gid)).map_err(at(path))?;
         done.changed += 1;
     }
     Ok(done)
-}
-
-fn owned_by(meta: &fs::Metadata, owner: Owner) -> bool {
-    meta.uid() == owner.uid && meta.gid() == owner.gid
 }
 
 #[cfg(test)]

@@ -351,6 +351,30 @@ fn a_wrong_token_is_not_retried_at_once_and_the_samples_stay() {
 }
 
 #[test]
+fn an_empty_token_file_is_counted_as_a_token_error_and_the_samples_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "").unwrap();
+    let server = FakeAggregator::start(Mode::Normal);
+    let mut opts = options(server.url(), &spool, "node-t");
+    opts.extra = vec!["--token-file".into(), token_file.display().to_string()];
+    let agent = Agent::start(&opts);
+    eventually(
+        Duration::from_secs(10),
+        "the token error is counted",
+        || agent.metric("core_meter_agent_push_errors_total", "token") >= Some(1.0),
+    );
+    assert_eq!(server.requests(), 0, "nothing is sent without a token");
+    assert!(!spool_listing(&spool).is_empty(), "the samples are kept");
+    // The Secret's file is filled in (a kubelet refresh): the samples go.
+    std::fs::write(&token_file, support::TOKEN).unwrap();
+    eventually(Duration::from_secs(10), "the kept samples arrive", || {
+        server.stored_seqs().contains(&1)
+    });
+}
+
+#[test]
 fn a_rejected_sample_is_dropped_with_its_reason_logged_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("spool");

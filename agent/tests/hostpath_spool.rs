@@ -201,3 +201,33 @@ fn the_init_container_hands_the_hostpath_to_the_agent_user_who_then_spools_and_d
         );
     }
 }
+
+#[test]
+fn a_file_of_a_third_user_stops_the_hand_over_naming_it_and_changes_nothing() {
+    if !can_run() {
+        return;
+    }
+    let base = tempfile::tempdir().unwrap();
+    let host = base.path().join("core-meter");
+    let spool = host.join("spool");
+    fs::create_dir_all(&spool).unwrap();
+    let stranger = spool.join("planted");
+    fs::write(&stranger, "not ours").unwrap();
+    std::os::unix::fs::chown(&stranger, Some(1000), Some(1000)).unwrap();
+    let owner = format!("{AGENT_USER}:{AGENT_USER}");
+    let out = agent_as_root_with(
+        ",+chown",
+        &["prepare-spool", "--owner", &owner, host.to_str().unwrap()],
+    );
+    assert!(
+        !out.status.success(),
+        "a third user's file is not taken over"
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("planted") && said.contains("uid 1000"),
+        "the error names the entry and its owner: {said}"
+    );
+    assert_eq!(owner_of(&stranger), (1000, 1000));
+    assert_eq!(owner_of(&host), (0, 0), "nothing was changed");
+}
