@@ -281,6 +281,64 @@ fn millicores(quantity: &Value) -> u64 {
     }
 }
 
+/// Whether `container` can read the file at `path` from a mounted Secret named
+/// `secret`: the path is a key of that Secret under its mount, and a mode that
+/// others may not read comes with an fsGroup that gives the file to the pod.
+fn reads_secret_file(
+    pod: &Value,
+    container: &Value,
+    secret: &str,
+    path: &str,
+) -> Result<(), String> {
+    let volume = pod["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| v["secret"]["secretName"] == secret)
+        .ok_or(format!("no volume of the Secret {secret}"))?;
+    let mount = container["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["name"] == volume["name"])
+        .ok_or(format!("the Secret {secret} is not mounted"))?;
+    let dir = mount["mountPath"].as_str().unwrap();
+    let key = Path::new(path)
+        .strip_prefix(dir)
+        .map_err(|_| format!("{path} is not under the Secret's mount {dir}"))?;
+    if key.to_str() != Some("token") {
+        return Err(format!("{path} names key {key:?} of the Secret, not token"));
+    }
+    let mode = volume["secret"]["defaultMode"].as_u64().unwrap_or(0o644);
+    if mode & 0o004 == 0 && pod["securityContext"]["fsGroup"].is_null() {
+        return Err(format!(
+            "mode {mode:o} without an fsGroup: only root may read {path}"
+        ));
+    }
+    Ok(())
+}
+
+/// The mount of the volume (or volume claim template) named `volume`.
+fn mount_of<'a>(container: &'a Value, volume: &str) -> Option<&'a str> {
+    container["volumeMounts"]
+        .as_array()?
+        .iter()
+        .find(|m| m["name"] == volume)?["mountPath"]
+        .as_str()
+}
+
+/// The container port a probe's `port` (a name or a number) means.
+fn probe_port(container: &Value, probe: &str) -> Option<u64> {
+    match &container[probe]["httpGet"]["port"] {
+        Value::String(name) => container["ports"]
+            .as_array()?
+            .iter()
+            .find(|p| &p["name"] == name)?["containerPort"]
+            .as_u64(),
+        other => other.as_u64(),
+    }
+}
+
 fn labels_match(selector: &Value, labels: &Value) -> bool {
     let Some(wanted) = selector.as_object() else {
         return false;
@@ -597,15 +655,7 @@ fn the_agent_is_probed_on_its_health_port() {
                 "{}",
                 r.says(&format!("{probe} GETs {path}"))
             );
-            let probed = match &get["port"] {
-                Value::String(name) => c["ports"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .find(|p| &p["name"] == name)
-                    .and_then(|p| p["containerPort"].as_u64()),
-                other => other.as_u64(),
-            };
+            let probed = probe_port(c, probe);
             assert_eq!(
                 probed,
                 Some(port),
@@ -650,6 +700,95 @@ fn the_agent_has_time_for_its_last_push_when_stopped() {
                 "terminationGracePeriodSeconds ({period:?}) is at least the last push's {grace} s plus 5 s to exit"
             ))
         );
+    });
+}
+
+#[test]
+fn the_agent_can_read_its_cluster_token() {
+    in_every_rendering(|r| {
+        let path = env_value(r.agent_container(), "CORE_METER_TOKEN_FILE")
+            .unwrap_or_else(|| panic!("{}", r.says("CORE_METER_TOKEN_FILE is set")));
+        if let Err(why) = reads_secret_file(
+            r.agent_pod(),
+            r.agent_container(),
+            "core-meter-cluster-token",
+            path,
+        ) {
+            panic!(
+                "{}",
+                r.says(&format!("the agent cannot read its token: {why}"))
+            );
+        }
+    });
+}
+
+#[test]
+fn the_init_container_hands_the_spool_to_the_user_the_agent_runs_as() {
+    in_every_rendering(|r| {
+        let pod = r.agent_pod();
+        let init = pod["initContainers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| {
+                c["args"]
+                    .as_array()
+                    .is_some_and(|a| a.contains(&Value::from("prepare-spool")))
+            })
+            .unwrap_or_else(|| panic!("{}", r.says("an init container runs agent prepare-spool")));
+        let agent = r.agent_container();
+        let user = format!(
+            "{}:{}",
+            security(pod, agent, "runAsUser"),
+            security(pod, agent, "runAsGroup")
+        );
+        assert_eq!(
+            flag(init, "--owner").as_deref(),
+            Some(user.as_str()),
+            "{}",
+            r.says("prepare-spool --owner is the agent's runAsUser:runAsGroup")
+        );
+        let dir = init["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .rfind(|a| !a.starts_with("--") && *a != "prepare-spool")
+            .unwrap_or("/var/lib/core-meter");
+        let spool_host = volume(pod, "spool")["hostPath"]["path"].as_str().unwrap();
+        let (_, agent_mount) = host_mount(pod, agent, spool_host);
+        assert_eq!(
+            mount_of(init, "spool"),
+            agent_mount["mountPath"].as_str(),
+            "{}",
+            r.says("the init container mounts the spool where the agent does")
+        );
+        assert_eq!(
+            Some(dir),
+            mount_of(init, "spool"),
+            "{}",
+            r.says("prepare-spool is given the spool's mount point")
+        );
+    });
+}
+
+#[test]
+fn every_object_is_in_the_core_meter_namespace() {
+    in_every_rendering(|r| {
+        for o in r.objects {
+            if o["kind"] == "Namespace" {
+                continue;
+            }
+            assert_eq!(
+                o["metadata"]["namespace"],
+                "core-meter",
+                "{}",
+                r.says(&format!(
+                    "{} {} is in namespace core-meter",
+                    o["kind"], o["metadata"]["name"]
+                ))
+            );
+        }
     });
 }
 
@@ -858,7 +997,7 @@ fn every_secret_and_config_map_a_pod_mounts_is_in_the_overlay() {
 }
 
 #[test]
-fn the_aggregator_accepts_the_settings_each_rendering_gives_it() {
+fn the_aggregator_accepts_its_settings_and_has_the_volume_secret_and_port_they_name() {
     in_every_rendering(|r| {
         let map = r
             .objects_of("ConfigMap")
@@ -908,6 +1047,59 @@ fn the_aggregator_accepts_the_settings_each_rendering_gives_it() {
             Some("cma_stand-in"),
             "{}",
             r.says("the admin token is read from its file")
+        );
+        let (pod, c) = (r.aggregator_pod(), r.aggregator_container());
+        let data = mount_of(c, "data")
+            .unwrap_or_else(|| panic!("{}", r.says("the volume claim data is mounted")));
+        assert!(
+            config.database.starts_with(data),
+            "{}",
+            r.says(&format!(
+                "the database {} is on the volume mounted at {data}",
+                config.database.display()
+            ))
+        );
+        assert!(
+            !pod["securityContext"]["fsGroup"].is_null(),
+            "{}",
+            r.says("an fsGroup makes the volume writable by the aggregator's user")
+        );
+        for probe in ["livenessProbe", "readinessProbe"] {
+            assert_eq!(
+                probe_port(c, probe),
+                Some(u64::from(config.listen.port())),
+                "{}",
+                r.says(&format!(
+                    "{probe} probes the port the aggregator listens on"
+                ))
+            );
+        }
+        let raw: toml::Table =
+            toml::from_str(map["data"]["aggregator.toml"].as_str().unwrap()).unwrap();
+        let token_file = raw["admin_token_file"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{}", r.says("admin_token_file is set")));
+        if let Err(why) = reads_secret_file(pod, c, "core-meter-admin-token", token_file) {
+            panic!(
+                "{}",
+                r.says(&format!(
+                    "the aggregator cannot read its admin token: {why}"
+                ))
+            );
+        }
+        let tmp = env_value(c, "SQLITE_TMPDIR")
+            .unwrap_or_else(|| panic!("{}", r.says("SQLITE_TMPDIR is set: the root is read-only")));
+        let scratch = pod["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|v| !v["emptyDir"].is_null())
+            .filter_map(|v| mount_of(c, v["name"].as_str().unwrap()))
+            .any(|m| Path::new(tmp).starts_with(m));
+        assert!(
+            scratch,
+            "{}",
+            r.says(&format!("SQLITE_TMPDIR {tmp} is on a writable emptyDir"))
         );
     });
 }
