@@ -243,7 +243,7 @@ impl Agent {
                         self.metrics.dropped("spool_full", appended.dropped);
                     }
                     self.ready.store(true, Ordering::Relaxed);
-                    tracing::info!(seq = sample.seq, cores = count.cores, "sample taken");
+                    tracing::info!(seq = sample.seq, cores = count.cores, at = %at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true), "sample taken");
                     true
                 }
                 Err(e) => {
@@ -263,6 +263,7 @@ impl Agent {
                 Some(spool) => spool.take_seq(),
                 None => self.memory_seq(at),
             };
+            tracing::info!(seq, cores = count.cores, at = %at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true), "sample taken (in memory only)");
             self.memory.insert(
                 seq,
                 AgentSample {

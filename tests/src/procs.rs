@@ -38,27 +38,72 @@ pub struct Service {
     pub child: Child,
     pub addr: SocketAddr,
     pub admin: String,
+    /// Where its stderr (the log) goes, when asked for.
+    pub log: Option<PathBuf>,
+}
+
+/// How to start `aggregator serve`, beyond its database and admin token.
+#[derive(Default, Clone)]
+pub struct ServiceOptions {
+    /// The address to listen on (a restart after `kill -9` reuses the old
+    /// one, so agents find it again); a free loopback port if `None`.
+    pub listen: Option<SocketAddr>,
+    /// Extra environment (`CORE_METER_*` settings).
+    pub env: Vec<(String, String)>,
+    /// Append stderr to this file instead of discarding it.
+    pub log: Option<PathBuf>,
+    /// A command and arguments to run the binary under (`ip netns exec …`).
+    pub wrapper: Vec<String>,
 }
 
 impl Service {
     pub fn start(database: &Path, admin: &str) -> Service {
-        let addr = free_addr();
-        let child = Command::new(binary("aggregator"))
+        Service::start_with(database, admin, &ServiceOptions::default())
+    }
+
+    pub fn start_with(database: &Path, admin: &str, o: &ServiceOptions) -> Service {
+        let addr = o.listen.unwrap_or_else(free_addr);
+        let stderr = match &o.log {
+            Some(path) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .expect("open the service's log"),
+            ),
+            None => Stdio::null(),
+        };
+        let mut command = match o.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(binary("aggregator"));
+                c
+            }
+            None => Command::new(binary("aggregator")),
+        };
+        let child = command
             .args(["serve", "--listen", &addr.to_string(), "--database"])
             .arg(database)
             .env("CORE_METER_ADMIN_TOKEN", admin)
             .env_remove("CORE_METER_WEBHOOK_URL")
+            .env_remove("CORE_METER_LOG_JSON")
+            .env("NO_COLOR", "1")
+            .envs(o.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("start aggregator serve");
-        let service = Service {
+        let mut service = Service {
             child,
             addr,
             admin: admin.to_string(),
+            log: o.log.clone(),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while request(addr, "GET", "/readyz", None, None).map(|r| r.0) != Some(200) {
+            if let Ok(Some(status)) = service.child.try_wait() {
+                panic!("aggregator serve exited at start: {status}");
+            }
             assert!(
                 Instant::now() < deadline,
                 "aggregator serve did not become ready"
@@ -92,6 +137,25 @@ impl Service {
         );
         assert_eq!(s, 201);
         v["token"].as_str().unwrap().to_string()
+    }
+
+    /// Every sample stored for `account` on `day` (the audit trail).
+    pub fn stored(&self, account: &str, day: &str) -> Vec<serde_json::Value> {
+        let (s, v) = self.admin(
+            "GET",
+            &format!("/v1/admin/accounts/{account}/samples?day={day}"),
+            None,
+        );
+        assert_eq!(s, 200, "{v}");
+        v["samples"].as_array().unwrap().clone()
+    }
+
+    /// The log so far (empty without `ServiceOptions::log`).
+    pub fn log_text(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
     }
 
     pub fn kill_hard(mut self) {
@@ -165,4 +229,166 @@ pub fn online_cpus() -> u64 {
             None => 1,
         })
         .sum()
+}
+
+/// One sample as the agent's log says it took it ("sample taken").
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Taken {
+    pub seq: u64,
+    pub cores: u32,
+    pub at: String,
+}
+
+/// The real `agent run` binary with its own spool and log.
+pub struct AgentProc {
+    pub child: Child,
+    pub node: String,
+    pub spool: PathBuf,
+    pub log: PathBuf,
+}
+
+/// How to start an agent.
+#[derive(Clone)]
+pub struct AgentOptions {
+    pub node: String,
+    pub aggregator: String,
+    pub token: String,
+    pub spool: PathBuf,
+    /// Its log; appended to, so restarts keep one history.
+    pub log: PathBuf,
+    pub interval_secs: u64,
+    /// Extra arguments after `run …`.
+    pub extra: Vec<String>,
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
+    /// A command and arguments to run the binary under (`ip netns exec …`).
+    pub wrapper: Vec<String>,
+}
+
+impl AgentOptions {
+    /// An agent of `node` sampling every second, pushing to `aggregator`,
+    /// with its spool and log in `dir/<node>/`.
+    pub fn new(dir: &Path, node: &str, aggregator: &str, token: &str) -> AgentOptions {
+        let home = dir.join(node);
+        std::fs::create_dir_all(&home).unwrap();
+        AgentOptions {
+            node: node.to_string(),
+            aggregator: aggregator.to_string(),
+            token: token.to_string(),
+            spool: home.join("spool"),
+            log: home.join("agent.log"),
+            interval_secs: 1,
+            extra: Vec::new(),
+            env: Vec::new(),
+            wrapper: Vec::new(),
+        }
+    }
+}
+
+impl AgentProc {
+    pub fn start(o: &AgentOptions) -> AgentProc {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&o.log)
+            .expect("open the agent's log");
+        let mut command = match o.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(binary("agent"));
+                c
+            }
+            None => Command::new(binary("agent")),
+        };
+        let child = command
+            .args(["run", "--aggregator", &o.aggregator])
+            .arg("--spool")
+            .arg(&o.spool)
+            .args(["--interval-secs", &o.interval_secs.to_string()])
+            .args(["--spread-secs", "0", "--listen", "127.0.0.1:0"])
+            .args(["--max-backoff-secs", "1", "--push-timeout-secs", "5"])
+            .args(&o.extra)
+            .env("NODE_NAME", &o.node)
+            .env("CORE_METER_TOKEN", &o.token)
+            .env_remove("CORE_METER_TOKEN_FILE")
+            .env_remove("CORE_METER_LOG_JSON")
+            .env("NO_COLOR", "1")
+            .envs(o.env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start the agent");
+        AgentProc {
+            child,
+            node: o.node.clone(),
+            spool: o.spool.clone(),
+            log: o.log.clone(),
+        }
+    }
+
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait up to `within` for it to exit.
+    pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Every sample the log says was taken, across restarts, by seq.
+    pub fn taken(&self) -> Vec<Taken> {
+        taken_in(&self.log_text())
+    }
+
+    /// How many samples wait in the spool (files under `pending/`).
+    pub fn pending(&self) -> usize {
+        std::fs::read_dir(self.spool.join("pending")).map_or(0, |d| d.count())
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        self.kill_hard();
+    }
+}
+
+/// The "sample taken" lines of an agent's text log.
+pub fn taken_in(log: &str) -> Vec<Taken> {
+    let field = |line: &str, key: &str| -> Option<String> {
+        let rest = line.split(&format!(" {key}=")).nth(1)?;
+        Some(
+            rest.split_whitespace()
+                .next()?
+                .trim_matches('"')
+                .to_string(),
+        )
+    };
+    let mut out: Vec<Taken> = log
+        .lines()
+        .filter(|l| l.contains("sample taken"))
+        .filter_map(|l| {
+            Some(Taken {
+                seq: field(l, "seq")?.parse().ok()?,
+                cores: field(l, "cores")?.parse().ok()?,
+                at: field(l, "at")?,
+            })
+        })
+        .collect();
+    out.sort();
+    out
 }
