@@ -10,6 +10,7 @@ use std::time::Duration;
 use chrono::SubsecRound;
 use prometheus_client::registry::Registry;
 use shared::clock::Clock;
+use shared::sample::Rejection;
 use shared::wire::{AgentSample, SampleStatus, MAX_BATCH_SAMPLES};
 use tokio::time::Instant;
 
@@ -42,6 +43,31 @@ pub struct Settings {
     pub backoff_cap: Duration,
     /// How long the last push on SIGTERM may take.
     pub shutdown_grace: Duration,
+}
+
+/// The samples of one batch rejected for one reason.
+struct Rejected {
+    count: u64,
+    first_seq: u64,
+    last_seq: u64,
+    example_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl Rejected {
+    fn first(sample: &AgentSample) -> Rejected {
+        Rejected {
+            count: 1,
+            first_seq: sample.seq,
+            last_seq: sample.seq,
+            example_at: sample.at,
+        }
+    }
+
+    fn add(&mut self, sample: &AgentSample) {
+        self.count += 1;
+        self.first_seq = self.first_seq.min(sample.seq);
+        self.last_seq = self.last_seq.max(sample.seq);
+    }
 }
 
 /// The agent's state between ticks.
@@ -313,18 +339,23 @@ impl Agent {
                     return Err(e);
                 }
             };
+            let mut rejected: BTreeMap<Option<Rejection>, Rejected> = BTreeMap::new();
             for (sample, result) in batch.iter().zip(&results) {
                 match result.status {
                     SampleStatus::Accepted | SampleStatus::Duplicate => {
                         self.metrics.samples_pushed.inc();
                     }
                     SampleStatus::Rejected => {
-                        let reason = result.reason.map_or("unknown", |r| r.as_str());
-                        tracing::warn!(seq = sample.seq, reason, at = %sample.at, "the aggregator rejected a sample; dropping it");
-                        self.metrics.dropped("rejected", 1);
+                        rejected
+                            .entry(result.reason)
+                            .and_modify(|r| r.add(sample))
+                            .or_insert_with(|| Rejected::first(sample));
                     }
                 }
                 self.forget(sample.seq);
+            }
+            for (reason, r) in &rejected {
+                self.report_rejected(*reason, r);
             }
             if let Some(spool) = &self.spool {
                 if let Err(e) = spool.sync() {
@@ -335,6 +366,38 @@ impl Agent {
                 .last_push_success
                 .set(self.clock.now().timestamp() as f64);
             self.update_gauges();
+        }
+    }
+
+    /// One log line per rejection reason of a batch, however many samples it
+    /// held: a node whose clock is wrong would otherwise write one line per
+    /// sample and never say why.
+    fn report_rejected(&self, reason: Option<Rejection>, r: &Rejected) {
+        let node = &self.settings.node;
+        let name = reason.map_or("unknown", Rejection::as_str);
+        self.metrics.dropped("rejected", r.count);
+        self.metrics.rejected(name, r.count);
+        let example_at = r
+            .example_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let node_now = self
+            .clock
+            .now()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let (count, first_seq, last_seq) = (r.count, r.first_seq, r.last_seq);
+        match reason {
+            Some(Rejection::InFuture) => tracing::error!(
+                %node, reason = name, count, first_seq, last_seq, %example_at, %node_now,
+                "the aggregator refused {count} samples as in the future: this node's clock is ahead of the aggregator's; fix NTP on node {node}; the samples are dropped"
+            ),
+            Some(Rejection::TooOld) => tracing::error!(
+                %node, reason = name, count, first_seq, last_seq, %example_at, %node_now,
+                "the aggregator refused {count} samples as too old: this node's clock is behind the aggregator's (fix NTP on node {node}), or the samples waited longer than the aggregator's maximum age; the samples are dropped"
+            ),
+            _ => tracing::warn!(
+                %node, reason = name, count, first_seq, last_seq, %example_at,
+                "the aggregator rejected {count} samples as {name}; dropping them"
+            ),
         }
     }
 

@@ -14,6 +14,11 @@ pub struct Cause {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Kind {
     pub kind: String,
 }
@@ -24,6 +29,7 @@ pub struct Metrics {
     pub samples_pushed: Counter,
     pub samples_pending: Gauge,
     pub samples_dropped: Family<Cause, Counter>,
+    pub samples_rejected: Family<Reason, Counter>,
     pub push_errors: Family<Kind, Counter>,
     pub last_push_success: Gauge<f64, AtomicU64>,
     pub spool_bytes: Gauge,
@@ -54,6 +60,11 @@ impl Metrics {
             "samples_dropped",
             "Samples given up, by cause (spool_full, rejected, corrupt, memory_full)",
             self.samples_dropped.clone(),
+        );
+        r.register(
+            "samples_rejected",
+            "Samples the aggregator rejected, by its reason (in_future and too_old mean this node's clock is likely wrong); also counted in samples_dropped{cause=\"rejected\"}",
+            self.samples_rejected.clone(),
         );
         r.register(
             "push_errors",
@@ -91,6 +102,14 @@ impl Metrics {
         self.samples_dropped
             .get_or_create(&Cause {
                 cause: cause.to_string(),
+            })
+            .inc_by(n);
+    }
+
+    pub fn rejected(&self, reason: &str, n: u64) {
+        self.samples_rejected
+            .get_or_create(&Reason {
+                reason: reason.to_string(),
             })
             .inc_by(n);
     }
