@@ -385,18 +385,19 @@ impl Agent {
             .now()
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let (count, first_seq, last_seq) = (r.count, r.first_seq, r.last_seq);
+        let samples = if count == 1 { "sample" } else { "samples" };
         match reason {
             Some(Rejection::InFuture) => tracing::error!(
                 %node, reason = name, count, first_seq, last_seq, %example_at, %node_now,
-                "the aggregator refused {count} samples as in the future: this node's clock is ahead of the aggregator's; fix NTP on node {node}; the samples are dropped"
+                "the aggregator refused {count} {samples} as in the future: this node's clock is ahead of the aggregator's; fix NTP on node {node}; dropped"
             ),
             Some(Rejection::TooOld) => tracing::error!(
                 %node, reason = name, count, first_seq, last_seq, %example_at, %node_now,
-                "the aggregator refused {count} samples as too old: this node's clock is behind the aggregator's (fix NTP on node {node}), or the samples waited longer than the aggregator's maximum age; the samples are dropped"
+                "the aggregator refused {count} {samples} as too old: this node's clock is behind the aggregator's (fix NTP on node {node}), or they waited longer than the aggregator's maximum age; dropped"
             ),
             _ => tracing::warn!(
                 %node, reason = name, count, first_seq, last_seq, %example_at,
-                "the aggregator rejected {count} samples as {name}; dropping them"
+                "the aggregator rejected {count} {samples} as {name}; dropped"
             ),
         }
     }
