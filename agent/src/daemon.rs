@@ -80,6 +80,11 @@ struct Agent {
     /// Samples that could not be written to disk, by seq; pushed all the same.
     memory: BTreeMap<u64, AgentSample>,
     pusher: Pusher,
+    /// When the next sample is due, and this node's offset in the interval.
+    next_sample: chrono::DateTime<chrono::Utc>,
+    offset: u64,
+    /// False once stopping: the last push takes no more samples.
+    sampling: bool,
 }
 
 /// Runs until SIGTERM or SIGINT, then tries one last push and returns.
@@ -127,6 +132,9 @@ pub async fn run(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<()
         spool: None,
         memory: BTreeMap::new(),
         pusher,
+        next_sample: clock.now(),
+        offset,
+        sampling: true,
         clock,
         metrics,
         ready,
@@ -137,14 +145,12 @@ pub async fn run(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<()
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut backoff = Backoff::new(agent.settings.backoff_base, agent.settings.backoff_cap);
     let mut retry_at: Option<Instant> = None;
-    let mut next_sample = agent.clock.now();
     loop {
-        let until_sample = wait(agent.clock.now(), next_sample);
+        let until_sample = wait(agent.clock.now(), agent.next_sample);
         let retry = retry_at.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
         let push_now = tokio::select! {
             _ = tokio::time::sleep(until_sample) => {
-                agent.take_sample();
-                next_sample = next_tick(agent.clock.now(), agent.settings.interval_secs, offset);
+                agent.take_due_sample();
                 true
             }
             _ = tokio::time::sleep_until(retry), if retry_at.is_some() => true,
@@ -183,6 +189,7 @@ pub async fn run(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<()
         "stopping: one last push"
     );
     agent.ready.store(false, Ordering::Relaxed);
+    agent.sampling = false;
     match tokio::time::timeout(agent.settings.shutdown_grace, agent.push_pending()).await {
         Ok(Ok(())) => tracing::info!("stopped; nothing pending"),
         Ok(Err(e)) => {
@@ -316,6 +323,12 @@ impl Agent {
         (last + 1).max(u64::try_from(at.timestamp()).unwrap_or(0))
     }
 
+    /// Takes the sample now due and schedules the next.
+    fn take_due_sample(&mut self) {
+        self.take_sample();
+        self.next_sample = next_tick(self.clock.now(), self.settings.interval_secs, self.offset);
+    }
+
     /// Pushes every pending sample, oldest first, in batches.
     async fn push_pending(&mut self) -> Result<(), PushError> {
         loop {
@@ -332,7 +345,19 @@ impl Agent {
                     return Err(e);
                 }
             };
-            let results = match self.pusher.push(&batch, &token).await {
+            // A push can wait up to its timeout for an answer; the sample
+            // that falls due meanwhile is taken on time all the same.
+            let pusher = self.pusher.clone();
+            let push = pusher.push(&batch, &token);
+            tokio::pin!(push);
+            let answer = loop {
+                let until_sample = wait(self.clock.now(), self.next_sample);
+                tokio::select! {
+                    answer = &mut push => break answer,
+                    _ = tokio::time::sleep(until_sample), if self.sampling => self.take_due_sample(),
+                }
+            };
+            let results = match answer {
                 Ok(r) => r,
                 Err(e) => {
                     self.metrics.push_error(e.kind());

@@ -44,6 +44,7 @@ impl PushError {
     }
 }
 
+#[derive(Clone)]
 pub struct Pusher {
     client: reqwest::Client,
     url: String,

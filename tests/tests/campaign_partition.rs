@@ -731,7 +731,6 @@ fn agents_cut_off_for_several_intervals_three_times_deliver_every_sample_exactly
 /// batch rather than missing. Ignored until the agent is fixed; run it with
 /// `--ignored`.
 #[test]
-#[ignore = "agent bug: no sample is taken while a push waits for its answer"]
 fn an_agent_whose_pushes_go_unanswered_still_samples_every_interval() {
     // The kernel completes connections to a listener nobody accepts from,
     // and nothing ever answers the requests sent on them.
