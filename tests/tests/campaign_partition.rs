@@ -721,15 +721,10 @@ fn agents_cut_off_for_several_intervals_three_times_deliver_every_sample_exactly
     drop(net);
 }
 
-/// Found by the partition above: the agent should sample every interval
-/// however long a push waits for an answer, but sampling and pushing share
-/// one loop, so a push that waits out `--push-timeout-secs` (5 s here) holds
-/// the next sample back. Cut off so that answers never come (a dropped route,
-/// lost answers), an agent sampling every second takes one sample per push
-/// timeout instead. At the defaults (hourly, 10 s timeout, offsets in the
-/// first 10 minutes of the hour) a sample is late by up to the timeout per
-/// batch rather than missing. Ignored until the agent is fixed; run it with
-/// `--ignored`.
+/// Found by the partition above: a push that waits out `--push-timeout-secs`
+/// (5 s here) for an answer that never comes (a dropped route, lost answers)
+/// held the next sample back, so an agent sampling every second took one
+/// sample per push timeout. The sample now falls due on time during a push.
 #[test]
 fn an_agent_whose_pushes_go_unanswered_still_samples_every_interval() {
     // The kernel completes connections to a listener nobody accepts from,
