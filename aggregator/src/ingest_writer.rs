@@ -1,14 +1,15 @@
 //! Group commit: one writer thread takes every waiting ingest request and stores them in one transaction, so a herd of agents costs one fsync per group, not per request.
 
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use shared::sample::AgeLimits;
 use tokio::sync::oneshot;
 
 use crate::service_metrics::ServiceMetrics;
-use crate::store::{Incoming, Outcome, Store};
+use crate::store::{Incoming, Outcome, Store, Unwritable};
 
 /// Requests waiting for the writer at most; beyond, ingest answers 503.
 const QUEUE_REQUESTS: usize = 1_024;
@@ -31,7 +32,16 @@ pub struct Job {
     pub cluster: String,
     pub received_at: DateTime<Utc>,
     pub samples: Vec<OwnedSample>,
-    reply: oneshot::Sender<Result<Vec<Outcome>, String>>,
+    reply: oneshot::Sender<Result<Vec<Outcome>, CommitFailure>>,
+}
+
+/// Why a commit failed; every request of the group gets a copy.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct CommitFailure {
+    /// Set when the disk is to blame (full or failing): worth a retry later.
+    pub unwritable: Option<Unwritable>,
+    pub message: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -41,12 +51,38 @@ pub enum SubmitError {
     #[error("the ingest writer has stopped")]
     Stopped,
     #[error("storing the samples failed: {0}")]
-    Store(String),
+    Store(CommitFailure),
+}
+
+/// The database's disk as the writer last found it: failing since when, and why.
+#[derive(Debug, Clone)]
+pub struct WriteFailure {
+    pub cause: Unwritable,
+    /// The error of the last failed commit.
+    pub error: String,
+    pub since: Instant,
+    /// Commits that failed in a row.
+    pub commits: u64,
+}
+
+impl WriteFailure {
+    /// One line for a response or a log.
+    pub fn describe(&self) -> String {
+        format!(
+            "{}: {} commit(s) failed in a row over {} s, the last with \"{}\"",
+            self.cause.cause(),
+            self.commits,
+            self.since.elapsed().as_secs(),
+            self.error
+        )
+    }
 }
 
 #[derive(Clone)]
 pub struct IngestQueue {
     tx: SyncSender<Job>,
+    /// Set by the writer while commits fail for the disk's sake; readiness reads it.
+    failing: Arc<Mutex<Option<WriteFailure>>>,
 }
 
 impl IngestQueue {
@@ -58,11 +94,22 @@ impl IngestQueue {
         metrics: Arc<ServiceMetrics>,
     ) -> (IngestQueue, std::thread::JoinHandle<()>) {
         let (tx, rx) = mpsc::sync_channel(QUEUE_REQUESTS);
+        let failing = Arc::new(Mutex::new(None));
+        let health = failing.clone();
         let handle = std::thread::Builder::new()
             .name("ingest-writer".into())
-            .spawn(move || writer(rx, store, limits, metrics))
+            .spawn(move || writer(rx, store, limits, metrics, health))
             .expect("start the ingest writer");
-        (IngestQueue { tx }, handle)
+        (IngestQueue { tx, failing }, handle)
+    }
+
+    /// Why the last commit failed, if it did because of the disk; `None` once
+    /// a commit succeeds again.
+    pub fn write_failure(&self) -> Option<WriteFailure> {
+        self.failing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Queues a request's samples and waits until they are committed.
@@ -99,6 +146,7 @@ fn writer(
     store: Arc<Mutex<Store>>,
     limits: AgeLimits,
     metrics: Arc<ServiceMetrics>,
+    failing: Arc<Mutex<Option<WriteFailure>>>,
 ) {
     while let Ok(first) = rx.recv() {
         // Everything that queued up while the last commit was syncing goes in this one.
@@ -128,10 +176,26 @@ fn writer(
                 })
             })
             .collect();
-        let result = store.lock().expect("store lock").ingest(&incoming, &limits);
+        // A handler that panicked while holding the connection must not stop
+        // ingest for good: its transaction was rolled back when it unwound.
+        let result = store
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .ingest(&incoming, &limits);
         drop(incoming);
         match result {
             Ok(outcomes) => {
+                if let Some(was) = failing
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take()
+                {
+                    tracing::info!(
+                        failed_commits = was.commits,
+                        failing_secs = was.since.elapsed().as_secs(),
+                        "the database takes writes again"
+                    );
+                }
                 metrics.ingest_commits.inc();
                 metrics.ingest_commit_samples.observe(outcomes.len() as f64);
                 let mut rest = outcomes.into_iter();
@@ -141,11 +205,143 @@ fn writer(
                 }
             }
             Err(e) => {
+                let failure = CommitFailure {
+                    unwritable: e.unwritable(),
+                    message: e.to_string(),
+                };
+                if let Some(cause) = failure.unwritable {
+                    note_failure(&failing, cause, &failure.message);
+                }
                 tracing::error!(error = %e, requests = jobs.len(), "ingest commit failed; nothing of it was stored");
                 for job in jobs {
-                    let _ = job.reply.send(Err(e.to_string()));
+                    let _ = job.reply.send(Err(failure.clone()));
                 }
             }
         }
+    }
+}
+
+/// Records a commit that failed for the disk's sake; the first of a run is
+/// logged as the start of an outage.
+fn note_failure(failing: &Mutex<Option<WriteFailure>>, cause: Unwritable, error: &str) {
+    let mut failing = failing.lock().unwrap_or_else(PoisonError::into_inner);
+    match failing.as_mut() {
+        Some(f) => {
+            f.cause = cause;
+            f.error = error.to_string();
+            f.commits += 1;
+        }
+        None => {
+            tracing::error!(
+                error,
+                cause = cause.cause(),
+                "the database cannot write; pushes are answered 503 and /readyz fails until it can"
+            );
+            *failing = Some(WriteFailure {
+                cause,
+                error: error.to_string(),
+                since: Instant::now(),
+                commits: 1,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Durability;
+
+    fn batch(node: &str, seqs: std::ops::Range<i64>, at: DateTime<Utc>) -> Vec<OwnedSample> {
+        seqs.map(|seq| OwnedSample {
+            node: node.to_string(),
+            cores: Some(8),
+            at: Some(at),
+            seq: Some(seq),
+            agent_version: None,
+        })
+        .collect()
+    }
+
+    fn started(dir: &std::path::Path) -> (Arc<Mutex<Store>>, IngestQueue) {
+        let mut store = Store::open(&dir.join("db.sqlite"), Durability::Durable).unwrap();
+        store.create_account("acme", Utc::now()).unwrap();
+        let store = Arc::new(Mutex::new(store));
+        let metrics = Arc::new(ServiceMetrics::default());
+        let (queue, _writer) = IngestQueue::start(store.clone(), AgeLimits::default(), metrics);
+        (store, queue)
+    }
+
+    fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn a_full_disk_fails_the_commit_as_unwritable_and_the_writer_takes_the_same_samples_once_there_is_room(
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, queue) = started(dir.path());
+        let now = Utc::now();
+        let push = |seqs| {
+            block_on(queue.submit("acme".into(), "c1".into(), now, batch("node-1", seqs, now)))
+        };
+        store.lock().unwrap().cap_size_for_tests(true);
+        for attempt in 1..=2 {
+            match push(1..501) {
+                Err(SubmitError::Store(f)) => {
+                    assert_eq!(f.unwritable, Some(Unwritable::DiskFull), "{f}")
+                }
+                other => panic!("expected a failed commit, got {other:?}"),
+            }
+            let failure = queue.write_failure().expect("the failure is recorded");
+            assert_eq!(failure.cause, Unwritable::DiskFull);
+            assert_eq!(failure.commits, attempt);
+            assert!(
+                failure.describe().contains("disk is full"),
+                "{}",
+                failure.describe()
+            );
+        }
+
+        store.lock().unwrap().cap_size_for_tests(false);
+        let outcomes = push(1..501).expect("the writer is still there and commits");
+        assert!(outcomes.iter().all(|o| *o == Outcome::Accepted));
+        assert!(
+            queue.write_failure().is_none(),
+            "a commit clears the failure"
+        );
+        // Nothing of the failed attempts was stored: the resend is not a duplicate of them.
+        let again = push(1..501).unwrap();
+        assert!(again.iter().all(|o| *o == Outcome::Duplicate));
+    }
+
+    #[test]
+    fn a_handler_that_panicked_holding_the_connection_does_not_stop_ingest() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, queue) = started(dir.path());
+        let held = store.clone();
+        let _ = std::thread::spawn(move || {
+            let _guard = held.lock().unwrap();
+            panic!("a handler fails while it holds the store");
+        })
+        .join();
+        assert!(store.is_poisoned());
+        let now = Utc::now();
+        let outcomes =
+            block_on(queue.submit("acme".into(), "c1".into(), now, batch("node-1", 1..3, now)))
+                .unwrap();
+        assert_eq!(outcomes, vec![Outcome::Accepted, Outcome::Accepted]);
+    }
+
+    #[test]
+    fn a_run_of_disk_failures_keeps_its_start_its_count_and_the_last_cause() {
+        let failing = Mutex::new(None);
+        note_failure(&failing, Unwritable::DiskError, "disk I/O error");
+        note_failure(&failing, Unwritable::DiskFull, "database or disk is full");
+        let f = failing.lock().unwrap().clone().unwrap();
+        assert_eq!((f.cause, f.commits), (Unwritable::DiskFull, 2));
     }
 }

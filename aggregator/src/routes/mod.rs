@@ -9,7 +9,7 @@ pub use ops::openapi_document;
 
 use std::sync::{Arc, Mutex};
 
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -19,9 +19,9 @@ use shared::overage::RuleError;
 use shared::wire::{ErrorBody, ErrorDetail};
 
 use crate::config::Config;
-use crate::ingest_writer::IngestQueue;
+use crate::ingest_writer::{IngestQueue, SubmitError};
 use crate::service_metrics::ServiceMetrics;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, Unwritable};
 
 /// What every handler can reach.
 pub struct AppState {
@@ -102,7 +102,7 @@ pub const ROUTES: &[(&str, &str, &str, &str)] = &[
         "Bill lines and their delivery to the billing backend",
     ),
     ("get", "/healthz", "none", "Liveness"),
-    ("get", "/readyz", "none", "Readiness: the database answers"),
+    ("get", "/readyz", "none", "Readiness: the database answers and can write"),
     ("get", "/metrics", "none", "Prometheus metrics"),
     ("get", "/v1/openapi.json", "none", "This API description"),
 ];
@@ -159,7 +159,13 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub field: Option<String>,
+    /// Seconds after which a retry may succeed (`Retry-After`), for a 503.
+    pub retry_after_secs: Option<u64>,
 }
+
+/// When a client should retry a write the disk refused: long enough for an
+/// operator or an autoscaler to free space, short next to an agent's hour.
+pub const DISK_RETRY_AFTER_SECS: u64 = 60;
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
@@ -168,7 +174,29 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            retry_after_secs: None,
         }
+    }
+
+    pub fn retry_after(mut self, secs: u64) -> ApiError {
+        self.retry_after_secs = Some(secs);
+        self
+    }
+
+    /// The database cannot write for now (full or failing disk): 503 naming
+    /// the cause, with `Retry-After`. The transaction was rolled back, so
+    /// nothing of the request was stored or acknowledged.
+    pub fn unwritable(cause: Unwritable, error: impl std::fmt::Display) -> ApiError {
+        tracing::warn!(%error, cause = cause.cause(), "request refused: the database cannot write");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            cause.code(),
+            format!(
+                "{}; nothing of this request was stored; retry later ({error})",
+                cause.cause()
+            ),
+        )
+        .retry_after(DISK_RETRY_AFTER_SECS)
     }
 
     pub fn field(mut self, field: impl Into<String>) -> ApiError {
@@ -184,8 +212,21 @@ impl ApiError {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_value", message).field(field)
     }
 
-    /// An unexpected failure: logged in full, answered without detail.
-    pub fn internal(error: impl std::fmt::Display) -> ApiError {
+    /// An unexpected failure: logged in full, answered without detail. A
+    /// store or ingest error that is the disk's doing is not unexpected: it
+    /// is answered as `unwritable` (503), whichever handler passes it here.
+    pub fn internal(error: impl std::fmt::Display + 'static) -> ApiError {
+        let any: &dyn std::any::Any = &error;
+        let cause = if let Some(SubmitError::Store(f)) = any.downcast_ref::<SubmitError>() {
+            f.unwritable
+        } else if let Some(e) = any.downcast_ref::<StoreError>() {
+            e.unwritable()
+        } else {
+            None
+        };
+        if let Some(cause) = cause {
+            return ApiError::unwritable(cause, error);
+        }
         tracing::error!(%error, "request failed");
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -204,13 +245,22 @@ impl IntoResponse for ApiError {
                 field: self.field,
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after_secs {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        }
+        response
     }
 }
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         use StoreError as E;
+        if let Some(cause) = e.unwritable() {
+            return ApiError::unwritable(cause, e);
+        }
         match e {
             E::AccountExists(_) | E::ClusterExists(..) => {
                 ApiError::new(StatusCode::CONFLICT, "exists", e.to_string())
@@ -237,6 +287,23 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<SubmitError> for ApiError {
+    fn from(e: SubmitError) -> ApiError {
+        match e {
+            SubmitError::Busy => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "busy", e.to_string())
+            }
+            SubmitError::Stopped => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopping", e.to_string())
+            }
+            SubmitError::Store(ref f) => match f.unwritable {
+                Some(cause) => ApiError::unwritable(cause, e),
+                None => ApiError::internal(e),
+            },
+        }
+    }
+}
+
 /// Runs `f` on a store connection off the async threads.
 pub async fn blocking<T: Send + 'static>(
     store: &Arc<Mutex<Store>>,
@@ -247,4 +314,94 @@ pub async fn blocking<T: Send + 'static>(
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest_writer::CommitFailure;
+
+    fn sqlite(code: std::ffi::c_int) -> StoreError {
+        StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(code),
+            None,
+        ))
+    }
+
+    fn answered(e: ApiError) -> (u16, Option<String>, serde_json::Value) {
+        let response = e.into_response();
+        let status = response.status().as_u16();
+        let retry = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .map(|v| v.to_str().unwrap().to_string());
+        let body = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(axum::body::to_bytes(response.into_body(), 1 << 20))
+            .unwrap();
+        (status, retry, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[test]
+    fn a_full_disk_is_a_503_that_names_the_cause_and_says_when_to_retry() {
+        let (status, retry, body) = answered(ApiError::from(sqlite(rusqlite::ffi::SQLITE_FULL)));
+        assert_eq!(status, 503);
+        assert_eq!(retry.as_deref(), Some("60"));
+        assert_eq!(body["error"]["code"], "disk_full");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("disk is full"), "{message}");
+        assert!(
+            message.contains("nothing of this request was stored"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_disk_io_error_is_a_503_too() {
+        let (status, retry, body) =
+            answered(ApiError::from(sqlite(rusqlite::ffi::SQLITE_IOERR_FSYNC)));
+        assert_eq!((status, retry.as_deref()), (503, Some("60")));
+        assert_eq!(body["error"]["code"], "disk_error");
+    }
+
+    #[test]
+    fn an_ingest_commit_the_disk_refused_is_a_503_also_when_passed_as_an_internal_error() {
+        let refused = || {
+            SubmitError::Store(CommitFailure {
+                unwritable: Some(Unwritable::DiskFull),
+                message: "database: database or disk is full".into(),
+            })
+        };
+        // `routes::ingest` hands a store failure to `ApiError::internal`.
+        for e in [ApiError::internal(refused()), ApiError::from(refused())] {
+            let (status, retry, body) = answered(e);
+            assert_eq!((status, retry.as_deref()), (503, Some("60")));
+            assert_eq!(body["error"]["code"], "disk_full");
+            assert!(body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("database or disk is full"));
+        }
+    }
+
+    #[test]
+    fn other_store_failures_stay_an_opaque_500() {
+        let other = SubmitError::Store(CommitFailure {
+            unwritable: None,
+            message: "database: constraint failed".into(),
+        });
+        for e in [
+            ApiError::internal(other),
+            ApiError::from(sqlite(rusqlite::ffi::SQLITE_CORRUPT)),
+        ] {
+            let (status, retry, body) = answered(e);
+            assert_eq!((status, retry), (500, None));
+            assert_eq!(body["error"]["code"], "internal");
+            assert_eq!(
+                body["error"]["message"],
+                "internal error; see the service log"
+            );
+        }
+    }
 }

@@ -1,5 +1,7 @@
 //! Health, readiness, metrics, the OpenAPI document, and the request observer.
 
+use std::io::Write;
+use std::path::Path;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State as Extract};
@@ -16,18 +18,62 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Ready when the database answers.
+/// Room a write probe asks of the database's file system: more than a commit
+/// of a large batch takes, so that readiness does not come back while the
+/// next push would still fail.
+const PROBE_BYTES: usize = 256 * 1024;
+
+/// Ready when the database answers and can write. A service whose disk is full
+/// cannot do its job, taking samples, so it says so: its pod shows not ready
+/// and an alert on unready pods fires, while `/healthz` stays up so that the
+/// kubelet does not restart it (a restart frees no space). Agents treat the
+/// missing endpoint like the 503 they would get and keep their samples.
+/// Readiness must come back without traffic (an unready pod gets none), so
+/// while the writer reports the disk failing, each call probes the file
+/// system by writing and syncing `PROBE_BYTES` next to the database.
 pub async fn readyz(Extract(state): Extract<State>) -> Result<&'static str, ApiError> {
     blocking(&state.reader, |s| s.schema_version())
         .await
-        .map(|_| "ready\n")
         .map_err(|_| {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not_ready",
                 "the database does not answer",
             )
-        })
+        })?;
+    let Some(failure) = state.queue.write_failure() else {
+        return Ok("ready\n");
+    };
+    let database = state.config.database.clone();
+    let probe = tokio::task::spawn_blocking(move || probe_room(&database))
+        .await
+        .map_err(ApiError::internal)?;
+    match probe {
+        Ok(()) => Ok("ready\n"),
+        Err(e) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            format!(
+                "the database cannot write: {}; a {} KiB probe next to it failed: {e}",
+                failure.describe(),
+                PROBE_BYTES / 1024
+            ),
+        )
+        .retry_after(super::DISK_RETRY_AFTER_SECS)),
+    }
+}
+
+/// Writes, syncs and removes a probe file beside the database.
+fn probe_room(database: &Path) -> std::io::Result<()> {
+    let mut name = database.file_name().unwrap_or_default().to_os_string();
+    name.push("-readyz-probe");
+    let path = database.with_file_name(name);
+    let written = std::fs::File::create(&path).and_then(|mut f| {
+        f.write_all(&vec![0u8; PROBE_BYTES])?;
+        f.sync_all()
+    });
+    let removed = std::fs::remove_file(&path);
+    written.and(removed)
 }
 
 pub async fn metrics(Extract(state): Extract<State>) -> Response {

@@ -57,6 +57,50 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
 }
 
+/// Why the database cannot store anything just now. The failed transaction
+/// was rolled back, and the same write may well succeed later: this is the
+/// operator's to fix (free space, replace a disk), not a bug, so the API
+/// answers it 503 with its cause rather than an opaque 500.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unwritable {
+    /// `SQLITE_FULL`: the database's file system (or its quota) has no room.
+    DiskFull,
+    /// `SQLITE_IOERR`: the disk failed a read, write or sync.
+    DiskError,
+}
+
+impl Unwritable {
+    /// The error code the API answers with.
+    pub fn code(self) -> &'static str {
+        match self {
+            Unwritable::DiskFull => "disk_full",
+            Unwritable::DiskError => "disk_error",
+        }
+    }
+
+    /// What is wrong, for an operator reading a response or a log.
+    pub fn cause(self) -> &'static str {
+        match self {
+            Unwritable::DiskFull => "the database's disk is full",
+            Unwritable::DiskError => "the database's disk failed to read or write (I/O error)",
+        }
+    }
+}
+
+impl StoreError {
+    /// The disk trouble behind this error, if that is what it is.
+    pub fn unwritable(&self) -> Option<Unwritable> {
+        let StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) = self else {
+            return None;
+        };
+        match e.code {
+            rusqlite::ErrorCode::DiskFull => Some(Unwritable::DiskFull),
+            rusqlite::ErrorCode::SystemIoFailure => Some(Unwritable::DiskError),
+            _ => None,
+        }
+    }
+}
+
 /// How hard a commit works to survive a power cut.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
@@ -147,6 +191,18 @@ impl Store {
         Ok(())
     }
 
+    /// Caps the database at its current size, as a full disk would (`None`
+    /// lifts the cap): the next write that needs a new page fails with
+    /// `SQLITE_FULL`. Only for tests that cannot mount a small file system.
+    #[cfg(test)]
+    pub(crate) fn cap_size_for_tests(&self, capped: bool) {
+        let pages: i64 = if capped { 1 } else { 1_073_741_823 };
+        // A cap below the current size is raised to it by SQLite.
+        self.conn
+            .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
+            .unwrap();
+    }
+
     fn account_ref(&mut self, id: &str) -> Result<Option<i64>, StoreError> {
         if let Some(r) = self.account_refs.get(id) {
             return Ok(Some(*r));
@@ -201,5 +257,47 @@ mod tests {
         drop(conn);
         let err = Store::open(&path, Durability::Durable).err().unwrap();
         assert!(matches!(err, StoreError::TooNew { found: 99, .. }), "{err}");
+    }
+
+    #[test]
+    fn a_full_or_failing_disk_is_told_apart_from_other_errors() {
+        let failure = |code| {
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(code),
+                None,
+            ))
+        };
+        assert_eq!(
+            failure(rusqlite::ffi::SQLITE_FULL).unwritable(),
+            Some(Unwritable::DiskFull)
+        );
+        assert_eq!(
+            failure(rusqlite::ffi::SQLITE_IOERR_WRITE).unwritable(),
+            Some(Unwritable::DiskError)
+        );
+        assert_eq!(
+            failure(rusqlite::ffi::SQLITE_IOERR_FSYNC).unwritable(),
+            Some(Unwritable::DiskError)
+        );
+        assert_eq!(failure(rusqlite::ffi::SQLITE_CONSTRAINT).unwritable(), None);
+        assert_eq!(failure(rusqlite::ffi::SQLITE_BUSY).unwritable(), None);
+        assert_eq!(StoreError::TokenInUse.unwritable(), None);
+    }
+
+    #[test]
+    fn a_capped_database_fails_a_write_as_a_full_disk_and_takes_it_once_the_cap_is_lifted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db.sqlite"), Durability::Durable).unwrap();
+        store.cap_size_for_tests(true);
+        let write = |s: &Store| -> Result<(), StoreError> {
+            s.conn.execute_batch(
+                "CREATE TABLE IF NOT EXISTS ballast (b BLOB); INSERT INTO ballast VALUES (zeroblob(100000));",
+            )?;
+            Ok(())
+        };
+        let err = write(&store).unwrap_err();
+        assert_eq!(err.unwritable(), Some(Unwritable::DiskFull), "{err}");
+        store.cap_size_for_tests(false);
+        write(&store).unwrap();
     }
 }
