@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::pusher::{Backoff, PushError, Pusher};
 use crate::sampler::Machine;
 use crate::schedule::{next_tick, offset_secs, wait};
-use crate::spool::Spool;
+use crate::spool::{AppendError, Spool};
 
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -79,6 +79,9 @@ struct Agent {
     spool: Option<Spool>,
     /// Samples that could not be written to disk, by seq; pushed all the same.
     memory: BTreeMap<u64, AgentSample>,
+    /// The last seq `memory_seq` handed out, so that it never repeats one in
+    /// this process even after that sample was delivered.
+    last_memory_seq: u64,
     pusher: Pusher,
     /// When the next sample is due, and this node's offset in the interval.
     next_sample: chrono::DateTime<chrono::Utc>,
@@ -131,6 +134,7 @@ pub async fn run(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<()
     let mut agent = Agent {
         spool: None,
         memory: BTreeMap::new(),
+        last_memory_seq: 0,
         pusher,
         next_sample: clock.now(),
         offset,
@@ -215,13 +219,10 @@ impl Agent {
             return;
         }
         match Spool::open(&self.settings.spool_dir, self.settings.max_spool_samples) {
-            Ok(mut spool) => {
-                // Seqs handed out while the disk was away must not be reused.
-                if let Some(&last) = self.memory.keys().next_back() {
-                    while spool.next_seq() <= last {
-                        spool.take_seq();
-                    }
-                }
+            Ok(spool) => {
+                // The samples held in memory meanwhile have seqs from the
+                // clock (`memory_seq`), in the billions; the spool's own
+                // count, one a sample, stays far below them.
                 self.spool = Some(spool);
                 self.ready.store(true, Ordering::Relaxed);
             }
@@ -264,38 +265,39 @@ impl Agent {
         self.metrics.samples_taken.inc();
         self.metrics.node_cores.set(i64::from(count.cores));
         let node = self.settings.node.clone();
-        let stored = match self.spool.as_mut() {
-            Some(spool) => match spool.append(&node, count.cores, at, AGENT_VERSION) {
-                Ok((sample, appended)) => {
-                    if appended.dropped > 0 {
-                        tracing::warn!(
-                            dropped = appended.dropped,
-                            bound = self.settings.max_spool_samples,
-                            "spool full; dropped the oldest samples"
-                        );
-                        self.metrics.dropped("spool_full", appended.dropped);
-                    }
-                    self.ready.store(true, Ordering::Relaxed);
-                    tracing::info!(seq = sample.seq, cores = count.cores, at = %at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true), "sample taken");
-                    true
+        let appended = self
+            .spool
+            .as_mut()
+            .map(|spool| spool.append(&node, count.cores, at, AGENT_VERSION));
+        let kept_as = match appended {
+            Some(Ok((sample, appended))) => {
+                if appended.dropped > 0 {
+                    tracing::warn!(
+                        dropped = appended.dropped,
+                        bound = self.settings.max_spool_samples,
+                        "spool full; dropped the oldest samples"
+                    );
+                    self.metrics.dropped("spool_full", appended.dropped);
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot write the sample to the spool; keeping it in memory");
-                    self.metrics.spool_write_errors.inc();
-                    self.ready.store(false, Ordering::Relaxed);
-                    false
-                }
-            },
-            None => {
-                self.metrics.spool_write_errors.inc();
-                false
+                self.ready.store(true, Ordering::Relaxed);
+                tracing::info!(seq = sample.seq, cores = count.cores, at = %at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true), "sample taken");
+                None
             }
+            Some(Err(AppendError::NotWritten { seq, source })) => {
+                // The seq is reserved on disk: the sample keeps it, and only it.
+                tracing::error!(seq, error = %source, "cannot write the sample to the spool; keeping it in memory under its reserved seq");
+                Some(seq)
+            }
+            Some(Err(e @ AppendError::NoSeq { .. })) => {
+                let seq = self.memory_seq(at);
+                tracing::error!(seq, error = %e, "cannot write the seq to the spool; keeping the sample in memory under a seq from the clock (Unix seconds), which no restart hands out again");
+                Some(seq)
+            }
+            None => Some(self.memory_seq(at)),
         };
-        if !stored {
-            let seq = match self.spool.as_mut() {
-                Some(spool) => spool.take_seq(),
-                None => self.memory_seq(at),
-            };
+        if let Some(seq) = kept_as {
+            self.metrics.spool_write_errors.inc();
+            self.ready.store(false, Ordering::Relaxed);
             tracing::info!(seq, cores = count.cores, at = %at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true), "sample taken (in memory only)");
             self.memory.insert(
                 seq,
@@ -315,12 +317,21 @@ impl Agent {
         self.update_gauges();
     }
 
-    /// A seq when no spool could be opened at all: above anything handed out
-    /// before, and above the Unix time in seconds, so that an agent that
-    /// restarts without its spool still never repeats one.
-    fn memory_seq(&self, at: chrono::DateTime<chrono::Utc>) -> u64 {
-        let last = self.memory.keys().next_back().copied().unwrap_or(0);
-        (last + 1).max(u64::try_from(at.timestamp()).unwrap_or(0))
+    /// A seq when the spool cannot keep one (none could be opened, or its
+    /// `seq` file refuses writes): above anything handed out before, and
+    /// above the Unix time in seconds, so that an agent that restarts without
+    /// its spool still never repeats one (unless the clock goes back).
+    fn memory_seq(&mut self, at: chrono::DateTime<chrono::Utc>) -> u64 {
+        let last = self
+            .memory
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or(0)
+            .max(self.last_memory_seq);
+        let seq = (last + 1).max(u64::try_from(at.timestamp()).unwrap_or(0));
+        self.last_memory_seq = seq;
+        seq
     }
 
     /// Takes the sample now due and schedules the next.

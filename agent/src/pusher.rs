@@ -11,10 +11,10 @@ pub enum PushError {
     Connect(String),
     #[error("the aggregator did not answer in time")]
     Timeout,
-    #[error("the aggregator asks to slow down (429)")]
-    Throttled,
-    #[error("the aggregator failed ({0})")]
-    Server(u16),
+    #[error("the aggregator asks to slow down (429){}", colon(.detail))]
+    Throttled { detail: String },
+    #[error("the aggregator failed ({status}){}", colon(.detail))]
+    Server { status: u16, detail: String },
     #[error("the aggregator refused the request ({status}): {body}")]
     Refused { status: u16, body: String },
     #[error("the aggregator's answer is not what SPEC section 9 describes: {0}")]
@@ -35,8 +35,8 @@ impl PushError {
         match self {
             PushError::Connect(_) => "connect",
             PushError::Timeout => "timeout",
-            PushError::Throttled => "throttled",
-            PushError::Server(_) => "server",
+            PushError::Throttled { .. } => "throttled",
+            PushError::Server { .. } => "server",
             PushError::Refused { .. } => "refused",
             PushError::Decode(_) => "decode",
             PushError::Token(_) => "token",
@@ -82,10 +82,16 @@ impl Pusher {
             .map_err(classify)?;
         let status = response.status();
         if status.as_u16() == 429 {
-            return Err(PushError::Throttled);
+            let detail = error_detail(&read_prefix(response, ERROR_BODY_READ).await);
+            return Err(PushError::Throttled { detail });
         }
         if status.is_server_error() {
-            return Err(PushError::Server(status.as_u16()));
+            // The node's log should say why (`disk_full`, ...), not just 503.
+            let detail = error_detail(&read_prefix(response, ERROR_BODY_READ).await);
+            return Err(PushError::Server {
+                status: status.as_u16(),
+                detail,
+            });
         }
         if !status.is_success() {
             let body = response.text().await.unwrap_or_default();
@@ -110,6 +116,58 @@ impl Pusher {
             )));
         }
         Ok(results)
+    }
+}
+
+/// How much of an error answer is read, and how much of it is kept for the log.
+const ERROR_BODY_READ: usize = 4096;
+const ERROR_DETAIL_CHARS: usize = 300;
+
+/// The first `limit` bytes of the body (fewer if reading it fails): a
+/// misbehaving proxy's endless page is not read to its end.
+async fn read_prefix(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    while body.len() < limit {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    body.truncate(limit);
+    body
+}
+
+/// What an error answer says, for one log line: `code: message` from the
+/// aggregator's `{"error": {"code", "message"}}`, otherwise the text itself;
+/// on one line, at most `ERROR_DETAIL_CHARS` characters.
+fn error_detail(body: &[u8]) -> String {
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let error = parsed.as_ref().map(|v| &v["error"]);
+    let text = match error.and_then(|e| e["code"].as_str()) {
+        Some(code) => match error.and_then(|e| e["message"].as_str()) {
+            Some(message) => format!("{code}: {message}"),
+            None => code.to_string(),
+        },
+        None => String::from_utf8_lossy(body).into_owned(),
+    };
+    let mut one_line: String = text
+        .trim()
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(ERROR_DETAIL_CHARS + 1)
+        .collect();
+    if one_line.chars().count() > ERROR_DETAIL_CHARS {
+        one_line = one_line.chars().take(ERROR_DETAIL_CHARS).collect();
+        one_line.push_str("...");
+    }
+    one_line
+}
+
+fn colon(detail: &str) -> String {
+    if detail.is_empty() {
+        String::new()
+    } else {
+        format!(": {detail}")
     }
 }
 
@@ -178,13 +236,53 @@ mod tests {
     #[test]
     fn only_other_4xx_are_not_retried() {
         assert!(PushError::Timeout.retryable());
-        assert!(PushError::Throttled.retryable());
-        assert!(PushError::Server(503).retryable());
+        assert!(PushError::Throttled {
+            detail: String::new()
+        }
+        .retryable());
+        assert!(PushError::Server {
+            status: 503,
+            detail: String::new()
+        }
+        .retryable());
         assert!(PushError::Connect("refused".into()).retryable());
         assert!(!PushError::Refused {
             status: 401,
             body: String::new()
         }
         .retryable());
+    }
+
+    #[test]
+    fn a_server_error_names_the_aggregators_code_and_message() {
+        let body = br#"{"error":{"code":"disk_full","message":"the disk is full; nothing of this request was stored","field":null}}"#;
+        let e = PushError::Server {
+            status: 503,
+            detail: error_detail(body),
+        };
+        assert_eq!(
+            e.to_string(),
+            "the aggregator failed (503): disk_full: the disk is full; nothing of this request was stored"
+        );
+    }
+
+    #[test]
+    fn an_error_body_that_is_not_the_aggregators_is_kept_short_and_on_one_line() {
+        assert_eq!(error_detail(b""), "");
+        assert_eq!(
+            error_detail(b"<html>\nBad gateway\n</html>"),
+            "<html> Bad gateway </html>"
+        );
+        let long = error_detail("x".repeat(5000).as_bytes());
+        assert_eq!(long.chars().count(), ERROR_DETAIL_CHARS + 3);
+        assert!(long.ends_with("..."));
+        assert_eq!(
+            PushError::Server {
+                status: 502,
+                detail: String::new()
+            }
+            .to_string(),
+            "the aggregator failed (502)"
+        );
     }
 }

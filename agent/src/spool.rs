@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -13,6 +14,12 @@ use shared::wire::AgentSample;
 const PENDING: &str = "pending";
 const CORRUPT: &str = "corrupt";
 const SEQ_FILE: &str = "seq";
+/// The `seq` file's one format since 0.2: exactly this many digits, zero
+/// padded, no newline (`u64::MAX` has 20). A fixed width lets every later
+/// value overwrite the same bytes in place, which needs no free block: a seq
+/// can be reserved on a full disk. Agent 0.1.0 wrote the digits unpadded and
+/// replaced the file each time; it reads the padded form too.
+const SEQ_WIDTH: usize = 20;
 /// Corrupt files kept for inspection; older ones are deleted.
 const CORRUPT_KEPT: usize = 100;
 
@@ -24,6 +31,36 @@ pub enum SpoolError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Why `Spool::append` did not store a sample, and what became of its seq.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// The sample's file could not be written, but its seq is reserved
+    /// (durably in the `seq` file). The caller keeps the sample under this
+    /// seq and no other; no restart hands it out again.
+    #[error("seq {seq} reserved, the sample not written: {source}")]
+    NotWritten {
+        seq: u64,
+        #[source]
+        source: SpoolError,
+    },
+    /// The next seq could not be written to the `seq` file, so none was
+    /// handed out (a restarted agent would hand out the same one again) and
+    /// nothing of the sample stays in the spool. `write` is why its own file
+    /// could not be written, if it could not.
+    #[error("{}cannot reserve a seq: {source}", sample_error(.write))]
+    NoSeq {
+        write: Option<SpoolError>,
+        #[source]
+        source: SpoolError,
+    },
+}
+
+fn sample_error(write: &Option<SpoolError>) -> String {
+    write
+        .as_ref()
+        .map_or_else(String::new, |e| format!("cannot write the sample: {e}; "))
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
@@ -53,7 +90,10 @@ pub struct Spool {
     pending_dir: PathBuf,
     /// Pending seqs and their file sizes.
     files: BTreeMap<u64, u64>,
+    /// The last seq handed out; the `seq` file holds it or more.
     last_seq: u64,
+    /// The `seq` file holds the fixed width, so it is overwritten in place.
+    seq_fixed: bool,
     max_samples: usize,
 }
 
@@ -82,22 +122,38 @@ impl Spool {
             }
         }
         let seq_path = dir.join(SEQ_FILE);
-        let stored_seq = match fs::read_to_string(&seq_path) {
-            Ok(text) => text.trim().parse::<u64>().unwrap_or_else(|_| {
-                tracing::error!(path = %seq_path.display(), content = %text.trim(), "seq file is corrupt; continuing from the highest pending sample");
-                0
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        // Left by an upgrade of the seq file that never completed.
+        let _ = fs::remove_file(seq_path.with_extension("tmp"));
+        let (stored_seq, seq_fixed) = match fs::read(&seq_path) {
+            Ok(bytes) => match parse_seq(&bytes) {
+                Some(parsed) => parsed,
+                None => {
+                    tracing::error!(path = %seq_path.display(), content = %String::from_utf8_lossy(&bytes).trim(), "seq file is corrupt; continuing from the highest pending sample");
+                    (0, false)
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, false),
             Err(e) => return Err(io(&seq_path)(e)),
         };
         let last_seq = stored_seq.max(files.keys().next_back().copied().unwrap_or(0));
-        Ok(Spool {
+        let mut spool = Spool {
             dir: dir.to_path_buf(),
             pending_dir,
             files,
             last_seq,
+            seq_fixed,
             max_samples,
-        })
+        };
+        if !spool.seq_fixed {
+            // Missing, corrupt or written by 0.1.0: write it once in the fixed
+            // width, now, while there may still be room for a new block.
+            // Should that fail, the next reservation tries again; the value
+            // on disk is never lowered either way.
+            if let Err(e) = spool.persist_seq(last_seq) {
+                tracing::warn!(error = %e, "cannot write the seq file in its fixed width yet; trying again at the next sample");
+            }
+        }
+        Ok(spool)
     }
 
     pub fn dir(&self) -> &Path {
@@ -109,12 +165,34 @@ impl Spool {
         self.last_seq + 1
     }
 
-    /// Hands out the next seq without storing a sample (for a sample kept in
-    /// memory while the disk refuses writes).
-    pub fn take_seq(&mut self) -> u64 {
-        self.last_seq += 1;
-        let _ = self.write_seq();
-        self.last_seq
+    /// Hands out the next seq once it is durably in the `seq` file, so that
+    /// no restart can hand it out again. Nothing is handed out on an error.
+    fn reserve(&mut self) -> Result<u64, SpoolError> {
+        let seq = self.last_seq + 1;
+        self.persist_seq(seq)?;
+        self.last_seq = seq;
+        Ok(seq)
+    }
+
+    /// Makes the `seq` file hold `seq`, durably. Once it has the fixed width
+    /// it is overwritten in place: the same bytes of the same file, so no new
+    /// block is needed and a full disk does not refuse it (so on tmpfs, see
+    /// the tests, and on ext4; a copy-on-write file system such as btrfs or
+    /// ZFS may still need room). Before that it is replaced (temporary file,
+    /// fsync, rename, directory fsync), which needs room once.
+    fn persist_seq(&mut self, seq: u64) -> Result<(), SpoolError> {
+        let path = self.dir.join(SEQ_FILE);
+        let text = format!("{seq:0SEQ_WIDTH$}");
+        debug_assert_eq!(text.len(), SEQ_WIDTH);
+        // Should that fail (the file removed, or not writable for this user
+        // while its directory is), replacing it may still work.
+        if self.seq_fixed && overwrite_in_place(&path, text.as_bytes()).is_ok() {
+            return Ok(());
+        }
+        write_durably(&path, text.as_bytes())?;
+        sync_dir(&self.dir)?;
+        self.seq_fixed = true;
+        Ok(())
     }
 
     pub fn len(&self) -> usize {
@@ -133,45 +211,74 @@ impl Spool {
         self.pending_dir.join(format!("{seq:020}.json"))
     }
 
-    /// Stores a new sample with the next seq. When this returns Ok the sample
-    /// and the seq are on disk (written, fsynced, renamed into place, and the
-    /// directory fsynced): a crash after it loses nothing.
+    /// Stores a new sample under the next seq. When this returns Ok its file
+    /// (written, fsynced, renamed into place, the directory fsynced) and the
+    /// seq are on disk: a crash after it loses nothing. On an error nothing
+    /// of the sample is in the spool, and `AppendError` says whether a seq was
+    /// reserved for it, to keep it in memory under.
+    ///
+    /// The file goes first, the `seq` file second: a crash between the two
+    /// leaves the file, and `open` continues after the highest file, so a
+    /// crash never skips a seq (the aggregator would read a gap as a lost
+    /// sample). Only a sample the disk refuses gets its seq reserved alone.
     pub fn append(
         &mut self,
         node: &str,
         cores: u32,
         at: DateTime<Utc>,
         agent_version: &str,
-    ) -> Result<(AgentSample, Appended), SpoolError> {
+    ) -> Result<(AgentSample, Appended), AppendError> {
+        let seq = self.last_seq + 1;
         let sample = AgentSample {
             node: node.to_string(),
             cores,
             at,
-            seq: self.last_seq + 1,
+            seq,
             agent_version: agent_version.to_string(),
         };
         let body = serde_json::to_vec(&sample).expect("a sample serialises");
-        let path = self.path_of(sample.seq);
-        write_durably(&path, &body)?;
-        sync_dir(&self.pending_dir)?;
-        self.last_seq = sample.seq;
-        self.files.insert(sample.seq, body.len() as u64);
-        self.write_seq()?;
+        let path = self.path_of(seq);
+        let written = write_durably(&path, &body).and_then(|()| {
+            sync_dir(&self.pending_dir).inspect_err(|_| {
+                // Not known to be durable, so not stored.
+                let _ = fs::remove_file(&path);
+            })
+        });
+        if let Err(write) = written {
+            return Err(match self.reserve() {
+                Ok(seq) => AppendError::NotWritten { seq, source: write },
+                Err(source) => AppendError::NoSeq {
+                    write: Some(write),
+                    source,
+                },
+            });
+        }
+        if let Err(source) = self.persist_seq(seq) {
+            // Delivered and removed, the file would leave nothing on disk to
+            // say that its seq was handed out: take it back. (Should the file
+            // stay all the same, it is delivered after a restart under its
+            // seq, beside the copy the caller keeps: one measurement twice,
+            // which the node-hour maximum absorbs, rather than a seq twice.)
+            let _ = fs::remove_file(&path);
+            let _ = sync_dir(&self.pending_dir);
+            return Err(AppendError::NoSeq {
+                write: None,
+                source,
+            });
+        }
+        self.last_seq = seq;
+        self.files.insert(seq, body.len() as u64);
+        // The sample is stored: failing to drop an old one must not say otherwise.
         let mut appended = Appended::default();
         while self.files.len() > self.max_samples {
             let (&oldest, _) = self.files.iter().next().expect("not empty");
-            self.remove(oldest)?;
+            if let Err(e) = self.remove(oldest) {
+                tracing::error!(error = %e, seq = oldest, "cannot drop the oldest sample to stay within the bound");
+                break;
+            }
             appended.dropped += 1;
         }
         Ok((sample, appended))
-    }
-
-    fn write_seq(&self) -> Result<(), SpoolError> {
-        write_durably(
-            &self.dir.join(SEQ_FILE),
-            self.last_seq.to_string().as_bytes(),
-        )?;
-        sync_dir(&self.dir)
     }
 
     /// Up to `limit` pending samples, oldest first. A file that cannot be read
@@ -250,20 +357,45 @@ impl Spool {
     }
 }
 
+/// The value of a `seq` file and whether it has the fixed width. Agent 0.1.0
+/// wrote unpadded digits; a trailing newline (a hand edit) is accepted too.
+fn parse_seq(bytes: &[u8]) -> Option<(u64, bool)> {
+    let fixed = bytes.len() == SEQ_WIDTH && bytes.iter().all(u8::is_ascii_digit);
+    let value = std::str::from_utf8(bytes).ok()?.trim().parse().ok()?;
+    Some((value, fixed))
+}
+
+/// Overwrites the first bytes of the existing file at `path` with `body`,
+/// without truncating it, and waits until they are on disk.
+fn overwrite_in_place(path: &Path, body: &[u8]) -> std::io::Result<()> {
+    let f = OpenOptions::new().write(true).open(path)?;
+    f.write_all_at(body, 0)?;
+    // The size does not change, so the data is all there is to sync.
+    f.sync_data()
+}
+
 /// Writes `body` to `path` so that after return either the old file or the
 /// whole new one is there, on disk: write a temporary file, fsync, rename.
+/// A temporary file the disk refused is removed at once.
 fn write_durably(path: &Path, body: &[u8]) -> Result<(), SpoolError> {
     let tmp = path.with_extension("tmp");
+    let written = write_synced(&tmp, body)
+        .map_err(io(&tmp))
+        .and_then(|()| fs::rename(&tmp, path).map_err(io(path)));
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
+}
+
+fn write_synced(path: &Path, body: &[u8]) -> std::io::Result<()> {
     let mut f = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    f.write_all(body).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(io(path))
+        .open(path)?;
+    f.write_all(body)?;
+    f.sync_all()
 }
 
 fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
@@ -350,6 +482,257 @@ mod tests {
             0,
             "reported once, not on every load"
         );
+    }
+
+    fn seq_file(dir: &Path) -> String {
+        fs::read_to_string(dir.join(SEQ_FILE)).unwrap()
+    }
+
+    fn leftovers(dir: &Path) -> Vec<String> {
+        [dir.to_path_buf(), dir.join(PENDING)]
+            .iter()
+            .flat_map(|d| fs::read_dir(d).unwrap())
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect()
+    }
+
+    #[test]
+    fn the_seq_file_has_a_fixed_width_and_is_overwritten_in_place() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 10).unwrap();
+        assert_eq!(
+            seq_file(dir.path()),
+            "00000000000000000000",
+            "created at open"
+        );
+        let inode = fs::metadata(dir.path().join(SEQ_FILE)).unwrap().ino();
+        for _ in 0..3 {
+            spool.append("n", 4, at(), "t").unwrap();
+        }
+        assert_eq!(seq_file(dir.path()), "00000000000000000003");
+        assert_eq!(
+            fs::metadata(dir.path().join(SEQ_FILE)).unwrap().ino(),
+            inode,
+            "the same file, not a replacement"
+        );
+        drop(spool);
+        assert_eq!(Spool::open(dir.path(), 10).unwrap().next_seq(), 4);
+    }
+
+    #[test]
+    fn a_seq_file_of_agent_0_1_0_is_read_and_upgraded_once() {
+        for (old, pending, next) in [("7", 0, 8), ("7\n", 0, 8), ("7", 9, 10), ("12", 9, 13)] {
+            let dir = tempfile::tempdir().unwrap();
+            fs::create_dir_all(dir.path().join(PENDING)).unwrap();
+            fs::write(dir.path().join(SEQ_FILE), old).unwrap();
+            if pending > 0 {
+                let sample = r#"{"node":"n","cores":4,"at":"2026-11-24T10:03:00Z","seq":SEQ,"agent_version":"0.1.0"}"#;
+                fs::write(
+                    dir.path().join(PENDING).join(format!("{pending:020}.json")),
+                    sample.replace("SEQ", &pending.to_string()),
+                )
+                .unwrap();
+            }
+            let mut spool = Spool::open(dir.path(), 10).unwrap();
+            assert_eq!(spool.next_seq(), next, "from {old:?}");
+            assert_eq!(seq_file(dir.path()), format!("{:020}", next - 1));
+            assert_eq!(spool.append("n", 4, at(), "t").unwrap().0.seq, next);
+            assert_eq!(seq_file(dir.path()), format!("{next:020}"));
+            assert!(leftovers(dir.path()).is_empty());
+        }
+    }
+
+    #[test]
+    fn a_seq_file_that_cannot_be_upgraded_yet_keeps_its_value_until_it_can() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join(PENDING)).unwrap();
+        fs::write(dir.path().join(SEQ_FILE), "7").unwrap();
+        // A directory where the temporary file goes: replacing the file fails.
+        let blocker = dir.path().join("seq.tmp");
+        fs::create_dir(&blocker).unwrap();
+        let mut spool = Spool::open(dir.path(), 10).unwrap();
+        assert_eq!(seq_file(dir.path()), "7", "the old value is kept");
+        assert_eq!(spool.next_seq(), 8);
+        assert!(matches!(
+            spool.append("n", 4, at(), "t"),
+            Err(AppendError::NoSeq { .. })
+        ));
+        assert_eq!(seq_file(dir.path()), "7");
+        assert_eq!(spool.next_seq(), 8, "nothing handed out");
+        assert!(
+            !spool.path_of(8).exists(),
+            "the sample's file is taken back"
+        );
+        fs::remove_dir(&blocker).unwrap();
+        assert_eq!(spool.append("n", 4, at(), "t").unwrap().0.seq, 8);
+        assert_eq!(seq_file(dir.path()), "00000000000000000008");
+    }
+
+    #[test]
+    fn a_sample_the_disk_refuses_keeps_a_reserved_seq_that_reopening_never_reuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 10).unwrap();
+        assert_eq!(spool.append("n", 4, at(), "t").unwrap().0.seq, 1);
+        // A directory where seq 2's file goes: the rename into place fails.
+        let blocker = spool.path_of(2);
+        fs::create_dir(&blocker).unwrap();
+        match spool.append("n", 4, at(), "t") {
+            Err(AppendError::NotWritten { seq, source }) => {
+                assert_eq!(seq, 2);
+                assert!(source.to_string().contains("00000000000000000002.json"));
+            }
+            other => panic!("expected NotWritten, got {other:?}"),
+        }
+        assert_eq!(
+            seq_file(dir.path()),
+            format!("{:020}", 2),
+            "seq 2 is reserved"
+        );
+        assert!(
+            leftovers(dir.path()).is_empty(),
+            "no temporary file is left"
+        );
+        assert!(!spool.contains(2));
+        assert_eq!(spool.next_seq(), 3, "never handed out twice");
+        drop(spool);
+        fs::remove_dir(&blocker).unwrap();
+        let mut spool = Spool::open(dir.path(), 10).unwrap();
+        assert_eq!(
+            spool.append("n", 4, at(), "t").unwrap().0.seq,
+            3,
+            "a restarted agent does not reuse the seq of a sample kept in memory"
+        );
+        let seqs: Vec<u64> = spool.load(10).samples.iter().map(|s| s.seq).collect();
+        assert_eq!(seqs, vec![1, 3]);
+    }
+
+    #[test]
+    fn a_seq_that_cannot_be_written_is_not_handed_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 10).unwrap();
+        assert_eq!(spool.append("n", 4, at(), "t").unwrap().0.seq, 1);
+        let seq_path = dir.path().join(SEQ_FILE);
+        fs::remove_file(&seq_path).unwrap();
+        fs::create_dir(&seq_path).unwrap();
+        assert!(matches!(
+            spool.append("n", 4, at(), "t"),
+            Err(AppendError::NoSeq { write: None, .. })
+        ));
+        assert_eq!(spool.len(), 1, "no file without a persisted seq");
+        assert!(
+            !spool.path_of(2).exists(),
+            "the sample's file is taken back"
+        );
+        assert_eq!(spool.next_seq(), 2);
+        assert!(leftovers(dir.path()).is_empty());
+        // Neither the sample's file nor the seq: both reasons are told.
+        let blocker = spool.path_of(2);
+        fs::create_dir(&blocker).unwrap();
+        match spool.append("n", 4, at(), "t") {
+            Err(e @ AppendError::NoSeq { write: Some(_), .. }) => {
+                let text = e.to_string();
+                assert!(
+                    text.contains("cannot write the sample")
+                        && text.contains("cannot reserve a seq"),
+                    "{text}"
+                );
+            }
+            other => panic!("expected NoSeq, got {other:?}"),
+        }
+        fs::remove_dir(&blocker).unwrap();
+        fs::remove_dir(&seq_path).unwrap();
+        assert_eq!(spool.append("n", 4, at(), "t").unwrap().0.seq, 2);
+        assert_eq!(seq_file(dir.path()), format!("{:020}", 2));
+    }
+
+    #[test]
+    fn reopening_continues_after_the_seq_file_or_the_highest_file_whichever_is_higher() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 10).unwrap();
+        spool.append("n", 4, at(), "t").unwrap();
+        spool.append("n", 4, at(), "t").unwrap();
+        drop(spool);
+        // A crash after seq 2's file, before the seq file: no seq is skipped.
+        fs::write(dir.path().join(SEQ_FILE), format!("{:020}", 1)).unwrap();
+        let mut spool = Spool::open(dir.path(), 10).unwrap();
+        assert_eq!(spool.next_seq(), 3);
+        spool.remove(1).unwrap();
+        spool.remove(2).unwrap();
+        drop(spool);
+        // Seq 5 reserved for a sample kept in memory: no file, still taken.
+        fs::write(dir.path().join(SEQ_FILE), format!("{:020}", 5)).unwrap();
+        assert_eq!(Spool::open(dir.path(), 10).unwrap().next_seq(), 6);
+    }
+
+    /// A small tmpfs, unmounted when dropped.
+    struct Tmpfs(PathBuf);
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+
+    /// Appends to `path` until the file system refuses.
+    fn fill(path: &Path) {
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        while f.write_all(&[0u8; 4096]).is_ok() {}
+    }
+
+    #[test]
+    fn on_a_full_tmpfs_the_seq_is_still_reserved_in_place_and_the_sample_kept_under_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !mounted {
+            assert!(
+                std::env::var("CORE_METER_REQUIRE_ROOT").as_deref() != Ok("1"),
+                "CORE_METER_REQUIRE_ROOT=1 but a tmpfs cannot be mounted"
+            );
+            eprintln!("skipped: a tmpfs cannot be mounted here (needs root)");
+            return;
+        }
+        let mnt = Tmpfs(dir.path().to_path_buf());
+        let spool_dir = mnt.0.join("spool");
+        let mut spool = Spool::open(&spool_dir, 10).unwrap();
+        assert_eq!(spool.append("n", 4, at(), "t").unwrap().0.seq, 1);
+        fill(&mnt.0.join("ballast"));
+        for expected in 2..=4 {
+            match spool.append("n", 4, at(), "t") {
+                Err(AppendError::NotWritten { seq, source }) => {
+                    assert_eq!(seq, expected);
+                    assert!(
+                        source.to_string().contains("No space left on device"),
+                        "{source}"
+                    );
+                }
+                other => panic!("expected NotWritten, got {other:?}"),
+            }
+            assert_eq!(
+                seq_file(&spool_dir),
+                format!("{expected:020}"),
+                "the full disk took the seq in place"
+            );
+            assert!(
+                leftovers(&spool_dir).is_empty(),
+                "no empty temporary file is left"
+            );
+        }
+        drop(spool);
+        // Restarted while still full: the seqs of the samples held in memory stay taken.
+        let mut spool = Spool::open(&spool_dir, 10).unwrap();
+        assert_eq!(spool.next_seq(), 5);
+        fs::remove_file(mnt.0.join("ballast")).unwrap();
+        assert_eq!(spool.append("n", 4, at(), "t").unwrap().0.seq, 5);
     }
 
     #[test]

@@ -228,7 +228,10 @@ impl Drop for BadSpool {
     }
 }
 
-fn an_unwritable_spool_is_reported_and_the_agent_keeps_running(bad: BadSpool, node: &str) {
+fn an_unwritable_spool_is_reported_and_the_agent_keeps_running(
+    bad: &BadSpool,
+    node: &str,
+) -> (Agent, FakeAggregator) {
     let server = FakeAggregator::start(Mode::Normal);
     let mut agent = Agent::start(&options(server.url(), &bad.path, node));
     eventually(Duration::from_secs(15), "write errors are counted", || {
@@ -253,6 +256,14 @@ fn an_unwritable_spool_is_reported_and_the_agent_keeps_running(bad: BadSpool, no
         agent.log_text().contains("spool"),
         "the log says what is wrong"
     );
+    (agent, server)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 #[test]
@@ -262,7 +273,24 @@ fn a_read_only_spool_is_reported_and_the_agent_keeps_running() {
         eprintln!("mount not permitted here: using a spool path under a plain file instead");
         BadSpool::file_in_the_way(dir.path())
     });
-    an_unwritable_spool_is_reported_and_the_agent_keeps_running(bad, "node-ro");
+    let started = unix_now();
+    let (agent, server) =
+        an_unwritable_spool_is_reported_and_the_agent_keeps_running(&bad, "node-ro");
+    // No seq can be kept on disk, so each comes from the clock: a restarted
+    // agent, which cannot know them, still never hands one out again.
+    let seqs = server.stored_seqs();
+    assert!(
+        seqs.iter().all(|&s| s >= started),
+        "seqs from the clock, not from the stale seq file: {seqs:?}"
+    );
+    if bad.mount.is_some() {
+        let log = agent.log_text();
+        assert!(
+            log.contains("cannot write the seq to the spool")
+                && log.contains("Read-only file system"),
+            "the log says the seq could not be kept:\n{log}"
+        );
+    }
 }
 
 #[test]
@@ -272,7 +300,28 @@ fn a_full_spool_is_reported_and_the_agent_keeps_running() {
         eprintln!("mount not permitted here: using a spool path under a plain file instead");
         BadSpool::file_in_the_way(dir.path())
     });
-    an_unwritable_spool_is_reported_and_the_agent_keeps_running(bad, "node-full");
+    an_unwritable_spool_is_reported_and_the_agent_keeps_running(&bad, "node-full");
+}
+
+#[test]
+fn an_aggregator_error_is_logged_with_the_code_it_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let server = FakeAggregator::start(Mode::DiskFull);
+    let agent = Agent::start(&options(server.url(), &spool, "node-e"));
+    eventually(Duration::from_secs(10), "a push was refused", || {
+        server.requests() >= 1 && agent.log_text().contains("push failed")
+    });
+    let log = agent.log_text();
+    assert!(
+        log.contains("the aggregator failed (503): disk_full: the aggregator's disk is full; nothing of this request was stored"),
+        "the node's log says why the aggregator failed:\n{log}"
+    );
+    assert!(!spool_listing(&spool).is_empty(), "the samples are kept");
+    server.set_mode(Mode::Normal);
+    eventually(Duration::from_secs(10), "the kept samples arrive", || {
+        server.stored_seqs().contains(&1)
+    });
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! Campaign, issue 7 scenario 4, "Full disk": the agent's spool, then the aggregator's database, on a small tmpfs that fills up, with the real binaries. Both keep running and say so (metrics, readiness, logs, a 503 naming the cause), nothing is acknowledged that was not stored, and both go on once space returns. Two ignored tests reproduce agent bugs the campaign found.
+//! Campaign, issue 7 scenario 4, "Full disk": the agent's spool, then the aggregator's database, on a small tmpfs that fills up, with the real binaries. Both keep running and say so (metrics, readiness, logs, a 503 naming the cause), nothing is acknowledged that was not stored, and both go on once space returns. Two more tests reproduce agent bugs the campaign found, now fixed, and keep them fixed.
 //!
 //! Mounting needs root: without it the tests say why and pass, unless
 //! `CORE_METER_REQUIRE_ROOT=1` (CI runs them as root and sets it).
@@ -207,8 +207,8 @@ fn metric(agent: SocketAddr, name: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
-/// Samples in the agent's spool: `pending/*.json` (a write the disk refused
-/// leaves an empty `.tmp` behind, which `AgentProc::pending` would count).
+/// Samples in the agent's spool: `pending/*.json` (a write cut short by a
+/// crash can leave a `.tmp` behind, which `AgentProc::pending` would count).
 fn spooled(agent: &AgentProc) -> usize {
     std::fs::read_dir(agent.spool.join("pending")).map_or(0, |d| {
         d.filter(|e| {
@@ -708,14 +708,16 @@ fn a_full_disk_under_the_agent_or_the_aggregator_is_reported_refused_and_recover
     );
 }
 
-/// Known agent bug, found by this campaign: `Spool::append` renames the
-/// sample's file into `pending/` and then fails to write the `seq` file (the
-/// sample took the last page). The daemon treats that as a refused write and
-/// keeps the same measurement in memory under the next seq, so the spool file
-/// and the memory copy are both delivered: one instant stored under two seqs,
-/// one of them never logged as taken. Fix in `agent/src/spool.rs`.
+/// An agent bug found by this campaign, fixed: `Spool::append` renamed the
+/// sample's file into `pending/` and then failed to write the `seq` file (the
+/// sample took the last page). The daemon treated that as a refused write and
+/// kept the same measurement in memory under the next seq, so the spool file
+/// and the memory copy were both delivered: one instant stored under two
+/// seqs, one of them never logged as taken. Now the fixed-width `seq` file
+/// is overwritten in place, which needs no new page, so a sample whose file
+/// fits is stored with its seq; one whose file the disk refuses gets its seq
+/// reserved in the `seq` file and is kept in memory under that seq only.
 #[test]
-#[ignore = "known agent bug: a sample whose seq file cannot be written is kept twice"]
 fn a_disk_with_room_for_the_sample_but_not_its_seq_keeps_one_measurement_once() {
     let dir = tempfile::tempdir().unwrap();
     let Some(disk) = mount_or_skip(&dir.path().join("spool-disk"), "64k") else {
@@ -777,15 +779,15 @@ fn a_disk_with_room_for_the_sample_but_not_its_seq_keeps_one_measurement_once() 
     Reconciled::of(&agent, &stored(&service, "acme", since)).assert_clean(&agent);
 }
 
-/// Known agent bug, found by this campaign: while the spool is full,
-/// `Spool::take_seq` hands out seqs to the samples kept in memory but cannot
-/// persist them (`let _ = self.write_seq()`). Delivered and acknowledged, those
-/// samples are gone from memory; an agent restarted before the disk takes a
-/// write again starts from the stale `seq` file, hands the same seqs to new
-/// samples, and the aggregator answers them `duplicate`: the agent drops them
-/// as delivered. Silent loss. Fix in `agent/src/spool.rs`/`daemon.rs`.
+/// An agent bug found by this campaign, fixed: while the spool was full,
+/// `Spool::take_seq` handed out seqs to the samples kept in memory but could
+/// not persist them. Delivered and acknowledged, those samples were gone from
+/// memory; an agent restarted before the disk took a write again started from
+/// the stale `seq` file, handed the same seqs to new samples, and the
+/// aggregator answered them `duplicate`: the agent dropped them as delivered.
+/// Silent loss. Now every seq is in the `seq` file before it is handed out:
+/// the fixed-width file is overwritten in place, which a full disk allows.
 #[test]
-#[ignore = "known agent bug: a restart while the spool is full reuses seqs and loses samples"]
 fn an_agent_restarted_while_its_spool_is_full_hands_out_no_seq_twice() {
     let dir = tempfile::tempdir().unwrap();
     let Some(mut disk) = mount_or_skip(&dir.path().join("spool-disk"), "256k") else {

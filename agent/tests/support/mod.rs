@@ -29,6 +29,8 @@ pub enum Mode {
     StoreThenHang,
     /// Answers 503 without storing.
     Unavailable,
+    /// Answers 503 with the aggregator's body for a full disk, without storing.
+    DiskFull,
     /// Answers every sample `rejected` (`too_old`) without storing.
     RejectAll,
 }
@@ -69,6 +71,20 @@ async fn ingest(
     let mode = *mode.lock().unwrap();
     if mode == Mode::Unavailable {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    if mode == Mode::DiskFull {
+        received.lock().unwrap().requests += 1;
+        let body = serde_json::json!({"error": {
+            "code": "disk_full",
+            "message": "the aggregator's disk is full; nothing of this request was stored",
+            "field": null,
+        }});
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [("retry-after", "60")],
+            Json(body),
+        )
+            .into_response();
     }
     if mode == Mode::RejectAll {
         received.lock().unwrap().requests += 1;
