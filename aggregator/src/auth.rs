@@ -36,6 +36,15 @@ pub fn check_token_form(prefix: &str, token: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The prefix of every cluster token: `cmc_` and 64 lowercase hex characters.
+pub const CLUSTER_TOKEN_PREFIX: &str = "cmc";
+
+/// Whether `token` has the form of a cluster token. Generated and supplied
+/// cluster tokens all do, so anything else is refused without a look-up.
+pub fn looks_like_cluster_token(token: &str) -> bool {
+    check_token_form(CLUSTER_TOKEN_PREFIX, token).is_ok()
+}
+
 /// What is stored in place of a token.
 pub fn hash_token(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
@@ -74,6 +83,8 @@ mod tests {
     #[test]
     fn a_supplied_token_must_have_the_form_of_a_generated_one() {
         assert_eq!(check_token_form("cmc", &new_token("cmc")), Ok(()));
+        assert!(looks_like_cluster_token(&new_token(CLUSTER_TOKEN_PREFIX)));
+        assert!(!looks_like_cluster_token(&new_token("cma")));
         let hex = "0123456789abcdef".repeat(4);
         assert_eq!(check_token_form("cmc", &format!("cmc_{hex}")), Ok(()));
         let refused = [

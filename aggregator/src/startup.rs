@@ -1,13 +1,18 @@
 //! Building and running the service: the store connections, the admin token, the ingest writer, the billing job, the outbox worker and the HTTP server.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use prometheus_client::registry::Registry;
 use shared::clock::Clock;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 use crate::auth::hash_token;
 use crate::config::Config;
@@ -15,6 +20,19 @@ use crate::ingest_writer::IngestQueue;
 use crate::routes::{router, AppState, State};
 use crate::service_metrics::ServiceMetrics;
 use crate::store::{Durability, Store};
+
+/// Connections served at once at most. Past it the service stops accepting
+/// (the kernel's backlog holds the rest) until one closes; an idle one closes
+/// within the header read timeout. Without a cap, idle or slow connections
+/// pinned a descriptor each until the open-files limit, and then neither a
+/// probe nor SQLite could open anything.
+pub const MAX_CONNECTIONS: usize = 4_096;
+/// Descriptors left for the database, its journal and the rest when a low
+/// open-files limit lowers the cap.
+const RESERVED_DESCRIPTORS: usize = 64;
+/// The most bytes of a request's head (request line and headers) buffered;
+/// a longer head is answered 431. An agent's is about 300 bytes.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// Knobs tests turn; production uses the defaults.
 #[derive(Debug, Clone)]
@@ -134,11 +152,13 @@ impl Application {
                 stop_rx.clone(),
             ))
         });
-        tracing::info!(listen = %listener.local_addr()?, database = %state.config.database.display(), zone = state.config.billing.zone.name(), "aggregator serving");
+        let limits = ConnectionLimits {
+            max_connections: connection_cap(),
+            header_read_timeout: state.config.request_timeout,
+        };
+        tracing::info!(listen = %listener.local_addr()?, database = %state.config.database.display(), zone = state.config.billing.zone.name(), max_connections = limits.max_connections, "aggregator serving");
         let app = router(state.clone());
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        serve(listener, app, shutdown, limits).await;
         let _ = stop_tx.send(true);
         let _ = billing.await;
         if let Some(d) = delivery {
@@ -149,8 +169,111 @@ impl Application {
         tokio::task::spawn_blocking(move || writer.join())
             .await
             .ok();
-        served.context("serve HTTP")
+        Ok(())
     }
+}
+
+/// What one client may hold of the server.
+#[derive(Debug, Clone, Copy)]
+struct ConnectionLimits {
+    max_connections: usize,
+    /// A request's head must arrive within this, and an idle kept-alive
+    /// connection is closed after it. It is `request_timeout_secs`, which
+    /// bounds the rest of the request (the body and the answer).
+    header_read_timeout: Duration,
+}
+
+/// [`MAX_CONNECTIONS`], or fewer when the open-files limit is lower.
+fn connection_cap() -> usize {
+    let soft = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|t| open_files_soft_limit(&t));
+    soft.map_or(MAX_CONNECTIONS, |n| {
+        n.saturating_sub(RESERVED_DESCRIPTORS)
+            .clamp(1, MAX_CONNECTIONS)
+    })
+}
+
+/// The soft "Max open files" of `/proc/self/limits`; `None` when unlimited.
+fn open_files_soft_limit(limits: &str) -> Option<usize> {
+    let rest = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+/// Serves HTTP/1 until `shutdown` resolves, then lets the connections finish
+/// what they are doing. `axum::serve` sets no timer, so hyper's header read
+/// timeout never fired: a client sending its head a byte a second held its
+/// connection for ever. Here the head has a deadline and connections a cap.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    limits: ConnectionLimits,
+) {
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut shutdown = pin!(shutdown);
+    let mut full = false;
+    loop {
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => {
+                full = false;
+                slot
+            }
+            Err(_) => {
+                if !full {
+                    tracing::warn!(
+                        max_connections = limits.max_connections,
+                        "connection cap reached; accepting again when one closes"
+                    );
+                    full = true;
+                }
+                tokio::select! {
+                    slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+                    () = &mut shutdown => break,
+                }
+            }
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    if !is_connection_error(&e) {
+                        // Out of descriptors or memory: wait rather than spin.
+                        tracing::warn!(error = %e, "cannot accept a connection; trying again in a second");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(MAX_HEAD_BYTES)
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection closed");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// An error of one connection that the next accept does not share.
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        e.kind(),
+        K::ConnectionRefused | K::ConnectionAborted | K::ConnectionReset
+    )
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -168,4 +291,22 @@ pub async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
     }
     tracing::info!("stopping: finishing requests in flight");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_cap_follows_a_low_open_files_limit() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max processes             63704                63704                processes \n\
+                      Max open files            1024                 524288               files     \n";
+        assert_eq!(open_files_soft_limit(limits), Some(1024));
+        let unlimited =
+            "Max open files            unlimited            unlimited            files     \n";
+        assert_eq!(open_files_soft_limit(unlimited), None);
+        assert_eq!(open_files_soft_limit(""), None);
+        assert!((1..=MAX_CONNECTIONS).contains(&connection_cap()));
+    }
 }

@@ -142,15 +142,28 @@ async fn tokens_decide_who_may_do_what() {
         .await;
     assert_eq!(s, 401);
 
-    // A cluster token cannot use the admin API.
-    let (s, _) = app
+    // A cluster token cannot use the admin API: a valid token without the
+    // right is 403; a token that is none of the service's is 401.
+    let (s, v) = app
         .call(Method::GET, "/v1/admin/accounts/acme", Some(&acme), None)
         .await;
-    assert_eq!(s, 401);
+    assert_eq!((s, v["error"]["code"].as_str()), (403, Some("forbidden")));
     let (s, _) = app
         .call(Method::POST, "/v1/admin/billing-runs", Some(&acme), None)
         .await;
-    assert_eq!(s, 401);
+    assert_eq!(s, 403);
+    let (s, v) = app
+        .call(
+            Method::GET,
+            "/v1/admin/accounts/acme",
+            Some("cmc_wrong"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
 
     // The body cannot name another account: rival's token writes rival's samples only.
     let mut claims_acme = sample.clone();

@@ -21,7 +21,7 @@ pub enum Rejection {
     InvalidAt,
     InFuture,
     TooOld,
-    /// `seq` is present but not a whole number from 0 to 2^63 - 1 (checked by the ingest endpoint).
+    /// `seq` is present but not a whole number from 0 to 2^63 - 1 (checked when the batch is decoded, `wire::decode_batch`).
     InvalidSeq,
 }
 

@@ -1,6 +1,9 @@
 //! The admin API: accounts, clusters and their tokens, licences, the cap, the audit trail, billing runs, bills, the outbox.
 
-use axum::extract::{Path, Query, Request, State as Extract};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequestParts, Path, Query, Request, State as Extract};
+use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -13,11 +16,15 @@ use shared::overage::{Licence, LICENCE_GRACE_DAYS};
 use shared::sample::parse_instant;
 
 use super::{blocking, ApiError, State};
-use crate::auth::{bearer, token_matches};
+use crate::auth::{bearer, looks_like_cluster_token, token_matches};
 use crate::billing::run_billing;
 use crate::service_metrics::KindLabels;
 
-/// Only the admin token passes; a cluster token gets 401 like any other.
+/// Only the admin token passes. A live cluster token is answered 403: it is
+/// a valid credential that lacks the right (RFC 9110 section 15.5.4), and the
+/// operator who pasted the wrong Secret learns which one it was. It tells a
+/// caller nothing `POST /v1/samples` would not. Anything else is 401. Only a
+/// string shaped like a cluster token is looked up, so garbage costs no query.
 pub async fn require_admin(
     Extract(state): Extract<State>,
     request: Request,
@@ -29,21 +36,85 @@ pub async fn require_admin(
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok()),
     );
-    match presented {
-        Some(token) if token_matches(token, &state.admin_token_hash) => next.run(request).await,
-        Some(_) => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "not the admin token",
-        )
-        .into_response(),
-        None => ApiError::new(
+    let Some(token) = presented else {
+        tracing::debug!("admin request refused: no bearer token");
+        return ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "the admin token is required (Authorization: Bearer …)",
         )
-        .into_response(),
+        .into_response();
+    };
+    if token_matches(token, &state.admin_token_hash) {
+        return next.run(request).await;
     }
+    if looks_like_cluster_token(token) {
+        let token = token.to_string();
+        match blocking(&state.reader, move |s| s.cluster_for_token(&token)).await {
+            Ok(Some(_)) => {
+                tracing::debug!("admin request refused: a cluster token");
+                return ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "a cluster token cannot call the admin API; use the admin token",
+                )
+                .into_response();
+            }
+            Ok(None) => {}
+            Err(e) => return e.into_response(),
+        }
+    }
+    tracing::debug!("admin request refused: not the admin token");
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "not the admin token",
+    )
+    .into_response()
+}
+
+/// A path parameter, refused in the API's error format (an ID that is not
+/// UTF-8, say) rather than axum's plain text.
+pub struct ApiPath<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(v)| ApiPath(v))
+            .map_err(|e| ApiError::bad_request("path", e.body_text()))
+    }
+}
+
+/// A query string, refused in the API's error format.
+pub struct ApiQuery<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| ApiQuery(v))
+            .map_err(|e| ApiError::bad_request("query", e.body_text()))
+    }
+}
+
+/// The body, or the API's own error when it cannot be read (over 1 MiB is 413).
+fn read(raw: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    raw.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                "the body is over 1 MiB",
+            )
+        } else {
+            ApiError::bad_request("", format!("cannot read the body: {e}"))
+        }
+    })
 }
 
 /// A JSON body, with a 400 naming the problem when it is not what the route takes.
@@ -81,8 +152,9 @@ struct NewAccount {
 
 pub async fn create_account(
     Extract(state): Extract<State>,
-    raw: axum::body::Bytes,
+    raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let raw = read(raw)?;
     let NewAccount { id } = body(&raw)?;
     let now = state.clock.now();
     let created = id.clone();
@@ -92,7 +164,7 @@ pub async fn create_account(
 
 pub async fn get_account(
     Extract(state): Extract<State>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     let now = state.clock.now();
     let default_cap = state.config.billing.rules.default_cap_cores;
@@ -138,9 +210,10 @@ struct NewCluster {
 
 pub async fn create_cluster(
     Extract(state): Extract<State>,
-    Path(id): Path<String>,
-    raw: axum::body::Bytes,
+    ApiPath(id): ApiPath<String>,
+    raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let raw = read(raw)?;
     let NewCluster { name, token } = body(&raw)?;
     let now = state.clock.now();
     let cluster = name.clone();
@@ -165,9 +238,10 @@ struct Rotation {
 
 pub async fn rotate_token(
     Extract(state): Extract<State>,
-    Path((id, name)): Path<(String, String)>,
-    raw: axum::body::Bytes,
+    ApiPath((id, name)): ApiPath<(String, String)>,
+    raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let raw = read(raw)?;
     // The route took no body before, so an empty one still asks for a generated token.
     let Rotation { token } = if raw.trim_ascii().is_empty() {
         Rotation::default()
@@ -193,9 +267,10 @@ struct NewLicence {
 
 pub async fn add_licence(
     Extract(state): Extract<State>,
-    Path(id): Path<String>,
-    raw: axum::body::Bytes,
+    ApiPath(id): ApiPath<String>,
+    raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let raw = read(raw)?;
     let l: NewLicence = body(&raw)?;
     let (start, end) = (instant("start", &l.start)?, instant("end", &l.end)?);
     if end < start {
@@ -226,9 +301,10 @@ struct NewCap {
 
 pub async fn set_cap(
     Extract(state): Extract<State>,
-    Path(id): Path<String>,
-    raw: axum::body::Bytes,
+    ApiPath(id): ApiPath<String>,
+    raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let raw = read(raw)?;
     let NewCap { cores } = body(&raw)?;
     let now = state.clock.now();
     blocking(&state.store, move |s| s.set_cap(&id, cores, now, now)).await?;
@@ -242,8 +318,8 @@ pub struct DayQuery {
 
 pub async fn audit_samples(
     Extract(state): Extract<State>,
-    Path(id): Path<String>,
-    Query(q): Query<DayQuery>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<DayQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let d = day(
         "day",
@@ -294,7 +370,7 @@ pub struct BillsQuery {
 
 pub async fn bills(
     Extract(state): Extract<State>,
-    Query(q): Query<BillsQuery>,
+    ApiQuery(q): ApiQuery<BillsQuery>,
 ) -> Result<Response, ApiError> {
     let d = q
         .day
@@ -366,7 +442,7 @@ pub struct OutboxQuery {
 
 pub async fn outbox(
     Extract(state): Extract<State>,
-    Query(q): Query<OutboxQuery>,
+    ApiQuery(q): ApiQuery<OutboxQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let pending_only = q.pending.unwrap_or(false);
     let (entries, status) = blocking(&state.reader, move |s| {
@@ -387,7 +463,7 @@ pub struct ReportQuery {
 /// account's day, provisional while the day is not yet due.
 pub async fn daily_report(
     Extract(state): Extract<State>,
-    Query(q): Query<ReportQuery>,
+    ApiQuery(q): ApiQuery<ReportQuery>,
 ) -> Result<Response, ApiError> {
     let d = day(
         "day",

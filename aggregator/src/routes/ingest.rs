@@ -1,106 +1,114 @@
 //! `POST /v1/samples`: an agent's batch, authenticated by its cluster token; answered once the accepted samples are committed.
 
 use axum::body::Bytes;
-use axum::extract::State as Extract;
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{FromRequest, Request, State as Extract};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
-use serde::Deserialize;
-use serde_json::Value;
-use shared::sample::{parse_cores, parse_instant, Rejection};
-use shared::wire::{IngestResponse, SampleResult, SampleStatus, MAX_BATCH_SAMPLES};
+use shared::wire::{
+    decode_batch, BatchError, IngestResponse, SampleResult, SampleStatus, MAX_BATCH_BYTES,
+};
 
 use super::{blocking, ApiError, State};
-use crate::auth::bearer;
+use crate::auth::{bearer, looks_like_cluster_token};
 use crate::ingest_writer::{OwnedSample, SubmitError};
 use crate::service_metrics::SampleLabels;
 use crate::store::Outcome;
 
-/// The longest `agent_version` kept.
-const AGENT_VERSION_MAX: usize = 64;
-
-#[derive(Deserialize)]
-struct Body {
-    samples: Vec<Value>,
+fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        "the body is over 1 MiB; send fewer samples per request",
+    )
 }
 
+fn unauthorized(message: &'static str) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+}
+
+impl From<BatchError> for ApiError {
+    fn from(e: BatchError) -> ApiError {
+        match e {
+            BatchError::TooLarge { .. } => too_large(),
+            BatchError::TooManySamples { .. } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_many_samples",
+                e.to_string(),
+            )
+            .field("samples"),
+            BatchError::Malformed(_) => ApiError::bad_request("samples", e.to_string()),
+        }
+    }
+}
+
+/// Whether the request declares a body over the limit. Such a body is refused
+/// before a byte of it is read: a client that declares 100 MiB and then sends
+/// slowly is answered at once rather than at the request timeout.
+fn declares_too_much(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|n| n > MAX_BATCH_BYTES as u64)
+}
+
+/// The body is read only after the token is known: an unknown client never
+/// makes the service buffer its body. The token never reaches a log.
 pub async fn push_samples(
     Extract(state): Extract<State>,
-    headers: HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    request: Request,
 ) -> Result<Json<IngestResponse>, ApiError> {
-    let token = bearer(headers.get("authorization").and_then(|v| v.to_str().ok()))
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "a cluster token is required (Authorization: Bearer …)",
-            )
-        })?
-        .to_string();
-    let identity = blocking(&state.reader, move |s| s.cluster_for_token(&token))
-        .await?
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "unknown or revoked cluster token",
-            )
-        })?;
-    let body = body.map_err(|e| {
+    if declares_too_much(request.headers()) {
+        tracing::debug!("ingest refused: the declared body is over 1 MiB");
+        return Err(too_large());
+    }
+    let token = bearer(
+        request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+    )
+    .ok_or_else(|| {
+        tracing::debug!("ingest refused: no bearer token");
+        unauthorized("a cluster token is required (Authorization: Bearer …)")
+    })?
+    .to_string();
+    // A string that cannot be a cluster token costs no database look-up.
+    let identity = if looks_like_cluster_token(&token) {
+        blocking(&state.reader, move |s| s.cluster_for_token(&token)).await?
+    } else {
+        None
+    }
+    .ok_or_else(|| {
+        tracing::debug!("ingest refused: unknown or revoked cluster token");
+        unauthorized("unknown or revoked cluster token")
+    })?;
+    // The router's body limit (1 MiB) applies: a longer body is not read past it.
+    let body = Bytes::from_request(request, &()).await.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                "the body is over 1 MiB; send fewer samples per request",
-            )
+            too_large()
         } else {
             ApiError::bad_request("", format!("cannot read the body: {e}"))
         }
     })?;
-    let Body { samples } = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request("samples", format!("expected {{\"samples\": [...]}}: {e}"))
-    })?;
-    if samples.len() > MAX_BATCH_SAMPLES {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_many_samples",
-            format!(
-                "{} samples in one request; at most {MAX_BATCH_SAMPLES}",
-                samples.len()
-            ),
-        )
-        .field("samples"));
-    }
+    let decoded = decode_batch(&body)?;
+    tracing::debug!(account = %identity.account, cluster = %identity.cluster, samples = decoded.len(), bytes = body.len(), "ingest batch");
 
-    // A seq that is present but not a whole number is this endpoint's own
-    // check; everything else is the store's validation (SPEC section 3).
-    let mut outcomes: Vec<Option<Outcome>> = vec![None; samples.len()];
-    let mut owned = Vec::with_capacity(samples.len());
-    for (i, s) in samples.iter().enumerate() {
-        let seq = match s.get("seq") {
-            None | Some(Value::Null) => None,
-            Some(v) => match v.as_u64().and_then(|n| i64::try_from(n).ok()) {
-                Some(n) => Some(n),
-                None => {
-                    outcomes[i] = Some(Outcome::Rejected(Rejection::InvalidSeq));
-                    continue;
-                }
-            },
-        };
-        owned.push(OwnedSample {
-            node: s
-                .get("node")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string(),
-            cores: s.get("cores").and_then(parse_cores),
-            at: s.get("at").and_then(Value::as_str).and_then(parse_instant),
-            seq,
-            agent_version: s
-                .get("agent_version")
-                .and_then(Value::as_str)
-                .map(|v| v.chars().take(AGENT_VERSION_MAX).collect()),
-        });
+    // A seq that is present but not a whole number is refused while decoding;
+    // everything else is the store's validation (SPEC section 3).
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; decoded.len()];
+    let mut owned = Vec::with_capacity(decoded.len());
+    for (i, s) in decoded.into_iter().enumerate() {
+        match s {
+            Ok(s) => owned.push(OwnedSample {
+                node: s.node,
+                cores: s.cores,
+                at: s.at,
+                seq: s.seq,
+                agent_version: s.agent_version,
+            }),
+            Err(reason) => outcomes[i] = Some(Outcome::Rejected(reason)),
+        }
     }
     let received_at = state.clock.now();
     let stored = if owned.is_empty() {
