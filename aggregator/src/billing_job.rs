@@ -1,10 +1,12 @@
-//! The billing schedule: run at start-up (catch-up), then at each 02:00 in the billing zone; the step itself is `run_billing`.
+//! The billing schedule: run at start-up (catch-up), then at each 02:00 in the billing zone; the step itself is `run_billing`. Retention follows each successful run.
 
 use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::routes::{admin_run_billing, State};
+use crate::routes::{admin_run_billing, blocking, ApiError, State};
+use crate::service_metrics::TableLabels;
+use crate::store::{Horizon, Pruned, PRUNE_BATCH_ROWS};
 
 /// How often the job looks at the clock while waiting. A manual clock in
 /// tests moves without waking anyone, so the wait is cut into short naps.
@@ -34,9 +36,62 @@ async fn run_once(state: &State) {
     match admin_run_billing(state).await {
         Ok(lines) => tracing::info!(lines = lines.len(), "billing run finished"),
         Err(e) => {
-            tracing::error!(error = %e.message, "billing run failed; it is retried at the next run")
+            tracing::error!(error = %e.message, "billing run failed; it is retried at the next run");
+            // Pruning waits for a run that succeeded: it is never urgent.
+            return;
         }
     }
+    if let Err(e) = prune(state, PRUNE_BATCH_ROWS).await {
+        tracing::error!(error = %e.message, "retention failed; it is retried after the next billing run");
+    }
+}
+
+/// The retention step: prunes raw samples and rejections before the horizon
+/// (`retention_days` before today in the billing zone), one bounded
+/// transaction at a time. The store is taken per batch, so admin writes and
+/// billing wait for one batch at most, and ingest (its own connection) for
+/// one batch's write lock. Bill lines are never pruned.
+pub async fn prune(state: &State, batch_rows: usize) -> Result<Pruned, ApiError> {
+    let billing = &state.config.billing;
+    let (zone, reach_hours) = (billing.zone, billing.rules.reach_hours());
+    let horizon = Horizon::at(
+        &zone,
+        state.clock.now(),
+        state.config.retention_days,
+        reach_hours,
+    );
+    let targets = blocking(&state.store, move |s| {
+        s.plan_pruning(&horizon, &zone, reach_hours)
+    })
+    .await?;
+    let mut total = Pruned::default();
+    for target in targets {
+        loop {
+            let batch = blocking(&state.store, move |s| s.prune_batch(&target, batch_rows)).await?;
+            total.add(batch);
+            for (table, rows) in [("samples", batch.samples), ("rejections", batch.rejections)] {
+                state
+                    .metrics
+                    .retention_pruned_rows
+                    .get_or_create(&TableLabels {
+                        table: table.to_string(),
+                    })
+                    .inc_by(rows);
+            }
+            if batch.rows() < batch_rows as u64 {
+                break;
+            }
+        }
+    }
+    tracing::info!(
+        first_kept_day = %horizon.first_kept_day,
+        pruned_before = %horizon.prune_before,
+        samples = total.samples,
+        rejections = total.rejections,
+        transactions = total.transactions,
+        "retention pruned raw samples"
+    );
+    Ok(total)
 }
 
 /// How long from `now` until `at` (zero once it has passed).

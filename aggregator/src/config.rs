@@ -28,6 +28,9 @@ pub struct Config {
     pub log_json: bool,
     /// The longest any request may take.
     pub request_timeout: Duration,
+    /// Raw samples (and rejections) older than this many days before today
+    /// in the billing zone are pruned after each billing run; bill lines stay.
+    pub retention_days: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -49,6 +52,7 @@ pub struct FileConfig {
     pub admin_token_file: Option<PathBuf>,
     pub log_json: Option<bool>,
     pub request_timeout_secs: Option<u64>,
+    pub retention_days: Option<u32>,
     #[serde(default)]
     pub billing: FileBilling,
     #[serde(default)]
@@ -114,6 +118,10 @@ const SETTINGS: &[Setting] = &[
     Setting {
         key: "request_timeout_secs",
         env: "CORE_METER_REQUEST_TIMEOUT_SECS",
+    },
+    Setting {
+        key: "retention_days",
+        env: "CORE_METER_RETENTION_DAYS",
     },
     Setting {
         key: "billing.timezone",
@@ -247,6 +255,23 @@ impl Config {
             billing.currency = c.clone();
         }
         billing.rules.check().context("billing settings")?;
+        let retention_days = f.retention_days.unwrap_or(DEFAULT_RETENTION_DAYS);
+        let least = min_retention_days(&billing);
+        anyhow::ensure!(
+            retention_days >= least,
+            "{}: {retention_days} days is too short; it must be at least {least} so that pruning never \
+             removes a sample a bill can still read: a sample is accepted up to \
+             billing.max_sample_age_hours ({} h) late, changes its day and, through gap bridging \
+             (billing.gap_bridge_hours {} h), the day before, plus a day for the day boundary",
+            named("retention_days"),
+            billing.limits.max_age.num_hours(),
+            billing.rules.gap_bridge_hours,
+        );
+        anyhow::ensure!(
+            retention_days <= MAX_RETENTION_DAYS,
+            "{}: {retention_days} days is more than the {MAX_RETENTION_DAYS} allowed",
+            named("retention_days")
+        );
         let webhook = match &f.webhook.url {
             Some(url) if !url.trim().is_empty() => {
                 anyhow::ensure!(
@@ -275,8 +300,30 @@ impl Config {
             webhook,
             log_json: f.log_json.unwrap_or(false),
             request_timeout: Duration::from_secs(f.request_timeout_secs.unwrap_or(30).max(1)),
+            retention_days,
         })
     }
+}
+
+/// Raw samples are kept this many days by default (issue 8: 400).
+pub const DEFAULT_RETENTION_DAYS: u32 = 400;
+
+/// A century: beyond it the setting is surely a typo.
+const MAX_RETENTION_DAYS: u32 = 36_500;
+
+/// The shortest retention that can never prune a sample a bill still reads.
+///
+/// A sample is accepted up to `max_age` before it is received, and the
+/// billing run it marks recomputes from the day of (`at` less the bridging
+/// reach), reading from that day's start less the reach and a bucket. So at
+/// instant `now` nothing before `now - max_age - reach` can be marked again;
+/// a retention of whole days past that, plus one day for the day boundary
+/// (a local day can be short, and `now` can be early in its day), prunes only
+/// what no future run reads. Accepted samples never reach a pruned day: they
+/// are refused `too_old` first.
+pub fn min_retention_days(billing: &BillingConfig) -> u32 {
+    let hours = billing.limits.max_age.num_hours() + i64::from(billing.rules.reach_hours()) + 1;
+    u32::try_from((hours + 23) / 24 + 1).expect("max_sample_age_hours is bounded")
 }
 
 /// The most a token file may hold: a token is under a hundred bytes, so more
@@ -377,6 +424,7 @@ fn apply_env(f: &mut FileConfig, env: &dyn Fn(&str) -> Option<String>) -> anyhow
     if let Some(v) = number("request_timeout_secs")? {
         f.request_timeout_secs = Some(v);
     }
+    f.retention_days = small("retention_days")?.or(f.retention_days);
     let b = &mut f.billing;
     b.timezone = get("billing.timezone").or(b.timezone.take());
     b.price_per_core_day = get("billing.price_per_core_day").or(b.price_per_core_day.take());
@@ -485,6 +533,81 @@ mod tests {
             let err = format!("{:#}", load(*file, env, Flags::default()).unwrap_err());
             assert!(err.contains(needle), "{err:?} should name {needle:?}");
             assert!(!err.contains('\n'), "one line: {err:?}");
+        }
+    }
+
+    #[test]
+    fn retention_defaults_to_400_days_and_is_set_by_file_or_environment() {
+        assert_eq!(
+            load(None, &[], Flags::default()).unwrap().retention_days,
+            400
+        );
+        let c = load(Some("retention_days = 30\n"), &[], Flags::default()).unwrap();
+        assert_eq!(c.retention_days, 30);
+        let c = load(
+            Some("retention_days = 30\n"),
+            &[("CORE_METER_RETENTION_DAYS", "16")],
+            Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(c.retention_days, 16);
+    }
+
+    #[test]
+    fn a_retention_that_could_prune_a_sample_a_bill_still_reads_is_refused_naming_why() {
+        assert_eq!(min_retention_days(&BillingConfig::default()), 16);
+        type Case<'a> = (Option<&'a str>, &'a [(&'a str, &'a str)]);
+        let cases: &[Case] = &[
+            (None, &[("CORE_METER_RETENTION_DAYS", "15")]),
+            (Some("retention_days = 3\n"), &[]),
+            (
+                None,
+                &[
+                    ("CORE_METER_RETENTION_DAYS", "31"),
+                    ("CORE_METER_MAX_SAMPLE_AGE_HOURS", "720"),
+                ],
+            ),
+        ];
+        for (file, env) in cases {
+            let err = format!("{:#}", load(*file, env, Flags::default()).unwrap_err());
+            for needle in [
+                "retention_days",
+                "CORE_METER_RETENTION_DAYS",
+                "too short",
+                "max_sample_age_hours",
+            ] {
+                assert!(err.contains(needle), "{err:?} should name {needle:?}");
+            }
+            assert!(!err.contains('\n'), "one line: {err:?}");
+        }
+        let ok = load(
+            None,
+            &[
+                ("CORE_METER_RETENTION_DAYS", "32"),
+                ("CORE_METER_MAX_SAMPLE_AGE_HOURS", "720"),
+            ],
+            Flags::default(),
+        );
+        assert_eq!(ok.unwrap().retention_days, 32);
+    }
+
+    #[test]
+    fn the_shortest_retention_outlasts_every_late_sample_and_its_bridging() {
+        // At `now`, the oldest instant a future run may read is
+        // now - max_age - reach - 1 h; the first kept day starts no later than
+        // `retention_days` whole days before today, of which one may be short.
+        for max_age_hours in [1, 23, 24, 25, 336, 337, 8784] {
+            for gap_bridge_hours in [0, 3, 20, 24] {
+                let mut billing = BillingConfig::default();
+                billing.limits.max_age = TimeDelta::hours(max_age_hours);
+                billing.rules.gap_bridge_hours = gap_bridge_hours;
+                let days = i64::from(min_retention_days(&billing));
+                let read_back = max_age_hours + i64::from(gap_bridge_hours) + 1 + 1;
+                assert!(
+                    (days - 1) * 24 >= read_back,
+                    "{max_age_hours} h, {gap_bridge_hours} h: {days} days"
+                );
+            }
         }
     }
 

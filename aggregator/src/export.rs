@@ -15,7 +15,8 @@ fn rfc(t: DateTime<Utc>) -> String {
 /// licences (as the periods they count) and cap history, every stored sample
 /// the day's figures read (the day plus the hours gap bridging reaches on
 /// both sides, each with its `received_at`), and the instants of the runs
-/// that issued the day's lines.
+/// that issued the day's lines. A day whose samples retention pruned is
+/// [`StoreError::SamplesPruned`].
 pub fn export_case(
     store: &mut Store,
     config: &BillingConfig,
@@ -25,6 +26,8 @@ pub fn export_case(
     let acct = store
         .account(account)?
         .ok_or_else(|| StoreError::UnknownAccount(account.to_string()))?;
+    // A case without the pruned samples would replay to a different bill.
+    store.require_kept(&config.zone, day, config.rules.reach_hours())?;
     let reach = TimeDelta::hours(i64::from(config.rules.reach_hours()) + 1);
     let from = config.zone.day_start(day) - reach;
     let to = config.zone.day_end(day) + reach;

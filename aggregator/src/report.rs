@@ -81,7 +81,8 @@ pub struct NodeLine {
     pub excess_core_hours: Decimal,
 }
 
-/// Builds the report of `account` for `day` as the stored data stand at `now`.
+/// Builds the report of `account` for `day` as the stored data stand at `now`;
+/// [`StoreError::SamplesPruned`] when retention pruned samples the day reads.
 pub fn daily_report(
     store: &mut Store,
     config: &BillingConfig,
@@ -93,6 +94,9 @@ pub fn daily_report(
     let acct = store
         .account(account)?
         .ok_or_else(|| StoreError::UnknownAccount(account.to_string()))?;
+    // A day whose samples retention pruned would show as a day without
+    // nodes; it is refused, naming the first day kept, instead.
+    store.require_kept(zone, day, config.rules.reach_hours())?;
     let timeline = Timeline::new(zone, day, day, config.rules.reach_hours());
     let (from, to) = timeline.span_ms();
     let stored = store.audit_samples(

@@ -26,6 +26,11 @@ pub struct KindLabels {
     pub kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabels {
+    pub table: String,
+}
+
 pub struct ServiceMetrics {
     pub ingest_samples: Family<SampleLabels, Counter>,
     pub ingest_commits: Counter,
@@ -38,6 +43,7 @@ pub struct ServiceMetrics {
     pub outbox_delivered: Counter,
     pub outbox_failures: Counter,
     pub last_billing_run: Gauge<f64, AtomicU64>,
+    pub retention_pruned_rows: Family<TableLabels, Counter>,
 }
 
 impl Default for ServiceMetrics {
@@ -56,6 +62,7 @@ impl Default for ServiceMetrics {
             outbox_delivered: Counter::default(),
             outbox_failures: Counter::default(),
             last_billing_run: Gauge::default(),
+            retention_pruned_rows: Family::default(),
         }
     }
 }
@@ -117,6 +124,11 @@ impl ServiceMetrics {
             "last_billing_run_timestamp_seconds",
             "Unix time of the last finished billing run",
             self.last_billing_run.clone(),
+        );
+        r.register(
+            "retention_pruned_rows",
+            "Rows retention pruned, by table (samples, rejections)",
+            self.retention_pruned_rows.clone(),
         );
     }
 }

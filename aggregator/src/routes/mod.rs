@@ -282,6 +282,9 @@ impl From<StoreError> for ApiError {
                 ApiError::unprocessable("end", e.to_string())
             }
             E::Rule(_) => ApiError::unprocessable("", e.to_string()),
+            E::SamplesPruned { .. } => {
+                ApiError::new(StatusCode::GONE, "samples_pruned", e.to_string()).field("day")
+            }
             E::TooNew { .. } | E::Sqlite(_) => ApiError::internal(e),
         }
     }

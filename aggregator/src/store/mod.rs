@@ -4,6 +4,7 @@ mod accounts;
 mod bills;
 mod clusters;
 mod outbox;
+mod retention;
 mod samples;
 mod schema;
 
@@ -17,6 +18,7 @@ use rustc_hash::FxHashMap;
 pub use accounts::Account;
 pub use clusters::ClusterIdentity;
 pub use outbox::{Delivery, OutboxStatus};
+pub use retention::{reads_from, Horizon, PruneTarget, Pruned, PRUNE_BATCH_ROWS};
 pub use samples::{AuditSample, Incoming, Outcome};
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +54,13 @@ pub enum StoreError {
         path: String,
         found: usize,
         known: usize,
+    },
+    /// Retention pruned samples that a day's figures read; its bill lines remain.
+    #[error("the raw samples of {day} were pruned by retention (samples before {pruned_before} are no longer kept; the first whole day kept is {first_kept_day}); its bill lines remain in GET /v1/admin/bills")]
+    SamplesPruned {
+        day: chrono::NaiveDate,
+        first_kept_day: chrono::NaiveDate,
+        pruned_before: DateTime<Utc>,
     },
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
