@@ -96,14 +96,6 @@ impl Store {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        // Kept outside the numbered migrations on purpose: created by the
-        // first pruning, so a database that never pruned has no trace of it.
-        tx.execute_batch(
-            "CREATE TABLE IF NOT EXISTS retention (
-                 id                INTEGER PRIMARY KEY CHECK (id = 1),
-                 pruned_before_ms  INTEGER NOT NULL
-             )",
-        )?;
         tx.execute(
             "INSERT INTO retention (id, pruned_before_ms) VALUES (1, ?1)
              ON CONFLICT (id) DO UPDATE SET pruned_before_ms = max(pruned_before_ms, excluded.pruned_before_ms)",
@@ -203,14 +195,6 @@ impl Store {
 
     /// The instant before which samples may have been pruned, if any pruning ran.
     pub fn pruned_before(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
-        let exists: bool = self.conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'retention')",
-            [],
-            |r| r.get(0),
-        )?;
-        if !exists {
-            return Ok(None);
-        }
         let ms: Option<i64> = self
             .conn
             .query_row(

@@ -146,4 +146,12 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX rejections_by_account_at ON rejections (account_ref, at_ms);
     "#,
+    // 4: how far retention has pruned raw samples, so reports and exports can
+    // refuse a day whose samples are gone instead of showing it empty.
+    r#"
+    CREATE TABLE IF NOT EXISTS retention (
+        id                INTEGER PRIMARY KEY CHECK (id = 1),
+        pruned_before_ms  INTEGER NOT NULL
+    );
+    "#,
 ];
