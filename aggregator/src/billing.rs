@@ -1,5 +1,7 @@
 //! The billing run of SPEC section 6: bill every due day once, and adjust billed days that late samples changed.
 
+use std::time::{Duration, Instant};
+
 use chrono::{DateTime, Days, NaiveDate, TimeDelta, Utc};
 use shared::bill::{BillLine, DEFAULT_CURRENCY};
 use shared::overage::{overage_on, NodeSample, Rules};
@@ -10,6 +12,10 @@ use crate::store::{Account, Store, StoreError};
 
 /// The most days one account's samples are loaded for at once.
 const CHUNK_DAYS: u64 = 7;
+
+/// How long one batch of accounts may hold the write lock before it commits
+/// (a batch always bills at least one account).
+const BATCH_HOLD: Duration = Duration::from_millis(50);
 
 /// Everything that decides how samples become bills.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,18 +64,33 @@ pub fn run_billing(
     let last_due = zone.last_due_day(now);
     let reach = TimeDelta::hours(i64::from(config.rules.reach_hours()));
     let mut issued = Vec::new();
-    for account in store.accounts()? {
-        let starts = [
-            account.recompute_from.map(|from| zone.day_of(from - reach)),
-            last_run.map(|l| zone.first_day_not_due(l)),
-        ];
-        if let Some(first) = starts.into_iter().flatten().min() {
-            if first <= last_due {
-                issued.extend(bill_account(store, &account, first, last_due, now, config)?);
+    let mut accounts = store.accounts()?.into_iter().peekable();
+    while accounts.peek().is_some() {
+        // Accounts are billed in batches, one commit each: a commit of the
+        // durable store waits for the disk, and a commit per account made that
+        // wait most of a run. A batch ends after BATCH_HOLD so that ingest,
+        // which waits for the write lock, is never held up for long.
+        store.in_write_batch(|store| {
+            // Timed from when the lock is held, so a batch bills at least one account.
+            let batch_started = Instant::now();
+            while batch_started.elapsed() < BATCH_HOLD {
+                let Some(account) = accounts.next() else {
+                    break;
+                };
+                let starts = [
+                    account.recompute_from.map(|from| zone.day_of(from - reach)),
+                    last_run.map(|l| zone.first_day_not_due(l)),
+                ];
+                if let Some(first) = starts.into_iter().flatten().min() {
+                    if first <= last_due {
+                        issued.extend(bill_account(store, &account, first, last_due, now, config)?);
+                    }
+                }
+                // Everything up to the last due day is done; later days keep the mark.
+                store.advance_recompute(&account, zone.day_start(next_day(last_due)) + reach)?;
             }
-        }
-        // Everything up to the last due day is done; later days keep the mark.
-        store.advance_recompute(&account, zone.day_start(next_day(last_due)) + reach)?;
+            Ok(())
+        })?;
     }
     store.finish_billing_run(now)?;
     Ok(issued)

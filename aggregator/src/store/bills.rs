@@ -25,76 +25,57 @@ impl Store {
         currency: &str,
         issued_at: DateTime<Utc>,
     ) -> Result<Vec<BillLine>, StoreError> {
+        if !self.conn.is_autocommit() {
+            // Inside `in_write_batch`: its transaction holds the write lock already.
+            return bill_days_in(&self.conn, account, window_ms, compute, currency, issued_at);
+        }
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let samples = super::samples::samples_in(&tx, account.reference, window_ms)?;
-        let figures: Vec<DayFigures> = compute(&samples)
-            .into_iter()
-            .filter(|f| f.sampled)
-            .collect();
-        drop(samples);
-        let (Some(first), Some(last)) = (figures.first(), figures.last()) else {
-            return Ok(Vec::new());
-        };
-        let mut issued: HashMap<NaiveDate, Issued> = HashMap::new();
-        {
-            let mut stmt = tx.prepare_cached(
-                "SELECT day, seq, amount FROM bill_lines WHERE account_ref = ?1 AND day >= ?2 AND day <= ?3",
-            )?;
-            let mut rows = stmt.query((
-                account.reference,
-                first.day.to_string(),
-                last.day.to_string(),
-            ))?;
-            while let Some(r) = rows.next()? {
-                let day: String = r.get(0)?;
-                let amount: String = r.get(2)?;
-                issued
-                    .entry(parse_day(&day)?)
-                    .or_default()
-                    .add(r.get(1)?, parse_decimal(&amount)?);
-            }
-        }
-        let mut lines = Vec::new();
-        {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO bill_lines (account_ref, day, seq, kind, hours, excess_core_hours, average_excess_cores,
-                                         cap_cores, billable_cores, amount, currency, issued_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-            )?;
-            let mut queue = tx.prepare_cached(
-                "INSERT INTO outbox (account_ref, day, seq, next_attempt_ms) VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            for f in &figures {
-                let before = issued.get(&f.day).copied().unwrap_or_default();
-                if let Some(line) = next_line(&account.id, f, &before, currency, issued_at) {
-                    insert.execute(rusqlite::params![
-                        account.reference,
-                        line.day.to_string(),
-                        line.seq,
-                        line.kind.as_str(),
-                        line.hours,
-                        line.excess_core_hours as i64,
-                        line.average_excess_cores.to_string(),
-                        line.cap_cores,
-                        line.billable_cores.to_string(),
-                        line.amount.to_string(),
-                        line.currency,
-                        line.issued_at.timestamp_millis(),
-                    ])?;
-                    queue.execute((
-                        account.reference,
-                        line.day.to_string(),
-                        line.seq,
-                        issued_at.timestamp_millis(),
-                    ))?;
-                    lines.push(line);
-                }
-            }
-        }
+        let lines = bill_days_in(&tx, account, window_ms, compute, currency, issued_at)?;
         tx.commit()?;
         Ok(lines)
+    }
+
+    /// Runs `work` in one `IMMEDIATE` transaction, committed if it returns
+    /// `Ok` and rolled back otherwise (or if it panics). Every
+    /// [`Store::bill_days`] inside joins it: a billing run bills many
+    /// accounts per commit, since each commit of the durable store waits for
+    /// a sync of the disk, and that wait, not the arithmetic, would dominate a
+    /// run of a thousand small accounts.
+    pub fn in_write_batch<T>(
+        &mut self,
+        work: impl FnOnce(&mut Store) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(self)));
+        match outcome {
+            Ok(Ok(value)) => match self.conn.execute_batch("COMMIT") {
+                Ok(()) => Ok(value),
+                Err(e) => {
+                    self.rollback_if_open();
+                    Err(e.into())
+                }
+            },
+            Ok(Err(e)) => {
+                self.rollback_if_open();
+                Err(e)
+            }
+            Err(panic) => {
+                // A caller that survives the panic (a poisoned lock taken
+                // over) must not find the connection inside a transaction.
+                self.rollback_if_open();
+                std::panic::resume_unwind(panic)
+            }
+        }
+    }
+
+    fn rollback_if_open(&self) {
+        if !self.conn.is_autocommit() {
+            if let Err(e) = self.conn.execute_batch("ROLLBACK") {
+                tracing::error!(error = %e, "rolling back a billing batch failed");
+            }
+        }
     }
 
     /// Issued lines, optionally of one account and one day, in the order they were issued.
@@ -116,6 +97,83 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// [`Store::bill_days`] on a connection inside a write transaction.
+fn bill_days_in(
+    conn: &rusqlite::Connection,
+    account: &Account,
+    window_ms: (i64, i64),
+    compute: impl FnOnce(&[NodeSample]) -> Vec<DayFigures>,
+    currency: &str,
+    issued_at: DateTime<Utc>,
+) -> Result<Vec<BillLine>, StoreError> {
+    let samples = super::samples::samples_in(conn, account.reference, window_ms)?;
+    let figures: Vec<DayFigures> = compute(&samples)
+        .into_iter()
+        .filter(|f| f.sampled)
+        .collect();
+    drop(samples);
+    let (Some(first), Some(last)) = (figures.first(), figures.last()) else {
+        return Ok(Vec::new());
+    };
+    let mut issued: HashMap<NaiveDate, Issued> = HashMap::new();
+    {
+        let mut stmt = conn.prepare_cached(
+            "SELECT day, seq, amount FROM bill_lines WHERE account_ref = ?1 AND day >= ?2 AND day <= ?3",
+        )?;
+        let mut rows = stmt.query((
+            account.reference,
+            first.day.to_string(),
+            last.day.to_string(),
+        ))?;
+        while let Some(r) = rows.next()? {
+            let day: String = r.get(0)?;
+            let amount: String = r.get(2)?;
+            issued
+                .entry(parse_day(&day)?)
+                .or_default()
+                .add(r.get(1)?, parse_decimal(&amount)?);
+        }
+    }
+    let mut lines = Vec::new();
+    {
+        let mut insert = conn.prepare_cached(
+            "INSERT INTO bill_lines (account_ref, day, seq, kind, hours, excess_core_hours, average_excess_cores,
+                                     cap_cores, billable_cores, amount, currency, issued_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        )?;
+        let mut queue = conn.prepare_cached(
+            "INSERT INTO outbox (account_ref, day, seq, next_attempt_ms) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        for f in &figures {
+            let before = issued.get(&f.day).copied().unwrap_or_default();
+            if let Some(line) = next_line(&account.id, f, &before, currency, issued_at) {
+                insert.execute(rusqlite::params![
+                    account.reference,
+                    line.day.to_string(),
+                    line.seq,
+                    line.kind.as_str(),
+                    line.hours,
+                    line.excess_core_hours as i64,
+                    line.average_excess_cores.to_string(),
+                    line.cap_cores,
+                    line.billable_cores.to_string(),
+                    line.amount.to_string(),
+                    line.currency,
+                    line.issued_at.timestamp_millis(),
+                ])?;
+                queue.execute((
+                    account.reference,
+                    line.day.to_string(),
+                    line.seq,
+                    issued_at.timestamp_millis(),
+                ))?;
+                lines.push(line);
+            }
+        }
+    }
+    Ok(lines)
 }
 
 /// The columns a bill line is read from, in the order [`line_row`] expects.

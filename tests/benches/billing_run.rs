@@ -1,0 +1,476 @@
+//! Benchmark: one billing run over a day of a large fleet, next to a bare `GROUP BY` over the same samples.
+//!
+//! Run with `cargo bench -p e2e --bench billing_run` (100,000 nodes x 24
+//! hourly samples = 2.4 million samples over 1,000 accounts), `-- --nodes N`
+//! for another fleet, or `-- --scale` for one table row each at 1,000, 10,000
+//! and 100,000 nodes. The database is loaded through the store's own schema
+//! (`Store::ingest` in chunks of 10,000, as `replay` does, on a scratch
+//! database: loading is timed apart and is not the figure under test). Then,
+//! each in a fresh child process of this binary so that its peak resident
+//! memory (`VmHWM`) is its own and not the loading's:
+//!
+//! - the floor: `SELECT account_ref, hour, SUM(cores) ... GROUP BY` over the
+//!   samples table, on a plain connection with the store's page cache size;
+//! - the figure under test: `run_billing` once, at the day's 02:00 due time
+//!   in the billing zone, on the store opened as the service opens it
+//!   (`Durability::Durable`: WAL, `synchronous = FULL`).
+//!
+//! Targets (issue 8, item 2): billing at most 10 s and at most 3x the bare
+//! query at 100,000 nodes; peak memory bounded, not growing with the number of
+//! samples. Then the database's size on disk per stored sample after a WAL
+//! checkpoint and after `VACUUM` (item 4). The bench exits non-zero when the
+//! default fleet misses a time target.
+
+// Timings and ratios are measurements, never money: floating point is right here.
+#![allow(clippy::float_arithmetic)]
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use aggregator::billing::{run_billing, BillingConfig};
+use aggregator::store::{Durability, Incoming, Store};
+use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
+use shared::overage::Licence;
+use shared::sample::AgeLimits;
+
+/// Samples per `Store::ingest` call while loading, as `replay` uses.
+const LOAD_CHUNK: usize = 10_000;
+/// Cores a node may have; node `i` picks one by a hash of `i`.
+const CORE_SIZES: [u32; 8] = [2, 4, 8, 16, 32, 48, 64, 96];
+/// Billing target at the default fleet, in seconds.
+const TARGET_SECS: f64 = 10.0;
+/// Billing target at the default fleet, as a multiple of the bare query.
+const TARGET_RATIO: f64 = 3.0;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(i) = args.iter().position(|a| a == "--child") {
+        child(&args[i + 1..]);
+        return;
+    }
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .map(|v| v.replace('_', "").parse::<u32>().expect("a whole number"))
+    };
+    let accounts = value("--accounts").unwrap_or(1_000);
+    let fleets: Vec<u32> = if args.iter().any(|a| a == "--scale") {
+        vec![1_000, 10_000, 100_000]
+    } else {
+        vec![value("--nodes").unwrap_or(100_000)]
+    };
+
+    print_machine(accounts);
+    let mut rows = Vec::new();
+    for &nodes in &fleets {
+        rows.push(measure(nodes, accounts));
+    }
+    println!();
+    println!("| nodes | samples | load s | bare query s | billing s | billing / bare | bare peak RSS MiB | billing peak RSS MiB | DB MiB (checkpointed) | B/sample | DB MiB (vacuumed) | B/sample vacuumed | loadavg after |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    for r in &rows {
+        println!(
+            "| {} | {} | {:.1} | {:.3} | {:.3} | {:.2}x | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} |",
+            r.nodes,
+            r.samples,
+            r.load_secs,
+            r.bare.secs,
+            r.bill.secs,
+            r.bill.secs / r.bare.secs,
+            mib(r.bare.hwm_kib * 1024),
+            mib(r.bill.hwm_kib * 1024),
+            mib(r.checkpointed_bytes),
+            r.checkpointed_bytes as f64 / r.samples as f64,
+            mib(r.vacuumed_bytes),
+            r.vacuumed_bytes as f64 / r.samples as f64,
+            r.loadavg,
+        );
+    }
+    println!();
+    println!("targets (100,000 nodes): billing <= {TARGET_SECS} s and <= {TARGET_RATIO}x the bare query; peak RSS roughly flat with the fleet");
+    if let Some(r) = rows
+        .iter()
+        .find(|r| r.nodes == 100_000 && r.accounts == 1_000)
+    {
+        let ratio = r.bill.secs / r.bare.secs;
+        let met = r.bill.secs <= TARGET_SECS && ratio <= TARGET_RATIO;
+        println!(
+            "billing_run: 100,000 nodes billed in {:.3} s, {ratio:.2}x the bare query: {}",
+            r.bill.secs,
+            if met { "targets met" } else { "TARGET MISSED" }
+        );
+        if !met {
+            std::process::exit(1);
+        }
+    }
+}
+
+/// One fleet's figures.
+struct Row {
+    nodes: u32,
+    accounts: u32,
+    samples: u64,
+    load_secs: f64,
+    bare: ChildReport,
+    bill: ChildReport,
+    checkpointed_bytes: u64,
+    vacuumed_bytes: u64,
+    loadavg: String,
+}
+
+fn measure(nodes: u32, accounts: u32) -> Row {
+    let accounts = accounts.min(nodes);
+    println!();
+    println!("== {nodes} nodes x 24 hourly samples over {accounts} accounts, day {DAY} in Asia/Shanghai ==");
+    let dir = tempfile::Builder::new()
+        .prefix("billing-run-")
+        .tempdir_in(
+            std::env::var_os("BENCH_DIR").map_or_else(std::env::temp_dir, std::path::PathBuf::from),
+        )
+        .expect("temporary directory");
+    let db = dir.path().join("core-meter.sqlite");
+
+    let started = Instant::now();
+    let samples = load(&db, nodes, accounts);
+    let load_secs = started.elapsed().as_secs_f64();
+    println!(
+        "load: {samples} samples in {load_secs:.1} s ({:.0} samples/s), through Store::ingest in chunks of {LOAD_CHUNK} on a scratch database",
+        samples as f64 / load_secs
+    );
+
+    // The floor first, so both read a database the page cache already holds.
+    let bare = spawn_child("bare", &db);
+    println!(
+        "bare query: {:.3} s, {} groups, sum {} core-samples; peak RSS {:.1} MiB (child process)",
+        bare.secs,
+        bare.count,
+        bare.check,
+        mib(bare.hwm_kib * 1024)
+    );
+    let bill = spawn_child("bill", &db);
+    println!(
+        "billing run: {:.3} s, {} bill lines, {} with an amount, total {} USD; peak RSS {:.1} MiB, {:.1} MiB before the run (child process)",
+        bill.secs,
+        bill.count,
+        bill.nonzero,
+        bill.check,
+        mib(bill.hwm_kib * 1024),
+        mib(bill.rss_before_kib * 1024)
+    );
+    println!(
+        "billing / bare query: {:.2}x (target <= {TARGET_RATIO}x)",
+        bill.secs / bare.secs
+    );
+
+    let (checkpointed_bytes, vacuumed_bytes) = sizes(&db);
+    println!(
+        "on disk: {:.1} MiB after a WAL checkpoint = {:.1} bytes per sample; {:.1} MiB after VACUUM = {:.1} bytes per sample",
+        mib(checkpointed_bytes),
+        checkpointed_bytes as f64 / samples as f64,
+        mib(vacuumed_bytes),
+        vacuumed_bytes as f64 / samples as f64
+    );
+    let loadavg = loadavg();
+    println!("load average now: {loadavg}");
+    Row {
+        nodes,
+        accounts,
+        samples,
+        load_secs,
+        bare,
+        bill,
+        checkpointed_bytes,
+        vacuumed_bytes,
+        loadavg,
+    }
+}
+
+/// The billed day (local, Asia/Shanghai, the default billing zone).
+const DAY: &str = "2026-11-24";
+
+fn day_start() -> DateTime<Utc> {
+    // Local midnight in Asia/Shanghai (UTC+8, no daylight saving time).
+    let day: NaiveDate = DAY.parse().unwrap();
+    day.and_hms_opt(0, 0, 0).unwrap().and_utc() - TimeDelta::hours(8)
+}
+
+/// The billing run's instant: the day's 02:00 due time.
+fn run_at() -> DateTime<Utc> {
+    day_start() + TimeDelta::hours(26)
+}
+
+/// A small, fixed hash so the fleet is the same on every run.
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn node_cores(node: u32) -> u32 {
+    CORE_SIZES[(mix(u64::from(node)) % CORE_SIZES.len() as u64) as usize]
+}
+
+/// Builds the fleet's database: accounts with licences and caps chosen so
+/// that a quarter have no overage, a quarter some under the cap, a quarter
+/// overage under a raised cap, and a quarter capped at the default; then 24
+/// samples per node, pushed hour by hour as a fleet would. Every 50th node
+/// misses an hour (gap bridging fills it) and samples twice in another
+/// hour at a larger size (the larger counts); every 7th node grows at noon.
+/// Returns the number of samples stored.
+fn load(db: &Path, nodes: u32, accounts: u32) -> u64 {
+    let mut store = Store::open(db, Durability::Scratch).expect("open store");
+    let start = day_start();
+    let created = start - TimeDelta::days(30);
+    let ids: Vec<String> = (0..accounts).map(|a| format!("acct-{a:05}")).collect();
+    // Node i belongs to account i % accounts; an account's cores at the start of the day:
+    let mut cores_of = vec![0u64; accounts as usize];
+    for node in 0..nodes {
+        cores_of[(node % accounts) as usize] += u64::from(node_cores(node));
+    }
+    for (a, id) in ids.iter().enumerate() {
+        store.create_account(id, created).expect("create account");
+        let total = cores_of[a];
+        let licensed = match a % 4 {
+            0 => Some(total * 2),
+            1 => Some(total * 9 / 10),
+            2 => Some(total / 2),
+            _ => None,
+        };
+        if let Some(cores) = licensed {
+            let licence = Licence::new(
+                u32::try_from(cores.max(1)).expect("licence cores fit"),
+                created,
+                start + TimeDelta::days(30),
+            )
+            .expect("licence");
+            store.add_licence(id, &licence, created).expect("licence");
+        }
+        if a % 4 == 2 {
+            let cap = u32::try_from((total / 2).max(500)).expect("cap fits");
+            store.set_cap(id, cap, created, created).expect("cap");
+        }
+    }
+
+    let limits = AgeLimits::default();
+    let clusters = ["prod", "staging"];
+    let names: Vec<String> = (0..nodes).map(|n| format!("node-{n:06}")).collect();
+    let mut chunk: Vec<Incoming<'_>> = Vec::with_capacity(LOAD_CHUNK);
+    let mut stored = 0u64;
+    let mut flush = |store: &mut Store, chunk: &mut Vec<Incoming<'_>>| {
+        let outcomes = store.ingest(chunk, &limits).expect("ingest");
+        let accepted = outcomes
+            .iter()
+            .filter(|o| matches!(o, aggregator::store::Outcome::Accepted))
+            .count();
+        assert_eq!(accepted, chunk.len(), "every generated sample is accepted");
+        stored += accepted as u64;
+        chunk.clear();
+    };
+    for hour in 0..24u32 {
+        for node in 0..nodes {
+            let h = mix(u64::from(node) << 8);
+            let gappy = node % 50 == 0;
+            let gap = (h % 20) as u32 + 1; // the hour it misses
+            let twice = (gap + 2) % 24;
+            if gappy && hour == gap {
+                continue;
+            }
+            let mut cores = node_cores(node);
+            if node % 7 == 0 && hour >= 12 {
+                cores *= 2;
+            }
+            let offset_secs = i64::from(node % 600); // spread over the first ten minutes
+            let at = start + TimeDelta::hours(i64::from(hour)) + TimeDelta::seconds(offset_secs);
+            let account = &ids[(node % accounts) as usize];
+            let cluster = clusters[(node / accounts) as usize % 2];
+            let push = |cores: u32, at: DateTime<Utc>| Incoming {
+                account,
+                cluster,
+                node: &names[node as usize],
+                cores: Some(cores),
+                at: Some(at),
+                seq: None,
+                agent_version: Some("0.1.0"),
+                received_at: at + TimeDelta::seconds(1),
+            };
+            chunk.push(push(cores, at));
+            if gappy && hour == twice {
+                chunk.push(push(cores * 2, at + TimeDelta::minutes(30)));
+            }
+            if chunk.len() >= LOAD_CHUNK {
+                flush(&mut store, &mut chunk);
+            }
+        }
+    }
+    if !chunk.is_empty() {
+        flush(&mut store, &mut chunk);
+    }
+    stored
+}
+
+/// What a child process measured.
+#[derive(Debug, Default)]
+struct ChildReport {
+    secs: f64,
+    /// Groups of the bare query, or bill lines.
+    count: u64,
+    /// Bill lines with a non-zero amount.
+    nonzero: u64,
+    /// Sum of the bare query's sums, or the total billed, as a check.
+    check: String,
+    rss_before_kib: u64,
+    hwm_kib: u64,
+}
+
+fn spawn_child(what: &str, db: &Path) -> ChildReport {
+    let out = Command::new(std::env::current_exe().expect("own executable"))
+        .arg("--child")
+        .arg(what)
+        .arg(db)
+        .output()
+        .expect("run child");
+    assert!(
+        out.status.success(),
+        "child {what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("child prints UTF-8");
+    let mut r = ChildReport::default();
+    for field in text.split_whitespace() {
+        let (k, v) = field.split_once('=').expect("key=value");
+        match k {
+            "secs" => r.secs = v.parse().unwrap(),
+            "count" => r.count = v.parse().unwrap(),
+            "nonzero" => r.nonzero = v.parse().unwrap(),
+            "check" => r.check = v.to_string(),
+            "rss_before_kib" => r.rss_before_kib = v.parse().unwrap(),
+            "hwm_kib" => r.hwm_kib = v.parse().unwrap(),
+            _ => panic!("unknown child field {k}"),
+        }
+    }
+    r
+}
+
+/// Runs in the child process: one measurement, printed as `key=value` fields.
+fn child(args: &[String]) {
+    let (what, db) = (args[0].as_str(), Path::new(&args[1]));
+    match what {
+        "bare" => {
+            let conn = rusqlite::Connection::open(db).expect("open database");
+            // The store's page cache size, so neither side has more memory to work with.
+            conn.pragma_update(None, "cache_size", -16_384).unwrap();
+            let rss_before_kib = proc_status_kib("VmRSS");
+            let started = Instant::now();
+            let mut stmt = conn
+                .prepare(
+                    "SELECT account_ref, at_ms / 3600000 AS bucket, SUM(cores) FROM samples
+                      GROUP BY account_ref, bucket",
+                )
+                .unwrap();
+            let mut rows = stmt.query([]).unwrap();
+            let (mut count, mut sum) = (0u64, 0i64);
+            while let Some(r) = rows.next().unwrap() {
+                count += 1;
+                sum += r.get::<_, i64>(2).unwrap();
+            }
+            let secs = started.elapsed().as_secs_f64();
+            println!(
+                "secs={secs} count={count} nonzero=0 check={sum} rss_before_kib={rss_before_kib} hwm_kib={}",
+                proc_status_kib("VmHWM")
+            );
+        }
+        "bill" => {
+            // Opened as the service opens it: WAL, full syncs.
+            let mut store = Store::open(db, Durability::Durable).expect("open store");
+            let config = BillingConfig::default();
+            let rss_before_kib = proc_status_kib("VmRSS");
+            let started = Instant::now();
+            let lines = run_billing(&mut store, run_at(), &config).expect("billing run");
+            let secs = started.elapsed().as_secs_f64();
+            let total: rust_decimal::Decimal = lines.iter().map(|l| l.amount).sum();
+            let nonzero = lines.iter().filter(|l| !l.amount.is_zero()).count();
+            assert!(
+                lines.iter().all(|l| l.day.to_string() == DAY),
+                "only the day is billed"
+            );
+            println!(
+                "secs={secs} count={} nonzero={nonzero} check={total} rss_before_kib={rss_before_kib} hwm_kib={}",
+                lines.len(),
+                proc_status_kib("VmHWM")
+            );
+        }
+        other => panic!("unknown child {other}"),
+    }
+}
+
+/// The database's bytes on disk (file and WAL) after a checkpoint, and after `VACUUM`.
+fn sizes(db: &Path) -> (u64, u64) {
+    let conn = rusqlite::Connection::open(db).expect("open database");
+    let on_disk = || {
+        let wal = db.with_extension("sqlite-wal");
+        std::fs::metadata(db).unwrap().len() + std::fs::metadata(&wal).map_or(0, |m| m.len())
+    };
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
+    let checkpointed = on_disk();
+    conn.execute_batch("VACUUM").unwrap();
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
+    (checkpointed, on_disk())
+}
+
+/// A field of `/proc/self/status` in KiB (`VmRSS`, `VmHWM`).
+fn proc_status_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/self/status"))
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".to_string())
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+fn print_machine(accounts: u32) {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("model name")?
+                    .split_once(':')
+                    .map(|(_, v)| v.trim().to_string())
+            })
+        })
+        .unwrap_or_else(|| "unknown".to_string());
+    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let date = Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%dT%H:%M:%SZ")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    println!("billing_run: one billing run over a day of N nodes x 24 hourly samples, next to a bare GROUP BY");
+    println!(
+        "machine: {nproc} CPUs ({cpu}), load average {}, {date}",
+        loadavg()
+    );
+    println!(
+        "settings: {accounts} accounts (node i in account i % {accounts}), 2 clusters each, cores per node from {CORE_SIZES:?}; \
+         billing zone Asia/Shanghai, price 0.25 USD/core/day, ceil rounding, gap bridging 3 h; run at {} (the day's 02:00 due time); \
+         release build, SQLite page cache 16 MiB, database in {}",
+        run_at(),
+        std::env::var("BENCH_DIR").unwrap_or_else(|_| std::env::temp_dir().display().to_string())
+    );
+}
