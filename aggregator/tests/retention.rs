@@ -512,3 +512,43 @@ async fn the_service_prunes_at_start_up_counts_it_and_answers_410_for_a_pruned_d
     let _ = stop.send(());
     task.await.unwrap();
 }
+
+#[test]
+fn a_licence_set_back_after_pruning_never_recomputes_a_partly_pruned_day() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = BillingConfig::default();
+    let mut store = open(&dir, "db.sqlite");
+    store
+        .create_account("acme", local("2025-12-01T00:00:00"))
+        .unwrap();
+    ingest(&mut store, &hourly("n1", 300, "2026-01-01", 40));
+    let pruned_at = local("2026-02-10T02:00:05");
+    bill_then_prune(&mut store, &config, pruned_at);
+    let first_kept = horizon_at(&config, pruned_at).first_kept_day;
+    // Pruning came first: a licence reaching back before the horizon can no
+    // longer be applied to days whose samples are gone.
+    let licence = shared::overage::Licence::new(
+        100,
+        local("2026-01-05T00:00:00"),
+        local("2026-03-01T00:00:00"),
+    )
+    .unwrap();
+    store
+        .add_licence("acme", &licence, local("2026-02-10T03:00:00"))
+        .unwrap();
+    let issued = run_billing(&mut store, local("2026-02-11T02:00:05"), &config).unwrap();
+    let adjusted: Vec<NaiveDate> = issued
+        .iter()
+        .filter(|l| l.kind == LineKind::Adjustment)
+        .map(|l| l.day)
+        .collect();
+    assert_eq!(
+        adjusted.first(),
+        Some(&first_kept),
+        "adjustments start on the first kept day: {adjusted:?}"
+    );
+    assert!(
+        issued.iter().all(|l| l.day >= first_kept),
+        "no line for a day before {first_kept}: {issued:?}"
+    );
+}

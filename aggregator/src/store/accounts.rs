@@ -170,7 +170,9 @@ pub(super) fn mark_for_recompute(
     from: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     tx.prepare_cached(
-        "UPDATE accounts SET recompute_from_ms = min(coalesce(recompute_from_ms, ?2), ?2), marks = marks + 1
+        "UPDATE accounts
+            SET recompute_from_ms = min(coalesce(recompute_from_ms, floored.at), floored.at), marks = marks + 1
+           FROM (SELECT max(?2, coalesce((SELECT recompute_floor_ms FROM retention WHERE id = 1), ?2)) AS at) AS floored
           WHERE ref = ?1",
     )?
     .execute((account_ref, from.timestamp_millis()))?;

@@ -96,10 +96,16 @@ impl Store {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // A change recorded from now on (a backdated licence or cap) may mark
+        // no day before the first one whose samples are all kept: the days
+        // before it keep their bills as issued.
+        let floor = zone.day_start(first_whole_day(zone, horizon.prune_before, reach_hours))
+            + TimeDelta::hours(i64::from(reach_hours));
         tx.execute(
-            "INSERT INTO retention (id, pruned_before_ms) VALUES (1, ?1)
-             ON CONFLICT (id) DO UPDATE SET pruned_before_ms = max(pruned_before_ms, excluded.pruned_before_ms)",
-            [horizon.prune_before.timestamp_millis()],
+            "INSERT INTO retention (id, pruned_before_ms, recompute_floor_ms) VALUES (1, ?1, ?2)
+             ON CONFLICT (id) DO UPDATE SET pruned_before_ms = max(pruned_before_ms, excluded.pruned_before_ms),
+                                            recompute_floor_ms = max(recompute_floor_ms, excluded.recompute_floor_ms)",
+            [horizon.prune_before.timestamp_millis(), floor.timestamp_millis()],
         )?;
         let reach = TimeDelta::hours(i64::from(reach_hours));
         let mut targets = Vec::new();
@@ -221,15 +227,23 @@ impl Store {
         if reads_from(zone, day, reach_hours) >= pruned_before {
             return Ok(());
         }
-        // The first day whose inputs are all kept, for the message; a few steps at most.
-        let mut first_kept_day = zone.day_of(pruned_before);
-        while reads_from(zone, first_kept_day, reach_hours) < pruned_before {
-            first_kept_day = next_day(first_kept_day);
-        }
         Err(StoreError::SamplesPruned {
             day,
-            first_kept_day,
+            first_kept_day: first_whole_day(zone, pruned_before, reach_hours),
             pruned_before,
         })
     }
+}
+
+/// The first day whose figures read nothing before `pruned_before`; a few steps at most.
+fn first_whole_day(
+    zone: &BillingZone,
+    pruned_before: DateTime<Utc>,
+    reach_hours: u32,
+) -> NaiveDate {
+    let mut day = zone.day_of(pruned_before);
+    while reads_from(zone, day, reach_hours) < pruned_before {
+        day = next_day(day);
+    }
+    day
 }

@@ -149,9 +149,12 @@ pub const MIGRATIONS: &[&str] = &[
     // 4: how far retention has pruned raw samples, so reports and exports can
     // refuse a day whose samples are gone instead of showing it empty.
     r#"
+    -- recompute_floor_ms: the earliest instant a new change may mark for
+    -- recompute (the first day whose samples are all kept, plus the reach).
     CREATE TABLE IF NOT EXISTS retention (
-        id                INTEGER PRIMARY KEY CHECK (id = 1),
-        pruned_before_ms  INTEGER NOT NULL
+        id                  INTEGER PRIMARY KEY CHECK (id = 1),
+        pruned_before_ms    INTEGER NOT NULL,
+        recompute_floor_ms  INTEGER NOT NULL
     );
     "#,
 ];
