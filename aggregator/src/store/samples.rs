@@ -170,7 +170,8 @@ impl Store {
             }
         }
         // A duplicate leaves a gap in the ids; they only need to increase.
-        tx.execute("UPDATE sample_ids SET next = ?1 WHERE id = 1", [next_id])?;
+        tx.prepare_cached("UPDATE sample_ids SET next = ?1 WHERE id = 1")?
+            .execute([next_id])?;
         for (account_ref, at) in earliest {
             super::accounts::mark_for_recompute(&tx, account_ref, at)?;
         }
