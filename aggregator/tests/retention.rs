@@ -130,6 +130,29 @@ fn prune(store: &mut Store, config: &BillingConfig, now: DateTime<Utc>, batch: u
         .rows()
 }
 
+/// Forty days of one 300-core node from 2026-01-01, in a fresh database.
+fn forty_days_of_one_node(dir: &tempfile::TempDir) -> Store {
+    let mut store = open(dir, "db.sqlite");
+    store
+        .create_account("acme", local("2025-12-01T00:00:00"))
+        .unwrap();
+    ingest(&mut store, &hourly("n1", 300, "2026-01-01", 40));
+    store
+}
+
+/// A 100-core licence from 2026-01-05, recorded on 2026-02-10 at 03:00.
+fn backdate_a_licence(store: &mut Store) {
+    let licence = shared::overage::Licence::new(
+        100,
+        local("2026-01-05T00:00:00"),
+        local("2026-03-01T00:00:00"),
+    )
+    .unwrap();
+    store
+        .add_licence("acme", &licence, local("2026-02-10T03:00:00"))
+        .unwrap();
+}
+
 #[test]
 fn the_horizon_is_a_day_boundary_and_the_cutoff_keeps_what_that_day_reads() {
     let config = BillingConfig::default();
@@ -315,23 +338,11 @@ fn pruning_after_every_run_never_changes_a_bill() {
 fn an_account_marked_for_recompute_keeps_what_the_next_run_reads() {
     let dir = tempfile::tempdir().unwrap();
     let config = BillingConfig::default();
-    let mut store = open(&dir, "db.sqlite");
-    store
-        .create_account("acme", local("2025-12-01T00:00:00"))
-        .unwrap();
-    ingest(&mut store, &hourly("n1", 300, "2026-01-01", 40));
+    let mut store = forty_days_of_one_node(&dir);
     run_billing(&mut store, local("2026-02-10T02:00:05"), &config).unwrap();
     // A licence set back to 2026-01-05 after the run marks the account: the
     // next run recomputes from there, so nothing it reads may go.
-    let licence = shared::overage::Licence::new(
-        100,
-        local("2026-01-05T00:00:00"),
-        local("2026-03-01T00:00:00"),
-    )
-    .unwrap();
-    store
-        .add_licence("acme", &licence, local("2026-02-10T03:00:00"))
-        .unwrap();
+    backdate_a_licence(&mut store);
     let before = every_sample(&mut store).len();
     prune(&mut store, &config, local("2026-02-10T03:00:05"), 10_000);
     let kept_from = config.zone.day_start(date("2026-01-04")) - TimeDelta::hours(5);
@@ -517,25 +528,13 @@ async fn the_service_prunes_at_start_up_counts_it_and_answers_410_for_a_pruned_d
 fn a_licence_set_back_after_pruning_never_recomputes_a_partly_pruned_day() {
     let dir = tempfile::tempdir().unwrap();
     let config = BillingConfig::default();
-    let mut store = open(&dir, "db.sqlite");
-    store
-        .create_account("acme", local("2025-12-01T00:00:00"))
-        .unwrap();
-    ingest(&mut store, &hourly("n1", 300, "2026-01-01", 40));
+    let mut store = forty_days_of_one_node(&dir);
     let pruned_at = local("2026-02-10T02:00:05");
     bill_then_prune(&mut store, &config, pruned_at);
     let first_kept = horizon_at(&config, pruned_at).first_kept_day;
     // Pruning came first: a licence reaching back before the horizon can no
     // longer be applied to days whose samples are gone.
-    let licence = shared::overage::Licence::new(
-        100,
-        local("2026-01-05T00:00:00"),
-        local("2026-03-01T00:00:00"),
-    )
-    .unwrap();
-    store
-        .add_licence("acme", &licence, local("2026-02-10T03:00:00"))
-        .unwrap();
+    backdate_a_licence(&mut store);
     let issued = run_billing(&mut store, local("2026-02-11T02:00:05"), &config).unwrap();
     let adjusted: Vec<NaiveDate> = issued
         .iter()
