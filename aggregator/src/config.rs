@@ -31,6 +31,40 @@ pub struct Config {
     /// Raw samples (and rejections) older than this many days before today
     /// in the billing zone are pruned after each billing run; bill lines stay.
     pub retention_days: u32,
+    /// The prepaid licence price per core per month (default 6.75).
+    pub licence_price_per_core_month: Decimal,
+    /// Where notices to account contacts go (SPEC section 8).
+    pub notices: NoticesConfig,
+}
+
+/// Notice delivery: the notification webhook (every notice, every
+/// recipient, SMS included) and, optionally, email straight to an SMTP relay.
+#[derive(Debug, Clone, Default)]
+pub struct NoticesConfig {
+    pub webhook: Option<WebhookConfig>,
+    pub smtp: Option<SmtpConfig>,
+}
+
+impl NoticesConfig {
+    /// The delivery rows a notice issued now gets.
+    pub fn channels(&self) -> crate::store::NoticeChannels {
+        crate::store::NoticeChannels {
+            webhook: self.webhook.is_some(),
+            email: self.smtp.is_some(),
+        }
+    }
+}
+
+/// An SMTP relay for notice emails.
+#[derive(Debug, Clone)]
+pub struct SmtpConfig {
+    /// `smtp://host:port` (plain, for a relay on the local network) or
+    /// `smtps://host:port` / `smtp://host:port?tls=required`, as lettre reads it.
+    pub relay: String,
+    /// The sender address.
+    pub from: String,
+    pub timeout: Duration,
+    pub max_backoff: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -64,6 +98,7 @@ pub struct FileConfig {
 pub struct FileBilling {
     pub timezone: Option<String>,
     pub price_per_core_day: Option<String>,
+    pub licence_price_per_core_month: Option<String>,
     pub billable_core_rounding: Option<String>,
     pub gap_bridge_hours: Option<u32>,
     pub max_sample_age_hours: Option<u32>,
@@ -130,6 +165,10 @@ const SETTINGS: &[Setting] = &[
     Setting {
         key: "billing.price_per_core_day",
         env: "CORE_METER_PRICE_PER_CORE_DAY",
+    },
+    Setting {
+        key: "billing.licence_price_per_core_month",
+        env: "CORE_METER_LICENCE_PRICE_PER_CORE_MONTH",
     },
     Setting {
         key: "billing.billable_core_rounding",
@@ -290,6 +329,23 @@ impl Config {
             _ => None,
         };
         let admin_token = admin_token(f.admin_token, f.admin_token_file.as_deref())?;
+        let licence_price_per_core_month = match &f.billing.licence_price_per_core_month {
+            Some(p) => {
+                let price = Decimal::from_str(p).map_err(|e| {
+                    anyhow::anyhow!(
+                        "{}: {p:?} is not a decimal such as 6.75 ({e})",
+                        named("billing.licence_price_per_core_month")
+                    )
+                })?;
+                anyhow::ensure!(
+                    price >= Decimal::ZERO,
+                    "{}: {price} must not be negative",
+                    named("billing.licence_price_per_core_month")
+                );
+                price
+            }
+            None => shared::lifecycle::default_price_per_core_month(),
+        };
         Ok(Config {
             listen,
             database: f
@@ -301,6 +357,8 @@ impl Config {
             log_json: f.log_json.unwrap_or(false),
             request_timeout: Duration::from_secs(f.request_timeout_secs.unwrap_or(30).max(1)),
             retention_days,
+            licence_price_per_core_month,
+            notices: NoticesConfig::default(),
         })
     }
 }
@@ -428,6 +486,8 @@ fn apply_env(f: &mut FileConfig, env: &dyn Fn(&str) -> Option<String>) -> anyhow
     let b = &mut f.billing;
     b.timezone = get("billing.timezone").or(b.timezone.take());
     b.price_per_core_day = get("billing.price_per_core_day").or(b.price_per_core_day.take());
+    b.licence_price_per_core_month = get("billing.licence_price_per_core_month")
+        .or(b.licence_price_per_core_month.take());
     b.billable_core_rounding =
         get("billing.billable_core_rounding").or(b.billable_core_rounding.take());
     b.currency = get("billing.currency").or(b.currency.take());

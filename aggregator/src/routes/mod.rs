@@ -285,7 +285,14 @@ impl From<StoreError> for ApiError {
             E::SamplesPruned { .. } => {
                 ApiError::new(StatusCode::GONE, "samples_pruned", e.to_string()).field("day")
             }
-            E::TooNew { .. } | E::Sqlite(_) => ApiError::internal(e),
+            E::Invalid { field, .. } => ApiError::unprocessable(field, e.to_string()),
+            E::Conflict { code, field, .. } => {
+                ApiError::new(StatusCode::CONFLICT, code, e.to_string()).field(field)
+            }
+            E::DataDeleted { .. } => {
+                ApiError::new(StatusCode::GONE, "data_deleted", e.to_string()).field("day")
+            }
+            E::TooNew { .. } | E::Corrupt(_) | E::Sqlite(_) => ApiError::internal(e),
         }
     }
 }

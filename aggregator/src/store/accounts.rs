@@ -165,7 +165,7 @@ fn account_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Account> {
 /// Notes that the days of `account_ref` may have changed from `from` on, and
 /// counts the change so that a run under way does not clear it.
 pub(super) fn mark_for_recompute(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &rusqlite::Connection,
     account_ref: i64,
     from: DateTime<Utc>,
 ) -> Result<(), StoreError> {

@@ -3,6 +3,8 @@
 mod accounts;
 mod bills;
 mod clusters;
+mod lifecycle;
+mod notices;
 mod outbox;
 mod retention;
 mod samples;
@@ -17,6 +19,8 @@ use rustc_hash::FxHashMap;
 
 pub use accounts::Account;
 pub use clusters::ClusterIdentity;
+pub use lifecycle::{BalanceEntry, Contact, NewContact, NewOrder, Order, StateChange, StepOutcome};
+pub use notices::{Notice, NoticeChannels, NoticeDelivery, Recipient};
 pub use outbox::{Delivery, OutboxStatus};
 pub use retention::{reads_from, Horizon, PruneTarget, Pruned, PRUNE_BATCH_ROWS};
 pub use samples::{AuditSample, Incoming, Outcome};
@@ -62,6 +66,25 @@ pub enum StoreError {
         first_kept_day: chrono::NaiveDate,
         pruned_before: DateTime<Utc>,
     },
+    /// A value the request gave that the lifecycle refuses (422 naming the field).
+    #[error("{message}")]
+    Invalid { field: &'static str, message: String },
+    /// A request that contradicts what is recorded (409 with its own code).
+    #[error("{message}")]
+    Conflict {
+        code: &'static str,
+        field: &'static str,
+        message: String,
+    },
+    /// The account's data was deleted when its service ended; its bill lines remain.
+    #[error("the samples of account {account:?} before {before} were deleted with its data when its service ended (SPEC section 8); its bill lines remain in GET /v1/admin/bills")]
+    DataDeleted {
+        account: String,
+        before: DateTime<Utc>,
+    },
+    /// Something stored that this build cannot read back.
+    #[error("stored data cannot be read: {0}")]
+    Corrupt(String),
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
 }

@@ -157,4 +157,130 @@ pub const MIGRATIONS: &[&str] = &[
         recompute_floor_ms  INTEGER NOT NULL
     );
     "#,
+    // 5: the life of an account (SPEC section 8, LIFECYCLE.md): main and
+    // sub-accounts, states and their history, trials, licence orders and
+    // renewal, the prepaid balance, contacts, notices and their delivery.
+    r#"
+    ALTER TABLE accounts ADD COLUMN parent_ref INTEGER REFERENCES accounts(ref);
+    -- The current state and since when; the history is account_states.
+    ALTER TABLE accounts ADD COLUMN state TEXT NOT NULL DEFAULT 'unlicensed';
+    ALTER TABLE accounts ADD COLUMN state_since_ms INTEGER;
+    -- The last day whose 02:00 run stepped this account (NULL: none yet).
+    ALTER TABLE accounts ADD COLUMN stepped_through TEXT;
+    -- The prepaid balance, an exact decimal; every change is in balance_entries.
+    ALTER TABLE accounts ADD COLUMN balance TEXT NOT NULL DEFAULT '0.00';
+    -- Samples before this instant were deleted with the account's data: days
+    -- before it are never billed again.
+    ALTER TABLE accounts ADD COLUMN data_deleted_before_ms INTEGER;
+
+    -- ends_ms: the licence's end without grace (NULL for licences given as a
+    -- counting period through POST .../licenses: end_ms less the grace).
+    ALTER TABLE licences ADD COLUMN ends_ms INTEGER;
+    ALTER TABLE licences ADD COLUMN auto_renew INTEGER NOT NULL DEFAULT 0;
+    -- The licence that renewed this one; a licence renews at most once.
+    ALTER TABLE licences ADD COLUMN renewed_by INTEGER UNIQUE REFERENCES licences(id);
+
+    -- Every order of licensed cores: a purchase through the API or an
+    -- auto-renewal. Never updated or deleted.
+    CREATE TABLE orders (
+        id             INTEGER PRIMARY KEY,
+        account_ref    INTEGER NOT NULL REFERENCES accounts(ref),
+        kind           TEXT NOT NULL CHECK (kind IN ('purchase', 'renewal')),
+        licence_id     INTEGER NOT NULL UNIQUE REFERENCES licences(id),
+        cores          INTEGER NOT NULL CHECK (cores >= 1),
+        months         INTEGER NOT NULL CHECK (months >= 1),
+        start_day      TEXT NOT NULL,
+        end_day        TEXT NOT NULL,
+        price          TEXT NOT NULL,
+        paid_from      TEXT NOT NULL CHECK (paid_from IN ('invoice', 'balance')),
+        ordered_at_ms  INTEGER NOT NULL
+    );
+    CREATE INDEX orders_by_account ON orders(account_ref);
+
+    -- The prepaid balance's ledger: credits from the billing backend (a
+    -- reference is taken once), debits for orders paid from the balance.
+    CREATE TABLE balance_entries (
+        id             INTEGER PRIMARY KEY,
+        account_ref    INTEGER NOT NULL REFERENCES accounts(ref),
+        kind           TEXT NOT NULL CHECK (kind IN ('credit', 'debit')),
+        amount         TEXT NOT NULL,
+        balance_after  TEXT NOT NULL,
+        reference      TEXT,
+        order_id       INTEGER REFERENCES orders(id),
+        at_ms          INTEGER NOT NULL,
+        UNIQUE (account_ref, reference)
+    );
+
+    -- One trial per main account: the key is the main account.
+    CREATE TABLE trials (
+        main_ref       INTEGER PRIMARY KEY REFERENCES accounts(ref),
+        account_ref    INTEGER NOT NULL UNIQUE REFERENCES accounts(ref),
+        start_ms       INTEGER NOT NULL,
+        end_ms         INTEGER NOT NULL,
+        started_at_ms  INTEGER NOT NULL
+    );
+
+    -- Every state change, with the instant it took effect and why.
+    CREATE TABLE account_states (
+        id           INTEGER PRIMARY KEY,
+        account_ref  INTEGER NOT NULL REFERENCES accounts(ref),
+        state        TEXT NOT NULL,
+        at_ms        INTEGER NOT NULL,
+        -- When the service recorded it (later than at_ms after an outage).
+        recorded_at_ms INTEGER NOT NULL,
+        cause        TEXT NOT NULL
+    );
+    CREATE INDEX account_states_by_account ON account_states(account_ref, at_ms);
+
+    -- A deletion of an account's data, done in bounded batches after the
+    -- step that decided it; finished_at_ms is set when nothing is left.
+    CREATE TABLE deletions (
+        id              INTEGER PRIMARY KEY,
+        account_ref     INTEGER NOT NULL REFERENCES accounts(ref),
+        before_ms       INTEGER NOT NULL,
+        decided_at_ms   INTEGER NOT NULL,
+        samples         INTEGER NOT NULL DEFAULT 0,
+        rejections      INTEGER NOT NULL DEFAULT 0,
+        finished_at_ms  INTEGER
+    );
+
+    CREATE TABLE contacts (
+        id             INTEGER PRIMARY KEY,
+        account_ref    INTEGER NOT NULL REFERENCES accounts(ref),
+        name           TEXT NOT NULL,
+        role           TEXT NOT NULL CHECK (role IN ('creator', 'global_resource_collaborator', 'finance_collaborator', 'collaborator')),
+        email          TEXT,
+        sms            TEXT,
+        created_at_ms  INTEGER NOT NULL,
+        CHECK (email IS NOT NULL OR sms IS NOT NULL)
+    );
+    CREATE INDEX contacts_by_account ON contacts(account_ref);
+
+    -- Notices, at most one of a kind per account and day. recipients and
+    -- details are JSON. Never updated or deleted.
+    CREATE TABLE notices (
+        id            INTEGER PRIMARY KEY,
+        account_ref   INTEGER NOT NULL REFERENCES accounts(ref),
+        kind          TEXT NOT NULL,
+        day           TEXT NOT NULL,
+        issued_at_ms  INTEGER NOT NULL,
+        recipients    TEXT NOT NULL,
+        details       TEXT NOT NULL,
+        UNIQUE (account_ref, kind, day)
+    );
+
+    -- The notice outbox: one row per notice and channel (the webhook; each
+    -- email address when an SMTP relay is set), written with the notice.
+    CREATE TABLE notice_deliveries (
+        notice_id        INTEGER NOT NULL REFERENCES notices(id),
+        channel          TEXT NOT NULL CHECK (channel IN ('webhook', 'email')),
+        address          TEXT NOT NULL,
+        attempts         INTEGER NOT NULL DEFAULT 0,
+        next_attempt_ms  INTEGER NOT NULL,
+        delivered_at_ms  INTEGER,
+        last_error       TEXT,
+        PRIMARY KEY (notice_id, channel, address)
+    ) WITHOUT ROWID;
+    CREATE INDEX notice_deliveries_pending ON notice_deliveries (next_attempt_ms) WHERE delivered_at_ms IS NULL;
+    "#,
 ];

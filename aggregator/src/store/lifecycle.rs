@@ -1,0 +1,875 @@
+//! The life of an account in the store: contacts, trials, licence orders,
+//! the balance, the state and its history, and the step each 02:00 run takes
+//! (`step_account`). The rules are `shared::lifecycle`; this records them.
+
+use std::str::FromStr;
+
+use chrono::{DateTime, Days, NaiveDate, Utc};
+use rusqlite::{Connection, OptionalExtension};
+use rust_decimal::Decimal;
+use serde::Serialize;
+use serde_json::json;
+use shared::lifecycle::{
+    counts_until, order_price, run_of, term_end_day, Life, NoticeKind, Role, State, TermLicence,
+    Trial, MAX_TERM_MONTHS, RENEWAL_MONTHS,
+};
+use shared::money::cents;
+use shared::zone::BillingZone;
+
+use super::accounts::mark_for_recompute;
+use super::notices::{issue_notice, NoticeChannels};
+use super::{from_ms, Store, StoreError};
+
+/// The most cores one order may buy.
+pub const MAX_ORDER_CORES: u32 = 1_000_000;
+/// How far back an order may start (a purchase recorded a little late).
+pub const ORDER_BACKDATE_DAYS: u64 = 14;
+/// How far ahead an order may start.
+pub const ORDER_AHEAD_DAYS: u64 = 366;
+/// The largest single credit (a typo guard, not a business limit).
+pub const MAX_CREDIT: i64 = 100_000_000;
+
+/// A contact to add to an account.
+#[derive(Debug, Clone)]
+pub struct NewContact {
+    pub name: String,
+    pub role: Role,
+    pub email: Option<String>,
+    pub sms: Option<String>,
+}
+
+/// A contact as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Contact {
+    pub id: i64,
+    pub name: String,
+    pub role: String,
+    pub email: Option<String>,
+    pub sms: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A licence order to place.
+#[derive(Debug, Clone)]
+pub struct NewOrder {
+    pub cores: u32,
+    pub months: u32,
+    /// The first day; today in the billing zone when not given.
+    pub start: Option<NaiveDate>,
+    pub auto_renew: bool,
+    /// Paid from the prepaid balance (refused when it does not cover the
+    /// price) rather than invoiced by the billing backend.
+    pub pay_from_balance: bool,
+}
+
+/// An order as stored, with its licence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Order {
+    pub id: i64,
+    /// `purchase` or `renewal`.
+    pub kind: String,
+    pub licence: i64,
+    pub cores: u32,
+    pub months: u32,
+    pub start_day: NaiveDate,
+    /// The first day it no longer covers.
+    pub end_day: NaiveDate,
+    /// The end of its grace: billing counts it until then.
+    pub counts_until: DateTime<Utc>,
+    pub price: Decimal,
+    /// `invoice` or `balance`.
+    pub paid_from: String,
+    pub auto_renew: bool,
+    /// The licence that renewed it, if one did.
+    pub renewed_by: Option<i64>,
+    pub ordered_at: DateTime<Utc>,
+}
+
+/// One entry of the balance's ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BalanceEntry {
+    pub kind: String,
+    pub amount: Decimal,
+    pub balance_after: Decimal,
+    pub reference: Option<String>,
+    pub order: Option<i64>,
+    pub at: DateTime<Utc>,
+}
+
+/// One recorded state change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StateChange {
+    pub state: State,
+    /// When it took effect (a run's instant, or the request's).
+    pub at: DateTime<Utc>,
+    /// When the service recorded it: later than `at` after an outage.
+    pub recorded_at: DateTime<Utc>,
+    pub cause: String,
+}
+
+/// What one account's step at one run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct StepOutcome {
+    pub account: String,
+    pub day: Option<NaiveDate>,
+    pub state: Option<State>,
+    pub notices: Vec<String>,
+    pub renewed: Vec<i64>,
+}
+
+fn decimal(s: &str) -> Result<Decimal, StoreError> {
+    Decimal::from_str(s).map_err(|e| StoreError::Corrupt(format!("stored decimal {s:?}: {e}")))
+}
+
+fn day(s: &str) -> Result<NaiveDate, StoreError> {
+    s.parse()
+        .map_err(|e| StoreError::Corrupt(format!("stored day {s:?}: {e}")))
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> StoreError {
+    StoreError::Invalid {
+        field,
+        message: message.into(),
+    }
+}
+
+/// An email address as a relay takes it: one `@`, both sides non-empty,
+/// no spaces or control characters, at most 254 characters.
+fn valid_email(s: &str) -> bool {
+    let mut parts = s.split('@');
+    let (Some(local), Some(domain), None) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    s.len() <= 254
+        && !local.is_empty()
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !s.chars().any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>')
+}
+
+/// A phone number in E.164: `+` and 8 to 15 digits.
+fn valid_sms(s: &str) -> bool {
+    s.strip_prefix('+').is_some_and(|digits| {
+        (8..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())
+    })
+}
+
+/// The account's licences as the lifecycle sees them.
+fn term_licences(conn: &Connection, account_ref: i64) -> Result<Vec<TermLicence>, StoreError> {
+    let grace_ms = shared::overage::LICENCE_GRACE_DAYS * 86_400_000;
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, cores, start_ms, end_ms, ends_ms, auto_renew, renewed_by FROM licences
+          WHERE account_ref = ?1 ORDER BY id",
+    )?;
+    let rows = stmt.query_map([account_ref], |r| {
+        let counts: i64 = r.get(3)?;
+        let ends: Option<i64> = r.get(4)?;
+        Ok(TermLicence {
+            id: r.get(0)?,
+            cores: r.get(1)?,
+            start: from_ms(r.get(2)?),
+            // A licence given as a counting period ends the grace before its counting end.
+            end: from_ms(ends.unwrap_or(counts - grace_ms).max(r.get(2)?)),
+            counts_until: from_ms(counts),
+            auto_renew: r.get::<_, i64>(5)? != 0,
+            renewed: r.get::<_, Option<i64>>(6)?.is_some(),
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn trial_of(conn: &Connection, account_ref: i64) -> Result<Option<Trial>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT start_ms, end_ms FROM trials WHERE account_ref = ?1")?
+        .query_row([account_ref], |r| {
+            Ok(Trial {
+                start: from_ms(r.get(0)?),
+                end: from_ms(r.get(1)?),
+            })
+        })
+        .optional()?)
+}
+
+fn life_of(conn: &Connection, account_ref: i64) -> Result<Life, StoreError> {
+    Ok(Life {
+        licences: term_licences(conn, account_ref)?,
+        trial: trial_of(conn, account_ref)?,
+    })
+}
+
+fn recorded_state(conn: &Connection, account_ref: i64) -> Result<State, StoreError> {
+    let s: String = conn
+        .prepare_cached("SELECT state FROM accounts WHERE ref = ?1")?
+        .query_row([account_ref], |r| r.get(0))?;
+    State::from_str(&s).map_err(StoreError::Corrupt)
+}
+
+/// Records `state` from `at` when it differs from the account's current one;
+/// a stop or a recovery marks the account for recompute from `at`.
+fn record_state(
+    conn: &Connection,
+    account_ref: i64,
+    state: State,
+    at: DateTime<Utc>,
+    now: DateTime<Utc>,
+    cause: &str,
+) -> Result<bool, StoreError> {
+    let before = recorded_state(conn, account_ref)?;
+    if before == state {
+        return Ok(false);
+    }
+    conn.prepare_cached(
+        "INSERT INTO account_states (account_ref, state, at_ms, recorded_at_ms, cause) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute((account_ref, state.as_str(), at.timestamp_millis(), now.timestamp_millis(), cause))?;
+    conn.prepare_cached("UPDATE accounts SET state = ?2, state_since_ms = ?3 WHERE ref = ?1")?
+        .execute((account_ref, state.as_str(), at.timestamp_millis()))?;
+    if before.is_stopped() != state.is_stopped() {
+        mark_for_recompute(conn, account_ref, at)?;
+    }
+    Ok(true)
+}
+
+fn balance_of(conn: &Connection, account_ref: i64) -> Result<Decimal, StoreError> {
+    let s: String = conn
+        .prepare_cached("SELECT balance FROM accounts WHERE ref = ?1")?
+        .query_row([account_ref], |r| r.get(0))?;
+    decimal(&s)
+}
+
+fn post_entry(
+    conn: &Connection,
+    account_ref: i64,
+    kind: &str,
+    amount: Decimal,
+    reference: Option<&str>,
+    order: Option<i64>,
+    now: DateTime<Utc>,
+) -> Result<Decimal, StoreError> {
+    let before = balance_of(conn, account_ref)?;
+    let after = cents(if kind == "credit" {
+        before + amount
+    } else {
+        before - amount
+    });
+    conn.prepare_cached(
+        "INSERT INTO balance_entries (account_ref, kind, amount, balance_after, reference, order_id, at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute((
+        account_ref,
+        kind,
+        cents(amount).to_string(),
+        after.to_string(),
+        reference,
+        order,
+        now.timestamp_millis(),
+    ))?;
+    conn.prepare_cached("UPDATE accounts SET balance = ?2 WHERE ref = ?1")?
+        .execute((account_ref, after.to_string()))?;
+    Ok(after)
+}
+
+/// Inserts a licence for the days `start..end` and its order.
+#[allow(clippy::too_many_arguments)]
+fn insert_order(
+    conn: &Connection,
+    zone: &BillingZone,
+    account_ref: i64,
+    kind: &str,
+    cores: u32,
+    months: u32,
+    (start, end): (NaiveDate, NaiveDate),
+    price: Decimal,
+    paid_from: &str,
+    auto_renew: bool,
+    now: DateTime<Utc>,
+) -> Result<(i64, i64), StoreError> {
+    let starts = zone.day_start(start);
+    conn.prepare_cached(
+        "INSERT INTO licences (account_ref, cores, start_ms, end_ms, created_at_ms, ends_ms, auto_renew)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute((
+        account_ref,
+        cores,
+        starts.timestamp_millis(),
+        counts_until(zone, end).timestamp_millis(),
+        now.timestamp_millis(),
+        zone.day_start(end).timestamp_millis(),
+        i64::from(auto_renew),
+    ))?;
+    let licence = conn.last_insert_rowid();
+    conn.prepare_cached(
+        "INSERT INTO orders (account_ref, kind, licence_id, cores, months, start_day, end_day, price, paid_from, ordered_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute((
+        account_ref,
+        kind,
+        licence,
+        cores,
+        months,
+        start.to_string(),
+        end.to_string(),
+        price.to_string(),
+        paid_from,
+        now.timestamp_millis(),
+    ))?;
+    let order = conn.last_insert_rowid();
+    mark_for_recompute(conn, account_ref, starts)?;
+    Ok((licence, order))
+}
+
+impl Store {
+    pub fn add_contact(
+        &mut self,
+        account: &str,
+        contact: &NewContact,
+        now: DateTime<Utc>,
+    ) -> Result<Contact, StoreError> {
+        let name = contact.name.trim();
+        if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
+            return Err(invalid(
+                "name",
+                format!("name must be 1 to 200 characters without control characters, got {:?}", contact.name),
+            ));
+        }
+        if contact.email.is_none() && contact.sms.is_none() {
+            return Err(invalid("email", "a contact needs an email address, an SMS number or both"));
+        }
+        if let Some(e) = contact.email.as_deref().filter(|e| !valid_email(e)) {
+            return Err(invalid("email", format!("{e:?} is not an email address such as ops@example.com")));
+        }
+        if let Some(s) = contact.sms.as_deref().filter(|s| !valid_sms(s)) {
+            return Err(invalid("sms", format!("{s:?} is not a phone number in E.164 form such as +8613800138000")));
+        }
+        let account_ref = self.require_account(account)?;
+        self.conn.execute(
+            "INSERT INTO contacts (account_ref, name, role, email, sms, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            (account_ref, name, contact.role.as_str(), &contact.email, &contact.sms, now.timestamp_millis()),
+        )?;
+        Ok(Contact {
+            id: self.conn.last_insert_rowid(),
+            name: name.to_string(),
+            role: contact.role.as_str().to_string(),
+            email: contact.email.clone(),
+            sms: contact.sms.clone(),
+            created_at: now,
+        })
+    }
+
+    pub fn contacts(&mut self, account: &str) -> Result<Vec<Contact>, StoreError> {
+        let account_ref = self.require_account(account)?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, name, role, email, sms, created_at_ms FROM contacts WHERE account_ref = ?1 ORDER BY id",
+        )?;
+        let rows = stmt.query_map([account_ref], |r| {
+            Ok(Contact {
+                id: r.get(0)?,
+                name: r.get(1)?,
+                role: r.get(2)?,
+                email: r.get(3)?,
+                sms: r.get(4)?,
+                created_at: from_ms(r.get(5)?),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Sets the main account of a new account; a main account cannot itself have one.
+    pub fn set_parent(&mut self, account: &str, parent: &str) -> Result<(), StoreError> {
+        let account_ref = self.require_account(account)?;
+        let Some(parent_ref) = self.account_ref(parent)? else {
+            return Err(invalid("parent", format!("parent account {parent:?} does not exist")));
+        };
+        if parent_ref == account_ref {
+            return Err(invalid("parent", "an account cannot be its own parent"));
+        }
+        let grand: Option<i64> = self
+            .conn
+            .query_row("SELECT parent_ref FROM accounts WHERE ref = ?1", [parent_ref], |r| r.get(0))?;
+        if grand.is_some() {
+            return Err(invalid(
+                "parent",
+                format!("{parent:?} is itself a sub-account; the parent must be a main account"),
+            ));
+        }
+        self.conn.execute(
+            "UPDATE accounts SET parent_ref = ?2 WHERE ref = ?1",
+            (account_ref, parent_ref),
+        )?;
+        Ok(())
+    }
+
+    /// The account's main account (its parent, or itself).
+    pub fn main_account(&mut self, account: &str) -> Result<String, StoreError> {
+        let account_ref = self.require_account(account)?;
+        Ok(self.conn.query_row(
+            "SELECT coalesce(p.id, a.id) FROM accounts a LEFT JOIN accounts p ON p.ref = a.parent_ref WHERE a.ref = ?1",
+            [account_ref],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Credits the prepaid balance; a `reference` already taken is not taken
+    /// again. Returns the balance and whether this call credited it.
+    pub fn credit_balance(
+        &mut self,
+        account: &str,
+        amount: Decimal,
+        reference: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(Decimal, bool), StoreError> {
+        if amount <= Decimal::ZERO || amount.scale() > 2 && amount != cents(amount) {
+            return Err(invalid("amount", format!("amount {amount} must be positive with at most two decimal places")));
+        }
+        if amount > Decimal::from(MAX_CREDIT) {
+            return Err(invalid("amount", format!("amount {amount} is over the largest credit of {MAX_CREDIT}")));
+        }
+        let reference = reference.trim();
+        if reference.is_empty() || reference.len() > 200 {
+            return Err(invalid("reference", "reference (the billing backend's id of the payment) must be 1 to 200 characters"));
+        }
+        let account_ref = self.require_account(account)?;
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let taken: Option<String> = tx
+            .query_row(
+                "SELECT amount FROM balance_entries WHERE account_ref = ?1 AND reference = ?2",
+                (account_ref, reference),
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(taken) = taken {
+            if decimal(&taken)? != cents(amount) {
+                return Err(StoreError::Conflict {
+                    code: "reference_in_use",
+                    field: "reference",
+                    message: format!("reference {reference:?} was already credited with {taken}, not {amount}"),
+                });
+            }
+            let balance = balance_of(&tx, account_ref)?;
+            return Ok((balance, false));
+        }
+        let after = post_entry(&tx, account_ref, "credit", amount, Some(reference), None, now)?;
+        tx.commit()?;
+        Ok((after, true))
+    }
+
+    pub fn balance(&mut self, account: &str) -> Result<(Decimal, Vec<BalanceEntry>), StoreError> {
+        let account_ref = self.require_account(account)?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT kind, amount, balance_after, reference, order_id, at_ms FROM balance_entries
+              WHERE account_ref = ?1 ORDER BY id",
+        )?;
+        let mut rows = stmt.query([account_ref])?;
+        let mut entries = Vec::new();
+        while let Some(r) = rows.next()? {
+            entries.push(BalanceEntry {
+                kind: r.get(0)?,
+                amount: decimal(&r.get::<_, String>(1)?)?,
+                balance_after: decimal(&r.get::<_, String>(2)?)?,
+                reference: r.get(3)?,
+                order: r.get(4)?,
+                at: from_ms(r.get(5)?),
+            });
+        }
+        drop(rows);
+        drop(stmt);
+        Ok((balance_of(&self.conn, account_ref)?, entries))
+    }
+
+    /// Starts the account's trial now: once per main account, and not for an
+    /// account that already holds a licence.
+    pub fn start_trial(
+        &mut self,
+        account: &str,
+        zone: &BillingZone,
+        now: DateTime<Utc>,
+    ) -> Result<Trial, StoreError> {
+        let account_ref = self.require_account(account)?;
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let (main_ref, main_id): (i64, String) = tx.query_row(
+            "SELECT coalesce(p.ref, a.ref), coalesce(p.id, a.id) FROM accounts a LEFT JOIN accounts p ON p.ref = a.parent_ref WHERE a.ref = ?1",
+            [account_ref],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let used: Option<(String, i64)> = tx
+            .query_row(
+                "SELECT a.id, t.started_at_ms FROM trials t JOIN accounts a ON a.ref = t.account_ref WHERE t.main_ref = ?1",
+                [main_ref],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        if let Some((by, at)) = used {
+            let family = if main_id == account {
+                format!("main account {main_id:?}")
+            } else {
+                format!("account {account:?}'s main account {main_id:?} and its sub-accounts")
+            };
+            return Err(StoreError::Conflict {
+                code: "trial_used",
+                field: "account",
+                message: format!(
+                    "{family} already had their one trial: account {by:?} started it on {}; buy a licence instead (POST /v1/admin/accounts/{account}/orders)",
+                    zone.day_of(from_ms(at))
+                ),
+            });
+        }
+        let licensed: i64 = tx.query_row("SELECT count(*) FROM licences WHERE account_ref = ?1", [account_ref], |r| r.get(0))?;
+        if licensed > 0 {
+            return Err(StoreError::Conflict {
+                code: "already_licensed",
+                field: "account",
+                message: format!("account {account:?} already bought a licence; a trial is for accounts that have not"),
+            });
+        }
+        let trial = Trial::starting(zone, now);
+        tx.execute(
+            "INSERT INTO trials (main_ref, account_ref, start_ms, end_ms, started_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            (main_ref, account_ref, trial.start.timestamp_millis(), trial.end.timestamp_millis(), now.timestamp_millis()),
+        )?;
+        // The trial's hours are free, including any already billed... none are:
+        // a trial starts today, and today is not billed before tomorrow's run.
+        mark_for_recompute(&tx, account_ref, trial.start)?;
+        let state = life_of(&tx, account_ref)?.state_at(zone, now);
+        record_state(&tx, account_ref, state, now, now, "trial started")?;
+        tx.commit()?;
+        Ok(trial)
+    }
+
+    /// Places a licence order; when the account is stopped, this recovers it.
+    pub fn place_order(
+        &mut self,
+        account: &str,
+        order: &NewOrder,
+        zone: &BillingZone,
+        price_per_core_month: Decimal,
+        now: DateTime<Utc>,
+    ) -> Result<Order, StoreError> {
+        if !(1..=MAX_ORDER_CORES).contains(&order.cores) {
+            return Err(invalid("cores", format!("cores {} must be from 1 to {MAX_ORDER_CORES}", order.cores)));
+        }
+        if !(1..=MAX_TERM_MONTHS).contains(&order.months) {
+            return Err(invalid("months", format!("a term of {} months is not from 1 to {MAX_TERM_MONTHS} months", order.months)));
+        }
+        let today = zone.day_of(now);
+        let start = order.start.unwrap_or(today);
+        let earliest = today.checked_sub_days(Days::new(ORDER_BACKDATE_DAYS)).expect("date in range");
+        let latest = today.checked_add_days(Days::new(ORDER_AHEAD_DAYS)).expect("date in range");
+        if start < earliest || start > latest {
+            return Err(invalid("start", format!("start {start} must be from {earliest} to {latest} ({ORDER_BACKDATE_DAYS} days back to {ORDER_AHEAD_DAYS} ahead)")));
+        }
+        let end = term_end_day(start, order.months).ok_or_else(|| invalid("months", "the term ends out of range"))?;
+        let price = order_price(order.cores, order.months, price_per_core_month);
+        let account_ref = self.require_account(account)?;
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let paid_from = if order.pay_from_balance { "balance" } else { "invoice" };
+        if order.pay_from_balance {
+            let balance = balance_of(&tx, account_ref)?;
+            if balance < price {
+                return Err(StoreError::Conflict {
+                    code: "insufficient_balance",
+                    field: "pay_from_balance",
+                    message: format!("the balance {balance} does not cover the price {price} ({} short)", price - balance),
+                });
+            }
+        }
+        let before = recorded_state(&tx, account_ref)?;
+        let (licence, id) = insert_order(&tx, zone, account_ref, "purchase", order.cores, order.months, (start, end), price, paid_from, order.auto_renew, now)?;
+        if order.pay_from_balance {
+            post_entry(&tx, account_ref, "debit", price, None, Some(id), now)?;
+        }
+        let state = life_of(&tx, account_ref)?.state_at(zone, now);
+        let cause = if before.is_stopped() && !state.is_stopped() {
+            format!("recovered by order {id}")
+        } else {
+            format!("order {id}")
+        };
+        record_state(&tx, account_ref, state, now, now, &cause)?;
+        tx.commit()?;
+        Ok(Order {
+            id,
+            kind: "purchase".into(),
+            licence,
+            cores: order.cores,
+            months: order.months,
+            start_day: start,
+            end_day: end,
+            counts_until: counts_until(zone, end),
+            price,
+            paid_from: paid_from.into(),
+            auto_renew: order.auto_renew,
+            renewed_by: None,
+            ordered_at: now,
+        })
+    }
+
+    /// Turns auto-renewal of an order's licence on or off.
+    pub fn set_auto_renew(&mut self, account: &str, order: i64, on: bool) -> Result<(), StoreError> {
+        let account_ref = self.require_account(account)?;
+        let changed = self.conn.execute(
+            "UPDATE licences SET auto_renew = ?3 WHERE id = (SELECT licence_id FROM orders WHERE id = ?2 AND account_ref = ?1)",
+            (account_ref, order, i64::from(on)),
+        )?;
+        if changed == 0 {
+            return Err(StoreError::Invalid {
+                field: "order",
+                message: format!("account {account:?} has no order {order}"),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn orders(&mut self, account: &str, zone: &BillingZone) -> Result<Vec<Order>, StoreError> {
+        let account_ref = self.require_account(account)?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT o.id, o.kind, o.licence_id, o.cores, o.months, o.start_day, o.end_day, o.price, o.paid_from,
+                    l.auto_renew, l.renewed_by, o.ordered_at_ms
+               FROM orders o JOIN licences l ON l.id = o.licence_id WHERE o.account_ref = ?1 ORDER BY o.id",
+        )?;
+        let mut rows = stmt.query([account_ref])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let end_day = day(&r.get::<_, String>(6)?)?;
+            out.push(Order {
+                id: r.get(0)?,
+                kind: r.get(1)?,
+                licence: r.get(2)?,
+                cores: r.get(3)?,
+                months: r.get(4)?,
+                start_day: day(&r.get::<_, String>(5)?)?,
+                end_day,
+                counts_until: counts_until(zone, end_day),
+                price: decimal(&r.get::<_, String>(7)?)?,
+                paid_from: r.get(8)?,
+                auto_renew: r.get::<_, i64>(9)? != 0,
+                renewed_by: r.get(10)?,
+                ordered_at: from_ms(r.get(11)?),
+            });
+        }
+        Ok(out)
+    }
+
+    /// What the rules know of the account, its recorded state and since when.
+    pub fn life(&mut self, account: &str) -> Result<(Life, State, Option<DateTime<Utc>>), StoreError> {
+        let account_ref = self.require_account(account)?;
+        let since: Option<i64> = self.conn.query_row(
+            "SELECT state_since_ms FROM accounts WHERE ref = ?1",
+            [account_ref],
+            |r| r.get(0),
+        )?;
+        Ok((
+            life_of(&self.conn, account_ref)?,
+            recorded_state(&self.conn, account_ref)?,
+            since.map(from_ms),
+        ))
+    }
+
+    pub fn state_history(&mut self, account: &str) -> Result<Vec<StateChange>, StoreError> {
+        let account_ref = self.require_account(account)?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT state, at_ms, recorded_at_ms, cause FROM account_states WHERE account_ref = ?1 ORDER BY id",
+        )?;
+        let mut rows = stmt.query([account_ref])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            out.push(StateChange {
+                state: State::from_str(&r.get::<_, String>(0)?).map_err(StoreError::Corrupt)?,
+                at: from_ms(r.get(1)?),
+                recorded_at: from_ms(r.get(2)?),
+                cause: r.get(3)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Steps one account through the run of `day` (LIFECYCLE.md): renewals,
+    /// then the state, then the notices, all in one transaction; a run it was
+    /// already stepped through is skipped. `daily` is false for runs caught
+    /// up after an outage but the last: warnings repeated each day are only
+    /// sent for the latest.
+    #[allow(clippy::too_many_arguments)]
+    pub fn step_account(
+        &mut self,
+        account: &str,
+        day_of_run: NaiveDate,
+        daily: bool,
+        zone: &BillingZone,
+        price_per_core_month: Decimal,
+        channels: NoticeChannels,
+        now: DateTime<Utc>,
+    ) -> Result<StepOutcome, StoreError> {
+        let account_ref = self.require_account(account)?;
+        let at = run_of(zone, day_of_run);
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut outcome = StepOutcome {
+            account: account.to_string(),
+            ..StepOutcome::default()
+        };
+        let stepped: Option<String> = tx.query_row(
+            "SELECT stepped_through FROM accounts WHERE ref = ?1",
+            [account_ref],
+            |r| r.get(0),
+        )?;
+        if stepped.as_deref().map(day).transpose()?.is_some_and(|d| d >= day_of_run) {
+            return Ok(outcome);
+        }
+        outcome.day = Some(day_of_run);
+        // 1. Renewals, paid from the balance.
+        let life = life_of(&tx, account_ref)?;
+        let (mut renewed, mut refused) = (Vec::new(), Vec::new());
+        for l in life.renewals_due(zone, day_of_run) {
+            let price = order_price(l.cores, RENEWAL_MONTHS, price_per_core_month);
+            let balance = balance_of(&tx, account_ref)?;
+            let (start, end) = Life::renewal_of(zone, &l);
+            if balance >= price {
+                let (licence, order) = insert_order(&tx, zone, account_ref, "renewal", l.cores, RENEWAL_MONTHS, (start, end), price, "balance", true, now)?;
+                tx.execute("UPDATE licences SET renewed_by = ?2 WHERE id = ?1", (l.id, licence))?;
+                let after = post_entry(&tx, account_ref, "debit", price, None, Some(order), now)?;
+                outcome.renewed.push(licence);
+                renewed.push(json!({
+                    "licence": l.id, "renewal": licence, "order": order, "cores": l.cores,
+                    "start_day": start, "end_day": end, "price": price, "balance_after": after,
+                }));
+            } else {
+                refused.push(json!({
+                    "licence": l.id, "cores": l.cores, "end_day": zone.day_of(l.end), "price": price,
+                    "balance": balance, "shortfall": price - balance,
+                    "reason": format!("the balance {balance} does not cover the renewal's price {price}"),
+                }));
+            }
+        }
+        // 2. The state.
+        let life = life_of(&tx, account_ref)?;
+        let before = recorded_state(&tx, account_ref)?;
+        let after = life.state_at(zone, at);
+        if record_state(&tx, account_ref, after, at, now, &format!("run of {day_of_run}"))? {
+            outcome.state = Some(after);
+        }
+        if after == State::Deleted && before != State::Deleted {
+            tx.execute(
+                "INSERT INTO deletions (account_ref, before_ms, decided_at_ms) VALUES (?1, ?2, ?3)",
+                (account_ref, at.timestamp_millis(), now.timestamp_millis()),
+            )?;
+            tx.execute(
+                "UPDATE accounts SET data_deleted_before_ms = ?2 WHERE ref = ?1",
+                (account_ref, at.timestamp_millis()),
+            )?;
+        }
+        // 3. The notices.
+        let mut notices = Vec::new();
+        if !renewed.is_empty() {
+            notices.push((NoticeKind::RenewalSucceeded, json!({ "renewals": renewed })));
+        }
+        if !refused.is_empty() {
+            notices.push((NoticeKind::RenewalFailed, json!({ "licences": refused })));
+        }
+        notices.extend(life.notices_at_run(zone, day_of_run, before, after, daily));
+        for (kind, details) in notices {
+            if issue_notice(&tx, account_ref, kind, day_of_run, &details, now, channels)?.is_some() {
+                outcome.notices.push(kind.as_str().to_string());
+            }
+        }
+        tx.execute(
+            "UPDATE accounts SET stepped_through = ?2 WHERE ref = ?1",
+            (account_ref, day_of_run.to_string()),
+        )?;
+        tx.commit()?;
+        Ok(outcome)
+    }
+
+    /// The last run day the account was stepped through, or the run day
+    /// before it was created when none yet.
+    pub fn stepped_through(&mut self, account: &str, zone: &BillingZone) -> Result<NaiveDate, StoreError> {
+        let account_ref = self.require_account(account)?;
+        let (stepped, created): (Option<String>, i64) = self.conn.query_row(
+            "SELECT stepped_through, created_at_ms FROM accounts WHERE ref = ?1",
+            [account_ref],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        match stepped {
+            Some(s) => day(&s),
+            None => Ok(shared::lifecycle::run_day_at(zone, from_ms(created))),
+        }
+    }
+
+    /// Deletes a batch of at most `limit` rows of an account whose data is
+    /// being deleted; returns the rows deleted (0 when none is left to do).
+    pub fn purge_deleted_data(&mut self, limit: usize, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let job: Option<(i64, i64, i64)> = tx
+            .query_row(
+                "SELECT id, account_ref, before_ms FROM deletions WHERE finished_at_ms IS NULL ORDER BY id LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let Some((id, account_ref, before)) = job else {
+            return Ok(0);
+        };
+        let samples = tx.execute(
+            "DELETE FROM samples WHERE (account_ref, at_ms, node_id, id) IN
+               (SELECT account_ref, at_ms, node_id, id FROM samples WHERE account_ref = ?1 AND at_ms < ?2 LIMIT ?3)",
+            (account_ref, before, limit as i64),
+        )?;
+        let rejections = tx.execute(
+            "DELETE FROM rejections WHERE rowid IN
+               (SELECT rowid FROM rejections WHERE account_ref = ?1 AND at_ms < ?2 LIMIT ?3)",
+            (account_ref, before, limit as i64),
+        )?;
+        tx.execute(
+            "UPDATE deletions SET samples = samples + ?2, rejections = rejections + ?3 WHERE id = ?1",
+            (id, samples as i64, rejections as i64),
+        )?;
+        if samples < limit && rejections < limit {
+            tx.execute(
+                "UPDATE deletions SET finished_at_ms = ?2 WHERE id = ?1",
+                (id, now.timestamp_millis()),
+            )?;
+        }
+        tx.commit()?;
+        Ok((samples + rejections).max(1) as u64)
+    }
+
+    /// The periods whose samples are refused and whose hours are not billed:
+    /// from each recorded stop until the account next came back.
+    pub(super) fn stopped_periods_of(conn: &Connection, account_ref: i64) -> Result<Vec<(i64, i64)>, StoreError> {
+        let mut stmt = conn.prepare_cached(
+            "SELECT state, at_ms FROM account_states WHERE account_ref = ?1 ORDER BY at_ms, id",
+        )?;
+        let mut rows = stmt.query([account_ref])?;
+        let mut periods = Vec::new();
+        let mut open: Option<i64> = None;
+        while let Some(r) = rows.next()? {
+            let state: String = r.get(0)?;
+            let at: i64 = r.get(1)?;
+            let stopped = matches!(state.as_str(), "stopped" | "deleted");
+            match (open, stopped) {
+                (None, true) => open = Some(at),
+                (Some(from), false) => {
+                    periods.push((from, at));
+                    open = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some(from) = open {
+            periods.push((from, i64::MAX));
+        }
+        Ok(periods)
+    }
+
+    /// The hours of the account that are never billed: its trial and its stops.
+    pub fn unbilled_periods(&self, account: &super::Account) -> Result<Vec<(DateTime<Utc>, DateTime<Utc>)>, StoreError> {
+        let mut out: Vec<(DateTime<Utc>, DateTime<Utc>)> = Store::stopped_periods_of(&self.conn, account.reference)?
+            .into_iter()
+            .map(|(a, b)| (from_ms(a), if b == i64::MAX { DateTime::<Utc>::MAX_UTC } else { from_ms(b) }))
+            .collect();
+        if let Some(t) = trial_of(&self.conn, account.reference)? {
+            out.push((t.start, t.end));
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,205 @@
+//! Notices to an account's contacts (SPEC section 8): issued in the
+//! transaction that decides them, with one delivery row per channel.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use shared::lifecycle::NoticeKind;
+
+use super::{from_ms, Store, StoreError};
+
+/// Which delivery rows a new notice gets: the webhook's, and one per email
+/// address when an SMTP relay is set. Decided when the notice is issued.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NoticeChannels {
+    pub webhook: bool,
+    pub email: bool,
+}
+
+/// One address a notice goes to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Recipient {
+    pub contact: i64,
+    pub name: String,
+    pub role: String,
+    /// `email` or `sms`.
+    pub channel: String,
+    pub address: String,
+}
+
+/// How one channel of a notice stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NoticeDelivery {
+    /// `webhook` or `email`.
+    pub channel: String,
+    /// The email address (empty for the webhook).
+    pub address: String,
+    pub attempts: u32,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub next_attempt_at: DateTime<Utc>,
+    pub last_error: Option<String>,
+}
+
+/// A notice as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Notice {
+    pub id: i64,
+    pub account: String,
+    pub kind: String,
+    /// The day it is about: the run's day, or the billed day for `licence_short`.
+    pub day: NaiveDate,
+    pub issued_at: DateTime<Utc>,
+    pub subject: String,
+    pub recipients: Vec<Recipient>,
+    pub details: Value,
+    pub deliveries: Vec<NoticeDelivery>,
+}
+
+/// Issues a notice of `kind` about `day` to the contacts whose role it goes
+/// to, unless one of that kind was already issued to the account for that
+/// day. Returns its id when issued.
+pub(super) fn issue_notice(
+    tx: &rusqlite::Connection,
+    account_ref: i64,
+    kind: NoticeKind,
+    day: NaiveDate,
+    details: &Value,
+    now: DateTime<Utc>,
+    channels: NoticeChannels,
+) -> Result<Option<i64>, StoreError> {
+    let roles: Vec<&str> = kind.roles().iter().map(|r| r.as_str()).collect();
+    let mut recipients = Vec::new();
+    {
+        let mut stmt = tx.prepare_cached(
+            "SELECT id, name, role, email, sms FROM contacts WHERE account_ref = ?1 ORDER BY id",
+        )?;
+        let mut rows = stmt.query([account_ref])?;
+        while let Some(r) = rows.next()? {
+            let role: String = r.get(2)?;
+            if !roles.contains(&role.as_str()) {
+                continue;
+            }
+            let (contact, name): (i64, String) = (r.get(0)?, r.get(1)?);
+            for (channel, address) in [("email", r.get::<_, Option<String>>(3)?), ("sms", r.get(4)?)] {
+                if let Some(address) = address {
+                    recipients.push(Recipient {
+                        contact,
+                        name: name.clone(),
+                        role: role.clone(),
+                        channel: channel.to_string(),
+                        address,
+                    });
+                }
+            }
+        }
+    }
+    let inserted = tx
+        .prepare_cached(
+            "INSERT INTO notices (account_ref, kind, day, issued_at_ms, recipients, details)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (account_ref, kind, day) DO NOTHING",
+        )?
+        .execute((
+            account_ref,
+            kind.as_str(),
+            day.to_string(),
+            now.timestamp_millis(),
+            serde_json::to_string(&recipients).expect("recipients serialize"),
+            details.to_string(),
+        ))?;
+    if inserted == 0 {
+        return Ok(None);
+    }
+    let id = tx.last_insert_rowid();
+    let mut queue = tx.prepare_cached(
+        "INSERT OR IGNORE INTO notice_deliveries (notice_id, channel, address, next_attempt_ms) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    if channels.webhook {
+        queue.execute((id, "webhook", "", now.timestamp_millis()))?;
+    }
+    if channels.email {
+        for r in recipients.iter().filter(|r| r.channel == "email") {
+            queue.execute((id, "email", &r.address, now.timestamp_millis()))?;
+        }
+    }
+    Ok(Some(id))
+}
+
+const NOTICE_COLUMNS: &str =
+    "n.id, a.id, n.kind, n.day, n.issued_at_ms, n.recipients, n.details";
+
+pub(super) fn notice_row(r: &rusqlite::Row<'_>) -> Result<Notice, StoreError> {
+    let kind: String = r.get(2)?;
+    let day: String = r.get(3)?;
+    let recipients: String = r.get(5)?;
+    let details: String = r.get(6)?;
+    Ok(Notice {
+        id: r.get(0)?,
+        account: r.get(1)?,
+        subject: kind
+            .parse::<NoticeKind>()
+            .map(|k| k.subject().to_string())
+            .unwrap_or_default(),
+        kind,
+        day: day.parse().map_err(|e| {
+            StoreError::Corrupt(format!("notice day {day:?} is not a day: {e}"))
+        })?,
+        issued_at: from_ms(r.get(4)?),
+        recipients: serde_json::from_str(&recipients)
+            .map_err(|e| StoreError::Corrupt(format!("notice recipients: {e}")))?,
+        details: serde_json::from_str(&details)
+            .map_err(|e| StoreError::Corrupt(format!("notice details: {e}")))?,
+        deliveries: Vec::new(),
+    })
+}
+
+impl Store {
+    /// The account's notices, newest first, each with its deliveries.
+    pub fn notices(&mut self, account: &str, limit: usize) -> Result<Vec<Notice>, StoreError> {
+        let account_ref = self.require_account(account)?;
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {NOTICE_COLUMNS} FROM notices n JOIN accounts a ON a.ref = n.account_ref
+              WHERE n.account_ref = ?1 ORDER BY n.id DESC LIMIT ?2"
+        ))?;
+        let mut rows = stmt.query((account_ref, limit as i64))?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            out.push(notice_row(r)?);
+        }
+        drop(rows);
+        let mut deliveries = self.conn.prepare_cached(
+            "SELECT channel, address, attempts, delivered_at_ms, next_attempt_ms, last_error
+               FROM notice_deliveries WHERE notice_id = ?1 ORDER BY channel, address",
+        )?;
+        for n in &mut out {
+            let rows = deliveries.query_map([n.id], |r| {
+                Ok(NoticeDelivery {
+                    channel: r.get(0)?,
+                    address: r.get(1)?,
+                    attempts: r.get(2)?,
+                    delivered_at: r.get::<_, Option<i64>>(3)?.map(from_ms),
+                    next_attempt_at: from_ms(r.get(4)?),
+                    last_error: r.get(5)?,
+                })
+            })?;
+            n.deliveries = rows.collect::<Result<_, _>>()?;
+        }
+        Ok(out)
+    }
+
+    /// Issues a notice outside a lifecycle step (tests of delivery, tools).
+    pub fn issue_notice(
+        &mut self,
+        account: &str,
+        kind: NoticeKind,
+        day: NaiveDate,
+        details: &Value,
+        now: DateTime<Utc>,
+        channels: NoticeChannels,
+    ) -> Result<Option<i64>, StoreError> {
+        let account_ref = self.require_account(account)?;
+        let tx = self.conn.transaction()?;
+        let id = issue_notice(&tx, account_ref, kind, day, details, now, channels)?;
+        tx.commit()?;
+        Ok(id)
+    }
+}
