@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Days, NaiveDate, TimeDelta, Utc};
 use shared::bill::{BillLine, DEFAULT_CURRENCY};
-use shared::overage::{overage_on, NodeSample, Rules};
+use shared::overage::{overage_with, NodeSample, Rules};
 use shared::sample::AgeLimits;
 use shared::zone::{next_day, BillingZone, Timeline};
 
@@ -81,7 +81,9 @@ pub fn run_billing(
                     account.recompute_from.map(|from| zone.day_of(from - reach)),
                     last_run.map(|l| zone.first_day_not_due(l)),
                 ];
-                if let Some(first) = starts.into_iter().flatten().min() {
+                // Days before a deletion of the account's data are never billed again.
+                let floor = account.data_deleted_before.map(|at| zone.day_of(at));
+                if let Some(first) = starts.into_iter().flatten().min().map(|f| f.max(floor.unwrap_or(f))) {
                     if first <= last_due {
                         issued.extend(bill_account(store, &account, first, last_due, now, config)?);
                     }
@@ -110,6 +112,7 @@ fn bill_account(
     let reach = TimeDelta::hours(i64::from(config.rules.reach_hours()));
     let licences = store.licences(account)?;
     let caps = store.caps(account)?;
+    let unbilled = store.unbilled_periods(account)?;
     let mut issued = Vec::new();
     let mut chunk_start = first;
     while chunk_start <= last {
@@ -128,7 +131,15 @@ fn bill_account(
             .min(last);
         let timeline = Timeline::new(zone, chunk_start, chunk_end, config.rules.reach_hours());
         let compute = |samples: &[NodeSample]| {
-            overage_on(zone, &timeline, samples, &licences, &caps, &config.rules)
+            overage_with(
+                zone,
+                &timeline,
+                samples,
+                &licences,
+                &caps,
+                &unbilled,
+                &config.rules,
+            )
         };
         issued.extend(store.bill_days(
             account,

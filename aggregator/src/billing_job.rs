@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::routes::{admin_run_billing, blocking, ApiError, State};
+use crate::routes::{admin_run_billing, blocking, run_lifecycle_now, ApiError, State};
 use crate::service_metrics::TableLabels;
 use crate::store::{Horizon, Pruned, PRUNE_BATCH_ROWS};
 
@@ -37,8 +37,15 @@ async fn run_once(state: &State) {
         Ok(lines) => tracing::info!(lines = lines.len(), "billing run finished"),
         Err(e) => {
             tracing::error!(error = %e.message, "billing run failed; it is retried at the next run");
-            // Pruning waits for a run that succeeded: it is never urgent.
+            // The lifecycle and pruning wait for a run that succeeded: a day
+            // is billed before its account can be stopped or deleted.
             return;
+        }
+    }
+    match run_lifecycle_now(state).await {
+        Ok(changed) => tracing::info!(accounts = changed.len(), "lifecycle step finished"),
+        Err(e) => {
+            tracing::error!(error = %e.message, "lifecycle step failed; it is retried at the next run")
         }
     }
     if let Err(e) = prune(state, PRUNE_BATCH_ROWS).await {

@@ -8,6 +8,7 @@ pub mod config;
 pub mod demo;
 pub mod export;
 pub mod ingest_writer;
+pub mod lifecycle;
 pub mod outbox;
 pub mod replay;
 pub mod report;

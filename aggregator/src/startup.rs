@@ -77,6 +77,8 @@ impl Application {
         }
         let mut store = Store::open(&config.database, Durability::Durable)
             .with_context(|| format!("open the database {}", config.database.display()))?;
+        // Notices (billing's licence_short, the lifecycle's) are issued through the writer.
+        store.set_notice_channels(config.notices.channels());
         let reader = Store::open(&config.database, Durability::Durable)
             .context("open a reading connection")?;
         let (admin_token_hash, generated_admin_token) = match &config.admin_token {

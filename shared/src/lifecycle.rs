@@ -325,6 +325,10 @@ impl Trial {
 pub struct Life {
     pub licences: Vec<TermLicence>,
     pub trial: Option<Trial>,
+    /// When the lifecycle began for this account (its upgrade to a version
+    /// with one): a licence that ended before then lapses at this instant,
+    /// with the whole grace, stop and recovery after it.
+    pub not_before: Option<DateTime<Utc>>,
 }
 
 /// Why an account without a covering licence is where it is.
@@ -371,9 +375,17 @@ impl Life {
             .iter()
             .filter(|l| l.end <= at)
             .max_by_key(|l| (l.counts_until, l.end))
-            .map(|l| Lapse::Licence {
-                end: l.end,
-                grace_end: l.counts_until,
+            .map(|l| match self.not_before {
+                Some(from) if l.end < from => Lapse::Licence {
+                    end: from,
+                    grace_end: l.counts_until.max(
+                        from + chrono::TimeDelta::days(LICENCE_GRACE_DAYS),
+                    ),
+                },
+                _ => Lapse::Licence {
+                    end: l.end,
+                    grace_end: l.counts_until,
+                },
             });
         let trial = self
             .trial
@@ -609,7 +621,7 @@ mod tests {
     ) {
         let life = Life {
             licences: vec![licence(1, "2026-11-01", "2026-12-01", false)],
-            trial: None,
+            ..Life::default()
         };
         let z = zone();
         let state = |day: &str| life.state_at(&z, at_run(day));
@@ -637,8 +649,8 @@ mod tests {
         let z = zone();
         let started = z.day_start(d("2026-11-26")) + chrono::TimeDelta::hours(15);
         let life = Life {
-            licences: vec![],
             trial: Some(Trial::starting(&z, started)),
+            ..Life::default()
         };
         assert_eq!(life.state_at(&z, started), State::Trial);
         assert_eq!(life.state_at(&z, at_run("2026-12-02")), State::Trial);
@@ -654,7 +666,7 @@ mod tests {
         first.renewed = true;
         let life = Life {
             licences: vec![first, licence(2, "2026-12-01", "2027-01-01", true)],
-            trial: None,
+            ..Life::default()
         };
         let z = zone();
         assert_eq!(life.state_at(&z, at_run("2026-11-26")), State::Active);
@@ -665,7 +677,7 @@ mod tests {
     fn an_auto_renew_licence_is_due_for_renewal_at_the_run_of_its_end_day_only() {
         let life = Life {
             licences: vec![licence(1, "2026-11-01", "2026-12-01", true)],
-            trial: None,
+            ..Life::default()
         };
         let z = zone();
         assert!(life.renewals_due(&z, d("2026-11-30")).is_empty());
@@ -674,10 +686,24 @@ mod tests {
     }
 
     #[test]
+    fn a_licence_that_ended_before_the_upgrade_gets_its_whole_grace_from_the_upgrade() {
+        let z = zone();
+        let life = Life {
+            licences: vec![licence(1, "2026-01-01", "2026-02-01", false)],
+            not_before: Some(at_run("2026-11-26")),
+            ..Life::default()
+        };
+        assert_eq!(life.state_at(&z, at_run("2026-11-26")), State::Grace);
+        assert_eq!(life.state_at(&z, at_run("2026-11-30")), State::Grace);
+        assert_eq!(life.state_at(&z, at_run("2026-12-01")), State::Stopped);
+        assert_eq!(life.state_at(&z, at_run("2026-12-06")), State::Deleted);
+    }
+
+    #[test]
     fn expiry_warnings_go_out_on_each_of_the_seven_runs_before_the_end_day() {
         let life = Life {
             licences: vec![licence(1, "2026-11-01", "2026-12-01", false)],
-            trial: None,
+            ..Life::default()
         };
         let z = zone();
         let warned: Vec<i64> = (0..40)

@@ -174,6 +174,11 @@ pub struct DayFigures {
     pub amount: Decimal,
     /// Whether any sample falls in the day's own buckets (a day without one is not billed).
     pub sampled: bool,
+    /// The largest T(b) - L(b) of the day's billed hours (0 when the
+    /// licence always covered the total), and the start of the first hour
+    /// that reached it: what a `licence_short` notice reports.
+    pub peak_shortfall_cores: u64,
+    pub peak_shortfall_at_ms: Option<i64>,
 }
 
 /// Steps 7 to 9: from excess core-hours, hours and cap to the billed figures.
@@ -314,7 +319,38 @@ pub fn overage_on(
     caps: &[CapChange],
     rules: &Rules,
 ) -> Vec<DayFigures> {
+    overage_with(zone, timeline, samples, licences, caps, &[], rules)
+}
+
+/// The buckets that overlap any of `periods` (`[start, end)` instants) at all.
+pub fn buckets_overlapping(timeline: &Timeline, periods: &[(DateTime<Utc>, DateTime<Utc>)]) -> Vec<bool> {
+    let mut hit = vec![false; timeline.len()];
+    for &(start, end) in periods.iter().filter(|(s, e)| e > s) {
+        let (start, end) = (start.timestamp_millis(), end.timestamp_millis());
+        for (b, h) in hit.iter_mut().enumerate() {
+            let (bs, be) = timeline.bucket_bounds_ms(b);
+            if start < be && end > bs {
+                *h = true;
+            }
+        }
+    }
+    hit
+}
+
+/// [`overage_on`] for an account some of whose hours are not billed (SPEC
+/// section 8: a trial's, and those while the service is stopped): a bucket
+/// that overlaps an `unbilled` period at all has no excess.
+pub fn overage_with(
+    zone: &BillingZone,
+    timeline: &Timeline,
+    samples: &[NodeSample],
+    licences: &[Licence],
+    caps: &[CapChange],
+    unbilled: &[(DateTime<Utc>, DateTime<Utc>)],
+    rules: &Rules,
+) -> Vec<DayFigures> {
     let n = timeline.len();
+    let free = buckets_overlapping(timeline, unbilled);
     // 1 to 3: node-hours, bridged, added into the account's total per bucket.
     let mut total = vec![0u64; n];
     let mut sampled = vec![false; n];
@@ -332,10 +368,19 @@ pub fn overage_on(
         .filter(|(_, range)| !range.is_empty())
         .map(|(day, range)| {
             let hours = u32::try_from(range.len()).expect("a day has few hours");
-            let excess: u64 = range
+            let short = |b: usize| {
+                if free[b] {
+                    0
+                } else {
+                    total[b].saturating_sub(licensed[b])
+                }
+            };
+            let excess: u64 = range.clone().map(short).sum();
+            let peak = range
                 .clone()
-                .map(|b| total[b].saturating_sub(licensed[b]))
-                .sum();
+                .map(|b| (short(b), std::cmp::Reverse(b)))
+                .max()
+                .filter(|(cores, _)| *cores > 0);
             let cap_cores = cap_at_day_end(caps, zone.day_end(day), rules.default_cap_cores);
             let (average, billable, amount) = price_day(excess, hours, cap_cores, rules);
             DayFigures {
@@ -347,6 +392,8 @@ pub fn overage_on(
                 billable_cores: billable,
                 amount,
                 sampled: range.into_iter().any(|b| sampled[b]),
+                peak_shortfall_cores: peak.map_or(0, |(cores, _)| cores),
+                peak_shortfall_at_ms: peak.map(|(_, b)| timeline.bucket_bounds_ms(b.0).0),
             }
         })
         .collect()

@@ -23,6 +23,13 @@ pub enum Rejection {
     TooOld,
     /// `seq` is present but not a whole number from 0 to 2^63 - 1 (checked when the batch is decoded, `wire::decode_batch`).
     InvalidSeq,
+    /// The sample's hour falls while the account's service is stopped
+    /// (SPEC section 8): checked last, by the aggregator's store.
+    ServiceStopped,
+    /// A reason this build does not know (a newer aggregator's): the sample
+    /// was still refused, and is dropped like any other rejection.
+    #[serde(other)]
+    Other,
 }
 
 impl Rejection {
@@ -35,6 +42,8 @@ impl Rejection {
             Rejection::InFuture => "in_future",
             Rejection::TooOld => "too_old",
             Rejection::InvalidSeq => "invalid_seq",
+            Rejection::ServiceStopped => "service_stopped",
+            Rejection::Other => "other",
         }
     }
 }

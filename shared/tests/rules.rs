@@ -470,6 +470,8 @@ fn figures(excess: u64, average: &str, billable: &str, amount: &str) -> DayFigur
         billable_cores: dec(billable),
         amount: dec(amount),
         sampled: true,
+        peak_shortfall_cores: 0,
+        peak_shortfall_at_ms: None,
     }
 }
 

@@ -75,7 +75,7 @@ pub async fn require_admin(
 
 /// A path parameter, refused in the API's error format (an ID that is not
 /// UTF-8, say) rather than axum's plain text.
-pub struct ApiPath<T>(T);
+pub struct ApiPath<T>(pub T);
 
 impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
     type Rejection = ApiError;
@@ -89,7 +89,7 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> 
 }
 
 /// A query string, refused in the API's error format.
-pub struct ApiQuery<T>(T);
+pub struct ApiQuery<T>(pub T);
 
 impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     type Rejection = ApiError;
@@ -103,7 +103,7 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for Api
 }
 
 /// The body, or the API's own error when it cannot be read (over 1 MiB is 413).
-fn read(raw: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+pub(super) fn read(raw: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     raw.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
@@ -118,7 +118,7 @@ fn read(raw: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
 }
 
 /// A JSON body, with a 400 naming the problem when it is not what the route takes.
-fn body<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, ApiError> {
+pub(super) fn body<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(raw);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let field = e.path().to_string();
@@ -138,65 +138,10 @@ fn instant(field: &str, value: &str) -> Result<DateTime<Utc>, ApiError> {
     })
 }
 
-fn day(field: &str, value: &str) -> Result<NaiveDate, ApiError> {
+pub(super) fn day(field: &str, value: &str) -> Result<NaiveDate, ApiError> {
     value.parse().map_err(|_| {
         ApiError::bad_request(field, format!("{value:?} is not a day such as 2026-11-24"))
     })
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewAccount {
-    id: String,
-}
-
-pub async fn create_account(
-    Extract(state): Extract<State>,
-    raw: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let raw = read(raw)?;
-    let NewAccount { id } = body(&raw)?;
-    let now = state.clock.now();
-    let created = id.clone();
-    blocking(&state.store, move |s| s.create_account(&created, now)).await?;
-    Ok((StatusCode::CREATED, Json(json!({ "id": id }))).into_response())
-}
-
-pub async fn get_account(
-    Extract(state): Extract<State>,
-    ApiPath(id): ApiPath<String>,
-) -> Result<Json<Value>, ApiError> {
-    let now = state.clock.now();
-    let default_cap = state.config.billing.rules.default_cap_cores;
-    let view = blocking(&state.reader, move |s| {
-        let account = s
-            .account(&id)?
-            .ok_or_else(|| crate::store::StoreError::UnknownAccount(id.clone()))?;
-        let licences = s.licences(&account)?;
-        let caps = s.caps(&account)?;
-        let clusters = s.clusters(&id)?;
-        Ok((account, licences, caps, clusters))
-    })
-    .await?;
-    let (account, licences, caps, clusters) = view;
-    let cap_now = caps
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| c.from <= now)
-        .max_by_key(|(i, c)| (c.from, *i))
-        .map_or(default_cap, |(_, c)| c.cores);
-    let active = licences.iter().any(|l| l.start <= now && now < l.end);
-    Ok(Json(json!({
-        "id": account.id,
-        "state": if active { "licensed" } else { "unlicensed" },
-        "cap_cores": cap_now,
-        "cap_history": caps.iter().map(|c| json!({"cores": c.cores, "from": c.from})).collect::<Vec<_>>(),
-        "licenses": licences
-            .iter()
-            .map(|l| json!({"cores": l.cores, "start": l.start, "counts_until": l.end}))
-            .collect::<Vec<_>>(),
-        "clusters": clusters,
-    })))
 }
 
 /// A new cluster; `token` is one the operator generated (`cmc_` and 64
@@ -334,9 +279,41 @@ pub async fn audit_samples(
     Ok(Json(json!({ "account": id, "day": d, "samples": samples })))
 }
 
+/// The 02:00 run, now: billing, then the lifecycle step (LIFECYCLE.md).
 pub async fn billing_run(Extract(state): Extract<State>) -> Result<Json<Value>, ApiError> {
     let issued = run_billing_now(&state).await?;
-    Ok(Json(json!({ "issued": issued })))
+    let lifecycle = run_lifecycle_now(&state).await?;
+    Ok(Json(json!({ "issued": issued, "lifecycle": lifecycle })))
+}
+
+/// Steps every account through the runs up to the clock's now, then removes
+/// the data of accounts that reached `deleted`, a bounded batch per
+/// transaction.
+pub async fn run_lifecycle_now(
+    state: &State,
+) -> Result<Vec<crate::store::StepOutcome>, ApiError> {
+    let (now, zone, price) = (
+        state.clock.now(),
+        state.config.billing.zone,
+        state.config.licence_price_per_core_month,
+    );
+    let changed = blocking(&state.store, move |s| {
+        crate::lifecycle::run_lifecycle(s, now, &zone, price)
+    })
+    .await?;
+    for step in &changed {
+        tracing::info!(account = %step.account, day = ?step.day, state = ?step.state, notices = ?step.notices, renewed = ?step.renewed, "lifecycle step");
+    }
+    loop {
+        let removed = blocking(&state.store, move |s| {
+            s.purge_deleted_data(crate::lifecycle::PURGE_BATCH_ROWS, now)
+        })
+        .await?;
+        if removed == 0 {
+            break;
+        }
+    }
+    Ok(changed)
 }
 
 /// Runs billing at the clock's now, counts it, and wakes the outbox.

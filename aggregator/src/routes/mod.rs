@@ -2,9 +2,10 @@
 
 mod admin;
 mod ingest;
+mod lifecycle;
 mod ops;
 
-pub use admin::{bills_csv, run_billing_now as admin_run_billing};
+pub use admin::{bills_csv, run_billing_now as admin_run_billing, run_lifecycle_now};
 pub use ops::openapi_document;
 
 use std::sync::{Arc, Mutex};
@@ -51,12 +52,59 @@ pub const ROUTES: &[(&str, &str, &str, &str)] = &[
         "cluster",
         "Push a batch of samples (at most 1,000 and 1 MiB)",
     ),
-    ("post", "/v1/admin/accounts", "admin", "Create an account"),
+    (
+        "post",
+        "/v1/admin/accounts",
+        "admin",
+        "Create an account; with parent, a sub-account of that main account",
+    ),
     (
         "get",
         "/v1/admin/accounts/{id}",
         "admin",
-        "An account with its licences, cap history and clusters",
+        "An account: its state, the next change due, the state history, trial, orders, balance, contacts, licences, cap history and clusters",
+    ),
+    (
+        "post",
+        "/v1/admin/accounts/{id}/contacts",
+        "admin",
+        "Add a contact: name, role (creator, global_resource_collaborator, finance_collaborator, collaborator), email and/or sms",
+    ),
+    (
+        "post",
+        "/v1/admin/accounts/{id}/trial",
+        "admin",
+        "Start the 7-day free trial; once per main account and its sub-accounts",
+    ),
+    (
+        "post",
+        "/v1/admin/accounts/{id}/orders",
+        "admin",
+        "Order licensed cores for a term of months or years, optionally auto-renewing and paid from the balance; recovers a stopped account",
+    ),
+    (
+        "put",
+        "/v1/admin/accounts/{id}/orders/{order}/auto-renew",
+        "admin",
+        "Turn an order's auto-renewal on or off",
+    ),
+    (
+        "post",
+        "/v1/admin/accounts/{id}/credits",
+        "admin",
+        "Credit the prepaid balance (amount as a decimal string, reference taken once)",
+    ),
+    (
+        "get",
+        "/v1/admin/accounts/{id}/balance",
+        "admin",
+        "The prepaid balance and its ledger",
+    ),
+    (
+        "get",
+        "/v1/admin/accounts/{id}/notices",
+        "admin",
+        "Notices issued to the account's contacts, newest first, with their delivery",
     ),
     (
         "post",
@@ -109,8 +157,21 @@ pub const ROUTES: &[(&str, &str, &str, &str)] = &[
 
 pub fn router(state: State) -> Router {
     let admin = Router::new()
-        .route("/v1/admin/accounts", post(admin::create_account))
-        .route("/v1/admin/accounts/{id}", get(admin::get_account))
+        .route("/v1/admin/accounts", post(lifecycle::create_account))
+        .route("/v1/admin/accounts/{id}", get(lifecycle::get_account))
+        .route(
+            "/v1/admin/accounts/{id}/contacts",
+            post(lifecycle::add_contact),
+        )
+        .route("/v1/admin/accounts/{id}/trial", post(lifecycle::start_trial))
+        .route("/v1/admin/accounts/{id}/orders", post(lifecycle::place_order))
+        .route(
+            "/v1/admin/accounts/{id}/orders/{order}/auto-renew",
+            put(lifecycle::set_auto_renew),
+        )
+        .route("/v1/admin/accounts/{id}/credits", post(lifecycle::credit))
+        .route("/v1/admin/accounts/{id}/balance", get(lifecycle::balance))
+        .route("/v1/admin/accounts/{id}/notices", get(lifecycle::notices))
         .route(
             "/v1/admin/accounts/{id}/clusters",
             post(admin::create_cluster),

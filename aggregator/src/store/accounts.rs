@@ -15,6 +15,9 @@ pub struct Account {
     pub recompute_from: Option<DateTime<Utc>>,
     /// The change counter that went with `recompute_from` when it was read.
     marks: i64,
+    /// Samples before this were deleted with the account's data (SPEC
+    /// section 8): days before its day are never billed again.
+    pub data_deleted_before: Option<DateTime<Utc>>,
 }
 
 /// Account ids appear in URLs, CSV and idempotency keys (`account/day/seq`):
@@ -41,7 +44,7 @@ impl Store {
     pub fn accounts(&self) -> Result<Vec<Account>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT ref, id, recompute_from_ms, marks FROM accounts ORDER BY id")?;
+            .prepare_cached("SELECT ref, id, recompute_from_ms, marks, data_deleted_before_ms FROM accounts ORDER BY id")?;
         let rows = stmt.query_map([], account_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -145,7 +148,7 @@ impl Store {
         Ok(self
             .conn
             .query_row(
-                "SELECT ref, id, recompute_from_ms, marks FROM accounts WHERE id = ?1",
+                "SELECT ref, id, recompute_from_ms, marks, data_deleted_before_ms FROM accounts WHERE id = ?1",
                 [id],
                 account_row,
             )
@@ -159,6 +162,7 @@ fn account_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Account> {
         id: r.get(1)?,
         recompute_from: r.get::<_, Option<i64>>(2)?.map(from_ms),
         marks: r.get(3)?,
+        data_deleted_before: r.get::<_, Option<i64>>(4)?.map(from_ms),
     })
 }
 

@@ -27,12 +27,28 @@ impl Store {
     ) -> Result<Vec<BillLine>, StoreError> {
         if !self.conn.is_autocommit() {
             // Inside `in_write_batch`: its transaction holds the write lock already.
-            return bill_days_in(&self.conn, account, window_ms, compute, currency, issued_at);
+            return bill_days_in(
+                &self.conn,
+                account,
+                window_ms,
+                compute,
+                currency,
+                issued_at,
+                self.notice_channels,
+            );
         }
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let lines = bill_days_in(&tx, account, window_ms, compute, currency, issued_at)?;
+        let lines = bill_days_in(
+            &tx,
+            account,
+            window_ms,
+            compute,
+            currency,
+            issued_at,
+            self.notice_channels,
+        )?;
         tx.commit()?;
         Ok(lines)
     }
@@ -107,6 +123,7 @@ fn bill_days_in(
     compute: impl FnOnce(&[NodeSample]) -> Vec<DayFigures>,
     currency: &str,
     issued_at: DateTime<Utc>,
+    channels: super::NoticeChannels,
 ) -> Result<Vec<BillLine>, StoreError> {
     let samples = super::samples::samples_in(conn, account.reference, window_ms)?;
     let figures: Vec<DayFigures> = compute(&samples)
@@ -169,6 +186,25 @@ fn bill_days_in(
                     line.seq,
                     issued_at.timestamp_millis(),
                 ))?;
+                if line.kind == LineKind::Daily && f.peak_shortfall_cores > 0 {
+                    // SPEC section 8: at most once a day, with the day's first bill.
+                    let details = serde_json::json!({
+                        "peak_shortfall_cores": f.peak_shortfall_cores,
+                        "peak_hour": f.peak_shortfall_at_ms.map(from_ms),
+                        "excess_core_hours": f.excess_core_hours,
+                        "amount": line.amount,
+                        "currency": line.currency,
+                    });
+                    super::notices::issue_notice(
+                        conn,
+                        account.reference,
+                        shared::lifecycle::NoticeKind::LicenceShort,
+                        f.day,
+                        &details,
+                        issued_at,
+                        channels,
+                    )?;
+                }
                 lines.push(line);
             }
         }

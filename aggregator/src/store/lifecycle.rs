@@ -192,9 +192,13 @@ fn trial_of(conn: &Connection, account_ref: i64) -> Result<Option<Trial>, StoreE
 }
 
 fn life_of(conn: &Connection, account_ref: i64) -> Result<Life, StoreError> {
+    let from: Option<i64> = conn
+        .prepare_cached("SELECT lifecycle_from_ms FROM accounts WHERE ref = ?1")?
+        .query_row([account_ref], |r| r.get(0))?;
     Ok(Life {
         licences: term_licences(conn, account_ref)?,
         trial: trial_of(conn, account_ref)?,
+        not_before: from.filter(|ms| *ms >= 0).map(from_ms),
     })
 }
 
@@ -378,36 +382,36 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Sets the main account of a new account; a main account cannot itself have one.
-    pub fn set_parent(&mut self, account: &str, parent: &str) -> Result<(), StoreError> {
-        let account_ref = self.require_account(account)?;
+    /// Creates a sub-account of the main account `parent`, which must exist
+    /// and must not itself be a sub-account.
+    pub fn create_sub_account(&mut self, id: &str, parent: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
         let Some(parent_ref) = self.account_ref(parent)? else {
             return Err(invalid("parent", format!("parent account {parent:?} does not exist")));
         };
-        if parent_ref == account_ref {
-            return Err(invalid("parent", "an account cannot be its own parent"));
-        }
-        let grand: Option<i64> = self
-            .conn
-            .query_row("SELECT parent_ref FROM accounts WHERE ref = ?1", [parent_ref], |r| r.get(0))?;
-        if grand.is_some() {
+        let grand: Option<String> = self.conn.query_row(
+            "SELECT p.id FROM accounts a JOIN accounts p ON p.ref = a.parent_ref WHERE a.ref = ?1",
+            [parent_ref],
+            |r| r.get(0),
+        ).optional()?;
+        if let Some(grand) = grand {
             return Err(invalid(
                 "parent",
-                format!("{parent:?} is itself a sub-account; the parent must be a main account"),
+                format!("{parent:?} is itself a sub-account of {grand:?}; the parent must be a main account"),
             ));
         }
+        self.create_account(id, now)?;
         self.conn.execute(
-            "UPDATE accounts SET parent_ref = ?2 WHERE ref = ?1",
-            (account_ref, parent_ref),
+            "UPDATE accounts SET parent_ref = ?2 WHERE id = ?1",
+            (id, parent_ref),
         )?;
         Ok(())
     }
 
-    /// The account's main account (its parent, or itself).
-    pub fn main_account(&mut self, account: &str) -> Result<String, StoreError> {
+    /// The account's parent, if it is a sub-account.
+    pub fn parent_of(&mut self, account: &str) -> Result<Option<String>, StoreError> {
         let account_ref = self.require_account(account)?;
         Ok(self.conn.query_row(
-            "SELECT coalesce(p.id, a.id) FROM accounts a LEFT JOIN accounts p ON p.ref = a.parent_ref WHERE a.ref = ?1",
+            "SELECT p.id FROM accounts a LEFT JOIN accounts p ON p.ref = a.parent_ref WHERE a.ref = ?1",
             [account_ref],
             |r| r.get(0),
         )?)
@@ -685,12 +689,12 @@ impl Store {
         Ok(out)
     }
 
-    /// Steps one account through the run of `day` (LIFECYCLE.md): renewals,
-    /// then the state, then the notices, all in one transaction; a run it was
-    /// already stepped through is skipped. `daily` is false for runs caught
-    /// up after an outage but the last: warnings repeated each day are only
-    /// sent for the latest.
-    #[allow(clippy::too_many_arguments)]
+    /// Steps one account through the run of `day_of_run` (LIFECYCLE.md):
+    /// renewals, then the state, then the notices, all in one transaction
+    /// (the caller's, inside [`Store::in_write_batch`]); a run it was already
+    /// stepped through is skipped. `daily` is false for runs caught up after
+    /// an outage but the last: warnings repeated each day are only sent for
+    /// the latest.
     pub fn step_account(
         &mut self,
         account: &str,
@@ -698,100 +702,44 @@ impl Store {
         daily: bool,
         zone: &BillingZone,
         price_per_core_month: Decimal,
-        channels: NoticeChannels,
         now: DateTime<Utc>,
     ) -> Result<StepOutcome, StoreError> {
         let account_ref = self.require_account(account)?;
-        let at = run_of(zone, day_of_run);
-        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let mut outcome = StepOutcome {
-            account: account.to_string(),
-            ..StepOutcome::default()
+        let step = Step {
+            account_ref,
+            account,
+            day_of_run,
+            daily,
+            zone,
+            price_per_core_month,
+            channels: self.notice_channels,
+            now,
         };
-        let stepped: Option<String> = tx.query_row(
-            "SELECT stepped_through FROM accounts WHERE ref = ?1",
-            [account_ref],
-            |r| r.get(0),
-        )?;
-        if stepped.as_deref().map(day).transpose()?.is_some_and(|d| d >= day_of_run) {
-            return Ok(outcome);
+        if !self.conn.is_autocommit() {
+            return step.take(&self.conn);
         }
-        outcome.day = Some(day_of_run);
-        // 1. Renewals, paid from the balance.
-        let life = life_of(&tx, account_ref)?;
-        let (mut renewed, mut refused) = (Vec::new(), Vec::new());
-        for l in life.renewals_due(zone, day_of_run) {
-            let price = order_price(l.cores, RENEWAL_MONTHS, price_per_core_month);
-            let balance = balance_of(&tx, account_ref)?;
-            let (start, end) = Life::renewal_of(zone, &l);
-            if balance >= price {
-                let (licence, order) = insert_order(&tx, zone, account_ref, "renewal", l.cores, RENEWAL_MONTHS, (start, end), price, "balance", true, now)?;
-                tx.execute("UPDATE licences SET renewed_by = ?2 WHERE id = ?1", (l.id, licence))?;
-                let after = post_entry(&tx, account_ref, "debit", price, None, Some(order), now)?;
-                outcome.renewed.push(licence);
-                renewed.push(json!({
-                    "licence": l.id, "renewal": licence, "order": order, "cores": l.cores,
-                    "start_day": start, "end_day": end, "price": price, "balance_after": after,
-                }));
-            } else {
-                refused.push(json!({
-                    "licence": l.id, "cores": l.cores, "end_day": zone.day_of(l.end), "price": price,
-                    "balance": balance, "shortfall": price - balance,
-                    "reason": format!("the balance {balance} does not cover the renewal's price {price}"),
-                }));
-            }
-        }
-        // 2. The state.
-        let life = life_of(&tx, account_ref)?;
-        let before = recorded_state(&tx, account_ref)?;
-        let after = life.state_at(zone, at);
-        if record_state(&tx, account_ref, after, at, now, &format!("run of {day_of_run}"))? {
-            outcome.state = Some(after);
-        }
-        if after == State::Deleted && before != State::Deleted {
-            tx.execute(
-                "INSERT INTO deletions (account_ref, before_ms, decided_at_ms) VALUES (?1, ?2, ?3)",
-                (account_ref, at.timestamp_millis(), now.timestamp_millis()),
-            )?;
-            tx.execute(
-                "UPDATE accounts SET data_deleted_before_ms = ?2 WHERE ref = ?1",
-                (account_ref, at.timestamp_millis()),
-            )?;
-        }
-        // 3. The notices.
-        let mut notices = Vec::new();
-        if !renewed.is_empty() {
-            notices.push((NoticeKind::RenewalSucceeded, json!({ "renewals": renewed })));
-        }
-        if !refused.is_empty() {
-            notices.push((NoticeKind::RenewalFailed, json!({ "licences": refused })));
-        }
-        notices.extend(life.notices_at_run(zone, day_of_run, before, after, daily));
-        for (kind, details) in notices {
-            if issue_notice(&tx, account_ref, kind, day_of_run, &details, now, channels)?.is_some() {
-                outcome.notices.push(kind.as_str().to_string());
-            }
-        }
-        tx.execute(
-            "UPDATE accounts SET stepped_through = ?2 WHERE ref = ?1",
-            (account_ref, day_of_run.to_string()),
-        )?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let outcome = step.take(&tx)?;
         tx.commit()?;
         Ok(outcome)
     }
 
-    /// The last run day the account was stepped through, or the run day
-    /// before it was created when none yet.
-    pub fn stepped_through(&mut self, account: &str, zone: &BillingZone) -> Result<NaiveDate, StoreError> {
+    /// The last run day the account was stepped through: the run day before
+    /// it was created when none yet, and `None` for an account older than
+    /// the lifecycle that was never stepped (it starts at the current run).
+    pub fn stepped_through(&mut self, account: &str, zone: &BillingZone) -> Result<Option<NaiveDate>, StoreError> {
         let account_ref = self.require_account(account)?;
-        let (stepped, created): (Option<String>, i64) = self.conn.query_row(
-            "SELECT stepped_through, created_at_ms FROM accounts WHERE ref = ?1",
+        let (stepped, created, from): (Option<String>, i64, Option<i64>) = self.conn.query_row(
+            "SELECT stepped_through, created_at_ms, lifecycle_from_ms FROM accounts WHERE ref = ?1",
             [account_ref],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
-        match stepped {
-            Some(s) => day(&s),
-            None => Ok(shared::lifecycle::run_day_at(zone, from_ms(created))),
+        match (stepped, from) {
+            (Some(s), _) => day(&s).map(Some),
+            (None, Some(-1)) => Ok(None),
+            (None, _) => Ok(Some(shared::lifecycle::run_day_at(zone, from_ms(created)))),
         }
     }
 
@@ -873,3 +821,101 @@ impl Store {
         Ok(out)
     }
 }
+
+/// One account's step through one run; see [`Store::step_account`].
+struct Step<'a> {
+    account_ref: i64,
+    account: &'a str,
+    day_of_run: NaiveDate,
+    daily: bool,
+    zone: &'a BillingZone,
+    price_per_core_month: Decimal,
+    channels: NoticeChannels,
+    now: DateTime<Utc>,
+}
+
+impl Step<'_> {
+    fn take(&self, tx: &Connection) -> Result<StepOutcome, StoreError> {
+        let Step { account_ref, account, day_of_run, daily, zone, price_per_core_month, channels, now } = *self;
+        let at = run_of(zone, day_of_run);
+        let mut outcome = StepOutcome {
+            account: account.to_string(),
+            ..StepOutcome::default()
+        };
+        let stepped: Option<String> = tx.query_row(
+            "SELECT stepped_through FROM accounts WHERE ref = ?1",
+            [account_ref],
+            |r| r.get(0),
+        )?;
+        if stepped.as_deref().map(day).transpose()?.is_some_and(|d| d >= day_of_run) {
+            return Ok(outcome);
+        }
+        // An account older than the lifecycle starts it at its first run.
+        tx.execute(
+            "UPDATE accounts SET lifecycle_from_ms = ?2 WHERE ref = ?1 AND lifecycle_from_ms = -1",
+            (account_ref, at.timestamp_millis()),
+        )?;
+        outcome.day = Some(day_of_run);
+        // 1. Renewals, paid from the balance.
+        let life = life_of(tx, account_ref)?;
+        let (mut renewed, mut refused) = (Vec::new(), Vec::new());
+        for l in life.renewals_due(zone, day_of_run) {
+            let price = order_price(l.cores, RENEWAL_MONTHS, price_per_core_month);
+            let balance = balance_of(tx, account_ref)?;
+            let (start, end) = Life::renewal_of(zone, &l);
+            if balance >= price {
+                let (licence, order) = insert_order(tx, zone, account_ref, "renewal", l.cores, RENEWAL_MONTHS, (start, end), price, "balance", true, now)?;
+                tx.execute("UPDATE licences SET renewed_by = ?2 WHERE id = ?1", (l.id, licence))?;
+                let after = post_entry(tx, account_ref, "debit", price, None, Some(order), now)?;
+                outcome.renewed.push(licence);
+                renewed.push(json!({
+                    "licence": l.id, "renewal": licence, "order": order, "cores": l.cores,
+                    "start_day": start, "end_day": end, "price": price, "balance_after": after,
+                }));
+            } else {
+                refused.push(json!({
+                    "licence": l.id, "cores": l.cores, "end_day": zone.day_of(l.end), "price": price,
+                    "balance": balance, "shortfall": price - balance,
+                    "reason": format!("the balance {balance} does not cover the renewal's price {price}"),
+                }));
+            }
+        }
+        // 2. The state.
+        let life = life_of(tx, account_ref)?;
+        let before = recorded_state(tx, account_ref)?;
+        let after = life.state_at(zone, at);
+        if record_state(tx, account_ref, after, at, now, &format!("run of {day_of_run}"))? {
+            outcome.state = Some(after);
+        }
+        if after == State::Deleted && before != State::Deleted {
+            tx.execute(
+                "INSERT INTO deletions (account_ref, before_ms, decided_at_ms) VALUES (?1, ?2, ?3)",
+                (account_ref, at.timestamp_millis(), now.timestamp_millis()),
+            )?;
+            tx.execute(
+                "UPDATE accounts SET data_deleted_before_ms = ?2 WHERE ref = ?1",
+                (account_ref, at.timestamp_millis()),
+            )?;
+        }
+        // 3. The notices.
+        let mut notices = Vec::new();
+        if !renewed.is_empty() {
+            notices.push((NoticeKind::RenewalSucceeded, json!({ "renewals": renewed })));
+        }
+        if !refused.is_empty() {
+            notices.push((NoticeKind::RenewalFailed, json!({ "licences": refused })));
+        }
+        notices.extend(life.notices_at_run(zone, day_of_run, before, after, daily));
+        for (kind, details) in notices {
+            if issue_notice(tx, account_ref, kind, day_of_run, &details, now, channels)?.is_some() {
+                outcome.notices.push(kind.as_str().to_string());
+            }
+        }
+        tx.execute(
+            "UPDATE accounts SET stepped_through = ?2 WHERE ref = ?1",
+            (account_ref, day_of_run.to_string()),
+        )?;
+        Ok(outcome)
+    }
+}
+

@@ -4,6 +4,7 @@ mod accounts;
 mod bills;
 mod clusters;
 mod lifecycle;
+mod notice_outbox;
 mod notices;
 mod outbox;
 mod retention;
@@ -20,6 +21,7 @@ use rustc_hash::FxHashMap;
 pub use accounts::Account;
 pub use clusters::ClusterIdentity;
 pub use lifecycle::{BalanceEntry, Contact, NewContact, NewOrder, Order, StateChange, StepOutcome};
+pub use notice_outbox::{DueNotice, NoticeChannel, NOTICE_ERROR_MAX_CHARS};
 pub use notices::{Notice, NoticeChannels, NoticeDelivery, Recipient};
 pub use outbox::{Delivery, OutboxStatus};
 pub use retention::{reads_from, Horizon, PruneTarget, Pruned, PRUNE_BATCH_ROWS};
@@ -149,6 +151,8 @@ pub struct Store {
     /// Node ids by account, cluster and node name; nested so that a lookup
     /// borrows the names instead of allocating a key.
     node_ids: FxHashMap<i64, FxHashMap<String, FxHashMap<String, i64>>>,
+    /// The delivery rows notices issued through this connection get.
+    notice_channels: NoticeChannels,
 }
 
 impl Store {
@@ -171,6 +175,7 @@ impl Store {
             conn,
             account_refs: HashMap::new(),
             node_ids: FxHashMap::default(),
+            notice_channels: NoticeChannels::default(),
         };
         store.migrate(&path.display().to_string())?;
         Ok(store)
@@ -195,6 +200,12 @@ impl Store {
         tx.pragma_update(None, "user_version", known)?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Which delivery rows notices issued from now on get (the service's
+    /// configured channels; none by default, as in `replay`).
+    pub fn set_notice_channels(&mut self, channels: NoticeChannels) {
+        self.notice_channels = channels;
     }
 
     /// The schema version the database is at.

@@ -44,13 +44,22 @@ impl Store {
     ) -> Result<Vec<Outcome>, StoreError> {
         // Resolve accounts first, outside the write transaction.
         let mut refs: FxHashMap<&str, Option<i64>> = FxHashMap::default();
+        // The periods while each account's service was stopped (SPEC section 8).
+        let mut stopped: FxHashMap<i64, Vec<(i64, i64)>> = FxHashMap::default();
         for s in batch {
             if !refs.contains_key(s.account) {
-                refs.insert(s.account, self.account_ref(s.account)?);
+                let account_ref = self.account_ref(s.account)?;
+                if let Some(r) = account_ref {
+                    let periods = Store::stopped_periods_of(&self.conn, r)?;
+                    if !periods.is_empty() {
+                        stopped.insert(r, periods);
+                    }
+                }
+                refs.insert(s.account, account_ref);
             }
         }
         let mut new_nodes = Vec::new();
-        let result = self.ingest_in_transaction(batch, limits, &refs, &mut new_nodes);
+        let result = self.ingest_in_transaction(batch, limits, &refs, &stopped, &mut new_nodes);
         if result.is_err() {
             // The transaction rolled back: forget the node ids it created.
             for (account_ref, cluster, node) in new_nodes {
@@ -71,6 +80,7 @@ impl Store {
         batch: &[Incoming<'_>],
         limits: &AgeLimits,
         refs: &FxHashMap<&str, Option<i64>>,
+        stopped: &FxHashMap<i64, Vec<(i64, i64)>>,
         new_nodes: &mut Vec<(i64, String, String)>,
     ) -> Result<Vec<Outcome>, StoreError> {
         let tx = self
@@ -93,7 +103,18 @@ impl Store {
                     cores: s.cores,
                     at: s.at,
                 };
-                let checked = match validate(&unchecked, s.received_at, limits) {
+                let checked = validate(&unchecked, s.received_at, limits).and_then(|c| {
+                    let at = c.at.timestamp_millis();
+                    let in_stop = account_ref
+                        .and_then(|r| stopped.get(&r))
+                        .is_some_and(|p| p.iter().any(|&(from, to)| from <= at && at < to));
+                    if in_stop {
+                        Err(Rejection::ServiceStopped)
+                    } else {
+                        Ok(c)
+                    }
+                });
+                let checked = match checked {
                     Ok(c) => c,
                     Err(reason) => {
                         if let Some(account_ref) = account_ref {

@@ -172,6 +172,12 @@ pub const MIGRATIONS: &[&str] = &[
     -- Samples before this instant were deleted with the account's data: days
     -- before it are never billed again.
     ALTER TABLE accounts ADD COLUMN data_deleted_before_ms INTEGER;
+    -- Lapses before this instant are treated as happening at it, so that an
+    -- upgrade never stops or deletes an account at once for a licence that
+    -- ended before the lifecycle existed: -1 (every account older than this
+    -- migration) is set to its first run's instant; NULL for new accounts.
+    ALTER TABLE accounts ADD COLUMN lifecycle_from_ms INTEGER;
+    UPDATE accounts SET lifecycle_from_ms = -1;
 
     -- ends_ms: the licence's end without grace (NULL for licences given as a
     -- counting period through POST .../licenses: end_ms less the grace).

@@ -1,0 +1,63 @@
+//! The lifecycle step of each 02:00 run (LIFECYCLE.md): every account is
+//! stepped through each run it has not been through yet, in batches of
+//! accounts per commit like billing; then the data of deleted accounts is
+//! removed in bounded batches.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use shared::lifecycle::run_day_at;
+use shared::zone::{next_day, prev_day, BillingZone};
+
+use crate::store::{StepOutcome, Store, StoreError};
+
+/// How long one batch of accounts may hold the write lock before it commits.
+const BATCH_HOLD: Duration = Duration::from_millis(50);
+
+/// Rows of a deleted account's data removed per transaction.
+pub const PURGE_BATCH_ROWS: usize = 5_000;
+
+/// Steps every account through every run up to the last one at or before
+/// `now`; returns what changed (renewals, states, notices), account by account.
+pub fn run_lifecycle(
+    store: &mut Store,
+    now: DateTime<Utc>,
+    zone: &BillingZone,
+    price_per_core_month: Decimal,
+) -> Result<Vec<StepOutcome>, StoreError> {
+    let last = run_day_at(zone, now);
+    let mut changed = Vec::new();
+    let mut accounts = store.accounts()?.into_iter().peekable();
+    while accounts.peek().is_some() {
+        store.in_write_batch(|store| {
+            let started = Instant::now();
+            while started.elapsed() < BATCH_HOLD {
+                let Some(account) = accounts.next() else {
+                    break;
+                };
+                let from = store
+                    .stepped_through(&account.id, zone)?
+                    .unwrap_or(prev_day(last));
+                let mut day = next_day(from);
+                while day <= last {
+                    let step = store.step_account(
+                        &account.id,
+                        day,
+                        day == last,
+                        zone,
+                        price_per_core_month,
+                        now,
+                    )?;
+                    if step.state.is_some() || !step.notices.is_empty() || !step.renewed.is_empty()
+                    {
+                        changed.push(step);
+                    }
+                    day = next_day(day);
+                }
+            }
+            Ok(())
+        })?;
+    }
+    Ok(changed)
+}
