@@ -184,7 +184,8 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE licences ADD COLUMN ends_ms INTEGER;
     ALTER TABLE licences ADD COLUMN auto_renew INTEGER NOT NULL DEFAULT 0;
     -- The licence that renewed this one; a licence renews at most once.
-    ALTER TABLE licences ADD COLUMN renewed_by INTEGER UNIQUE REFERENCES licences(id);
+    ALTER TABLE licences ADD COLUMN renewed_by INTEGER REFERENCES licences(id);
+    CREATE UNIQUE INDEX licences_renewed_by ON licences(renewed_by) WHERE renewed_by IS NOT NULL;
 
     -- Every order of licensed cores: a purchase through the API or an
     -- auto-renewal. Never updated or deleted.
