@@ -26,8 +26,9 @@ pub fn export_case(
     let acct = store
         .account(account)?
         .ok_or_else(|| StoreError::UnknownAccount(account.to_string()))?;
-    // A case without the pruned samples would replay to a different bill.
+    // A case without the pruned (or deleted) samples would replay to a different bill.
     store.require_kept(&config.zone, day, config.rules.reach_hours())?;
+    store.require_not_deleted(account, &config.zone, day)?;
     let reach = TimeDelta::hours(i64::from(config.rules.reach_hours()) + 1);
     let from = config.zone.day_start(day) - reach;
     let to = config.zone.day_end(day) + reach;
@@ -66,6 +67,20 @@ pub fn export_case(
         CoreRounding::HalfUp => "half_up",
         CoreRounding::None => "none",
     };
+    let mut case_account = json!({"id": account, "licenses": licences, "caps": caps});
+    if let Some(t) = store.trial(account)? {
+        case_account["trial"] = json!({"start": rfc(t.start), "end": rfc(t.end)});
+    }
+    let stops = store.stopped_periods(account)?;
+    if !stops.is_empty() {
+        case_account["stopped"] = stops
+            .into_iter()
+            .map(|(from, to)| match to {
+                Some(to) => json!({"from": rfc(from), "to": rfc(to)}),
+                None => json!({"from": rfc(from)}),
+            })
+            .collect();
+    }
     Ok(json!({
         "name": format!("{account}-{day}"),
         "description": format!("The inputs of the bill of account {account} for {day}, exported by core-meter."),
@@ -78,7 +93,7 @@ pub fn export_case(
             "max_future_minutes": config.limits.max_future.num_minutes(),
             "currency": config.currency,
         },
-        "accounts": [{"id": account, "licenses": licences, "caps": caps}],
+        "accounts": [case_account],
         "samples": samples,
         "runs": runs.into_iter().map(rfc).collect::<Vec<_>>(),
     }))

@@ -58,6 +58,26 @@ pub struct CaseAccount {
     pub licenses: Vec<CaseLicence>,
     #[serde(default)]
     pub caps: Vec<CaseCap>,
+    /// Beyond SPEC section 7, written by `export` for an account that had
+    /// them (SPEC section 8): its trial, whose hours are free, and its
+    /// stops, whose hours are not billed and whose samples are refused.
+    #[serde(default)]
+    pub trial: Option<CasePeriod>,
+    #[serde(default)]
+    pub stopped: Vec<CaseStop>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CasePeriod {
+    pub start: String,
+    pub end: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CaseStop {
+    pub from: String,
+    /// When the account came back; absent while it stays stopped.
+    pub to: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -298,6 +318,25 @@ pub fn replay_into(
         for (j, c) in a.caps.iter().enumerate() {
             let from = instant(&c.from, &format!("accounts[{i}].caps[{j}]"))?;
             store.set_cap(&a.id, c.cores, from, created)?;
+        }
+        if a.trial.is_some() || !a.stopped.is_empty() {
+            let trial = match &a.trial {
+                Some(t) => {
+                    let what = format!("accounts[{i}].trial");
+                    Some(shared::lifecycle::Trial {
+                        start: instant(&t.start, &what)?,
+                        end: instant(&t.end, &what)?,
+                    })
+                }
+                None => None,
+            };
+            let mut stops = Vec::new();
+            for (j, p) in a.stopped.iter().enumerate() {
+                let what = format!("accounts[{i}].stopped[{j}]");
+                let to = p.to.as_deref().map(|t| instant(t, &what)).transpose()?;
+                stops.push((instant(&p.from, &what)?, to));
+            }
+            store.replay_life(&a.id, trial, &stops, created)?;
         }
     }
 

@@ -7,7 +7,9 @@ use chrono::{DateTime, NaiveDate, SecondsFormat, TimeDelta, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
 use shared::bill::BillLine;
-use shared::overage::{licensed_per_bucket, node_hours, overage_on, NodeSample};
+use shared::overage::{
+    buckets_overlapping, licensed_per_bucket, node_hours, overage_with, NodeSample,
+};
 use shared::zone::Timeline;
 
 use crate::billing::BillingConfig;
@@ -54,6 +56,8 @@ pub struct Hour {
     pub total_cores: u64,
     pub licensed_cores: u64,
     pub excess_cores: u64,
+    /// A trial's hour, or one while the service was stopped: never billed (SPEC section 8).
+    pub unbilled: bool,
     /// Nodes counted in this hour by gap bridging, as `cluster/node`.
     pub bridged: Vec<String>,
 }
@@ -97,6 +101,7 @@ pub fn daily_report(
     // A day whose samples retention pruned would show as a day without
     // nodes; it is refused, naming the first day kept, instead.
     store.require_kept(zone, day, config.rules.reach_hours())?;
+    store.require_not_deleted(account, zone, day)?;
     let timeline = Timeline::new(zone, day, day, config.rules.reach_hours());
     let (from, to) = timeline.span_ms();
     let stored = store.audit_samples(
@@ -126,11 +131,21 @@ pub fn daily_report(
     }
     let licences = store.licences(&acct)?;
     let caps = store.caps(&acct)?;
+    let unbilled = store.unbilled_periods(&acct)?;
+    let free = buckets_overlapping(&timeline, &unbilled);
     // The figures come from the bill's own function on the same samples.
-    let figures = overage_on(zone, &timeline, &samples, &licences, &caps, &config.rules)
-        .into_iter()
-        .find(|f| f.day == day)
-        .expect("the timeline holds the day");
+    let figures = overage_with(
+        zone,
+        &timeline,
+        &samples,
+        &licences,
+        &caps,
+        &unbilled,
+        &config.rules,
+    )
+    .into_iter()
+    .find(|f| f.day == day)
+    .expect("the timeline holds the day");
     let (_, range) = timeline
         .days()
         .find(|(d, _)| *d == day)
@@ -154,7 +169,12 @@ pub fn daily_report(
                     .to_rfc3339_opts(SecondsFormat::Secs, false),
                 total_cores: total[b],
                 licensed_cores: licensed[b],
-                excess_cores: total[b].saturating_sub(licensed[b]),
+                excess_cores: if free[b] {
+                    0
+                } else {
+                    total[b].saturating_sub(licensed[b])
+                },
+                unbilled: free[b],
                 bridged: Vec::new(),
             }
         })

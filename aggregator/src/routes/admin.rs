@@ -275,7 +275,11 @@ pub async fn audit_samples(
     let zone = state.config.billing.zone;
     let (from, to) = (zone.day_start(d), zone.day_end(d));
     let account = id.clone();
-    let samples = blocking(&state.reader, move |s| s.audit_samples(&account, from, to)).await?;
+    let samples = blocking(&state.reader, move |s| {
+        s.require_not_deleted(&account, &zone, d)?;
+        s.audit_samples(&account, from, to)
+    })
+    .await?;
     Ok(Json(json!({ "account": id, "day": d, "samples": samples })))
 }
 
@@ -289,9 +293,7 @@ pub async fn billing_run(Extract(state): Extract<State>) -> Result<Json<Value>, 
 /// Steps every account through the runs up to the clock's now, then removes
 /// the data of accounts that reached `deleted`, a bounded batch per
 /// transaction.
-pub async fn run_lifecycle_now(
-    state: &State,
-) -> Result<Vec<crate::store::StepOutcome>, ApiError> {
+pub async fn run_lifecycle_now(state: &State) -> Result<Vec<crate::store::StepOutcome>, ApiError> {
     let (now, zone, price) = (
         state.clock.now(),
         state.config.billing.zone,

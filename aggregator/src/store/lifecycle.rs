@@ -145,7 +145,9 @@ fn valid_email(s: &str) -> bool {
         && domain.contains('.')
         && !domain.starts_with('.')
         && !domain.ends_with('.')
-        && !s.chars().any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>')
+        && !s
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>')
 }
 
 /// A phone number in E.164: `+` and 8 to 15 digits.
@@ -337,17 +339,29 @@ impl Store {
         if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
             return Err(invalid(
                 "name",
-                format!("name must be 1 to 200 characters without control characters, got {:?}", contact.name),
+                format!(
+                    "name must be 1 to 200 characters without control characters, got {:?}",
+                    contact.name
+                ),
             ));
         }
         if contact.email.is_none() && contact.sms.is_none() {
-            return Err(invalid("email", "a contact needs an email address, an SMS number or both"));
+            return Err(invalid(
+                "email",
+                "a contact needs an email address, an SMS number or both",
+            ));
         }
         if let Some(e) = contact.email.as_deref().filter(|e| !valid_email(e)) {
-            return Err(invalid("email", format!("{e:?} is not an email address such as ops@example.com")));
+            return Err(invalid(
+                "email",
+                format!("{e:?} is not an email address such as ops@example.com"),
+            ));
         }
         if let Some(s) = contact.sms.as_deref().filter(|s| !valid_sms(s)) {
-            return Err(invalid("sms", format!("{s:?} is not a phone number in E.164 form such as +8613800138000")));
+            return Err(invalid(
+                "sms",
+                format!("{s:?} is not a phone number in E.164 form such as +8613800138000"),
+            ));
         }
         let account_ref = self.require_account(account)?;
         self.conn.execute(
@@ -384,9 +398,17 @@ impl Store {
 
     /// Creates a sub-account of the main account `parent`, which must exist
     /// and must not itself be a sub-account.
-    pub fn create_sub_account(&mut self, id: &str, parent: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+    pub fn create_sub_account(
+        &mut self,
+        id: &str,
+        parent: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         let Some(parent_ref) = self.account_ref(parent)? else {
-            return Err(invalid("parent", format!("parent account {parent:?} does not exist")));
+            return Err(invalid(
+                "parent",
+                format!("parent account {parent:?} does not exist"),
+            ));
         };
         let grand: Option<String> = self.conn.query_row(
             "SELECT p.id FROM accounts a JOIN accounts p ON p.ref = a.parent_ref WHERE a.ref = ?1",
@@ -427,17 +449,28 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<(Decimal, bool), StoreError> {
         if amount <= Decimal::ZERO || amount.scale() > 2 && amount != cents(amount) {
-            return Err(invalid("amount", format!("amount {amount} must be positive with at most two decimal places")));
+            return Err(invalid(
+                "amount",
+                format!("amount {amount} must be positive with at most two decimal places"),
+            ));
         }
         if amount > Decimal::from(MAX_CREDIT) {
-            return Err(invalid("amount", format!("amount {amount} is over the largest credit of {MAX_CREDIT}")));
+            return Err(invalid(
+                "amount",
+                format!("amount {amount} is over the largest credit of {MAX_CREDIT}"),
+            ));
         }
         let reference = reference.trim();
         if reference.is_empty() || reference.len() > 200 {
-            return Err(invalid("reference", "reference (the billing backend's id of the payment) must be 1 to 200 characters"));
+            return Err(invalid(
+                "reference",
+                "reference (the billing backend's id of the payment) must be 1 to 200 characters",
+            ));
         }
         let account_ref = self.require_account(account)?;
-        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let taken: Option<String> = tx
             .query_row(
                 "SELECT amount FROM balance_entries WHERE account_ref = ?1 AND reference = ?2",
@@ -450,13 +483,23 @@ impl Store {
                 return Err(StoreError::Conflict {
                     code: "reference_in_use",
                     field: "reference",
-                    message: format!("reference {reference:?} was already credited with {taken}, not {amount}"),
+                    message: format!(
+                        "reference {reference:?} was already credited with {taken}, not {amount}"
+                    ),
                 });
             }
             let balance = balance_of(&tx, account_ref)?;
             return Ok((balance, false));
         }
-        let after = post_entry(&tx, account_ref, "credit", amount, Some(reference), None, now)?;
+        let after = post_entry(
+            &tx,
+            account_ref,
+            "credit",
+            amount,
+            Some(reference),
+            None,
+            now,
+        )?;
         tx.commit()?;
         Ok((after, true))
     }
@@ -493,7 +536,9 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<Trial, StoreError> {
         let account_ref = self.require_account(account)?;
-        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let (main_ref, main_id): (i64, String) = tx.query_row(
             "SELECT coalesce(p.ref, a.ref), coalesce(p.id, a.id) FROM accounts a LEFT JOIN accounts p ON p.ref = a.parent_ref WHERE a.ref = ?1",
             [account_ref],
@@ -521,7 +566,11 @@ impl Store {
                 ),
             });
         }
-        let licensed: i64 = tx.query_row("SELECT count(*) FROM licences WHERE account_ref = ?1", [account_ref], |r| r.get(0))?;
+        let licensed: i64 = tx.query_row(
+            "SELECT count(*) FROM licences WHERE account_ref = ?1",
+            [account_ref],
+            |r| r.get(0),
+        )?;
         if licensed > 0 {
             return Err(StoreError::Conflict {
                 code: "already_licensed",
@@ -553,35 +602,70 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<Order, StoreError> {
         if !(1..=MAX_ORDER_CORES).contains(&order.cores) {
-            return Err(invalid("cores", format!("cores {} must be from 1 to {MAX_ORDER_CORES}", order.cores)));
+            return Err(invalid(
+                "cores",
+                format!("cores {} must be from 1 to {MAX_ORDER_CORES}", order.cores),
+            ));
         }
         if !(1..=MAX_TERM_MONTHS).contains(&order.months) {
-            return Err(invalid("months", format!("a term of {} months is not from 1 to {MAX_TERM_MONTHS} months", order.months)));
+            return Err(invalid(
+                "months",
+                format!(
+                    "a term of {} months is not from 1 to {MAX_TERM_MONTHS} months",
+                    order.months
+                ),
+            ));
         }
         let today = zone.day_of(now);
         let start = order.start.unwrap_or(today);
-        let earliest = today.checked_sub_days(Days::new(ORDER_BACKDATE_DAYS)).expect("date in range");
-        let latest = today.checked_add_days(Days::new(ORDER_AHEAD_DAYS)).expect("date in range");
+        let earliest = today
+            .checked_sub_days(Days::new(ORDER_BACKDATE_DAYS))
+            .expect("date in range");
+        let latest = today
+            .checked_add_days(Days::new(ORDER_AHEAD_DAYS))
+            .expect("date in range");
         if start < earliest || start > latest {
             return Err(invalid("start", format!("start {start} must be from {earliest} to {latest} ({ORDER_BACKDATE_DAYS} days back to {ORDER_AHEAD_DAYS} ahead)")));
         }
-        let end = term_end_day(start, order.months).ok_or_else(|| invalid("months", "the term ends out of range"))?;
+        let end = term_end_day(start, order.months)
+            .ok_or_else(|| invalid("months", "the term ends out of range"))?;
         let price = order_price(order.cores, order.months, price_per_core_month);
         let account_ref = self.require_account(account)?;
-        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let paid_from = if order.pay_from_balance { "balance" } else { "invoice" };
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let paid_from = if order.pay_from_balance {
+            "balance"
+        } else {
+            "invoice"
+        };
         if order.pay_from_balance {
             let balance = balance_of(&tx, account_ref)?;
             if balance < price {
                 return Err(StoreError::Conflict {
                     code: "insufficient_balance",
                     field: "pay_from_balance",
-                    message: format!("the balance {balance} does not cover the price {price} ({} short)", price - balance),
+                    message: format!(
+                        "the balance {balance} does not cover the price {price} ({} short)",
+                        price - balance
+                    ),
                 });
             }
         }
         let before = recorded_state(&tx, account_ref)?;
-        let (licence, id) = insert_order(&tx, zone, account_ref, "purchase", order.cores, order.months, (start, end), price, paid_from, order.auto_renew, now)?;
+        let (licence, id) = insert_order(
+            &tx,
+            zone,
+            account_ref,
+            "purchase",
+            order.cores,
+            order.months,
+            (start, end),
+            price,
+            paid_from,
+            order.auto_renew,
+            now,
+        )?;
         if order.pay_from_balance {
             post_entry(&tx, account_ref, "debit", price, None, Some(id), now)?;
         }
@@ -611,7 +695,12 @@ impl Store {
     }
 
     /// Turns auto-renewal of an order's licence on or off.
-    pub fn set_auto_renew(&mut self, account: &str, order: i64, on: bool) -> Result<(), StoreError> {
+    pub fn set_auto_renew(
+        &mut self,
+        account: &str,
+        order: i64,
+        on: bool,
+    ) -> Result<(), StoreError> {
         let account_ref = self.require_account(account)?;
         let changed = self.conn.execute(
             "UPDATE licences SET auto_renew = ?3 WHERE id = (SELECT licence_id FROM orders WHERE id = ?2 AND account_ref = ?1)",
@@ -657,7 +746,10 @@ impl Store {
     }
 
     /// What the rules know of the account, its recorded state and since when.
-    pub fn life(&mut self, account: &str) -> Result<(Life, State, Option<DateTime<Utc>>), StoreError> {
+    pub fn life(
+        &mut self,
+        account: &str,
+    ) -> Result<(Life, State, Option<DateTime<Utc>>), StoreError> {
         let account_ref = self.require_account(account)?;
         let since: Option<i64> = self.conn.query_row(
             "SELECT state_since_ms FROM accounts WHERE ref = ?1",
@@ -729,7 +821,11 @@ impl Store {
     /// The last run day the account was stepped through: the run day before
     /// it was created when none yet, and `None` for an account older than
     /// the lifecycle that was never stepped (it starts at the current run).
-    pub fn stepped_through(&mut self, account: &str, zone: &BillingZone) -> Result<Option<NaiveDate>, StoreError> {
+    pub fn stepped_through(
+        &mut self,
+        account: &str,
+        zone: &BillingZone,
+    ) -> Result<Option<NaiveDate>, StoreError> {
         let account_ref = self.require_account(account)?;
         let (stepped, created, from): (Option<String>, i64, Option<i64>) = self.conn.query_row(
             "SELECT stepped_through, created_at_ms, lifecycle_from_ms FROM accounts WHERE ref = ?1",
@@ -745,8 +841,14 @@ impl Store {
 
     /// Deletes a batch of at most `limit` rows of an account whose data is
     /// being deleted; returns the rows deleted (0 when none is left to do).
-    pub fn purge_deleted_data(&mut self, limit: usize, now: DateTime<Utc>) -> Result<u64, StoreError> {
-        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    pub fn purge_deleted_data(
+        &mut self,
+        limit: usize,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let job: Option<(i64, i64, i64)> = tx
             .query_row(
                 "SELECT id, account_ref, before_ms FROM deletions WHERE finished_at_ms IS NULL ORDER BY id LIMIT 1",
@@ -783,7 +885,10 @@ impl Store {
 
     /// The periods whose samples are refused and whose hours are not billed:
     /// from each recorded stop until the account next came back.
-    pub(super) fn stopped_periods_of(conn: &Connection, account_ref: i64) -> Result<Vec<(i64, i64)>, StoreError> {
+    pub(super) fn stopped_periods_of(
+        conn: &Connection,
+        account_ref: i64,
+    ) -> Result<Vec<(i64, i64)>, StoreError> {
         let mut stmt = conn.prepare_cached(
             "SELECT state, at_ms FROM account_states WHERE account_ref = ?1 ORDER BY at_ms, id",
         )?;
@@ -809,12 +914,105 @@ impl Store {
         Ok(periods)
     }
 
-    /// The hours of the account that are never billed: its trial and its stops.
-    pub fn unbilled_periods(&self, account: &super::Account) -> Result<Vec<(DateTime<Utc>, DateTime<Utc>)>, StoreError> {
-        let mut out: Vec<(DateTime<Utc>, DateTime<Utc>)> = Store::stopped_periods_of(&self.conn, account.reference)?
+    /// Fails with [`StoreError::DataDeleted`] when `day` ended before the
+    /// account's data was deleted: its report, audit trail or export would
+    /// show it empty.
+    pub fn require_not_deleted(
+        &mut self,
+        account: &str,
+        zone: &BillingZone,
+        day: NaiveDate,
+    ) -> Result<(), StoreError> {
+        let account_ref = self.require_account(account)?;
+        let before: Option<i64> = self.conn.query_row(
+            "SELECT data_deleted_before_ms FROM accounts WHERE ref = ?1",
+            [account_ref],
+            |r| r.get(0),
+        )?;
+        match before.map(from_ms) {
+            Some(before) if zone.day_end(day) <= before => Err(StoreError::DataDeleted {
+                account: account.to_string(),
+                before,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// The periods of the account's stops as instants, open-ended stops
+    /// ending at `None`: what an exported case carries.
+    pub fn stopped_periods(
+        &mut self,
+        account: &str,
+    ) -> Result<Vec<(DateTime<Utc>, Option<DateTime<Utc>>)>, StoreError> {
+        let account_ref = self.require_account(account)?;
+        Ok(Store::stopped_periods_of(&self.conn, account_ref)?
             .into_iter()
-            .map(|(a, b)| (from_ms(a), if b == i64::MAX { DateTime::<Utc>::MAX_UTC } else { from_ms(b) }))
-            .collect();
+            .map(|(a, b)| (from_ms(a), (b != i64::MAX).then(|| from_ms(b))))
+            .collect())
+    }
+
+    /// The account's trial, if it had one.
+    pub fn trial(&mut self, account: &str) -> Result<Option<Trial>, StoreError> {
+        let account_ref = self.require_account(account)?;
+        trial_of(&self.conn, account_ref)
+    }
+
+    /// Records a trial and stops as a replayed case gives them (an exported
+    /// day of an account that had them), so that replay bills it as the
+    /// service did: trial hours free, stopped hours unbilled and their
+    /// samples refused.
+    pub fn replay_life(
+        &mut self,
+        account: &str,
+        trial: Option<Trial>,
+        stops: &[(DateTime<Utc>, Option<DateTime<Utc>>)],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let account_ref = self.require_account(account)?;
+        let tx = self.conn.transaction()?;
+        if let Some(t) = trial {
+            tx.execute(
+                "INSERT INTO trials (main_ref, account_ref, start_ms, end_ms, started_at_ms) VALUES (?1, ?1, ?2, ?3, ?4)",
+                (account_ref, t.start.timestamp_millis(), t.end.timestamp_millis(), now.timestamp_millis()),
+            )?;
+            mark_for_recompute(&tx, account_ref, t.start)?;
+        }
+        for &(from, to) in stops {
+            record_state(&tx, account_ref, State::Stopped, from, now, "replayed stop")?;
+            if let Some(to) = to {
+                record_state(
+                    &tx,
+                    account_ref,
+                    State::Active,
+                    to,
+                    now,
+                    "replayed recovery",
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The hours of the account that are never billed: its trial and its stops.
+    pub fn unbilled_periods(
+        &self,
+        account: &super::Account,
+    ) -> Result<Vec<(DateTime<Utc>, DateTime<Utc>)>, StoreError> {
+        let mut out: Vec<(DateTime<Utc>, DateTime<Utc>)> =
+            Store::stopped_periods_of(&self.conn, account.reference)?
+                .into_iter()
+                .map(|(a, b)| {
+                    (
+                        from_ms(a),
+                        if b == i64::MAX {
+                            DateTime::<Utc>::MAX_UTC
+                        } else {
+                            from_ms(b)
+                        },
+                    )
+                })
+                .collect();
         if let Some(t) = trial_of(&self.conn, account.reference)? {
             out.push((t.start, t.end));
         }
@@ -836,7 +1034,16 @@ struct Step<'a> {
 
 impl Step<'_> {
     fn take(&self, tx: &Connection) -> Result<StepOutcome, StoreError> {
-        let Step { account_ref, account, day_of_run, daily, zone, price_per_core_month, channels, now } = *self;
+        let Step {
+            account_ref,
+            account,
+            day_of_run,
+            daily,
+            zone,
+            price_per_core_month,
+            channels,
+            now,
+        } = *self;
         let at = run_of(zone, day_of_run);
         let mut outcome = StepOutcome {
             account: account.to_string(),
@@ -847,7 +1054,12 @@ impl Step<'_> {
             [account_ref],
             |r| r.get(0),
         )?;
-        if stepped.as_deref().map(day).transpose()?.is_some_and(|d| d >= day_of_run) {
+        if stepped
+            .as_deref()
+            .map(day)
+            .transpose()?
+            .is_some_and(|d| d >= day_of_run)
+        {
             return Ok(outcome);
         }
         // An account older than the lifecycle starts it at its first run.
@@ -864,8 +1076,23 @@ impl Step<'_> {
             let balance = balance_of(tx, account_ref)?;
             let (start, end) = Life::renewal_of(zone, &l);
             if balance >= price {
-                let (licence, order) = insert_order(tx, zone, account_ref, "renewal", l.cores, RENEWAL_MONTHS, (start, end), price, "balance", true, now)?;
-                tx.execute("UPDATE licences SET renewed_by = ?2 WHERE id = ?1", (l.id, licence))?;
+                let (licence, order) = insert_order(
+                    tx,
+                    zone,
+                    account_ref,
+                    "renewal",
+                    l.cores,
+                    RENEWAL_MONTHS,
+                    (start, end),
+                    price,
+                    "balance",
+                    true,
+                    now,
+                )?;
+                tx.execute(
+                    "UPDATE licences SET renewed_by = ?2 WHERE id = ?1",
+                    (l.id, licence),
+                )?;
                 let after = post_entry(tx, account_ref, "debit", price, None, Some(order), now)?;
                 outcome.renewed.push(licence);
                 renewed.push(json!({
@@ -884,7 +1111,14 @@ impl Step<'_> {
         let life = life_of(tx, account_ref)?;
         let before = recorded_state(tx, account_ref)?;
         let after = life.state_at(zone, at);
-        if record_state(tx, account_ref, after, at, now, &format!("run of {day_of_run}"))? {
+        if record_state(
+            tx,
+            account_ref,
+            after,
+            at,
+            now,
+            &format!("run of {day_of_run}"),
+        )? {
             outcome.state = Some(after);
         }
         if after == State::Deleted && before != State::Deleted {
@@ -919,3 +1153,103 @@ impl Step<'_> {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Durability, Store};
+    use shared::lifecycle::default_price_per_core_month;
+
+    fn local(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(&format!("{s}+08:00"))
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    /// A database as the build before the lifecycle left it: schema 4, an
+    /// account whose only licence ended in January, and a sample.
+    fn version_4_database(path: &std::path::Path) {
+        let conn = Connection::open(path).unwrap();
+        for sql in &super::super::schema::MIGRATIONS[..4] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 4).unwrap();
+        let jan = local("2026-01-01T00:00:00").timestamp_millis();
+        conn.execute(
+            "INSERT INTO accounts (ref, id, created_at_ms) VALUES (1, 'old', ?1)",
+            [jan],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO licences (account_ref, cores, start_ms, end_ms, created_at_ms) VALUES (1, 10, ?1, ?2, ?1)",
+            (jan, local("2026-02-06T00:00:00").timestamp_millis()),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn an_upgrade_gives_an_account_whose_licence_ended_long_ago_its_whole_grace_before_any_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("core-meter.sqlite");
+        version_4_database(&path);
+        let mut store = Store::open(&path, Durability::Durable).unwrap();
+        let zone = BillingZone::default();
+        let price = default_price_per_core_month();
+        let step = |store: &mut Store, at: &str| {
+            crate::lifecycle::run_lifecycle(store, local(at), &zone, price).unwrap();
+            store.life("old").unwrap().1
+        };
+        // The first run after the upgrade: grace from here, not deletion.
+        assert_eq!(step(&mut store, "2026-11-26T02:00:00"), State::Grace);
+        assert_eq!(step(&mut store, "2026-11-30T02:00:00"), State::Grace);
+        assert_eq!(step(&mut store, "2026-12-01T02:00:00"), State::Stopped);
+        assert_eq!(step(&mut store, "2026-12-06T02:00:00"), State::Deleted);
+        let history: Vec<(State, DateTime<Utc>)> = store
+            .state_history("old")
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.state, c.at))
+            .collect();
+        assert_eq!(
+            history,
+            vec![
+                (State::Grace, local("2026-11-26T02:00:00")),
+                (State::Stopped, local("2026-12-01T02:00:00")),
+                (State::Deleted, local("2026-12-06T02:00:00")),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_contact_without_a_valid_address_is_refused_naming_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("db"), Durability::Scratch).unwrap();
+        let now = local("2026-11-26T10:00:00");
+        store.create_account("acme", now).unwrap();
+        let contact = |email: Option<&str>, sms: Option<&str>| NewContact {
+            name: "Ops".into(),
+            role: Role::Creator,
+            email: email.map(str::to_string),
+            sms: sms.map(str::to_string),
+        };
+        for (c, field) in [
+            (contact(None, None), "email"),
+            (contact(Some("not an address"), None), "email"),
+            (contact(Some("ops@example"), None), "email"),
+            (contact(None, Some("13800138000")), "sms"),
+            (contact(None, Some("+12")), "sms"),
+        ] {
+            match store.add_contact("acme", &c, now) {
+                Err(StoreError::Invalid { field: f, .. }) => assert_eq!(f, field, "{c:?}"),
+                other => panic!("{c:?} was not refused: {other:?}"),
+            }
+        }
+        store
+            .add_contact(
+                "acme",
+                &contact(Some("ops@example.com"), Some("+8613800138000")),
+                now,
+            )
+            .unwrap();
+        assert_eq!(store.contacts("acme").unwrap().len(), 1);
+    }
+}
