@@ -1,0 +1,323 @@
+//! The lifecycle step against a real SQLite file, run by run: catch-up after
+//! an outage, refusing samples in stopped hours, not billing them, trial
+//! hours free, deletion in batches, and an exported trial day replaying to
+//! the service's bill.
+//!
+//! Figures are worked out by hand from SPEC sections 5 and 8 and LIFECYCLE.md
+//! with the defaults: zone Asia/Shanghai (UTC+8), 0.25 USD per core-day,
+//! 6.75 USD per core-month, cap 500, billable cores rounded up.
+
+use aggregator::billing::{run_billing, BillingConfig};
+use aggregator::lifecycle::run_lifecycle;
+use aggregator::store::{
+    Durability, Incoming, NewContact, NewOrder, NoticeChannels, Outcome, Store, StoreError,
+};
+use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
+use rust_decimal::Decimal;
+use shared::bill::LineKind;
+use shared::lifecycle::{Role, State};
+use shared::sample::{AgeLimits, Rejection};
+use tempfile::TempDir;
+
+fn local(wall: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(&format!("{wall}+08:00"))
+        .unwrap_or_else(|e| panic!("{wall}: {e}"))
+        .with_timezone(&Utc)
+}
+
+fn date(s: &str) -> NaiveDate {
+    s.parse().unwrap()
+}
+
+/// The instant of the 02:00 run of a day.
+fn run(day: &str) -> DateTime<Utc> {
+    local(&format!("{day}T02:00:00"))
+}
+
+struct Meter {
+    _dir: TempDir,
+    store: Store,
+    config: BillingConfig,
+}
+
+impl Meter {
+    fn new() -> Meter {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("core-meter.sqlite"), Durability::Durable)
+            .expect("open store");
+        store.set_notice_channels(NoticeChannels {
+            webhook: true,
+            email: false,
+        });
+        Meter {
+            _dir: dir,
+            store,
+            config: BillingConfig::default(),
+        }
+    }
+
+    /// An account with a creator who has an email address, created at `at`.
+    fn account(&mut self, id: &str, at: DateTime<Utc>) {
+        self.store.create_account(id, at).unwrap();
+        let creator = NewContact {
+            name: "Creator".into(),
+            role: Role::Creator,
+            email: Some(format!("creator@{id}.example")),
+            sms: None,
+        };
+        self.store.add_contact(id, &creator, at).unwrap();
+    }
+
+    fn order(&mut self, id: &str, cores: u32, start: &str, at: DateTime<Utc>) {
+        let order = NewOrder {
+            cores,
+            months: 1,
+            start: Some(date(start)),
+            auto_renew: false,
+            pay_from_balance: false,
+        };
+        self.store
+            .place_order(id, &order, &self.config.zone, price(), at)
+            .unwrap();
+    }
+
+    /// The 02:00 run: billing, then the lifecycle.
+    fn run(&mut self, at: DateTime<Utc>) -> Vec<shared::bill::BillLine> {
+        let lines = run_billing(&mut self.store, at, &self.config).unwrap();
+        run_lifecycle(&mut self.store, at, &self.config.zone, price()).unwrap();
+        while self.store.purge_deleted_data(7, at).unwrap() > 0 {}
+        lines
+    }
+
+    fn state(&mut self, id: &str) -> State {
+        self.store.life(id).unwrap().1
+    }
+
+    /// (kind, day) of every notice, oldest first.
+    fn notices(&mut self, id: &str) -> Vec<(String, NaiveDate)> {
+        let mut n: Vec<(String, NaiveDate)> = self
+            .store
+            .notices(id, 1000)
+            .unwrap()
+            .into_iter()
+            .map(|n| (n.kind, n.day))
+            .collect();
+        n.reverse();
+        n
+    }
+
+    fn push(&mut self, id: &str, cores: u32, at: DateTime<Utc>) -> Outcome {
+        let incoming = Incoming {
+            account: id,
+            cluster: "prod",
+            node: "node-1",
+            cores: Some(cores),
+            at: Some(at),
+            seq: None,
+            agent_version: Some("test"),
+            received_at: at + TimeDelta::minutes(1),
+        };
+        self.store
+            .ingest(&[incoming], &AgeLimits::default())
+            .unwrap()[0]
+    }
+
+    /// One sample at :07 of every hour of `day`.
+    fn push_day(&mut self, id: &str, cores: u32, day: &str) -> Vec<Outcome> {
+        (0..24)
+            .map(|h| self.push(id, cores, local(&format!("{day}T{h:02}:07:00"))))
+            .collect()
+    }
+}
+
+fn price() -> Decimal {
+    shared::lifecycle::default_price_per_core_month()
+}
+
+fn dec(s: &str) -> Decimal {
+    s.parse().unwrap()
+}
+
+#[test]
+fn a_run_caught_up_after_an_outage_records_each_change_at_its_own_run_and_warns_only_for_the_last_day(
+) {
+    let mut m = Meter::new();
+    m.account("acme", local("2026-11-01T10:00:00"));
+    // 10 cores from 1 November: the end day is 1 December.
+    m.order("acme", 10, "2026-11-01", local("2026-11-01T10:00:00"));
+    for day in 2..=20 {
+        m.run(run(&format!("2026-11-{day:02}")));
+    }
+    assert_eq!(m.state("acme"), State::Active);
+    // Down from 20 November to the morning of 8 December: one run catches up.
+    m.run(run("2026-12-08"));
+    let history: Vec<(State, DateTime<Utc>, DateTime<Utc>)> = m
+        .store
+        .state_history("acme")
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.state, c.at, c.recorded_at))
+        .collect();
+    assert_eq!(
+        history,
+        vec![
+            (
+                State::Active,
+                local("2026-11-01T10:00:00"),
+                local("2026-11-01T10:00:00")
+            ),
+            // Expiring from the run 7 days before the end day, grace from the
+            // end day, stopped from the run of end day + 5; all recorded at 8 December.
+            (State::Expiring, run("2026-11-24"), run("2026-12-08")),
+            (State::Grace, run("2026-12-01"), run("2026-12-08")),
+            (State::Stopped, run("2026-12-06"), run("2026-12-08")),
+        ]
+    );
+    // The days gone by get no daily warnings; the stop's notices go out, and
+    // the arrears warning of the last day.
+    assert_eq!(
+        m.notices("acme"),
+        vec![
+            ("service_stopped".into(), date("2026-12-06")),
+            ("deletion_scheduled".into(), date("2026-12-06")),
+            ("arrears_warning".into(), date("2026-12-08")),
+        ]
+    );
+    // A second run at the same instant issues nothing.
+    m.run(run("2026-12-08"));
+    assert_eq!(m.notices("acme").len(), 3);
+}
+
+#[test]
+fn samples_in_stopped_hours_are_refused_and_those_before_the_stop_are_kept_and_billed() {
+    let mut m = Meter::new();
+    m.account("acme", local("2026-11-01T10:00:00"));
+    m.order("acme", 10, "2026-11-01", local("2026-11-01T10:00:00"));
+    for day in 2..=30 {
+        let d = format!("2026-11-{day:02}");
+        m.run(run(&d));
+    }
+    for day in 1..=6 {
+        m.run(run(&format!("2026-12-{day:02}")));
+    }
+    assert_eq!(m.state("acme"), State::Stopped);
+    // Stopped from 02:00 on 6 December: the hours before are taken.
+    let outcomes = m.push_day("acme", 16, "2026-12-06");
+    assert!(outcomes[..2].iter().all(|o| *o == Outcome::Accepted));
+    assert!(outcomes[2..]
+        .iter()
+        .all(|o| *o == Outcome::Rejected(Rejection::ServiceStopped)));
+    let lines = m.run(run("2026-12-07"));
+    // 6 December: no licence left (its grace ended at 00:00), 16 cores in
+    // each of the 2 hours before the stop, none billed after it:
+    // S = 32, H = 24, A = 1.33 -> 2 cores -> 0.50.
+    let day6 = lines
+        .iter()
+        .find(|l| l.day == date("2026-12-06"))
+        .expect("6 December is billed");
+    assert_eq!(
+        (day6.excess_core_hours, day6.amount),
+        (32, dec("0.50")),
+        "{day6:?}"
+    );
+}
+
+#[test]
+fn a_stop_recorded_after_its_day_was_billed_is_taken_back_by_an_adjustment() {
+    let mut m = Meter::new();
+    m.account("acme", local("2026-11-01T10:00:00"));
+    m.order("acme", 10, "2026-11-01", local("2026-11-01T10:00:00"));
+    for day in 2..=30 {
+        m.run(run(&format!("2026-11-{day:02}")));
+    }
+    for day in 1..=5 {
+        m.run(run(&format!("2026-12-{day:02}")));
+    }
+    assert_eq!(m.state("acme"), State::Grace);
+    // The service is down from before the stop; the agents' spools deliver
+    // 6 December after it is back, before the catch-up run records the stop.
+    m.push_day("acme", 16, "2026-12-06");
+    let first = run_billing(&mut m.store, run("2026-12-07"), &m.config).unwrap();
+    // Billed before the stop was known: 16 x 24 = 384 -> 16 cores -> 4.00.
+    assert_eq!(first[0].amount, dec("4.00"));
+    run_lifecycle(&mut m.store, run("2026-12-07"), &m.config.zone, price()).unwrap();
+    // The next run takes the stopped hours back: 32 core-hours -> 0.50, so -3.50.
+    let lines = m.run(run("2026-12-08"));
+    let adjustment = lines
+        .iter()
+        .find(|l| l.day == date("2026-12-06"))
+        .expect("an adjustment of 6 December");
+    assert_eq!(
+        (adjustment.kind, adjustment.amount),
+        (LineKind::Adjustment, dec("-3.50"))
+    );
+}
+
+#[test]
+fn trial_hours_are_free_and_an_exported_trial_day_replays_to_the_same_bill() {
+    let mut m = Meter::new();
+    m.account("acme", local("2026-11-02T15:00:00"));
+    m.store
+        .start_trial("acme", &m.config.zone, local("2026-11-02T15:00:00"))
+        .unwrap();
+    m.push_day("acme", 16, "2026-11-03");
+    let lines = m.run(run("2026-11-04"));
+    assert_eq!(
+        (lines[0].excess_core_hours, lines[0].amount),
+        (0, dec("0.00"))
+    );
+    let case = aggregator::export::export_case(&mut m.store, &m.config, "acme", date("2026-11-03"))
+        .unwrap();
+    assert!(case["accounts"][0]["trial"].is_object(), "{case}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("case.json");
+    std::fs::write(&path, serde_json::to_vec(&case).unwrap()).unwrap();
+    let out = aggregator::replay::replay_file(&path).unwrap();
+    assert_eq!(out.bills[0].amount, dec("0.00"));
+    assert_eq!(out.bills[0].excess_core_hours, 0);
+}
+
+#[test]
+fn deletion_removes_the_samples_in_batches_keeps_the_bills_and_refuses_the_days_it_emptied() {
+    let mut m = Meter::new();
+    m.account("acme", local("2026-11-01T10:00:00"));
+    m.order("acme", 10, "2026-11-01", local("2026-11-01T10:00:00"));
+    m.push_day("acme", 16, "2026-11-10");
+    for day in 2..=30 {
+        m.run(run(&format!("2026-11-{day:02}")));
+    }
+    for day in 1..=11 {
+        m.run(run(&format!("2026-12-{day:02}")));
+    }
+    assert_eq!(m.state("acme"), State::Deleted);
+    // 24 samples, removed 7 at a time.
+    let acct = m.store.account("acme").unwrap().unwrap();
+    assert!(m
+        .store
+        .samples_between(&acct, local("2026-11-01T00:00:00"), run("2026-12-11"))
+        .unwrap()
+        .is_empty());
+    assert_eq!(m.store.bill_lines(Some("acme"), None).unwrap().len(), 1);
+    let refused = aggregator::report::daily_report(
+        &mut m.store,
+        &m.config,
+        "acme",
+        date("2026-11-10"),
+        run("2026-12-11"),
+    );
+    assert!(
+        matches!(refused, Err(StoreError::DataDeleted { .. })),
+        "{refused:?}"
+    );
+    // After deletion, samples are refused until a new order.
+    assert_eq!(
+        m.push("acme", 16, local("2026-12-11T09:00:00")),
+        Outcome::Rejected(Rejection::ServiceStopped)
+    );
+    m.order("acme", 10, "2026-12-11", local("2026-12-11T10:00:00"));
+    assert_eq!(m.state("acme"), State::Active);
+    assert_eq!(
+        m.push("acme", 16, local("2026-12-11T10:30:00")),
+        Outcome::Accepted
+    );
+}
