@@ -240,9 +240,7 @@ pub fn run_of(zone: &BillingZone, day: NaiveDate) -> DateTime<Utc> {
 
 /// The day of the last run at or before `at`.
 pub fn run_day_at(zone: &BillingZone, at: DateTime<Utc>) -> NaiveDate {
-    zone.last_due_day(at)
-        .succ_opt()
-        .expect("date in range")
+    zone.last_due_day(at).succ_opt().expect("date in range")
 }
 
 /// The first run at or after `at`, as its day.
@@ -292,8 +290,14 @@ pub struct TermLicence {
 }
 
 impl TermLicence {
-    fn covers(&self, at: DateTime<Utc>) -> bool {
-        self.start <= at && at < self.end
+    /// The run that ends it for the lifecycle: the first at or after its end
+    /// (billing counts it to its end plus grace regardless).
+    fn ends_at_run(&self, zone: &BillingZone) -> DateTime<Utc> {
+        run_of(zone, first_run_at_or_after(zone, self.end))
+    }
+
+    fn covers(&self, zone: &BillingZone, at: DateTime<Utc>) -> bool {
+        self.start <= at && at < self.ends_at_run(zone)
     }
 }
 
@@ -347,11 +351,11 @@ enum Lapse {
 impl Life {
     /// The end of the coverage that holds `at`: following every licence that
     /// starts before the coverage so far ends.
-    pub fn coverage_end(&self, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    pub fn coverage_end(&self, zone: &BillingZone, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let mut end = self
             .licences
             .iter()
-            .filter(|l| l.covers(at))
+            .filter(|l| l.covers(zone, at))
             .map(|l| l.end)
             .max()?;
         loop {
@@ -369,18 +373,18 @@ impl Life {
     }
 
     /// The latest lapse at or before `at` (a licence or trial that ended).
-    fn lapse(&self, at: DateTime<Utc>) -> Option<Lapse> {
+    fn lapse(&self, zone: &BillingZone, at: DateTime<Utc>) -> Option<Lapse> {
         let licence = self
             .licences
             .iter()
-            .filter(|l| l.end <= at)
+            .filter(|l| l.ends_at_run(zone) <= at)
             .max_by_key(|l| (l.counts_until, l.end))
             .map(|l| match self.not_before {
                 Some(from) if l.end < from => Lapse::Licence {
                     end: from,
-                    grace_end: l.counts_until.max(
-                        from + chrono::TimeDelta::days(LICENCE_GRACE_DAYS),
-                    ),
+                    grace_end: l
+                        .counts_until
+                        .max(from + chrono::TimeDelta::days(LICENCE_GRACE_DAYS)),
                 },
                 _ => Lapse::Licence {
                     end: l.end,
@@ -421,7 +425,7 @@ impl Life {
     /// run, so the state at a run holds until the next one, unless an order
     /// or a trial changes the facts.
     pub fn state_at(&self, zone: &BillingZone, at: DateTime<Utc>) -> State {
-        if let Some(end) = self.coverage_end(at) {
+        if let Some(end) = self.coverage_end(zone, at) {
             let expiring_from = run_of(zone, minus_days(zone.day_of(end), EXPIRY_WARNING_DAYS));
             return if at >= expiring_from {
                 State::Expiring
@@ -434,7 +438,7 @@ impl Life {
                 return State::Trial;
             }
         }
-        let Some(lapse) = self.lapse(at) else {
+        let Some(lapse) = self.lapse(zone, at) else {
             return State::Unlicensed;
         };
         let (stop, deletion) = Life::stop_and_deletion(zone, lapse);
@@ -525,7 +529,7 @@ impl Life {
                 out.push((NoticeKind::ExpiryWarning, json!({ "licences": ending })));
             }
         }
-        let lapse = self.lapse(at);
+        let lapse = self.lapse(zone, at);
         if daily && matches!(after, State::Grace | State::Stopped) {
             if let Some(Lapse::Licence { end, grace_end }) = lapse {
                 let end_day = zone.day_of(end);

@@ -323,7 +323,10 @@ pub fn overage_on(
 }
 
 /// The buckets that overlap any of `periods` (`[start, end)` instants) at all.
-pub fn buckets_overlapping(timeline: &Timeline, periods: &[(DateTime<Utc>, DateTime<Utc>)]) -> Vec<bool> {
+pub fn buckets_overlapping(
+    timeline: &Timeline,
+    periods: &[(DateTime<Utc>, DateTime<Utc>)],
+) -> Vec<bool> {
     let mut hit = vec![false; timeline.len()];
     for &(start, end) in periods.iter().filter(|(s, e)| e > s) {
         let (start, end) = (start.timestamp_millis(), end.timestamp_millis());
