@@ -322,6 +322,9 @@ pub fn overage_on(
     overage_with(zone, timeline, samples, licences, caps, &[], rules)
 }
 
+/// A stretch of time `[start, end)`.
+pub type Period = (DateTime<Utc>, DateTime<Utc>);
+
 /// The buckets that overlap any of `periods` (`[start, end)` instants) at all.
 pub fn buckets_overlapping(
     timeline: &Timeline,
@@ -349,7 +352,7 @@ pub fn overage_with(
     samples: &[NodeSample],
     licences: &[Licence],
     caps: &[CapChange],
-    unbilled: &[(DateTime<Utc>, DateTime<Utc>)],
+    unbilled: &[Period],
     rules: &Rules,
 ) -> Vec<DayFigures> {
     let n = timeline.len();

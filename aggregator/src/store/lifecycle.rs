@@ -14,6 +14,7 @@ use shared::lifecycle::{
     Trial, MAX_TERM_MONTHS, RENEWAL_MONTHS,
 };
 use shared::money::cents;
+use shared::overage::Period;
 use shared::zone::BillingZone;
 
 use super::accounts::mark_for_recompute;
@@ -28,6 +29,9 @@ pub const ORDER_BACKDATE_DAYS: u64 = 14;
 pub const ORDER_AHEAD_DAYS: u64 = 366;
 /// The largest single credit (a typo guard, not a business limit).
 pub const MAX_CREDIT: i64 = 100_000_000;
+
+/// A stop: from when, and until when the account came back (`None` while it has not).
+pub type Stop = (DateTime<Utc>, Option<DateTime<Utc>>);
 
 /// A contact to add to an account.
 #[derive(Debug, Clone)]
@@ -940,10 +944,7 @@ impl Store {
 
     /// The periods of the account's stops as instants, open-ended stops
     /// ending at `None`: what an exported case carries.
-    pub fn stopped_periods(
-        &mut self,
-        account: &str,
-    ) -> Result<Vec<(DateTime<Utc>, Option<DateTime<Utc>>)>, StoreError> {
+    pub fn stopped_periods(&mut self, account: &str) -> Result<Vec<Stop>, StoreError> {
         let account_ref = self.require_account(account)?;
         Ok(Store::stopped_periods_of(&self.conn, account_ref)?
             .into_iter()
@@ -965,7 +966,7 @@ impl Store {
         &mut self,
         account: &str,
         trial: Option<Trial>,
-        stops: &[(DateTime<Utc>, Option<DateTime<Utc>>)],
+        stops: &[Stop],
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let account_ref = self.require_account(account)?;
@@ -995,24 +996,20 @@ impl Store {
     }
 
     /// The hours of the account that are never billed: its trial and its stops.
-    pub fn unbilled_periods(
-        &self,
-        account: &super::Account,
-    ) -> Result<Vec<(DateTime<Utc>, DateTime<Utc>)>, StoreError> {
-        let mut out: Vec<(DateTime<Utc>, DateTime<Utc>)> =
-            Store::stopped_periods_of(&self.conn, account.reference)?
-                .into_iter()
-                .map(|(a, b)| {
-                    (
-                        from_ms(a),
-                        if b == i64::MAX {
-                            DateTime::<Utc>::MAX_UTC
-                        } else {
-                            from_ms(b)
-                        },
-                    )
-                })
-                .collect();
+    pub fn unbilled_periods(&self, account: &super::Account) -> Result<Vec<Period>, StoreError> {
+        let mut out: Vec<Period> = Store::stopped_periods_of(&self.conn, account.reference)?
+            .into_iter()
+            .map(|(a, b)| {
+                (
+                    from_ms(a),
+                    if b == i64::MAX {
+                        DateTime::<Utc>::MAX_UTC
+                    } else {
+                        from_ms(b)
+                    },
+                )
+            })
+            .collect();
         if let Some(t) = trial_of(&self.conn, account.reference)? {
             out.push((t.start, t.end));
         }
