@@ -83,7 +83,12 @@ pub fn run_billing(
                 ];
                 // Days before a deletion of the account's data are never billed again.
                 let floor = account.data_deleted_before.map(|at| zone.day_of(at));
-                if let Some(first) = starts.into_iter().flatten().min().map(|f| f.max(floor.unwrap_or(f))) {
+                if let Some(first) = starts
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .map(|f| f.max(floor.unwrap_or(f)))
+                {
                     if first <= last_due {
                         issued.extend(bill_account(store, &account, first, last_due, now, config)?);
                     }

@@ -43,7 +43,11 @@ pub async fn create_account(
         None => s.create_account(&created, now),
     })
     .await?;
-    Ok((StatusCode::CREATED, Json(json!({ "id": id, "parent": parent }))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "id": id, "parent": parent })),
+    )
+        .into_response())
 }
 
 /// The account: its state and the next change due, its licences, orders,
@@ -215,7 +219,10 @@ pub async fn set_auto_renew(
 ) -> Result<Json<Value>, ApiError> {
     let raw = read(raw)?;
     let AutoRenewBody { auto_renew } = body(&raw)?;
-    blocking(&state.store, move |s| s.set_auto_renew(&id, order, auto_renew)).await?;
+    blocking(&state.store, move |s| {
+        s.set_auto_renew(&id, order, auto_renew)
+    })
+    .await?;
     Ok(Json(json!({"order": order, "auto_renew": auto_renew})))
 }
 

@@ -163,8 +163,14 @@ pub fn router(state: State) -> Router {
             "/v1/admin/accounts/{id}/contacts",
             post(lifecycle::add_contact),
         )
-        .route("/v1/admin/accounts/{id}/trial", post(lifecycle::start_trial))
-        .route("/v1/admin/accounts/{id}/orders", post(lifecycle::place_order))
+        .route(
+            "/v1/admin/accounts/{id}/trial",
+            post(lifecycle::start_trial),
+        )
+        .route(
+            "/v1/admin/accounts/{id}/orders",
+            post(lifecycle::place_order),
+        )
         .route(
             "/v1/admin/accounts/{id}/orders/{order}/auto-renew",
             put(lifecycle::set_auto_renew),

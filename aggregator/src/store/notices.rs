@@ -80,7 +80,10 @@ pub(super) fn issue_notice(
                 continue;
             }
             let (contact, name): (i64, String) = (r.get(0)?, r.get(1)?);
-            for (channel, address) in [("email", r.get::<_, Option<String>>(3)?), ("sms", r.get(4)?)] {
+            for (channel, address) in [
+                ("email", r.get::<_, Option<String>>(3)?),
+                ("sms", r.get(4)?),
+            ] {
                 if let Some(address) = address {
                     recipients.push(Recipient {
                         contact,
@@ -124,8 +127,7 @@ pub(super) fn issue_notice(
     Ok(Some(id))
 }
 
-const NOTICE_COLUMNS: &str =
-    "n.id, a.id, n.kind, n.day, n.issued_at_ms, n.recipients, n.details";
+const NOTICE_COLUMNS: &str = "n.id, a.id, n.kind, n.day, n.issued_at_ms, n.recipients, n.details";
 
 pub(super) fn notice_row(r: &rusqlite::Row<'_>) -> Result<Notice, StoreError> {
     let kind: String = r.get(2)?;
@@ -140,9 +142,9 @@ pub(super) fn notice_row(r: &rusqlite::Row<'_>) -> Result<Notice, StoreError> {
             .map(|k| k.subject().to_string())
             .unwrap_or_default(),
         kind,
-        day: day.parse().map_err(|e| {
-            StoreError::Corrupt(format!("notice day {day:?} is not a day: {e}"))
-        })?,
+        day: day
+            .parse()
+            .map_err(|e| StoreError::Corrupt(format!("notice day {day:?} is not a day: {e}")))?,
         issued_at: from_ms(r.get(4)?),
         recipients: serde_json::from_str(&recipients)
             .map_err(|e| StoreError::Corrupt(format!("notice recipients: {e}")))?,
