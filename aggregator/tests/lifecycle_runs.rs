@@ -321,3 +321,64 @@ fn deletion_removes_the_samples_in_batches_keeps_the_bills_and_refuses_the_days_
         Outcome::Accepted
     );
 }
+
+#[test]
+fn a_renewal_by_hand_while_stopped_continues_the_term_from_its_end_day_and_recovers_the_account() {
+    let mut m = Meter::new();
+    m.account("acme", local("2026-11-01T10:00:00"));
+    m.order("acme", 10, "2026-11-01", local("2026-11-01T10:00:00"));
+    for day in 2..=30 {
+        m.run(run(&format!("2026-11-{day:02}")));
+    }
+    for day in 1..=7 {
+        m.run(run(&format!("2026-12-{day:02}")));
+    }
+    assert_eq!(m.state("acme"), State::Stopped);
+    let zone = m.config.zone;
+    let renewal = m
+        .store
+        .renew_order(
+            "acme",
+            1,
+            1,
+            false,
+            &zone,
+            price(),
+            local("2026-12-07T09:00:00"),
+        )
+        .unwrap();
+    // From the end day, 1 December, for a month: 10 x 6.75 = 67.50.
+    assert_eq!(
+        (renewal.start_day, renewal.end_day, renewal.price),
+        (date("2026-12-01"), date("2027-01-01"), dec("67.50"))
+    );
+    assert_eq!(m.state("acme"), State::Active);
+    // Samples are taken again from the recovery on; the stopped hours stay refused.
+    assert_eq!(
+        m.push("acme", 16, local("2026-12-07T10:00:00")),
+        Outcome::Accepted
+    );
+    assert_eq!(
+        m.push("acme", 16, local("2026-12-07T08:00:00")),
+        Outcome::Rejected(Rejection::ServiceStopped)
+    );
+    let again = m.store.renew_order(
+        "acme",
+        1,
+        1,
+        false,
+        &zone,
+        price(),
+        local("2026-12-07T09:30:00"),
+    );
+    assert!(
+        matches!(
+            again,
+            Err(StoreError::Conflict {
+                code: "already_renewed",
+                ..
+            })
+        ),
+        "{again:?}"
+    );
+}

@@ -78,6 +78,7 @@ pub async fn get_account(
             "trial": life.trial,
             "balance": s.balance(&id)?.0,
             "orders": s.orders(&id, &zone)?,
+            "deletions": s.deletions(&id)?,
             "contacts": s.contacts(&id)?,
             "cap_cores": shared::overage::cap_at_day_end(&caps, now + chrono::TimeDelta::milliseconds(1), default_cap),
             "cap_history": caps.iter().map(|c| json!({"cores": c.cores, "from": c.from})).collect::<Vec<_>>(),
@@ -167,18 +168,7 @@ pub async fn place_order(
 ) -> Result<Response, ApiError> {
     let raw = read(raw)?;
     let o: OrderBody = body(&raw)?;
-    let months = match (o.months, o.years) {
-        (Some(m), None) => m,
-        (None, Some(y)) => y.checked_mul(12).ok_or_else(|| {
-            ApiError::unprocessable("years", format!("{y} years is out of range"))
-        })?,
-        _ => {
-            return Err(ApiError::unprocessable(
-                "months",
-                "give the term as exactly one of months or years",
-            ))
-        }
-    };
+    let months = term(o.months, o.years, None)?;
     let start = o
         .start
         .as_deref()
@@ -198,6 +188,58 @@ pub async fn place_order(
     );
     let (placed, now_state) = blocking(&state.store, move |s| {
         let placed = s.place_order(&id, &order, &zone, price, now)?;
+        Ok((placed, s.life(&id)?.1))
+    })
+    .await?;
+    let mut view = serde_json::to_value(&placed).map_err(ApiError::internal)?;
+    view["state"] = json!(now_state);
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RenewBody {
+    months: Option<u32>,
+    years: Option<u32>,
+    #[serde(default)]
+    pay_from_balance: bool,
+}
+
+/// The term of `months` or `years` (exactly one), or `default` when neither is given.
+fn term(months: Option<u32>, years: Option<u32>, default: Option<u32>) -> Result<u32, ApiError> {
+    match (months, years, default) {
+        (Some(m), None, _) => Ok(m),
+        (None, Some(y), _) => y
+            .checked_mul(12)
+            .ok_or_else(|| ApiError::unprocessable("years", format!("{y} years is out of range"))),
+        (None, None, Some(d)) => Ok(d),
+        _ => Err(ApiError::unprocessable(
+            "months",
+            "give the term as exactly one of months or years",
+        )),
+    }
+}
+
+/// Renews an order's licence by hand from its end day (a month unless given).
+pub async fn renew_order(
+    Extract(state): Extract<State>,
+    ApiPath((id, order)): ApiPath<(String, i64)>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let raw = read(raw)?;
+    let r: RenewBody = if raw.trim_ascii().is_empty() {
+        RenewBody::default()
+    } else {
+        body(&raw)?
+    };
+    let months = term(r.months, r.years, Some(shared::lifecycle::RENEWAL_MONTHS))?;
+    let (now, zone, price) = (
+        state.clock.now(),
+        state.config.billing.zone,
+        state.config.licence_price_per_core_month,
+    );
+    let (placed, now_state) = blocking(&state.store, move |s| {
+        let placed = s.renew_order(&id, order, months, r.pay_from_balance, &zone, price, now)?;
         Ok((placed, s.life(&id)?.1))
     })
     .await?;

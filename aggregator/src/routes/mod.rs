@@ -83,6 +83,12 @@ pub const ROUTES: &[(&str, &str, &str, &str)] = &[
         "Order licensed cores for a term of months or years, optionally auto-renewing and paid from the balance; recovers a stopped account",
     ),
     (
+        "post",
+        "/v1/admin/accounts/{id}/orders/{order}/renew",
+        "admin",
+        "Renew an order's licence from its end day (a month unless months or years is given), once; recovers a stopped account",
+    ),
+    (
         "put",
         "/v1/admin/accounts/{id}/orders/{order}/auto-renew",
         "admin",
@@ -170,6 +176,10 @@ pub fn router(state: State) -> Router {
         .route(
             "/v1/admin/accounts/{id}/orders",
             post(lifecycle::place_order),
+        )
+        .route(
+            "/v1/admin/accounts/{id}/orders/{order}/renew",
+            post(lifecycle::renew_order),
         )
         .route(
             "/v1/admin/accounts/{id}/orders/{order}/auto-renew",

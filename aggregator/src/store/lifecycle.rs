@@ -698,6 +698,147 @@ impl Store {
         })
     }
 
+    /// Renews an order's licence by hand for `months` from its end day (the
+    /// term goes on where it stopped), at most once per licence: before its
+    /// end, in grace, or while stopped, which recovers the account. Not after
+    /// a deletion: a new order starts a new life then.
+    #[allow(clippy::too_many_arguments)]
+    pub fn renew_order(
+        &mut self,
+        account: &str,
+        order: i64,
+        months: u32,
+        pay_from_balance: bool,
+        zone: &BillingZone,
+        price_per_core_month: Decimal,
+        now: DateTime<Utc>,
+    ) -> Result<Order, StoreError> {
+        if !(1..=MAX_TERM_MONTHS).contains(&months) {
+            return Err(invalid(
+                "months",
+                format!("a term of {months} months is not from 1 to {MAX_TERM_MONTHS} months"),
+            ));
+        }
+        let account_ref = self.require_account(account)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let found: Option<(i64, u32, Option<i64>, i64, i64)> = tx
+            .query_row(
+                "SELECT l.id, l.cores, l.renewed_by, l.ends_ms, l.auto_renew FROM orders o JOIN licences l ON l.id = o.licence_id
+                  WHERE o.id = ?2 AND o.account_ref = ?1",
+                (account_ref, order),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .optional()?;
+        let Some((licence, cores, renewed_by, ends_ms, auto_renew)) = found else {
+            return Err(invalid(
+                "order",
+                format!("account {account:?} has no order {order}"),
+            ));
+        };
+        if let Some(by) = renewed_by {
+            return Err(StoreError::Conflict {
+                code: "already_renewed",
+                field: "order",
+                message: format!(
+                    "order {order}'s licence was already renewed (by licence {by}); renew that one"
+                ),
+            });
+        }
+        let before = recorded_state(&tx, account_ref)?;
+        if before == State::Deleted {
+            return Err(StoreError::Conflict {
+                code: "account_deleted",
+                field: "order",
+                message: format!("account {account:?} was deleted; place a new order (POST /v1/admin/accounts/{account}/orders)"),
+            });
+        }
+        let start = zone.day_of(from_ms(ends_ms));
+        let end = term_end_day(start, months)
+            .ok_or_else(|| invalid("months", "the term ends out of range"))?;
+        let price = order_price(cores, months, price_per_core_month);
+        let paid_from = if pay_from_balance {
+            "balance"
+        } else {
+            "invoice"
+        };
+        if pay_from_balance {
+            let balance = balance_of(&tx, account_ref)?;
+            if balance < price {
+                return Err(StoreError::Conflict {
+                    code: "insufficient_balance",
+                    field: "pay_from_balance",
+                    message: format!(
+                        "the balance {balance} does not cover the price {price} ({} short)",
+                        price - balance
+                    ),
+                });
+            }
+        }
+        let (new_licence, id) = insert_order(
+            &tx,
+            zone,
+            account_ref,
+            "renewal",
+            cores,
+            months,
+            (start, end),
+            price,
+            paid_from,
+            auto_renew != 0,
+            now,
+        )?;
+        tx.execute(
+            "UPDATE licences SET renewed_by = ?2 WHERE id = ?1",
+            (licence, new_licence),
+        )?;
+        if pay_from_balance {
+            post_entry(&tx, account_ref, "debit", price, None, Some(id), now)?;
+        }
+        let state = life_of(&tx, account_ref)?.state_at(zone, now);
+        let cause = if before.is_stopped() && !state.is_stopped() {
+            format!("recovered by renewal order {id}")
+        } else {
+            format!("renewal order {id}")
+        };
+        record_state(&tx, account_ref, state, now, now, &cause)?;
+        tx.commit()?;
+        Ok(Order {
+            id,
+            kind: "renewal".into(),
+            licence: new_licence,
+            cores,
+            months,
+            start_day: start,
+            end_day: end,
+            counts_until: counts_until(zone, end),
+            price,
+            paid_from: paid_from.into(),
+            auto_renew: auto_renew != 0,
+            renewed_by: None,
+            ordered_at: now,
+        })
+    }
+
+    /// The deletions of the account's data: when decided, how many rows went, when finished.
+    pub fn deletions(&mut self, account: &str) -> Result<Vec<serde_json::Value>, StoreError> {
+        let account_ref = self.require_account(account)?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT before_ms, decided_at_ms, samples, rejections, finished_at_ms FROM deletions WHERE account_ref = ?1 ORDER BY id",
+        )?;
+        let rows = stmt.query_map([account_ref], |r| {
+            Ok(json!({
+                "samples_before": from_ms(r.get(0)?),
+                "decided_at": from_ms(r.get(1)?),
+                "samples": r.get::<_, i64>(2)?,
+                "rejections": r.get::<_, i64>(3)?,
+                "finished_at": r.get::<_, Option<i64>>(4)?.map(from_ms),
+            }))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Turns auto-renewal of an order's licence on or off.
     pub fn set_auto_renew(
         &mut self,
