@@ -382,3 +382,28 @@ fn a_renewal_by_hand_while_stopped_continues_the_term_from_its_end_day_and_recov
         "{again:?}"
     );
 }
+
+#[test]
+fn a_sub_account_without_contacts_sends_its_notices_to_its_main_accounts_contacts() {
+    let mut m = Meter::new();
+    let at = local("2026-11-02T15:00:00");
+    m.account("acme", at);
+    m.store.create_sub_account("acme-dev", "acme", at).unwrap();
+    m.store.start_trial("acme-dev", &m.config.zone, at).unwrap();
+    // The trial ends at the run of 9 November; trial_ending goes out 3 days before.
+    for day in 3..=6 {
+        m.run(run(&format!("2026-11-{day:02}")));
+    }
+    let notices = m.store.notices("acme-dev", 10).unwrap();
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert_eq!(
+        (notices[0].kind.as_str(), notices[0].day),
+        ("trial_ending", date("2026-11-06"))
+    );
+    let to: Vec<&str> = notices[0]
+        .recipients
+        .iter()
+        .map(|r| r.address.as_str())
+        .collect();
+    assert_eq!(to, vec!["creator@acme.example"]);
+}

@@ -56,7 +56,7 @@ pub struct Notice {
 }
 
 /// Issues a notice of `kind` about `day` to the contacts whose role it goes
-/// to, unless one of that kind was already issued to the account for that
+/// to (a sub-account without contacts: its main account's), unless one of that kind was already issued to the account for that
 /// day. Returns its id when issued.
 pub(super) fn issue_notice(
     tx: &rusqlite::Connection,
@@ -70,8 +70,12 @@ pub(super) fn issue_notice(
     let roles: Vec<&str> = kind.roles().iter().map(|r| r.as_str()).collect();
     let mut recipients = Vec::new();
     {
+        // A sub-account without contacts of its own reaches its main account's.
         let mut stmt = tx.prepare_cached(
-            "SELECT id, name, role, email, sms FROM contacts WHERE account_ref = ?1 ORDER BY id",
+            "SELECT id, name, role, email, sms FROM contacts
+              WHERE account_ref = CASE WHEN EXISTS (SELECT 1 FROM contacts WHERE account_ref = ?1) THEN ?1
+                                       ELSE coalesce((SELECT parent_ref FROM accounts WHERE ref = ?1), ?1) END
+              ORDER BY id",
         )?;
         let mut rows = stmt.query([account_ref])?;
         while let Some(r) = rows.next()? {
