@@ -91,6 +91,8 @@ pub struct FileConfig {
     pub billing: FileBilling,
     #[serde(default)]
     pub webhook: FileWebhook,
+    #[serde(default)]
+    pub notices: FileNotices,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -113,6 +115,18 @@ pub struct FileWebhook {
     pub url: Option<String>,
     pub timeout_secs: Option<u64>,
     pub max_backoff_secs: Option<u64>,
+}
+
+/// `[notices]`: where notices to account contacts go. The timeout and the
+/// backoff's cap serve both channels.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileNotices {
+    pub webhook_url: Option<String>,
+    pub timeout_secs: Option<u64>,
+    pub max_backoff_secs: Option<u64>,
+    pub smtp_relay: Option<String>,
+    pub smtp_from: Option<String>,
 }
 
 /// Flags given on the command line (they win over everything).
@@ -205,6 +219,26 @@ const SETTINGS: &[Setting] = &[
     Setting {
         key: "webhook.max_backoff_secs",
         env: "CORE_METER_WEBHOOK_MAX_BACKOFF_SECS",
+    },
+    Setting {
+        key: "notices.webhook_url",
+        env: "CORE_METER_NOTICES_WEBHOOK_URL",
+    },
+    Setting {
+        key: "notices.timeout_secs",
+        env: "CORE_METER_NOTICES_TIMEOUT_SECS",
+    },
+    Setting {
+        key: "notices.max_backoff_secs",
+        env: "CORE_METER_NOTICES_MAX_BACKOFF_SECS",
+    },
+    Setting {
+        key: "notices.smtp_relay",
+        env: "CORE_METER_NOTICES_SMTP_RELAY",
+    },
+    Setting {
+        key: "notices.smtp_from",
+        env: "CORE_METER_NOTICES_SMTP_FROM",
     },
 ];
 
@@ -328,6 +362,7 @@ impl Config {
             }
             _ => None,
         };
+        let notices = notices(&f.notices)?;
         let admin_token = admin_token(f.admin_token, f.admin_token_file.as_deref())?;
         let licence_price_per_core_month = match &f.billing.licence_price_per_core_month {
             Some(p) => {
@@ -358,8 +393,135 @@ impl Config {
             request_timeout: Duration::from_secs(f.request_timeout_secs.unwrap_or(30).max(1)),
             retention_days,
             licence_price_per_core_month,
-            notices: NoticesConfig::default(),
+            notices,
         })
+    }
+}
+
+/// How long one notice delivery may take (connect, send, answer) by default.
+const DEFAULT_NOTICE_TIMEOUT_SECS: u64 = 10;
+/// The longest wait between two attempts of one notice delivery by default.
+const DEFAULT_NOTICE_MAX_BACKOFF_SECS: u64 = 300;
+/// Beyond these the settings are surely typos: a delivery blocks its channel
+/// for as long as the timeout, and a day between attempts is slow enough.
+const MAX_NOTICE_TIMEOUT_SECS: u64 = 600;
+const MAX_NOTICE_BACKOFF_SECS: u64 = 86_400;
+
+/// The notice channels from `[notices]`: each is on when its address is set.
+fn notices(n: &FileNotices) -> anyhow::Result<NoticesConfig> {
+    let seconds = |key: &str, value: Option<u64>, default: u64, max: u64| {
+        let secs = value.unwrap_or(default);
+        anyhow::ensure!(
+            (1..=max).contains(&secs),
+            "{}: {secs} must be 1 to {max} seconds",
+            named(key)
+        );
+        Ok(Duration::from_secs(secs))
+    };
+    let timeout = seconds(
+        "notices.timeout_secs",
+        n.timeout_secs,
+        DEFAULT_NOTICE_TIMEOUT_SECS,
+        MAX_NOTICE_TIMEOUT_SECS,
+    )?;
+    let max_backoff = seconds(
+        "notices.max_backoff_secs",
+        n.max_backoff_secs,
+        DEFAULT_NOTICE_MAX_BACKOFF_SECS,
+        MAX_NOTICE_BACKOFF_SECS,
+    )?;
+    fn set(v: &Option<String>) -> Option<&str> {
+        v.as_deref().map(str::trim).filter(|v| !v.is_empty())
+    }
+    let webhook = match set(&n.webhook_url) {
+        Some(url) => {
+            anyhow::ensure!(
+                url.starts_with("http://") || url.starts_with("https://"),
+                "{}: {url:?} is not an http(s) URL",
+                named("notices.webhook_url")
+            );
+            Some(WebhookConfig {
+                url: url.to_string(),
+                timeout,
+                max_backoff,
+            })
+        }
+        None => None,
+    };
+    let smtp = match (set(&n.smtp_relay), set(&n.smtp_from)) {
+        (Some(relay), from) => {
+            check_smtp_relay(relay)?;
+            let from = from.ok_or_else(|| {
+                anyhow!(
+                    "{}: an email address to send from is required when {} is set",
+                    named("notices.smtp_from"),
+                    named("notices.smtp_relay")
+                )
+            })?;
+            from.parse::<lettre::message::Mailbox>().map_err(|e| {
+                anyhow!(
+                    "{}: {from:?} is not an email address such as core-meter@example.com ({e})",
+                    named("notices.smtp_from")
+                )
+            })?;
+            Some(SmtpConfig {
+                relay: relay.to_string(),
+                from: from.to_string(),
+                timeout,
+                max_backoff,
+            })
+        }
+        (None, Some(_)) => anyhow::bail!(
+            "{}: set, but {} is not; notices are emailed only through a relay",
+            named("notices.smtp_from"),
+            named("notices.smtp_relay")
+        ),
+        (None, None) => None,
+    };
+    Ok(NoticesConfig { webhook, smtp })
+}
+
+/// An SMTP relay URL lettre can use: `smtp://` or `smtps://`, a host, and
+/// nothing it would refuse at the first delivery. A message never quotes a
+/// password the URL holds.
+fn check_smtp_relay(relay: &str) -> anyhow::Result<()> {
+    let shown = redact_relay(relay);
+    anyhow::ensure!(
+        relay.starts_with("smtp://") || relay.starts_with("smtps://"),
+        "{}: {shown:?} is not an smtp:// or smtps:// URL",
+        named("notices.smtp_relay")
+    );
+    lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(relay).map_err(|e| {
+        anyhow!(
+            "{}: {shown:?} is not a relay URL such as smtp://mail.example.com:25 ({})",
+            named("notices.smtp_relay"),
+            redact_password(&e.to_string(), relay)
+        )
+    })?;
+    Ok(())
+}
+
+/// The relay URL with its password, if any, replaced, for logs and messages.
+pub fn redact_relay(relay: &str) -> String {
+    match reqwest::Url::parse(relay) {
+        Ok(mut url) if url.password().is_some() => {
+            let _ = url.set_password(Some("redacted"));
+            url.to_string()
+        }
+        Ok(_) => relay.to_string(),
+        // Unparsable: show only the scheme, which cannot hold a password.
+        Err(_) => format!("{}...", relay.split("://").next().unwrap_or("")),
+    }
+}
+
+/// `text` without the password of `relay` in it.
+fn redact_password(text: &str, relay: &str) -> String {
+    match reqwest::Url::parse(relay)
+        .ok()
+        .and_then(|u| u.password().map(String::from))
+    {
+        Some(p) if !p.is_empty() => text.replace(&p, "redacted"),
+        _ => text.to_string(),
     }
 }
 
@@ -486,8 +648,8 @@ fn apply_env(f: &mut FileConfig, env: &dyn Fn(&str) -> Option<String>) -> anyhow
     let b = &mut f.billing;
     b.timezone = get("billing.timezone").or(b.timezone.take());
     b.price_per_core_day = get("billing.price_per_core_day").or(b.price_per_core_day.take());
-    b.licence_price_per_core_month = get("billing.licence_price_per_core_month")
-        .or(b.licence_price_per_core_month.take());
+    b.licence_price_per_core_month =
+        get("billing.licence_price_per_core_month").or(b.licence_price_per_core_month.take());
     b.billable_core_rounding =
         get("billing.billable_core_rounding").or(b.billable_core_rounding.take());
     b.currency = get("billing.currency").or(b.currency.take());
@@ -499,6 +661,12 @@ fn apply_env(f: &mut FileConfig, env: &dyn Fn(&str) -> Option<String>) -> anyhow
     w.url = get("webhook.url").or(w.url.take());
     w.timeout_secs = number("webhook.timeout_secs")?.or(w.timeout_secs);
     w.max_backoff_secs = number("webhook.max_backoff_secs")?.or(w.max_backoff_secs);
+    let n = &mut f.notices;
+    n.webhook_url = get("notices.webhook_url").or(n.webhook_url.take());
+    n.timeout_secs = number("notices.timeout_secs")?.or(n.timeout_secs);
+    n.max_backoff_secs = number("notices.max_backoff_secs")?.or(n.max_backoff_secs);
+    n.smtp_relay = get("notices.smtp_relay").or(n.smtp_relay.take());
+    n.smtp_from = get("notices.smtp_from").or(n.smtp_from.take());
     Ok(())
 }
 
@@ -594,6 +762,176 @@ mod tests {
             assert!(err.contains(needle), "{err:?} should name {needle:?}");
             assert!(!err.contains('\n'), "one line: {err:?}");
         }
+    }
+
+    #[test]
+    fn notices_go_nowhere_unless_a_webhook_or_a_relay_is_set() {
+        let c = load(None, &[], Flags::default()).unwrap();
+        assert!(c.notices.webhook.is_none() && c.notices.smtp.is_none());
+        assert_eq!(
+            c.notices.channels(),
+            crate::store::NoticeChannels::default()
+        );
+        let c = load(
+            Some("[notices]\nwebhook_url = \"\"\ntimeout_secs = 5\n"),
+            &[],
+            Flags::default(),
+        )
+        .unwrap();
+        assert!(c.notices.webhook.is_none(), "a blank URL is unset");
+    }
+
+    #[test]
+    fn the_notice_settings_come_from_the_file_and_the_environment_beats_it() {
+        let file = "[notices]\n\
+                    webhook_url = \"https://hooks.example.com/notices\"\n\
+                    timeout_secs = 7\n\
+                    smtp_relay = \"smtp://mail.example.com:2525\"\n\
+                    smtp_from = \"core-meter <billing@example.com>\"\n";
+        let c = load(Some(file), &[], Flags::default()).unwrap();
+        let webhook = c.notices.webhook.clone().unwrap();
+        assert_eq!(webhook.url, "https://hooks.example.com/notices");
+        assert_eq!(webhook.timeout, Duration::from_secs(7));
+        assert_eq!(webhook.max_backoff, Duration::from_secs(300));
+        let smtp = c.notices.smtp.clone().unwrap();
+        assert_eq!(smtp.relay, "smtp://mail.example.com:2525");
+        assert_eq!(smtp.from, "core-meter <billing@example.com>");
+        assert_eq!(smtp.timeout, Duration::from_secs(7));
+        assert_eq!(
+            c.notices.channels(),
+            crate::store::NoticeChannels {
+                webhook: true,
+                email: true
+            }
+        );
+        let c = load(
+            Some(file),
+            &[
+                ("CORE_METER_NOTICES_WEBHOOK_URL", "http://127.0.0.1:9/n"),
+                ("CORE_METER_NOTICES_TIMEOUT_SECS", "3"),
+                ("CORE_METER_NOTICES_MAX_BACKOFF_SECS", "60"),
+                (
+                    "CORE_METER_NOTICES_SMTP_RELAY",
+                    "smtps://notices:secret@relay.example.com",
+                ),
+                ("CORE_METER_NOTICES_SMTP_FROM", "ops@example.com"),
+            ],
+            Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(c.notices.webhook.unwrap().url, "http://127.0.0.1:9/n");
+        let smtp = c.notices.smtp.unwrap();
+        assert_eq!(smtp.relay, "smtps://notices:secret@relay.example.com");
+        assert_eq!(smtp.from, "ops@example.com");
+        assert_eq!(smtp.timeout, Duration::from_secs(3));
+        assert_eq!(smtp.max_backoff, Duration::from_secs(60));
+        assert!(
+            c.webhook.is_none(),
+            "the bill webhook is a setting of its own"
+        );
+    }
+
+    #[test]
+    fn a_bad_notice_setting_names_itself() {
+        type Case<'a> = (Option<&'a str>, &'a [(&'a str, &'a str)], &'a [&'a str]);
+        let relay = ("CORE_METER_NOTICES_SMTP_RELAY", "smtp://mail.example.com");
+        let cases: &[Case] = &[
+            (
+                None,
+                &[("CORE_METER_NOTICES_WEBHOOK_URL", "ftp://x")],
+                &["notices.webhook_url", "CORE_METER_NOTICES_WEBHOOK_URL"],
+            ),
+            (
+                None,
+                &[
+                    ("CORE_METER_NOTICES_SMTP_RELAY", "http://mail.example.com"),
+                    ("CORE_METER_NOTICES_SMTP_FROM", "a@example.com"),
+                ],
+                &["notices.smtp_relay", "smtp:// or smtps://"],
+            ),
+            (
+                None,
+                &[
+                    (
+                        "CORE_METER_NOTICES_SMTP_RELAY",
+                        "smtp://mail.example.com?tls=sometimes",
+                    ),
+                    ("CORE_METER_NOTICES_SMTP_FROM", "a@example.com"),
+                ],
+                &["notices.smtp_relay", "CORE_METER_NOTICES_SMTP_RELAY"],
+            ),
+            (
+                None,
+                &[relay],
+                &["notices.smtp_from", "required", "notices.smtp_relay"],
+            ),
+            (
+                None,
+                &[
+                    relay,
+                    ("CORE_METER_NOTICES_SMTP_FROM", "billing at example"),
+                ],
+                &["notices.smtp_from", "not an email address"],
+            ),
+            (
+                Some("[notices]\nsmtp_from = \"a@example.com\"\n"),
+                &[],
+                &["notices.smtp_from", "set, but setting notices.smtp_relay"],
+            ),
+            (
+                Some("[notices]\ntimeout_secs = 0\n"),
+                &[],
+                &["notices.timeout_secs", "1 to 600"],
+            ),
+            (
+                None,
+                &[("CORE_METER_NOTICES_MAX_BACKOFF_SECS", "soon")],
+                &["CORE_METER_NOTICES_MAX_BACKOFF_SECS", "whole number"],
+            ),
+            (
+                Some("[notices]\nsmtp_host = \"mail\"\n"),
+                &[],
+                &["smtp_host"],
+            ),
+        ];
+        for (file, env, needles) in cases {
+            let err = format!("{:#}", load(*file, env, Flags::default()).unwrap_err());
+            for needle in *needles {
+                assert!(err.contains(needle), "{err:?} should name {needle:?}");
+            }
+            assert!(!err.contains('\n'), "one line: {err:?}");
+        }
+    }
+
+    #[test]
+    fn a_refused_relay_url_never_quotes_its_password() {
+        for relay in [
+            "http://notices:hunter2@mail.example.com",
+            "smtp://notices:hunter2@mail.example.com?tls=sometimes",
+        ] {
+            let err = format!(
+                "{:#}",
+                load(
+                    None,
+                    &[
+                        ("CORE_METER_NOTICES_SMTP_RELAY", relay),
+                        ("CORE_METER_NOTICES_SMTP_FROM", "a@example.com"),
+                    ],
+                    Flags::default(),
+                )
+                .unwrap_err()
+            );
+            assert!(err.contains("notices.smtp_relay"), "{err:?}");
+            assert!(!err.contains("hunter2"), "{err:?}");
+        }
+        assert_eq!(
+            redact_relay("smtps://notices:hunter2@mail.example.com:465"),
+            "smtps://notices:redacted@mail.example.com:465"
+        );
+        assert_eq!(
+            redact_relay("smtp://mail.example.com:25"),
+            "smtp://mail.example.com:25"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod demo;
 pub mod export;
 pub mod ingest_writer;
 pub mod lifecycle;
+pub mod notice_outbox;
 pub mod outbox;
 pub mod replay;
 pub mod report;

@@ -97,7 +97,7 @@ async fn deliver(state: &State, client: &reqwest::Client, webhook: &WebhookConfi
 }
 
 /// Exponential backoff with full jitter: uniform in `[0, min(cap, 1 s * 2^attempts)]`.
-fn backoff(attempts: u32, cap: Duration) -> Duration {
+pub(crate) fn backoff(attempts: u32, cap: Duration) -> Duration {
     let ceiling = Duration::from_secs(1)
         .saturating_mul(1u32 << attempts.min(20))
         .min(cap);

@@ -31,6 +31,19 @@ pub struct TableLabels {
     pub table: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChannelLabels {
+    pub channel: String,
+}
+
+impl ChannelLabels {
+    pub fn of(channel: crate::store::NoticeChannel) -> ChannelLabels {
+        ChannelLabels {
+            channel: channel.as_str().to_string(),
+        }
+    }
+}
+
 pub struct ServiceMetrics {
     pub ingest_samples: Family<SampleLabels, Counter>,
     pub ingest_commits: Counter,
@@ -44,6 +57,8 @@ pub struct ServiceMetrics {
     pub outbox_failures: Counter,
     pub last_billing_run: Gauge<f64, AtomicU64>,
     pub retention_pruned_rows: Family<TableLabels, Counter>,
+    pub notices_delivered: Family<ChannelLabels, Counter>,
+    pub notice_delivery_failures: Family<ChannelLabels, Counter>,
 }
 
 impl Default for ServiceMetrics {
@@ -63,6 +78,8 @@ impl Default for ServiceMetrics {
             outbox_failures: Counter::default(),
             last_billing_run: Gauge::default(),
             retention_pruned_rows: Family::default(),
+            notices_delivered: Family::default(),
+            notice_delivery_failures: Family::default(),
         }
     }
 }
@@ -129,6 +146,16 @@ impl ServiceMetrics {
             "retention_pruned_rows",
             "Rows retention pruned, by table (samples, rejections)",
             self.retention_pruned_rows.clone(),
+        );
+        r.register(
+            "notices_delivered",
+            "Notice deliveries their channel took, by channel (webhook, email)",
+            self.notices_delivered.clone(),
+        );
+        r.register(
+            "notice_delivery_failures",
+            "Failed attempts to deliver a notice, by channel (webhook, email)",
+            self.notice_delivery_failures.clone(),
         );
     }
 }

@@ -1,4 +1,4 @@
-//! Building and running the service: the store connections, the admin token, the ingest writer, the billing job, the outbox worker and the HTTP server.
+//! Building and running the service: the store connections, the admin token, the ingest writer, the billing job, the outbox workers (bill lines, notices) and the HTTP server.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -154,6 +154,14 @@ impl Application {
                 stop_rx.clone(),
             ))
         });
+        let notices = &state.config.notices;
+        let notice_delivery = (notices.webhook.is_some() || notices.smtp.is_some()).then(|| {
+            tokio::spawn(crate::notice_outbox::run(
+                state.clone(),
+                timing.outbox_poll,
+                stop_rx.clone(),
+            ))
+        });
         let limits = ConnectionLimits {
             max_connections: connection_cap(),
             header_read_timeout: state.config.request_timeout,
@@ -164,6 +172,9 @@ impl Application {
         let _ = stop_tx.send(true);
         let _ = billing.await;
         if let Some(d) = delivery {
+            let _ = d.await;
+        }
+        if let Some(d) = notice_delivery {
             let _ = d.await;
         }
         // The last handle to the queue goes with the state: the writer drains and stops.
