@@ -59,6 +59,16 @@ pub struct ServiceMetrics {
     pub retention_pruned_rows: Family<TableLabels, Counter>,
     pub notices_delivered: Family<ChannelLabels, Counter>,
     pub notice_delivery_failures: Family<ChannelLabels, Counter>,
+    pub notice_outbox_pending: Gauge,
+    pub notices_issued: Family<KindLabels, Counter>,
+    pub account_state_changes: Family<StateLabels, Counter>,
+    pub licence_renewals: Counter,
+}
+
+/// An account state a change led to.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: String,
 }
 
 impl Default for ServiceMetrics {
@@ -78,6 +88,10 @@ impl Default for ServiceMetrics {
             outbox_failures: Counter::default(),
             last_billing_run: Gauge::default(),
             retention_pruned_rows: Family::default(),
+            notice_outbox_pending: Gauge::default(),
+            notices_issued: Family::default(),
+            account_state_changes: Family::default(),
+            licence_renewals: Counter::default(),
             notices_delivered: Family::default(),
             notice_delivery_failures: Family::default(),
         }
@@ -156,6 +170,26 @@ impl ServiceMetrics {
             "notice_delivery_failures",
             "Failed attempts to deliver a notice, by channel (webhook, email)",
             self.notice_delivery_failures.clone(),
+        );
+        r.register(
+            "notice_outbox_pending",
+            "Notice deliveries (one per notice and channel) not yet taken",
+            self.notice_outbox_pending.clone(),
+        );
+        r.register(
+            "notices_issued",
+            "Notices the 02:00 runs issued to account contacts, by kind (licence_short, issued with bills, is not counted here)",
+            self.notices_issued.clone(),
+        );
+        r.register(
+            "account_state_changes",
+            "Account state changes the 02:00 runs recorded, by the state reached",
+            self.account_state_changes.clone(),
+        );
+        r.register(
+            "licence_renewals",
+            "Licences auto-renewed from a prepaid balance",
+            self.licence_renewals.clone(),
         );
     }
 }

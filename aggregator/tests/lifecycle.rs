@@ -626,6 +626,27 @@ async fn an_account_lives_from_trial_through_renewal_grace_stop_and_recovery_to_
         .admin(Method::GET, "/v1/admin/accounts/acme-dev/notices", None)
         .await;
     assert_eq!(v["notices"], json!([]));
+
+    // The metrics count what the runs did: one renewal, the states reached.
+    let metrics = walk
+        .app
+        .client
+        .get(walk.app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "core_meter_licence_renewals_total 1",
+        // Stopped twice and deleted once, each at a run (the recoveries were orders).
+        "core_meter_account_state_changes_total{state=\"stopped\"} 2",
+        "core_meter_account_state_changes_total{state=\"deleted\"} 1",
+        "core_meter_notices_issued_total{kind=\"data_deleted\"} 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
     walk.app.stop().await;
 }
 

@@ -304,6 +304,20 @@ pub async fn run_lifecycle_now(state: &State) -> Result<Vec<crate::store::StepOu
     })
     .await?;
     for step in &changed {
+        let m = &state.metrics;
+        if let Some(st) = step.state {
+            m.account_state_changes
+                .get_or_create(&crate::service_metrics::StateLabels {
+                    state: st.as_str().to_string(),
+                })
+                .inc();
+        }
+        for kind in &step.notices {
+            m.notices_issued
+                .get_or_create(&KindLabels { kind: kind.clone() })
+                .inc();
+        }
+        m.licence_renewals.inc_by(step.renewed.len() as u64);
         tracing::info!(account = %step.account, day = ?step.day, state = ?step.state, notices = ?step.notices, renewed = ?step.renewed, "lifecycle step");
     }
     loop {
@@ -424,11 +438,17 @@ pub async fn outbox(
     ApiQuery(q): ApiQuery<OutboxQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let pending_only = q.pending.unwrap_or(false);
-    let (entries, status) = blocking(&state.reader, move |s| {
-        Ok((s.outbox(pending_only, 1000)?, s.outbox_status()?))
+    let (entries, status, notices) = blocking(&state.reader, move |s| {
+        Ok((
+            s.outbox(pending_only, 1000)?,
+            s.outbox_status()?,
+            s.notice_outbox_status()?,
+        ))
     })
     .await?;
-    Ok(Json(json!({ "status": status, "lines": entries })))
+    Ok(Json(
+        json!({ "status": status, "lines": entries, "notices": notices }),
+    ))
 }
 
 #[derive(Deserialize)]

@@ -83,6 +83,12 @@ pub async fn metrics(Extract(state): Extract<State>) -> Response {
             .outbox_pending
             .set(i64::try_from(status.pending).unwrap_or(i64::MAX));
     }
+    if let Ok(status) = blocking(&state.reader, |s| s.notice_outbox_status()).await {
+        state
+            .metrics
+            .notice_outbox_pending
+            .set(i64::try_from(status.pending).unwrap_or(i64::MAX));
+    }
     let mut body = String::new();
     match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
         Ok(()) => (

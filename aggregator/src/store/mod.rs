@@ -70,7 +70,10 @@ pub enum StoreError {
     },
     /// A value the request gave that the lifecycle refuses (422 naming the field).
     #[error("{message}")]
-    Invalid { field: &'static str, message: String },
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
     /// A request that contradicts what is recorded (409 with its own code).
     #[error("{message}")]
     Conflict {
