@@ -163,6 +163,10 @@ fn measure(nodes: u32, accounts: u32) -> Row {
         "billing / bare query: {:.2}x (target <= {TARGET_RATIO}x)",
         bill.secs / bare.secs
     );
+    println!(
+        "lifecycle step after it: {:.3} s for {accounts} accounts stepped through one run; {:.3} s the first time, each through the 30 runs since it was created",
+        bill.lifecycle_secs, bill.catch_up_secs
+    );
 
     let (checkpointed_bytes, vacuumed_bytes) = sizes(&db);
     println!(
@@ -323,6 +327,10 @@ struct ChildReport {
     check: String,
     rss_before_kib: u64,
     hwm_kib: u64,
+    /// The lifecycle step that follows billing in every run (issue 9), seconds.
+    lifecycle_secs: f64,
+    /// The same step for accounts never stepped: each through its first 30 runs.
+    catch_up_secs: f64,
 }
 
 fn spawn_child(what: &str, db: &Path) -> ChildReport {
@@ -348,6 +356,8 @@ fn spawn_child(what: &str, db: &Path) -> ChildReport {
             "check" => r.check = v.to_string(),
             "rss_before_kib" => r.rss_before_kib = v.parse().unwrap(),
             "hwm_kib" => r.hwm_kib = v.parse().unwrap(),
+            "lifecycle_secs" => r.lifecycle_secs = v.parse().unwrap(),
+            "catch_up_secs" => r.catch_up_secs = v.parse().unwrap(),
             _ => panic!("unknown child field {k}"),
         }
     }
@@ -396,8 +406,30 @@ fn child(args: &[String]) {
                 lines.iter().all(|l| l.day.to_string() == DAY),
                 "only the day is billed"
             );
+            // The lifecycle step the service runs right after billing: every
+            // account stepped through the run (first run after creation here,
+            // so each account is stepped through the 30 runs since it was created).
+            let started = Instant::now();
+            aggregator::lifecycle::run_lifecycle(
+                &mut store,
+                run_at(),
+                &config.zone,
+                shared::lifecycle::default_price_per_core_month(),
+            )
+            .expect("lifecycle step");
+            let catch_up_secs = started.elapsed().as_secs_f64();
+            // And the next day's run: one step per account, the steady state.
+            let started = Instant::now();
+            aggregator::lifecycle::run_lifecycle(
+                &mut store,
+                run_at() + TimeDelta::days(1),
+                &config.zone,
+                shared::lifecycle::default_price_per_core_month(),
+            )
+            .expect("lifecycle step");
+            let lifecycle_secs = started.elapsed().as_secs_f64();
             println!(
-                "secs={secs} count={} nonzero={nonzero} check={total} rss_before_kib={rss_before_kib} hwm_kib={}",
+                "secs={secs} count={} nonzero={nonzero} check={total} rss_before_kib={rss_before_kib} hwm_kib={} lifecycle_secs={lifecycle_secs} catch_up_secs={catch_up_secs}",
                 lines.len(),
                 proc_status_kib("VmHWM")
             );
