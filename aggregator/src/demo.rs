@@ -86,6 +86,12 @@ async fn demo() -> anyhow::Result<()> {
     )
     .await?
     .error_for_status()?;
+    admin(
+        "/v1/admin/accounts/acme/contacts",
+        serde_json::json!({"name": "Acme operations", "role": "creator", "email": "ops@acme.example"}),
+    )
+    .await?
+    .error_for_status()?;
     let mut tokens = Vec::new();
     for cluster in ["prod", "batch"] {
         let v: serde_json::Value = admin(
@@ -173,6 +179,36 @@ async fn demo() -> anyhow::Result<()> {
     anyhow::ensure!(
         lines["bills"].as_array().is_some_and(|b| !b.is_empty()),
         "the day was not billed"
+    );
+    // The notice that went with the bill, and where the account stands.
+    let get = |path: String| {
+        let request = http.get(format!("{base}{path}")).bearer_auth(ADMIN);
+        async move { anyhow::Ok(request.send().await?.json::<serde_json::Value>().await?) }
+    };
+    let notices = get("/v1/admin/accounts/acme/notices".into()).await?;
+    for n in notices["notices"].as_array().into_iter().flatten() {
+        let to: Vec<&str> = n["recipients"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["address"].as_str())
+            .collect();
+        println!(
+            "notice {} for {} to {}: {}",
+            n["kind"].as_str().unwrap_or(""),
+            n["day"].as_str().unwrap_or(""),
+            to.join(", "),
+            n["details"]
+        );
+    }
+    let account = get("/v1/admin/accounts/acme".into()).await?;
+    println!(
+        "account acme is {}; next, if nothing is bought: {} at {}",
+        account["state"].as_str().unwrap_or("?"),
+        account["next_change"]["state"]
+            .as_str()
+            .unwrap_or("nothing"),
+        account["next_change"]["at"].as_str().unwrap_or("-")
     );
     // The report, as `aggregator report` builds it: from the database, by the bill's own rules.
     let mut store = crate::store::Store::open(

@@ -222,6 +222,11 @@ fn the_demo_bills_a_simulated_day_and_writes_the_report_page() {
     );
     assert!(text.contains("Daily overage: account acme"), "{text}");
     assert!(
+        text.contains("notice licence_short for ") && text.contains("to ops@acme.example"),
+        "the bill's licence_short notice is shown: {text}"
+    );
+    assert!(text.contains("account acme is active"), "{text}");
+    assert!(
         text.contains("daily") && text.contains("key acme/"),
         "a bill line was issued: {text}"
     );
