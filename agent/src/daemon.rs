@@ -431,6 +431,10 @@ impl Agent {
                 %node, reason = name, count, first_seq, last_seq, %example_at, %node_now,
                 "the aggregator refused {count} {samples} as too old: this node's clock is behind the aggregator's (fix NTP on node {node}), or they waited longer than the aggregator's maximum age; dropped"
             ),
+            Some(Rejection::ServiceStopped) => tracing::warn!(
+                %node, reason = name, count, first_seq, last_seq, %example_at,
+                "the aggregator refused {count} {samples}: this account's service is stopped (its licence or trial ended); dropped"
+            ),
             _ => tracing::warn!(
                 %node, reason = name, count, first_seq, last_seq, %example_at,
                 "the aggregator rejected {count} {samples} as {name}; dropped"

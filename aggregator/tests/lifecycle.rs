@@ -842,6 +842,62 @@ async fn an_order_with_both_months_and_years_is_refused_naming_the_field() {
 /// A trial that ends without a purchase: stopped at the run of its 8th day,
 /// deleted a day later; its free lines stay; an order after that starts a new life.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_older_than_0_2_is_refused_a_stopped_sample_without_a_reason_it_could_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn(
+        dir.path().join("db.sqlite"),
+        None,
+        local("2026-11-02T12:00:00"),
+    )
+    .await;
+    let token = app.account_with_cluster("acme", "prod").await;
+    let (s, v) = app
+        .admin(Method::POST, "/v1/admin/accounts/acme/trial", None)
+        .await;
+    assert_eq!(s, 201, "{v}");
+    // The trial ends, without a purchase, at the run of 11-09.
+    app.clock.set(local("2026-11-09T02:00:00"));
+    let (s, v) = app
+        .admin(Method::POST, "/v1/admin/billing-runs", None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    app.clock.set(local("2026-11-09T10:00:00"));
+    let sample = |version: &str| json!({"node": "node-a", "cores": 8, "at": local("2026-11-09T09:05:00"), "agent_version": version});
+    let (s, v) = app
+        .call(
+            Method::POST,
+            "/v1/samples",
+            Some(&token),
+            Some(json!({"samples": [sample("0.1.0"), sample("0.2.0")]})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    // Agent 0.1.0 cannot decode `service_stopped` and would resend for ever:
+    // it gets the rejection without a reason, which it drops.
+    assert_eq!(v["results"][0], json!({"index": 0, "status": "rejected"}));
+    assert_eq!(
+        v["results"][1],
+        json!({"index": 1, "status": "rejected", "reason": "service_stopped"})
+    );
+    // The metrics count the real reason for both.
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.lines().any(|l| l
+            == "core_meter_ingest_samples_total{result=\"rejected\",reason=\"service_stopped\"} 2"),
+        "{metrics}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ended_trial_stops_the_service_and_its_data_is_deleted_a_day_later() {
     let dir = tempfile::tempdir().unwrap();
     let app = TestApp::spawn(
@@ -1106,7 +1162,8 @@ impl Walk {
                     "cores": NODE_CORES,
                     "at": local(&format!("{day}T{hour:02}:05:00")),
                     "seq": self.next_seq,
-                    "agent_version": "test",
+                    // A current agent, which reads `service_stopped`.
+                    "agent_version": "0.2.0",
                 }));
                 self.next_seq += 1;
             }

@@ -407,3 +407,154 @@ fn a_sub_account_without_contacts_sends_its_notices_to_its_main_accounts_contact
         .collect();
     assert_eq!(to, vec!["creator@acme.example"]);
 }
+
+#[test]
+fn a_licence_backfilled_after_its_end_lapses_when_it_was_recorded_with_its_whole_grace() {
+    let mut m = Meter::new();
+    m.account("acme", local("2026-11-01T10:00:00"));
+    for day in 2..=20 {
+        m.run(run(&format!("2026-11-{day:02}")));
+    }
+    m.push_day("acme", 16, "2026-11-20");
+    // A licence of last June, recorded on 21 November.
+    let june = shared::overage::Licence::new(
+        10,
+        local("2026-06-01T00:00:00"),
+        local("2026-07-06T00:00:00"),
+    )
+    .unwrap();
+    m.store
+        .add_licence("acme", &june, local("2026-11-21T10:00:00"))
+        .unwrap();
+    let mut states = Vec::new();
+    for day in 21..=30 {
+        m.run(run(&format!("2026-11-{day:02}")));
+        states.push(m.state("acme"));
+    }
+    // Grace from the first run after it was recorded, for 5 days from then
+    // (21 November 10:00 + 5 days: the stop is the run of 27 November).
+    use State::*;
+    assert_eq!(
+        states,
+        vec![Unlicensed, Grace, Grace, Grace, Grace, Grace, Stopped, Stopped, Stopped, Stopped]
+    );
+    // The data is still there.
+    let acct = m.store.account("acme").unwrap().unwrap();
+    assert_eq!(
+        m.store
+            .samples_between(
+                &acct,
+                local("2026-11-20T00:00:00"),
+                local("2026-11-21T00:00:00")
+            )
+            .unwrap()
+            .len(),
+        24
+    );
+}
+
+#[test]
+fn an_order_between_the_runs_instant_and_the_accounts_step_does_not_swallow_the_stop() {
+    let mut m = Meter::new();
+    m.account("acme", local("2026-11-01T10:00:00"));
+    m.order("acme", 10, "2026-11-01", local("2026-11-01T10:00:00"));
+    for day in 2..=30 {
+        m.run(run(&format!("2026-11-{day:02}")));
+    }
+    for day in 1..=5 {
+        m.run(run(&format!("2026-12-{day:02}")));
+    }
+    // 6 December 02:05: billing has run, the lifecycle not yet; an order for next month comes in.
+    run_billing(&mut m.store, run("2026-12-06"), &m.config).unwrap();
+    m.order("acme", 10, "2027-01-01", local("2026-12-06T02:05:00"));
+    assert_eq!(
+        m.state("acme"),
+        State::Grace,
+        "the order does not stop the account itself"
+    );
+    run_lifecycle(
+        &mut m.store,
+        local("2026-12-06T02:10:00"),
+        &m.config.zone,
+        price(),
+    )
+    .unwrap();
+    assert_eq!(m.state("acme"), State::Stopped);
+    let kinds: Vec<String> = m.notices("acme").into_iter().map(|(k, _)| k).collect();
+    assert!(kinds.contains(&"service_stopped".to_string()), "{kinds:?}");
+    assert!(
+        kinds.contains(&"deletion_scheduled".to_string()),
+        "{kinds:?}"
+    );
+}
+
+#[test]
+fn a_late_sample_from_before_a_deletion_is_refused() {
+    let mut m = Meter::new();
+    m.account("acme", local("2026-11-01T10:00:00"));
+    m.order("acme", 10, "2026-11-01", local("2026-11-01T10:00:00"));
+    for day in 2..=30 {
+        m.run(run(&format!("2026-11-{day:02}")));
+    }
+    for day in 1..=11 {
+        m.run(run(&format!("2026-12-{day:02}")));
+    }
+    assert_eq!(m.state("acme"), State::Deleted);
+    // Taken on 5 December, in grace; received after the deletion.
+    let incoming = Incoming {
+        account: "acme",
+        cluster: "prod",
+        node: "node-1",
+        cores: Some(16),
+        at: Some(local("2026-12-05T12:00:00")),
+        seq: None,
+        agent_version: Some("test"),
+        received_at: local("2026-12-11T09:00:00"),
+    };
+    assert_eq!(
+        m.store.ingest(&[incoming], &AgeLimits::default()).unwrap(),
+        vec![Outcome::Rejected(Rejection::ServiceStopped)]
+    );
+}
+
+#[test]
+fn an_order_whose_recovery_window_closed_cannot_be_renewed_by_hand() {
+    let mut m = Meter::new();
+    m.account("acme", local("2026-01-05T10:00:00"));
+    m.order("acme", 10, "2026-01-05", local("2026-01-05T10:00:00"));
+    m.order("acme", 10, "2026-02-05", local("2026-01-20T10:00:00"));
+    let zone = m.config.zone;
+    // Order 1 ended on 5 February; its window closed at the run of 15 February.
+    let late = m.store.renew_order(
+        "acme",
+        1,
+        1,
+        false,
+        &zone,
+        price(),
+        local("2026-11-26T10:00:00"),
+    );
+    assert!(
+        matches!(
+            late,
+            Err(StoreError::Conflict {
+                code: "renewal_too_late",
+                ..
+            })
+        ),
+        "{late:?}"
+    );
+    let missing = m.store.renew_order(
+        "acme",
+        9,
+        1,
+        false,
+        &zone,
+        price(),
+        local("2026-11-26T10:00:00"),
+    );
+    assert!(
+        matches!(missing, Err(StoreError::UnknownOrder(..))),
+        "{missing:?}"
+    );
+}

@@ -287,6 +287,9 @@ pub struct TermLicence {
     pub auto_renew: bool,
     /// Whether a renewal already followed it.
     pub renewed: bool,
+    /// When the service learnt of it: a licence recorded after its end
+    /// (a backfilled one) lapses when it was recorded, never earlier.
+    pub recorded_at: DateTime<Utc>,
 }
 
 impl TermLicence {
@@ -378,19 +381,28 @@ impl Life {
             .licences
             .iter()
             .filter(|l| l.ends_at_run(zone) <= at)
-            .max_by_key(|l| (l.counts_until, l.end))
-            .map(|l| match self.not_before {
-                Some(from) if l.end < from => Lapse::Licence {
-                    end: from,
-                    grace_end: l
-                        .counts_until
-                        .max(from + chrono::TimeDelta::days(LICENCE_GRACE_DAYS)),
-                },
-                _ => Lapse::Licence {
-                    end: l.end,
-                    grace_end: l.counts_until,
-                },
-            });
+            .map(|l| {
+                // A lapse is never before the lifecycle knew of it: not before
+                // the licence was recorded, nor before the account's lifecycle
+                // began. Its grace is then 5 local days from there.
+                let floor = self
+                    .not_before
+                    .map_or(l.recorded_at, |n| n.max(l.recorded_at));
+                if l.end < floor {
+                    let five_days = zone.local(floor) + chrono::TimeDelta::days(LICENCE_GRACE_DAYS);
+                    (
+                        floor,
+                        l.counts_until
+                            .max(zone.first_instant_at_or_after(five_days)),
+                    )
+                } else {
+                    (l.end, l.counts_until)
+                }
+            })
+            // A backfilled licence has not lapsed before it was recorded.
+            .filter(|&(end, _)| end <= at)
+            .max_by_key(|&(end, grace_end)| (grace_end, end))
+            .map(|(end, grace_end)| Lapse::Licence { end, grace_end });
         let trial = self
             .trial
             .filter(|t| t.end <= at)
@@ -599,6 +611,7 @@ mod tests {
             counts_until: counts_until(&z, d(end)),
             auto_renew,
             renewed: false,
+            recorded_at: z.day_start(d(start)),
         }
     }
 
@@ -701,6 +714,31 @@ mod tests {
         assert_eq!(life.state_at(&z, at_run("2026-11-30")), State::Grace);
         assert_eq!(life.state_at(&z, at_run("2026-12-01")), State::Stopped);
         assert_eq!(life.state_at(&z, at_run("2026-12-06")), State::Deleted);
+    }
+
+    #[test]
+    fn the_grace_after_an_upgrade_is_five_local_days_across_a_clock_change() {
+        // New York springs forward on 14 March 2027: the 02:00 run of that day is at 03:00.
+        let z = BillingZone::new(chrono_tz::America::New_York);
+        let life = Life {
+            licences: vec![TermLicence {
+                id: 1,
+                cores: 10,
+                start: z.day_start(d("2027-01-01")),
+                end: z.day_start(d("2027-02-01")),
+                counts_until: counts_until(&z, d("2027-02-01")),
+                auto_renew: false,
+                renewed: false,
+                recorded_at: z.day_start(d("2027-01-01")),
+            }],
+            not_before: Some(run_of(&z, d("2027-03-10"))),
+            ..Life::default()
+        };
+        assert_eq!(life.state_at(&z, run_of(&z, d("2027-03-14"))), State::Grace);
+        assert_eq!(
+            life.state_at(&z, run_of(&z, d("2027-03-15"))),
+            State::Stopped
+        );
     }
 
     #[test]

@@ -65,6 +65,26 @@ pub struct SampleResult {
     pub reason: Option<Rejection>,
 }
 
+/// Whether an agent of `agent_version` can read `reason` in an answer.
+/// Agents before 0.2.0 fail to decode an answer carrying a reason they do
+/// not know (and then resend the batch for ever), so the aggregator leaves
+/// such a reason out for them: the sample is still `rejected`, which every
+/// agent drops. A version that does not parse is taken as old.
+pub fn agent_reads(agent_version: Option<&str>, reason: Rejection) -> bool {
+    let since = match reason {
+        Rejection::ServiceStopped | Rejection::Other => (0, 2),
+        _ => return true,
+    };
+    let Some(v) = agent_version else {
+        return false;
+    };
+    let mut parts = v.split('.').map(|p| p.parse::<u32>());
+    match (parts.next(), parts.next()) {
+        (Some(Ok(major)), Some(Ok(minor))) => (major, minor) >= since,
+        _ => false,
+    }
+}
+
 /// The answer to `POST /v1/samples`, sent after the accepted samples are committed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IngestResponse {
@@ -229,6 +249,17 @@ pub struct ErrorDetail {
 mod tests {
     use super::*;
     use crate::sample::parse_instant;
+
+    #[test]
+    fn an_agent_before_0_2_is_not_sent_a_reason_it_cannot_read() {
+        let stopped = Rejection::ServiceStopped;
+        assert!(!agent_reads(Some("0.1.0"), stopped));
+        assert!(!agent_reads(None, stopped));
+        assert!(!agent_reads(Some("demo-0.2.0"), stopped));
+        assert!(agent_reads(Some("0.2.0"), stopped));
+        assert!(agent_reads(Some("1.0.3"), stopped));
+        assert!(agent_reads(Some("0.1.0"), Rejection::TooOld));
+    }
 
     #[test]
     fn a_batch_is_the_json_of_spec_section_9() {

@@ -48,6 +48,7 @@ fn life(zone: &BillingZone, orders: &[(u64, u32)], trial: Option<u64>) -> Life {
                     counts_until: counts_until(zone, end),
                     auto_renew: false,
                     renewed: false,
+                    recorded_at: zone.day_start(start),
                 }
             })
             .collect(),

@@ -230,7 +230,13 @@ pub async fn add_licence(
     let licence =
         Licence::new(l.cores, start, counts_until).map_err(crate::store::StoreError::from)?;
     let now = state.clock.now();
-    blocking(&state.store, move |s| s.add_licence(&id, &licence, now)).await?;
+    let zone = state.config.billing.zone;
+    blocking(&state.store, move |s| {
+        s.add_licence(&id, &licence, now)?;
+        // A licence that covers now makes a stopped account active at once.
+        s.settle_state(&id, &zone, now, "licence added")
+    })
+    .await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({"cores": l.cores, "start": start, "end": end, "counts_until": counts_until})),

@@ -6,8 +6,10 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, Request, State as Extract};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
+use shared::sample::Rejection;
 use shared::wire::{
-    decode_batch, BatchError, IngestResponse, SampleResult, SampleStatus, MAX_BATCH_BYTES,
+    agent_reads, decode_batch, BatchError, IngestResponse, SampleResult, SampleStatus,
+    MAX_BATCH_BYTES,
 };
 
 use super::{blocking, ApiError, State};
@@ -118,6 +120,8 @@ pub async fn push_samples(
     // everything else is the store's validation (SPEC section 3).
     let mut outcomes: Vec<Option<Outcome>> = vec![None; decoded.len()];
     let mut owned = Vec::with_capacity(decoded.len());
+    // Which samples came from an agent that reads the reasons added in 0.2.0.
+    let mut reads_new: Vec<bool> = vec![false; decoded.len()];
     for (i, s) in decoded.into_iter().enumerate() {
         match s {
             Ok(s) => owned.push(OwnedSample {
@@ -125,7 +129,11 @@ pub async fn push_samples(
                 cores: s.cores,
                 at: s.at,
                 seq: s.seq,
-                agent_version: s.agent_version,
+                agent_version: {
+                    reads_new[i] =
+                        agent_reads(s.agent_version.as_deref(), Rejection::ServiceStopped);
+                    s.agent_version
+                },
             }),
             Err(reason) => outcomes[i] = Some(Outcome::Rejected(reason)),
         }
@@ -177,7 +185,8 @@ pub async fn push_samples(
             SampleResult {
                 index,
                 status,
-                reason,
+                // An older agent would fail to read a reason added after it.
+                reason: reason.filter(|r| reads_new[index] || agent_reads(Some("0.1.0"), *r)),
             }
         })
         .collect();

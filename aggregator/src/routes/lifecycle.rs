@@ -77,7 +77,7 @@ pub async fn get_account(
             "state_history": s.state_history(&id)?,
             "trial": life.trial,
             "balance": s.balance(&id)?.0,
-            "orders": s.orders(&id, &zone)?,
+            "orders": s.orders(&id)?,
             "deletions": s.deletions(&id)?,
             "contacts": s.contacts(&id)?,
             "cap_cores": shared::overage::cap_at_day_end(&caps, now + chrono::TimeDelta::milliseconds(1), default_cap),

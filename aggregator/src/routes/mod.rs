@@ -345,6 +345,9 @@ impl From<StoreError> for ApiError {
             E::UnknownAccount(_) | E::UnknownCluster(..) => {
                 ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
             }
+            E::UnknownOrder(..) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()).field("order")
+            }
             E::InvalidAccountId(_) => ApiError::unprocessable("id", e.to_string()),
             E::InvalidName(_) => ApiError::unprocessable("name", e.to_string()),
             E::InvalidToken(_) => ApiError::unprocessable("token", e.to_string()),

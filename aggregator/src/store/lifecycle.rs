@@ -165,7 +165,7 @@ fn valid_sms(s: &str) -> bool {
 fn term_licences(conn: &Connection, account_ref: i64) -> Result<Vec<TermLicence>, StoreError> {
     let grace_ms = shared::overage::LICENCE_GRACE_DAYS * 86_400_000;
     let mut stmt = conn.prepare_cached(
-        "SELECT id, cores, start_ms, end_ms, ends_ms, auto_renew, renewed_by FROM licences
+        "SELECT id, cores, start_ms, end_ms, ends_ms, auto_renew, renewed_by, created_at_ms FROM licences
           WHERE account_ref = ?1 ORDER BY id",
     )?;
     let rows = stmt.query_map([account_ref], |r| {
@@ -180,6 +180,7 @@ fn term_licences(conn: &Connection, account_ref: i64) -> Result<Vec<TermLicence>
             counts_until: from_ms(counts),
             auto_renew: r.get::<_, i64>(5)? != 0,
             renewed: r.get::<_, Option<i64>>(6)?.is_some(),
+            recorded_at: from_ms(r.get(7)?),
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -239,6 +240,25 @@ fn record_state(
         mark_for_recompute(conn, account_ref, at)?;
     }
     Ok(true)
+}
+
+/// Records the state an admin action (an order, a renewal, a trial, a
+/// licence) leads to, when it is one such an action can start: `active`,
+/// `expiring` or `trial`. Every other change (grace, stop, deletion) is the
+/// 02:00 step's, with its notices and its deletion, even when the action
+/// comes between a run's instant and the account's step.
+fn record_admin_state(
+    conn: &Connection,
+    account_ref: i64,
+    state: State,
+    now: DateTime<Utc>,
+    cause: &str,
+) -> Result<bool, StoreError> {
+    if matches!(state, State::Active | State::Expiring | State::Trial) {
+        record_state(conn, account_ref, state, now, now, cause)
+    } else {
+        Ok(false)
+    }
 }
 
 fn balance_of(conn: &Connection, account_ref: i64) -> Result<Decimal, StoreError> {
@@ -608,7 +628,7 @@ impl Store {
         // a trial starts today, and today is not billed before tomorrow's run.
         mark_for_recompute(&tx, account_ref, trial.start)?;
         let state = life_of(&tx, account_ref)?.state_at(zone, now);
-        record_state(&tx, account_ref, state, now, now, "trial started")?;
+        record_admin_state(&tx, account_ref, state, now, "trial started")?;
         tx.commit()?;
         Ok(trial)
     }
@@ -696,7 +716,7 @@ impl Store {
         } else {
             format!("order {id}")
         };
-        record_state(&tx, account_ref, state, now, now, &cause)?;
+        record_admin_state(&tx, account_ref, state, now, &cause)?;
         tx.commit()?;
         Ok(Order {
             id,
@@ -749,10 +769,7 @@ impl Store {
             )
             .optional()?;
         let Some((licence, cores, renewed_by, ends_ms, auto_renew)) = found else {
-            return Err(invalid(
-                "order",
-                format!("account {account:?} has no order {order}"),
-            ));
+            return Err(StoreError::UnknownOrder(account.to_string(), order));
         };
         if let Some(by) = renewed_by {
             return Err(StoreError::Conflict {
@@ -760,6 +777,29 @@ impl Store {
                 field: "order",
                 message: format!(
                     "order {order}'s licence was already renewed (by licence {by}); renew that one"
+                ),
+            });
+        }
+        // Renewable until its recovery window closes: the run that would
+        // delete the account after this licence's lapse (end day + 10).
+        let counts: i64 = tx.query_row(
+            "SELECT end_ms FROM licences WHERE id = ?1",
+            [licence],
+            |r| r.get(0),
+        )?;
+        let stop = shared::lifecycle::first_run_at_or_after(zone, from_ms(counts));
+        let deadline = run_of(
+            zone,
+            stop.checked_add_days(Days::new(shared::lifecycle::RECOVERY_DAYS))
+                .expect("date in range"),
+        );
+        if now >= deadline {
+            return Err(StoreError::Conflict {
+                code: "renewal_too_late",
+                field: "order",
+                message: format!(
+                    "order {order}'s licence ended on {} and could be renewed until {deadline}; place a new order instead",
+                    zone.day_of(from_ms(ends_ms))
                 ),
             });
         }
@@ -816,7 +856,7 @@ impl Store {
         } else {
             format!("renewal order {id}")
         };
-        record_state(&tx, account_ref, state, now, now, &cause)?;
+        record_admin_state(&tx, account_ref, state, now, &cause)?;
         tx.commit()?;
         Ok(Order {
             id,
@@ -853,6 +893,26 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Records the state the account's facts give now, when an admin action
+    /// can start it (see `record_admin_state`): after a licence is added
+    /// through `POST .../licenses`, which knows no zone.
+    pub fn settle_state(
+        &mut self,
+        account: &str,
+        zone: &BillingZone,
+        now: DateTime<Utc>,
+        cause: &str,
+    ) -> Result<(), StoreError> {
+        let account_ref = self.require_account(account)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let state = life_of(&tx, account_ref)?.state_at(zone, now);
+        record_admin_state(&tx, account_ref, state, now, cause)?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Turns auto-renewal of an order's licence on or off.
     pub fn set_auto_renew(
         &mut self,
@@ -866,19 +926,16 @@ impl Store {
             (account_ref, order, i64::from(on)),
         )?;
         if changed == 0 {
-            return Err(StoreError::Invalid {
-                field: "order",
-                message: format!("account {account:?} has no order {order}"),
-            });
+            return Err(StoreError::UnknownOrder(account.to_string(), order));
         }
         Ok(())
     }
 
-    pub fn orders(&mut self, account: &str, zone: &BillingZone) -> Result<Vec<Order>, StoreError> {
+    pub fn orders(&mut self, account: &str) -> Result<Vec<Order>, StoreError> {
         let account_ref = self.require_account(account)?;
         let mut stmt = self.conn.prepare_cached(
             "SELECT o.id, o.kind, o.licence_id, o.cores, o.months, o.start_day, o.end_day, o.price, o.paid_from,
-                    l.auto_renew, l.renewed_by, o.ordered_at_ms
+                    l.auto_renew, l.renewed_by, o.ordered_at_ms, l.end_ms
                FROM orders o JOIN licences l ON l.id = o.licence_id WHERE o.account_ref = ?1 ORDER BY o.id",
         )?;
         let mut rows = stmt.query([account_ref])?;
@@ -893,7 +950,8 @@ impl Store {
                 months: r.get(4)?,
                 start_day: day(&r.get::<_, String>(5)?)?,
                 end_day,
-                counts_until: counts_until(zone, end_day),
+                // Where billing counts it to: a renewal ends its grace.
+                counts_until: from_ms(r.get(12)?),
                 price: decimal(&r.get::<_, String>(7)?)?,
                 paid_from: r.get(8)?,
                 auto_renew: r.get::<_, i64>(9)? != 0,
@@ -1148,6 +1206,16 @@ impl Store {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// The instant before which the account's data was deleted, if it was.
+    pub(super) fn data_deleted_before_of(
+        conn: &Connection,
+        account_ref: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        Ok(conn
+            .prepare_cached("SELECT data_deleted_before_ms FROM accounts WHERE ref = ?1")?
+            .query_row([account_ref], |r| r.get(0))?)
     }
 
     /// The hours of the account that are never billed: its trial and its stops.

@@ -37,6 +37,8 @@ pub enum StoreError {
     ClusterExists(String, String),
     #[error("cluster {1:?} of account {0:?} does not exist")]
     UnknownCluster(String, String),
+    #[error("account {0:?} has no order {1}")]
+    UnknownOrder(String, i64),
     #[error("name must be 1 to 128 characters without '/' or control characters, got {0:?}")]
     InvalidName(String),
     /// A supplied cluster token not in the generated form; the reason never quotes it.

@@ -50,7 +50,12 @@ impl Store {
             if !refs.contains_key(s.account) {
                 let account_ref = self.account_ref(s.account)?;
                 if let Some(r) = account_ref {
-                    let periods = Store::stopped_periods_of(&self.conn, r)?;
+                    let mut periods = Store::stopped_periods_of(&self.conn, r)?;
+                    // Samples before a deletion of the account's data are refused
+                    // too: a late one must not come back after "your data was deleted".
+                    if let Some(before) = Store::data_deleted_before_of(&self.conn, r)? {
+                        periods.push((i64::MIN, before));
+                    }
                     if !periods.is_empty() {
                         stopped.insert(r, periods);
                     }
