@@ -1327,7 +1327,11 @@ impl Step<'_> {
         // 2. The state.
         let life = life_of(tx, account_ref)?;
         let before = recorded_state(tx, account_ref)?;
-        let after = life.state_at(zone, at);
+        let after = match life.state_at(zone, at) {
+            // A deletion always follows a recorded stop and its notices.
+            State::Deleted if !before.is_stopped() => State::Stopped,
+            state => state,
+        };
         if record_state(
             tx,
             account_ref,
