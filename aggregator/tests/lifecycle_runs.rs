@@ -89,6 +89,15 @@ impl Meter {
         lines
     }
 
+    /// The 02:00 run of every day from `first` to `last`, in order.
+    fn run_days(&mut self, first: &str, last: &str) {
+        let mut day = date(first);
+        while day <= date(last) {
+            self.run(run(&day.to_string()));
+            day = day.succ_opt().unwrap();
+        }
+    }
+
     fn state(&mut self, id: &str) -> State {
         self.store.life(id).unwrap().1
     }
@@ -145,9 +154,7 @@ fn a_run_caught_up_after_an_outage_records_each_change_at_its_own_run_and_warns_
     m.account("acme", local("2026-11-01T10:00:00"));
     // 10 cores from 1 November: the end day is 1 December.
     m.order("acme", 10, "2026-11-01", local("2026-11-01T10:00:00"));
-    for day in 2..=20 {
-        m.run(run(&format!("2026-11-{day:02}")));
-    }
+    m.run_days("2026-11-02", "2026-11-20");
     assert_eq!(m.state("acme"), State::Active);
     // Down from 20 November to the morning of 8 December: one run catches up.
     m.run(run("2026-12-08"));
@@ -193,13 +200,7 @@ fn samples_in_stopped_hours_are_refused_and_those_before_the_stop_are_kept_and_b
     let mut m = Meter::new();
     m.account("acme", local("2026-11-01T10:00:00"));
     m.order("acme", 10, "2026-11-01", local("2026-11-01T10:00:00"));
-    for day in 2..=30 {
-        let d = format!("2026-11-{day:02}");
-        m.run(run(&d));
-    }
-    for day in 1..=6 {
-        m.run(run(&format!("2026-12-{day:02}")));
-    }
+    m.run_days("2026-11-02", "2026-12-06");
     assert_eq!(m.state("acme"), State::Stopped);
     // Stopped from 02:00 on 6 December: the hours before are taken.
     let outcomes = m.push_day("acme", 16, "2026-12-06");
@@ -227,12 +228,7 @@ fn a_stop_recorded_after_its_day_was_billed_is_taken_back_by_an_adjustment() {
     let mut m = Meter::new();
     m.account("acme", local("2026-11-01T10:00:00"));
     m.order("acme", 10, "2026-11-01", local("2026-11-01T10:00:00"));
-    for day in 2..=30 {
-        m.run(run(&format!("2026-11-{day:02}")));
-    }
-    for day in 1..=5 {
-        m.run(run(&format!("2026-12-{day:02}")));
-    }
+    m.run_days("2026-11-02", "2026-12-05");
     assert_eq!(m.state("acme"), State::Grace);
     // The service is down from before the stop; the agents' spools deliver
     // 6 December after it is back, before the catch-up run records the stop.
@@ -283,12 +279,7 @@ fn deletion_removes_the_samples_in_batches_keeps_the_bills_and_refuses_the_days_
     m.account("acme", local("2026-11-01T10:00:00"));
     m.order("acme", 10, "2026-11-01", local("2026-11-01T10:00:00"));
     m.push_day("acme", 16, "2026-11-10");
-    for day in 2..=30 {
-        m.run(run(&format!("2026-11-{day:02}")));
-    }
-    for day in 1..=11 {
-        m.run(run(&format!("2026-12-{day:02}")));
-    }
+    m.run_days("2026-11-02", "2026-12-11");
     assert_eq!(m.state("acme"), State::Deleted);
     // 24 samples, removed 7 at a time.
     let acct = m.store.account("acme").unwrap().unwrap();
@@ -327,12 +318,7 @@ fn a_renewal_by_hand_while_stopped_continues_the_term_from_its_end_day_and_recov
     let mut m = Meter::new();
     m.account("acme", local("2026-11-01T10:00:00"));
     m.order("acme", 10, "2026-11-01", local("2026-11-01T10:00:00"));
-    for day in 2..=30 {
-        m.run(run(&format!("2026-11-{day:02}")));
-    }
-    for day in 1..=7 {
-        m.run(run(&format!("2026-12-{day:02}")));
-    }
+    m.run_days("2026-11-02", "2026-12-07");
     assert_eq!(m.state("acme"), State::Stopped);
     let zone = m.config.zone;
     let renewal = m
@@ -391,9 +377,7 @@ fn a_sub_account_without_contacts_sends_its_notices_to_its_main_accounts_contact
     m.store.create_sub_account("acme-dev", "acme", at).unwrap();
     m.store.start_trial("acme-dev", &m.config.zone, at).unwrap();
     // The trial ends at the run of 9 November; trial_ending goes out 3 days before.
-    for day in 3..=6 {
-        m.run(run(&format!("2026-11-{day:02}")));
-    }
+    m.run_days("2026-11-03", "2026-11-06");
     let notices = m.store.notices("acme-dev", 10).unwrap();
     assert_eq!(notices.len(), 1, "{notices:?}");
     assert_eq!(
@@ -412,9 +396,7 @@ fn a_sub_account_without_contacts_sends_its_notices_to_its_main_accounts_contact
 fn a_licence_backfilled_after_its_end_lapses_when_it_was_recorded_with_its_whole_grace() {
     let mut m = Meter::new();
     m.account("acme", local("2026-11-01T10:00:00"));
-    for day in 2..=20 {
-        m.run(run(&format!("2026-11-{day:02}")));
-    }
+    m.run_days("2026-11-02", "2026-11-20");
     m.push_day("acme", 16, "2026-11-20");
     // A licence of last June, recorded on 21 November.
     let june = shared::overage::Licence::new(
@@ -458,12 +440,7 @@ fn an_order_between_the_runs_instant_and_the_accounts_step_does_not_swallow_the_
     let mut m = Meter::new();
     m.account("acme", local("2026-11-01T10:00:00"));
     m.order("acme", 10, "2026-11-01", local("2026-11-01T10:00:00"));
-    for day in 2..=30 {
-        m.run(run(&format!("2026-11-{day:02}")));
-    }
-    for day in 1..=5 {
-        m.run(run(&format!("2026-12-{day:02}")));
-    }
+    m.run_days("2026-11-02", "2026-12-05");
     // 6 December 02:05: billing has run, the lifecycle not yet; an order for next month comes in.
     run_billing(&mut m.store, run("2026-12-06"), &m.config).unwrap();
     m.order("acme", 10, "2027-01-01", local("2026-12-06T02:05:00"));
@@ -493,12 +470,7 @@ fn a_late_sample_from_before_a_deletion_is_refused() {
     let mut m = Meter::new();
     m.account("acme", local("2026-11-01T10:00:00"));
     m.order("acme", 10, "2026-11-01", local("2026-11-01T10:00:00"));
-    for day in 2..=30 {
-        m.run(run(&format!("2026-11-{day:02}")));
-    }
-    for day in 1..=11 {
-        m.run(run(&format!("2026-12-{day:02}")));
-    }
+    m.run_days("2026-11-02", "2026-12-11");
     assert_eq!(m.state("acme"), State::Deleted);
     // Taken on 5 December, in grace; received after the deletion.
     let incoming = Incoming {
