@@ -36,28 +36,51 @@ pub fn run_lifecycle(
                 let Some(account) = accounts.next() else {
                     break;
                 };
-                let from = store
-                    .stepped_through(&account.id, zone)?
-                    .unwrap_or(prev_day(last));
-                let mut day = next_day(from);
-                while day <= last {
-                    let step = store.step_account(
-                        &account.id,
-                        day,
-                        day == last,
-                        zone,
-                        price_per_core_month,
-                        now,
-                    )?;
-                    if step.state.is_some() || !step.notices.is_empty() || !step.renewed.is_empty()
-                    {
-                        changed.push(step);
-                    }
-                    day = next_day(day);
+                // One account whose step fails (a value stored that cannot be
+                // read, say) must not hold up every account after it: its
+                // steps are undone, it is reported, and it is tried again at
+                // the next run. A disk that cannot write stops the run.
+                let steps = store.in_savepoint(|store| {
+                    step_through(store, &account.id, last, zone, price_per_core_month, now)
+                });
+                match steps {
+                    Ok(steps) => changed.extend(steps),
+                    Err(e) if e.unwritable().is_some() => return Err(e),
+                    Err(e) => changed.push(StepOutcome {
+                        account: account.id.clone(),
+                        error: Some(e.to_string()),
+                        ..StepOutcome::default()
+                    }),
                 }
             }
             Ok(())
         })?;
+    }
+    Ok(changed)
+}
+
+/// Steps one account through the runs after the last it was stepped
+/// through, up to `last`; returns the steps that changed something.
+fn step_through(
+    store: &mut Store,
+    account: &str,
+    last: chrono::NaiveDate,
+    zone: &BillingZone,
+    price_per_core_month: Decimal,
+    now: DateTime<Utc>,
+) -> Result<Vec<StepOutcome>, StoreError> {
+    let from = store
+        .stepped_through(account, zone)?
+        .unwrap_or(prev_day(last));
+    let mut changed = Vec::new();
+    let mut day = next_day(from);
+    while day <= last {
+        let step =
+            store.step_account(account, day, day == last, zone, price_per_core_month, now)?;
+        if step.state.is_some() || !step.notices.is_empty() || !step.renewed.is_empty() {
+            changed.push(step);
+        }
+        day = next_day(day);
     }
     Ok(changed)
 }

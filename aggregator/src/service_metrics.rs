@@ -63,6 +63,7 @@ pub struct ServiceMetrics {
     pub notices_issued: Family<KindLabels, Counter>,
     pub account_state_changes: Family<StateLabels, Counter>,
     pub licence_renewals: Counter,
+    pub lifecycle_step_failures: Counter,
 }
 
 /// An account state a change led to.
@@ -92,6 +93,7 @@ impl Default for ServiceMetrics {
             notices_issued: Family::default(),
             account_state_changes: Family::default(),
             licence_renewals: Counter::default(),
+            lifecycle_step_failures: Counter::default(),
             notices_delivered: Family::default(),
             notice_delivery_failures: Family::default(),
         }
@@ -190,6 +192,11 @@ impl ServiceMetrics {
             "licence_renewals",
             "Licences auto-renewed from a prepaid balance",
             self.licence_renewals.clone(),
+        );
+        r.register(
+            "lifecycle_step_failures",
+            "Accounts whose lifecycle step failed in a run (undone, tried again at the next)",
+            self.lifecycle_step_failures.clone(),
         );
     }
 }

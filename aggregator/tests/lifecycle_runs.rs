@@ -35,7 +35,7 @@ fn run(day: &str) -> DateTime<Utc> {
 }
 
 struct Meter {
-    _dir: TempDir,
+    dir: TempDir,
     store: Store,
     config: BillingConfig,
 }
@@ -50,7 +50,7 @@ impl Meter {
             email: false,
         });
         Meter {
-            _dir: dir,
+            dir,
             store,
             config: BillingConfig::default(),
         }
@@ -528,5 +528,38 @@ fn an_order_whose_recovery_window_closed_cannot_be_renewed_by_hand() {
     assert!(
         matches!(missing, Err(StoreError::UnknownOrder(..))),
         "{missing:?}"
+    );
+}
+
+#[test]
+fn an_account_whose_step_fails_is_reported_and_does_not_hold_up_the_others() {
+    let mut m = Meter::new();
+    let at = local("2026-11-01T10:00:00");
+    for id in ["a-broken", "b-fine"] {
+        m.account(id, at);
+        m.order(id, 10, "2026-11-01", at);
+    }
+    // A state this build cannot read, written behind the store's back.
+    rusqlite::Connection::open(m.dir.path().join("core-meter.sqlite"))
+        .unwrap()
+        .execute(
+            "UPDATE accounts SET state = 'bogus' WHERE id = 'a-broken'",
+            [],
+        )
+        .unwrap();
+    let steps = run_lifecycle(&mut m.store, run("2026-11-24"), &m.config.zone, price()).unwrap();
+    let broken = steps
+        .iter()
+        .find(|s| s.account == "a-broken")
+        .expect("the broken account is reported");
+    assert!(
+        broken.error.as_deref().is_some_and(|e| e.contains("bogus")),
+        "{broken:?}"
+    );
+    // The account after it was stepped through to expiring (its end day is 1 December).
+    assert_eq!(m.state("b-fine"), State::Expiring);
+    assert_eq!(
+        m.store.stepped_through("b-fine", &m.config.zone).unwrap(),
+        Some(date("2026-11-24"))
     );
 }

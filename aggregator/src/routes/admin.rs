@@ -311,6 +311,11 @@ pub async fn run_lifecycle_now(state: &State) -> Result<Vec<crate::store::StepOu
     .await?;
     for step in &changed {
         let m = &state.metrics;
+        if let Some(error) = &step.error {
+            m.lifecycle_step_failures.inc();
+            tracing::error!(account = %step.account, %error, "lifecycle step failed for this account; it is tried again at the next run");
+            continue;
+        }
         if let Some(st) = step.state {
             m.account_state_changes
                 .get_or_create(&crate::service_metrics::StateLabels {

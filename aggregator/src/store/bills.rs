@@ -86,6 +86,27 @@ impl Store {
         }
     }
 
+    /// Runs `work` in a savepoint of the open transaction (inside
+    /// [`Store::in_write_batch`]): if it fails, its writes are undone and
+    /// the rest of the transaction's are kept.
+    pub fn in_savepoint<T>(
+        &mut self,
+        work: impl FnOnce(&mut Store) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.conn.execute_batch("SAVEPOINT one_account")?;
+        match work(self) {
+            Ok(value) => {
+                self.conn.execute_batch("RELEASE one_account")?;
+                Ok(value)
+            }
+            Err(e) => {
+                self.conn
+                    .execute_batch("ROLLBACK TO one_account; RELEASE one_account")?;
+                Err(e)
+            }
+        }
+    }
+
     fn rollback_if_open(&self) {
         if !self.conn.is_autocommit() {
             if let Err(e) = self.conn.execute_batch("ROLLBACK") {

@@ -119,6 +119,10 @@ pub struct StepOutcome {
     pub state: Option<State>,
     pub notices: Vec<String>,
     pub renewed: Vec<i64>,
+    /// Why the account's step failed; its steps were undone and are tried
+    /// again at the next run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 fn decimal(s: &str) -> Result<Decimal, StoreError> {
