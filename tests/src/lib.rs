@@ -2,4 +2,5 @@
 
 pub mod expect;
 pub mod fleet;
+pub mod postgres;
 pub mod procs;
