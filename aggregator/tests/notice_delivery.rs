@@ -3,69 +3,44 @@
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aggregator::config::{NoticesConfig, SmtpConfig, WebhookConfig};
-use aggregator::startup::{Application, Timing};
 use aggregator::store::{Durability, NewContact, Notice, NoticeDelivery, Store, StoreError};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{json, Value};
-use shared::clock::{Clock, ManualClock};
+use shared::clock::Clock;
 use shared::lifecycle::{NoticeKind, Role};
-use support::{eventually, local, Webhook};
+use support::{eventually, local, TestApp, Webhook};
 
-/// The service with the given notice channels, as `TestApp::spawn` starts it.
+/// The service with the given notice channels.
 struct App {
-    addr: SocketAddr,
-    clock: Arc<ManualClock>,
-    database: PathBuf,
+    inner: TestApp,
     notices: NoticesConfig,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl std::ops::Deref for App {
+    type Target = TestApp;
+
+    fn deref(&self) -> &TestApp {
+        &self.inner
+    }
 }
 
 impl App {
     async fn spawn(database: PathBuf, notices: NoticesConfig, now: DateTime<Utc>) -> App {
-        let clock = Arc::new(ManualClock::new(now));
-        let mut config = support::config(database.clone(), None);
+        let mut config = support::config(database, None);
         config.notices = notices.clone();
-        let timing = Timing {
-            billing_poll: Duration::from_millis(50),
-            outbox_poll: Duration::from_millis(50),
-        };
-        let app = Application::build(config, clock.clone(), timing)
-            .await
-            .unwrap();
-        let addr = app.local_addr();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            app.run(async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-        });
         App {
-            addr,
-            clock,
-            database,
+            inner: TestApp::spawn_with(config, now).await,
             notices,
-            stop: Some(stop),
-            task: Some(task),
         }
     }
 
-    async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.task.take() {
-            t.await.unwrap();
-        }
+    async fn stop(self) {
+        self.inner.stop().await;
     }
 
     /// A second connection to the service's database, as a tool would open it.

@@ -265,6 +265,52 @@ fn record_admin_state(
     }
 }
 
+/// After an admin action (`what`: "order 7", "trial started"): records the
+/// state the facts now give, if an admin action may (`record_admin_state`),
+/// naming a return from a stop as a recovery.
+fn settle_after(
+    conn: &Connection,
+    zone: &BillingZone,
+    account_ref: i64,
+    before: State,
+    now: DateTime<Utc>,
+    what: &str,
+) -> Result<(), StoreError> {
+    let state = life_of(conn, account_ref)?.state_at(zone, now);
+    let cause = if before.is_stopped() && !state.is_stopped() {
+        format!("recovered by {what}")
+    } else {
+        what.to_string()
+    };
+    record_admin_state(conn, account_ref, state, now, &cause)?;
+    Ok(())
+}
+
+/// How an order of `price` is paid: from the balance (refused when it does
+/// not cover the price) or invoiced by the billing backend.
+fn payment(
+    conn: &Connection,
+    account_ref: i64,
+    price: Decimal,
+    from_balance: bool,
+) -> Result<&'static str, StoreError> {
+    if !from_balance {
+        return Ok("invoice");
+    }
+    let balance = balance_of(conn, account_ref)?;
+    if balance < price {
+        return Err(StoreError::Conflict {
+            code: "insufficient_balance",
+            field: "pay_from_balance",
+            message: format!(
+                "the balance {balance} does not cover the price {price} ({} short)",
+                price - balance
+            ),
+        });
+    }
+    Ok("balance")
+}
+
 fn balance_of(conn: &Connection, account_ref: i64) -> Result<Decimal, StoreError> {
     let s: String = conn
         .prepare_cached("SELECT balance FROM accounts WHERE ref = ?1")?
@@ -631,8 +677,8 @@ impl Store {
         // The trial's hours are free, including any already billed... none are:
         // a trial starts today, and today is not billed before tomorrow's run.
         mark_for_recompute(&tx, account_ref, trial.start)?;
-        let state = life_of(&tx, account_ref)?.state_at(zone, now);
-        record_admin_state(&tx, account_ref, state, now, "trial started")?;
+        let before = recorded_state(&tx, account_ref)?;
+        settle_after(&tx, zone, account_ref, before, now, "trial started")?;
         tx.commit()?;
         Ok(trial)
     }
@@ -679,24 +725,7 @@ impl Store {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let paid_from = if order.pay_from_balance {
-            "balance"
-        } else {
-            "invoice"
-        };
-        if order.pay_from_balance {
-            let balance = balance_of(&tx, account_ref)?;
-            if balance < price {
-                return Err(StoreError::Conflict {
-                    code: "insufficient_balance",
-                    field: "pay_from_balance",
-                    message: format!(
-                        "the balance {balance} does not cover the price {price} ({} short)",
-                        price - balance
-                    ),
-                });
-            }
-        }
+        let paid_from = payment(&tx, account_ref, price, order.pay_from_balance)?;
         let before = recorded_state(&tx, account_ref)?;
         let (licence, id) = insert_order(
             &tx,
@@ -714,13 +743,7 @@ impl Store {
         if order.pay_from_balance {
             post_entry(&tx, account_ref, "debit", price, None, Some(id), now)?;
         }
-        let state = life_of(&tx, account_ref)?.state_at(zone, now);
-        let cause = if before.is_stopped() && !state.is_stopped() {
-            format!("recovered by order {id}")
-        } else {
-            format!("order {id}")
-        };
-        record_admin_state(&tx, account_ref, state, now, &cause)?;
+        settle_after(&tx, zone, account_ref, before, now, &format!("order {id}"))?;
         tx.commit()?;
         Ok(Order {
             id,
@@ -819,24 +842,7 @@ impl Store {
         let end = term_end_day(start, months)
             .ok_or_else(|| invalid("months", "the term ends out of range"))?;
         let price = order_price(cores, months, price_per_core_month);
-        let paid_from = if pay_from_balance {
-            "balance"
-        } else {
-            "invoice"
-        };
-        if pay_from_balance {
-            let balance = balance_of(&tx, account_ref)?;
-            if balance < price {
-                return Err(StoreError::Conflict {
-                    code: "insufficient_balance",
-                    field: "pay_from_balance",
-                    message: format!(
-                        "the balance {balance} does not cover the price {price} ({} short)",
-                        price - balance
-                    ),
-                });
-            }
-        }
+        let paid_from = payment(&tx, account_ref, price, pay_from_balance)?;
         let (new_licence, id) = insert_order(
             &tx,
             zone,
@@ -854,13 +860,14 @@ impl Store {
         if pay_from_balance {
             post_entry(&tx, account_ref, "debit", price, None, Some(id), now)?;
         }
-        let state = life_of(&tx, account_ref)?.state_at(zone, now);
-        let cause = if before.is_stopped() && !state.is_stopped() {
-            format!("recovered by renewal order {id}")
-        } else {
-            format!("renewal order {id}")
-        };
-        record_admin_state(&tx, account_ref, state, now, &cause)?;
+        settle_after(
+            &tx,
+            zone,
+            account_ref,
+            before,
+            now,
+            &format!("renewal order {id}"),
+        )?;
         tx.commit()?;
         Ok(Order {
             id,
@@ -911,8 +918,8 @@ impl Store {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let state = life_of(&tx, account_ref)?.state_at(zone, now);
-        record_admin_state(&tx, account_ref, state, now, cause)?;
+        let before = recorded_state(&tx, account_ref)?;
+        settle_after(&tx, zone, account_ref, before, now, cause)?;
         tx.commit()?;
         Ok(())
     }

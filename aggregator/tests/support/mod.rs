@@ -45,12 +45,18 @@ pub fn config(database: PathBuf, webhook: Option<String>) -> Config {
 
 impl TestApp {
     pub async fn spawn(database: PathBuf, webhook: Option<String>, now: DateTime<Utc>) -> TestApp {
+        TestApp::spawn_with(config(database, webhook), now).await
+    }
+
+    /// The service with a configuration of the test's own (built on [`config`]).
+    pub async fn spawn_with(config: Config, now: DateTime<Utc>) -> TestApp {
+        let database = config.database.clone();
         let clock = Arc::new(ManualClock::new(now));
         let timing = Timing {
             billing_poll: Duration::from_millis(50),
             outbox_poll: Duration::from_millis(50),
         };
-        let app = Application::build(config(database.clone(), webhook), clock.clone(), timing)
+        let app = Application::build(config, clock.clone(), timing)
             .await
             .unwrap();
         let addr = app.local_addr();
