@@ -14,12 +14,14 @@ use shared::overage::CoreRounding;
 use shared::zone::BillingZone;
 
 use crate::billing::BillingConfig;
+use crate::store::Database;
 
 /// Everything `aggregator serve` runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
-    pub database: PathBuf,
+    /// A SQLite file, or a PostgreSQL database as a `postgres://` URL.
+    pub database: Database,
     pub billing: BillingConfig,
     /// The admin bearer token, if configured (`admin_token`, or the content of
     /// `admin_token_file`); otherwise one is generated at first start.
@@ -80,7 +82,7 @@ pub struct WebhookConfig {
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub listen: Option<String>,
-    pub database: Option<PathBuf>,
+    pub database: Option<String>,
     pub admin_token: Option<String>,
     /// A file holding the admin token, such as a mounted Kubernetes Secret.
     pub admin_token_file: Option<PathBuf>,
@@ -134,7 +136,7 @@ pub struct FileNotices {
 pub struct Flags {
     pub config: Option<PathBuf>,
     pub listen: Option<String>,
-    pub database: Option<PathBuf>,
+    pub database: Option<String>,
 }
 
 /// One setting: its file key, its environment variable, and how to apply it.
@@ -383,9 +385,10 @@ impl Config {
         };
         Ok(Config {
             listen,
-            database: f
-                .database
-                .unwrap_or_else(|| PathBuf::from("data/core-meter.sqlite")),
+            database: f.database.as_deref().map_or_else(
+                || Database::Sqlite(PathBuf::from("data/core-meter.sqlite")),
+                Database::parse,
+            ),
             billing,
             admin_token,
             webhook,
@@ -630,7 +633,7 @@ fn apply_env(f: &mut FileConfig, env: &dyn Fn(&str) -> Option<String>) -> anyhow
         f.listen = Some(v);
     }
     if let Some(v) = get("database") {
-        f.database = Some(PathBuf::from(v));
+        f.database = Some(v.to_string());
     }
     if let Some(v) = get("admin_token") {
         f.admin_token = Some(v);
@@ -694,7 +697,10 @@ mod tests {
     fn with_nothing_set_the_service_listens_on_8080_with_sqlite_under_data() {
         let c = load(None, &[], Flags::default()).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
-        assert_eq!(c.database, PathBuf::from("data/core-meter.sqlite"));
+        assert_eq!(
+            c.database,
+            Database::Sqlite(PathBuf::from("data/core-meter.sqlite"))
+        );
         assert_eq!(c.billing, BillingConfig::default());
         assert!(c.webhook.is_none());
     }

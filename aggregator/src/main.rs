@@ -32,9 +32,9 @@ enum Command {
         /// With --format html: the directory the pages are written to.
         #[arg(long, default_value = ".")]
         out: PathBuf,
-        /// The SQLite file [default: data/core-meter.sqlite].
+        /// The SQLite file, or a postgres:// URL [default: data/core-meter.sqlite].
         #[arg(long)]
-        database: Option<PathBuf>,
+        database: Option<String>,
         /// The service's settings file.
         #[arg(long)]
         config: Option<PathBuf>,
@@ -46,9 +46,9 @@ enum Command {
         day: chrono::NaiveDate,
         #[arg(long)]
         account: String,
-        /// The SQLite file [default: data/core-meter.sqlite].
+        /// The SQLite file, or a postgres:// URL [default: data/core-meter.sqlite].
         #[arg(long)]
-        database: Option<PathBuf>,
+        database: Option<String>,
         /// The service's settings file (the billing zone and rules come from it).
         #[arg(long)]
         config: Option<PathBuf>,
@@ -61,9 +61,9 @@ enum Command {
         /// Address to listen on [default: 127.0.0.1:8080].
         #[arg(long)]
         listen: Option<String>,
-        /// The SQLite file [default: data/core-meter.sqlite].
+        /// The SQLite file, or a postgres:// URL [default: data/core-meter.sqlite].
         #[arg(long)]
-        database: Option<PathBuf>,
+        database: Option<String>,
     },
     /// Run a replay case (SPEC section 7) on a temporary database and print the bills as JSON.
     Replay {
@@ -175,7 +175,7 @@ fn export(
     day: chrono::NaiveDate,
     account: &str,
     config: Option<PathBuf>,
-    database: Option<PathBuf>,
+    database: Option<String>,
 ) -> anyhow::Result<()> {
     let (config, mut store) = open_configured(config, database)?;
     let case = aggregator::export::export_case(&mut store, &config.billing, account, day)?;
@@ -185,7 +185,7 @@ fn export(
 
 fn open_configured(
     config: Option<PathBuf>,
-    database: Option<PathBuf>,
+    database: Option<String>,
 ) -> anyhow::Result<(aggregator::config::Config, aggregator::store::Store)> {
     use anyhow::Context;
     let flags = aggregator::config::Flags {
@@ -194,14 +194,12 @@ fn open_configured(
         database,
     };
     let config = aggregator::config::Config::load(&flags, &|k| std::env::var(k).ok())?;
-    anyhow::ensure!(
-        config.database.exists(),
-        "no database at {}",
-        config.database.display()
-    );
+    if let aggregator::store::Database::Sqlite(path) = &config.database {
+        anyhow::ensure!(path.exists(), "no database at {}", path.display());
+    }
     let store =
-        aggregator::store::Store::open(&config.database, aggregator::store::Durability::Durable)
-            .with_context(|| format!("open the database {}", config.database.display()))?;
+        aggregator::store::Store::connect(&config.database, aggregator::store::Durability::Durable)
+            .with_context(|| format!("open the database {}", config.database))?;
     Ok((config, store))
 }
 
@@ -211,7 +209,7 @@ fn report(
     format: &str,
     out: &std::path::Path,
     config: Option<PathBuf>,
-    database: Option<PathBuf>,
+    database: Option<String>,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
     use shared::clock::Clock;

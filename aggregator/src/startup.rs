@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::ingest_writer::IngestQueue;
 use crate::routes::{router, AppState, State};
 use crate::service_metrics::ServiceMetrics;
-use crate::store::{Durability, Store};
+use crate::store::{Database, Durability, Store};
 
 /// Connections served at once at most. Past it the service stops accepting
 /// (the kernel's backlog holds the rest) until one closes; an idle one closes
@@ -67,30 +67,23 @@ impl Application {
         clock: Arc<dyn Clock>,
         timing: Timing,
     ) -> anyhow::Result<Application> {
-        if let Some(dir) = config
-            .database
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-        {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("create the database directory {}", dir.display()))?;
-        }
-        let mut store = Store::open(&config.database, Durability::Durable)
-            .with_context(|| format!("open the database {}", config.database.display()))?;
-        // Notices (billing's licence_short, the lifecycle's) are issued through the writer.
-        store.set_notice_channels(config.notices.channels());
-        let reader = Store::open(&config.database, Durability::Durable)
-            .context("open a reading connection")?;
-        let (admin_token_hash, generated_admin_token) = match &config.admin_token {
-            Some(t) => (hash_token(t).to_vec(), None),
-            None => {
-                let generated = store.generate_admin_token(clock.now())?;
-                let hash = store
-                    .admin_token_hash()?
-                    .context("the admin token hash was just stored")?;
-                (hash, generated)
+        if let Database::Sqlite(path) = &config.database {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("create the database directory {}", dir.display()))?;
             }
+        }
+        // PostgreSQL's client blocks: the store is only ever used off the async workers.
+        let (opened, config) = {
+            let clock = clock.clone();
+            tokio::task::spawn_blocking(move || {
+                let opened = open_stores(&config, clock.now());
+                (opened, config)
+            })
+            .await
+            .context("open the database")?
         };
+        let (store, reader, admin_token_hash, generated_admin_token) = opened?;
         let metrics = Arc::new(ServiceMetrics::default());
         let mut registry = Registry::default();
         metrics.register(&mut registry);
@@ -166,7 +159,7 @@ impl Application {
             max_connections: connection_cap(),
             header_read_timeout: state.config.request_timeout,
         };
-        tracing::info!(listen = %listener.local_addr()?, database = %state.config.database.display(), zone = state.config.billing.zone.name(), max_connections = limits.max_connections, "aggregator serving");
+        tracing::info!(listen = %listener.local_addr()?, database = %state.config.database, zone = state.config.billing.zone.name(), max_connections = limits.max_connections, "aggregator serving");
         let app = router(state.clone());
         serve(listener, app, shutdown, limits).await;
         let _ = stop_tx.send(true);
@@ -184,6 +177,30 @@ impl Application {
             .ok();
         Ok(())
     }
+}
+
+/// The writing and reading stores, and the admin token's hash (with the
+/// token when this start generated it).
+type Opened = (Store, Store, Vec<u8>, Option<String>);
+
+fn open_stores(config: &Config, now: chrono::DateTime<chrono::Utc>) -> anyhow::Result<Opened> {
+    let mut store = Store::connect(&config.database, Durability::Durable)
+        .with_context(|| format!("open the database {}", config.database))?;
+    // Notices (billing's licence_short, the lifecycle's) are issued through the writer.
+    store.set_notice_channels(config.notices.channels());
+    let reader = Store::connect(&config.database, Durability::Durable)
+        .context("open a reading connection")?;
+    let (admin_token_hash, generated_admin_token) = match &config.admin_token {
+        Some(t) => (hash_token(t).to_vec(), None),
+        None => {
+            let generated = store.generate_admin_token(now)?;
+            let hash = store
+                .admin_token_hash()?
+                .context("the admin token hash was just stored")?;
+            (hash, generated)
+        }
+    };
+    Ok((store, reader, admin_token_hash, generated_admin_token))
 }
 
 /// What one client may hold of the server.

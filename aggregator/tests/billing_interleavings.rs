@@ -8,6 +8,8 @@
 //! adjustments numbered on from it without gaps. Defaults throughout: zone
 //! Asia/Shanghai (UTC+8), 0.25 USD per core-day, cap 500, cores rounded up.
 
+mod support;
+
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -110,7 +112,7 @@ struct Meter {
 impl Meter {
     fn new() -> Meter {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("core-meter.sqlite"), Durability::Durable)
+        let store = support::open_store(&dir.path().join("core-meter.sqlite"), Durability::Durable)
             .expect("open store");
         Meter {
             dir,
@@ -126,7 +128,7 @@ impl Meter {
 
     /// Another connection to the same file, as another replica would hold.
     fn another_connection(&self) -> Store {
-        Store::open(&self.path(), Durability::Durable).expect("open another store")
+        support::open_store(&self.path(), Durability::Durable).expect("open another store")
     }
 
     fn account(&mut self, id: &str) {

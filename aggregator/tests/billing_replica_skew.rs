@@ -2,6 +2,8 @@
 //! billed day forget a late sample: the run at the earlier instant does not
 //! bill that day, so it must leave the day's recompute mark in place.
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use aggregator::billing::{run_billing, BillingConfig};
@@ -53,7 +55,7 @@ fn sum(store: &Store, account: &str, day: &str) -> Decimal {
 fn a_stale_replica_run_loses_a_late_sample() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("core-meter.sqlite");
-    let mut main = Store::open(&path, Durability::Durable).unwrap();
+    let mut main = support::open_store(&path, Durability::Durable).unwrap();
     let config = BillingConfig::default();
     // "a-000" is billed first; 200 more accounts keep replica A busy afterwards.
     let accounts: Vec<String> = (0..=200).map(|k| format!("a-{k:03}")).collect();
@@ -82,8 +84,8 @@ fn a_stale_replica_run_loses_a_late_sample() {
 
     let r_a = local("2026-11-25T02:00:00"); // replica A's clock
     let r_b = r_a - TimeDelta::seconds(1); // replica B's clock, a second behind
-    let mut replica_a = Store::open(&path, Durability::Durable).unwrap();
-    let mut replica_b = Store::open(&path, Durability::Durable).unwrap();
+    let mut replica_a = support::open_store(&path, Durability::Durable).unwrap();
+    let mut replica_b = support::open_store(&path, Durability::Durable).unwrap();
     std::thread::scope(|s| {
         let a = s.spawn(|| run_billing(&mut replica_a, r_a, &config).unwrap());
         // Wait until A has billed a-000's 24th (it goes on with the other accounts).

@@ -1,10 +1,12 @@
 //! `export` then `replay` reproduces every line issued for the exported day, on the conformance cases and on a randomized fleet.
 
+mod support;
+
 use std::path::Path;
 
 use aggregator::export::export_case;
 use aggregator::replay::{config_from, parse_case, replay, replay_into};
-use aggregator::store::{Durability, Store};
+use aggregator::store::Durability;
 use chrono::{DateTime, TimeDelta, Utc};
 use shared::bill::BillLine;
 
@@ -17,7 +19,7 @@ fn round_trip(case_text: &str) -> usize {
     let mut runs: Vec<DateTime<Utc>> = case.runs.iter().map(|r| r.parse().unwrap()).collect();
     runs.sort();
     let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(&dir.path().join("db.sqlite"), Durability::Scratch).unwrap();
+    let mut store = support::open_store(&dir.path().join("db.sqlite"), Durability::Scratch).unwrap();
     let original = replay_into(&case, &config, &runs, &mut store).unwrap();
     let mut days: Vec<(String, chrono::NaiveDate)> = original
         .bills

@@ -7,6 +7,8 @@
 //! with the defaults: zone Asia/Shanghai (UTC+8), 0.25 USD per core-day,
 //! 6.75 USD per core-month, cap 500, billable cores rounded up.
 
+mod support;
+
 use aggregator::billing::{run_billing, BillingConfig};
 use aggregator::lifecycle::run_lifecycle;
 use aggregator::store::{
@@ -43,7 +45,7 @@ struct Meter {
 impl Meter {
     fn new() -> Meter {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(&dir.path().join("core-meter.sqlite"), Durability::Durable)
+        let mut store = support::open_store(&dir.path().join("core-meter.sqlite"), Durability::Durable)
             .expect("open store");
         store.set_notice_channels(NoticeChannels {
             webhook: true,
@@ -540,13 +542,10 @@ fn an_account_whose_step_fails_is_reported_and_does_not_hold_up_the_others() {
         m.order(id, 10, "2026-11-01", at);
     }
     // A state this build cannot read, written behind the store's back.
-    rusqlite::Connection::open(m.dir.path().join("core-meter.sqlite"))
-        .unwrap()
-        .execute(
-            "UPDATE accounts SET state = 'bogus' WHERE id = 'a-broken'",
-            [],
-        )
-        .unwrap();
+    support::execute_behind_the_store(
+        &m.dir.path().join("core-meter.sqlite"),
+        "UPDATE accounts SET state = 'bogus' WHERE id = 'a-broken'",
+    );
     let steps = run_lifecycle(&mut m.store, run("2026-11-24"), &m.config.zone, price()).unwrap();
     let broken = steps
         .iter()

@@ -45,12 +45,16 @@ impl App {
 
     /// A second connection to the service's database, as a tool would open it.
     fn store(&self) -> Store {
-        Store::open(&self.database, Durability::Durable).unwrap()
+        Store::connect(&self.database, Durability::Durable).unwrap()
     }
 
     /// Account acme and its contacts: Ann (creator: email and SMS), Bo
     /// (finance: email), Cy (global resources: SMS only).
     fn acme(&self, emails: [&str; 2]) {
+        support::off_runtime(|| self.acme_here(emails))
+    }
+
+    fn acme_here(&self, emails: [&str; 2]) {
         let mut store = self.store();
         let now = self.clock.now();
         busy_retried(|| store.create_account("acme", now));
@@ -82,6 +86,10 @@ impl App {
 
     /// Issues an expiry warning to acme on the configured channels; its id.
     fn issue(&self, day: &str) -> i64 {
+        support::off_runtime(|| self.issue_here(day))
+    }
+
+    fn issue_here(&self, day: &str) -> i64 {
         let mut store = self.store();
         let details = json!({"licences": [{"cores": 64, "end_day": "2026-12-01"}], "days_left": 6});
         busy_retried(|| {
@@ -98,12 +106,14 @@ impl App {
     }
 
     fn notice(&self, id: i64) -> Notice {
-        self.store()
-            .notices("acme", 100)
-            .unwrap()
-            .into_iter()
-            .find(|n| n.id == id)
-            .unwrap()
+        support::off_runtime(|| {
+            self.store()
+                .notices("acme", 100)
+                .unwrap()
+                .into_iter()
+                .find(|n| n.id == id)
+                .unwrap()
+        })
     }
 
     fn delivery(&self, id: i64, channel: &str, address: &str) -> NoticeDelivery {
@@ -134,7 +144,9 @@ fn busy_retried<T>(mut write: impl FnMut() -> Result<T, StoreError>) -> T {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match write() {
-            Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)))
+            Err(StoreError::Database(aggregator::store::db::DbError::Sqlite(
+                rusqlite::Error::SqliteFailure(e, _),
+            )))
                 if e.code == rusqlite::ErrorCode::DatabaseBusy && Instant::now() < deadline =>
             {
                 std::thread::sleep(Duration::from_millis(10));

@@ -1,5 +1,7 @@
 //! The `aggregator replay` command as scripts see it: JSON on stdout, or one line on stderr and a non-zero exit.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -131,7 +133,7 @@ fn database_from_case(name: &str, dir: &Path) -> PathBuf {
         case.runs.iter().map(|r| r.parse().unwrap()).collect();
     let path = dir.join("core-meter.sqlite");
     let mut store =
-        aggregator::store::Store::open(&path, aggregator::store::Durability::Durable).unwrap();
+        support::open_store(&path, aggregator::store::Durability::Durable).unwrap();
     replay_into(&case, &config, &runs, &mut store).unwrap();
     path
 }
@@ -139,7 +141,10 @@ fn database_from_case(name: &str, dir: &Path) -> PathBuf {
 #[test]
 fn report_prints_a_table_csv_or_json_and_export_prints_a_case_that_replays_to_the_bill() {
     let dir = tempfile::tempdir().unwrap();
-    let db = database_from_case("autoscale-burst.json", dir.path());
+    let db = match support::database(&database_from_case("autoscale-burst.json", dir.path())) {
+        aggregator::store::Database::Sqlite(path) => path.display().to_string(),
+        aggregator::store::Database::Postgres(url) => url,
+    };
     let run = |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_aggregator"))
             .args(args)

@@ -1,5 +1,7 @@
 //! The daily report agrees with the bill and explains it: hours, bridging, shares, completeness, every format.
 
+mod support;
+
 use std::path::Path;
 
 use aggregator::replay::{config_from, parse_case, replay_into};
@@ -18,7 +20,7 @@ fn stored(case_name: &str) -> (tempfile::TempDir, Store, aggregator::billing::Bi
     let mut runs: Vec<DateTime<Utc>> = case.runs.iter().map(|r| r.parse().unwrap()).collect();
     runs.sort();
     let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(&dir.path().join("db.sqlite"), Durability::Scratch).unwrap();
+    let mut store = support::open_store(&dir.path().join("db.sqlite"), Durability::Scratch).unwrap();
     replay_into(&case, &config, &runs, &mut store).unwrap();
     (dir, store, config)
 }

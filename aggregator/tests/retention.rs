@@ -47,7 +47,7 @@ fn s(node: &str, cores: u32, at: DateTime<Utc>) -> S {
 }
 
 fn open(dir: &tempfile::TempDir, name: &str) -> Store {
-    Store::open(&dir.path().join(name), Durability::Durable).unwrap()
+    support::open_store(&dir.path().join(name), Durability::Durable).unwrap()
 }
 
 fn ingest(store: &mut Store, samples: &[S]) -> Vec<Outcome> {

@@ -293,6 +293,7 @@ impl ApiError {
     /// store or ingest error that is the disk's doing is not unexpected: it
     /// is answered as `unwritable` (503), whichever handler passes it here.
     pub fn internal(error: impl std::fmt::Display + 'static) -> ApiError {
+        if std::env::var_os("CORE_METER_DEBUG_INTERNAL").is_some() { eprintln!("INTERNAL: {error}"); }
         let any: &dyn std::any::Any = &error;
         let cause = if let Some(SubmitError::Store(f)) = any.downcast_ref::<SubmitError>() {
             f.unwritable
@@ -372,7 +373,7 @@ impl From<StoreError> for ApiError {
             E::DataDeleted { .. } => {
                 ApiError::new(StatusCode::GONE, "data_deleted", e.to_string()).field("day")
             }
-            E::TooNew { .. } | E::Corrupt(_) | E::Sqlite(_) => ApiError::internal(e),
+            E::TooNew { .. } | E::Corrupt(_) | E::Database(_) => ApiError::internal(e),
         }
     }
 }
@@ -412,7 +413,7 @@ mod tests {
     use crate::ingest_writer::CommitFailure;
 
     fn sqlite(code: std::ffi::c_int) -> StoreError {
-        StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+        StoreError::from(rusqlite::Error::SqliteFailure(
             rusqlite::ffi::Error::new(code),
             None,
         ))

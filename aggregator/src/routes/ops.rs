@@ -13,6 +13,7 @@ use serde_json::{json, Map, Value};
 
 use super::{blocking, ApiError, State, ROUTES};
 use crate::service_metrics::RouteLabels;
+use crate::store::Database;
 
 pub async fn healthz() -> &'static str {
     "ok\n"
@@ -44,7 +45,15 @@ pub async fn readyz(Extract(state): Extract<State>) -> Result<&'static str, ApiE
     let Some(failure) = state.queue.write_failure() else {
         return Ok("ready\n");
     };
-    let database = state.config.database.clone();
+    let Database::Sqlite(database) = state.config.database.clone() else {
+        // PostgreSQL's room is the server's: its own error says what is wrong.
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            format!("the database cannot write: {}", failure.describe()),
+        )
+        .retry_after(super::DISK_RETRY_AFTER_SECS));
+    };
     let probe = tokio::task::spawn_blocking(move || probe_room(&database))
         .await
         .map_err(ApiError::internal)?;

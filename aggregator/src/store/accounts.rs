@@ -1,9 +1,10 @@
 //! Accounts, their licences and their cap history.
 
 use chrono::{DateTime, Utc};
-use rusqlite::OptionalExtension;
+use super::db::OptionalExtension;
 use shared::overage::{check_cap, CapChange, Licence};
 
+use super::db::Conn;
 use super::{from_ms, Store, StoreError};
 
 /// An account as billing sees it.
@@ -45,7 +46,7 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT ref, id, recompute_from_ms, marks, data_deleted_before_ms FROM accounts ORDER BY id")?;
-        let rows = stmt.query_map([], account_row)?;
+        let rows = stmt.query_map((), account_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -137,7 +138,7 @@ impl Store {
         to: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         self.conn.execute(
-            "UPDATE accounts SET recompute_from_ms = max(coalesce(recompute_from_ms, ?3), ?3)
+            "UPDATE accounts SET recompute_from_ms = greatest(recompute_from_ms, ?3)
               WHERE ref = ?1 AND marks = ?2",
             (account.reference, account.marks, to.timestamp_millis()),
         )?;
@@ -156,7 +157,7 @@ impl Store {
     }
 }
 
-fn account_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Account> {
+fn account_row(r: &super::db::Row<'_>) -> Result<Account, super::db::DbError> {
     Ok(Account {
         reference: r.get(0)?,
         id: r.get(1)?,
@@ -169,14 +170,14 @@ fn account_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Account> {
 /// Notes that the days of `account_ref` may have changed from `from` on, and
 /// counts the change so that a run under way does not clear it.
 pub(super) fn mark_for_recompute(
-    tx: &rusqlite::Connection,
+    tx: &Conn,
     account_ref: i64,
     from: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     tx.prepare_cached(
         "UPDATE accounts
-            SET recompute_from_ms = min(coalesce(recompute_from_ms, floored.at), floored.at), marks = marks + 1
-           FROM (SELECT max(?2, coalesce((SELECT recompute_floor_ms FROM retention WHERE id = 1), ?2)) AS at) AS floored
+            SET recompute_from_ms = least(recompute_from_ms, floored.at), marks = marks + 1
+           FROM (SELECT greatest(?2, (SELECT recompute_floor_ms FROM retention WHERE id = 1)) AS at) AS floored
           WHERE ref = ?1",
     )?
     .execute((account_ref, from.timestamp_millis()))?;

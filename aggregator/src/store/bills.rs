@@ -8,6 +8,7 @@ use rust_decimal::Decimal;
 use shared::bill::{idempotency_key, next_line, BillLine, Issued, LineKind};
 use shared::overage::{DayFigures, NodeSample};
 
+use super::db::Conn;
 use super::{from_ms, Account, Store, StoreError};
 
 impl Store {
@@ -39,7 +40,7 @@ impl Store {
         }
         let tx = self
             .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            .transaction()?;
         let lines = bill_days_in(
             &tx,
             account,
@@ -63,10 +64,10 @@ impl Store {
         &mut self,
         work: impl FnOnce(&mut Store) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        self.conn.begin()?;
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(self)));
         match outcome {
-            Ok(Ok(value)) => match self.conn.execute_batch("COMMIT") {
+            Ok(Ok(value)) => match self.conn.commit() {
                 Ok(()) => Ok(value),
                 Err(e) => {
                     self.rollback_if_open();
@@ -109,7 +110,7 @@ impl Store {
 
     fn rollback_if_open(&self) {
         if !self.conn.is_autocommit() {
-            if let Err(e) = self.conn.execute_batch("ROLLBACK") {
+            if let Err(e) = self.conn.rollback() {
                 tracing::error!(error = %e, "rolling back a billing batch failed");
             }
         }
@@ -124,13 +125,13 @@ impl Store {
         let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT {LINE_COLUMNS}
                FROM bill_lines b JOIN accounts a ON a.ref = b.account_ref
-              WHERE (?1 IS NULL OR a.id = ?1) AND (?2 IS NULL OR b.day = ?2)
+              WHERE (CAST(?1 AS TEXT) IS NULL OR a.id = ?1) AND (CAST(?2 AS TEXT) IS NULL OR b.day = ?2)
               ORDER BY b.issued_at_ms, a.id, b.day, b.seq"
         ))?;
         let mut rows = stmt.query((account, day.map(|d| d.to_string())))?;
         let mut out = Vec::new();
         while let Some(r) = rows.next()? {
-            out.push(line_row(r, 0)?);
+            out.push(line_row(&r, 0)?);
         }
         Ok(out)
     }
@@ -138,7 +139,7 @@ impl Store {
 
 /// [`Store::bill_days`] on a connection inside a write transaction.
 fn bill_days_in(
-    conn: &rusqlite::Connection,
+    conn: &Conn,
     account: &Account,
     window_ms: (i64, i64),
     compute: impl FnOnce(&[NodeSample]) -> Vec<DayFigures>,
@@ -187,7 +188,7 @@ fn bill_days_in(
         for f in &figures {
             let before = issued.get(&f.day).copied().unwrap_or_default();
             if let Some(line) = next_line(&account.id, f, &before, currency, issued_at) {
-                insert.execute(rusqlite::params![
+                insert.execute(crate::params![
                     account.reference,
                     line.day.to_string(),
                     line.seq,
@@ -239,7 +240,7 @@ pub(super) const LINE_COLUMNS: &str =
      b.cap_cores, b.billable_cores, b.amount, b.currency, b.issued_at_ms";
 
 /// A bill line from [`LINE_COLUMNS`] starting at column `at`.
-pub(super) fn line_row(r: &rusqlite::Row<'_>, at: usize) -> Result<BillLine, StoreError> {
+pub(super) fn line_row(r: &super::db::Row<'_>, at: usize) -> Result<BillLine, StoreError> {
     let account: String = r.get(at)?;
     let day = parse_day(&r.get::<_, String>(at + 1)?)?;
     let seq: u32 = r.get(at + 2)?;
@@ -262,11 +263,7 @@ pub(super) fn line_row(r: &rusqlite::Row<'_>, at: usize) -> Result<BillLine, Sto
 }
 
 fn corrupt(msg: String) -> StoreError {
-    StoreError::Sqlite(rusqlite::Error::FromSqlConversionFailure(
-        0,
-        rusqlite::types::Type::Text,
-        msg.into(),
-    ))
+    StoreError::Corrupt(msg)
 }
 
 fn parse_day(s: &str) -> Result<NaiveDate, StoreError> {

@@ -1,7 +1,7 @@
 //! Clusters and the tokens their agents authenticate with; the admin token.
 
 use chrono::{DateTime, Utc};
-use rusqlite::OptionalExtension;
+use super::db::{DbError, OptionalExtension};
 
 use super::{Store, StoreError};
 use crate::auth::{check_token_form, hash_token, new_token};
@@ -35,15 +35,13 @@ fn token_or_new(supplied: Option<String>) -> Result<String, StoreError> {
 
 /// A write refused by the unique index on `clusters.token_hash` is a token
 /// some cluster already has; anything else is a database error.
-fn token_in_use(e: rusqlite::Error) -> StoreError {
-    match &e {
-        rusqlite::Error::SqliteFailure(f, Some(message))
-            if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
-                && message.contains("clusters.token_hash") =>
-        {
-            StoreError::TokenInUse
-        }
-        _ => StoreError::Sqlite(e),
+fn token_in_use(e: DbError) -> StoreError {
+    // SQLite names the column (clusters.token_hash), PostgreSQL the
+    // constraint (clusters_token_hash_key).
+    if e.is_unique_violation() && e.to_string().contains("token_hash") {
+        StoreError::TokenInUse
+    } else {
+        StoreError::Database(e)
     }
 }
 
@@ -97,7 +95,7 @@ impl Store {
         // old token working, so it is looked at first, under the write lock.
         let tx = self
             .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            .transaction()?;
         let current: Option<Vec<u8>> = tx
             .query_row(
                 "SELECT token_hash FROM clusters WHERE account_ref = ?1 AND name = ?2",
@@ -155,7 +153,7 @@ impl Store {
     pub fn admin_token_hash(&self) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
             .conn
-            .query_row("SELECT token_hash FROM admin_token WHERE id = 1", [], |r| {
+            .query_row("SELECT token_hash FROM admin_token WHERE id = 1", (), |r| {
                 r.get(0)
             })
             .optional()?)

@@ -5,7 +5,7 @@
 use std::str::FromStr;
 
 use chrono::{DateTime, Days, NaiveDate, Utc};
-use rusqlite::{Connection, OptionalExtension};
+use super::db::{Conn, OptionalExtension};
 use rust_decimal::Decimal;
 use serde::Serialize;
 use serde_json::json;
@@ -166,7 +166,7 @@ fn valid_sms(s: &str) -> bool {
 }
 
 /// The account's licences as the lifecycle sees them.
-fn term_licences(conn: &Connection, account_ref: i64) -> Result<Vec<TermLicence>, StoreError> {
+fn term_licences(conn: &Conn, account_ref: i64) -> Result<Vec<TermLicence>, StoreError> {
     let grace_ms = shared::overage::LICENCE_GRACE_DAYS * 86_400_000;
     let mut stmt = conn.prepare_cached(
         "SELECT id, cores, start_ms, end_ms, ends_ms, auto_renew, renewed_by, created_at_ms FROM licences
@@ -190,7 +190,7 @@ fn term_licences(conn: &Connection, account_ref: i64) -> Result<Vec<TermLicence>
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-fn trial_of(conn: &Connection, account_ref: i64) -> Result<Option<Trial>, StoreError> {
+fn trial_of(conn: &Conn, account_ref: i64) -> Result<Option<Trial>, StoreError> {
     Ok(conn
         .prepare_cached("SELECT start_ms, end_ms FROM trials WHERE account_ref = ?1")?
         .query_row([account_ref], |r| {
@@ -202,7 +202,7 @@ fn trial_of(conn: &Connection, account_ref: i64) -> Result<Option<Trial>, StoreE
         .optional()?)
 }
 
-fn life_of(conn: &Connection, account_ref: i64) -> Result<Life, StoreError> {
+fn life_of(conn: &Conn, account_ref: i64) -> Result<Life, StoreError> {
     let from: Option<i64> = conn
         .prepare_cached("SELECT lifecycle_from_ms FROM accounts WHERE ref = ?1")?
         .query_row([account_ref], |r| r.get(0))?;
@@ -213,7 +213,7 @@ fn life_of(conn: &Connection, account_ref: i64) -> Result<Life, StoreError> {
     })
 }
 
-fn recorded_state(conn: &Connection, account_ref: i64) -> Result<State, StoreError> {
+fn recorded_state(conn: &Conn, account_ref: i64) -> Result<State, StoreError> {
     let s: String = conn
         .prepare_cached("SELECT state FROM accounts WHERE ref = ?1")?
         .query_row([account_ref], |r| r.get(0))?;
@@ -223,7 +223,7 @@ fn recorded_state(conn: &Connection, account_ref: i64) -> Result<State, StoreErr
 /// Records `state` from `at` when it differs from the account's current one;
 /// a stop or a recovery marks the account for recompute from `at`.
 fn record_state(
-    conn: &Connection,
+    conn: &Conn,
     account_ref: i64,
     state: State,
     at: DateTime<Utc>,
@@ -252,7 +252,7 @@ fn record_state(
 /// 02:00 step's, with its notices and its deletion, even when the action
 /// comes between a run's instant and the account's step.
 fn record_admin_state(
-    conn: &Connection,
+    conn: &Conn,
     account_ref: i64,
     state: State,
     now: DateTime<Utc>,
@@ -269,7 +269,7 @@ fn record_admin_state(
 /// state the facts now give, if an admin action may (`record_admin_state`),
 /// naming a return from a stop as a recovery.
 fn settle_after(
-    conn: &Connection,
+    conn: &Conn,
     zone: &BillingZone,
     account_ref: i64,
     before: State,
@@ -289,7 +289,7 @@ fn settle_after(
 /// How an order of `price` is paid: from the balance (refused when it does
 /// not cover the price) or invoiced by the billing backend.
 fn payment(
-    conn: &Connection,
+    conn: &Conn,
     account_ref: i64,
     price: Decimal,
     from_balance: bool,
@@ -311,7 +311,7 @@ fn payment(
     Ok("balance")
 }
 
-fn balance_of(conn: &Connection, account_ref: i64) -> Result<Decimal, StoreError> {
+fn balance_of(conn: &Conn, account_ref: i64) -> Result<Decimal, StoreError> {
     let s: String = conn
         .prepare_cached("SELECT balance FROM accounts WHERE ref = ?1")?
         .query_row([account_ref], |r| r.get(0))?;
@@ -319,7 +319,7 @@ fn balance_of(conn: &Connection, account_ref: i64) -> Result<Decimal, StoreError
 }
 
 fn post_entry(
-    conn: &Connection,
+    conn: &Conn,
     account_ref: i64,
     kind: &str,
     amount: Decimal,
@@ -354,7 +354,7 @@ fn post_entry(
 /// Inserts a licence for the days `start..end` and its order.
 #[allow(clippy::too_many_arguments)]
 fn insert_order(
-    conn: &Connection,
+    conn: &Conn,
     zone: &BillingZone,
     account_ref: i64,
     kind: &str,
@@ -367,11 +367,10 @@ fn insert_order(
     now: DateTime<Utc>,
 ) -> Result<(i64, i64), StoreError> {
     let starts = zone.day_start(start);
-    conn.prepare_cached(
+    let licence: i64 = conn.query_row(
         "INSERT INTO licences (account_ref, cores, start_ms, end_ms, created_at_ms, ends_ms, auto_renew)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?
-    .execute((
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
+        (
         account_ref,
         cores,
         starts.timestamp_millis(),
@@ -379,13 +378,13 @@ fn insert_order(
         now.timestamp_millis(),
         zone.day_start(end).timestamp_millis(),
         i64::from(auto_renew),
-    ))?;
-    let licence = conn.last_insert_rowid();
-    conn.prepare_cached(
+        ),
+        |r| r.get(0),
+    )?;
+    let order: i64 = conn.query_row(
         "INSERT INTO orders (account_ref, kind, licence_id, cores, months, start_day, end_day, price, paid_from, ordered_at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-    )?
-    .execute((
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) RETURNING id",
+        (
         account_ref,
         kind,
         licence,
@@ -396,8 +395,9 @@ fn insert_order(
         price.to_string(),
         paid_from,
         now.timestamp_millis(),
-    ))?;
-    let order = conn.last_insert_rowid();
+        ),
+        |r| r.get(0),
+    )?;
     mark_for_recompute(conn, account_ref, starts)?;
     Ok((licence, order))
 }
@@ -406,13 +406,13 @@ fn insert_order(
 /// starts: its grace is for a lapse, and the renewal's cores replace its
 /// own rather than adding to them. Days from its end are recomputed.
 fn link_renewal(
-    conn: &Connection,
+    conn: &Conn,
     account_ref: i64,
     licence: i64,
     renewal: i64,
 ) -> Result<(), StoreError> {
     let ends: i64 = conn.query_row(
-        "UPDATE licences SET renewed_by = ?2, end_ms = max(start_ms, ends_ms) WHERE id = ?1 RETURNING end_ms",
+        "UPDATE licences SET renewed_by = ?2, end_ms = greatest(start_ms, ends_ms) WHERE id = ?1 RETURNING end_ms",
         (licence, renewal),
         |r| r.get(0),
     )?;
@@ -455,12 +455,13 @@ impl Store {
             ));
         }
         let account_ref = self.require_account(account)?;
-        self.conn.execute(
-            "INSERT INTO contacts (account_ref, name, role, email, sms, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        let id = self.conn.query_row(
+            "INSERT INTO contacts (account_ref, name, role, email, sms, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
             (account_ref, name, contact.role.as_str(), &contact.email, &contact.sms, now.timestamp_millis()),
+            |r| r.get(0),
         )?;
         Ok(Contact {
-            id: self.conn.last_insert_rowid(),
+            id,
             name: name.to_string(),
             role: contact.role.as_str().to_string(),
             email: contact.email.clone(),
@@ -561,7 +562,7 @@ impl Store {
         let account_ref = self.require_account(account)?;
         let tx = self
             .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            .transaction()?;
         let taken: Option<String> = tx
             .query_row(
                 "SELECT amount FROM balance_entries WHERE account_ref = ?1 AND reference = ?2",
@@ -629,7 +630,7 @@ impl Store {
         let account_ref = self.require_account(account)?;
         let tx = self
             .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            .transaction()?;
         let (main_ref, main_id): (i64, String) = tx.query_row(
             "SELECT coalesce(p.ref, a.ref), coalesce(p.id, a.id) FROM accounts a LEFT JOIN accounts p ON p.ref = a.parent_ref WHERE a.ref = ?1",
             [account_ref],
@@ -724,7 +725,7 @@ impl Store {
         let account_ref = self.require_account(account)?;
         let tx = self
             .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            .transaction()?;
         let paid_from = payment(&tx, account_ref, price, order.pay_from_balance)?;
         let before = recorded_state(&tx, account_ref)?;
         let (licence, id) = insert_order(
@@ -786,7 +787,7 @@ impl Store {
         let account_ref = self.require_account(account)?;
         let tx = self
             .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            .transaction()?;
         let found: Option<(i64, u32, Option<i64>, i64, i64)> = tx
             .query_row(
                 "SELECT l.id, l.cores, l.renewed_by, l.ends_ms, l.auto_renew FROM orders o JOIN licences l ON l.id = o.licence_id
@@ -917,7 +918,7 @@ impl Store {
         let account_ref = self.require_account(account)?;
         let tx = self
             .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            .transaction()?;
         let before = recorded_state(&tx, account_ref)?;
         settle_after(&tx, zone, account_ref, before, now, cause)?;
         tx.commit()?;
@@ -1040,7 +1041,7 @@ impl Store {
         }
         let tx = self
             .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            .transaction()?;
         let outcome = step.take(&tx)?;
         tx.commit()?;
         Ok(outcome)
@@ -1076,11 +1077,11 @@ impl Store {
     ) -> Result<u64, StoreError> {
         let tx = self
             .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            .transaction()?;
         let job: Option<(i64, i64, i64)> = tx
             .query_row(
                 "SELECT id, account_ref, before_ms FROM deletions WHERE finished_at_ms IS NULL ORDER BY id LIMIT 1",
-                [],
+                (),
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?;
@@ -1114,7 +1115,7 @@ impl Store {
     /// The periods whose samples are refused and whose hours are not billed:
     /// from each recorded stop until the account next came back.
     pub(super) fn stopped_periods_of(
-        conn: &Connection,
+        conn: &Conn,
         account_ref: i64,
     ) -> Result<Vec<(i64, i64)>, StoreError> {
         let mut stmt = conn.prepare_cached(
@@ -1221,7 +1222,7 @@ impl Store {
 
     /// The instant before which the account's data was deleted, if it was.
     pub(super) fn data_deleted_before_of(
-        conn: &Connection,
+        conn: &Conn,
         account_ref: i64,
     ) -> Result<Option<i64>, StoreError> {
         Ok(conn
@@ -1264,7 +1265,7 @@ struct Step<'a> {
 }
 
 impl Step<'_> {
-    fn take(&self, tx: &Connection) -> Result<StepOutcome, StoreError> {
+    fn take(&self, tx: &Conn) -> Result<StepOutcome, StoreError> {
         let Step {
             account_ref,
             account,
@@ -1400,7 +1401,7 @@ mod tests {
     /// A database as the build before the lifecycle left it: schema 4, an
     /// account whose only licence ended in January, and a sample.
     fn version_4_database(path: &std::path::Path) {
-        let conn = Connection::open(path).unwrap();
+        let conn = rusqlite::Connection::open(path).unwrap();
         for sql in &super::super::schema::MIGRATIONS[..4] {
             conn.execute_batch(sql).unwrap();
         }

@@ -1,8 +1,11 @@
-//! The aggregator's storage: one SQLite file in WAL mode, migrated on open. A write is durable when the call returns.
+//! The aggregator's storage: one SQLite file in WAL mode (the embedded
+//! default) or one PostgreSQL database shared by several replicas, migrated
+//! on open. A write is durable when the call returns.
 
 mod accounts;
 mod bills;
 mod clusters;
+pub mod db;
 mod lifecycle;
 mod notice_outbox;
 mod notices;
@@ -10,13 +13,16 @@ mod outbox;
 mod retention;
 mod samples;
 mod schema;
+mod schema_postgres;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::fmt;
+use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension};
 use rustc_hash::FxHashMap;
+
+use db::{Conn, DbError, Dialect, OptionalExtension};
 
 pub use accounts::Account;
 pub use clusters::ClusterIdentity;
@@ -93,7 +99,72 @@ pub enum StoreError {
     #[error("stored data cannot be read: {0}")]
     Corrupt(String),
     #[error("database: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Database(#[from] DbError),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> StoreError {
+        StoreError::Database(DbError::Sqlite(e))
+    }
+}
+
+/// Where the store lives: a SQLite file (the default) or a PostgreSQL
+/// database given as a `postgres://` URL.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Database {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl Database {
+    /// A `postgres://` or `postgresql://` URL is PostgreSQL; anything else is a SQLite file's path.
+    pub fn parse(s: &str) -> Database {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            Database::Postgres(s.to_string())
+        } else {
+            Database::Sqlite(PathBuf::from(s))
+        }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, Database::Postgres(_))
+    }
+}
+
+impl From<PathBuf> for Database {
+    fn from(p: PathBuf) -> Database {
+        Database::Sqlite(p)
+    }
+}
+
+/// The path, or the URL without its password (logs and errors show it).
+impl fmt::Display for Database {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Database::Sqlite(p) => write!(f, "{}", p.display()),
+            Database::Postgres(url) => f.write_str(&redacted(url)),
+        }
+    }
+}
+
+impl fmt::Debug for Database {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// `postgres://user:secret@host/db` as `postgres://user:***@host/db`.
+fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
 }
 
 /// Why the database cannot store anything just now. The failed transaction
@@ -129,12 +200,20 @@ impl Unwritable {
 impl StoreError {
     /// The disk trouble behind this error, if that is what it is.
     pub fn unwritable(&self) -> Option<Unwritable> {
-        let StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) = self else {
-            return None;
-        };
-        match e.code {
-            rusqlite::ErrorCode::DiskFull => Some(Unwritable::DiskFull),
-            rusqlite::ErrorCode::SystemIoFailure => Some(Unwritable::DiskError),
+        match self {
+            StoreError::Database(DbError::Sqlite(rusqlite::Error::SqliteFailure(e, _))) => {
+                match e.code {
+                    rusqlite::ErrorCode::DiskFull => Some(Unwritable::DiskFull),
+                    rusqlite::ErrorCode::SystemIoFailure => Some(Unwritable::DiskError),
+                    _ => None,
+                }
+            }
+            // PostgreSQL's disk_full (53100) and io_error (58030).
+            StoreError::Database(e) => match e.sql_state() {
+                Some("53100") => Some(Unwritable::DiskFull),
+                Some("58030") => Some(Unwritable::DiskError),
+                _ => None,
+            },
             _ => None,
         }
     }
@@ -150,7 +229,7 @@ pub enum Durability {
 }
 
 pub struct Store {
-    conn: Connection,
+    conn: Conn,
     /// Account id to its row reference; only hits are cached.
     account_refs: HashMap<String, i64>,
     /// Node ids by account, cluster and node name; nested so that a lookup
@@ -163,7 +242,7 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) the database at `path` and applies pending migrations.
     pub fn open(path: &Path, durability: Durability) -> Result<Store, StoreError> {
-        let conn = Connection::open(path)?;
+        let conn = rusqlite::Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         // A scratch database is thrown away: keep its rollback journal in
         // memory and never sync; the service's gets WAL and full syncs.
@@ -176,22 +255,50 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         // 16 MiB of page cache keeps the sample indexes' hot pages in memory.
         conn.pragma_update(None, "cache_size", -16_384)?;
-        let mut store = Store {
-            conn,
-            account_refs: HashMap::new(),
-            node_ids: FxHashMap::default(),
-            notice_channels: NoticeChannels::default(),
-        };
+        let mut store = Store::over(Conn::sqlite(conn)?);
         store.migrate(&path.display().to_string())?;
         Ok(store)
     }
 
+    /// Opens the store at `database`: a SQLite file as [`Store::open`], or a
+    /// PostgreSQL database (which must exist), migrated on connecting.
+    /// PostgreSQL's durability is the server's; `durability` is SQLite's.
+    pub fn connect(database: &Database, durability: Durability) -> Result<Store, StoreError> {
+        match database {
+            Database::Sqlite(path) => Store::open(path, durability),
+            Database::Postgres(url) => {
+                let mut store = Store::over(Conn::postgres(url)?);
+                store.migrate(&database.to_string())?;
+                Ok(store)
+            }
+        }
+    }
+
+    fn over(conn: Conn) -> Store {
+        Store {
+            conn,
+            account_refs: HashMap::new(),
+            node_ids: FxHashMap::default(),
+            notice_channels: NoticeChannels::default(),
+        }
+    }
+
+    /// Which database this store is on.
+    pub fn dialect(&self) -> Dialect {
+        self.conn.dialect()
+    }
+
     fn migrate(&mut self, path: &str) -> Result<(), StoreError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let applied: usize = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        let known = schema::MIGRATIONS.len();
+        let dialect = self.conn.dialect();
+        // A write transaction: replicas starting together migrate one at a time.
+        let tx = self.conn.transaction()?;
+        let (applied, known) = match dialect {
+            Dialect::Sqlite => (
+                tx.query_row("PRAGMA user_version", (), |r| r.get(0))?,
+                schema::MIGRATIONS.len(),
+            ),
+            Dialect::Postgres => (schema_postgres::applied(&tx)?, schema_postgres::KNOWN),
+        };
         if applied > known {
             return Err(StoreError::TooNew {
                 path: path.to_string(),
@@ -199,10 +306,15 @@ impl Store {
                 known,
             });
         }
-        for sql in &schema::MIGRATIONS[applied..] {
-            tx.execute_batch(sql)?;
+        match dialect {
+            Dialect::Sqlite => {
+                for sql in &schema::MIGRATIONS[applied..] {
+                    tx.execute_batch(sql)?;
+                }
+                tx.execute_batch(&format!("PRAGMA user_version = {known}"))?;
+            }
+            Dialect::Postgres => schema_postgres::migrate(&tx, applied)?,
         }
-        tx.pragma_update(None, "user_version", known)?;
         tx.commit()?;
         Ok(())
     }
@@ -215,16 +327,17 @@ impl Store {
 
     /// The schema version the database is at.
     pub fn schema_version(&self) -> Result<usize, StoreError> {
-        Ok(self
-            .conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))?)
+        Ok(match self.conn.dialect() {
+            Dialect::Sqlite => self.conn.query_row("PRAGMA user_version", (), |r| r.get(0))?,
+            Dialect::Postgres => schema_postgres::applied(&self.conn)?,
+        })
     }
 
     /// The instant of the latest billing run, if there was one.
     pub fn last_billing_run(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
         let last: Option<i64> = self.conn.query_row(
             "SELECT last_run_ms FROM billing_state WHERE id = 1",
-            [],
+            (),
             |r| r.get(0),
         )?;
         Ok(last.map(from_ms))
@@ -233,7 +346,7 @@ impl Store {
     /// Records a finished run; the instant only moves forward, so overlapping runs agree.
     pub fn finish_billing_run(&mut self, run_at: DateTime<Utc>) -> Result<(), StoreError> {
         self.conn.execute(
-            "UPDATE billing_state SET last_run_ms = max(coalesce(last_run_ms, ?1), ?1) WHERE id = 1",
+            "UPDATE billing_state SET last_run_ms = greatest(last_run_ms, ?1) WHERE id = 1",
             [run_at.timestamp_millis()],
         )?;
         Ok(())
@@ -247,7 +360,9 @@ impl Store {
         let pages: i64 = if capped { 1 } else { 1_073_741_823 };
         // A cap below the current size is raised to it by SQLite.
         self.conn
-            .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
+            .as_sqlite()
+            .expect("a SQLite store")
+            .query_row(&format!("PRAGMA max_page_count = {pages}"), (), |_| Ok(()))
             .unwrap();
     }
 
@@ -290,7 +405,7 @@ mod tests {
         assert_eq!(store.schema_version().unwrap(), schema::MIGRATIONS.len());
         let mode: String = store
             .conn
-            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .query_row("PRAGMA journal_mode", (), |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
     }
@@ -300,7 +415,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("core-meter.sqlite");
         drop(Store::open(&path, Durability::Durable).unwrap());
-        let conn = Connection::open(&path).unwrap();
+        let conn = rusqlite::Connection::open(&path).unwrap();
         conn.pragma_update(None, "user_version", 99).unwrap();
         drop(conn);
         let err = Store::open(&path, Durability::Durable).err().unwrap();
@@ -310,10 +425,10 @@ mod tests {
     #[test]
     fn a_full_or_failing_disk_is_told_apart_from_other_errors() {
         let failure = |code| {
-            StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+            StoreError::Database(DbError::Sqlite(rusqlite::Error::SqliteFailure(
                 rusqlite::ffi::Error::new(code),
                 None,
-            ))
+            )))
         };
         assert_eq!(
             failure(rusqlite::ffi::SQLITE_FULL).unwritable(),

@@ -1,7 +1,7 @@
 //! The notice outbox: every delivery row of an issued notice (the webhook's, one per email address) waits here until its channel took it.
 
 use chrono::{DateTime, Utc};
-use rusqlite::OptionalExtension;
+use super::db::OptionalExtension;
 use serde::Serialize;
 
 use super::notices::notice_row;
@@ -73,7 +73,7 @@ impl Store {
         let mut out = Vec::new();
         while let Some(r) = rows.next()? {
             out.push(DueNotice {
-                notice: notice_row(r)?,
+                notice: notice_row(&r)?,
                 channel,
                 address: r.get(7)?,
                 attempts: r.get(8)?,
@@ -149,11 +149,11 @@ impl Store {
     /// pending rows whose last attempt failed.
     pub fn notice_outbox_status(&self) -> Result<OutboxStatus, StoreError> {
         Ok(self.conn.query_row(
-            "SELECT coalesce(sum(delivered_at_ms IS NULL), 0),
-                    coalesce(sum(delivered_at_ms IS NULL AND attempts > 0), 0),
-                    coalesce(sum(delivered_at_ms IS NOT NULL), 0)
+            "SELECT count(*) FILTER (WHERE delivered_at_ms IS NULL),
+                    count(*) FILTER (WHERE delivered_at_ms IS NULL AND attempts > 0),
+                    count(*) FILTER (WHERE delivered_at_ms IS NOT NULL)
                FROM notice_deliveries",
-            [],
+            (),
             |r| {
                 Ok(OutboxStatus {
                     pending: r.get::<_, i64>(0)? as u64,

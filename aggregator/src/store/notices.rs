@@ -6,6 +6,7 @@ use serde::Serialize;
 use serde_json::Value;
 use shared::lifecycle::NoticeKind;
 
+use super::db::{Conn, OptionalExtension};
 use super::{from_ms, Store, StoreError};
 
 /// Which delivery rows a new notice gets: the webhook's, and one per email
@@ -59,7 +60,7 @@ pub struct Notice {
 /// to (a sub-account without contacts: its main account's), unless one of that kind was already issued to the account for that
 /// day. Returns its id when issued.
 pub(super) fn issue_notice(
-    tx: &rusqlite::Connection,
+    tx: &Conn,
     account_ref: i64,
     kind: NoticeKind,
     day: NaiveDate,
@@ -100,25 +101,26 @@ pub(super) fn issue_notice(
             }
         }
     }
-    let inserted = tx
-        .prepare_cached(
+    let inserted: Option<i64> = tx
+        .query_row(
             "INSERT INTO notices (account_ref, kind, day, issued_at_ms, recipients, details)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (account_ref, kind, day) DO NOTHING",
-        )?
-        .execute((
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (account_ref, kind, day) DO NOTHING RETURNING id",
+            (
             account_ref,
             kind.as_str(),
             day.to_string(),
             now.timestamp_millis(),
             serde_json::to_string(&recipients).expect("recipients serialize"),
             details.to_string(),
-        ))?;
-    if inserted == 0 {
+            ),
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(id) = inserted else {
         return Ok(None);
-    }
-    let id = tx.last_insert_rowid();
+    };
     let mut queue = tx.prepare_cached(
-        "INSERT OR IGNORE INTO notice_deliveries (notice_id, channel, address, next_attempt_ms) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO notice_deliveries (notice_id, channel, address, next_attempt_ms) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
     )?;
     if channels.webhook {
         queue.execute((id, "webhook", "", now.timestamp_millis()))?;
@@ -133,7 +135,7 @@ pub(super) fn issue_notice(
 
 const NOTICE_COLUMNS: &str = "n.id, a.id, n.kind, n.day, n.issued_at_ms, n.recipients, n.details";
 
-pub(super) fn notice_row(r: &rusqlite::Row<'_>) -> Result<Notice, StoreError> {
+pub(super) fn notice_row(r: &super::db::Row<'_>) -> Result<Notice, StoreError> {
     let kind: String = r.get(2)?;
     let day: String = r.get(3)?;
     let recipients: String = r.get(5)?;
@@ -169,7 +171,7 @@ impl Store {
         let mut rows = stmt.query((account_ref, limit as i64))?;
         let mut out = Vec::new();
         while let Some(r) = rows.next()? {
-            out.push(notice_row(r)?);
+            out.push(notice_row(&r)?);
         }
         drop(rows);
         let mut deliveries = self.conn.prepare_cached(
@@ -205,7 +207,7 @@ impl Store {
         let account_ref = self.require_account(account)?;
         let tx = self
             .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            .transaction()?;
         let id = issue_notice(&tx, account_ref, kind, day, details, now, channels)?;
         tx.commit()?;
         Ok(id)

@@ -1,7 +1,7 @@
 //! The bill outbox: every issued line waits here until the billing backend acknowledged it.
 
 use chrono::{DateTime, Utc};
-use rusqlite::OptionalExtension;
+use super::db::OptionalExtension;
 use serde::Serialize;
 use shared::bill::BillLine;
 
@@ -32,7 +32,7 @@ const FROM: &str = "FROM outbox o
      JOIN bill_lines b ON b.account_ref = o.account_ref AND b.day = o.day AND b.seq = o.seq
      JOIN accounts a ON a.ref = o.account_ref";
 
-fn delivery_row(r: &rusqlite::Row<'_>) -> Result<Delivery, StoreError> {
+fn delivery_row(r: &super::db::Row<'_>) -> Result<Delivery, StoreError> {
     Ok(Delivery {
         attempts: r.get(0)?,
         last_error: r.get(1)?,
@@ -57,7 +57,7 @@ impl Store {
         let mut rows = stmt.query((now.timestamp_millis(), limit as i64))?;
         let mut out = Vec::new();
         while let Some(r) = rows.next()? {
-            out.push(delivery_row(r)?);
+            out.push(delivery_row(&r)?);
         }
         Ok(out)
     }
@@ -76,7 +76,7 @@ impl Store {
         let mut rows = stmt.query((i64::from(undelivered_only), limit as i64))?;
         let mut out = Vec::new();
         while let Some(r) = rows.next()? {
-            out.push(delivery_row(r)?);
+            out.push(delivery_row(&r)?);
         }
         Ok(out)
     }
@@ -87,7 +87,7 @@ impl Store {
             .conn
             .query_row(
                 "SELECT min(next_attempt_ms) FROM outbox WHERE delivered_at_ms IS NULL",
-                [],
+                (),
                 |r| r.get(0),
             )
             .optional()?
@@ -140,11 +140,11 @@ impl Store {
 
     pub fn outbox_status(&self) -> Result<OutboxStatus, StoreError> {
         Ok(self.conn.query_row(
-            "SELECT coalesce(sum(delivered_at_ms IS NULL), 0),
-                    coalesce(sum(delivered_at_ms IS NULL AND attempts > 0), 0),
-                    coalesce(sum(delivered_at_ms IS NOT NULL), 0)
+            "SELECT count(*) FILTER (WHERE delivered_at_ms IS NULL),
+                    count(*) FILTER (WHERE delivered_at_ms IS NULL AND attempts > 0),
+                    count(*) FILTER (WHERE delivered_at_ms IS NOT NULL)
                FROM outbox",
-            [],
+            (),
             |r| {
                 Ok(OutboxStatus {
                     pending: r.get::<_, i64>(0)? as u64,

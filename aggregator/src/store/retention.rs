@@ -6,7 +6,7 @@
 //! `retention_days` later cannot bring pruned days back.
 
 use chrono::{DateTime, Days, NaiveDate, TimeDelta, Utc};
-use rusqlite::OptionalExtension;
+use super::db::OptionalExtension;
 use shared::zone::{next_day, BillingZone};
 
 use super::{from_ms, Store, StoreError};
@@ -95,7 +95,7 @@ impl Store {
     ) -> Result<Vec<PruneTarget>, StoreError> {
         let tx = self
             .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            .transaction()?;
         // A change recorded from now on (a backdated licence or cap) may mark
         // no day before the first one whose samples are all kept: the days
         // before it keep their bills as issued.
@@ -103,15 +103,15 @@ impl Store {
             + TimeDelta::hours(i64::from(reach_hours));
         tx.execute(
             "INSERT INTO retention (id, pruned_before_ms, recompute_floor_ms) VALUES (1, ?1, ?2)
-             ON CONFLICT (id) DO UPDATE SET pruned_before_ms = max(pruned_before_ms, excluded.pruned_before_ms),
-                                            recompute_floor_ms = max(recompute_floor_ms, excluded.recompute_floor_ms)",
+             ON CONFLICT (id) DO UPDATE SET pruned_before_ms = greatest(retention.pruned_before_ms, excluded.pruned_before_ms),
+                                            recompute_floor_ms = greatest(retention.recompute_floor_ms, excluded.recompute_floor_ms)",
             [horizon.prune_before.timestamp_millis(), floor.timestamp_millis()],
         )?;
         let reach = TimeDelta::hours(i64::from(reach_hours));
         let mut targets = Vec::new();
         {
-            let mut accounts = tx.prepare("SELECT ref, recompute_from_ms FROM accounts")?;
-            let rows = accounts.query_map([], |r| {
+            let mut accounts = tx.prepare_cached("SELECT ref, recompute_from_ms FROM accounts")?;
+            let rows = accounts.query_map((), |r| {
                 Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?))
             })?;
             for row in rows {
@@ -151,7 +151,7 @@ impl Store {
         let before_ms = target.before.timestamp_millis();
         let tx = self
             .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            .transaction()?;
         let samples = tx
             .prepare_cached(
                 "DELETE FROM samples WHERE (account_ref, at_ms, node_id, id) IN (
@@ -205,7 +205,7 @@ impl Store {
             .conn
             .query_row(
                 "SELECT pruned_before_ms FROM retention WHERE id = 1",
-                [],
+                (),
                 |r| r.get(0),
             )
             .optional()?;

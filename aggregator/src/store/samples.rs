@@ -3,7 +3,7 @@
 use rustc_hash::FxHashMap;
 
 use chrono::{DateTime, Utc};
-use rusqlite::{OptionalExtension, Transaction};
+use super::db::{Conn, OptionalExtension, Value};
 use shared::overage::NodeSample;
 use shared::sample::{validate, AgeLimits, Rejection, Unchecked};
 
@@ -90,10 +90,10 @@ impl Store {
     ) -> Result<Vec<Outcome>, StoreError> {
         let tx = self
             .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            .transaction()?;
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut next_id: i64 =
-            tx.query_row("SELECT next FROM sample_ids WHERE id = 1", [], |r| r.get(0))?;
+            tx.query_row("SELECT next FROM sample_ids WHERE id = 1", (), |r| r.get(0))?;
         // The earliest `at` accepted per account: billing recomputes from there.
         let mut earliest: FxHashMap<i64, DateTime<Utc>> = FxHashMap::default();
         {
@@ -240,7 +240,7 @@ impl Store {
 /// The account's samples with `at` in `[from_ms, to_ms)`, whenever received:
 /// a billing run counts everything stored when it takes the write lock.
 pub(super) fn samples_in(
-    conn: &rusqlite::Connection,
+    conn: &Conn,
     account_ref: i64,
     (from_ms, to_ms): (i64, i64),
 ) -> Result<Vec<NodeSample>, StoreError> {
@@ -273,7 +273,7 @@ struct Row<'a> {
 }
 
 impl Row<'_> {
-    fn params(&self) -> impl rusqlite::Params + '_ {
+    fn params(&self) -> impl super::db::Params + '_ {
         (
             self.account_ref,
             self.at_ms,
@@ -295,26 +295,26 @@ fn insert_sql(rows: usize) -> String {
     )
 }
 
-fn insert_many(tx: &Transaction<'_>, rows: &[Row<'_>]) -> Result<(), StoreError> {
-    let mut stmt = tx.prepare_cached(&insert_sql(rows.len()))?;
-    let mut i = 1;
+fn insert_many(tx: &Conn, rows: &[Row<'_>]) -> Result<(), StoreError> {
+    let mut values = Vec::with_capacity(rows.len() * 8);
     for r in rows {
-        stmt.raw_bind_parameter(i, r.account_ref)?;
-        stmt.raw_bind_parameter(i + 1, r.at_ms)?;
-        stmt.raw_bind_parameter(i + 2, r.node_id)?;
-        stmt.raw_bind_parameter(i + 3, r.id)?;
-        stmt.raw_bind_parameter(i + 4, r.cores)?;
-        stmt.raw_bind_parameter(i + 5, r.received_at_ms)?;
-        stmt.raw_bind_parameter(i + 6, r.seq)?;
-        stmt.raw_bind_parameter(i + 7, r.agent_version)?;
-        i += 8;
+        values.extend([
+            Value::Int(r.account_ref),
+            Value::Int(r.at_ms),
+            Value::Int(r.node_id),
+            Value::Int(r.id),
+            Value::Int(i64::from(r.cores)),
+            Value::Int(r.received_at_ms),
+            r.seq.map_or(Value::Null, Value::Int),
+            r.agent_version.map_or(Value::Null, Value::Text),
+        ]);
     }
-    stmt.raw_execute()?;
+    tx.execute(&insert_sql(rows.len()), values)?;
     Ok(())
 }
 
 fn node_id(
-    tx: &Transaction<'_>,
+    tx: &Conn,
     account_ref: i64,
     cluster: &str,
     name: &str,
@@ -328,9 +328,11 @@ fn node_id(
     if let Some(id) = found {
         return Ok(id);
     }
-    tx.prepare_cached("INSERT INTO nodes (account_ref, cluster, name) VALUES (?1, ?2, ?3)")?
-        .execute((account_ref, cluster, name))?;
-    Ok(tx.last_insert_rowid())
+    Ok(tx.query_row(
+        "INSERT INTO nodes (account_ref, cluster, name) VALUES (?1, ?2, ?3) RETURNING id",
+        (account_ref, cluster, name),
+        |r| r.get(0),
+    )?)
 }
 
 /// A stored sample as the audit trail shows it.

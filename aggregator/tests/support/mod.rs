@@ -1,14 +1,20 @@
 //! `spawn_app`: the real service on 127.0.0.1:0 with a temp SQLite file and a manual clock, driven over HTTP; and a test webhook.
+//!
+//! The same tests run on PostgreSQL when `CORE_METER_TEST_POSTGRES` names a
+//! server (`postgres://user@host:port`, as `.ci/run` starts): each test
+//! database path then stands for a fresh PostgreSQL database of its own.
 
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aggregator::config::{Config, WebhookConfig};
 use aggregator::startup::{Application, Timing};
+use aggregator::store::{Database, Durability, Store, StoreError};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use shared::clock::ManualClock;
@@ -19,7 +25,7 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub clock: Arc<ManualClock>,
     pub client: reqwest::Client,
-    pub database: PathBuf,
+    pub database: Database,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -30,10 +36,89 @@ pub fn local(wall: &str) -> DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
+/// The PostgreSQL server the suites run against, if any.
+pub fn postgres_server() -> Option<String> {
+    std::env::var("CORE_METER_TEST_POSTGRES")
+        .ok()
+        .filter(|u| !u.is_empty())
+}
+
+/// The database a test's file path stands for: the file itself, or (on
+/// PostgreSQL) a database of its own, created the first time the path is
+/// seen and the same one every time after (a restarted service finds its data).
+pub fn database(path: &Path) -> Database {
+    static CREATED: Mutex<Option<HashMap<PathBuf, Database>>> = Mutex::new(None);
+    let Some(server) = postgres_server() else {
+        return Database::Sqlite(path.to_path_buf());
+    };
+    let mut created = CREATED.lock().unwrap();
+    let created = created.get_or_insert_with(HashMap::new);
+    if let Some(db) = created.get(path) {
+        return db.clone();
+    }
+    let name = format!(
+        "t{}_{}_{}",
+        std::process::id(),
+        created.len(),
+        fastrand::u32(..)
+    );
+    off_runtime(|| {
+        let mut admin = postgres::Client::connect(&format!("{server}/postgres"), postgres::NoTls)
+            .expect("connect to the test PostgreSQL server");
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .expect("create a test database");
+    });
+    let db = Database::Postgres(format!("{server}/{name}"));
+    created.insert(path.to_path_buf(), db.clone());
+    db
+}
+
+/// The store a test's file path stands for (see [`database`]).
+pub fn open_store(path: &Path, durability: Durability) -> Result<Store, StoreError> {
+    let database = database(path);
+    off_runtime(|| Store::connect(&database, durability))
+}
+
+/// True (and says so) when the suite runs on PostgreSQL: for the few tests
+/// of what only SQLite has (its write lock, its file on a small disk).
+pub fn skipped_on_postgres(what: &str) -> bool {
+    let skip = postgres_server().is_some();
+    if skip {
+        eprintln!("skipped on PostgreSQL: {what}");
+    }
+    skip
+}
+
+/// Runs one statement on the database a test path stands for, behind the
+/// store's back (a test that plants what the store would never write).
+pub fn execute_behind_the_store(path: &Path, sql: &str) {
+    match database(path) {
+        Database::Sqlite(file) => {
+            rusqlite::Connection::open(file)
+                .unwrap()
+                .execute_batch(sql)
+                .unwrap();
+        }
+        Database::Postgres(url) => off_runtime(|| {
+            postgres::Client::connect(&url, postgres::NoTls)
+                .unwrap()
+                .batch_execute(sql)
+                .unwrap();
+        }),
+    }
+}
+
+/// Runs `work` on a thread of its own: PostgreSQL's blocking client must not
+/// run on a thread that drives async tasks (as a `#[tokio::test]`'s does).
+pub fn off_runtime<T: Send>(work: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| s.spawn(work).join().unwrap())
+}
+
 pub fn config(database: PathBuf, webhook: Option<String>) -> Config {
     let mut c = Config::load(&Default::default(), &|_| None).unwrap();
     c.listen = "127.0.0.1:0".parse().unwrap();
-    c.database = database;
+    c.database = self::database(&database);
     c.admin_token = Some(ADMIN.to_string());
     c.webhook = webhook.map(|url| WebhookConfig {
         url,

@@ -1,0 +1,929 @@
+//! One connection to either database: SQLite (the embedded default) or
+//! PostgreSQL (several replicas). The store's SQL is written once, in the
+//! dialect both understand (`ON CONFLICT`, `RETURNING`, `greatest`/`least`,
+//! `CAST(... AS BIGINT)`), with `?N` placeholders that become `$N` for
+//! PostgreSQL. Values cross as [`Value`] and come back through
+//! [`FromColumn`], so the store never names a driver type.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt;
+use std::ops::Deref;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use postgres::types::{IsNull, ToSql as PgToSql, Type};
+use rusqlite::types::{ToSqlOutput, ValueRef};
+
+/// PostgreSQL's advisory lock key that every write transaction takes ("corewrit").
+pub const WRITE_LOCK: i64 = 0x636f_7265_7772_6974;
+
+/// Which database a connection talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("{0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("{}", pg_message(.0))]
+    Postgres(#[from] postgres::Error),
+    #[error("query returned no rows")]
+    NoRows,
+    #[error("column {column}: {message}")]
+    Conversion { column: usize, message: String },
+}
+
+/// PostgreSQL's own message and detail, not the driver's "db error".
+fn pg_message(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(detail) => format!("{} ({detail})", db.message()),
+            None => db.message().to_string(),
+        },
+        None => e.to_string(),
+    }
+}
+
+impl DbError {
+    /// A unique key or primary key refused the write.
+    pub fn is_unique_violation(&self) -> bool {
+        match self {
+            DbError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => {
+                e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                    || e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+            }
+            DbError::Postgres(e) => e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION),
+            _ => false,
+        }
+    }
+
+    /// PostgreSQL's SQLSTATE, if this is its error.
+    pub fn sql_state(&self) -> Option<&str> {
+        match self {
+            DbError::Postgres(e) => e.code().map(|c| c.code()),
+            _ => None,
+        }
+    }
+}
+
+/// Turns "no row" into `None`, as `rusqlite::OptionalExtension` does.
+pub trait OptionalExtension<T> {
+    fn optional(self) -> Result<Option<T>, DbError>;
+}
+
+impl<T> OptionalExtension<T> for Result<T, DbError> {
+    fn optional(self) -> Result<Option<T>, DbError> {
+        match self {
+            Ok(v) => Ok(Some(v)),
+            Err(DbError::NoRows) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A parameter as both drivers take it.
+#[derive(Debug, Clone, Copy)]
+pub enum Value<'a> {
+    Null,
+    Int(i64),
+    Text(&'a str),
+    Blob(&'a [u8]),
+}
+
+/// What can be bound to a placeholder.
+pub trait ToParam {
+    fn to_param(&self) -> Value<'_>;
+}
+
+macro_rules! int_param {
+    ($($t:ty),*) => {$(
+        impl ToParam for $t {
+            fn to_param(&self) -> Value<'_> {
+                Value::Int(i64::try_from(*self).expect("stored integers fit in 64 bits"))
+            }
+        }
+    )*};
+}
+int_param!(i64, i32, u32, u16, u8, u64, usize);
+
+impl ToParam for bool {
+    fn to_param(&self) -> Value<'_> {
+        Value::Int(i64::from(*self))
+    }
+}
+impl ToParam for str {
+    fn to_param(&self) -> Value<'_> {
+        Value::Text(self)
+    }
+}
+impl ToParam for String {
+    fn to_param(&self) -> Value<'_> {
+        Value::Text(self)
+    }
+}
+impl ToParam for [u8] {
+    fn to_param(&self) -> Value<'_> {
+        Value::Blob(self)
+    }
+}
+impl ToParam for Vec<u8> {
+    fn to_param(&self) -> Value<'_> {
+        Value::Blob(self)
+    }
+}
+impl<const N: usize> ToParam for [u8; N] {
+    fn to_param(&self) -> Value<'_> {
+        Value::Blob(self)
+    }
+}
+impl<T: ToParam + ?Sized> ToParam for &T {
+    fn to_param(&self) -> Value<'_> {
+        (**self).to_param()
+    }
+}
+impl<T: ToParam> ToParam for Option<T> {
+    fn to_param(&self) -> Value<'_> {
+        match self {
+            Some(v) => v.to_param(),
+            None => Value::Null,
+        }
+    }
+}
+impl ToParam for Value<'_> {
+    fn to_param(&self) -> Value<'_> {
+        *self
+    }
+}
+
+/// A statement's parameters: `()`, an array, a tuple or `params![...]`.
+pub trait Params {
+    fn values(&self) -> Vec<Value<'_>>;
+}
+
+impl Params for () {
+    fn values(&self) -> Vec<Value<'_>> {
+        Vec::new()
+    }
+}
+impl<T: ToParam, const N: usize> Params for [T; N] {
+    fn values(&self) -> Vec<Value<'_>> {
+        self.iter().map(ToParam::to_param).collect()
+    }
+}
+impl Params for &[&dyn ToParam] {
+    fn values(&self) -> Vec<Value<'_>> {
+        self.iter().map(|p| p.to_param()).collect()
+    }
+}
+impl Params for Vec<Value<'_>> {
+    fn values(&self) -> Vec<Value<'_>> {
+        self.clone()
+    }
+}
+
+macro_rules! tuple_params {
+    ($($n:tt $t:ident),+) => {
+        impl<$($t: ToParam),+> Params for ($($t,)+) {
+            fn values(&self) -> Vec<Value<'_>> {
+                vec![$(self.$n.to_param()),+]
+            }
+        }
+    };
+}
+tuple_params!(0 A);
+tuple_params!(0 A, 1 B);
+tuple_params!(0 A, 1 B, 2 C);
+tuple_params!(0 A, 1 B, 2 C, 3 D);
+tuple_params!(0 A, 1 B, 2 C, 3 D, 4 E);
+tuple_params!(0 A, 1 B, 2 C, 3 D, 4 E, 5 F);
+tuple_params!(0 A, 1 B, 2 C, 3 D, 4 E, 5 F, 6 G);
+tuple_params!(0 A, 1 B, 2 C, 3 D, 4 E, 5 F, 6 G, 7 H);
+tuple_params!(0 A, 1 B, 2 C, 3 D, 4 E, 5 F, 6 G, 7 H, 8 I);
+tuple_params!(0 A, 1 B, 2 C, 3 D, 4 E, 5 F, 6 G, 7 H, 8 I, 9 J);
+tuple_params!(0 A, 1 B, 2 C, 3 D, 4 E, 5 F, 6 G, 7 H, 8 I, 9 J, 10 K);
+tuple_params!(0 A, 1 B, 2 C, 3 D, 4 E, 5 F, 6 G, 7 H, 8 I, 9 J, 10 K, 11 L);
+
+/// `params![a, b, ...]`: parameters of mixed types.
+#[macro_export]
+macro_rules! params {
+    () => { () };
+    ($($p:expr),+ $(,)?) => {
+        &[$(&$p as &dyn $crate::store::db::ToParam),+] as &[&dyn $crate::store::db::ToParam]
+    };
+}
+
+impl rusqlite::ToSql for Value<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(match *self {
+            Value::Null => ValueRef::Null,
+            Value::Int(i) => ValueRef::Integer(i),
+            Value::Text(s) => ValueRef::Text(s.as_bytes()),
+            Value::Blob(b) => ValueRef::Blob(b),
+        }))
+    }
+}
+
+impl PgToSql for Value<'_> {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut postgres::types::private::BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match *self {
+            Value::Null => Ok(IsNull::Yes),
+            Value::Int(i) => match *ty {
+                Type::INT8 => i.to_sql(ty, out),
+                Type::INT4 => i32::try_from(i)?.to_sql(ty, out),
+                Type::INT2 => i16::try_from(i)?.to_sql(ty, out),
+                Type::BOOL => (i != 0).to_sql(ty, out),
+                Type::TEXT | Type::VARCHAR => i.to_string().as_str().to_sql(ty, out),
+                _ => Err(format!("an integer cannot be bound to a {ty} parameter").into()),
+            },
+            Value::Text(s) => s.to_sql(ty, out),
+            Value::Blob(b) => b.to_sql(ty, out),
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    postgres::types::to_sql_checked!();
+}
+
+/// One column's value as read.
+#[derive(Debug, Clone, Copy)]
+pub enum Cell<'a> {
+    Null,
+    Int(i64),
+    Real(f64),
+    Text(&'a str),
+    Blob(&'a [u8]),
+}
+
+/// What a column can be read as.
+pub trait FromColumn: Sized {
+    fn from_cell(cell: Cell<'_>) -> Result<Self, String>;
+}
+
+macro_rules! int_column {
+    ($($t:ty),*) => {$(
+        impl FromColumn for $t {
+            fn from_cell(cell: Cell<'_>) -> Result<Self, String> {
+                match cell {
+                    Cell::Int(i) => <$t>::try_from(i).map_err(|_| format!("{i} does not fit in {}", stringify!($t))),
+                    other => Err(format!("expected an integer, found {other:?}")),
+                }
+            }
+        }
+    )*};
+}
+int_column!(i64, i32, u32, u16, u8, u64, usize);
+
+impl FromColumn for bool {
+    fn from_cell(cell: Cell<'_>) -> Result<Self, String> {
+        match cell {
+            Cell::Int(i) => Ok(i != 0),
+            other => Err(format!("expected a boolean, found {other:?}")),
+        }
+    }
+}
+impl FromColumn for String {
+    fn from_cell(cell: Cell<'_>) -> Result<Self, String> {
+        match cell {
+            Cell::Text(s) => Ok(s.to_string()),
+            other => Err(format!("expected text, found {other:?}")),
+        }
+    }
+}
+impl FromColumn for Vec<u8> {
+    fn from_cell(cell: Cell<'_>) -> Result<Self, String> {
+        match cell {
+            Cell::Blob(b) => Ok(b.to_vec()),
+            other => Err(format!("expected bytes, found {other:?}")),
+        }
+    }
+}
+impl<T: FromColumn> FromColumn for Option<T> {
+    fn from_cell(cell: Cell<'_>) -> Result<Self, String> {
+        match cell {
+            Cell::Null => Ok(None),
+            other => T::from_cell(other).map(Some),
+        }
+    }
+}
+
+/// A column position, as rusqlite's `get` takes it.
+pub trait ColumnIndex {
+    fn index(&self) -> usize;
+}
+impl ColumnIndex for usize {
+    fn index(&self) -> usize {
+        *self
+    }
+}
+
+/// One result row of either driver.
+pub enum Row<'a> {
+    Sqlite(&'a rusqlite::Row<'a>),
+    Postgres(&'a postgres::Row),
+    Owned(&'a [Owned]),
+}
+
+/// A SQLite value copied out of its statement.
+#[derive(Debug, Clone)]
+pub enum Owned {
+    Null,
+    Int(i64),
+    Real(f64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+enum RowData {
+    Sqlite(Vec<Owned>),
+    Postgres(postgres::Row),
+}
+
+/// Rows read in full, walked as rusqlite's `Rows` are.
+pub struct Rows {
+    rows: std::vec::IntoIter<RowData>,
+    current: Option<RowData>,
+}
+
+impl Rows {
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> Result<Option<Row<'_>>, DbError> {
+        self.current = self.rows.next();
+        Ok(self.current.as_ref().map(|d| match d {
+            RowData::Sqlite(values) => Row::Owned(values),
+            RowData::Postgres(r) => Row::Postgres(r),
+        }))
+    }
+}
+
+impl Row<'_> {
+    pub fn get<I: ColumnIndex, T: FromColumn>(&self, idx: I) -> Result<T, DbError> {
+        let column = idx.index();
+        let cell = self.cell(column)?;
+        T::from_cell(cell).map_err(|message| DbError::Conversion { column, message })
+    }
+
+    fn cell(&self, column: usize) -> Result<Cell<'_>, DbError> {
+        match self {
+            Row::Sqlite(r) => Ok(match r.get_ref(column)? {
+                ValueRef::Null => Cell::Null,
+                ValueRef::Integer(i) => Cell::Int(i),
+                ValueRef::Real(f) => Cell::Real(f),
+                ValueRef::Text(t) => {
+                    Cell::Text(std::str::from_utf8(t).map_err(|e| DbError::Conversion {
+                        column,
+                        message: e.to_string(),
+                    })?)
+                }
+                ValueRef::Blob(b) => Cell::Blob(b),
+            }),
+            Row::Owned(values) => Ok(
+                match values.get(column).ok_or_else(|| DbError::Conversion {
+                    column,
+                    message: "no such column".into(),
+                })? {
+                    Owned::Null => Cell::Null,
+                    Owned::Int(i) => Cell::Int(*i),
+                    Owned::Real(f) => Cell::Real(*f),
+                    Owned::Text(t) => Cell::Text(t),
+                    Owned::Blob(b) => Cell::Blob(b),
+                },
+            ),
+            Row::Postgres(r) => {
+                let ty = r
+                    .columns()
+                    .get(column)
+                    .ok_or_else(|| DbError::Conversion {
+                        column,
+                        message: "no such column".into(),
+                    })?
+                    .type_()
+                    .clone();
+                let cell = match ty {
+                    Type::INT8 => r.try_get::<_, Option<i64>>(column)?.map(Cell::Int),
+                    Type::INT4 => r
+                        .try_get::<_, Option<i32>>(column)?
+                        .map(|i| Cell::Int(i.into())),
+                    Type::INT2 => r
+                        .try_get::<_, Option<i16>>(column)?
+                        .map(|i| Cell::Int(i.into())),
+                    Type::BOOL => r
+                        .try_get::<_, Option<bool>>(column)?
+                        .map(|b| Cell::Int(b.into())),
+                    Type::FLOAT8 => r.try_get::<_, Option<f64>>(column)?.map(Cell::Real),
+                    Type::TEXT | Type::VARCHAR | Type::NAME | Type::BPCHAR => {
+                        r.try_get::<_, Option<&str>>(column)?.map(Cell::Text)
+                    }
+                    Type::BYTEA => r.try_get::<_, Option<&[u8]>>(column)?.map(Cell::Blob),
+                    other => {
+                        return Err(DbError::Conversion {
+                            column,
+                            message: format!("columns of type {other} are not read by the store"),
+                        })
+                    }
+                };
+                Ok(cell.unwrap_or(Cell::Null))
+            }
+        }
+    }
+}
+
+/// A PostgreSQL connection with its prepared statements.
+pub struct PgConn {
+    /// Always `Some` but while dropped (see `Drop`).
+    client: RefCell<Option<postgres::Client>>,
+    in_transaction: std::cell::Cell<bool>,
+    statements: RefCell<HashMap<String, postgres::Statement>>,
+}
+
+impl Drop for PgConn {
+    /// The client closes its connection by blocking on its own runtime,
+    /// which panics on a thread that drives async tasks: close it on a
+    /// thread of its own.
+    fn drop(&mut self) {
+        if let Some(client) = self.client.get_mut().take() {
+            let closing = std::thread::spawn(move || drop(client));
+            let _ = closing.join();
+        }
+    }
+}
+
+impl PgConn {
+    fn client(&self) -> std::cell::RefMut<'_, postgres::Client> {
+        std::cell::RefMut::map(self.client.borrow_mut(), |c| {
+            c.as_mut().expect("the client is only taken when dropped")
+        })
+    }
+
+    fn statement(&self, sql: &str) -> Result<postgres::Statement, DbError> {
+        if let Some(s) = self.statements.borrow().get(sql) {
+            return Ok(s.clone());
+        }
+        let prepared = self.client().prepare(&numbered(sql)).inspect_err(|e| {
+            if std::env::var_os("CORE_METER_DEBUG_INTERNAL").is_some() {
+                eprintln!("PREPARE {e:?}: {sql}");
+            }
+        })?;
+        let mut cache = self.statements.borrow_mut();
+        // Statements built from a varying text (a batch's row count) must not grow it forever.
+        if cache.len() >= 512 {
+            cache.clear();
+        }
+        cache.insert(sql.to_string(), prepared.clone());
+        Ok(prepared)
+    }
+}
+
+/// `?N` and bare `?` placeholders as PostgreSQL's `$N`; quoted text is left alone.
+pub fn numbered(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut chars = sql.chars().peekable();
+    let mut quoted = false;
+    let mut next = 1;
+    while let Some(c) = chars.next() {
+        if c == '\'' {
+            quoted = !quoted;
+            out.push(c);
+        } else if c == '?' && !quoted {
+            let mut digits = String::new();
+            while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+                digits.push(*d);
+                chars.next();
+            }
+            if digits.is_empty() {
+                out.push_str(&format!("${next}"));
+                next += 1;
+            } else {
+                out.push('$');
+                out.push_str(&digits);
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A connection to either database.
+pub enum Conn {
+    Sqlite(rusqlite::Connection),
+    Postgres(Box<PgConn>),
+}
+
+impl fmt::Debug for Conn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Conn({:?})", self.dialect())
+    }
+}
+
+impl Conn {
+    /// A SQLite connection, with `greatest` and `least` as PostgreSQL has them.
+    pub fn sqlite(conn: rusqlite::Connection) -> Result<Conn, DbError> {
+        use rusqlite::functions::FunctionFlags;
+        let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
+        for (name, pick_greater) in [("greatest", true), ("least", false)] {
+            conn.create_scalar_function(name, -1, flags, move |ctx| {
+                // NULLs are ignored, as in PostgreSQL; all NULL gives NULL.
+                let mut best: Option<i64> = None;
+                for i in 0..ctx.len() {
+                    if let Some(v) = ctx.get::<Option<i64>>(i)? {
+                        best = Some(match best {
+                            Some(b) if (v > b) == pick_greater => v,
+                            Some(b) => b,
+                            None => v,
+                        });
+                    }
+                }
+                Ok(best)
+            })?;
+        }
+        conn.set_prepared_statement_cache_capacity(128);
+        Ok(Conn::Sqlite(conn))
+    }
+
+    pub fn postgres(url: &str) -> Result<Conn, DbError> {
+        let client = postgres::Client::connect(url, postgres::NoTls)?;
+        Ok(Conn::Postgres(Box::new(PgConn {
+            client: RefCell::new(Some(client)),
+            in_transaction: std::cell::Cell::new(false),
+            statements: RefCell::new(HashMap::new()),
+        })))
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        match self {
+            Conn::Sqlite(_) => Dialect::Sqlite,
+            Conn::Postgres(_) => Dialect::Postgres,
+        }
+    }
+
+    /// The SQLite connection, for what only SQLite has (pragmas).
+    pub fn as_sqlite(&self) -> Option<&rusqlite::Connection> {
+        match self {
+            Conn::Sqlite(c) => Some(c),
+            Conn::Postgres(_) => None,
+        }
+    }
+
+    /// Runs one statement; returns the rows it changed.
+    pub fn execute(&self, sql: &str, params: impl Params) -> Result<usize, DbError> {
+        let values = params.values();
+        match self {
+            Conn::Sqlite(c) => Ok(c
+                .prepare_cached(sql)?
+                .execute(rusqlite::params_from_iter(values.iter()))?),
+            Conn::Postgres(pg) => {
+                let stmt = pg.statement(sql)?;
+                let refs: Vec<&(dyn PgToSql + Sync)> =
+                    values.iter().map(|v| v as &(dyn PgToSql + Sync)).collect();
+                let n = pg.client().execute(&stmt, &refs)?;
+                Ok(usize::try_from(n).unwrap_or(usize::MAX))
+            }
+        }
+    }
+
+    /// Every row, each through `f`, in order.
+    pub fn query_map<T>(
+        &self,
+        sql: &str,
+        params: impl Params,
+        mut f: impl FnMut(&Row<'_>) -> Result<T, DbError>,
+    ) -> Result<std::vec::IntoIter<Result<T, DbError>>, DbError> {
+        let values = params.values();
+        let mut out = Vec::new();
+        match self {
+            Conn::Sqlite(c) => {
+                let mut stmt = c.prepare_cached(sql)?;
+                let mut rows = stmt.query(rusqlite::params_from_iter(values.iter()))?;
+                while let Some(r) = rows.next()? {
+                    out.push(f(&Row::Sqlite(r)));
+                }
+            }
+            Conn::Postgres(pg) => {
+                let stmt = pg.statement(sql)?;
+                let refs: Vec<&(dyn PgToSql + Sync)> =
+                    values.iter().map(|v| v as &(dyn PgToSql + Sync)).collect();
+                for r in pg.client().query(&stmt, &refs)? {
+                    out.push(f(&Row::Postgres(&r)));
+                }
+            }
+        }
+        Ok(out.into_iter())
+    }
+
+    /// Every row, read in full.
+    pub fn query(&self, sql: &str, params: impl Params) -> Result<Rows, DbError> {
+        let values = params.values();
+        let data = match self {
+            Conn::Sqlite(c) => {
+                let mut stmt = c.prepare_cached(sql)?;
+                let columns = stmt.column_count();
+                let mut rows = stmt.query(rusqlite::params_from_iter(values.iter()))?;
+                let mut out = Vec::new();
+                while let Some(r) = rows.next()? {
+                    let mut row = Vec::with_capacity(columns);
+                    for i in 0..columns {
+                        row.push(match r.get_ref(i)? {
+                            ValueRef::Null => Owned::Null,
+                            ValueRef::Integer(v) => Owned::Int(v),
+                            ValueRef::Real(v) => Owned::Real(v),
+                            ValueRef::Text(t) => {
+                                Owned::Text(String::from_utf8_lossy(t).into_owned())
+                            }
+                            ValueRef::Blob(b) => Owned::Blob(b.to_vec()),
+                        });
+                    }
+                    out.push(RowData::Sqlite(row));
+                }
+                out
+            }
+            Conn::Postgres(pg) => {
+                let stmt = pg.statement(sql)?;
+                let refs: Vec<&(dyn PgToSql + Sync)> =
+                    values.iter().map(|v| v as &(dyn PgToSql + Sync)).collect();
+                pg.client()
+                    .query(&stmt, &refs)?
+                    .into_iter()
+                    .map(RowData::Postgres)
+                    .collect()
+            }
+        };
+        Ok(Rows {
+            rows: data.into_iter(),
+            current: None,
+        })
+    }
+
+    /// Whether no transaction is open on this connection.
+    pub fn is_autocommit(&self) -> bool {
+        match self {
+            Conn::Sqlite(c) => c.is_autocommit(),
+            Conn::Postgres(pg) => !pg.in_transaction.get(),
+        }
+    }
+
+    /// Opens a write transaction by hand; [`Conn::commit`] or
+    /// [`Conn::rollback`] ends it. Prefer [`Conn::transaction`].
+    ///
+    /// It takes the database's one write lock at once: SQLite's own
+    /// (`BEGIN IMMEDIATE`), or on PostgreSQL the transaction-scoped advisory
+    /// lock [`WRITE_LOCK`], which every replica's write transactions share.
+    /// So write transactions run one at a time on either database, and what
+    /// the store relies on (a day's lines read and written by one writer, a
+    /// balance read and debited, an account stepped once per run) holds
+    /// across replicas. Statements outside a transaction, reads and single
+    /// atomic updates, do not wait for it.
+    pub fn begin(&self) -> Result<(), DbError> {
+        match self.dialect() {
+            Dialect::Sqlite => self.execute_batch("BEGIN IMMEDIATE")?,
+            Dialect::Postgres => {
+                self.execute_batch("BEGIN")?;
+                self.set_in_transaction(true);
+                if let Err(e) = self.query_row(
+                    "SELECT pg_advisory_xact_lock(?1)::TEXT",
+                    [WRITE_LOCK],
+                    |_| Ok(()),
+                ) {
+                    let _ = self.rollback();
+                    return Err(e);
+                }
+            }
+        }
+        self.set_in_transaction(true);
+        Ok(())
+    }
+
+    pub fn commit(&self) -> Result<(), DbError> {
+        self.execute_batch("COMMIT")?;
+        self.set_in_transaction(false);
+        Ok(())
+    }
+
+    pub fn rollback(&self) -> Result<(), DbError> {
+        let rolled = self.execute_batch("ROLLBACK");
+        self.set_in_transaction(false);
+        rolled
+    }
+
+    fn set_in_transaction(&self, open: bool) {
+        if let Conn::Postgres(pg) = self {
+            pg.in_transaction.set(open);
+        }
+    }
+
+    /// The first row through `f`; [`DbError::NoRows`] when there is none.
+    pub fn query_row<T>(
+        &self,
+        sql: &str,
+        params: impl Params,
+        f: impl FnOnce(&Row<'_>) -> Result<T, DbError>,
+    ) -> Result<T, DbError> {
+        let values = params.values();
+        match self {
+            Conn::Sqlite(c) => {
+                let mut stmt = c.prepare_cached(sql)?;
+                let mut rows = stmt.query(rusqlite::params_from_iter(values.iter()))?;
+                match rows.next()? {
+                    Some(r) => f(&Row::Sqlite(r)),
+                    None => Err(DbError::NoRows),
+                }
+            }
+            Conn::Postgres(pg) => {
+                let stmt = pg.statement(sql)?;
+                let refs: Vec<&(dyn PgToSql + Sync)> =
+                    values.iter().map(|v| v as &(dyn PgToSql + Sync)).collect();
+                match pg.client().query_opt(&stmt, &refs)? {
+                    Some(r) => f(&Row::Postgres(&r)),
+                    None => Err(DbError::NoRows),
+                }
+            }
+        }
+    }
+
+    /// A statement to run (cached by its text), as `rusqlite`'s `prepare_cached`.
+    pub fn prepare_cached(&self, sql: &str) -> Result<Stmt<'_>, DbError> {
+        Ok(Stmt {
+            conn: self,
+            sql: sql.to_string(),
+        })
+    }
+
+    /// Several statements without parameters.
+    pub fn execute_batch(&self, sql: &str) -> Result<(), DbError> {
+        match self {
+            Conn::Sqlite(c) => Ok(c.execute_batch(sql)?),
+            Conn::Postgres(pg) => Ok(pg.client().batch_execute(sql)?),
+        }
+    }
+
+    /// A transaction that is rolled back unless committed. SQLite's takes
+    /// the write lock at once, so that a read-then-write never has to retry.
+    pub fn transaction(&mut self) -> Result<Tx<'_>, DbError> {
+        self.begin()?;
+        Ok(Tx {
+            conn: self,
+            done: false,
+        })
+    }
+
+    /// Tries PostgreSQL's session advisory lock `key` without waiting; true
+    /// when this connection holds it. Always true on SQLite (one process).
+    pub fn try_session_lock(&self, key: i64) -> Result<bool, DbError> {
+        match self.dialect() {
+            Dialect::Sqlite => Ok(true),
+            Dialect::Postgres => {
+                self.query_row("SELECT pg_try_advisory_lock(?1)", [key], |r| r.get(0))
+            }
+        }
+    }
+
+    pub fn session_unlock(&self, key: i64) -> Result<(), DbError> {
+        if self.dialect() == Dialect::Postgres {
+            self.query_row("SELECT pg_advisory_unlock(?1)", [key], |_| Ok(()))?;
+        }
+        Ok(())
+    }
+}
+
+/// A prepared statement's text on its connection.
+pub struct Stmt<'c> {
+    conn: &'c Conn,
+    sql: String,
+}
+
+impl Stmt<'_> {
+    pub fn execute(&mut self, params: impl Params) -> Result<usize, DbError> {
+        self.conn.execute(&self.sql, params)
+    }
+
+    pub fn query_row<T>(
+        &mut self,
+        params: impl Params,
+        f: impl FnOnce(&Row<'_>) -> Result<T, DbError>,
+    ) -> Result<T, DbError> {
+        self.conn.query_row(&self.sql, params, f)
+    }
+
+    pub fn query(&mut self, params: impl Params) -> Result<Rows, DbError> {
+        self.conn.query(&self.sql, params)
+    }
+
+    pub fn query_map<T>(
+        &mut self,
+        params: impl Params,
+        f: impl FnMut(&Row<'_>) -> Result<T, DbError>,
+    ) -> Result<std::vec::IntoIter<Result<T, DbError>>, DbError> {
+        self.conn.query_map(&self.sql, params, f)
+    }
+}
+
+/// An open transaction; dropping it uncommitted rolls it back.
+pub struct Tx<'c> {
+    conn: &'c mut Conn,
+    done: bool,
+}
+
+impl Deref for Tx<'_> {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
+        self.conn
+    }
+}
+
+impl Tx<'_> {
+    pub fn commit(mut self) -> Result<(), DbError> {
+        self.conn.commit()?;
+        self.done = true;
+        Ok(())
+    }
+
+    /// A savepoint inside this transaction; dropping it unreleased undoes
+    /// what was done since, and the transaction goes on.
+    pub fn savepoint(&self) -> Result<Savepoint<'_>, DbError> {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let name = format!("sp{}", NEXT.fetch_add(1, Ordering::Relaxed));
+        self.conn.execute_batch(&format!("SAVEPOINT {name}"))?;
+        Ok(Savepoint {
+            conn: self.conn,
+            name,
+            done: false,
+        })
+    }
+}
+
+impl Drop for Tx<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.conn.rollback();
+        }
+    }
+}
+
+pub struct Savepoint<'c> {
+    conn: &'c Conn,
+    name: String,
+    done: bool,
+}
+
+impl Deref for Savepoint<'_> {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
+        self.conn
+    }
+}
+
+impl Savepoint<'_> {
+    pub fn commit(mut self) -> Result<(), DbError> {
+        self.conn
+            .execute_batch(&format!("RELEASE SAVEPOINT {}", self.name))?;
+        self.done = true;
+        Ok(())
+    }
+}
+
+impl Drop for Savepoint<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.conn.execute_batch(&format!(
+                "ROLLBACK TO SAVEPOINT {0}; RELEASE SAVEPOINT {0}",
+                self.name
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_become_numbered_outside_quotes() {
+        assert_eq!(
+            numbered("SELECT ?, ? FROM t WHERE a = '?'"),
+            "SELECT $1, $2 FROM t WHERE a = '?'"
+        );
+        assert_eq!(numbered("b = ?12 AND c = ?3"), "b = $12 AND c = $3");
+    }
+
+    #[test]
+    fn sqlite_has_greatest_and_least_that_skip_nulls() {
+        let conn = Conn::sqlite(rusqlite::Connection::open_in_memory().unwrap()).unwrap();
+        let got: (i64, i64, Option<i64>) = conn
+            .query_row(
+                "SELECT greatest(3, NULL, 7), least(?1, 2), greatest(NULL, NULL)",
+                [5],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(got, (7, 2, None));
+    }
+}
