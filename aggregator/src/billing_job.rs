@@ -14,7 +14,7 @@ pub const DEFAULT_POLL: Duration = Duration::from_secs(30);
 
 pub async fn run(state: State, poll: Duration, mut stop: watch::Receiver<bool>) {
     // Days missed while the service was down are billed now.
-    run_once(&state).await;
+    lead_run(&state).await;
     let zone = state.config.billing.zone;
     loop {
         let now = state.clock.now();
@@ -26,9 +26,45 @@ pub async fn run(state: State, poll: Duration, mut stop: watch::Receiver<bool>) 
             _ = tokio::time::sleep(nap) => {}
             _ = stop.changed() => return,
         }
-        if state.clock.now() >= next {
-            run_once(&state).await;
+        if state.clock.now() >= next || run_unfinished(&state).await {
+            lead_run(&state).await;
         }
+    }
+}
+
+/// Whether the last 02:00 passed without a run finishing after it: another
+/// replica was running it and died, or this one could not run it.
+async fn run_unfinished(state: &State) -> bool {
+    let zone = state.config.billing.zone;
+    let last_due = zone.due_at(zone.last_due_day(state.clock.now()));
+    match blocking(&state.reader, |s| s.last_billing_run()).await {
+        Ok(last) => last.is_none_or(|l| l < last_due),
+        Err(_) => false,
+    }
+}
+
+/// Runs billing, the lifecycle and retention if this replica leads: one
+/// replica at a time does (PostgreSQL's session advisory lock, released when
+/// the run ends or its connection dies). The others skip, and look again at
+/// their next poll in case the leader died before finishing. Correctness
+/// does not rest on the lead: a day's lines are written under the write
+/// lock and keyed (account, day, seq), so two runs never issue a line twice;
+/// the lead only saves the others the work.
+async fn lead_run(state: &State) {
+    match blocking(&state.store, |s| s.try_lead_billing()).await {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::debug!("another replica is running billing");
+            return;
+        }
+        Err(e) => {
+            tracing::error!(error = %e.message, "cannot take the billing lead; retried at the next poll");
+            return;
+        }
+    }
+    run_once(state).await;
+    if let Err(e) = blocking(&state.store, |s| s.end_billing_lead()).await {
+        tracing::error!(error = %e.message, "cannot hand back the billing lead");
     }
 }
 

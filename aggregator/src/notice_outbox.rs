@@ -61,6 +61,14 @@ enum Sender {
 }
 
 impl Sender {
+    /// The longest one delivery may take.
+    fn timeout(&self) -> Duration {
+        match self {
+            Sender::Webhook { config, .. } => config.timeout,
+            Sender::Email { config, .. } => config.timeout,
+        }
+    }
+
     fn webhook(config: WebhookConfig) -> Option<Sender> {
         let client = reqwest::Client::builder()
             .timeout(config.timeout)
@@ -170,10 +178,13 @@ async fn deliver_channel(
     mut stop: watch::Receiver<bool>,
 ) {
     let channel = sender.channel();
+    // A claim outlasts the delivery: no other replica sends the row meanwhile.
+    let lease = TimeDelta::from_std(sender.timeout()).unwrap_or(TimeDelta::MAX)
+        + crate::outbox::CLAIM_MARGIN;
     loop {
         let now = state.clock.now();
-        let due = match blocking(&state.reader, move |s| {
-            s.due_notice_deliveries(now, channel, BATCH)
+        let due = match blocking(&state.store, move |s| {
+            s.claim_notice_deliveries(now, channel, BATCH, now + lease)
         })
         .await
         {
@@ -183,10 +194,14 @@ async fn deliver_channel(
                 Vec::new()
             }
         };
-        for d in &due {
+        for (i, d) in due.iter().enumerate() {
             // A delivery under way finishes (and is recorded) before a stop,
-            // so a restart does not send it again.
+            // so a restart does not send it again; the rest of the claim is
+            // handed back for the next start or another replica.
             if *stop.borrow() {
+                let rest: Vec<DueNotice> = due[i..].to_vec();
+                let now = state.clock.now();
+                let _ = blocking(&state.store, move |s| s.release_notice_claims(&rest, now)).await;
                 return;
             }
             attempt(state, sender, d).await;

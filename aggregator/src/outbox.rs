@@ -11,6 +11,9 @@ use crate::store::Delivery;
 
 /// Lines sent per pass.
 const BATCH: usize = 50;
+/// How much longer than the webhook's timeout a claimed line stays this
+/// replica's: the time to record the answer.
+pub(crate) const CLAIM_MARGIN: TimeDelta = TimeDelta::seconds(30);
 
 pub async fn run(
     state: State,
@@ -30,11 +33,15 @@ pub async fn run(
         }
     };
     tracing::info!(url = %webhook.url, "delivering bill lines");
+    // A claim outlasts the POST: no other replica posts the line meanwhile.
+    let lease = TimeDelta::from_std(webhook.timeout).unwrap_or(TimeDelta::MAX) + CLAIM_MARGIN;
     loop {
         let now = state.clock.now();
-        let due = blocking(&state.reader, move |s| s.due_deliveries(now, BATCH))
-            .await
-            .unwrap_or_default();
+        let due = blocking(&state.store, move |s| {
+            s.claim_deliveries(now, BATCH, now + lease)
+        })
+        .await
+        .unwrap_or_default();
         for d in &due {
             deliver(&state, &client, &webhook, d).await;
         }

@@ -68,9 +68,7 @@ async fn identify(state: &State, token: String) -> Result<Option<ClusterIdentity
     // SQLite answers from its page cache in microseconds, so the look-up runs
     // inline when the reader is free; PostgreSQL's client blocks on the network.
     let inline = match state.reader.try_lock() {
-        Ok(reader) if reader.dialect() == Dialect::Sqlite => {
-            Some(reader.cluster_for_token(&token))
-        }
+        Ok(reader) if reader.dialect() == Dialect::Sqlite => Some(reader.cluster_for_token(&token)),
         Ok(_) | Err(TryLockError::WouldBlock | TryLockError::Poisoned(_)) => None,
     };
     match inline {

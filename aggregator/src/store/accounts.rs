@@ -1,7 +1,7 @@
 //! Accounts, their licences and their cap history.
 
-use chrono::{DateTime, Utc};
 use super::db::OptionalExtension;
+use chrono::{DateTime, Utc};
 use shared::overage::{check_cap, CapChange, Licence};
 
 use super::db::Conn;

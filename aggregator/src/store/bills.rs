@@ -38,9 +38,7 @@ impl Store {
                 self.notice_channels,
             );
         }
-        let tx = self
-            .conn
-            .transaction()?;
+        let tx = self.conn.transaction()?;
         let lines = bill_days_in(
             &tx,
             account,

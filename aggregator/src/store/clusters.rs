@@ -1,7 +1,7 @@
 //! Clusters and the tokens their agents authenticate with; the admin token.
 
-use chrono::{DateTime, Utc};
 use super::db::{DbError, OptionalExtension};
+use chrono::{DateTime, Utc};
 
 use super::{Store, StoreError};
 use crate::auth::{check_token_form, hash_token, new_token};
@@ -93,9 +93,7 @@ impl Store {
         let hash = hash_token(&token).to_vec();
         // The cluster's own token would pass the unique index and leave the
         // old token working, so it is looked at first, under the write lock.
-        let tx = self
-            .conn
-            .transaction()?;
+        let tx = self.conn.transaction()?;
         let current: Option<Vec<u8>> = tx
             .query_row(
                 "SELECT token_hash FROM clusters WHERE account_ref = ?1 AND name = ?2",

@@ -4,8 +4,8 @@
 
 use std::str::FromStr;
 
-use chrono::{DateTime, Days, NaiveDate, Utc};
 use super::db::{Conn, OptionalExtension};
+use chrono::{DateTime, Days, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
 use serde_json::json;
@@ -560,9 +560,7 @@ impl Store {
             ));
         }
         let account_ref = self.require_account(account)?;
-        let tx = self
-            .conn
-            .transaction()?;
+        let tx = self.conn.transaction()?;
         let taken: Option<String> = tx
             .query_row(
                 "SELECT amount FROM balance_entries WHERE account_ref = ?1 AND reference = ?2",
@@ -628,9 +626,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<Trial, StoreError> {
         let account_ref = self.require_account(account)?;
-        let tx = self
-            .conn
-            .transaction()?;
+        let tx = self.conn.transaction()?;
         let (main_ref, main_id): (i64, String) = tx.query_row(
             "SELECT coalesce(p.ref, a.ref), coalesce(p.id, a.id) FROM accounts a LEFT JOIN accounts p ON p.ref = a.parent_ref WHERE a.ref = ?1",
             [account_ref],
@@ -723,9 +719,7 @@ impl Store {
             .ok_or_else(|| invalid("months", "the term ends out of range"))?;
         let price = order_price(order.cores, order.months, price_per_core_month);
         let account_ref = self.require_account(account)?;
-        let tx = self
-            .conn
-            .transaction()?;
+        let tx = self.conn.transaction()?;
         let paid_from = payment(&tx, account_ref, price, order.pay_from_balance)?;
         let before = recorded_state(&tx, account_ref)?;
         let (licence, id) = insert_order(
@@ -785,9 +779,7 @@ impl Store {
             ));
         }
         let account_ref = self.require_account(account)?;
-        let tx = self
-            .conn
-            .transaction()?;
+        let tx = self.conn.transaction()?;
         let found: Option<(i64, u32, Option<i64>, i64, i64)> = tx
             .query_row(
                 "SELECT l.id, l.cores, l.renewed_by, l.ends_ms, l.auto_renew FROM orders o JOIN licences l ON l.id = o.licence_id
@@ -916,9 +908,7 @@ impl Store {
         cause: &str,
     ) -> Result<(), StoreError> {
         let account_ref = self.require_account(account)?;
-        let tx = self
-            .conn
-            .transaction()?;
+        let tx = self.conn.transaction()?;
         let before = recorded_state(&tx, account_ref)?;
         settle_after(&tx, zone, account_ref, before, now, cause)?;
         tx.commit()?;
@@ -1039,9 +1029,7 @@ impl Store {
         if !self.conn.is_autocommit() {
             return step.take(&self.conn);
         }
-        let tx = self
-            .conn
-            .transaction()?;
+        let tx = self.conn.transaction()?;
         let outcome = step.take(&tx)?;
         tx.commit()?;
         Ok(outcome)
@@ -1075,9 +1063,7 @@ impl Store {
         limit: usize,
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
-        let tx = self
-            .conn
-            .transaction()?;
+        let tx = self.conn.transaction()?;
         let job: Option<(i64, i64, i64)> = tx
             .query_row(
                 "SELECT id, account_ref, before_ms FROM deletions WHERE finished_at_ms IS NULL ORDER BY id LIMIT 1",

@@ -328,7 +328,9 @@ impl Store {
     /// The schema version the database is at.
     pub fn schema_version(&self) -> Result<usize, StoreError> {
         Ok(match self.conn.dialect() {
-            Dialect::Sqlite => self.conn.query_row("PRAGMA user_version", (), |r| r.get(0))?,
+            Dialect::Sqlite => self
+                .conn
+                .query_row("PRAGMA user_version", (), |r| r.get(0))?,
             Dialect::Postgres => schema_postgres::applied(&self.conn)?,
         })
     }
@@ -341,6 +343,17 @@ impl Store {
             |r| r.get(0),
         )?;
         Ok(last.map(from_ms))
+    }
+
+    /// Takes the lead of the 02:00 job if no other replica holds it (always
+    /// on SQLite, which has one service); held until [`Store::end_billing_lead`]
+    /// or until this connection closes.
+    pub fn try_lead_billing(&self) -> Result<bool, StoreError> {
+        Ok(self.conn.try_session_lock(BILLING_LEAD)?)
+    }
+
+    pub fn end_billing_lead(&self) -> Result<(), StoreError> {
+        Ok(self.conn.session_unlock(BILLING_LEAD)?)
     }
 
     /// Records a finished run; the instant only moves forward, so overlapping runs agree.
@@ -385,6 +398,9 @@ impl Store {
             .ok_or_else(|| StoreError::UnknownAccount(id.to_string()))
     }
 }
+
+/// PostgreSQL's advisory lock key of the 02:00 job's lead ("corebill").
+const BILLING_LEAD: i64 = 0x636f_7265_6269_6c6c;
 
 pub fn from_ms(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).expect("stored instants are in range")

@@ -1,7 +1,7 @@
 //! The notice outbox: every delivery row of an issued notice (the webhook's, one per email address) waits here until its channel took it.
 
-use chrono::{DateTime, Utc};
 use super::db::OptionalExtension;
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::notices::notice_row;
@@ -80,6 +80,79 @@ impl Store {
             });
         }
         Ok(out)
+    }
+
+    /// Claims up to `limit` rows of `channel` due at `now` for this replica
+    /// to deliver, oldest notice first, as [`Store::claim_deliveries`] does
+    /// for bill lines: their next attempt moves to `lease_until`.
+    pub fn claim_notice_deliveries(
+        &mut self,
+        now: DateTime<Utc>,
+        channel: NoticeChannel,
+        limit: usize,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Vec<DueNotice>, StoreError> {
+        let claim = format!(
+            "UPDATE notice_deliveries SET next_attempt_ms = ?4
+              WHERE (notice_id, channel, address) IN (
+                    SELECT d.notice_id, d.channel, d.address FROM notice_deliveries d
+                     WHERE d.delivered_at_ms IS NULL AND d.channel = ?1 AND d.next_attempt_ms <= ?2
+                     ORDER BY d.notice_id, d.address LIMIT ?3{})
+              RETURNING notice_id, address",
+            super::outbox::skip_locked(self.conn.dialect(), "d")
+        );
+        let claimed: Vec<(i64, String)> = self
+            .conn
+            .query_map(
+                &claim,
+                (
+                    channel.as_str(),
+                    now.timestamp_millis(),
+                    limit as i64,
+                    lease_until.timestamp_millis(),
+                ),
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?
+            .collect::<Result<_, _>>()?;
+        let mut out = Vec::with_capacity(claimed.len());
+        for (notice_id, address) in claimed {
+            let mut rows = self.conn.query(
+                &format!(
+                    "SELECT {DUE_COLUMNS}
+                       FROM notice_deliveries d
+                       JOIN notices n ON n.id = d.notice_id
+                       JOIN accounts a ON a.ref = n.account_ref
+                      WHERE d.notice_id = ?1 AND d.channel = ?2 AND d.address = ?3"
+                ),
+                (notice_id, channel.as_str(), &address),
+            )?;
+            while let Some(r) = rows.next()? {
+                out.push(DueNotice {
+                    notice: notice_row(&r)?,
+                    channel,
+                    address: r.get(7)?,
+                    attempts: r.get(8)?,
+                });
+            }
+        }
+        out.sort_by(|x, y| (x.notice.id, &x.address).cmp(&(y.notice.id, &y.address)));
+        Ok(out)
+    }
+
+    /// Hands claimed rows back undelivered, due at `now`.
+    pub fn release_notice_claims(
+        &mut self,
+        rows: &[DueNotice],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        for d in rows {
+            self.conn.execute(
+                "UPDATE notice_deliveries SET next_attempt_ms = ?4
+                  WHERE notice_id = ?1 AND channel = ?2 AND address = ?3 AND delivered_at_ms IS NULL",
+                (d.notice.id, d.channel.as_str(), &d.address, now.timestamp_millis()),
+            )?;
+        }
+        Ok(())
     }
 
     /// When the next undelivered row of `channel` is due, if there is one.

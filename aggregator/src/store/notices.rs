@@ -205,9 +205,7 @@ impl Store {
         channels: NoticeChannels,
     ) -> Result<Option<i64>, StoreError> {
         let account_ref = self.require_account(account)?;
-        let tx = self
-            .conn
-            .transaction()?;
+        let tx = self.conn.transaction()?;
         let id = issue_notice(&tx, account_ref, kind, day, details, now, channels)?;
         tx.commit()?;
         Ok(id)

@@ -1,7 +1,7 @@
 //! The bill outbox: every issued line waits here until the billing backend acknowledged it.
 
-use chrono::{DateTime, Utc};
 use super::db::OptionalExtension;
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use shared::bill::BillLine;
 
@@ -42,7 +42,73 @@ fn delivery_row(r: &super::db::Row<'_>) -> Result<Delivery, StoreError> {
     })
 }
 
+/// PostgreSQL's row locks for a claim: replicas claiming at once skip each
+/// other's rows instead of waiting for them. SQLite has one writer.
+pub(super) fn skip_locked(dialect: super::db::Dialect, table: &str) -> String {
+    match dialect {
+        super::db::Dialect::Sqlite => String::new(),
+        super::db::Dialect::Postgres => format!(" FOR UPDATE OF {table} SKIP LOCKED"),
+    }
+}
+
 impl Store {
+    /// Claims up to `limit` lines due at `now` for this replica to post,
+    /// oldest first: their next attempt moves to `lease_until`, so no other
+    /// replica takes them while this one posts (the lease outlasts the
+    /// webhook's timeout). A replica that dies holding a claim leaves the
+    /// lines to be taken again when the lease ends; a posted line is marked
+    /// delivered, a failed one gets its retry instant.
+    pub fn claim_deliveries(
+        &mut self,
+        now: DateTime<Utc>,
+        limit: usize,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let claim = format!(
+            "UPDATE outbox SET next_attempt_ms = ?3
+              WHERE (account_ref, day, seq) IN (
+                    SELECT o.account_ref, o.day, o.seq {FROM}
+                     WHERE o.delivered_at_ms IS NULL AND o.next_attempt_ms <= ?1
+                     ORDER BY b.issued_at_ms, a.id, b.day, b.seq LIMIT ?2{})
+              RETURNING account_ref, day, seq",
+            skip_locked(self.conn.dialect(), "o")
+        );
+        let claimed: Vec<(i64, String, i64)> = self
+            .conn
+            .query_map(
+                &claim,
+                (
+                    now.timestamp_millis(),
+                    limit as i64,
+                    lease_until.timestamp_millis(),
+                ),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?
+            .collect::<Result<_, _>>()?;
+        let mut out = Vec::with_capacity(claimed.len());
+        for key in claimed {
+            let mut rows = self.conn.query(
+                &format!(
+                    "{SELECT} {LINE_COLUMNS} {FROM}
+                      WHERE o.account_ref = ?1 AND o.day = ?2 AND o.seq = ?3"
+                ),
+                key,
+            )?;
+            while let Some(r) = rows.next()? {
+                out.push(delivery_row(&r)?);
+            }
+        }
+        out.sort_by(|x, y| {
+            (x.line.issued_at, &x.line.account, x.line.day, x.line.seq).cmp(&(
+                y.line.issued_at,
+                &y.line.account,
+                y.line.day,
+                y.line.seq,
+            ))
+        });
+        Ok(out)
+    }
+
     /// Undelivered lines whose next attempt is due at `now`, oldest first.
     pub fn due_deliveries(
         &self,

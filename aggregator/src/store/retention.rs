@@ -5,8 +5,8 @@
 //! of showing an empty day. The record only moves forward: raising
 //! `retention_days` later cannot bring pruned days back.
 
-use chrono::{DateTime, Days, NaiveDate, TimeDelta, Utc};
 use super::db::OptionalExtension;
+use chrono::{DateTime, Days, NaiveDate, TimeDelta, Utc};
 use shared::zone::{next_day, BillingZone};
 
 use super::{from_ms, Store, StoreError};
@@ -93,9 +93,7 @@ impl Store {
         zone: &BillingZone,
         reach_hours: u32,
     ) -> Result<Vec<PruneTarget>, StoreError> {
-        let tx = self
-            .conn
-            .transaction()?;
+        let tx = self.conn.transaction()?;
         // A change recorded from now on (a backdated licence or cap) may mark
         // no day before the first one whose samples are all kept: the days
         // before it keep their bills as issued.
@@ -149,9 +147,7 @@ impl Store {
     ) -> Result<Pruned, StoreError> {
         assert!(limit > 0, "a pruning batch deletes at least one row");
         let before_ms = target.before.timestamp_millis();
-        let tx = self
-            .conn
-            .transaction()?;
+        let tx = self.conn.transaction()?;
         let samples = tx
             .prepare_cached(
                 "DELETE FROM samples WHERE (account_ref, at_ms, node_id, id) IN (

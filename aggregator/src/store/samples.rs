@@ -2,8 +2,8 @@
 
 use rustc_hash::FxHashMap;
 
-use chrono::{DateTime, Utc};
 use super::db::{Conn, OptionalExtension, Value};
+use chrono::{DateTime, Utc};
 use shared::overage::NodeSample;
 use shared::sample::{validate, AgeLimits, Rejection, Unchecked};
 
@@ -88,9 +88,7 @@ impl Store {
         stopped: &FxHashMap<i64, Vec<(i64, i64)>>,
         new_nodes: &mut Vec<(i64, String, String)>,
     ) -> Result<Vec<Outcome>, StoreError> {
-        let tx = self
-            .conn
-            .transaction()?;
+        let tx = self.conn.transaction()?;
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut next_id: i64 =
             tx.query_row("SELECT next FROM sample_ids WHERE id = 1", (), |r| r.get(0))?;
@@ -313,12 +311,7 @@ fn insert_many(tx: &Conn, rows: &[Row<'_>]) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn node_id(
-    tx: &Conn,
-    account_ref: i64,
-    cluster: &str,
-    name: &str,
-) -> Result<i64, StoreError> {
+fn node_id(tx: &Conn, account_ref: i64, cluster: &str, name: &str) -> Result<i64, StoreError> {
     let found: Option<i64> = tx
         .prepare_cached(
             "SELECT id FROM nodes WHERE account_ref = ?1 AND cluster = ?2 AND name = ?3",

@@ -40,7 +40,10 @@ pub fn migrate(conn: &Conn, applied: usize) -> Result<(), DbError> {
     )?;
     for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > applied) {
         conn.execute_batch(sql)?;
-        conn.execute("INSERT INTO core_meter_schema (version) VALUES (?1)", [*version])?;
+        conn.execute(
+            "INSERT INTO core_meter_schema (version) VALUES (?1)",
+            [*version],
+        )?;
     }
     Ok(())
 }
