@@ -307,6 +307,30 @@ impl FromColumn for Vec<u8> {
         }
     }
 }
+impl FromColumn for Owned {
+    fn from_cell(cell: Cell<'_>) -> Result<Self, String> {
+        Ok(match cell {
+            Cell::Null => Owned::Null,
+            Cell::Int(i) => Owned::Int(i),
+            Cell::Real(f) => Owned::Real(f),
+            Cell::Text(t) => Owned::Text(t.to_string()),
+            Cell::Blob(b) => Owned::Blob(b.to_vec()),
+        })
+    }
+}
+
+impl ToParam for Owned {
+    /// A real is never stored (money is text); it is bound as its text.
+    fn to_param(&self) -> Value<'_> {
+        match self {
+            Owned::Null | Owned::Real(_) => Value::Null,
+            Owned::Int(i) => Value::Int(*i),
+            Owned::Text(t) => Value::Text(t),
+            Owned::Blob(b) => Value::Blob(b),
+        }
+    }
+}
+
 impl<T: FromColumn> FromColumn for Option<T> {
     fn from_cell(cell: Cell<'_>) -> Result<Self, String> {
         match cell {
@@ -718,6 +742,37 @@ impl Conn {
         if let Conn::Postgres(pg) = self {
             pg.in_transaction.set(open);
         }
+    }
+
+    /// Every row through `f` as it is read, without holding them all.
+    pub fn for_each(
+        &self,
+        sql: &str,
+        params: impl Params,
+        mut f: impl FnMut(&Row<'_>) -> Result<(), DbError>,
+    ) -> Result<(), DbError> {
+        let values = params.values();
+        match self {
+            Conn::Sqlite(c) => {
+                let mut stmt = c.prepare_cached(sql)?;
+                let mut rows = stmt.query(rusqlite::params_from_iter(values.iter()))?;
+                while let Some(r) = rows.next()? {
+                    f(&Row::Sqlite(r))?;
+                }
+            }
+            Conn::Postgres(pg) => {
+                use postgres::fallible_iterator::FallibleIterator;
+                let stmt = pg.statement(sql)?;
+                let refs: Vec<&(dyn PgToSql + Sync)> =
+                    values.iter().map(|v| v as &(dyn PgToSql + Sync)).collect();
+                let mut client = pg.client();
+                let mut rows = client.query_raw(&stmt, refs)?;
+                while let Some(r) = rows.next()? {
+                    f(&Row::Postgres(&r))?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The first row through `f`; [`DbError::NoRows`] when there is none.

@@ -5,6 +5,7 @@
 mod accounts;
 mod bills;
 mod clusters;
+mod copy;
 pub mod db;
 mod lifecycle;
 mod notice_outbox;
@@ -26,6 +27,7 @@ use db::{Conn, DbError, Dialect, OptionalExtension};
 
 pub use accounts::Account;
 pub use clusters::ClusterIdentity;
+pub use copy::{CopyError, CopyReport};
 pub use lifecycle::{BalanceEntry, Contact, NewContact, NewOrder, Order, StateChange, StepOutcome};
 pub use notice_outbox::{DueNotice, NoticeChannel, NOTICE_ERROR_MAX_CHARS};
 pub use notices::{Notice, NoticeChannels, NoticeDelivery, Recipient};

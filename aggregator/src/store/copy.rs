@@ -1,0 +1,493 @@
+//! Copying one store into another (`aggregator migrate-store`): every table,
+//! row for row, in one transaction of the target, then a comparison of the
+//! two that must find them equal (every bill line, each table's rows, each
+//! account's samples). SQLite to PostgreSQL is the move to replicas; any
+//! direction works, as the tables are the same on both.
+
+use std::collections::BTreeMap;
+
+use shared::bill::BillLine;
+
+use super::db::{Conn, DbError, Dialect, Owned, ToParam};
+use super::{Store, StoreError};
+
+/// A table: its name, its columns in copy order, and the column that orders
+/// it (parents before children where a table points at itself).
+struct Table {
+    name: &'static str,
+    columns: &'static [&'static str],
+    order_by: &'static str,
+    /// Its identity column on PostgreSQL, whose sequence must move past the copied ids.
+    identity: Option<&'static str>,
+}
+
+/// Every table, parents before the tables that point at them.
+const TABLES: &[Table] = &[
+    Table {
+        name: "accounts",
+        columns: &[
+            "ref",
+            "id",
+            "created_at_ms",
+            "recompute_from_ms",
+            "marks",
+            "parent_ref",
+            "state",
+            "state_since_ms",
+            "stepped_through",
+            "balance",
+            "data_deleted_before_ms",
+            "lifecycle_from_ms",
+        ],
+        order_by: "ref",
+        identity: Some("ref"),
+    },
+    // renewed_by points at a later licence: it is set once all are in.
+    Table {
+        name: "licences",
+        columns: &[
+            "id",
+            "account_ref",
+            "cores",
+            "start_ms",
+            "end_ms",
+            "created_at_ms",
+            "ends_ms",
+            "auto_renew",
+        ],
+        order_by: "id",
+        identity: Some("id"),
+    },
+    Table {
+        name: "caps",
+        columns: &["id", "account_ref", "cores", "from_ms", "set_at_ms"],
+        order_by: "id",
+        identity: Some("id"),
+    },
+    Table {
+        name: "nodes",
+        columns: &["id", "account_ref", "cluster", "name"],
+        order_by: "id",
+        identity: Some("id"),
+    },
+    Table {
+        name: "samples",
+        columns: &[
+            "account_ref",
+            "at_ms",
+            "node_id",
+            "id",
+            "cores",
+            "received_at_ms",
+            "seq",
+            "agent_version",
+        ],
+        order_by: "account_ref, at_ms, node_id, id",
+        identity: None,
+    },
+    Table {
+        name: "sample_ids",
+        columns: &["id", "next"],
+        order_by: "id",
+        identity: None,
+    },
+    Table {
+        name: "bill_lines",
+        columns: &[
+            "account_ref",
+            "day",
+            "seq",
+            "kind",
+            "hours",
+            "excess_core_hours",
+            "average_excess_cores",
+            "cap_cores",
+            "billable_cores",
+            "amount",
+            "currency",
+            "issued_at_ms",
+        ],
+        order_by: "account_ref, day, seq",
+        identity: None,
+    },
+    Table {
+        name: "billing_state",
+        columns: &["id", "last_run_ms"],
+        order_by: "id",
+        identity: None,
+    },
+    Table {
+        name: "clusters",
+        columns: &[
+            "account_ref",
+            "name",
+            "token_hash",
+            "created_at_ms",
+            "rotated_at_ms",
+        ],
+        order_by: "account_ref, name",
+        identity: None,
+    },
+    Table {
+        name: "admin_token",
+        columns: &["id", "token_hash", "created_at_ms"],
+        order_by: "id",
+        identity: None,
+    },
+    Table {
+        name: "outbox",
+        columns: &[
+            "account_ref",
+            "day",
+            "seq",
+            "delivered_at_ms",
+            "attempts",
+            "next_attempt_ms",
+            "last_error",
+        ],
+        order_by: "account_ref, day, seq",
+        identity: None,
+    },
+    // SQLite's implicit row id, PostgreSQL's column of that name.
+    Table {
+        name: "rejections",
+        columns: &["rowid", "account_ref", "at_ms", "reason", "received_at_ms"],
+        order_by: "rowid",
+        identity: Some("rowid"),
+    },
+    Table {
+        name: "retention",
+        columns: &["id", "pruned_before_ms", "recompute_floor_ms"],
+        order_by: "id",
+        identity: None,
+    },
+    Table {
+        name: "orders",
+        columns: &[
+            "id",
+            "account_ref",
+            "kind",
+            "licence_id",
+            "cores",
+            "months",
+            "start_day",
+            "end_day",
+            "price",
+            "paid_from",
+            "ordered_at_ms",
+        ],
+        order_by: "id",
+        identity: Some("id"),
+    },
+    Table {
+        name: "balance_entries",
+        columns: &[
+            "id",
+            "account_ref",
+            "kind",
+            "amount",
+            "balance_after",
+            "reference",
+            "order_id",
+            "at_ms",
+        ],
+        order_by: "id",
+        identity: Some("id"),
+    },
+    Table {
+        name: "trials",
+        columns: &[
+            "main_ref",
+            "account_ref",
+            "start_ms",
+            "end_ms",
+            "started_at_ms",
+        ],
+        order_by: "main_ref",
+        identity: None,
+    },
+    Table {
+        name: "account_states",
+        columns: &[
+            "id",
+            "account_ref",
+            "state",
+            "at_ms",
+            "recorded_at_ms",
+            "cause",
+        ],
+        order_by: "id",
+        identity: Some("id"),
+    },
+    Table {
+        name: "deletions",
+        columns: &[
+            "id",
+            "account_ref",
+            "before_ms",
+            "decided_at_ms",
+            "samples",
+            "rejections",
+            "finished_at_ms",
+        ],
+        order_by: "id",
+        identity: Some("id"),
+    },
+    Table {
+        name: "contacts",
+        columns: &[
+            "id",
+            "account_ref",
+            "name",
+            "role",
+            "email",
+            "sms",
+            "created_at_ms",
+        ],
+        order_by: "id",
+        identity: Some("id"),
+    },
+    Table {
+        name: "notices",
+        columns: &[
+            "id",
+            "account_ref",
+            "kind",
+            "day",
+            "issued_at_ms",
+            "recipients",
+            "details",
+        ],
+        order_by: "id",
+        identity: Some("id"),
+    },
+    Table {
+        name: "notice_deliveries",
+        columns: &[
+            "notice_id",
+            "channel",
+            "address",
+            "attempts",
+            "next_attempt_ms",
+            "delivered_at_ms",
+            "last_error",
+        ],
+        order_by: "notice_id, channel, address",
+        identity: None,
+    },
+];
+
+/// Rows written by one multi-row INSERT (below both databases' parameter limits).
+const ROWS_PER_INSERT: usize = 256;
+
+/// What a copy moved and what the comparison found equal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyReport {
+    /// Rows per table, in copy order.
+    pub rows: Vec<(&'static str, u64)>,
+    /// Bill lines found identical in both stores.
+    pub bill_lines: usize,
+    /// Accounts whose samples (count, sum of cores, first and last instant) agree.
+    pub accounts: usize,
+}
+
+/// How the two stores differ, when they do.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error("the target already holds data ({0}); migrate-store only fills an empty store")]
+    TargetNotEmpty(String),
+    #[error("the source is at schema version {source_version} and the target at {target_version}; start this version of the aggregator on the source once to bring it up to date")]
+    SchemaMismatch {
+        source_version: usize,
+        target_version: usize,
+    },
+    #[error("after the copy the stores differ: {0}")]
+    Differs(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<DbError> for CopyError {
+    fn from(e: DbError) -> CopyError {
+        CopyError::Store(StoreError::Database(e))
+    }
+}
+
+impl Store {
+    /// Copies every row of this store into `target`, which must be empty
+    /// (freshly migrated), in one transaction of the target; then compares
+    /// the two. This store is only read.
+    pub fn copy_into(&self, target: &mut Store) -> Result<CopyReport, CopyError> {
+        let (source_version, target_version) = (self.schema_version()?, target.schema_version()?);
+        if source_version != target_version {
+            return Err(CopyError::SchemaMismatch {
+                source_version,
+                target_version,
+            });
+        }
+        for table in ["accounts", "bill_lines", "samples", "admin_token"] {
+            let n = count(&target.conn, table)?;
+            if n > 0 {
+                return Err(CopyError::TargetNotEmpty(format!("{n} rows in {table}")));
+            }
+        }
+        let tx = target.conn.transaction()?;
+        let mut rows = Vec::with_capacity(TABLES.len());
+        for table in TABLES {
+            // The target's migration wrote the single-row tables' first rows.
+            tx.execute(&format!("DELETE FROM {}", table.name), ())?;
+            rows.push((table.name, copy_table(&self.conn, &tx, table)?));
+        }
+        // A licence renewed by a later one, now that both are in.
+        let renewals: Vec<(i64, i64)> = self
+            .conn
+            .query_map(
+                "SELECT id, renewed_by FROM licences WHERE renewed_by IS NOT NULL ORDER BY id",
+                (),
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?
+            .collect::<Result<_, _>>()?;
+        for (id, by) in renewals {
+            tx.execute(
+                "UPDATE licences SET renewed_by = ?2 WHERE id = ?1",
+                (id, by),
+            )?;
+        }
+        if tx.dialect() == Dialect::Postgres {
+            for table in TABLES {
+                if let Some(column) = table.identity {
+                    // The next id the target hands out follows the copied ones.
+                    tx.query_row(
+                        &format!(
+                            "SELECT setval(pg_get_serial_sequence('{0}', '{1}'),
+                                    (SELECT coalesce(max({1}), 0) + 1 FROM {0}), false)",
+                            table.name, column
+                        ),
+                        (),
+                        |_| Ok(()),
+                    )?;
+                }
+            }
+        }
+        tx.commit()?;
+        target.forget_cached_ids();
+        let (bill_lines, accounts) = compare(self, target)?;
+        Ok(CopyReport {
+            rows,
+            bill_lines,
+            accounts,
+        })
+    }
+
+    fn forget_cached_ids(&mut self) {
+        self.account_refs.clear();
+        self.node_ids.clear();
+    }
+}
+
+fn count(conn: &Conn, table: &str) -> Result<u64, DbError> {
+    conn.query_row(&format!("SELECT count(*) FROM {table}"), (), |r| r.get(0))
+}
+
+/// Streams `table` from `source` into `target`, many rows to a statement.
+fn copy_table(source: &Conn, target: &Conn, table: &Table) -> Result<u64, DbError> {
+    let columns = table.columns.join(", ");
+    let select = format!(
+        "SELECT {columns} FROM {} ORDER BY {}",
+        table.name, table.order_by
+    );
+    let width = table.columns.len();
+    let mut pending: Vec<Owned> = Vec::with_capacity(ROWS_PER_INSERT * width);
+    let mut copied = 0u64;
+    let flush = |pending: &mut Vec<Owned>| -> Result<(), DbError> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let rows = pending.len() / width;
+        let one = format!("({})", vec!["?"; width].join(", "));
+        let sql = format!(
+            "INSERT INTO {} ({columns}) VALUES {}",
+            table.name,
+            vec![one; rows].join(", ")
+        );
+        let values: Vec<_> = pending.iter().map(ToParam::to_param).collect();
+        target.execute(&sql, values)?;
+        pending.clear();
+        Ok(())
+    };
+    source.for_each(&select, (), |r| {
+        for i in 0..width {
+            pending.push(r.get(i)?);
+        }
+        copied += 1;
+        if pending.len() == ROWS_PER_INSERT * width {
+            flush(&mut pending)?;
+        }
+        Ok(())
+    })?;
+    flush(&mut pending)?;
+    Ok(copied)
+}
+
+/// Each account's samples in brief: count, sum of cores, first and last `at`.
+type SampleDigest = (i64, i64, Option<i64>, Option<i64>);
+
+fn sample_digests(conn: &Conn) -> Result<BTreeMap<String, SampleDigest>, DbError> {
+    conn.query_map(
+        "SELECT a.id, count(s.at_ms), CAST(coalesce(sum(s.cores), 0) AS BIGINT), min(s.at_ms), max(s.at_ms)
+           FROM accounts a LEFT JOIN samples s ON s.account_ref = a.ref
+          GROUP BY a.id ORDER BY a.id",
+        (),
+        |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))),
+    )?
+    .collect()
+}
+
+/// The comparison that must find both stores equal: every bill line, the
+/// rows of every table, and each account's samples.
+fn compare(source: &Store, target: &Store) -> Result<(usize, usize), CopyError> {
+    // Sorted here: the databases may collate account ids differently.
+    let sorted = |mut lines: Vec<BillLine>| {
+        lines.sort_by(|a, b| {
+            (a.issued_at, &a.account, a.day, a.seq).cmp(&(b.issued_at, &b.account, b.day, b.seq))
+        });
+        lines
+    };
+    let (from, to) = (
+        sorted(source.bill_lines(None, None)?),
+        sorted(target.bill_lines(None, None)?),
+    );
+    if from != to {
+        let first = from
+            .iter()
+            .zip(&to)
+            .find(|(a, b)| a != b)
+            .map(|(a, b)| format!("first difference: {a:?} against {b:?}"))
+            .unwrap_or_else(|| format!("{} lines against {}", from.len(), to.len()));
+        return Err(CopyError::Differs(format!("the bill lines: {first}")));
+    }
+    for table in TABLES {
+        let (a, b) = (
+            count(&source.conn, table.name)?,
+            count(&target.conn, table.name)?,
+        );
+        if a != b {
+            return Err(CopyError::Differs(format!(
+                "{}: {a} rows in the source, {b} in the target",
+                table.name
+            )));
+        }
+    }
+    let (a, b) = (sample_digests(&source.conn)?, sample_digests(&target.conn)?);
+    if a != b {
+        let account = a
+            .iter()
+            .find(|(k, v)| b.get(*k) != Some(v))
+            .map(|(k, _)| k.clone())
+            .unwrap_or_default();
+        return Err(CopyError::Differs(format!(
+            "the samples of account {account:?}"
+        )));
+    }
+    Ok((from.len(), a.len()))
+}
