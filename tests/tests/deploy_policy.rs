@@ -1,7 +1,8 @@
 //! The Kubernetes manifests, as `kubectl kustomize` renders them: every setting
 //! the agent's DaemonSet must keep (issue 6, item 2), the aggregator's lock-down,
-//! and the names that tie the objects together. An edit that drops a setting
-//! fails here, naming it.
+//! its store (one replica on a SQLite volume, or several on PostgreSQL with the
+//! URL from a Secret, issue 10), and the names that tie the objects together.
+//! An edit that drops a setting fails here, naming it.
 //!
 //! Needs `kubectl` (with its built-in kustomize). Without it the tests say so
 //! and pass, unless CORE_METER_REQUIRE_KUBECTL=1 (set by `.ci/run`).
@@ -33,12 +34,12 @@ fn deploy_source() -> PathBuf {
     std::env::var_os("CORE_METER_DEPLOY_DIR").map_or_else(|| repo().join("deploy"), PathBuf::from)
 }
 
-/// Every kustomization under deploy/, rendered from a copy of the tree with
-/// fresh tokens (the example overlay reads its Secrets from files that are
-/// never committed). `None` when kubectl is missing and not required.
 /// Each kustomization's directory under deploy/ and the objects it renders.
 type Renderings = Vec<(String, Vec<Value>)>;
 
+/// Every kustomization under deploy/, rendered from a copy of the tree with
+/// stand-ins for the secret files the overlays read (never committed).
+/// `None` when kubectl is missing and not required.
 fn rendered() -> Option<&'static Renderings> {
     static RENDERED: OnceLock<Option<Renderings>> = OnceLock::new();
     RENDERED.get_or_init(render_all).as_ref()
@@ -59,12 +60,7 @@ fn render_all() -> Option<Renderings> {
     let copy = tempfile::tempdir().unwrap();
     let deploy = copy.path().join("deploy");
     copy_tree(&deploy_source(), &deploy);
-    let secrets = deploy.join("overlays/example/secrets");
-    let made = Command::new(deploy.join("new-tokens"))
-        .arg(&secrets)
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "deploy/new-tokens failed: {made:?}");
+    stand_in_secrets(&deploy);
     let mut out = Vec::new();
     for dir in kustomizations(&deploy) {
         let name = dir
@@ -94,6 +90,35 @@ fn render_all() -> Option<Renderings> {
         out.iter().map(|(n, _)| n).collect::<Vec<_>>()
     );
     Some(out)
+}
+
+/// Fills each overlay's `secrets/` as an operator would, as `deploy/validate`
+/// does: fresh tokens from deploy/new-tokens, and for every other secret file
+/// its committed placeholder `NAME.example`.
+fn stand_in_secrets(deploy: &Path) {
+    let Ok(overlays) = std::fs::read_dir(deploy.join("overlays")) else {
+        return;
+    };
+    for overlay in overlays.flatten() {
+        let secrets = overlay.path().join("secrets");
+        if !secrets.is_dir() {
+            continue;
+        }
+        let made = Command::new(deploy.join("new-tokens"))
+            .arg(&secrets)
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "deploy/new-tokens failed: {made:?}");
+        for entry in std::fs::read_dir(&secrets).unwrap().flatten() {
+            let example = entry.path();
+            if example.extension().is_some_and(|e| e == "example") {
+                let file = example.with_extension("");
+                if !file.exists() {
+                    std::fs::copy(&example, &file).unwrap();
+                }
+            }
+        }
+    }
 }
 
 fn copy_tree(from: &Path, to: &Path) {
@@ -162,12 +187,91 @@ impl Rendering<'_> {
         container(self.agent_pod(), "agent")
     }
 
+    /// The aggregator's workload: a StatefulSet (SQLite) or a Deployment
+    /// (PostgreSQL), never both.
+    fn aggregator(&self) -> &Value {
+        let found: Vec<&Value> = self
+            .objects
+            .iter()
+            .filter(|o| o["kind"] == "StatefulSet" || o["kind"] == "Deployment")
+            .filter(|o| o["metadata"]["name"] == "core-meter-aggregator")
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "{}",
+            self.says("one StatefulSet or Deployment core-meter-aggregator")
+        );
+        found[0]
+    }
+
     fn aggregator_pod(&self) -> &Value {
-        &self.object("StatefulSet", "core-meter-aggregator")["spec"]["template"]["spec"]
+        &self.aggregator()["spec"]["template"]["spec"]
+    }
+
+    fn aggregator_pod_labels(&self) -> &Value {
+        &self.aggregator()["spec"]["template"]["metadata"]["labels"]
     }
 
     fn aggregator_container(&self) -> &Value {
         container(self.aggregator_pod(), "aggregator")
+    }
+
+    /// The value the container's environment variable `name` takes: its
+    /// literal, or the key of a Secret of this rendering that it refers to.
+    fn env_value_of(&self, container: &Value, name: &str) -> Option<String> {
+        let e = env(container, name)?;
+        if let Some(v) = e["value"].as_str() {
+            return Some(v.to_string());
+        }
+        let r = &e["valueFrom"]["secretKeyRef"];
+        let secret = self
+            .objects_of("Secret")
+            .into_iter()
+            .find(|s| s["metadata"]["name"] == r["name"])?;
+        secret_value(secret, r["key"].as_str()?)
+    }
+
+    /// The aggregator's settings as it loads them: its ConfigMap's
+    /// aggregator.toml, with the admin token's file pointed at a stand-in
+    /// (the Secret is not mounted here), and the environment its container
+    /// is given, Secrets included.
+    fn aggregator_settings(&self) -> aggregator::config::Config {
+        let toml = self.aggregator_toml();
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "cma_stand-in").unwrap();
+        let toml = toml.replace("/etc/core-meter/admin-token/token", token.to_str().unwrap());
+        let file = dir.path().join("aggregator.toml");
+        std::fs::write(&file, &toml).unwrap();
+        let c = self.aggregator_container();
+        let flags = aggregator::config::Flags {
+            config: Some(file),
+            listen: flag(c, "--listen"),
+            database: flag(c, "--database"),
+        };
+        aggregator::config::Config::load(&flags, &|name| self.env_value_of(c, name)).unwrap_or_else(
+            |e| {
+                panic!(
+                    "{}",
+                    self.says(&format!("the aggregator refuses its settings: {e:#}"))
+                )
+            },
+        )
+    }
+
+    /// The text of the aggregator's aggregator.toml, from its ConfigMap.
+    fn aggregator_toml(&self) -> &str {
+        let map = self
+            .objects_of("ConfigMap")
+            .into_iter()
+            .find(|m| {
+                m["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("core-meter-aggregator"))
+            })
+            .unwrap_or_else(|| panic!("{}", self.says("the aggregator's ConfigMap")));
+        map["data"]["aggregator.toml"].as_str().unwrap()
     }
 
     /// `what` and where it was looked for, for assertion messages.
@@ -192,6 +296,38 @@ fn env<'a>(container: &'a Value, name: &str) -> Option<&'a Value> {
 
 fn env_value<'a>(container: &'a Value, name: &str) -> Option<&'a str> {
     env(container, name)?["value"].as_str()
+}
+
+/// The text a Secret holds under `key`, from `stringData` or base64 `data`.
+fn secret_value(secret: &Value, key: &str) -> Option<String> {
+    if let Some(text) = secret["stringData"][key].as_str() {
+        return Some(text.to_string());
+    }
+    secret["data"][key].as_str().map(base64_text)
+}
+
+/// Standard base64, as a Secret's `data` holds it, decoded to UTF-8 text.
+fn base64_text(encoded: &str) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let (mut bits, mut held, mut out) = (0u32, 0u32, Vec::new());
+    // kubectl kustomize folds long values over lines.
+    for c in encoded
+        .bytes()
+        .filter(|c| *c != b'=' && !c.is_ascii_whitespace())
+    {
+        let six = ALPHABET
+            .iter()
+            .position(|a| *a == c)
+            .unwrap_or_else(|| panic!("{encoded:?} is not base64"));
+        bits = (bits << 6) | u32::try_from(six).unwrap();
+        held += 6;
+        if held >= 8 {
+            held -= 8;
+            out.push(u8::try_from(bits >> held).unwrap());
+            bits &= (1 << held) - 1;
+        }
+    }
+    String::from_utf8(out).expect("a Secret's text is UTF-8")
 }
 
 fn volume<'a>(pod: &'a Value, name: &str) -> &'a Value {
@@ -810,21 +946,8 @@ fn every_environment_variable_given_to_the_agent_is_one_it_reads() {
 // --- The aggregator ---
 
 #[test]
-fn the_aggregator_is_one_locked_down_replica_with_its_own_volume() {
+fn the_aggregator_is_locked_down() {
     in_every_rendering(|r| {
-        let set = r.object("StatefulSet", "core-meter-aggregator");
-        assert_eq!(
-            set["spec"]["replicas"],
-            1,
-            "{}",
-            r.says("one replica: SQLite has one writer")
-        );
-        let claims = set["spec"]["volumeClaimTemplates"].as_array();
-        assert!(
-            claims.is_some_and(|c| !c.is_empty()),
-            "{}",
-            r.says("a PersistentVolumeClaim for SQLite")
-        );
         let (pod, c) = (r.aggregator_pod(), r.aggregator_container());
         assert_eq!(
             pod["automountServiceAccountToken"],
@@ -875,17 +998,141 @@ fn the_aggregator_is_one_locked_down_replica_with_its_own_volume() {
             "{}",
             r.says("readiness")
         );
+        for (kind, key) in [
+            ("requests", "cpu"),
+            ("requests", "memory"),
+            ("limits", "memory"),
+        ] {
+            assert!(
+                !c["resources"][kind][key].is_null(),
+                "{}",
+                r.says(&format!("the aggregator sets resources.{kind}.{key}"))
+            );
+        }
     });
+}
+
+#[test]
+fn the_aggregator_on_sqlite_is_one_replica_with_its_own_volume() {
+    in_every_rendering(|r| {
+        if r.aggregator_settings().database.is_postgres() {
+            return;
+        }
+        let set = r.aggregator();
+        assert_eq!(
+            set["kind"],
+            "StatefulSet",
+            "{}",
+            r.says("a StatefulSet: it never runs two pods of one ordinal, so never two writers")
+        );
+        assert_eq!(
+            set["spec"]["replicas"],
+            1,
+            "{}",
+            r.says("one replica: SQLite has one writer")
+        );
+        let claims = set["spec"]["volumeClaimTemplates"].as_array();
+        assert!(
+            claims.is_some_and(|c| !c.is_empty()),
+            "{}",
+            r.says("a PersistentVolumeClaim for SQLite")
+        );
+    });
+}
+
+#[test]
+fn the_aggregator_on_postgres_runs_several_replicas_on_several_nodes_without_a_volume() {
+    in_every_rendering(|r| {
+        if !r.aggregator_settings().database.is_postgres() {
+            return;
+        }
+        let workload = r.aggregator();
+        assert_eq!(
+            workload["kind"],
+            "Deployment",
+            "{}",
+            r.says("a Deployment: its replicas are alike and keep nothing of their own")
+        );
+        let replicas = workload["spec"]["replicas"].as_u64().unwrap_or(1);
+        assert!(
+            replicas >= 2,
+            "{}",
+            r.says(&format!(
+                "{replicas} replica(s): at least two, so one serves while another stops"
+            ))
+        );
+        let pod = r.aggregator_pod();
+        for v in pod["volumes"].as_array().into_iter().flatten() {
+            assert!(
+                v["persistentVolumeClaim"].is_null() && v["hostPath"].is_null(),
+                "{}",
+                r.says(&format!(
+                    "no volume that outlives the pod: {} (the data is in PostgreSQL)",
+                    v["name"]
+                ))
+            );
+        }
+        let strategy = &workload["spec"]["strategy"];
+        assert!(
+            strategy["type"] != "Recreate"
+                && [Value::from(0), Value::from("0%")]
+                    .contains(&strategy["rollingUpdate"]["maxUnavailable"]),
+            "{}",
+            r.says("a rolling update with maxUnavailable: 0, so ingest never pauses")
+        );
+        let labels = r.aggregator_pod_labels();
+        let spread = pod["topologySpreadConstraints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|t| {
+                t["topologyKey"] == "kubernetes.io/hostname"
+                    && t["maxSkew"] == 1
+                    && t["whenUnsatisfiable"] == "DoNotSchedule"
+                    && labels_match(&t["labelSelector"]["matchLabels"], labels)
+            });
+        let apart = pod["affinity"]["podAntiAffinity"]
+            ["requiredDuringSchedulingIgnoredDuringExecution"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|t| {
+                t["topologyKey"] == "kubernetes.io/hostname"
+                    && labels_match(&t["labelSelector"]["matchLabels"], labels)
+            });
+        assert!(
+            spread || apart,
+            "{}",
+            r.says(
+                "the replicas are kept on different nodes: a topologySpreadConstraint \
+                 (maxSkew 1, DoNotSchedule) or a required podAntiAffinity on \
+                 kubernetes.io/hostname that selects them"
+            )
+        );
+    });
+}
+
+#[test]
+fn the_postgres_overlay_runs_the_aggregator_on_postgres() {
+    let Some(all) = rendered() else { return };
+    let (name, objects) = all
+        .iter()
+        .find(|(n, _)| n == "overlays/postgres")
+        .expect("deploy/overlays/postgres exists");
+    let r = Rendering { name, objects };
+    assert!(
+        r.aggregator_settings().database.is_postgres(),
+        "{}",
+        r.says("the aggregator's database is a postgres:// URL")
+    );
 }
 
 #[test]
 fn the_agents_reach_the_aggregator_through_its_service() {
     in_every_rendering(|r| {
         let service = r.object("Service", "core-meter-aggregator");
-        let pod_labels = &r.object("StatefulSet", "core-meter-aggregator")["spec"]["template"]
-            ["metadata"]["labels"];
         assert!(
-            labels_match(&service["spec"]["selector"], pod_labels),
+            labels_match(&service["spec"]["selector"], r.aggregator_pod_labels()),
             "{}",
             r.says("the Service selects the aggregator's pods")
         );
@@ -904,8 +1151,7 @@ fn the_agents_reach_the_aggregator_through_its_service() {
 fn only_the_agents_and_the_billing_namespace_may_reach_the_aggregator() {
     in_every_rendering(|r| {
         let policies = r.objects_of("NetworkPolicy");
-        let aggregator_labels = &r.object("StatefulSet", "core-meter-aggregator")["spec"]
-            ["template"]["metadata"]["labels"];
+        let aggregator_labels = r.aggregator_pod_labels();
         let policy = policies
             .iter()
             .find(|p| labels_match(&p["spec"]["podSelector"]["matchLabels"], aggregator_labels))
@@ -944,7 +1190,9 @@ fn only_the_agents_and_the_billing_namespace_may_reach_the_aggregator() {
         assert!(
             namespaces.iter().all(|n| n.is_string()),
             "{}",
-            r.says("other namespaces are let in by name only: {namespaces:?}")
+            r.says(&format!(
+                "other namespaces are let in by name only: {namespaces:?}"
+            ))
         );
         assert!(
             namespaces.contains(&&Value::from("billing")),
@@ -963,27 +1211,51 @@ fn only_the_agents_and_the_billing_namespace_may_reach_the_aggregator() {
 fn the_disruption_budget_covers_the_aggregator_without_blocking_drains() {
     in_every_rendering(|r| {
         let pdb = r.object("PodDisruptionBudget", "core-meter-aggregator");
-        let labels = &r.object("StatefulSet", "core-meter-aggregator")["spec"]["template"]
-            ["metadata"]["labels"];
         assert!(
-            labels_match(&pdb["spec"]["selector"]["matchLabels"], labels),
+            labels_match(
+                &pdb["spec"]["selector"]["matchLabels"],
+                r.aggregator_pod_labels()
+            ),
             "{}",
             r.says("selects the aggregator")
         );
+        // How many of the aggregator's pods a drain may take at once.
+        let replicas = r.aggregator()["spec"]["replicas"].as_u64().unwrap_or(1);
+        let (min, max) = (&pdb["spec"]["minAvailable"], &pdb["spec"]["maxUnavailable"]);
+        let down = match (min.as_u64(), max.as_u64()) {
+            (None, Some(max)) if min.is_null() => max,
+            (Some(min), None) if max.is_null() => replicas.saturating_sub(min),
+            _ => panic!(
+                "{}",
+                r.says("one whole number, minAvailable or maxUnavailable")
+            ),
+        };
         assert!(
-            pdb["spec"]["minAvailable"].is_null() && pdb["spec"]["maxUnavailable"] == 1,
+            down >= 1,
             "{}",
-            r.says("maxUnavailable: 1, so a drain of the aggregator's node can finish")
+            r.says(&format!(
+                "a drain of the aggregator's node can finish: {down} of {replicas} may be evicted"
+            ))
+        );
+        assert!(
+            replicas == 1 || down < replicas,
+            "{}",
+            r.says(&format!(
+                "one replica keeps serving through drains: {down} of {replicas} may be evicted"
+            ))
         );
     });
 }
 
 #[test]
-fn every_secret_and_config_map_a_pod_mounts_is_in_the_overlay() {
+fn every_secret_and_config_map_a_pod_mounts_or_reads_is_in_the_overlay() {
     let Some(all) = rendered() else { return };
     for (name, objects) in all.iter().filter(|(n, _)| n.starts_with("overlays/")) {
         let r = Rendering { name, objects };
-        for pod in [r.agent_pod(), r.aggregator_pod()] {
+        for (pod, c) in [
+            (r.agent_pod(), r.agent_container()),
+            (r.aggregator_pod(), r.aggregator_container()),
+        ] {
             for v in pod["volumes"].as_array().into_iter().flatten() {
                 if let Some(secret) = v["secret"]["secretName"].as_str() {
                     r.object("Secret", secret);
@@ -992,40 +1264,25 @@ fn every_secret_and_config_map_a_pod_mounts_is_in_the_overlay() {
                     r.object("ConfigMap", map);
                 }
             }
+            for e in c["env"].as_array().into_iter().flatten() {
+                let reference = &e["valueFrom"]["secretKeyRef"];
+                if let Some(secret) = reference["name"].as_str() {
+                    let key = reference["key"].as_str().unwrap_or_default();
+                    assert!(
+                        secret_value(r.object("Secret", secret), key).is_some(),
+                        "{}",
+                        r.says(&format!("the Secret {secret} has the key {key}"))
+                    );
+                }
+            }
         }
     }
 }
 
 #[test]
-fn the_aggregator_accepts_its_settings_and_has_the_volume_secret_and_port_they_name() {
+fn the_aggregator_accepts_its_settings_and_has_the_store_secret_and_port_they_name() {
     in_every_rendering(|r| {
-        let map = r
-            .objects_of("ConfigMap")
-            .into_iter()
-            .find(|m| {
-                m["metadata"]["name"]
-                    .as_str()
-                    .is_some_and(|n| n.starts_with("core-meter-aggregator"))
-            })
-            .unwrap_or_else(|| panic!("{}", r.says("the aggregator's ConfigMap")));
-        let toml = map["data"]["aggregator.toml"].as_str().unwrap();
-        // The admin token's Secret is not mounted here: point at a stand-in.
-        let dir = tempfile::tempdir().unwrap();
-        let token = dir.path().join("token");
-        std::fs::write(&token, "cma_stand-in").unwrap();
-        let toml = toml.replace("/etc/core-meter/admin-token/token", token.to_str().unwrap());
-        let file = dir.path().join("aggregator.toml");
-        std::fs::write(&file, &toml).unwrap();
-        let flags = aggregator::config::Flags {
-            config: Some(file),
-            ..Default::default()
-        };
-        let config = aggregator::config::Config::load(&flags, &|_| None).unwrap_or_else(|e| {
-            panic!(
-                "{}",
-                r.says(&format!("the aggregator refuses its settings: {e:#}"))
-            )
-        });
+        let config = r.aggregator_settings();
         assert_eq!(
             config.listen.port(),
             8080,
@@ -1037,14 +1294,6 @@ fn the_aggregator_accepts_its_settings_and_has_the_volume_secret_and_port_they_n
             "{}",
             r.says("listens beyond loopback")
         );
-        let aggregator::store::Database::Sqlite(database) = &config.database else {
-            panic!("{}", r.says("the database is a SQLite file"))
-        };
-        assert!(
-            database.starts_with("/var/lib/core-meter"),
-            "{}",
-            r.says("the database is on the volume")
-        );
         assert_eq!(
             config.admin_token.as_deref(),
             Some("cma_stand-in"),
@@ -1052,21 +1301,6 @@ fn the_aggregator_accepts_its_settings_and_has_the_volume_secret_and_port_they_n
             r.says("the admin token is read from its file")
         );
         let (pod, c) = (r.aggregator_pod(), r.aggregator_container());
-        let data = mount_of(c, "data")
-            .unwrap_or_else(|| panic!("{}", r.says("the volume claim data is mounted")));
-        assert!(
-            database.starts_with(data),
-            "{}",
-            r.says(&format!(
-                "the database {} is on the volume mounted at {data}",
-                database.display()
-            ))
-        );
-        assert!(
-            !pod["securityContext"]["fsGroup"].is_null(),
-            "{}",
-            r.says("an fsGroup makes the volume writable by the aggregator's user")
-        );
         for probe in ["livenessProbe", "readinessProbe"] {
             assert_eq!(
                 probe_port(c, probe),
@@ -1077,8 +1311,7 @@ fn the_aggregator_accepts_its_settings_and_has_the_volume_secret_and_port_they_n
                 ))
             );
         }
-        let raw: toml::Table =
-            toml::from_str(map["data"]["aggregator.toml"].as_str().unwrap()).unwrap();
+        let raw: toml::Table = toml::from_str(r.aggregator_toml()).unwrap();
         let token_file = raw["admin_token_file"]
             .as_str()
             .unwrap_or_else(|| panic!("{}", r.says("admin_token_file is set")));
@@ -1090,21 +1323,91 @@ fn the_aggregator_accepts_its_settings_and_has_the_volume_secret_and_port_they_n
                 ))
             );
         }
-        let tmp = env_value(c, "SQLITE_TMPDIR")
-            .unwrap_or_else(|| panic!("{}", r.says("SQLITE_TMPDIR is set: the root is read-only")));
-        let scratch = pod["volumes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|v| !v["emptyDir"].is_null())
-            .filter_map(|v| mount_of(c, v["name"].as_str().unwrap()))
-            .any(|m| Path::new(tmp).starts_with(m));
-        assert!(
-            scratch,
-            "{}",
-            r.says(&format!("SQLITE_TMPDIR {tmp} is on a writable emptyDir"))
-        );
+        match &config.database {
+            aggregator::store::Database::Sqlite(database) => {
+                the_sqlite_file_is_on_the_volume(r, database);
+            }
+            aggregator::store::Database::Postgres(_) => the_postgres_url_is_read_from_a_secret(r),
+        }
     });
+}
+
+fn the_sqlite_file_is_on_the_volume(r: &Rendering, database: &Path) {
+    let (pod, c) = (r.aggregator_pod(), r.aggregator_container());
+    assert!(
+        database.starts_with("/var/lib/core-meter"),
+        "{}",
+        r.says("the database is on the volume")
+    );
+    let data = mount_of(c, "data")
+        .unwrap_or_else(|| panic!("{}", r.says("the volume claim data is mounted")));
+    assert!(
+        database.starts_with(data),
+        "{}",
+        r.says(&format!(
+            "the database {} is on the volume mounted at {data}",
+            database.display()
+        ))
+    );
+    assert!(
+        !pod["securityContext"]["fsGroup"].is_null(),
+        "{}",
+        r.says("an fsGroup makes the volume writable by the aggregator's user")
+    );
+    let tmp = env_value(c, "SQLITE_TMPDIR")
+        .unwrap_or_else(|| panic!("{}", r.says("SQLITE_TMPDIR is set: the root is read-only")));
+    let scratch = pod["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|v| !v["emptyDir"].is_null())
+        .filter_map(|v| mount_of(c, v["name"].as_str().unwrap()))
+        .any(|m| Path::new(tmp).starts_with(m));
+    assert!(
+        scratch,
+        "{}",
+        r.says(&format!("SQLITE_TMPDIR {tmp} is on a writable emptyDir"))
+    );
+}
+
+/// The URL holds the database's password: it is in a Secret, and in no
+/// manifest, flag or settings file.
+fn the_postgres_url_is_read_from_a_secret(r: &Rendering) {
+    let c = r.aggregator_container();
+    let e = env(c, "CORE_METER_DATABASE")
+        .unwrap_or_else(|| panic!("{}", r.says("CORE_METER_DATABASE is set")));
+    let reference = &e["valueFrom"]["secretKeyRef"];
+    assert!(
+        e["value"].is_null() && reference["name"].is_string() && reference["key"].is_string(),
+        "{}",
+        r.says("CORE_METER_DATABASE comes from a Secret (secretKeyRef), not a literal")
+    );
+    assert_ne!(
+        reference["optional"],
+        true,
+        "{}",
+        r.says("the database's Secret is not optional: without it the aggregator would open a SQLite file")
+    );
+    assert!(
+        flag(c, "--database").is_none(),
+        "{}",
+        r.says("no --database flag: the URL would be in the manifest")
+    );
+    let raw: toml::Table = toml::from_str(r.aggregator_toml()).unwrap();
+    assert!(
+        !raw.contains_key("database"),
+        "{}",
+        r.says("aggregator.toml names no database: the URL is in the Secret alone")
+    );
+    let url = r.env_value_of(c, "CORE_METER_DATABASE").unwrap();
+    assert_eq!(
+        url.trim(),
+        url,
+        "{}",
+        r.says(
+            "the Secret's URL has no newline or space around it: the aggregator takes it as it is"
+        )
+    );
 }
 
 // --- The images ---
