@@ -62,6 +62,7 @@ async fn lead_run(state: &State) {
             return;
         }
     }
+    tracing::info!(at = %state.clock.now(), "this replica leads the billing run");
     run_once(state).await;
     if let Err(e) = blocking(&state.store, |s| s.end_billing_lead()).await {
         tracing::error!(error = %e.message, "cannot hand back the billing lead");

@@ -19,7 +19,8 @@ fn round_trip(case_text: &str) -> usize {
     let mut runs: Vec<DateTime<Utc>> = case.runs.iter().map(|r| r.parse().unwrap()).collect();
     runs.sort();
     let dir = tempfile::tempdir().unwrap();
-    let mut store = support::open_store(&dir.path().join("db.sqlite"), Durability::Scratch).unwrap();
+    let mut store =
+        support::open_store(&dir.path().join("db.sqlite"), Durability::Scratch).unwrap();
     let original = replay_into(&case, &config, &runs, &mut store).unwrap();
     let mut days: Vec<(String, chrono::NaiveDate)> = original
         .bills

@@ -45,8 +45,9 @@ struct Meter {
 impl Meter {
     fn new() -> Meter {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = support::open_store(&dir.path().join("core-meter.sqlite"), Durability::Durable)
-            .expect("open store");
+        let mut store =
+            support::open_store(&dir.path().join("core-meter.sqlite"), Durability::Durable)
+                .expect("open store");
         store.set_notice_channels(NoticeChannels {
             webhook: true,
             email: false,

@@ -146,9 +146,7 @@ fn busy_retried<T>(mut write: impl FnMut() -> Result<T, StoreError>) -> T {
         match write() {
             Err(StoreError::Database(aggregator::store::db::DbError::Sqlite(
                 rusqlite::Error::SqliteFailure(e, _),
-            )))
-                if e.code == rusqlite::ErrorCode::DatabaseBusy && Instant::now() < deadline =>
-            {
+            ))) if e.code == rusqlite::ErrorCode::DatabaseBusy && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(10));
             }
             other => return other.unwrap(),

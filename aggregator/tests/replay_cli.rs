@@ -132,8 +132,7 @@ fn database_from_case(name: &str, dir: &Path) -> PathBuf {
     let runs: Vec<chrono::DateTime<chrono::Utc>> =
         case.runs.iter().map(|r| r.parse().unwrap()).collect();
     let path = dir.join("core-meter.sqlite");
-    let mut store =
-        support::open_store(&path, aggregator::store::Durability::Durable).unwrap();
+    let mut store = support::open_store(&path, aggregator::store::Durability::Durable).unwrap();
     replay_into(&case, &config, &runs, &mut store).unwrap();
     path
 }

@@ -20,7 +20,8 @@ fn stored(case_name: &str) -> (tempfile::TempDir, Store, aggregator::billing::Bi
     let mut runs: Vec<DateTime<Utc>> = case.runs.iter().map(|r| r.parse().unwrap()).collect();
     runs.sort();
     let dir = tempfile::tempdir().unwrap();
-    let mut store = support::open_store(&dir.path().join("db.sqlite"), Durability::Scratch).unwrap();
+    let mut store =
+        support::open_store(&dir.path().join("db.sqlite"), Durability::Scratch).unwrap();
     replay_into(&case, &config, &runs, &mut store).unwrap();
     (dir, store, config)
 }
