@@ -114,9 +114,13 @@ fn count(client: &mut postgres::Client, sql: &str) -> i64 {
 
 #[test]
 fn three_replicas_bill_each_account_and_day_once_though_the_leader_is_killed_mid_run() {
-    let Some(_) = support::postgres_server() else {
-        return cannot_run("CORE_METER_TEST_POSTGRES names no PostgreSQL server");
-    };
+    if support::postgres_server().is_none() {
+        // The SQLite pass of the suite; `.ci/run`'s PostgreSQL pass runs it.
+        eprintln!(
+            "replicas: skipped: the suite runs on SQLite (CORE_METER_TEST_POSTGRES is not set)"
+        );
+        return;
+    }
     if !FAKETIME_LIBS.iter().any(|p| Path::new(p).exists()) {
         return cannot_run("libfaketime is not installed (Debian package faketime)");
     }
