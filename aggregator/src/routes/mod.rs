@@ -293,9 +293,6 @@ impl ApiError {
     /// store or ingest error that is the disk's doing is not unexpected: it
     /// is answered as `unwritable` (503), whichever handler passes it here.
     pub fn internal(error: impl std::fmt::Display + 'static) -> ApiError {
-        if std::env::var_os("CORE_METER_DEBUG_INTERNAL").is_some() {
-            eprintln!("INTERNAL: {error}");
-        }
         let any: &dyn std::any::Any = &error;
         let cause = if let Some(SubmitError::Store(f)) = any.downcast_ref::<SubmitError>() {
             f.unwritable

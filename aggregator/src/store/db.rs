@@ -493,9 +493,8 @@ impl PgConn {
             return Ok(s.clone());
         }
         let prepared = self.client().prepare(&numbered(sql)).inspect_err(|e| {
-            if std::env::var_os("CORE_METER_DEBUG_INTERNAL").is_some() {
-                eprintln!("PREPARE {e:?}: {sql}");
-            }
+            // A statement PostgreSQL refuses is a bug of ours: say which.
+            tracing::error!(error = %pg_message(e), statement = sql, "PostgreSQL refused a statement");
         })?;
         let mut cache = self.statements.borrow_mut();
         // Statements built from a varying text (a batch's row count) must not grow it forever.
