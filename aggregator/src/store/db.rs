@@ -32,6 +32,8 @@ pub enum DbError {
     Postgres(#[from] postgres::Error),
     #[error("query returned no rows")]
     NoRows,
+    #[error("the connection to PostgreSQL was lost inside a transaction; it was not committed")]
+    LostInTransaction,
     #[error("column {column}: {message}")]
     Conversion { column: usize, message: String },
 }
@@ -56,6 +58,26 @@ impl DbError {
                     || e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
             }
             DbError::Postgres(e) => e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION),
+            _ => false,
+        }
+    }
+
+    /// The database could not be reached: PostgreSQL's connection refused,
+    /// lost or shut down (SQLSTATE class 08, 57P01 to 57P03).
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            DbError::LostInTransaction => true,
+            DbError::Postgres(e) => {
+                e.is_closed()
+                    || match e.code() {
+                        Some(code) => {
+                            let code = code.code();
+                            code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
+                        }
+                        // No server error: the socket failed (refused, reset).
+                        None => e.as_db_error().is_none(),
+                    }
+            }
             _ => false,
         }
     }
@@ -463,6 +485,7 @@ impl Row<'_> {
 
 /// A PostgreSQL connection with its prepared statements.
 pub struct PgConn {
+    url: String,
     /// Always `Some` but while dropped (see `Drop`).
     client: RefCell<Option<postgres::Client>>,
     in_transaction: std::cell::Cell<bool>,
@@ -481,18 +504,51 @@ impl Drop for PgConn {
     }
 }
 
+/// Set on every PostgreSQL session: a replica that stops in the middle of a
+/// transaction (stuck, or cut off) must not hold the write lock for long,
+/// and a write waits a bounded time for it.
+const SESSION_SETTINGS: &str =
+    "SET idle_in_transaction_session_timeout = '60s'; SET lock_timeout = '60s'";
+
+fn connect_postgres(url: &str) -> Result<postgres::Client, DbError> {
+    let mut client = postgres::Client::connect(url, postgres::NoTls)?;
+    client.batch_execute(SESSION_SETTINGS)?;
+    Ok(client)
+}
+
 impl PgConn {
-    fn client(&self) -> std::cell::RefMut<'_, postgres::Client> {
-        std::cell::RefMut::map(self.client.borrow_mut(), |c| {
+    /// The client, connected again if its connection was lost (the server
+    /// restarted, a failover, an idle transaction cut off): the statement
+    /// that found it lost failed; the next one reconnects.
+    fn client(&self) -> Result<std::cell::RefMut<'_, postgres::Client>, DbError> {
+        let mut slot = self.client.borrow_mut();
+        if slot.as_ref().is_some_and(postgres::Client::is_closed) {
+            if self.in_transaction.get() {
+                // Never go on in autocommit what was meant as one transaction:
+                // it fails, and its rollback ends it.
+                return Err(DbError::LostInTransaction);
+            }
+            let fresh = connect_postgres(&self.url)?;
+            tracing::warn!("the connection to PostgreSQL was lost; connected again");
+            // Drop the dead client off this thread (its drop may block).
+            if let Some(dead) = slot.replace(fresh) {
+                let _ = std::thread::spawn(move || drop(dead)).join();
+            }
+            self.statements.borrow_mut().clear();
+            self.in_transaction.set(false);
+        }
+        Ok(std::cell::RefMut::map(slot, |c| {
             c.as_mut().expect("the client is only taken when dropped")
-        })
+        }))
     }
 
     fn statement(&self, sql: &str) -> Result<postgres::Statement, DbError> {
+        // Connected (again) first: a reconnection empties the cache.
+        let mut client = self.client()?;
         if let Some(s) = self.statements.borrow().get(sql) {
             return Ok(s.clone());
         }
-        let prepared = self.client().prepare(&numbered(sql)).inspect_err(|e| {
+        let prepared = client.prepare(&numbered(sql)).inspect_err(|e| {
             // A statement PostgreSQL refuses is a bug of ours: say which.
             tracing::error!(error = %pg_message(e), statement = sql, "PostgreSQL refused a statement");
         })?;
@@ -574,8 +630,9 @@ impl Conn {
     }
 
     pub fn postgres(url: &str) -> Result<Conn, DbError> {
-        let client = postgres::Client::connect(url, postgres::NoTls)?;
+        let client = connect_postgres(url)?;
         Ok(Conn::Postgres(Box::new(PgConn {
+            url: url.to_string(),
             client: RefCell::new(Some(client)),
             in_transaction: std::cell::Cell::new(false),
             statements: RefCell::new(HashMap::new()),
@@ -608,7 +665,7 @@ impl Conn {
                 let stmt = pg.statement(sql)?;
                 let refs: Vec<&(dyn PgToSql + Sync)> =
                     values.iter().map(|v| v as &(dyn PgToSql + Sync)).collect();
-                let n = pg.client().execute(&stmt, &refs)?;
+                let n = pg.client()?.execute(&stmt, &refs)?;
                 Ok(usize::try_from(n).unwrap_or(usize::MAX))
             }
         }
@@ -635,7 +692,7 @@ impl Conn {
                 let stmt = pg.statement(sql)?;
                 let refs: Vec<&(dyn PgToSql + Sync)> =
                     values.iter().map(|v| v as &(dyn PgToSql + Sync)).collect();
-                for r in pg.client().query(&stmt, &refs)? {
+                for r in pg.client()?.query(&stmt, &refs)? {
                     out.push(f(&Row::Postgres(&r)));
                 }
             }
@@ -673,7 +730,7 @@ impl Conn {
                 let stmt = pg.statement(sql)?;
                 let refs: Vec<&(dyn PgToSql + Sync)> =
                     values.iter().map(|v| v as &(dyn PgToSql + Sync)).collect();
-                pg.client()
+                pg.client()?
                     .query(&stmt, &refs)?
                     .into_iter()
                     .map(RowData::Postgres)
@@ -764,7 +821,7 @@ impl Conn {
                 let stmt = pg.statement(sql)?;
                 let refs: Vec<&(dyn PgToSql + Sync)> =
                     values.iter().map(|v| v as &(dyn PgToSql + Sync)).collect();
-                let mut client = pg.client();
+                let mut client = pg.client()?;
                 let mut rows = client.query_raw(&stmt, refs)?;
                 while let Some(r) = rows.next()? {
                     f(&Row::Postgres(&r))?;
@@ -795,7 +852,7 @@ impl Conn {
                 let stmt = pg.statement(sql)?;
                 let refs: Vec<&(dyn PgToSql + Sync)> =
                     values.iter().map(|v| v as &(dyn PgToSql + Sync)).collect();
-                match pg.client().query_opt(&stmt, &refs)? {
+                match pg.client()?.query_opt(&stmt, &refs)? {
                     Some(r) => f(&Row::Postgres(&r)),
                     None => Err(DbError::NoRows),
                 }
@@ -815,7 +872,7 @@ impl Conn {
     pub fn execute_batch(&self, sql: &str) -> Result<(), DbError> {
         match self {
             Conn::Sqlite(c) => Ok(c.execute_batch(sql)?),
-            Conn::Postgres(pg) => Ok(pg.client().batch_execute(sql)?),
+            Conn::Postgres(pg) => Ok(pg.client()?.batch_execute(sql)?),
         }
     }
 

@@ -179,6 +179,9 @@ pub enum Unwritable {
     DiskFull,
     /// `SQLITE_IOERR`: the disk failed a read, write or sync.
     DiskError,
+    /// PostgreSQL could not be reached (refused, lost, shutting down); the
+    /// next statement connects again.
+    Unreachable,
 }
 
 impl Unwritable {
@@ -187,6 +190,7 @@ impl Unwritable {
         match self {
             Unwritable::DiskFull => "disk_full",
             Unwritable::DiskError => "disk_error",
+            Unwritable::Unreachable => "database_unreachable",
         }
     }
 
@@ -195,6 +199,7 @@ impl Unwritable {
         match self {
             Unwritable::DiskFull => "the database's disk is full",
             Unwritable::DiskError => "the database's disk failed to read or write (I/O error)",
+            Unwritable::Unreachable => "the database does not answer (connection refused or lost)",
         }
     }
 }
@@ -211,6 +216,7 @@ impl StoreError {
                 }
             }
             // PostgreSQL's disk_full (53100) and io_error (58030).
+            StoreError::Database(e) if e.is_unreachable() => Some(Unwritable::Unreachable),
             StoreError::Database(e) => match e.sql_state() {
                 Some("53100") => Some(Unwritable::DiskFull),
                 Some("58030") => Some(Unwritable::DiskError),
