@@ -20,6 +20,24 @@
 //! samples. Then the database's size on disk per stored sample after a WAL
 //! checkpoint and after `VACUUM` (item 4). The bench exits non-zero when the
 //! default fleet misses a time target.
+//!
+//! With `-- --database postgres` (issue 10) the fleet is loaded into a
+//! database on a throwaway PostgreSQL server the bench starts (PostgreSQL's
+//! durable defaults: `fsync` and `synchronous_commit` on; `--pg-no-fsync` for
+//! the test helpers' `fsync = off`), the floor is the same `GROUP BY` through
+//! the `postgres` client, and the size is `pg_database_size` (catalogs
+//! included) after a `CHECKPOINT` and after `VACUUM FULL`. With
+//! `--replicas N` (PostgreSQL only) the billing child opens N stores, as N
+//! replicas would, and calls `run_billing` at the same 02:00 from all N at
+//! once on N threads: the figure is the wall time until the last returns
+//! (each run's own time is printed too), and the peak memory is the child's,
+//! for all N. Each run is unguarded, as the store's correctness does not rest
+//! on the billing lead: this is the worst case, every replica doing the whole
+//! run. With `--lead` each first takes the billing lead
+//! (`Store::try_lead_billing`) as the service's 02:00 job does, and a replica
+//! without it returns at once. On any database the bench then checks in the bill lines that
+//! every account's day was billed exactly once (one daily line, no
+//! adjustment) and exits non-zero if not.
 
 // Timings and ratios are measurements, never money: floating point is right here.
 #![allow(clippy::float_arithmetic)]
@@ -29,10 +47,15 @@ use std::process::Command;
 use std::time::Instant;
 
 use aggregator::billing::{run_billing, BillingConfig};
-use aggregator::store::{Durability, Incoming, Store};
+use aggregator::store::{Database, Durability, Incoming, Store};
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use shared::overage::Licence;
 use shared::sample::AgeLimits;
+
+#[path = "support/bench_postgres.rs"]
+#[allow(dead_code)]
+mod bench_postgres;
+use bench_postgres::BenchPostgres;
 
 /// Samples per `Store::ingest` call while loading, as `replay` uses.
 const LOAD_CHUNK: usize = 10_000;
@@ -56,23 +79,45 @@ fn main() {
             .map(|v| v.replace('_', "").parse::<u32>().expect("a whole number"))
     };
     let accounts = value("--accounts").unwrap_or(1_000);
+    let postgres = match args
+        .iter()
+        .position(|a| a == "--database")
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+    {
+        None | Some("sqlite") => false,
+        Some("postgres") => true,
+        Some(other) => panic!("--database sqlite|postgres, not {other}"),
+    };
+    let replicas = value("--replicas").unwrap_or(1);
+    assert!(
+        replicas >= 1 && (replicas == 1 || postgres),
+        "--replicas N needs N >= 1, and N > 1 needs --database postgres"
+    );
+    let on = On {
+        postgres,
+        durable: !args.iter().any(|a| a == "--pg-no-fsync"),
+        replicas,
+        lead: args.iter().any(|a| a == "--lead"),
+    };
     let fleets: Vec<u32> = if args.iter().any(|a| a == "--scale") {
         vec![1_000, 10_000, 100_000]
     } else {
         vec![value("--nodes").unwrap_or(100_000)]
     };
 
-    print_machine(accounts);
+    print_machine(accounts, &on);
     let mut rows = Vec::new();
     for &nodes in &fleets {
-        rows.push(measure(nodes, accounts));
+        rows.push(measure(nodes, accounts, &on));
     }
     println!();
-    println!("| nodes | samples | load s | bare query s | billing s | billing / bare | bare peak RSS MiB | billing peak RSS MiB | DB MiB (checkpointed) | B/sample | DB MiB (vacuumed) | B/sample vacuumed | loadavg after |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    println!("| database | nodes | samples | load s | bare query s | billing s | billing / bare | bare peak RSS MiB | billing peak RSS MiB | DB MiB (checkpointed) | B/sample | DB MiB (vacuumed) | B/sample vacuumed | billed once | loadavg after |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|");
     for r in &rows {
         println!(
-            "| {} | {} | {:.1} | {:.3} | {:.3} | {:.2}x | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} |",
+            "| {} | {} | {} | {:.1} | {:.3} | {:.3} | {:.2}x | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} |",
+            on.label(),
             r.nodes,
             r.samples,
             r.load_secs,
@@ -85,8 +130,16 @@ fn main() {
             r.checkpointed_bytes as f64 / r.samples as f64,
             mib(r.vacuumed_bytes),
             r.vacuumed_bytes as f64 / r.samples as f64,
+            if r.billed_once() { "yes" } else { "NO" },
             r.loadavg,
         );
+    }
+    if let Some(r) = rows.iter().find(|r| !r.billed_once()) {
+        eprintln!(
+            "billing_run: FAILED at {} nodes: {} bill lines for {} (account, day) pairs, {} adjustments; every account's day must be billed exactly once",
+            r.nodes, r.bill.db_lines, r.bill.db_account_days, r.bill.db_adjustments
+        );
+        std::process::exit(1);
     }
     println!();
     println!("targets (100,000 nodes): billing <= {TARGET_SECS} s and <= {TARGET_RATIO}x the bare query; peak RSS roughly flat with the fleet");
@@ -107,6 +160,35 @@ fn main() {
     }
 }
 
+/// Where the bench runs: the database, and the billing runs at once.
+struct On {
+    postgres: bool,
+    /// PostgreSQL's durable defaults (fsync on), or the test helpers' fsync=off.
+    durable: bool,
+    replicas: u32,
+    /// Each run first takes the billing lead, as the service's 02:00 job does.
+    lead: bool,
+}
+
+impl On {
+    fn label(&self) -> String {
+        if self.postgres {
+            format!(
+                "PostgreSQL{}, {} replica(s){}",
+                if self.durable { "" } else { " (fsync=off)" },
+                self.replicas,
+                if self.lead {
+                    " with the billing lead"
+                } else {
+                    ""
+                }
+            )
+        } else {
+            "SQLite".to_string()
+        }
+    }
+}
+
 /// One fleet's figures.
 struct Row {
     nodes: u32,
@@ -120,7 +202,16 @@ struct Row {
     loadavg: String,
 }
 
-fn measure(nodes: u32, accounts: u32) -> Row {
+impl Row {
+    /// Every account's day billed exactly once: one daily line each, no adjustment.
+    fn billed_once(&self) -> bool {
+        self.bill.db_lines == u64::from(self.accounts)
+            && self.bill.db_account_days == u64::from(self.accounts)
+            && self.bill.db_adjustments == 0
+    }
+}
+
+fn measure(nodes: u32, accounts: u32, on: &On) -> Row {
     let accounts = accounts.min(nodes);
     println!();
     println!("== {nodes} nodes x 24 hourly samples over {accounts} accounts, day {DAY} in Asia/Shanghai ==");
@@ -130,7 +221,15 @@ fn measure(nodes: u32, accounts: u32) -> Row {
             std::env::var_os("BENCH_DIR").map_or_else(std::env::temp_dir, std::path::PathBuf::from),
         )
         .expect("temporary directory");
-    let db = dir.path().join("core-meter.sqlite");
+    // The server lives until the row is measured.
+    let postgres = on.postgres.then(|| BenchPostgres::start(on.durable));
+    let db = match &postgres {
+        Some(pg) => {
+            println!("{}", pg.settings());
+            Database::Postgres(pg.create_database("billing"))
+        }
+        None => Database::Sqlite(dir.path().join("core-meter.sqlite")),
+    };
 
     let started = Instant::now();
     let samples = load(&db, nodes, accounts);
@@ -141,7 +240,7 @@ fn measure(nodes: u32, accounts: u32) -> Row {
     );
 
     // The floor first, so both read a database the page cache already holds.
-    let bare = spawn_child("bare", &db);
+    let bare = spawn_child("bare", &db, 1);
     println!(
         "bare query: {:.3} s, {} groups, sum {} core-samples; peak RSS {:.1} MiB (child process)",
         bare.secs,
@@ -149,7 +248,18 @@ fn measure(nodes: u32, accounts: u32) -> Row {
         bare.check,
         mib(bare.hwm_kib * 1024)
     );
-    let bill = spawn_child("bill", &db);
+    let bill = spawn_child(if on.lead { "bill-lead" } else { "bill" }, &db, on.replicas);
+    if on.replicas > 1 {
+        println!(
+            "{} billing runs at once, one store each{}: wall time {:.3} s until the last returned; each run {} s; bill lines issued by each {}",
+            on.replicas,
+            if on.lead {
+                ", each through try_lead_billing first (a run without the lead returns at once)"
+            } else {
+                ", none taking the billing lead (every replica does the whole run)"
+            }, bill.secs, bill.per_run_secs, bill.per_run_lines
+        );
+    }
     println!(
         "billing run: {:.3} s, {} bill lines, {} with an amount, total {} USD; peak RSS {:.1} MiB, {:.1} MiB before the run (child process)",
         bill.secs,
@@ -164,16 +274,40 @@ fn measure(nodes: u32, accounts: u32) -> Row {
         bill.secs / bare.secs
     );
     println!(
+        "bill lines in the database: {} for {} (account, day) pairs of {accounts} accounts, {} adjustment(s): {}",
+        bill.db_lines,
+        bill.db_account_days,
+        bill.db_adjustments,
+        if bill.db_lines == u64::from(accounts)
+            && bill.db_account_days == u64::from(accounts)
+            && bill.db_adjustments == 0
+        {
+            "every account's day billed exactly once"
+        } else {
+            "NOT billed exactly once"
+        }
+    );
+    println!(
         "lifecycle step after it: {:.3} s for {accounts} accounts stepped through one run; {:.3} s the first time, each through the 30 runs since it was created",
         bill.lifecycle_secs, bill.catch_up_secs
     );
 
-    let (checkpointed_bytes, vacuumed_bytes) = sizes(&db);
+    let (checkpointed_bytes, vacuumed_bytes) = match &db {
+        Database::Sqlite(path) => sizes(path),
+        Database::Postgres(url) => pg_sizes(url),
+    };
+    drop(postgres);
     println!(
-        "on disk: {:.1} MiB after a WAL checkpoint = {:.1} bytes per sample; {:.1} MiB after VACUUM = {:.1} bytes per sample",
+        "on disk: {:.1} MiB after a {} = {:.1} bytes per sample; {:.1} MiB after {} = {:.1} bytes per sample",
         mib(checkpointed_bytes),
+        if on.postgres {
+            "CHECKPOINT (pg_database_size, catalogs included)"
+        } else {
+            "WAL checkpoint"
+        },
         checkpointed_bytes as f64 / samples as f64,
         mib(vacuumed_bytes),
+        if on.postgres { "VACUUM FULL" } else { "VACUUM" },
         vacuumed_bytes as f64 / samples as f64
     );
     let loadavg = loadavg();
@@ -224,8 +358,8 @@ fn node_cores(node: u32) -> u32 {
 /// misses an hour (gap bridging fills it) and samples twice in another
 /// hour at a larger size (the larger counts); every 7th node grows at noon.
 /// Returns the number of samples stored.
-fn load(db: &Path, nodes: u32, accounts: u32) -> u64 {
-    let mut store = Store::open(db, Durability::Scratch).expect("open store");
+fn load(db: &Database, nodes: u32, accounts: u32) -> u64 {
+    let mut store = Store::connect(db, Durability::Scratch).expect("open store");
     let start = day_start();
     let created = start - TimeDelta::days(30);
     let ids: Vec<String> = (0..accounts).map(|a| format!("acct-{a:05}")).collect();
@@ -331,13 +465,21 @@ struct ChildReport {
     lifecycle_secs: f64,
     /// The same step for accounts never stepped: each through its first 30 runs.
     catch_up_secs: f64,
+    /// With replicas: each run's own seconds and lines issued, comma-separated.
+    per_run_secs: String,
+    per_run_lines: String,
+    /// Bill lines in the database after the run(s), their (account, day) pairs, and adjustments among them.
+    db_lines: u64,
+    db_account_days: u64,
+    db_adjustments: u64,
 }
 
-fn spawn_child(what: &str, db: &Path) -> ChildReport {
+fn spawn_child(what: &str, db: &Database, replicas: u32) -> ChildReport {
     let out = Command::new(std::env::current_exe().expect("own executable"))
         .arg("--child")
         .arg(what)
-        .arg(db)
+        .arg(db.to_string())
+        .arg(replicas.to_string())
         .output()
         .expect("run child");
     assert!(
@@ -358,6 +500,11 @@ fn spawn_child(what: &str, db: &Path) -> ChildReport {
             "hwm_kib" => r.hwm_kib = v.parse().unwrap(),
             "lifecycle_secs" => r.lifecycle_secs = v.parse().unwrap(),
             "catch_up_secs" => r.catch_up_secs = v.parse().unwrap(),
+            "per_run_secs" => r.per_run_secs = v.to_string(),
+            "per_run_lines" => r.per_run_lines = v.to_string(),
+            "db_lines" => r.db_lines = v.parse().unwrap(),
+            "db_account_days" => r.db_account_days = v.parse().unwrap(),
+            "db_adjustments" => r.db_adjustments = v.parse().unwrap(),
             _ => panic!("unknown child field {k}"),
         }
     }
@@ -366,10 +513,12 @@ fn spawn_child(what: &str, db: &Path) -> ChildReport {
 
 /// Runs in the child process: one measurement, printed as `key=value` fields.
 fn child(args: &[String]) {
-    let (what, db) = (args[0].as_str(), Path::new(&args[1]));
-    match what {
-        "bare" => {
-            let conn = rusqlite::Connection::open(db).expect("open database");
+    let what = args[0].as_str();
+    let db = Database::parse(&args[1]);
+    let replicas: usize = args[2].parse().expect("replicas");
+    match (what, &db) {
+        ("bare", Database::Sqlite(path)) => {
+            let conn = rusqlite::Connection::open(path).expect("open database");
             // The store's page cache size, so neither side has more memory to work with.
             conn.pragma_update(None, "cache_size", -16_384).unwrap();
             let rss_before_kib = proc_status_kib("VmRSS");
@@ -392,20 +541,85 @@ fn child(args: &[String]) {
                 proc_status_kib("VmHWM")
             );
         }
-        "bill" => {
-            // Opened as the service opens it: WAL, full syncs.
-            let mut store = Store::open(db, Durability::Durable).expect("open store");
-            let config = BillingConfig::default();
+        ("bare", Database::Postgres(url)) => {
+            let mut client = postgres::Client::connect(url, postgres::NoTls).expect("connect");
             let rss_before_kib = proc_status_kib("VmRSS");
             let started = Instant::now();
-            let lines = run_billing(&mut store, run_at(), &config).expect("billing run");
+            // Streamed as the SQLite side steps through its rows, not collected.
+            let mut rows = client
+                .query_raw(
+                    "SELECT account_ref, at_ms / 3600000 AS bucket, SUM(cores)::BIGINT FROM samples
+                      GROUP BY account_ref, bucket",
+                    std::iter::empty::<i64>(),
+                )
+                .expect("the bare query");
+            let (mut count, mut sum) = (0u64, 0i64);
+            while let Some(r) =
+                postgres::fallible_iterator::FallibleIterator::next(&mut rows).expect("a row")
+            {
+                count += 1;
+                sum += r.get::<_, i64>(2);
+            }
             let secs = started.elapsed().as_secs_f64();
+            println!(
+                "secs={secs} count={count} nonzero=0 check={sum} rss_before_kib={rss_before_kib} hwm_kib={}",
+                proc_status_kib("VmHWM")
+            );
+        }
+        ("bill" | "bill-lead", _) => {
+            let lead = what == "bill-lead";
+            // Opened as the service opens it (SQLite: WAL, full syncs), one store per replica.
+            let stores: Vec<Store> = (0..replicas)
+                .map(|_| Store::connect(&db, Durability::Durable).expect("open store"))
+                .collect();
+            let config = BillingConfig::default();
+            let rss_before_kib = proc_status_kib("VmRSS");
+            // All runs start together; the figure is the time until the last returns.
+            let go = std::sync::Arc::new(std::sync::Barrier::new(replicas + 1));
+            let runs: Vec<_> = stores
+                .into_iter()
+                .map(|mut store| {
+                    let (go, config) = (go.clone(), config.clone());
+                    std::thread::spawn(move || {
+                        go.wait();
+                        let started = Instant::now();
+                        if lead && !store.try_lead_billing().expect("try the billing lead") {
+                            return (store, Vec::new(), None);
+                        }
+                        let lines =
+                            run_billing(&mut store, run_at(), &config).expect("billing run");
+                        if lead {
+                            store.end_billing_lead().expect("end the billing lead");
+                        }
+                        (store, lines, Some(started.elapsed().as_secs_f64()))
+                    })
+                })
+                .collect();
+            go.wait();
+            let started = Instant::now();
+            let runs: Vec<_> = runs
+                .into_iter()
+                .map(|run| run.join().expect("a billing thread"))
+                .collect();
+            let secs = started.elapsed().as_secs_f64();
+            let per_run_secs: Vec<String> = runs
+                .iter()
+                .map(|r| {
+                    r.2.map_or_else(|| "no-lead".to_string(), |s| format!("{s:.3}"))
+                })
+                .collect();
+            let per_run_lines: Vec<String> = runs.iter().map(|r| r.1.len().to_string()).collect();
+            let lines: Vec<&shared::bill::BillLine> = runs.iter().flat_map(|r| &r.1).collect();
+            let count = lines.len();
             let total: rust_decimal::Decimal = lines.iter().map(|l| l.amount).sum();
             let nonzero = lines.iter().filter(|l| !l.amount.is_zero()).count();
             assert!(
                 lines.iter().all(|l| l.day.to_string() == DAY),
                 "only the day is billed"
             );
+            let (per_run_secs, per_run_lines) = (per_run_secs.join(","), per_run_lines.join(","));
+            let hwm_kib = proc_status_kib("VmHWM");
+            let mut store = runs.into_iter().next().expect("one run").0;
             // The lifecycle step the service runs right after billing: every
             // account stepped through the run (first run after creation here,
             // so each account is stepped through the 30 runs since it was created).
@@ -428,14 +642,55 @@ fn child(args: &[String]) {
             )
             .expect("lifecycle step");
             let lifecycle_secs = started.elapsed().as_secs_f64();
+            drop(store);
+            let (db_lines, db_account_days, db_adjustments) = bill_lines_in(&db);
             println!(
-                "secs={secs} count={} nonzero={nonzero} check={total} rss_before_kib={rss_before_kib} hwm_kib={} lifecycle_secs={lifecycle_secs} catch_up_secs={catch_up_secs}",
-                lines.len(),
-                proc_status_kib("VmHWM")
+                "secs={secs} count={count} nonzero={nonzero} check={total} rss_before_kib={rss_before_kib} hwm_kib={hwm_kib} lifecycle_secs={lifecycle_secs} catch_up_secs={catch_up_secs} per_run_secs={per_run_secs} per_run_lines={per_run_lines} db_lines={db_lines} db_account_days={db_account_days} db_adjustments={db_adjustments}"
             );
         }
-        other => panic!("unknown child {other}"),
+        (other, _) => panic!("unknown child {other}"),
     }
+}
+
+/// The bill lines stored for the day: how many, how many distinct (account, day), how many adjustments.
+fn bill_lines_in(db: &Database) -> (u64, u64, u64) {
+    let sql = format!(
+        "SELECT COUNT(*), COUNT(DISTINCT account_ref), COALESCE(SUM(CASE WHEN kind = 'adjustment' THEN 1 ELSE 0 END), 0)
+           FROM bill_lines WHERE day = '{DAY}'"
+    );
+    let (lines, pairs, adjustments): (i64, i64, i64) = match db {
+        Database::Sqlite(path) => rusqlite::Connection::open(path)
+            .expect("open database")
+            .query_row(&sql, [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .expect("count the bill lines"),
+        Database::Postgres(url) => {
+            let row = postgres::Client::connect(url, postgres::NoTls)
+                .expect("connect")
+                .query_one(&sql, &[])
+                .expect("count the bill lines");
+            (row.get(0), row.get(1), row.get(2))
+        }
+    };
+    let n = |v: i64| u64::try_from(v).expect("a count");
+    (n(lines), n(pairs), n(adjustments))
+}
+
+/// The PostgreSQL database's size after a `CHECKPOINT`, and after `VACUUM FULL`.
+fn pg_sizes(url: &str) -> (u64, u64) {
+    let mut client = postgres::Client::connect(url, postgres::NoTls).expect("connect");
+    let mut size_after = |statements: &[&str]| {
+        // One statement at a time: VACUUM refuses a transaction block, which a batch is.
+        for sql in statements {
+            client.batch_execute(sql).expect(sql);
+        }
+        let bytes: i64 = client
+            .query_one("SELECT pg_database_size(current_database())", &[])
+            .expect("pg_database_size")
+            .get(0);
+        u64::try_from(bytes).expect("a size")
+    };
+    let checkpointed = size_after(&["CHECKPOINT"]);
+    (checkpointed, size_after(&["VACUUM FULL", "CHECKPOINT"]))
 }
 
 /// The database's bytes on disk (file and WAL) after a checkpoint, and after `VACUUM`.
@@ -474,7 +729,7 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
-fn print_machine(accounts: u32) {
+fn print_machine(accounts: u32, on: &On) {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -504,5 +759,22 @@ fn print_machine(accounts: u32) {
          release build, SQLite page cache 16 MiB, database in {}",
         run_at(),
         std::env::var("BENCH_DIR").unwrap_or_else(|_| std::env::temp_dir().display().to_string())
+    );
+    println!(
+        "database: {}{}",
+        on.label(),
+        if on.postgres {
+            format!(
+                " on a throwaway server the bench starts ({}), its data in a temporary directory; the billing child opens {} store(s) and runs run_billing from each at once, on its own thread",
+                if on.durable {
+                    "PostgreSQL's durable defaults: fsync=on, synchronous_commit=on"
+                } else {
+                    "fsync=off, synchronous_commit=off: the test helpers' settings, not durable"
+                },
+                on.replicas
+            )
+        } else {
+            ", WAL, synchronous=FULL".to_string()
+        }
     );
 }

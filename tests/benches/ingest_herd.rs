@@ -22,6 +22,17 @@
 //! schema, indexes and pragmas are the service's, committing one transaction
 //! per group of the service's mean group-commit size.
 //!
+//! With `-- --database postgres` (issue 10) the same herd goes to `aggregator
+//! serve --database postgres://…` on a throwaway PostgreSQL server the bench
+//! starts (PostgreSQL's durable defaults: `fsync` and `synchronous_commit`
+//! on, as SQLite's `synchronous = FULL`; `--pg-no-fsync` for the test
+//! helpers' `fsync = off`), and `--replicas N` starts N aggregators on the one
+//! database and sends push i to replica i mod N. The check then kills every
+//! replica with `kill -9`, crashes PostgreSQL (`pg_ctl stop -m immediate`),
+//! restarts it and looks up every acknowledged sample in what it recovered.
+//! The server's CPU is reported beside the service's, since it shares the two
+//! cores too. The bare-rusqlite ceiling is SQLite's and is skipped there.
+//!
 //! Only a missing acknowledged sample fails the run (exit 1); a missed
 //! performance target is reported as MISS with its gap.
 
@@ -38,6 +49,11 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use clap::Parser;
 use e2e::procs::{free_addr, request};
+
+#[path = "support/bench_postgres.rs"]
+#[allow(dead_code)]
+mod bench_postgres;
+use bench_postgres::BenchPostgres;
 
 /// Accepted samples per second through HTTP at least.
 const TARGET_SAMPLES_PER_SEC: f64 = 20_000.0;
@@ -70,6 +86,15 @@ struct Args {
     /// Run 1,000, 10,000 and 100,000 nodes with the same samples, one table row each.
     #[arg(long)]
     scaling: bool,
+    /// The service's database: a SQLite file, or a throwaway PostgreSQL server's database.
+    #[arg(long, default_value = "sqlite", value_parser = ["sqlite", "postgres"])]
+    database: String,
+    /// Aggregator replicas on the one PostgreSQL database; push i goes to replica i mod N.
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
+    /// PostgreSQL with the test helpers' fsync=off, synchronous_commit=off instead of its durable defaults.
+    #[arg(long)]
+    pg_no_fsync: bool,
     /// Use this aggregator binary instead of building target/release/aggregator.
     #[arg(long)]
     binary: Option<PathBuf>,
@@ -80,6 +105,8 @@ struct Args {
 
 /// What one size measured.
 struct Measured {
+    /// "SQLite", or "PostgreSQL, N replica(s)".
+    label: String,
     nodes: u64,
     samples: u64,
     accepted: u64,
@@ -95,9 +122,11 @@ struct Measured {
     service_cpu_secs: f64,
     /// CPU seconds the load generator (this process) used while pushing.
     client_cpu_secs: f64,
+    /// CPU seconds the PostgreSQL server used while the herd was pushed.
+    db_cpu_secs: Option<f64>,
     mean_group: f64,
-    ceiling_per_sec: f64,
-    ceiling_group: usize,
+    /// The bare-rusqlite ceiling (samples/s) and its group; SQLite only.
+    ceiling: Option<(f64, usize)>,
 }
 
 impl Measured {
@@ -105,13 +134,18 @@ impl Measured {
         self.accepted as f64 / self.http_secs
     }
 
-    fn share(&self) -> f64 {
-        self.http_per_sec() / self.ceiling_per_sec
+    fn share(&self) -> Option<f64> {
+        self.ceiling
+            .map(|(per_sec, _)| self.http_per_sec() / per_sec)
     }
 }
 
 fn main() {
     let args = Args::parse();
+    if args.replicas == 0 || (args.replicas > 1 && args.database != "postgres") {
+        eprintln!("ingest_herd: --replicas N needs N >= 1, and N > 1 needs --database postgres (SQLite has one writer process)");
+        std::process::exit(2);
+    }
     let binary = args.binary.clone().unwrap_or_else(release_aggregator);
     print_machine(&args, &binary);
 
@@ -184,8 +218,22 @@ fn print_machine(args: &Args, binary: &Path) {
     println!("machine: {cpus} CPUs (nproc), {cpu}");
     println!("load average before: {}", loadavg());
     println!("binary: {}", binary.display());
+    let database = if args.database == "postgres" {
+        format!(
+            "PostgreSQL ({}), a throwaway server the bench starts, its data in a temporary directory; {} aggregator replica(s) on its one database, push i to replica i mod {}",
+            if args.pg_no_fsync {
+                "fsync=off, synchronous_commit=off: the test helpers' settings, not durable"
+            } else {
+                "its durable defaults: fsync=on, synchronous_commit=on"
+            },
+            args.replicas,
+            args.replicas
+        )
+    } else {
+        "SQLite WAL, synchronous=FULL, a file in a temporary directory".to_string()
+    };
     println!(
-        "settings: {} samples, one per request; concurrency {} (keep-alive connections); load generator on {} thread(s) of this process; service defaults (SQLite WAL, synchronous=FULL, a file in a temporary directory)",
+        "settings: {} samples, one per request; concurrency {} (keep-alive connections); load generator on {} thread(s) of this process; service defaults; database: {database}",
         args.samples, args.concurrency, args.client_threads
     );
     println!(
@@ -241,7 +289,7 @@ impl Drop for Server {
     }
 }
 
-fn start(binary: &Path, database: &Path) -> Server {
+fn start(binary: &Path, database: &std::ffi::OsStr) -> Server {
     let addr = free_addr();
     let admin = format!("bench-admin-{}", std::process::id());
     let child = Command::new(binary)
@@ -310,7 +358,8 @@ struct Load {
     errors: u64,
 }
 
-fn push_all(addr: SocketAddr, token: &str, pushes: Vec<Push>, args: &Args) -> Load {
+/// Pushes every sample, push i to `addrs[i % addrs.len()]` (round-robin over the replicas).
+fn push_all(addrs: &[SocketAddr], token: &str, pushes: Vec<Push>, args: &Args) -> Load {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.client_threads.max(1))
         .enable_all()
@@ -322,14 +371,17 @@ fn push_all(addr: SocketAddr, token: &str, pushes: Vec<Push>, args: &Args) -> Lo
             .timeout(Duration::from_secs(60))
             .build()
             .expect("an HTTP client");
-        let url: Arc<str> = format!("http://{addr}/v1/samples").into();
+        let urls: Arc<[String]> = addrs
+            .iter()
+            .map(|addr| format!("http://{addr}/v1/samples"))
+            .collect();
         let auth: Arc<str> = format!("Bearer {token}").into();
-        let work = Arc::new(std::sync::Mutex::new(pushes.into_iter()));
+        let work = Arc::new(std::sync::Mutex::new(pushes.into_iter().enumerate()));
         let started = Instant::now();
         let mut tasks = Vec::new();
         for _ in 0..args.concurrency {
-            let (client, url, auth, work) =
-                (client.clone(), url.clone(), auth.clone(), work.clone());
+            let (client, urls, auth, work) =
+                (client.clone(), urls.clone(), auth.clone(), work.clone());
             tasks.push(tokio::spawn(async move {
                 let mut seen = Load {
                     secs: 0.0,
@@ -339,13 +391,14 @@ fn push_all(addr: SocketAddr, token: &str, pushes: Vec<Push>, args: &Args) -> Lo
                     errors: 0,
                 };
                 loop {
-                    let Some(push) = work.lock().expect("work lock").next() else {
+                    let Some((i, push)) = work.lock().expect("work lock").next() else {
                         break;
                     };
+                    let url = &urls[i % urls.len()];
                     for attempt in 1..=ATTEMPTS {
                         let sent = Instant::now();
                         let answer = client
-                            .post(&*url)
+                            .post(url)
                             .header("authorization", &*auth)
                             .header("content-type", "application/json")
                             .body(push.body.clone())
@@ -441,6 +494,27 @@ fn missing_in(database: &Path, acknowledged: &[(u64, u64)]) -> u64 {
         .expect("query")
         .collect::<Result<_, _>>()
         .expect("rows");
+    missing_of(&stored, acknowledged)
+}
+
+/// How many acknowledged (node, seq) pairs the PostgreSQL database lacks.
+fn missing_in_postgres(client: &mut postgres::Client, acknowledged: &[(u64, u64)]) -> u64 {
+    let stored: std::collections::HashSet<(String, i64)> = client
+        .query(
+            "SELECT n.name, s.seq FROM samples s JOIN nodes n ON n.id = s.node_id",
+            &[],
+        )
+        .expect("read the samples")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    missing_of(&stored, acknowledged)
+}
+
+fn missing_of(
+    stored: &std::collections::HashSet<(String, i64)>,
+    acknowledged: &[(u64, u64)],
+) -> u64 {
     acknowledged
         .iter()
         .filter(|(node, seq)| !stored.contains(&(format!("node-{node:06}"), *seq as i64)))
@@ -468,27 +542,63 @@ fn run(args: &Args, binary: &Path, nodes: u64) -> Measured {
         .collect();
 
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let database = dir.path().join("herd.sqlite");
-    let server = start(binary, &database);
-    server.admin("/v1/admin/accounts", r#"{"id":"herd"}"#);
-    let token = server.admin("/v1/admin/accounts/herd/clusters", r#"{"name":"fleet"}"#)["token"]
+    let sqlite = dir.path().join("herd.sqlite");
+    let postgres = (args.database == "postgres").then(|| BenchPostgres::start(!args.pg_no_fsync));
+    let (database, label) = match &postgres {
+        Some(pg) => {
+            println!("{}", pg.settings());
+            (
+                pg.create_database("herd").into(),
+                format!("PostgreSQL, {} replica(s)", args.replicas),
+            )
+        }
+        None => (sqlite.clone().into_os_string(), "SQLite".to_string()),
+    };
+    // The first replica migrates the new database; the others find it migrated.
+    let mut servers = vec![start(binary, &database)];
+    for _ in 1..args.replicas {
+        servers.push(start(binary, &database));
+    }
+    servers[0].admin("/v1/admin/accounts", r#"{"id":"herd"}"#);
+    let token = servers[0].admin("/v1/admin/accounts/herd/clusters", r#"{"name":"fleet"}"#)
+        ["token"]
         .as_str()
         .expect("a cluster token")
         .to_string();
+    let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
 
     let client_before = cpu_secs_of("/proc/self/stat");
-    let mut load = push_all(server.addr, &token, work, args);
+    let db_before = postgres.as_ref().map(BenchPostgres::cpu_secs);
+    let mut load = push_all(&addrs, &token, work, args);
     let client_cpu_secs = cpu_secs_of("/proc/self/stat") - client_before;
-    let service_cpu_secs = server.cpu_secs();
-    let (sum, count) = server.commit_sizes();
+    let db_cpu_secs = postgres
+        .as_ref()
+        .zip(db_before)
+        .map(|(pg, before)| pg.cpu_secs() - before);
+    let service_cpu_secs: f64 = servers.iter().map(Server::cpu_secs).sum();
+    let (sum, count) = servers
+        .iter()
+        .map(Server::commit_sizes)
+        .fold((0.0, 0.0), |(s, c), (s1, c1)| (s + s1, c + c1));
     // kill -9: what was acknowledged must already be committed.
-    drop(server);
-    let missing = missing_in(&database, &load.acknowledged);
+    drop(servers);
+    let missing = match &postgres {
+        Some(pg) => {
+            // And PostgreSQL crashed: only what it recovers counts.
+            pg.crash_and_restart();
+            missing_in_postgres(&mut pg.client("herd"), &load.acknowledged)
+        }
+        None => missing_in(&sqlite, &load.acknowledged),
+    };
+    drop(postgres);
     load.latencies.sort();
     let mean_group = if count > 0.0 { sum / count } else { 1.0 };
-    let ceiling_group = (mean_group.round() as usize).max(1);
-    let ceiling_per_sec = bare_sqlite(dir.path(), &rows, ceiling_group);
+    let ceiling = (args.database == "sqlite").then(|| {
+        let group = (mean_group.round() as usize).max(1);
+        (bare_sqlite(dir.path(), &rows, group), group)
+    });
     Measured {
+        label,
         nodes,
         samples: args.samples,
         accepted: load.acknowledged.len() as u64,
@@ -502,9 +612,9 @@ fn run(args: &Args, binary: &Path, nodes: u64) -> Measured {
         commits: count,
         service_cpu_secs,
         client_cpu_secs,
+        db_cpu_secs,
         mean_group,
-        ceiling_per_sec,
-        ceiling_group,
+        ceiling,
     }
 }
 
@@ -608,7 +718,8 @@ fn print_run(m: &Measured) {
     let rate = m.http_per_sec();
     println!();
     println!(
-        "== {} nodes x {} sample(s) each = {} samples ({} hourly herd(s)) ==",
+        "== {}: {} nodes x {} sample(s) each = {} samples ({} hourly herd(s)) ==",
+        m.label,
         m.nodes,
         m.samples.div_ceil(m.nodes),
         m.samples,
@@ -625,19 +736,37 @@ fn print_run(m: &Measured) {
         m.client_cpu_secs,
         m.client_cpu_secs * 1e6 / m.samples.max(1) as f64
     );
+    if let Some(db) = m.db_cpu_secs {
+        println!(
+            "cpu: PostgreSQL server {:.2} s during the push = {:.0} us per accepted sample (same machine)",
+            db,
+            db * 1e6 / m.accepted.max(1) as f64
+        );
+    }
     println!(
-        "group commit: {:.0} commits, {:.1} samples per commit on average",
+        "group commit: {:.0} commits, {:.1} samples per commit on average (all replicas)",
         m.commits, m.mean_group
     );
+    match m.ceiling {
+        Some((per_sec, group)) => {
+            println!(
+                "bare rusqlite ceiling: {per_sec:.0} samples/s (one transaction per {group} samples)"
+            );
+            println!("http / ceiling: {:.1}%", m.share().unwrap_or(0.0) * 100.0);
+        }
+        None => {
+            println!("bare rusqlite ceiling: skipped (it is SQLite's; this run is on PostgreSQL)")
+        }
+    }
     println!(
-        "bare rusqlite ceiling: {:.0} samples/s (one transaction per {} samples)",
-        m.ceiling_per_sec, m.ceiling_group
-    );
-    println!("http / ceiling: {:.1}%", m.share() * 100.0);
-    println!(
-        "committed: {} of {} acknowledged samples found in the database after kill -9 ({} missing)",
+        "committed: {} of {} acknowledged samples found in the database after kill -9{} ({} missing)",
         m.accepted - m.missing,
         m.accepted,
+        if m.db_cpu_secs.is_some() {
+            " of every replica and a crash and restart of PostgreSQL"
+        } else {
+            ""
+        },
         m.missing
     );
     println!(
@@ -647,13 +776,16 @@ fn print_run(m: &Measured) {
         TARGET_SAMPLES_PER_SEC,
         (rate / TARGET_SAMPLES_PER_SEC - 1.0) * 100.0
     );
-    println!(
-        "  {} share of ceiling {:.1}% vs >= {:.0}% ({:+.1} points)",
-        verdict(m.share() >= TARGET_CEILING_SHARE),
-        m.share() * 100.0,
-        TARGET_CEILING_SHARE * 100.0,
-        (m.share() - TARGET_CEILING_SHARE) * 100.0
-    );
+    match m.share() {
+        Some(share) => println!(
+            "  {} share of ceiling {:.1}% vs >= {:.0}% ({:+.1} points)",
+            verdict(share >= TARGET_CEILING_SHARE),
+            share * 100.0,
+            TARGET_CEILING_SHARE * 100.0,
+            (share - TARGET_CEILING_SHARE) * 100.0
+        ),
+        None => println!("  n/a  share of the bare-SQLite ceiling (PostgreSQL run)"),
+    }
     println!(
         "  {} p99 {} vs <= {} ms ({:+.1} ms)",
         verdict(m.p99 <= TARGET_P99),
@@ -675,21 +807,26 @@ fn print_run(m: &Measured) {
 
 fn print_table(rows: &[Measured]) {
     println!();
-    println!("| nodes | samples/node | samples/s (HTTP) | p50 | p99 | max | service CPU us/sample | samples/commit | ceiling samples/s | HTTP/ceiling | missing |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| database | nodes | samples/node | samples/s (HTTP) | p50 | p99 | max | service CPU us/sample | DB server CPU us/sample | samples/commit | ceiling samples/s | HTTP/ceiling | missing |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for m in rows {
+        let per_sample = |secs: f64| format!("{:.0}", secs * 1e6 / m.accepted.max(1) as f64);
         println!(
-            "| {} | {} | {:.0} | {} | {} | {} | {:.0} | {:.1} | {:.0} | {:.1}% | {} |",
+            "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {:.1} | {} | {} | {} |",
+            m.label,
             m.nodes,
             m.samples.div_ceil(m.nodes),
             m.http_per_sec(),
             ms(m.p50),
             ms(m.p99),
             ms(m.max),
-            m.service_cpu_secs * 1e6 / m.accepted.max(1) as f64,
+            per_sample(m.service_cpu_secs),
+            m.db_cpu_secs.map_or_else(|| "-".to_string(), per_sample),
             m.mean_group,
-            m.ceiling_per_sec,
-            m.share() * 100.0,
+            m.ceiling
+                .map_or_else(|| "skipped".to_string(), |(c, _)| format!("{c:.0}")),
+            m.share()
+                .map_or_else(|| "-".to_string(), |s| format!("{:.1}%", s * 100.0)),
             m.missing
         );
     }
