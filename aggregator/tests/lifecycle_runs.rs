@@ -563,3 +563,92 @@ fn an_account_whose_step_fails_is_reported_and_does_not_hold_up_the_others() {
         Some(date("2026-11-24"))
     );
 }
+
+/// Two replicas (two connections to one store) run every 02:00 of a licence's
+/// end, grace, stop and deletion at the same instants, at the same time: each
+/// notice is issued once, each state change recorded once, each day billed
+/// once, as when one runs alone.
+#[test]
+fn two_connections_running_the_same_runs_at_once_change_and_notify_once() {
+    let mut m = Meter::new();
+    let at = local("2026-11-01T10:00:00");
+    for id in ["acme", "zeta"] {
+        m.account(id, at);
+        m.order(id, 10, "2026-11-01", at);
+    }
+    let path = m.dir.path().join("core-meter.sqlite");
+    let open = || {
+        let mut s = support::open_store(&path, Durability::Durable).unwrap();
+        s.set_notice_channels(NoticeChannels {
+            webhook: true,
+            email: false,
+        });
+        s
+    };
+    let (mut one, mut two) = (open(), open());
+    let config = m.config.clone();
+    // 1 December is the licences' last day: warnings, grace, stop, deletion.
+    let mut day = date("2026-11-20");
+    while day <= date("2026-12-16") {
+        push_day_on(&mut one, "acme", 16, &day.pred_opt().unwrap().to_string());
+        let at = run(&day.to_string());
+        std::thread::scope(|s| {
+            for store in [&mut one, &mut two] {
+                let config = &config;
+                s.spawn(move || {
+                    run_billing(store, at, config).unwrap();
+                    run_lifecycle(store, at, &config.zone, price()).unwrap();
+                });
+            }
+        });
+        day = day.succ_opt().unwrap();
+    }
+    for id in ["acme", "zeta"] {
+        let notices = m.notices(id);
+        let mut unique = notices.clone();
+        unique.dedup();
+        assert_eq!(notices, unique, "{id}: a notice issued twice");
+        assert!(
+            notices.iter().any(|(k, _)| k == "data_deleted"),
+            "{id}: {notices:?}"
+        );
+        let history = m.store.state_history(id).unwrap();
+        let states: Vec<State> = history.iter().map(|c| c.state).collect();
+        assert_eq!(
+            states,
+            vec![
+                State::Active,
+                State::Expiring,
+                State::Grace,
+                State::Stopped,
+                State::Deleted
+            ],
+            "{id}: {history:?}"
+        );
+    }
+    let lines = m.store.bill_lines(Some("acme"), None).unwrap();
+    let mut days: Vec<(NaiveDate, u32)> = lines.iter().map(|l| (l.day, l.seq)).collect();
+    let issued = days.len();
+    days.sort();
+    days.dedup();
+    assert_eq!(days.len(), issued, "a line issued twice: {lines:?}");
+}
+
+fn push_day_on(store: &mut Store, id: &str, cores: u32, day: &str) {
+    let batch: Vec<Incoming<'_>> = (0..24)
+        .map(|h| {
+            let at = local(&format!("{day}T{h:02}:07:00"));
+            Incoming {
+                account: id,
+                cluster: "prod",
+                node: "node-1",
+                cores: Some(cores),
+                at: Some(at),
+                seq: None,
+                agent_version: Some("test"),
+                received_at: at + TimeDelta::minutes(1),
+            }
+        })
+        .collect();
+    store.ingest(&batch, &AgeLimits::default()).unwrap();
+}

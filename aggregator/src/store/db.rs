@@ -625,7 +625,8 @@ impl Conn {
                 Ok(best)
             })?;
         }
-        conn.set_prepared_statement_cache_capacity(128);
+        // Room for the multi-row inserts of every size next to the rest.
+        conn.set_prepared_statement_cache_capacity(256);
         Ok(Conn::Sqlite(conn))
     }
 

@@ -97,6 +97,9 @@ impl Store {
         {
             let mut insert_one = tx.prepare_cached(&insert_sql(1))?;
             let mut unsequenced: Vec<Row<'_>> = Vec::with_capacity(ROWS_PER_INSERT);
+            // Rows with a seq, and where their outcome is: many to a
+            // statement too, the ones it did not insert being duplicates.
+            let mut sequenced: Vec<(Row<'_>, usize)> = Vec::with_capacity(ROWS_PER_INSERT);
             for s in batch {
                 let account_ref = refs[s.account];
                 let unchecked = Unchecked {
@@ -182,12 +185,15 @@ impl Store {
                     outcomes.push(Outcome::Accepted);
                     continue;
                 }
-                let inserted = insert_one.execute(row.params())?;
-                outcomes.push(if inserted == 1 {
-                    Outcome::Accepted
-                } else {
-                    Outcome::Duplicate
-                });
+                sequenced.push((row, outcomes.len()));
+                outcomes.push(Outcome::Accepted);
+                if sequenced.len() == ROWS_PER_INSERT {
+                    insert_sequenced(&tx, &sequenced, &mut outcomes)?;
+                    sequenced.clear();
+                }
+            }
+            if !sequenced.is_empty() {
+                insert_sequenced(&tx, &sequenced, &mut outcomes)?;
             }
             for row in &unsequenced {
                 insert_one.execute(row.params())?;
@@ -294,7 +300,33 @@ fn insert_sql(rows: usize) -> String {
 }
 
 fn insert_many(tx: &Conn, rows: &[Row<'_>]) -> Result<(), StoreError> {
-    let mut values = Vec::with_capacity(rows.len() * 8);
+    tx.execute(&insert_sql(rows.len()), values_of(rows.iter()))?;
+    Ok(())
+}
+
+/// Inserts rows that carry a seq in one statement; a row it does not insert
+/// (its node and seq are stored already, or earlier in the same statement)
+/// is a duplicate, and its outcome says so.
+fn insert_sequenced(
+    tx: &Conn,
+    rows: &[(Row<'_>, usize)],
+    outcomes: &mut [Outcome],
+) -> Result<(), StoreError> {
+    let sql = format!("{} RETURNING id", insert_sql(rows.len()));
+    let inserted: rustc_hash::FxHashSet<i64> = tx
+        .query_map(&sql, values_of(rows.iter().map(|(r, _)| r)), |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for (row, at) in rows {
+        if !inserted.contains(&row.id) {
+            outcomes[*at] = Outcome::Duplicate;
+        }
+    }
+    Ok(())
+}
+
+/// The rows' columns in `insert_sql`'s order.
+fn values_of<'r, 'a: 'r>(rows: impl Iterator<Item = &'r Row<'a>>) -> Vec<Value<'r>> {
+    let mut values = Vec::with_capacity(ROWS_PER_INSERT * 8);
     for r in rows {
         values.extend([
             Value::Int(r.account_ref),
@@ -307,8 +339,7 @@ fn insert_many(tx: &Conn, rows: &[Row<'_>]) -> Result<(), StoreError> {
             r.agent_version.map_or(Value::Null, Value::Text),
         ]);
     }
-    tx.execute(&insert_sql(rows.len()), values)?;
-    Ok(())
+    values
 }
 
 fn node_id(tx: &Conn, account_ref: i64, cluster: &str, name: &str) -> Result<i64, StoreError> {
