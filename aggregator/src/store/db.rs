@@ -592,6 +592,11 @@ pub fn numbered(sql: &str) -> String {
     out
 }
 
+/// The values as the PostgreSQL driver takes them.
+fn pg_params<'v>(values: &'v [Value<'_>]) -> Vec<&'v (dyn PgToSql + Sync)> {
+    values.iter().map(|v| v as &(dyn PgToSql + Sync)).collect()
+}
+
 /// A connection to either database.
 pub enum Conn {
     Sqlite(rusqlite::Connection),
@@ -664,8 +669,7 @@ impl Conn {
                 .execute(rusqlite::params_from_iter(values.iter()))?),
             Conn::Postgres(pg) => {
                 let stmt = pg.statement(sql)?;
-                let refs: Vec<&(dyn PgToSql + Sync)> =
-                    values.iter().map(|v| v as &(dyn PgToSql + Sync)).collect();
+                let refs = pg_params(&values);
                 let n = pg.client()?.execute(&stmt, &refs)?;
                 Ok(usize::try_from(n).unwrap_or(usize::MAX))
             }
@@ -691,8 +695,7 @@ impl Conn {
             }
             Conn::Postgres(pg) => {
                 let stmt = pg.statement(sql)?;
-                let refs: Vec<&(dyn PgToSql + Sync)> =
-                    values.iter().map(|v| v as &(dyn PgToSql + Sync)).collect();
+                let refs = pg_params(&values);
                 for r in pg.client()?.query(&stmt, &refs)? {
                     out.push(f(&Row::Postgres(&r)));
                 }
@@ -729,8 +732,7 @@ impl Conn {
             }
             Conn::Postgres(pg) => {
                 let stmt = pg.statement(sql)?;
-                let refs: Vec<&(dyn PgToSql + Sync)> =
-                    values.iter().map(|v| v as &(dyn PgToSql + Sync)).collect();
+                let refs = pg_params(&values);
                 pg.client()?
                     .query(&stmt, &refs)?
                     .into_iter()
@@ -820,8 +822,7 @@ impl Conn {
             Conn::Postgres(pg) => {
                 use postgres::fallible_iterator::FallibleIterator;
                 let stmt = pg.statement(sql)?;
-                let refs: Vec<&(dyn PgToSql + Sync)> =
-                    values.iter().map(|v| v as &(dyn PgToSql + Sync)).collect();
+                let refs = pg_params(&values);
                 let mut client = pg.client()?;
                 let mut rows = client.query_raw(&stmt, refs)?;
                 while let Some(r) = rows.next()? {
@@ -851,8 +852,7 @@ impl Conn {
             }
             Conn::Postgres(pg) => {
                 let stmt = pg.statement(sql)?;
-                let refs: Vec<&(dyn PgToSql + Sync)> =
-                    values.iter().map(|v| v as &(dyn PgToSql + Sync)).collect();
+                let refs = pg_params(&values);
                 match pg.client()?.query_opt(&stmt, &refs)? {
                     Some(r) => f(&Row::Postgres(&r)),
                     None => Err(DbError::NoRows),
