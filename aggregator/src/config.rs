@@ -1,6 +1,5 @@
 //! The service's settings: defaults, then a TOML file, then `CORE_METER_*` environment variables, then flags; a bad one stops start-up naming it.
 
-use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -37,6 +36,11 @@ pub struct Config {
     pub licence_price_per_core_month: Decimal,
     /// Where notices to account contacts go (SPEC section 8).
     pub notices: NoticesConfig,
+    /// HTTPS: the certificate, its key and, for mutual TLS, the agents' CA.
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// Plain HTTP on an address other than loopback, allowed only when set
+    /// (a TLS-terminating mesh or proxy in front); a warning at start says so.
+    pub insecure_plaintext: bool,
 }
 
 /// Notice delivery: the notification webhook (every notice, every
@@ -95,6 +99,13 @@ pub struct FileConfig {
     pub webhook: FileWebhook,
     #[serde(default)]
     pub notices: FileNotices,
+    /// The certificate chain (PEM) the service serves HTTPS with.
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key (PEM), not readable by others.
+    pub tls_key: Option<PathBuf>,
+    /// A CA bundle (PEM): agents must present a client certificate it signed to push.
+    pub tls_client_ca: Option<PathBuf>,
+    pub insecure_plaintext: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -137,6 +148,11 @@ pub struct Flags {
     pub config: Option<PathBuf>,
     pub listen: Option<String>,
     pub database: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_client_ca: Option<PathBuf>,
+    /// `--insecure-plaintext`: only ever turns it on.
+    pub insecure_plaintext: bool,
 }
 
 /// One setting: its file key, its environment variable, and how to apply it.
@@ -161,6 +177,22 @@ const SETTINGS: &[Setting] = &[
     Setting {
         key: "admin_token_file",
         env: "CORE_METER_ADMIN_TOKEN_FILE",
+    },
+    Setting {
+        key: "tls_cert",
+        env: "CORE_METER_TLS_CERT",
+    },
+    Setting {
+        key: "tls_key",
+        env: "CORE_METER_TLS_KEY",
+    },
+    Setting {
+        key: "tls_client_ca",
+        env: "CORE_METER_TLS_CLIENT_CA",
+    },
+    Setting {
+        key: "insecure_plaintext",
+        env: "CORE_METER_INSECURE_PLAINTEXT",
     },
     Setting {
         key: "log_json",
@@ -271,6 +303,18 @@ impl Config {
         if let Some(d) = &flags.database {
             file.database = Some(d.clone());
         }
+        for (flag, setting) in [
+            (&flags.tls_cert, &mut file.tls_cert),
+            (&flags.tls_key, &mut file.tls_key),
+            (&flags.tls_client_ca, &mut file.tls_client_ca),
+        ] {
+            if flag.is_some() {
+                setting.clone_from(flag);
+            }
+        }
+        if flags.insecure_plaintext {
+            file.insecure_plaintext = Some(true);
+        }
         Config::from_file(file)
     }
 
@@ -282,6 +326,15 @@ impl Config {
                 named("listen")
             )
         })?;
+        let insecure_plaintext = f.insecure_plaintext.unwrap_or(false);
+        let tls = tls_files(&f)?;
+        anyhow::ensure!(
+            tls.is_some() || listen.ip().is_loopback() || insecure_plaintext,
+            "{}: {listen} is reachable from other machines, and plain HTTP there would carry \
+             cluster tokens and bills in clear text: serve HTTPS (set tls_cert and tls_key), or, \
+             when a TLS-terminating proxy or mesh stands in front, set insecure_plaintext",
+            named("listen")
+        );
         let mut billing = BillingConfig::default();
         let b = &f.billing;
         if let Some(tz) = &b.timezone {
@@ -397,7 +450,39 @@ impl Config {
             retention_days,
             licence_price_per_core_month,
             notices,
+            tls,
+            insecure_plaintext,
         })
+    }
+}
+
+/// The TLS files, when `tls_cert` and `tls_key` are set (both or neither);
+/// a client CA alone is refused, as it means nothing without HTTPS.
+fn tls_files(f: &FileConfig) -> anyhow::Result<Option<crate::tls::TlsFiles>> {
+    match (&f.tls_cert, &f.tls_key) {
+        (Some(cert), Some(key)) => Ok(Some(crate::tls::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: f.tls_client_ca.clone(),
+        })),
+        (None, None) => {
+            anyhow::ensure!(
+                f.tls_client_ca.is_none(),
+                "{}: set, but a client CA needs HTTPS: set tls_cert and tls_key too",
+                named("tls_client_ca")
+            );
+            Ok(None)
+        }
+        (Some(_), None) => Err(anyhow!(
+            "{}: set without {}; set both",
+            named("tls_cert"),
+            named("tls_key")
+        )),
+        (None, Some(_)) => Err(anyhow!(
+            "{}: set without {}; set both",
+            named("tls_key"),
+            named("tls_cert")
+        )),
     }
 }
 
@@ -554,7 +639,7 @@ pub fn min_retention_days(billing: &BillingConfig) -> u32 {
 const TOKEN_FILE_MAX_BYTES: u64 = 4096;
 
 /// The admin token from `admin_token` or from the file `admin_token_file`
-/// names (read once, here), never both. A blank `admin_token` counts as unset.
+/// names (read once, here; refused when anyone may read it), never both. A blank `admin_token` counts as unset.
 /// No message quotes the token or the file's content.
 fn admin_token(token: Option<String>, file: Option<&Path>) -> anyhow::Result<Option<String>> {
     let token = token.filter(|t| !t.trim().is_empty());
@@ -567,38 +652,8 @@ fn admin_token(token: Option<String>, file: Option<&Path>) -> anyhow::Result<Opt
         named("admin_token"),
         named("admin_token_file")
     );
-    let unreadable = |e: std::io::Error| {
-        anyhow!(
-            "{}: cannot read {}: {e}",
-            named("admin_token_file"),
-            path.display()
-        )
-    };
-    let mut content = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(TOKEN_FILE_MAX_BYTES + 1).read_to_end(&mut content))
-        .map_err(unreadable)?;
-    anyhow::ensure!(
-        content.len() as u64 <= TOKEN_FILE_MAX_BYTES,
-        "{}: {} is larger than {TOKEN_FILE_MAX_BYTES} bytes; it must hold only the token",
-        named("admin_token_file"),
-        path.display()
-    );
-    let content = String::from_utf8(content).map_err(|_| {
-        anyhow!(
-            "{}: {} is not UTF-8 text",
-            named("admin_token_file"),
-            path.display()
-        )
-    })?;
-    let token = content.trim();
-    anyhow::ensure!(
-        !token.is_empty(),
-        "{}: {} is empty",
-        named("admin_token_file"),
-        path.display()
-    );
-    Ok(Some(token.to_string()))
+    crate::secret_file::read_secret(&named("admin_token_file"), path, TOKEN_FILE_MAX_BYTES)
+        .map(Some)
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
@@ -611,6 +666,15 @@ fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
             e.to_string().trim().replace('\n', " ")
         )
     })
+}
+
+/// A yes/no setting from the environment: 1/true/yes or 0/false/no.
+fn boolean(key: &str, v: &str) -> anyhow::Result<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" => Ok(true),
+        "0" | "false" | "no" => Ok(false),
+        _ => Err(anyhow!("{}: {v:?} is not true or false", named(key))),
+    }
 }
 
 fn apply_env(f: &mut FileConfig, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<()> {
@@ -640,6 +704,18 @@ fn apply_env(f: &mut FileConfig, env: &dyn Fn(&str) -> Option<String>) -> anyhow
     }
     if let Some(v) = get("admin_token_file") {
         f.admin_token_file = Some(PathBuf::from(v));
+    }
+    for (key, setting) in [
+        ("tls_cert", &mut f.tls_cert),
+        ("tls_key", &mut f.tls_key),
+        ("tls_client_ca", &mut f.tls_client_ca),
+    ] {
+        if let Some(v) = get(key) {
+            *setting = Some(PathBuf::from(v));
+        }
+    }
+    if let Some(v) = get("insecure_plaintext") {
+        f.insecure_plaintext = Some(boolean("insecure_plaintext", &v)?);
     }
     if let Some(v) = get("log_json") {
         f.log_json = Some(matches!(v.trim(), "1" | "true" | "yes"));
@@ -677,6 +753,13 @@ fn apply_env(f: &mut FileConfig, env: &dyn Fn(&str) -> Option<String>) -> anyhow
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    /// A secret file only its owner may read.
+    fn write_secret(path: &Path, text: impl AsRef<[u8]>) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(path, text).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
 
     fn load(file: Option<&str>, env: &[(&str, &str)], flags: Flags) -> anyhow::Result<Config> {
         let dir = tempfile::tempdir().unwrap();
@@ -1019,7 +1102,7 @@ mod tests {
     fn the_admin_token_can_come_from_a_file_trimmed_of_surrounding_whitespace() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("admin-token");
-        std::fs::write(&path, "  cma_from_a_secret \n\n").unwrap();
+        write_secret(&path, "  cma_from_a_secret \n\n");
         let by_env = load(
             None,
             &[("CORE_METER_ADMIN_TOKEN_FILE", path.to_str().unwrap())],
@@ -1070,7 +1153,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for content in ["", " \n\t\n"] {
             let path = dir.path().join("admin-token");
-            std::fs::write(&path, content).unwrap();
+            write_secret(&path, content);
             let err = format!(
                 "{:#}",
                 load(
@@ -1091,7 +1174,7 @@ mod tests {
     fn an_admin_token_file_larger_than_any_token_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("admin-token");
-        std::fs::write(&path, "x".repeat(5000)).unwrap();
+        write_secret(&path, "x".repeat(5000));
         let err = format!(
             "{:#}",
             load(
@@ -1115,7 +1198,7 @@ mod tests {
     fn an_admin_token_and_an_admin_token_file_together_are_refused_naming_both() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("admin-token");
-        std::fs::write(&path, "cma_from_a_secret\n").unwrap();
+        write_secret(&path, "cma_from_a_secret\n");
         let path = path.to_str().unwrap();
         let file_and_env = format!("admin_token_file = {path:?}\n");
         type Case<'a> = (Option<&'a str>, Vec<(&'a str, &'a str)>);
@@ -1148,5 +1231,100 @@ mod tests {
             }
             assert!(!err.contains("cma_"), "no token is quoted: {err:?}");
         }
+    }
+
+    #[test]
+    fn plain_http_beyond_loopback_is_refused_unless_insecure_plaintext_is_set() {
+        let flags = |listen: &str| Flags {
+            listen: Some(listen.into()),
+            ..Flags::default()
+        };
+        let e = load(None, &[], flags("0.0.0.0:8080"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("setting listen"), "{e}");
+        assert!(e.contains("clear text") && e.contains("tls_cert"), "{e}");
+        assert!(e.contains("insecure_plaintext"), "{e}");
+        assert!(load(None, &[], flags("127.0.0.1:8080")).is_ok());
+        assert!(load(None, &[], flags("[::1]:8080")).is_ok());
+
+        let c = load(
+            None,
+            &[("CORE_METER_INSECURE_PLAINTEXT", "true")],
+            flags("0.0.0.0:8080"),
+        )
+        .unwrap();
+        assert!(c.insecure_plaintext && c.tls.is_none());
+        let c = load(
+            Some("insecure_plaintext = true"),
+            &[],
+            flags("10.0.0.5:8080"),
+        )
+        .unwrap();
+        assert!(c.insecure_plaintext);
+        let by_flag = Flags {
+            insecure_plaintext: true,
+            ..flags("0.0.0.0:8080")
+        };
+        assert!(load(None, &[], by_flag).unwrap().insecure_plaintext);
+        let e = load(
+            None,
+            &[("CORE_METER_INSECURE_PLAINTEXT", "perhaps")],
+            Flags::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("CORE_METER_INSECURE_PLAINTEXT") && e.contains("perhaps"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn tls_needs_both_a_certificate_and_a_key_and_serves_any_address() {
+        let c = load(
+            Some("listen = \"0.0.0.0:8443\"\ntls_cert = \"/tls/tls.crt\"\ntls_key = \"/tls/tls.key\""),
+            &[("CORE_METER_TLS_CLIENT_CA", "/ca/ca.crt")],
+            Flags::default(),
+        )
+        .unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.cert, PathBuf::from("/tls/tls.crt"));
+        assert_eq!(tls.key, PathBuf::from("/tls/tls.key"));
+        assert_eq!(tls.client_ca, Some(PathBuf::from("/ca/ca.crt")));
+        assert!(!c.insecure_plaintext);
+
+        let e = load(
+            None,
+            &[("CORE_METER_TLS_CERT", "/tls/tls.crt")],
+            Flags::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("setting tls_cert") && e.contains("without setting tls_key"),
+            "{e}"
+        );
+        let e = load(
+            None,
+            &[],
+            Flags {
+                tls_key: Some("/tls/tls.key".into()),
+                ..Flags::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("setting tls_key") && e.contains("without setting tls_cert"),
+            "{e}"
+        );
+        let e = load(Some("tls_client_ca = \"/ca.crt\""), &[], Flags::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("setting tls_client_ca") && e.contains("needs HTTPS"),
+            "{e}"
+        );
     }
 }

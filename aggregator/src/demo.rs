@@ -57,6 +57,7 @@ async fn demo() -> anyhow::Result<()> {
     let timing = Timing {
         billing_poll: Duration::from_millis(100),
         outbox_poll: Duration::from_secs(1),
+        ..Timing::default()
     };
     let app = Application::build(config, clock.clone(), timing).await?;
     let base = format!("http://{}", app.local_addr());

@@ -15,6 +15,8 @@ pub mod replay;
 pub mod report;
 pub mod report_html;
 pub mod routes;
+pub mod secret_file;
 pub mod service_metrics;
 pub mod startup;
 pub mod store;
+pub mod tls;

@@ -64,6 +64,18 @@ enum Command {
         /// The SQLite file, or a postgres:// URL [default: data/core-meter.sqlite].
         #[arg(long)]
         database: Option<String>,
+        /// Serve HTTPS with this certificate chain (PEM); read again when it changes.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The certificate's private key (PEM); must not be readable by others.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// A CA bundle (PEM): agents must present a client certificate it signed to push.
+        #[arg(long = "client-ca")]
+        client_ca: Option<PathBuf>,
+        /// Allow plain HTTP on an address other than loopback (a TLS-terminating proxy or mesh in front).
+        #[arg(long)]
+        insecure_plaintext: bool,
     },
     /// Run a replay case (SPEC section 7) on a temporary database and print the bills as JSON.
     Replay {
@@ -124,10 +136,18 @@ fn main() -> ExitCode {
             config,
             listen,
             database,
+            tls_cert,
+            tls_key,
+            client_ca,
+            insecure_plaintext,
         } => serve(aggregator::config::Flags {
             config,
             listen,
             database,
+            tls_cert,
+            tls_key,
+            tls_client_ca: client_ca,
+            insecure_plaintext,
         }),
     };
     match result {
@@ -230,8 +250,8 @@ fn open_configured(
     use anyhow::Context;
     let flags = aggregator::config::Flags {
         config,
-        listen: None,
         database,
+        ..Default::default()
     };
     let config = aggregator::config::Config::load(&flags, &|k| std::env::var(k).ok())?;
     if let aggregator::store::Database::Sqlite(path) = &config.database {

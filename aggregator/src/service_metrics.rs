@@ -64,6 +64,15 @@ pub struct ServiceMetrics {
     pub account_state_changes: Family<StateLabels, Counter>,
     pub licence_renewals: Counter,
     pub lifecycle_step_failures: Counter,
+    pub tls_reloads: Family<ResultLabels, Counter>,
+    pub tls_handshake_failures: Counter,
+    pub client_certificate_refusals: Counter,
+}
+
+/// How an attempt ended: `ok` or `failed`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
 }
 
 /// An account state a change led to.
@@ -96,6 +105,9 @@ impl Default for ServiceMetrics {
             lifecycle_step_failures: Counter::default(),
             notices_delivered: Family::default(),
             notice_delivery_failures: Family::default(),
+            tls_reloads: Family::default(),
+            tls_handshake_failures: Counter::default(),
+            client_certificate_refusals: Counter::default(),
         }
     }
 }
@@ -197,6 +209,21 @@ impl ServiceMetrics {
             "lifecycle_step_failures",
             "Accounts whose lifecycle step failed in a run (undone, tried again at the next)",
             self.lifecycle_step_failures.clone(),
+        );
+        r.register(
+            "tls_reloads",
+            "Changes of the TLS files taken (ok) or refused, keeping the certificate in force (failed)",
+            self.tls_reloads.clone(),
+        );
+        r.register(
+            "tls_handshake_failures",
+            "Connections closed before or during the TLS handshake (plain HTTP sent to the TLS port, a client that does not trust the certificate, a client certificate the client CA did not sign, a timeout)",
+            self.tls_handshake_failures.clone(),
+        );
+        r.register(
+            "client_certificate_refusals",
+            "Pushes refused because the connection presented no client certificate while tls_client_ca is set",
+            self.client_certificate_refusals.clone(),
         );
     }
 }

@@ -20,6 +20,7 @@ use crate::ingest_writer::IngestQueue;
 use crate::routes::{router, AppState, State};
 use crate::service_metrics::ServiceMetrics;
 use crate::store::{Database, Durability, Store};
+use crate::tls::{self, Tls};
 
 /// Connections served at once at most. Past it the service stops accepting
 /// (the kernel's backlog holds the rest) until one closes; an idle one closes
@@ -39,6 +40,8 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 pub struct Timing {
     pub billing_poll: Duration,
     pub outbox_poll: Duration,
+    /// How often the TLS files are looked at for a change.
+    pub tls_reload_poll: Duration,
 }
 
 impl Default for Timing {
@@ -46,6 +49,7 @@ impl Default for Timing {
         Timing {
             billing_poll: crate::billing_job::DEFAULT_POLL,
             outbox_poll: Duration::from_secs(30),
+            tls_reload_poll: crate::tls::DEFAULT_RELOAD_POLL,
         }
     }
 }
@@ -55,6 +59,7 @@ pub struct Application {
     state: State,
     writer: std::thread::JoinHandle<()>,
     timing: Timing,
+    tls: Option<Arc<Tls>>,
     /// The admin token, when this start generated it (shown once).
     pub generated_admin_token: Option<String>,
 }
@@ -84,6 +89,13 @@ impl Application {
             .context("open the database")?
         };
         let (store, reader, admin_token_hash, generated_admin_token) = opened?;
+        let tls = config
+            .tls
+            .clone()
+            .map(Tls::load)
+            .transpose()
+            .context("HTTPS")?
+            .map(Arc::new);
         let metrics = Arc::new(ServiceMetrics::default());
         let mut registry = Registry::default();
         metrics.register(&mut registry);
@@ -109,6 +121,7 @@ impl Application {
             state,
             writer,
             timing,
+            tls,
             generated_admin_token,
         })
     }
@@ -131,6 +144,7 @@ impl Application {
             state,
             writer,
             timing,
+            tls,
             ..
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -155,14 +169,56 @@ impl Application {
                 stop_rx.clone(),
             ))
         });
+        let reload = tls.clone().map(|tls| {
+            tokio::spawn(crate::tls::watch_files(
+                tls,
+                state.metrics.clone(),
+                timing.tls_reload_poll,
+                stop_rx.clone(),
+            ))
+        });
         let limits = ConnectionLimits {
             max_connections: connection_cap(),
             header_read_timeout: state.config.request_timeout,
         };
-        tracing::info!(listen = %listener.local_addr()?, database = %state.config.database, zone = state.config.billing.zone.name(), max_connections = limits.max_connections, "aggregator serving");
+        let listen = listener.local_addr()?;
+        match &tls {
+            Some(tls) => tracing::info!(
+                listen = %listen,
+                scheme = "https",
+                cert = %tls.files().cert.display(),
+                client_certificates = if tls.requires_client_certificate() { "required to push" } else { "not asked" },
+                database = %state.config.database,
+                zone = state.config.billing.zone.name(),
+                max_connections = limits.max_connections,
+                "aggregator serving"
+            ),
+            None => {
+                tracing::info!(listen = %listen, scheme = "http", database = %state.config.database, zone = state.config.billing.zone.name(), max_connections = limits.max_connections, "aggregator serving");
+                if !listen.ip().is_loopback() {
+                    tracing::warn!(listen = %listen, "serving plain HTTP beyond this machine (insecure_plaintext): cluster tokens and bills cross the network in clear text unless a TLS-terminating proxy or mesh stands in front");
+                }
+            }
+        }
         let app = router(state.clone());
-        serve(listener, app, shutdown, limits).await;
+        let app = match &tls {
+            Some(tls) if tls.requires_client_certificate() => {
+                app.layer(axum::middleware::from_fn_with_state(
+                    state.metrics.clone(),
+                    crate::tls::require_client_certificate_to_push,
+                ))
+            }
+            _ => app,
+        };
+        let transport = Transport {
+            tls,
+            metrics: state.metrics.clone(),
+        };
+        serve(listener, app, shutdown, limits, transport).await;
         let _ = stop_tx.send(true);
+        if let Some(r) = reload {
+            let _ = r.await;
+        }
         let _ = billing.await;
         if let Some(d) = delivery {
             let _ = d.await;
@@ -203,6 +259,12 @@ fn open_stores(config: &Config, now: chrono::DateTime<chrono::Utc>) -> anyhow::R
     Ok((store, reader, admin_token_hash, generated_admin_token))
 }
 
+/// How connections are spoken: TLS when set, plain HTTP otherwise.
+struct Transport {
+    tls: Option<Arc<Tls>>,
+    metrics: Arc<ServiceMetrics>,
+}
+
 /// What one client may hold of the server.
 #[derive(Debug, Clone, Copy)]
 struct ConnectionLimits {
@@ -241,6 +303,7 @@ async fn serve(
     app: axum::Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
     limits: ConnectionLimits,
+    transport: Transport,
 ) {
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -280,21 +343,75 @@ async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let connection = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
-            .max_buf_size(MAX_HEAD_BYTES)
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "connection closed");
+        let watcher = graceful.watcher();
+        let app = app.clone();
+        match &transport.tls {
+            None => {
+                let app = tower_http::add_extension::AddExtension::new(
+                    app,
+                    tls::Transport {
+                        client_certificate: false,
+                    },
+                );
+                tokio::spawn(async move {
+                    serve_connection(stream, app, limits, watcher).await;
+                    drop(slot);
+                });
             }
-            drop(slot);
-        });
+            Some(tls) => {
+                let acceptor = tls.acceptor();
+                let metrics = transport.metrics.clone();
+                tokio::spawn(async move {
+                    // The handshake has the head's deadline: a client that
+                    // opens and says nothing holds a slot no longer.
+                    let shaken =
+                        tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream))
+                            .await;
+                    match shaken {
+                        Ok(Ok(stream)) => {
+                            let client_certificate =
+                                stream.get_ref().1.peer_certificates().is_some();
+                            let app = tower_http::add_extension::AddExtension::new(
+                                app,
+                                tls::Transport { client_certificate },
+                            );
+                            serve_connection(stream, app, limits, watcher).await;
+                        }
+                        Ok(Err(e)) => {
+                            metrics.tls_handshake_failures.inc();
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            metrics.tls_handshake_failures.inc();
+                            tracing::debug!("TLS handshake timed out");
+                        }
+                    }
+                    drop(slot);
+                });
+            }
+        }
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// Serves one connection's HTTP/1 requests until it closes or the server stops.
+async fn serve_connection<S>(
+    stream: S,
+    app: tower_http::add_extension::AddExtension<axum::Router, tls::Transport>,
+    limits: ConnectionLimits,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+    if let Err(e) = watcher.watch(connection).await {
+        tracing::debug!(error = %e, "connection closed");
+    }
 }
 
 /// An error of one connection that the next accept does not share.

@@ -477,6 +477,7 @@ async fn the_service_prunes_at_start_up_counts_it_and_answers_410_for_a_pruned_d
     let timing = Timing {
         billing_poll: Duration::from_millis(50),
         outbox_poll: Duration::from_millis(50),
+        ..Timing::default()
     };
     let app = Application::build(config, clock, timing).await.unwrap();
     let addr = app.local_addr();
