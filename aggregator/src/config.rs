@@ -436,12 +436,22 @@ impl Config {
             }
             None => shared::lifecycle::default_price_per_core_month(),
         };
+        let database = f.database.as_deref().map_or_else(
+            || Database::Sqlite(PathBuf::from("data/core-meter.sqlite")),
+            Database::parse,
+        );
+        if let Database::Postgres(url) = &database {
+            anyhow::ensure!(
+                insecure_plaintext || postgres_is_private(url),
+                "{}: {database} reaches PostgreSQL over the network without sslmode=require, \
+                 so bills and tokens could cross it in clear text: add ?sslmode=require (and \
+                 sslrootcert=CA.pem for a private CA), or set insecure_plaintext",
+                named("database")
+            );
+        }
         Ok(Config {
             listen,
-            database: f.database.as_deref().map_or_else(
-                || Database::Sqlite(PathBuf::from("data/core-meter.sqlite")),
-                Database::parse,
-            ),
+            database,
             billing,
             admin_token,
             webhook,
@@ -454,6 +464,37 @@ impl Config {
             insecure_plaintext,
         })
     }
+}
+
+/// Whether a `postgres://` URL keeps its traffic off the network or
+/// encrypted: a loopback host, a Unix socket, or `sslmode=require`.
+fn postgres_is_private(url: &str) -> bool {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    if query.split('&').any(|p| p == "sslmode=require") {
+        return true;
+    }
+    if query.split('&').any(|p| p.starts_with("host=/")) {
+        return true;
+    }
+    let authority = base
+        .split_once("://")
+        .map_or(base, |(_, rest)| rest)
+        .split('/')
+        .next()
+        .unwrap_or("");
+    let hosts = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    // Several hosts (fail-over) are all loopback or it is the network.
+    !hosts.is_empty()
+        && hosts.split(',').all(|h| {
+            let host = match h.strip_prefix('[') {
+                Some(v6) => v6.split(']').next().unwrap_or(""),
+                None => h.split(':').next().unwrap_or(""),
+            };
+            host == "localhost"
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        })
 }
 
 /// The TLS files, when `tls_cert` and `tls_key` are set (both or neither);
@@ -1326,5 +1367,45 @@ mod tests {
             e.contains("setting tls_client_ca") && e.contains("needs HTTPS"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn postgres_beyond_loopback_needs_sslmode_require_unless_insecure_plaintext() {
+        for private in [
+            "postgres://core:pw@127.0.0.1:5432/core",
+            "postgres://core@localhost/core",
+            "postgresql://core@[::1]:5432/core",
+            "postgres://core:pw@db.internal:5432/core?sslmode=require",
+            "postgres://core@db.internal/core?sslmode=require&sslrootcert=/ca/ca.crt",
+            "postgres://core@/core?host=/var/run/postgresql",
+        ] {
+            assert!(postgres_is_private(private), "{private}");
+            let c = load(None, &[("CORE_METER_DATABASE", private)], Flags::default());
+            assert!(c.is_ok(), "{private}: {:?}", c.err());
+        }
+        for public in [
+            "postgres://core:pw@db.internal:5432/core",
+            "postgres://core@10.0.0.7/core?sslmode=prefer",
+            "postgres://core@127.0.0.1,db.internal/core",
+        ] {
+            assert!(!postgres_is_private(public), "{public}");
+            let e = load(None, &[("CORE_METER_DATABASE", public)], Flags::default())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with("setting database") && e.contains("sslmode=require"),
+                "{e}"
+            );
+            assert!(!e.contains(":pw@"), "the password stays out: {e}");
+            let c = load(
+                None,
+                &[
+                    ("CORE_METER_DATABASE", public),
+                    ("CORE_METER_INSECURE_PLAINTEXT", "true"),
+                ],
+                Flags::default(),
+            );
+            assert!(c.is_ok(), "{public}");
+        }
     }
 }

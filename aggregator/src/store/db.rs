@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use postgres::types::{IsNull, ToSql as PgToSql, Type};
 use rusqlite::types::{ToSqlOutput, ValueRef};
@@ -36,6 +37,9 @@ pub enum DbError {
     LostInTransaction,
     #[error("column {column}: {message}")]
     Conversion { column: usize, message: String },
+    /// The TLS settings of a `postgres://` URL cannot be used.
+    #[error("database: {0}")]
+    Tls(String),
 }
 
 /// PostgreSQL's own message and detail, not the driver's "db error".
@@ -45,7 +49,17 @@ fn pg_message(e: &postgres::Error) -> String {
             Some(detail) => format!("{} ({detail})", db.message()),
             None => db.message().to_string(),
         },
-        None => e.to_string(),
+        None => {
+            // The driver's own text is terse ("error performing TLS
+            // handshake"); its causes say why.
+            let mut text = e.to_string();
+            let mut cause = std::error::Error::source(e);
+            while let Some(c) = cause {
+                text.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            text
+        }
     }
 }
 
@@ -511,9 +525,68 @@ const SESSION_SETTINGS: &str =
     "SET idle_in_transaction_session_timeout = '60s'; SET lock_timeout = '60s'";
 
 fn connect_postgres(url: &str) -> Result<postgres::Client, DbError> {
-    let mut client = postgres::Client::connect(url, postgres::NoTls)?;
+    let (url, tls) = postgres_tls(url)?;
+    let mut client = postgres::Client::connect(&url, tls)?;
     client.batch_execute(SESSION_SETTINGS)?;
     Ok(client)
+}
+
+/// The URL the driver reads and the TLS it speaks. TLS is rustls, and the
+/// server's certificate is always verified, against the PEM bundle of
+/// `sslrootcert=FILE` (libpq's name; taken out of the URL here, as the driver
+/// does not know it) or else the system's roots. `sslmode` is the driver's:
+/// `require` (TLS or nothing), `prefer` (the default: TLS when the server
+/// offers it) or `disable`. Sessions are named `core-meter`
+/// (`application_name`) unless the URL names them.
+pub fn postgres_tls(
+    url: &str,
+) -> Result<(String, tokio_postgres_rustls::MakeRustlsConnect), DbError> {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut kept = Vec::new();
+    let mut root_file = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("sslrootcert", path)) => root_file = Some(path.to_string()),
+            _ => kept.push(pair),
+        }
+    }
+    if !kept.iter().any(|p| p.starts_with("application_name=")) {
+        kept.push("application_name=core-meter");
+    }
+    let url = format!("{base}?{}", kept.join("&"));
+    let mut roots = rustls::RootCertStore::empty();
+    match &root_file {
+        Some(path) => {
+            use rustls_pki_types::pem::PemObject;
+            let pem = std::fs::read(path)
+                .map_err(|e| DbError::Tls(format!("sslrootcert: cannot read {path}: {e}")))?;
+            for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+                let cert =
+                    cert.map_err(|e| DbError::Tls(format!("sslrootcert: {path} is not PEM: {e}")))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| DbError::Tls(format!("sslrootcert: {path}: {e}")))?;
+            }
+            if roots.is_empty() {
+                return Err(DbError::Tls(format!(
+                    "sslrootcert: {path} holds no certificate"
+                )));
+            }
+        }
+        None => {
+            // Certificates the system store cannot parse are skipped, as
+            // every client does; none at all only matters if TLS is used.
+            let _ = roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| DbError::Tls(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok((url, tokio_postgres_rustls::MakeRustlsConnect::new(config)))
 }
 
 impl PgConn {
