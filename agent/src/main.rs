@@ -32,7 +32,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the node daemon.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Sample once and print the sample as JSON; sends nothing.
     Once {
         /// Print the sample (the only thing `once` does).
@@ -137,7 +137,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(cli.log_json);
     let result = match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Once { print: _, node } => once(node),
         Command::PrepareSpool { owner, dir } => prepare_spool(&dir, owner),
         Command::Spool { spool } => list_spool(&spool),

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use shared::wire::{AgentSample, IngestResponse, SampleBatch, SampleResult, SAMPLES_PATH};
 
-use crate::tls::{tls_failure, ClientTls, TlsFailure};
+use crate::tls::{error_chain, tls_failure, ClientTls, TlsFailure};
 
 /// Why a push failed.
 #[derive(Debug, thiserror::Error)]
@@ -207,7 +207,7 @@ impl Pusher {
                 "the TLS handshake with the aggregator failed: {why}"
             )),
             None if e.is_timeout() => PushError::Timeout,
-            None => PushError::Connect(format!("{e}")),
+            None => PushError::Connect(error_chain(&e)),
         }
     }
 }

@@ -242,38 +242,63 @@ pub enum TlsFailure {
 }
 
 /// Walks an error's `source()` chain for a rustls error (or, failing that,
-/// words that only a certificate failure uses).
+/// words that only a certificate failure uses). An `io::Error` does not
+/// list the error it wraps as its source, so that one is looked into too.
 pub fn tls_failure(e: &(dyn std::error::Error + 'static)) -> Option<TlsFailure> {
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
     let mut texts = Vec::new();
     while let Some(err) = current {
-        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
-            return Some(match tls {
-                rustls::Error::InvalidCertificate(_)
-                | rustls::Error::NoCertificatesPresented
-                | rustls::Error::UnsupportedNameType => {
-                    TlsFailure::ServerCertificate(tls.to_string())
-                }
-                rustls::Error::AlertReceived(alert) => {
-                    TlsFailure::Handshake(format!("{tls}{}", alert_hint(*alert)))
-                }
-                _ => TlsFailure::Handshake(tls.to_string()),
-            });
+        let inner = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|inner| inner as &(dyn std::error::Error + 'static));
+        let tls = err
+            .downcast_ref::<rustls::Error>()
+            .or_else(|| inner.and_then(|i| i.downcast_ref::<rustls::Error>()));
+        if let Some(tls) = tls {
+            return Some(classify(tls));
         }
         texts.push(err.to_string());
-        current = err.source();
+        current = err.source().or(inner);
     }
-    let text = texts.join(": ");
     let certificate = [
         "certificate",
         "UnknownIssuer",
         "NotValidForName",
         "invalid peer certificate",
     ];
+    let text = texts.join(": ");
     certificate
         .iter()
         .any(|w| text.contains(w))
         .then(|| TlsFailure::ServerCertificate(texts.last().cloned().unwrap_or(text)))
+}
+
+fn classify(tls: &rustls::Error) -> TlsFailure {
+    match tls {
+        rustls::Error::InvalidCertificate(_)
+        | rustls::Error::NoCertificatesPresented
+        | rustls::Error::UnsupportedNameType => TlsFailure::ServerCertificate(tls.to_string()),
+        rustls::Error::AlertReceived(alert) => {
+            TlsFailure::Handshake(format!("{tls}{}", alert_hint(*alert)))
+        }
+        _ => TlsFailure::Handshake(tls.to_string()),
+    }
+}
+
+/// The error and its sources on one line, `: ` between them (as anyhow's `{:#}`).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut current = Some(e);
+    while let Some(err) = current {
+        let text = err.to_string();
+        // An io::Error prints what it wraps; do not say it twice.
+        if !parts.last().is_some_and(|last| last.ends_with(&text)) {
+            parts.push(text);
+        }
+        current = err.source();
+    }
+    parts.join(": ")
 }
 
 fn alert_hint(alert: rustls::AlertDescription) -> &'static str {

@@ -15,6 +15,7 @@ fn options<'a>(aggregator: String, spool: &'a Path, node: &'a str) -> AgentOptio
         node,
         interval_secs: 1,
         extra: Vec::new(),
+        env: Vec::new(),
     }
 }
 
