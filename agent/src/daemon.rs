@@ -20,6 +20,7 @@ use crate::pusher::{Backoff, PushError, Pusher};
 use crate::sampler::Machine;
 use crate::schedule::{next_tick, offset_secs, wait};
 use crate::spool::{AppendError, Spool};
+use crate::tls::ClientTls;
 
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -27,6 +28,8 @@ pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub aggregator: String,
+    /// What an `https://` aggregator is verified against, and the client certificate.
+    pub tls: ClientTls,
     pub token: TokenSource,
     pub node: String,
     pub spool_dir: PathBuf,
@@ -125,12 +128,14 @@ pub async fn run(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<()
     tracing::info!(
         node = %settings.node,
         aggregator = %settings.aggregator,
+        verify_against = %settings.tls.roots(),
+        client_cert = settings.tls.has_client_cert(),
         interval_secs = settings.interval_secs,
         offset_secs = offset,
         version = AGENT_VERSION,
         "agent started"
     );
-    let pusher = Pusher::new(&settings.aggregator, settings.push_timeout)?;
+    let pusher = Pusher::with_tls(&settings.aggregator, settings.push_timeout, &settings.tls)?;
     let mut agent = Agent {
         spool: None,
         memory: BTreeMap::new(),
@@ -172,6 +177,13 @@ pub async fn run(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<()
                 Ok(()) => {
                     backoff.reset();
                     None
+                }
+                Err(e @ PushError::Tls(_)) => {
+                    // Never accepted and never quiet: a certificate this
+                    // agent cannot verify may be someone else's.
+                    let pause = backoff.next_wait();
+                    tracing::error!(error = %e, attempt = backoff.attempts(), retry_in_ms = pause.as_millis() as u64, pending = agent.pending(), "push failed in TLS; samples stay in the spool, will retry");
+                    Some(Instant::now() + pause)
                 }
                 Err(e) if e.retryable() => {
                     let pause = backoff.next_wait();
@@ -359,7 +371,7 @@ impl Agent {
             // A push can wait up to its timeout for an answer; the sample
             // that falls due meanwhile is taken on time all the same.
             let pusher = self.pusher.clone();
-            let push = pusher.push(&batch, &token);
+            let push = pusher.push(&batch, token.expose());
             tokio::pin!(push);
             let answer = loop {
                 let until_sample = wait(self.clock.now(), self.next_sample);
@@ -372,6 +384,9 @@ impl Agent {
                 Ok(r) => r,
                 Err(e) => {
                     self.metrics.push_error(e.kind());
+                    if matches!(e, PushError::Tls(_)) {
+                        self.metrics.tls_errors.inc();
+                    }
                     return Err(e);
                 }
             };

@@ -9,3 +9,4 @@ pub mod sampler;
 pub mod schedule;
 pub mod server;
 pub mod spool;
+pub mod tls;

@@ -32,7 +32,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the node daemon.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Sample once and print the sample as JSON; sends nothing.
     Once {
         /// Print the sample (the only thing `once` does).
@@ -73,9 +73,25 @@ struct NodeArgs {
 
 #[derive(Args)]
 struct RunArgs {
-    /// The aggregator's base URL.
-    #[arg(long, env = "CORE_METER_AGGREGATOR")]
+    /// The aggregator's base URL. Plain http:// only to this machine (loopback), unless --insecure-plaintext.
+    #[arg(
+        long,
+        env = "CORE_METER_AGGREGATOR",
+        default_value = "https://core-meter-aggregator:8443"
+    )]
     aggregator: String,
+    /// A PEM bundle of the CA certificates the aggregator's certificate is verified against, instead of the system's roots (a cluster's private CA).
+    #[arg(long, env = "CORE_METER_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// The PEM certificate (chain) this agent shows when the aggregator asks for one (mutual TLS); needs --client-key.
+    #[arg(long, env = "CORE_METER_CLIENT_CERT")]
+    client_cert: Option<PathBuf>,
+    /// The PEM private key of --client-cert.
+    #[arg(long, env = "CORE_METER_CLIENT_KEY")]
+    client_key: Option<PathBuf>,
+    /// Allow plain http:// to an aggregator that is not on this machine: the token and the samples cross the network in the clear.
+    #[arg(long, env = "CORE_METER_INSECURE_PLAINTEXT")]
+    insecure_plaintext: bool,
     /// The spool directory (a hostPath in a DaemonSet, so samples outlive the pod).
     #[arg(
         long,
@@ -121,7 +137,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(cli.log_json);
     let result = match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Once { print: _, node } => once(node),
         Command::PrepareSpool { owner, dir } => prepare_spool(&dir, owner),
         Command::Spool { spool } => list_spool(&spool),
@@ -160,8 +176,21 @@ fn machine(args: &NodeArgs) -> Machine {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
+    let transport = agent::tls::transport(&args.aggregator, args.insecure_plaintext)?;
+    if transport == agent::tls::Transport::InsecureHttp {
+        tracing::warn!(
+            aggregator = %args.aggregator,
+            "--insecure-plaintext: the cluster token and the samples go to the aggregator unencrypted and unauthenticated; use https:// outside a test"
+        );
+    }
+    let tls = agent::tls::ClientTls::load(
+        args.ca_file.as_deref(),
+        args.client_cert.as_deref(),
+        args.client_key.as_deref(),
+    )?;
     let settings = Settings {
         aggregator: args.aggregator,
+        tls,
         token: TokenSource::from_settings(args.token_file, args.token)?,
         node: node_name(args.node.node.as_deref())?,
         spool_dir: args.spool,

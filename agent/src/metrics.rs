@@ -31,6 +31,7 @@ pub struct Metrics {
     pub samples_dropped: Family<Cause, Counter>,
     pub samples_rejected: Family<Reason, Counter>,
     pub push_errors: Family<Kind, Counter>,
+    pub tls_errors: Counter,
     pub last_push_success: Gauge<f64, AtomicU64>,
     pub spool_bytes: Gauge,
     pub spool_write_errors: Counter,
@@ -70,6 +71,11 @@ impl Metrics {
             "push_errors",
             "Failed pushes, by kind",
             self.push_errors.clone(),
+        );
+        r.register(
+            "tls_errors",
+            "Pushes that failed in TLS: the aggregator's certificate could not be verified, or it refused the handshake (also counted in push_errors{kind=\"tls\"})",
+            self.tls_errors.clone(),
         );
         r.register(
             "last_push_success_timestamp_seconds",

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use shared::wire::{AgentSample, IngestResponse, SampleBatch, SampleResult, SAMPLES_PATH};
 
+use crate::tls::{error_chain, tls_failure, ClientTls, TlsFailure};
+
 /// Why a push failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PushError {
@@ -21,6 +23,10 @@ pub enum PushError {
     Decode(String),
     #[error("{0}")]
     Token(String),
+    /// The aggregator's certificate could not be verified, or the TLS
+    /// handshake failed: never accepted, always said loudly.
+    #[error("{0}")]
+    Tls(String),
 }
 
 impl PushError {
@@ -40,6 +46,7 @@ impl PushError {
             PushError::Refused { .. } => "refused",
             PushError::Decode(_) => "decode",
             PushError::Token(_) => "token",
+            PushError::Tls(_) => "tls",
         }
     }
 }
@@ -48,18 +55,36 @@ impl PushError {
 pub struct Pusher {
     client: reqwest::Client,
     url: String,
+    /// What the aggregator's certificate is verified against, for errors.
+    roots: String,
 }
 
 impl Pusher {
+    /// A pusher that verifies an `https://` aggregator against the system's roots.
     pub fn new(aggregator: &str, timeout: Duration) -> anyhow::Result<Pusher> {
-        let client = reqwest::Client::builder()
+        Pusher::with_tls(aggregator, timeout, &ClientTls::default())
+    }
+
+    pub fn with_tls(
+        aggregator: &str,
+        timeout: Duration,
+        tls: &ClientTls,
+    ) -> anyhow::Result<Pusher> {
+        let builder = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("core-meter-agent/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+            // The aggregator never redirects; following one could carry the
+            // token to another host or down to plain HTTP.
+            .redirect(reqwest::redirect::Policy::none());
+        let client = tls
+            .apply(builder)?
+            .build()
+            .map_err(|e| anyhow::anyhow!("build the HTTP client: {e}"))?;
         Ok(Pusher {
             client,
             url: format!("{}{SAMPLES_PATH}", aggregator.trim_end_matches('/')),
+            roots: tls.roots(),
         })
     }
 
@@ -79,7 +104,7 @@ impl Pusher {
             .json(&body)
             .send()
             .await
-            .map_err(classify)?;
+            .map_err(|e| self.classify(e))?;
         let status = response.status();
         if status.as_u16() == 429 {
             let detail = error_detail(&read_prefix(response, ERROR_BODY_READ).await);
@@ -171,11 +196,19 @@ fn colon(detail: &str) -> String {
     }
 }
 
-fn classify(e: reqwest::Error) -> PushError {
-    if e.is_timeout() {
-        PushError::Timeout
-    } else {
-        PushError::Connect(format!("{e}"))
+impl Pusher {
+    fn classify(&self, e: reqwest::Error) -> PushError {
+        match tls_failure(&e) {
+            Some(TlsFailure::ServerCertificate(why)) => PushError::Tls(format!(
+                "the aggregator's certificate could not be verified against {}: {why}",
+                self.roots
+            )),
+            Some(TlsFailure::Handshake(why)) => PushError::Tls(format!(
+                "the TLS handshake with the aggregator failed: {why}"
+            )),
+            None if e.is_timeout() => PushError::Timeout,
+            None => PushError::Connect(error_chain(&e)),
+        }
     }
 }
 

@@ -15,6 +15,7 @@ fn options<'a>(aggregator: String, spool: &'a Path, node: &'a str) -> AgentOptio
         node,
         interval_secs: 1,
         extra: Vec::new(),
+        env: Vec::new(),
     }
 }
 
@@ -405,6 +406,12 @@ fn an_empty_token_file_is_counted_as_a_token_error_and_the_samples_stay() {
     let spool = dir.path().join("spool");
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "").unwrap();
+    // A Secret's file, readable by its owner only (everyone's is refused).
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let server = FakeAggregator::start(Mode::Normal);
     let mut opts = options(server.url(), &spool, "node-t");
     opts.extra = vec!["--token-file".into(), token_file.display().to_string()];

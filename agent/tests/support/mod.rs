@@ -1,13 +1,16 @@
-//! Test helpers: a small aggregator that speaks `POST /v1/samples` (SPEC section 9), and the real agent binary run, killed and restarted.
+//! Test helpers: a small aggregator that speaks `POST /v1/samples` (SPEC section 9) over HTTP or HTTPS, and the real agent binary run, killed and restarted.
 
 #![allow(dead_code)]
 // Metric values are floats in the Prometheus text format; summing them is test arithmetic.
 #![allow(clippy::float_arithmetic)]
 
+pub mod tls;
+
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -44,19 +47,24 @@ pub struct Received {
     pub duplicates: u64,
     pub requests: u64,
     pub unauthorized: u64,
+    /// Every bearer token presented, in order, each once.
+    pub tokens_seen: Vec<String>,
 }
 
 pub struct FakeAggregator {
     pub addr: SocketAddr,
     pub received: Arc<Mutex<Received>>,
     mode: Arc<Mutex<Mode>>,
+    token: Arc<Mutex<String>>,
+    tls: bool,
+    handshake_failures: Arc<AtomicU64>,
     _thread: std::thread::JoinHandle<()>,
 }
 
-type Shared = (Arc<Mutex<Received>>, Arc<Mutex<Mode>>);
+type Shared = (Arc<Mutex<Received>>, Arc<Mutex<Mode>>, Arc<Mutex<String>>);
 
 async fn ingest(
-    State((received, mode)): State<Shared>,
+    State((received, mode, token)): State<Shared>,
     headers: HeaderMap,
     Json(batch): Json<SampleBatch>,
 ) -> axum::response::Response {
@@ -64,7 +72,14 @@ async fn ingest(
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if auth != format!("Bearer {TOKEN}") {
+    if let Some(presented) = auth.strip_prefix("Bearer ") {
+        let mut r = received.lock().unwrap();
+        if !r.tokens_seen.iter().any(|t| t == presented) {
+            r.tokens_seen.push(presented.to_string());
+        }
+    }
+    let expected = format!("Bearer {}", token.lock().unwrap());
+    if auth != expected {
         received.lock().unwrap().unauthorized += 1;
         return StatusCode::UNAUTHORIZED.into_response();
     }
@@ -148,11 +163,32 @@ impl FakeAggregator {
         )
     }
 
+    /// Starts on a free port of 127.0.0.1, serving HTTPS with `config`.
+    pub fn start_tls(mode: Mode, config: Arc<rustls::ServerConfig>) -> FakeAggregator {
+        Self::serve_with(
+            TcpListener::bind("127.0.0.1:0").expect("bind the fake aggregator"),
+            mode,
+            Some(config),
+        )
+    }
+
     fn serve(listener: TcpListener, mode: Mode) -> FakeAggregator {
+        Self::serve_with(listener, mode, None)
+    }
+
+    fn serve_with(
+        listener: TcpListener,
+        mode: Mode,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> FakeAggregator {
         let addr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Received::default()));
         let mode = Arc::new(Mutex::new(mode));
-        let state: Shared = (received.clone(), mode.clone());
+        let token = Arc::new(Mutex::new(TOKEN.to_string()));
+        let handshake_failures = Arc::new(AtomicU64::new(0));
+        let state: Shared = (received.clone(), mode.clone(), token.clone());
+        let is_tls = tls.is_some();
+        let failures = handshake_failures.clone();
         listener.set_nonblocking(true).unwrap();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -164,19 +200,40 @@ impl FakeAggregator {
                 let app = Router::new()
                     .route("/v1/samples", post(ingest))
                     .with_state(state);
-                axum::serve(listener, app).await.unwrap();
+                match tls {
+                    Some(config) => tls::serve_tls(listener, app, config, failures).await,
+                    None => axum::serve(listener, app).await.unwrap(),
+                }
             });
         });
         FakeAggregator {
             addr,
             received,
             mode,
+            token,
+            tls: is_tls,
+            handshake_failures,
             _thread: thread,
         }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// The token the aggregator accepts from now on.
+    pub fn set_token(&self, token: &str) {
+        *self.token.lock().unwrap() = token.to_string();
+    }
+
+    pub fn tokens_seen(&self) -> Vec<String> {
+        self.received.lock().unwrap().tokens_seen.clone()
+    }
+
+    /// TLS handshakes the server refused (a missing or unknown client certificate).
+    pub fn handshake_failures(&self) -> u64 {
+        self.handshake_failures.load(Ordering::SeqCst)
     }
 
     pub fn set_mode(&self, mode: Mode) {
@@ -229,6 +286,8 @@ pub struct AgentOptions<'a> {
     pub node: &'a str,
     pub interval_secs: u64,
     pub extra: Vec<String>,
+    /// Set in the agent's environment, e.g. `RUST_LOG`.
+    pub env: Vec<(String, String)>,
 }
 
 impl Agent {
@@ -257,6 +316,7 @@ impl Agent {
             .env_remove("CORE_METER_TOKEN_FILE")
             .env_remove("CORE_METER_LOG_JSON")
             .env("NO_COLOR", "1")
+            .envs(o.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
@@ -358,6 +418,46 @@ impl Drop for Agent {
             let _ = std::fs::remove_file(&self.log);
         }
     }
+}
+
+/// Runs `agent run` with `args` (and a token in its environment) and
+/// expects it to refuse to start: it must exit with a failure within 10 s.
+/// Returns what it wrote to stderr.
+pub fn start_refused(args: &[String]) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_agent"))
+        .arg("run")
+        .args(["--listen", "127.0.0.1:0", "--spool"])
+        .arg(std::env::temp_dir().join("core-meter-agent-refused-spool"))
+        .args(args)
+        .env("NODE_NAME", "node-refused")
+        .env("CORE_METER_TOKEN", TOKEN)
+        .env_remove("CORE_METER_TOKEN_FILE")
+        .env_remove("CORE_METER_AGGREGATOR")
+        .env_remove("CORE_METER_LOG_JSON")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the agent");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "the agent started with {args:?}; log:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "the agent exited zero: {stderr}");
+    stderr
 }
 
 /// A minimal HTTP/1.0 GET over a real socket: (status, body).
