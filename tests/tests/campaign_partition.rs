@@ -463,6 +463,8 @@ fn agents_cut_off_for_several_intervals_three_times_deliver_every_sample_exactly
         &ServiceOptions {
             listen: Some(listen),
             wrapper: DIE_WITH_THE_TEST.map(String::from).to_vec(),
+            // Plain HTTP on the test's own bridge, which no other machine reaches.
+            env: vec![("CORE_METER_INSECURE_PLAINTEXT".into(), "true".into())],
             ..ServiceOptions::default()
         },
     );
@@ -477,6 +479,7 @@ fn agents_cut_off_for_several_intervals_three_times_deliver_every_sample_exactly
                 &token,
             );
             o.wrapper = net.wrapper(namespace);
+            o.extra.push("--insecure-plaintext".into());
             nodes.push(Node {
                 agent: AgentProc::start(&o),
                 namespace,
