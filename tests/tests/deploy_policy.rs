@@ -241,6 +241,9 @@ impl Rendering<'_> {
         let dir = tempfile::tempdir().unwrap();
         let token = dir.path().join("token");
         std::fs::write(&token, "cma_stand-in").unwrap();
+        // As the Secret volume's defaultMode 0400 gives it: others may not read it.
+        std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
         let toml = toml.replace("/etc/core-meter/admin-token/token", token.to_str().unwrap());
         let file = dir.path().join("aggregator.toml");
         std::fs::write(&file, &toml).unwrap();
@@ -249,6 +252,7 @@ impl Rendering<'_> {
             config: Some(file),
             listen: flag(c, "--listen"),
             database: flag(c, "--database"),
+            ..Default::default()
         };
         aggregator::config::Config::load(&flags, &|name| self.env_value_of(c, name)).unwrap_or_else(
             |e| {
