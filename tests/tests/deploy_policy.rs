@@ -1,12 +1,15 @@
 //! The Kubernetes manifests, as `kubectl kustomize` renders them: every setting
 //! the agent's DaemonSet must keep (issue 6, item 2), the aggregator's lock-down,
 //! its store (one replica on a SQLite volume, or several on PostgreSQL with the
-//! URL from a Secret, issue 10), and the names that tie the objects together.
+//! URL from a Secret, issue 10), TLS on the agents' hop (issue 11: HTTPS from a
+//! Secret mounted as a directory, the agents verifying against a mounted CA,
+//! no secret file anyone may read), and the names that tie the objects together.
 //! An edit that drops a setting fails here, naming it.
 //!
 //! Needs `kubectl` (with its built-in kustomize). Without it the tests say so
 //! and pass, unless CORE_METER_REQUIRE_KUBECTL=1 (set by `.ci/run`).
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -241,9 +244,8 @@ impl Rendering<'_> {
         let dir = tempfile::tempdir().unwrap();
         let token = dir.path().join("token");
         std::fs::write(&token, "cma_stand-in").unwrap();
-        // As the Secret volume's defaultMode 0400 gives it: others may not read it.
-        std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .unwrap();
+        // As the Secret's file: the aggregator refuses one anyone may read.
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o400)).unwrap();
         let toml = toml.replace("/etc/core-meter/admin-token/token", token.to_str().unwrap());
         let file = dir.path().join("aggregator.toml");
         std::fs::write(&file, &toml).unwrap();
@@ -252,7 +254,10 @@ impl Rendering<'_> {
             config: Some(file),
             listen: flag(c, "--listen"),
             database: flag(c, "--database"),
-            ..Default::default()
+            tls_cert: flag(c, "--tls-cert").map(PathBuf::from),
+            tls_key: flag(c, "--tls-key").map(PathBuf::from),
+            tls_client_ca: flag(c, "--client-ca").map(PathBuf::from),
+            insecure_plaintext: has_flag(c, "--insecure-plaintext"),
         };
         aggregator::config::Config::load(&flags, &|name| self.env_value_of(c, name)).unwrap_or_else(
             |e| {
@@ -278,10 +283,63 @@ impl Rendering<'_> {
         map["data"]["aggregator.toml"].as_str().unwrap()
     }
 
+    fn service(&self) -> &Value {
+        self.object("Service", "core-meter-aggregator")
+    }
+
+    /// The container port the Service's `https` port sends to.
+    fn service_target_port(&self) -> u64 {
+        let port = self.service()["spec"]["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == "https")
+            .unwrap_or_else(|| panic!("{}", self.says("the Service has a port named https")));
+        match &port["targetPort"] {
+            Value::String(name) => self.aggregator_container()["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|p| &p["name"] == name)
+                .and_then(|p| p["containerPort"].as_u64())
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{}",
+                        self.says(&format!("the aggregator has a port {name}"))
+                    )
+                }),
+            Value::Null => port["port"].as_u64().unwrap(),
+            other => other.as_u64().unwrap(),
+        }
+    }
+
+    /// Whether the Secret `name` is in this rendering, or a cert-manager
+    /// Certificate of it writes the Secret.
+    fn secret_is_provided(&self, name: &str) -> bool {
+        self.objects_of("Secret")
+            .iter()
+            .any(|s| s["metadata"]["name"] == name)
+            || self.certificate_of(name).is_some()
+    }
+
+    /// The cert-manager Certificate that writes the Secret `secret`.
+    fn certificate_of(&self, secret: &str) -> Option<&Value> {
+        self.objects
+            .iter()
+            .filter(|o| o["kind"] == "Certificate" && is_cert_manager(o))
+            .find(|c| c["spec"]["secretName"] == secret)
+    }
+
     /// `what` and where it was looked for, for assertion messages.
     fn says(&self, what: &str) -> String {
         format!("deploy/{}: {what}", self.name)
     }
+}
+
+fn is_cert_manager(object: &Value) -> bool {
+    object["apiVersion"]
+        .as_str()
+        .is_some_and(|v| v.starts_with("cert-manager.io/"))
 }
 
 fn container<'a>(pod: &'a Value, name: &str) -> &'a Value {
@@ -382,6 +440,16 @@ fn flag(container: &Value, flag: &str) -> Option<String> {
     })
 }
 
+/// Whether a container's arguments hold `--flag` (or `--flag=true`).
+fn has_flag(container: &Value, flag: &str) -> bool {
+    container["args"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .any(|a| a == flag || a == format!("{flag}=true"))
+}
+
 /// A Kubernetes quantity of bytes ("32Mi", "16M", "1Gi", "1000") as bytes.
 fn bytes(quantity: &Value) -> u64 {
     let q = quantity
@@ -429,6 +497,7 @@ fn reads_secret_file(
     container: &Value,
     secret: &str,
     path: &str,
+    key: &str,
 ) -> Result<(), String> {
     let volume = pod["volumes"]
         .as_array()
@@ -443,11 +512,18 @@ fn reads_secret_file(
         .find(|m| m["name"] == volume["name"])
         .ok_or(format!("the Secret {secret} is not mounted"))?;
     let dir = mount["mountPath"].as_str().unwrap();
-    let key = Path::new(path)
+    let named = Path::new(path)
         .strip_prefix(dir)
         .map_err(|_| format!("{path} is not under the Secret's mount {dir}"))?;
-    if key.to_str() != Some("token") {
-        return Err(format!("{path} names key {key:?} of the Secret, not token"));
+    if named.to_str() != Some(key) {
+        return Err(format!(
+            "{path} names key {named:?} of the Secret, not {key}"
+        ));
+    }
+    if !mount["subPath"].is_null() {
+        return Err(format!(
+            "the Secret {secret} is mounted with a subPath, which the kubelet never updates"
+        ));
     }
     let mode = volume["secret"]["defaultMode"].as_u64().unwrap_or(0o644);
     if mode & 0o004 == 0 && pod["securityContext"]["fsGroup"].is_null() {
@@ -853,6 +929,7 @@ fn the_agent_can_read_its_cluster_token() {
             r.agent_container(),
             "core-meter-cluster-token",
             path,
+            "token",
         ) {
             panic!(
                 "{}",
@@ -1141,12 +1218,16 @@ fn the_agents_reach_the_aggregator_through_its_service() {
             r.says("the Service selects the aggregator's pods")
         );
         let port = service["spec"]["ports"][0]["port"].as_u64().unwrap();
+        let namespace = service["metadata"]["namespace"].as_str().unwrap();
         let url = env_value(r.agent_container(), "CORE_METER_AGGREGATOR").unwrap();
         assert_eq!(
             url,
-            format!("http://core-meter-aggregator:{port}"),
+            format!("https://core-meter-aggregator.{namespace}.svc:{port}"),
             "{}",
-            r.says("the agent's aggregator URL names the Service and its port")
+            r.says(
+                "the agent's aggregator URL names the Service, its namespace and its port \
+                 (the name the certificate holds)"
+            )
         );
     });
 }
@@ -1262,7 +1343,13 @@ fn every_secret_and_config_map_a_pod_mounts_or_reads_is_in_the_overlay() {
         ] {
             for v in pod["volumes"].as_array().into_iter().flatten() {
                 if let Some(secret) = v["secret"]["secretName"].as_str() {
-                    r.object("Secret", secret);
+                    assert!(
+                        r.secret_is_provided(secret),
+                        "{}",
+                        r.says(&format!(
+                            "the Secret {secret} is in the overlay, or a Certificate makes it"
+                        ))
+                    );
                 }
                 if let Some(map) = v["configMap"]["name"].as_str() {
                     r.object("ConfigMap", map);
@@ -1288,10 +1375,10 @@ fn the_aggregator_accepts_its_settings_and_has_the_store_secret_and_port_they_na
     in_every_rendering(|r| {
         let config = r.aggregator_settings();
         assert_eq!(
-            config.listen.port(),
-            8080,
+            u64::from(config.listen.port()),
+            r.service_target_port(),
             "{}",
-            r.says("listens on the Service's port")
+            r.says("listens on the port the Service sends to")
         );
         assert!(
             !config.listen.ip().is_loopback(),
@@ -1319,7 +1406,7 @@ fn the_aggregator_accepts_its_settings_and_has_the_store_secret_and_port_they_na
         let token_file = raw["admin_token_file"]
             .as_str()
             .unwrap_or_else(|| panic!("{}", r.says("admin_token_file is set")));
-        if let Err(why) = reads_secret_file(pod, c, "core-meter-admin-token", token_file) {
+        if let Err(why) = reads_secret_file(pod, c, "core-meter-admin-token", token_file, "token") {
             panic!(
                 "{}",
                 r.says(&format!(
@@ -1412,6 +1499,378 @@ fn the_postgres_url_is_read_from_a_secret(r: &Rendering) {
             "the Secret's URL has no newline or space around it: the aggregator takes it as it is"
         )
     );
+}
+
+// --- TLS on the agents' hop (issue 11) ---
+
+/// The Secret the aggregator's certificate and key are in (made by the
+/// overlay, or by cert-manager from a Certificate).
+const AGGREGATOR_TLS_SECRET: &str = "core-meter-aggregator-tls";
+
+#[test]
+fn the_aggregator_serves_https_from_the_tls_secret_mounted_as_a_directory() {
+    in_every_rendering(|r| {
+        let config = r.aggregator_settings();
+        let tls = config.tls.as_ref().unwrap_or_else(|| {
+            panic!(
+                "{}",
+                r.says("the aggregator serves HTTPS: tls_cert and tls_key are set")
+            )
+        });
+        let (pod, c) = (r.aggregator_pod(), r.aggregator_container());
+        for (path, key) in [(&tls.cert, "tls.crt"), (&tls.key, "tls.key")] {
+            let path = path.to_str().unwrap();
+            if let Err(why) = reads_secret_file(pod, c, AGGREGATOR_TLS_SECRET, path, key) {
+                panic!(
+                    "{}",
+                    r.says(&format!(
+                        "the aggregator cannot read {path} from the Secret {AGGREGATOR_TLS_SECRET}: {why}"
+                    ))
+                );
+            }
+        }
+        if !r.name.starts_with("overlays/") {
+            return;
+        }
+        match r
+            .objects_of("Secret")
+            .into_iter()
+            .find(|s| s["metadata"]["name"] == AGGREGATOR_TLS_SECRET)
+        {
+            Some(secret) => {
+                assert_eq!(
+                    secret["type"],
+                    "kubernetes.io/tls",
+                    "{}",
+                    r.says(&format!(
+                        "{AGGREGATOR_TLS_SECRET} is of type kubernetes.io/tls"
+                    ))
+                );
+                for key in ["tls.crt", "tls.key"] {
+                    assert!(
+                        secret_value(secret, key).is_some(),
+                        "{}",
+                        r.says(&format!("{AGGREGATOR_TLS_SECRET} holds {key}"))
+                    );
+                }
+            }
+            None => assert!(
+                r.certificate_of(AGGREGATOR_TLS_SECRET).is_some(),
+                "{}",
+                r.says(&format!(
+                    "the overlay makes the Secret {AGGREGATOR_TLS_SECRET}, or a Certificate does"
+                ))
+            ),
+        }
+    });
+}
+
+#[test]
+fn secret_volumes_holding_keys_or_tokens_are_not_world_readable() {
+    in_every_rendering(|r| {
+        for (who, pod) in [("agent", r.agent_pod()), ("aggregator", r.aggregator_pod())] {
+            for v in pod["volumes"].as_array().into_iter().flatten() {
+                let secret = &v["secret"];
+                if secret.is_null() {
+                    continue;
+                }
+                let name = &v["name"];
+                let mode = secret["defaultMode"].as_u64().unwrap_or(0o644);
+                assert_eq!(
+                    mode & 0o004,
+                    0,
+                    "{}",
+                    r.says(&format!(
+                        "the {who}'s Secret volume {name} has defaultMode {mode:o}: anyone may \
+                         read it, and the programs refuse such a key or token (0400)"
+                    ))
+                );
+                for item in secret["items"].as_array().into_iter().flatten() {
+                    let mode = item["mode"].as_u64().unwrap_or(mode);
+                    assert_eq!(
+                        mode & 0o004,
+                        0,
+                        "{}",
+                        r.says(&format!(
+                            "the {who}'s Secret volume {name} gives {} mode {mode:o}",
+                            item["path"]
+                        ))
+                    );
+                }
+                assert!(
+                    !pod["securityContext"]["fsGroup"].is_null(),
+                    "{}",
+                    r.says(&format!(
+                        "the {who}'s pod has an fsGroup, so its user can read the Secret \
+                         volume {name} that others may not"
+                    ))
+                );
+            }
+        }
+    });
+}
+
+#[test]
+fn the_agent_pushes_over_https_and_verifies_against_the_mounted_ca() {
+    in_every_rendering(|r| {
+        let (pod, c) = (r.agent_pod(), r.agent_container());
+        let url = env_value(c, "CORE_METER_AGGREGATOR")
+            .map(str::to_string)
+            .or_else(|| flag(c, "--aggregator"))
+            .unwrap_or_else(|| panic!("{}", r.says("the agent is given the aggregator's URL")));
+        assert!(
+            url.starts_with("https://"),
+            "{}",
+            r.says(&format!("the agent pushes over HTTPS, not to {url}"))
+        );
+        let ca = env_value(c, "CORE_METER_CA_FILE")
+            .map(str::to_string)
+            .or_else(|| flag(c, "--ca-file"))
+            .unwrap_or_else(|| {
+                panic!(
+                    "{}",
+                    r.says("CORE_METER_CA_FILE is set: the agent trusts the installation's CA, not every public one")
+                )
+            });
+        let mount = mount_holding(c, &ca).unwrap_or_else(|| {
+            panic!(
+                "{}",
+                r.says(&format!("the CA file {ca} is on a mounted volume"))
+            )
+        });
+        assert!(
+            mount["readOnly"] == true && mount["subPath"].is_null(),
+            "{}",
+            r.says("the CA is mounted read-only, as a directory")
+        );
+        let dir = mount["mountPath"].as_str().unwrap();
+        let key = Path::new(&ca).strip_prefix(dir).unwrap().to_str().unwrap();
+        let v = volume(pod, mount["name"].as_str().unwrap());
+        let holds = if let Some(map) = v["configMap"]["name"].as_str() {
+            r.objects_of("ConfigMap")
+                .into_iter()
+                .find(|m| m["metadata"]["name"] == map)
+                .map(|m| m["data"][key].is_string())
+        } else if let Some(secret) = v["secret"]["secretName"].as_str() {
+            r.objects_of("Secret")
+                .into_iter()
+                .find(|s| s["metadata"]["name"] == secret)
+                .map(|s| secret_value(s, key).is_some())
+        } else {
+            panic!(
+                "{}",
+                r.says("the CA comes from a ConfigMap or a Secret, not from the node")
+            )
+        };
+        if r.name.starts_with("overlays/") {
+            assert_eq!(
+                holds,
+                Some(true),
+                "{}",
+                r.says(&format!(
+                    "the volume {} holds the CA file's key {key}",
+                    v["name"]
+                ))
+            );
+        }
+    });
+}
+
+#[test]
+fn probes_speak_https_to_the_tls_port() {
+    in_every_rendering(|r| {
+        let config = r.aggregator_settings();
+        let c = r.aggregator_container();
+        for probe in ["livenessProbe", "readinessProbe"] {
+            assert_eq!(
+                c[probe]["httpGet"]["scheme"],
+                "HTTPS",
+                "{}",
+                r.says(&format!(
+                    "{probe} uses scheme HTTPS: the aggregator speaks nothing else"
+                ))
+            );
+            assert_eq!(
+                probe_port(c, probe),
+                Some(u64::from(config.listen.port())),
+                "{}",
+                r.says(&format!(
+                    "{probe} probes the port the aggregator serves HTTPS on"
+                ))
+            );
+        }
+    });
+}
+
+#[test]
+fn the_network_policy_opens_the_port_the_aggregator_serves() {
+    in_every_rendering(|r| {
+        let listen = u64::from(r.aggregator_settings().listen.port());
+        let c = r.aggregator_container();
+        let policy = r.object("NetworkPolicy", "core-meter-aggregator");
+        for rule in policy["spec"]["ingress"].as_array().into_iter().flatten() {
+            let ports: Vec<Option<u64>> = rule["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| match &p["port"] {
+                    Value::String(name) => c["ports"]
+                        .as_array()?
+                        .iter()
+                        .find(|cp| &cp["name"] == name)?["containerPort"]
+                        .as_u64(),
+                    other => other.as_u64(),
+                })
+                .collect();
+            assert!(
+                ports.contains(&Some(listen)),
+                "{}",
+                r.says(&format!(
+                    "the NetworkPolicy's rule lets in port {listen}, where the aggregator \
+                     listens, not only {ports:?}"
+                ))
+            );
+        }
+    });
+}
+
+#[test]
+fn no_manifest_sets_insecure_plaintext() {
+    in_every_rendering(|r| {
+        for pod in [r.agent_pod(), r.aggregator_pod()] {
+            for c in ["initContainers", "containers"]
+                .iter()
+                .flat_map(|k| pod[k].as_array().into_iter().flatten())
+            {
+                let name = &c["name"];
+                assert!(
+                    env(c, "CORE_METER_INSECURE_PLAINTEXT").is_none(),
+                    "{}",
+                    r.says(&format!(
+                        "{name} is not given CORE_METER_INSECURE_PLAINTEXT"
+                    ))
+                );
+                let args = c["args"].as_array().into_iter().flatten();
+                assert!(
+                    !args
+                        .filter_map(Value::as_str)
+                        .any(|a| a.starts_with("--insecure-plaintext")),
+                    "{}",
+                    r.says(&format!("{name} is not given --insecure-plaintext"))
+                );
+            }
+        }
+        let raw: toml::Table = toml::from_str(r.aggregator_toml()).unwrap();
+        assert!(
+            !raw.contains_key("insecure_plaintext"),
+            "{}",
+            r.says("aggregator.toml does not set insecure_plaintext")
+        );
+        assert!(
+            !r.aggregator_settings().insecure_plaintext,
+            "{}",
+            r.says("the aggregator does not take plain HTTP")
+        );
+    });
+}
+
+#[test]
+fn the_certificate_names_the_address_the_agents_use_and_is_renewed_with_a_new_key() {
+    let Some(all) = rendered() else { return };
+    assert!(
+        all.iter().any(|(n, _)| n == "overlays/cert-manager"),
+        "deploy/overlays/cert-manager exists"
+    );
+    for (name, objects) in all {
+        let r = Rendering { name, objects };
+        let Some(cert) = r.certificate_of(AGGREGATOR_TLS_SECRET) else {
+            continue;
+        };
+        let spec = &cert["spec"];
+        let url = env_value(r.agent_container(), "CORE_METER_AGGREGATOR").unwrap();
+        let host = url
+            .strip_prefix("https://")
+            .and_then(|rest| rest.split([':', '/']).next())
+            .unwrap_or_default();
+        let names: Vec<&str> = spec["dnsNames"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        assert!(
+            names.contains(&host),
+            "{}",
+            r.says(&format!(
+                "the Certificate's dnsNames {names:?} hold {host}, the name the agents use"
+            ))
+        );
+        assert_eq!(
+            spec["privateKey"]["rotationPolicy"],
+            "Always",
+            "{}",
+            r.says(
+                "the Certificate's privateKey.rotationPolicy is Always: a new key at each renewal"
+            )
+        );
+        let (duration, renew) = (
+            go_duration_secs(&spec["duration"]),
+            go_duration_secs(&spec["renewBefore"]),
+        );
+        assert!(
+            duration.zip(renew).is_some_and(|(d, b)| b > 0 && b < d),
+            "{}",
+            r.says("the Certificate sets a duration, and a renewBefore shorter than it")
+        );
+        if let Some(usages) = spec["usages"].as_array() {
+            assert!(
+                usages.contains(&Value::from("server auth")),
+                "{}",
+                r.says("the Certificate may serve: its usages hold server auth")
+            );
+        }
+        let issuer = &spec["issuerRef"];
+        if issuer["kind"] == "Issuer" || issuer["kind"].is_null() {
+            let issuer = r.object("Issuer", issuer["name"].as_str().unwrap());
+            if let Some(secret) = issuer["spec"]["ca"]["secretName"].as_str() {
+                r.object("Secret", secret);
+            }
+        }
+    }
+}
+
+/// A Go duration as cert-manager takes it ("2160h", "720h0m0s") in seconds.
+fn go_duration_secs(value: &Value) -> Option<u64> {
+    let text = value.as_str()?;
+    let (mut total, mut number) = (0u64, String::new());
+    for ch in text.chars() {
+        if ch.is_ascii_digit() {
+            number.push(ch);
+            continue;
+        }
+        let unit = match ch {
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => return None,
+        };
+        total += number.parse::<u64>().ok()? * unit;
+        number.clear();
+    }
+    number.is_empty().then_some(total)
+}
+
+/// The container's mount under which `path` lies (the deepest such).
+fn mount_holding<'a>(container: &'a Value, path: &str) -> Option<&'a Value> {
+    container["volumeMounts"]
+        .as_array()?
+        .iter()
+        .filter(|m| {
+            m["mountPath"]
+                .as_str()
+                .is_some_and(|at| Path::new(path).starts_with(at))
+        })
+        .max_by_key(|m| m["mountPath"].as_str().map_or(0, str::len))
 }
 
 // --- The images ---
