@@ -16,5 +16,6 @@ pub mod report;
 pub mod report_html;
 pub mod routes;
 pub mod service_metrics;
+pub mod signature;
 pub mod startup;
 pub mod store;
