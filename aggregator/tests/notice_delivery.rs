@@ -227,6 +227,8 @@ async fn a_notice_is_posted_to_the_webhook_once_with_its_idempotency_key_and_mar
 
     assert_eq!(webhook.taken(), vec![format!("notice/{id}")]);
     assert_eq!(webhook.attempts(), 1, "posted once");
+    assert_eq!(webhook.verified(), 1, "signed, and the signature verified");
+    assert_eq!(webhook.rejections(), Vec::<String>::new());
     let body = webhook.calls.lock().unwrap()[0].1.clone();
     assert_eq!(body["id"], id);
     assert_eq!(body["account"], "acme");
@@ -313,6 +315,8 @@ async fn a_webhook_that_fails_twice_gets_the_notice_on_the_third_attempt_and_the
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(webhook.attempts(), 3);
+    assert_eq!(webhook.verified(), 3, "every attempt signed and verified");
+    assert_eq!(webhook.rejections(), Vec::<String>::new());
     assert_eq!(webhook.taken(), vec![format!("notice/{id}")]);
     let keys: Vec<String> = webhook
         .calls
