@@ -593,7 +593,7 @@ fn check_webhook_url(key: &str, url: &str, insecure_plaintext: bool) -> anyhow::
     anyhow::ensure!(
         parsed.scheme() == "https" || loopback || insecure_plaintext,
         "{}: {url:?} is plain HTTP to a host other than this machine, so the requests could be \
-         read and changed on the way; use https://, or set {} where the network is trusted",
+         read and changed on the way; use https://, or turn on {} where the network is trusted",
         named(key),
         named("insecure_plaintext")
     );
