@@ -13,6 +13,7 @@ use shared::overage::CoreRounding;
 use shared::zone::BillingZone;
 
 use crate::billing::BillingConfig;
+use crate::signature::{Secret, MIN_SECRET_BYTES};
 use crate::store::Database;
 
 /// Everything `aggregator serve` runs with.
@@ -38,8 +39,9 @@ pub struct Config {
     pub notices: NoticesConfig,
     /// HTTPS: the certificate, its key and, for mutual TLS, the agents' CA.
     pub tls: Option<crate::tls::TlsFiles>,
-    /// Plain HTTP on an address other than loopback, allowed only when set
-    /// (a TLS-terminating mesh or proxy in front); a warning at start says so.
+    /// Plain HTTP beyond this machine (the service's own port, webhooks,
+    /// PostgreSQL), allowed only when set: a TLS-terminating mesh or proxy,
+    /// or a network the operator trusts; a warning at start says so.
     pub insecure_plaintext: bool,
 }
 
@@ -78,6 +80,8 @@ pub struct WebhookConfig {
     pub url: String,
     pub timeout: Duration,
     pub max_backoff: Duration,
+    /// Signs every request (`signature.rs`); its `Debug` is redacted.
+    pub secret: Secret,
 }
 
 /// The TOML file, every key optional. Unknown keys are an error: a typo must
@@ -128,6 +132,9 @@ pub struct FileWebhook {
     pub url: Option<String>,
     pub timeout_secs: Option<u64>,
     pub max_backoff_secs: Option<u64>,
+    /// The signing secret, or a file holding it (a mounted Secret); one only.
+    pub secret: Option<String>,
+    pub secret_file: Option<PathBuf>,
 }
 
 /// `[notices]`: where notices to account contacts go. The timeout and the
@@ -136,6 +143,8 @@ pub struct FileWebhook {
 #[serde(deny_unknown_fields)]
 pub struct FileNotices {
     pub webhook_url: Option<String>,
+    pub webhook_secret: Option<String>,
+    pub webhook_secret_file: Option<PathBuf>,
     pub timeout_secs: Option<u64>,
     pub max_backoff_secs: Option<u64>,
     pub smtp_relay: Option<String>,
@@ -255,8 +264,24 @@ const SETTINGS: &[Setting] = &[
         env: "CORE_METER_WEBHOOK_MAX_BACKOFF_SECS",
     },
     Setting {
+        key: "webhook.secret",
+        env: "CORE_METER_WEBHOOK_SECRET",
+    },
+    Setting {
+        key: "webhook.secret_file",
+        env: "CORE_METER_WEBHOOK_SECRET_FILE",
+    },
+    Setting {
         key: "notices.webhook_url",
         env: "CORE_METER_NOTICES_WEBHOOK_URL",
+    },
+    Setting {
+        key: "notices.webhook_secret",
+        env: "CORE_METER_NOTICES_WEBHOOK_SECRET",
+    },
+    Setting {
+        key: "notices.webhook_secret_file",
+        env: "CORE_METER_NOTICES_WEBHOOK_SECRET_FILE",
     },
     Setting {
         key: "notices.timeout_secs",
@@ -402,22 +427,29 @@ impl Config {
         );
         let webhook = match &f.webhook.url {
             Some(url) if !url.trim().is_empty() => {
-                anyhow::ensure!(
-                    url.starts_with("http://") || url.starts_with("https://"),
-                    "{}: {url:?} is not an http(s) URL",
-                    named("webhook.url")
-                );
+                check_webhook_url("webhook.url", url, insecure_plaintext)?;
+                let secret = webhook_secret(
+                    SecretSettings {
+                        url: "webhook.url",
+                        inline: "webhook.secret",
+                        file: "webhook.secret_file",
+                        why: "bills are money: the billing backend must be able to verify them",
+                    },
+                    f.webhook.secret.as_deref(),
+                    f.webhook.secret_file.as_deref(),
+                )?;
                 Some(WebhookConfig {
                     url: url.clone(),
                     timeout: Duration::from_secs(f.webhook.timeout_secs.unwrap_or(10).max(1)),
                     max_backoff: Duration::from_secs(
                         f.webhook.max_backoff_secs.unwrap_or(300).max(1),
                     ),
+                    secret,
                 })
             }
             _ => None,
         };
-        let notices = notices(&f.notices)?;
+        let notices = notices(&f.notices, insecure_plaintext)?;
         let admin_token = admin_token(f.admin_token, f.admin_token_file.as_deref())?;
         let licence_price_per_core_month = match &f.billing.licence_price_per_core_month {
             Some(p) => {
@@ -537,7 +569,7 @@ const MAX_NOTICE_TIMEOUT_SECS: u64 = 600;
 const MAX_NOTICE_BACKOFF_SECS: u64 = 86_400;
 
 /// The notice channels from `[notices]`: each is on when its address is set.
-fn notices(n: &FileNotices) -> anyhow::Result<NoticesConfig> {
+fn notices(n: &FileNotices, insecure_plaintext: bool) -> anyhow::Result<NoticesConfig> {
     let seconds = |key: &str, value: Option<u64>, default: u64, max: u64| {
         let secs = value.unwrap_or(default);
         anyhow::ensure!(
@@ -564,15 +596,22 @@ fn notices(n: &FileNotices) -> anyhow::Result<NoticesConfig> {
     }
     let webhook = match set(&n.webhook_url) {
         Some(url) => {
-            anyhow::ensure!(
-                url.starts_with("http://") || url.starts_with("https://"),
-                "{}: {url:?} is not an http(s) URL",
-                named("notices.webhook_url")
-            );
+            check_webhook_url("notices.webhook_url", url, insecure_plaintext)?;
+            let secret = webhook_secret(
+                SecretSettings {
+                    url: "notices.webhook_url",
+                    inline: "notices.webhook_secret",
+                    file: "notices.webhook_secret_file",
+                    why: "the notification service must be able to verify that notices come from core-meter",
+                },
+                n.webhook_secret.as_deref(),
+                n.webhook_secret_file.as_deref(),
+            )?;
             Some(WebhookConfig {
                 url: url.to_string(),
                 timeout,
                 max_backoff,
+                secret,
             })
         }
         None => None,
@@ -652,6 +691,77 @@ fn redact_password(text: &str, relay: &str) -> String {
         Some(p) if !p.is_empty() => text.replace(&p, "redacted"),
         _ => text.to_string(),
     }
+}
+
+/// A webhook URL: http(s), and plain HTTP only to this machine unless
+/// `insecure_plaintext` says the network is trusted.
+fn check_webhook_url(key: &str, url: &str, insecure_plaintext: bool) -> anyhow::Result<()> {
+    let parsed = reqwest::Url::parse(url)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+        .ok_or_else(|| anyhow!("{}: {url:?} is not an http(s) URL", named(key)))?;
+    let host = parsed.host_str().unwrap_or_default();
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    anyhow::ensure!(
+        parsed.scheme() == "https" || loopback || insecure_plaintext,
+        "{}: {url:?} is plain HTTP to a host other than this machine, so the requests could be \
+         read and changed on the way; use https://, or turn on {} where the network is trusted",
+        named(key),
+        named("insecure_plaintext")
+    );
+    Ok(())
+}
+
+/// The settings of one webhook's secret, for its messages.
+struct SecretSettings {
+    url: &'static str,
+    inline: &'static str,
+    file: &'static str,
+    /// Why a secret is required.
+    why: &'static str,
+}
+
+/// A webhook's signing secret, from its inline setting or its file (read
+/// once, here), never both; required, and at least [`MIN_SECRET_BYTES`]
+/// long. No message quotes the secret or the file's content.
+fn webhook_secret(
+    s: SecretSettings,
+    inline: Option<&str>,
+    file: Option<&Path>,
+) -> anyhow::Result<Secret> {
+    let inline = inline.map(str::trim).filter(|t| !t.is_empty());
+    let (secret, from) = match (inline, file) {
+        (Some(_), Some(_)) => anyhow::bail!(
+            "{} and {}: both are set; set only one",
+            named(s.inline),
+            named(s.file)
+        ),
+        (Some(secret), None) => (secret.to_string(), s.inline),
+        (None, Some(path)) => (
+            crate::secret_file::read_secret(&named(s.file), path, TOKEN_FILE_MAX_BYTES)?,
+            s.file,
+        ),
+        (None, None) => anyhow::bail!(
+            "{}: set, but neither {} nor {} is; every request is signed, and {}",
+            named(s.url),
+            named(s.inline),
+            named(s.file),
+            s.why
+        ),
+    };
+    anyhow::ensure!(
+        secret.len() >= MIN_SECRET_BYTES,
+        "{}: the secret is {} bytes; it must be at least {MIN_SECRET_BYTES} \
+         (for example 32 random bytes as 64 hex digits: openssl rand -hex 32)",
+        named(from),
+        secret.len()
+    );
+    Ok(Secret::new(secret))
 }
 
 /// Raw samples are kept this many days by default (issue 8: 400).
@@ -781,8 +891,16 @@ fn apply_env(f: &mut FileConfig, env: &dyn Fn(&str) -> Option<String>) -> anyhow
     w.url = get("webhook.url").or(w.url.take());
     w.timeout_secs = number("webhook.timeout_secs")?.or(w.timeout_secs);
     w.max_backoff_secs = number("webhook.max_backoff_secs")?.or(w.max_backoff_secs);
+    w.secret = get("webhook.secret").or(w.secret.take());
+    w.secret_file = get("webhook.secret_file")
+        .map(PathBuf::from)
+        .or(w.secret_file.take());
     let n = &mut f.notices;
     n.webhook_url = get("notices.webhook_url").or(n.webhook_url.take());
+    n.webhook_secret = get("notices.webhook_secret").or(n.webhook_secret.take());
+    n.webhook_secret_file = get("notices.webhook_secret_file")
+        .map(PathBuf::from)
+        .or(n.webhook_secret_file.take());
     n.timeout_secs = number("notices.timeout_secs")?.or(n.timeout_secs);
     n.max_backoff_secs = number("notices.max_backoff_secs")?.or(n.max_backoff_secs);
     n.smtp_relay = get("notices.smtp_relay").or(n.smtp_relay.take());
@@ -915,6 +1033,7 @@ mod tests {
     fn the_notice_settings_come_from_the_file_and_the_environment_beats_it() {
         let file = "[notices]\n\
                     webhook_url = \"https://hooks.example.com/notices\"\n\
+                    webhook_secret = \"notices-secret-of-at-least-32-bytes\"\n\
                     timeout_secs = 7\n\
                     smtp_relay = \"smtp://mail.example.com:2525\"\n\
                     smtp_from = \"core-meter <billing@example.com>\"\n";
@@ -1407,5 +1526,260 @@ mod tests {
             );
             assert!(c.is_ok(), "{public}");
         }
+    }
+
+    const SECRET: &str = "a-webhook-secret-of-at-least-32-bytes";
+
+    fn err_of(file: Option<&str>, env: &[(&str, &str)]) -> String {
+        format!("{:#}", load(file, env, Flags::default()).unwrap_err())
+    }
+
+    #[test]
+    fn a_webhook_signs_with_its_secret_from_the_setting_or_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("webhook-secret");
+        std::fs::write(&path, format!("  {SECRET}\n")).unwrap();
+        set_mode(&path, 0o640);
+        let url = (
+            "CORE_METER_WEBHOOK_URL",
+            "https://billing.example.com/lines",
+        );
+        let by_file = load(
+            None,
+            &[
+                url,
+                ("CORE_METER_WEBHOOK_SECRET_FILE", path.to_str().unwrap()),
+            ],
+            Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(by_file.webhook.unwrap().secret, Secret::new(SECRET));
+        let by_env = load(
+            None,
+            &[url, ("CORE_METER_WEBHOOK_SECRET", SECRET)],
+            Flags::default(),
+        )
+        .unwrap();
+        let webhook = by_env.webhook.unwrap();
+        assert_eq!(webhook.secret, Secret::new(SECRET));
+        assert!(
+            !format!("{webhook:?}").contains(SECRET),
+            "Debug never shows the secret: {webhook:?}"
+        );
+        let notices = format!(
+            "[notices]\nwebhook_url = \"http://localhost:9/n\"\nwebhook_secret_file = {:?}\n",
+            path.to_str().unwrap()
+        );
+        let c = load(Some(&notices), &[], Flags::default()).unwrap();
+        assert_eq!(c.notices.webhook.unwrap().secret, Secret::new(SECRET));
+    }
+
+    #[test]
+    fn a_webhook_without_a_secret_is_refused_naming_the_settings_and_why() {
+        let err = err_of(
+            None,
+            &[("CORE_METER_WEBHOOK_URL", "https://billing.example.com/l")],
+        );
+        for needle in [
+            "webhook.url",
+            "CORE_METER_WEBHOOK_SECRET)",
+            "CORE_METER_WEBHOOK_SECRET_FILE",
+            "bills are money",
+        ] {
+            assert!(err.contains(needle), "{err:?} should name {needle:?}");
+        }
+        let err = err_of(
+            None,
+            &[(
+                "CORE_METER_NOTICES_WEBHOOK_URL",
+                "https://hooks.example.com/n",
+            )],
+        );
+        for needle in [
+            "notices.webhook_url",
+            "CORE_METER_NOTICES_WEBHOOK_SECRET_FILE",
+        ] {
+            assert!(err.contains(needle), "{err:?} should name {needle:?}");
+        }
+        assert!(!err.contains('\n'), "one line: {err:?}");
+    }
+
+    #[test]
+    fn a_short_secret_is_refused_naming_the_setting_and_its_length_but_never_the_secret() {
+        let err = err_of(
+            None,
+            &[
+                ("CORE_METER_WEBHOOK_URL", "https://billing.example.com/l"),
+                ("CORE_METER_WEBHOOK_SECRET", "hunter2-is-short"),
+            ],
+        );
+        for needle in [
+            "webhook.secret",
+            "CORE_METER_WEBHOOK_SECRET",
+            "16 bytes",
+            "at least 32",
+        ] {
+            assert!(err.contains(needle), "{err:?} should name {needle:?}");
+        }
+        assert!(
+            !err.contains("hunter2"),
+            "the secret is never quoted: {err:?}"
+        );
+    }
+
+    #[test]
+    fn a_secret_both_inline_and_in_a_file_is_refused_naming_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, SECRET).unwrap();
+        set_mode(&path, 0o600);
+        let err = err_of(
+            None,
+            &[
+                (
+                    "CORE_METER_NOTICES_WEBHOOK_URL",
+                    "https://hooks.example.com/n",
+                ),
+                ("CORE_METER_NOTICES_WEBHOOK_SECRET", SECRET),
+                (
+                    "CORE_METER_NOTICES_WEBHOOK_SECRET_FILE",
+                    path.to_str().unwrap(),
+                ),
+            ],
+        );
+        for needle in [
+            "setting notices.webhook_secret ",
+            "notices.webhook_secret_file",
+            "both",
+        ] {
+            assert!(err.contains(needle), "{err:?} should name {needle:?}");
+        }
+        assert!(!err.contains(SECRET), "{err:?}");
+    }
+
+    #[test]
+    fn a_world_readable_empty_or_missing_secret_file_is_refused_naming_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = ("CORE_METER_WEBHOOK_URL", "https://billing.example.com/l");
+        let open = dir.path().join("open-secret");
+        std::fs::write(&open, SECRET).unwrap();
+        set_mode(&open, 0o644);
+        // Through a link, as Kubernetes mounts a Secret: the target's mode counts.
+        let link = dir.path().join("linked-secret");
+        std::os::unix::fs::symlink(&open, &link).unwrap();
+        for path in [&open, &link] {
+            let err = err_of(
+                None,
+                &[
+                    url,
+                    ("CORE_METER_WEBHOOK_SECRET_FILE", path.to_str().unwrap()),
+                ],
+            );
+            for needle in [
+                "webhook.secret_file",
+                path.to_str().unwrap(),
+                "every user",
+                "644",
+            ] {
+                assert!(err.contains(needle), "{err:?} should name {needle:?}");
+            }
+            assert!(!err.contains(SECRET), "{err:?}");
+        }
+        let empty = dir.path().join("empty-secret");
+        std::fs::write(&empty, " \n").unwrap();
+        set_mode(&empty, 0o600);
+        let err = err_of(
+            None,
+            &[
+                url,
+                ("CORE_METER_WEBHOOK_SECRET_FILE", empty.to_str().unwrap()),
+            ],
+        );
+        assert!(err.contains("is empty"), "{err:?}");
+        let missing = dir.path().join("no-such-secret");
+        let err = err_of(
+            None,
+            &[
+                url,
+                ("CORE_METER_WEBHOOK_SECRET_FILE", missing.to_str().unwrap()),
+            ],
+        );
+        assert!(
+            err.contains(missing.to_str().unwrap()) && err.contains("os error"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn plain_http_goes_only_to_this_machine_unless_insecure_plaintext_is_set() {
+        let secret = ("CORE_METER_WEBHOOK_SECRET", SECRET);
+        for url in [
+            "http://127.0.0.1:9/l",
+            "http://127.1.2.3/l",
+            "http://localhost:9/l",
+            "http://[::1]:9/l",
+            "https://billing.example.com/l",
+        ] {
+            let c = load(
+                None,
+                &[("CORE_METER_WEBHOOK_URL", url), secret],
+                Flags::default(),
+            );
+            assert!(c.is_ok(), "{url}: {:#}", c.unwrap_err());
+        }
+        for url in [
+            "http://billing.example.com/l",
+            "http://10.0.0.7:8080/l",
+            "http://[fd00::1]/l",
+        ] {
+            let err = err_of(None, &[("CORE_METER_WEBHOOK_URL", url), secret]);
+            for needle in [
+                "webhook.url",
+                "plain HTTP",
+                "https://",
+                "insecure_plaintext",
+            ] {
+                assert!(err.contains(needle), "{err:?} should name {needle:?}");
+            }
+            let c = load(
+                None,
+                &[
+                    ("CORE_METER_WEBHOOK_URL", url),
+                    secret,
+                    ("CORE_METER_INSECURE_PLAINTEXT", "true"),
+                ],
+                Flags::default(),
+            )
+            .unwrap();
+            assert!(c.insecure_plaintext);
+            assert_eq!(c.webhook.unwrap().url, url);
+        }
+        let notices = "insecure_plaintext = false\n[notices]\n\
+                       webhook_url = \"http://notifications.billing.svc/n\"\n\
+                       webhook_secret = \"a-webhook-secret-of-at-least-32-bytes\"\n";
+        let err = err_of(Some(notices), &[]);
+        assert!(
+            err.contains("notices.webhook_url") && err.contains("plain HTTP"),
+            "{err:?}"
+        );
+        let c = load(
+            Some(&notices.replace("false", "true")),
+            &[],
+            Flags::default(),
+        )
+        .unwrap();
+        assert!(c.notices.webhook.is_some());
+        assert!(
+            !load(None, &[], Flags::default())
+                .unwrap()
+                .insecure_plaintext
+        );
+        let err = err_of(None, &[("CORE_METER_INSECURE_PLAINTEXT", "maybe")]);
+        assert!(err.contains("CORE_METER_INSECURE_PLAINTEXT"), "{err:?}");
+    }
+
+    fn set_mode(path: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
     }
 }

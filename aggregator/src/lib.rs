@@ -17,6 +17,7 @@ pub mod report_html;
 pub mod routes;
 pub mod secret_file;
 pub mod service_metrics;
+pub mod signature;
 pub mod startup;
 pub mod store;
 pub mod tls;

@@ -1,4 +1,4 @@
-//! Notice delivery: each issued notice is POSTed to the notification webhook with its idempotency key, and emailed to each of its email addresses through the SMTP relay; every row is retried with backoff until its channel takes it, and the queue is the store's, so it survives restarts.
+//! Notice delivery: each issued notice is POSTed to the notification webhook with its idempotency key and a signature, and emailed to each of its email addresses through the SMTP relay; every row is retried with backoff until its channel takes it, and the queue is the store's, so it survives restarts.
 
 use std::time::{Duration, SystemTime};
 
@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use crate::config::{redact_relay, SmtpConfig, WebhookConfig};
-use crate::outbox::backoff;
+use crate::outbox::{backoff, post_signed};
 use crate::routes::{blocking, State};
 use crate::service_metrics::ChannelLabels;
 use crate::store::{DueNotice, Notice, NoticeChannel, Recipient};
@@ -129,10 +129,9 @@ impl Sender {
     async fn send(&self, d: &DueNotice, now: SystemTime) -> Result<(), String> {
         match self {
             Sender::Webhook { client, config } => {
-                let result = client
-                    .post(&config.url)
-                    .header("Idempotency-Key", reference(&d.notice))
-                    .json(&Payload::of(&d.notice))
+                let body = serde_json::to_vec(&Payload::of(&d.notice))
+                    .map_err(|e| format!("cannot encode the notice: {e}"))?;
+                let result = post_signed(client, config, &reference(&d.notice), body, now.into())
                     .send()
                     .await;
                 match result {

@@ -1,4 +1,4 @@
-//! Bill delivery: every issued line is POSTed to the billing backend's webhook with its idempotency key, and retried with backoff until a 2xx; the queue is the store's outbox, so it survives restarts.
+//! Bill delivery: every issued line is POSTed to the billing backend's webhook with its idempotency key and a signature (`signature.rs`), and retried with backoff until a 2xx; the queue is the store's outbox, so it survives restarts.
 
 use std::time::Duration;
 
@@ -7,6 +7,7 @@ use tokio::sync::watch;
 
 use crate::config::WebhookConfig;
 use crate::routes::{blocking, State};
+use crate::signature;
 use crate::store::Delivery;
 
 /// Lines sent per pass.
@@ -65,16 +66,24 @@ pub async fn run(
 }
 
 async fn deliver(state: &State, client: &reqwest::Client, webhook: &WebhookConfig, d: &Delivery) {
-    let result = client
-        .post(&webhook.url)
-        .header("Idempotency-Key", &d.line.idempotency_key)
-        .json(&d.line)
-        .send()
-        .await;
-    let failure = match result {
-        Ok(r) if r.status().is_success() => None,
-        Ok(r) => Some(format!("the webhook answered {}", r.status())),
-        Err(e) => Some(format!("cannot reach the webhook: {e}")),
+    let failure = match serde_json::to_vec(&d.line) {
+        Ok(body) => {
+            let result = post_signed(
+                client,
+                webhook,
+                &d.line.idempotency_key,
+                body,
+                state.clock.now(),
+            )
+            .send()
+            .await;
+            match result {
+                Ok(r) if r.status().is_success() => None,
+                Ok(r) => Some(format!("the webhook answered {}", r.status())),
+                Err(e) => Some(format!("cannot reach the webhook: {e}")),
+            }
+        }
+        Err(e) => Some(format!("cannot encode the line: {e}")),
     };
     let line = d.line.clone();
     match failure {
@@ -101,6 +110,24 @@ async fn deliver(state: &State, client: &reqwest::Client, webhook: &WebhookConfi
             }
         }
     }
+}
+
+/// A POST of the JSON `body` to `webhook` with its idempotency key, signed
+/// at `now` (the service's clock at this attempt, so a retry is signed anew).
+pub(crate) fn post_signed(
+    client: &reqwest::Client,
+    webhook: &WebhookConfig,
+    idempotency_key: &str,
+    body: Vec<u8>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> reqwest::RequestBuilder {
+    let signature = signature::sign(&webhook.secret, now, &body);
+    client
+        .post(&webhook.url)
+        .header("Idempotency-Key", idempotency_key)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .header(signature::HEADER, signature)
+        .body(body)
 }
 
 /// Exponential backoff with full jitter: uniform in `[0, min(cap, 1 s * 2^attempts)]`.

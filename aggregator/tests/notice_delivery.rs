@@ -5,13 +5,14 @@ mod support;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aggregator::config::{NoticesConfig, SmtpConfig, WebhookConfig};
 use aggregator::store::{Durability, NewContact, Notice, NoticeDelivery, Store, StoreError};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{json, Value};
-use shared::clock::Clock;
+use shared::clock::{Clock, ManualClock};
 use shared::lifecycle::{NoticeKind, Role};
 use support::{eventually, local, TestApp, Webhook};
 
@@ -31,10 +32,27 @@ impl std::ops::Deref for App {
 
 impl App {
     async fn spawn(database: PathBuf, notices: NoticesConfig, now: DateTime<Utc>) -> App {
+        App::spawn_on(database, notices, Arc::new(ManualClock::new(now))).await
+    }
+
+    /// The service posting notices to `webhook`, which checks signatures'
+    /// time on the service's clock.
+    async fn spawn_for(
+        database: PathBuf,
+        notices: NoticesConfig,
+        webhook: &Webhook,
+        now: DateTime<Utc>,
+    ) -> App {
+        let clock = Arc::new(ManualClock::new(now));
+        webhook.keep_time_with(clock.clone());
+        App::spawn_on(database, notices, clock).await
+    }
+
+    async fn spawn_on(database: PathBuf, notices: NoticesConfig, clock: Arc<ManualClock>) -> App {
         let mut config = support::config(database, None);
         config.notices = notices.clone();
         App {
-            inner: TestApp::spawn_with(config, now).await,
+            inner: TestApp::spawn_on(config, clock).await,
             notices,
         }
     }
@@ -160,6 +178,7 @@ fn webhook_notices(url: &str) -> NoticesConfig {
             url: url.to_string(),
             timeout: Duration::from_secs(5),
             max_backoff: Duration::from_millis(500),
+            secret: support::webhook_secret(),
         }),
         smtp: None,
     }
@@ -181,9 +200,10 @@ const BO: &str = "bo@acme.example";
 async fn a_notice_is_posted_to_the_webhook_once_with_its_idempotency_key_and_marked_delivered() {
     let dir = tempfile::tempdir().unwrap();
     let webhook = Webhook::start(0).await;
-    let app = App::spawn(
+    let app = App::spawn_for(
         dir.path().join("core-meter.sqlite"),
         webhook_notices(&webhook.url),
+        &webhook,
         local("2026-11-25T02:00:00"),
     )
     .await;
@@ -207,6 +227,8 @@ async fn a_notice_is_posted_to_the_webhook_once_with_its_idempotency_key_and_mar
 
     assert_eq!(webhook.taken(), vec![format!("notice/{id}")]);
     assert_eq!(webhook.attempts(), 1, "posted once");
+    assert_eq!(webhook.verified(), 1, "signed, and the signature verified");
+    assert_eq!(webhook.rejections(), Vec::<String>::new());
     let body = webhook.calls.lock().unwrap()[0].1.clone();
     assert_eq!(body["id"], id);
     assert_eq!(body["account"], "acme");
@@ -253,9 +275,10 @@ async fn a_webhook_that_fails_twice_gets_the_notice_on_the_third_attempt_and_the
 ) {
     let dir = tempfile::tempdir().unwrap();
     let webhook = Webhook::start(2).await;
-    let app = App::spawn(
+    let app = App::spawn_for(
         dir.path().join("core-meter.sqlite"),
         webhook_notices(&webhook.url),
+        &webhook,
         local("2026-11-25T02:00:00"),
     )
     .await;
@@ -292,6 +315,8 @@ async fn a_webhook_that_fails_twice_gets_the_notice_on_the_third_attempt_and_the
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(webhook.attempts(), 3);
+    assert_eq!(webhook.verified(), 3, "every attempt signed and verified");
+    assert_eq!(webhook.rejections(), Vec::<String>::new());
     assert_eq!(webhook.taken(), vec![format!("notice/{id}")]);
     let keys: Vec<String> = webhook
         .calls
@@ -501,7 +526,13 @@ async fn restarting_the_service_does_not_send_a_delivered_notice_again() {
         smtp: Some(smtp(relay.port)),
         ..webhook_notices(&webhook.url)
     };
-    let app = App::spawn(db.clone(), notices.clone(), local("2026-11-25T02:00:00")).await;
+    let app = App::spawn_for(
+        db.clone(),
+        notices.clone(),
+        &webhook,
+        local("2026-11-25T02:00:00"),
+    )
+    .await;
     app.acme([ANN, BO]);
     let id = app.issue("2026-11-25");
     eventually(
@@ -515,7 +546,7 @@ async fn restarting_the_service_does_not_send_a_delivered_notice_again() {
     .await;
     app.stop().await;
 
-    let app = App::spawn(db, notices, local("2026-11-25T02:10:00")).await;
+    let app = App::spawn_for(db, notices, &webhook, local("2026-11-25T02:10:00")).await;
     for _ in 0..10 {
         app.clock.advance(TimeDelta::minutes(10));
         tokio::time::sleep(Duration::from_millis(100)).await;

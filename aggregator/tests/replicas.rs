@@ -63,7 +63,9 @@ impl Replica {
             &config,
             format!(
                 "listen = \"{addr}\"\ndatabase = \"{url}\"\nadmin_token = \"{ADMIN}\"\n\
-                 [webhook]\nurl = \"{webhook}\"\ntimeout_secs = 2\nmax_backoff_secs = 1\n"
+                 [webhook]\nurl = \"{webhook}\"\ntimeout_secs = 2\nmax_backoff_secs = 1\n\
+                 secret = \"{}\"\n",
+                support::WEBHOOK_SECRET
             ),
         )
         .unwrap();
@@ -97,6 +99,15 @@ impl Drop for Replica {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The wall clock moved as libfaketime moves the replicas'.
+struct Moved(TimeDelta);
+
+impl shared::clock::Clock for Moved {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now() + self.0
     }
 }
 
@@ -162,6 +173,8 @@ fn three_replicas_bill_each_account_and_day_once_though_the_leader_is_killed_mid
         .build()
         .unwrap();
     let webhook = rt.block_on(support::Webhook::start(0));
+    // The backend checks signatures' time on the replicas' (moved) clock.
+    webhook.keep_time_with(std::sync::Arc::new(Moved(TimeDelta::seconds(offset))));
     let mut replicas: Vec<Option<Replica>> = (0..REPLICAS)
         .map(|n| Some(Replica::start(dir.path(), n, &url, &webhook.url, offset)))
         .collect();
@@ -310,6 +323,11 @@ fn three_replicas_bill_each_account_and_day_once_though_the_leader_is_killed_mid
         per_account.iter().find(|(_, n, _)| *n != 1)
     );
     let calls = webhook.calls.lock().unwrap().clone();
+    let refused = webhook.rejections();
+    assert!(
+        refused.iter().all(|r| r.starts_with("replayed")),
+        "every request carried a valid signature: {refused:?}"
+    );
     let mut received: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     for (key, line, _) in &calls {
         if line["day"] == json!(day.to_string()) {

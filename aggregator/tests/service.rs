@@ -14,12 +14,7 @@ async fn a_billed_day_reaches_the_webhook_exactly_once_despite_failures_and_a_re
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("core-meter.sqlite");
     let webhook = Webhook::start(3).await;
-    let app = TestApp::spawn(
-        db.clone(),
-        Some(webhook.url.clone()),
-        local("2026-11-24T23:30:00"),
-    )
-    .await;
+    let app = TestApp::spawn_for(db.clone(), &webhook, local("2026-11-24T23:30:00")).await;
     let acme = app.account_with_cluster("acme", "prod").await;
     let other = app.account_with_cluster("other", "prod").await;
     // 24 hours of 30 cores for acme (no licence): S = 720, 30 cores, 7.50; 4 cores for other: 1.00.
@@ -52,7 +47,7 @@ async fn a_billed_day_reaches_the_webhook_exactly_once_despite_failures_and_a_re
     .await;
     app.stop().await;
 
-    let app = TestApp::spawn(db, Some(webhook.url.clone()), local("2026-11-25T02:10:00")).await;
+    let app = TestApp::spawn_for(db, &webhook, local("2026-11-25T02:10:00")).await;
     // Retries are scheduled on the service's clock: let it run.
     eventually(Duration::from_secs(20), "both lines delivered", || async {
         app.clock.advance(TimeDelta::seconds(1));

@@ -236,8 +236,8 @@ impl Rendering<'_> {
     }
 
     /// The aggregator's settings as it loads them: its ConfigMap's
-    /// aggregator.toml, with the admin token's file pointed at a stand-in
-    /// (the Secret is not mounted here), and the environment its container
+    /// aggregator.toml, with the admin token's and the webhook secrets' files
+    /// pointed at stand-ins (the Secrets are not mounted here), and the environment its container
     /// is given, Secrets included.
     fn aggregator_settings(&self) -> aggregator::config::Config {
         let toml = self.aggregator_toml();
@@ -246,7 +246,17 @@ impl Rendering<'_> {
         std::fs::write(&token, "cma_stand-in").unwrap();
         // As the Secret's file: the aggregator refuses one anyone may read.
         std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o400)).unwrap();
-        let toml = toml.replace("/etc/core-meter/admin-token/token", token.to_str().unwrap());
+        let mut toml = toml.replace("/etc/core-meter/admin-token/token", token.to_str().unwrap());
+        // The webhooks' signing secrets likewise, private as the mount makes them.
+        for key in ["bill-lines", "notices"] {
+            let secret = dir.path().join(key);
+            std::fs::write(&secret, "0123456789abcdef".repeat(4)).unwrap();
+            std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o440)).unwrap();
+            toml = toml.replace(
+                &format!("/etc/core-meter/webhook-secrets/{key}"),
+                secret.to_str().unwrap(),
+            );
+        }
         let file = dir.path().join("aggregator.toml");
         std::fs::write(&file, &toml).unwrap();
         let c = self.aggregator_container();
@@ -490,8 +500,8 @@ fn millicores(quantity: &Value) -> u64 {
 }
 
 /// Whether `container` can read the file at `path` from a mounted Secret named
-/// `secret`: the path is a key of that Secret under its mount, and a mode that
-/// others may not read comes with an fsGroup that gives the file to the pod.
+/// `secret`: the path is the Secret's key `key` under its mount, and a mode
+/// that others may not read comes with an fsGroup that gives the file to the pod.
 fn reads_secret_file(
     pod: &Value,
     container: &Value,
@@ -1414,6 +1424,7 @@ fn the_aggregator_accepts_its_settings_and_has_the_store_secret_and_port_they_na
                 ))
             );
         }
+        the_webhook_secrets_are_read_from_their_secret(r, &raw);
         match &config.database {
             aggregator::store::Database::Sqlite(database) => {
                 the_sqlite_file_is_on_the_volume(r, database);
@@ -1421,6 +1432,46 @@ fn the_aggregator_accepts_its_settings_and_has_the_store_secret_and_port_they_na
             aggregator::store::Database::Postgres(_) => the_postgres_url_is_read_from_a_secret(r),
         }
     });
+}
+
+/// Each webhook's signing secret file is a key of the Secret
+/// core-meter-webhook-secrets, mounted readable by the pod's group only (the
+/// aggregator refuses a secret file every user may read).
+fn the_webhook_secrets_are_read_from_their_secret(r: &Rendering, raw: &toml::Table) {
+    let (pod, c) = (r.aggregator_pod(), r.aggregator_container());
+    for (table, setting, key) in [
+        ("webhook", "secret_file", "bill-lines"),
+        ("notices", "webhook_secret_file", "notices"),
+    ] {
+        let Some(path) = raw
+            .get(table)
+            .and_then(|t| t.get(setting))
+            .and_then(|p| p.as_str())
+        else {
+            continue;
+        };
+        if let Err(why) = reads_secret_file(pod, c, "core-meter-webhook-secrets", path, key) {
+            panic!(
+                "{}",
+                r.says(&format!(
+                    "the aggregator cannot read {table}.{setting}: {why}"
+                ))
+            );
+        }
+        let volume = pod["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|v| v["secret"]["secretName"] == "core-meter-webhook-secrets")
+            .unwrap();
+        let mode = volume["secret"]["defaultMode"].as_u64().unwrap_or(0o644);
+        assert_eq!(
+            mode & 0o004,
+            0,
+            "{}",
+            r.says(&format!("{table}.{setting} is not readable by every user"))
+        );
+    }
 }
 
 fn the_sqlite_file_is_on_the_volume(r: &Rendering, database: &Path) {

@@ -1,4 +1,4 @@
-//! `spawn_app`: the real service on 127.0.0.1:0 with a temp SQLite file and a manual clock, driven over HTTP; and a test webhook.
+//! `spawn_app`: the real service on 127.0.0.1:0 with a temp SQLite file and a manual clock, driven over HTTP; and a test webhook that verifies every signature.
 //!
 //! The same tests run on PostgreSQL when `CORE_METER_TEST_POSTGRES` names a
 //! server (`postgres://user@host:port`, as `.ci/run` starts): each test
@@ -6,20 +6,28 @@
 
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aggregator::config::{Config, WebhookConfig};
+use aggregator::signature::{self, Secret};
 use aggregator::startup::{Application, Timing};
 use aggregator::store::{Database, Durability, Store, StoreError};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
-use shared::clock::ManualClock;
+use shared::clock::{Clock, ManualClock};
 
 pub const ADMIN: &str = "admin-token-for-tests";
+
+/// The signing secret of every test webhook (at least 32 bytes).
+pub const WEBHOOK_SECRET: &str = "core-meter-test-webhook-secret-0123456789";
+
+pub fn webhook_secret() -> Secret {
+    Secret::new(WEBHOOK_SECRET)
+}
 
 pub struct TestApp {
     pub addr: SocketAddr,
@@ -124,6 +132,7 @@ pub fn config(database: PathBuf, webhook: Option<String>) -> Config {
         url,
         timeout: Duration::from_secs(5),
         max_backoff: Duration::from_millis(200),
+        secret: webhook_secret(),
     });
     c
 }
@@ -133,10 +142,22 @@ impl TestApp {
         TestApp::spawn_with(config(database, webhook), now).await
     }
 
+    /// The service delivering bill lines to `webhook`, which checks the
+    /// signatures' time on the service's clock from the first request on.
+    pub async fn spawn_for(database: PathBuf, webhook: &Webhook, now: DateTime<Utc>) -> TestApp {
+        let clock = Arc::new(ManualClock::new(now));
+        webhook.keep_time_with(clock.clone());
+        TestApp::spawn_on(config(database, Some(webhook.url.clone())), clock).await
+    }
+
     /// The service with a configuration of the test's own (built on [`config`]).
     pub async fn spawn_with(config: Config, now: DateTime<Utc>) -> TestApp {
+        TestApp::spawn_on(config, Arc::new(ManualClock::new(now))).await
+    }
+
+    /// The service on a manual clock the test already holds.
+    pub async fn spawn_on(config: Config, clock: Arc<ManualClock>) -> TestApp {
         let database = config.database.clone();
-        let clock = Arc::new(ManualClock::new(now));
         let timing = Timing {
             billing_poll: Duration::from_millis(50),
             outbox_poll: Duration::from_millis(50),
@@ -272,51 +293,73 @@ impl TestApp {
 /// Each call: the idempotency key, the line, and whether it was taken.
 type Calls = Arc<Mutex<Vec<(String, Value, bool)>>>;
 
-/// A billing backend that fails its first `failures` calls, then records each line it takes.
+/// A request as it arrived: its signature header, idempotency key and body.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub signature: Option<String>,
+    pub key: String,
+    pub body: Vec<u8>,
+}
+
+/// What the receiver keeps between requests.
+#[derive(Default)]
+struct Receiver {
+    failures: usize,
+    calls: Calls,
+    clock: Mutex<Option<Arc<dyn Clock>>>,
+    received: Mutex<Vec<Received>>,
+    /// Requests whose signature verified.
+    verified: Mutex<usize>,
+    /// Why each refused request was refused.
+    rejections: Mutex<Vec<String>>,
+    /// The (timestamp, signature) pairs of the requests taken: one seen
+    /// again is a replay, refused though its signature is valid.
+    seen: Mutex<HashSet<(String, String)>>,
+}
+
+/// A billing backend (or notification service) as its operator should
+/// write one: it verifies every request's `Core-Meter-Signature` with
+/// [`signature::verify`] on its clock (the service's, see
+/// [`Webhook::keep_time_with`]) and refuses a replay of a request it took
+/// (409); a bad or stale signature is answered 401. Of the requests that
+/// pass, it fails the first `failures` (503), then records each it takes.
 pub struct Webhook {
     pub url: String,
     pub calls: Calls,
+    receiver: Arc<Receiver>,
 }
 
 impl Webhook {
     pub async fn start(failures: usize) -> Webhook {
         use axum::routing::post;
-        let calls: Calls = Arc::default();
-        let state = (calls.clone(), failures);
+        let receiver = Arc::new(Receiver {
+            failures,
+            ..Receiver::default()
+        });
         let app = axum::Router::new()
             .route(
                 "/bills",
                 post(
-                    |axum::extract::State((calls, failures)): axum::extract::State<(
-                        Calls,
-                        usize,
-                    )>,
+                    |axum::extract::State(r): axum::extract::State<Arc<Receiver>>,
                      headers: axum::http::HeaderMap,
-                     axum::Json(line): axum::Json<Value>| async move {
-                        let key = headers
-                            .get("idempotency-key")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("")
-                            .to_string();
-                        let mut calls = calls.lock().unwrap();
-                        let ok = calls.len() >= failures;
-                        calls.push((key, line, ok));
-                        if ok {
-                            axum::http::StatusCode::OK
-                        } else {
-                            axum::http::StatusCode::SERVICE_UNAVAILABLE
-                        }
-                    },
+                     body: axum::body::Bytes| async move { r.take(&headers, &body) },
                 ),
             )
-            .with_state(state);
+            .with_state(receiver.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         Webhook {
             url: format!("http://{addr}/bills"),
-            calls,
+            calls: receiver.calls.clone(),
+            receiver,
         }
+    }
+
+    /// Checks signatures' timestamps against `clock` from now on (until
+    /// then every request is refused: the test forgot to say).
+    pub fn keep_time_with(&self, clock: Arc<dyn Clock>) {
+        *self.receiver.clock.lock().unwrap() = Some(clock);
     }
 
     /// The idempotency keys the backend took (answered 2xx).
@@ -330,9 +373,111 @@ impl Webhook {
             .collect()
     }
 
+    /// Requests that passed the signature check (taken or failed on purpose).
     pub fn attempts(&self) -> usize {
         self.calls.lock().unwrap().len()
     }
+
+    /// How many requests carried a valid, fresh signature.
+    pub fn verified(&self) -> usize {
+        *self.receiver.verified.lock().unwrap()
+    }
+
+    /// Why each refused request was refused.
+    pub fn rejections(&self) -> Vec<String> {
+        self.receiver.rejections.lock().unwrap().clone()
+    }
+
+    /// Every request as it arrived, refused ones included.
+    pub fn received(&self) -> Vec<Received> {
+        self.receiver.received.lock().unwrap().clone()
+    }
+
+    /// Sends `request` to the receiver again, headers and body unchanged,
+    /// as an attacker who captured it would; the status it gets.
+    pub async fn resend(&self, request: &Received) -> u16 {
+        let mut r = reqwest::Client::new()
+            .post(&self.url)
+            .header("Idempotency-Key", &request.key)
+            .header("Content-Type", "application/json")
+            .body(request.body.clone());
+        if let Some(s) = &request.signature {
+            r = r.header(signature::HEADER, s);
+        }
+        r.send().await.unwrap().status().as_u16()
+    }
+}
+
+impl Receiver {
+    fn take(&self, headers: &axum::http::HeaderMap, body: &[u8]) -> axum::http::StatusCode {
+        use axum::http::StatusCode;
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(String::from)
+        };
+        let request = Received {
+            signature: header(signature::HEADER),
+            key: header("idempotency-key").unwrap_or_default(),
+            body: body.to_vec(),
+        };
+        self.received.lock().unwrap().push(request.clone());
+        let refuse = |why: String, status: StatusCode| {
+            self.rejections.lock().unwrap().push(why);
+            status
+        };
+        let Some(now) = self.clock.lock().unwrap().as_ref().map(|c| c.now()) else {
+            return refuse(
+                "the receiver has no clock (keep_time_with)".into(),
+                StatusCode::UNAUTHORIZED,
+            );
+        };
+        let checked = signature::verify(
+            &webhook_secret(),
+            request.signature.as_deref(),
+            body,
+            now,
+            signature::DEFAULT_TOLERANCE,
+        );
+        if let Err(e) = checked {
+            return refuse(e.to_string(), StatusCode::UNAUTHORIZED);
+        }
+        *self.verified.lock().unwrap() += 1;
+        let pair = seen_pair(request.signature.as_deref().unwrap_or_default());
+        if self.seen.lock().unwrap().contains(&pair) {
+            return refuse(
+                format!("replayed: signature {pair:?} was taken before"),
+                StatusCode::CONFLICT,
+            );
+        }
+        let Ok(line) = serde_json::from_slice::<Value>(body) else {
+            return refuse("the body is not JSON".into(), StatusCode::BAD_REQUEST);
+        };
+        let mut calls = self.calls.lock().unwrap();
+        let ok = calls.len() >= self.failures;
+        calls.push((request.key, line, ok));
+        if ok {
+            self.seen.lock().unwrap().insert(pair);
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+    }
+}
+
+/// The (t, v1) of a signature header that verified.
+fn seen_pair(header: &str) -> (String, String) {
+    let part = |key: &str| {
+        header
+            .split(',')
+            .filter_map(|p| p.trim().split_once('='))
+            .filter(|(k, _)| *k == key)
+            .map(|(_, v)| v.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    (part("t"), part("v1"))
 }
 
 /// Waits until `check` holds.
