@@ -348,6 +348,9 @@ impl From<StoreError> for ApiError {
             E::UnknownOrder(..) => {
                 ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()).field("order")
             }
+            E::UnknownReaderToken(..) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()).field("token_id")
+            }
             E::InvalidAccountId(_) => ApiError::unprocessable("id", e.to_string()),
             E::InvalidName(_) => ApiError::unprocessable("name", e.to_string()),
             E::InvalidToken(_) => ApiError::unprocessable("token", e.to_string()),
