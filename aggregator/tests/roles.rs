@@ -324,7 +324,7 @@ async fn a_reader_token_is_shown_once_reads_only_its_account_and_stops_when_revo
     if let Database::Sqlite(file) = &app.database {
         for f in [file.clone(), file.with_extension("sqlite-wal")] {
             if let Ok(bytes) = std::fs::read(&f) {
-                let hex = token[4..].as_bytes();
+                let hex = &token.as_bytes()[4..];
                 assert!(
                     !bytes.windows(hex.len()).any(|w| w == hex),
                     "{} holds the token",
