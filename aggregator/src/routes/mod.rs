@@ -484,6 +484,38 @@ mod tests {
     use super::*;
     use crate::ingest_writer::CommitFailure;
 
+    #[test]
+    fn every_route_has_a_handler_and_reader_routes_name_their_account() {
+        let mut seen = std::collections::HashSet::new();
+        for (method, path, role, _) in ROUTES {
+            assert!(seen.insert((method, path)), "{method} {path} twice");
+            drop(handler(method, path));
+            if *role == Role::Reader {
+                assert!(path.contains("{id}"), "{path}: a reader route needs {{id}}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_readmes_who_may_call_what_table_is_the_route_table() {
+        let readme = include_str!("../../../README.md");
+        let section = readme
+            .split("### Who may call what")
+            .nth(1)
+            .expect("README has a Who may call what section");
+        let section = section.split("\n#").next().unwrap();
+        let documented: std::collections::BTreeSet<String> = section
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .map(|l| l.replace("` | ", " ").trim_end_matches(" |").to_string())
+            .collect();
+        let table: std::collections::BTreeSet<String> = ROUTES
+            .iter()
+            .map(|(m, p, r, _)| format!("{} {p} {}", m.to_uppercase(), r.as_str()))
+            .collect();
+        assert_eq!(documented, table, "README's table against ROUTES");
+    }
+
     fn sqlite(code: std::ffi::c_int) -> StoreError {
         StoreError::from(rusqlite::Error::SqliteFailure(
             rusqlite::ffi::Error::new(code),
