@@ -45,6 +45,15 @@ pub fn looks_like_cluster_token(token: &str) -> bool {
     check_token_form(CLUSTER_TOKEN_PREFIX, token).is_ok()
 }
 
+/// The prefix of every reader token (a customer's read-only token bound to
+/// one account): `cmr_` and 64 lowercase hex characters.
+pub const READER_TOKEN_PREFIX: &str = "cmr";
+
+/// Whether `token` has the form of a reader token; anything else is never looked up as one.
+pub fn looks_like_reader_token(token: &str) -> bool {
+    check_token_form(READER_TOKEN_PREFIX, token).is_ok()
+}
+
 /// What is stored in place of a token.
 pub fn hash_token(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
@@ -85,6 +94,9 @@ mod tests {
         assert_eq!(check_token_form("cmc", &new_token("cmc")), Ok(()));
         assert!(looks_like_cluster_token(&new_token(CLUSTER_TOKEN_PREFIX)));
         assert!(!looks_like_cluster_token(&new_token("cma")));
+        assert!(looks_like_reader_token(&new_token(READER_TOKEN_PREFIX)));
+        assert!(!looks_like_reader_token(&new_token(CLUSTER_TOKEN_PREFIX)));
+        assert!(!looks_like_cluster_token(&new_token(READER_TOKEN_PREFIX)));
         let hex = "0123456789abcdef".repeat(4);
         assert_eq!(check_token_form("cmc", &format!("cmc_{hex}")), Ok(()));
         let refused = [

@@ -92,6 +92,9 @@ fn history(store: &mut Store, config: &BillingConfig) {
         )
         .unwrap();
     store.create_cluster("acme", "prod", None, t0).unwrap();
+    store.issue_reader_token("acme", "dashboard", t0).unwrap();
+    let revoked = store.issue_reader_token("acme", "old", t0).unwrap();
+    store.revoke_reader_token("acme", revoked.id, t0).unwrap();
     store
         .credit_balance("acme", "67.50".parse().unwrap(), "wire-1", t0)
         .unwrap();
@@ -223,6 +226,16 @@ fn a_migrated_store_holds_the_same_bills_and_goes_on_billing_as_the_original() {
         target.admin_token_hash().unwrap(),
         source.admin_token_hash().unwrap()
     );
+    assert_eq!(
+        target.reader_tokens("acme").unwrap(),
+        source.reader_tokens("acme").unwrap()
+    );
+    // New reader tokens' ids follow the copied ones.
+    let next = target
+        .issue_reader_token("acme", "after the move", local("2026-11-15T10:00:00"))
+        .unwrap();
+    assert!(target.reader_for_token(&next.token).unwrap().is_some());
+    assert_eq!(target.reader_tokens("acme").unwrap().len(), 3);
     assert_eq!(
         target.outbox(false, 1000).unwrap().len(),
         source.outbox(false, 1000).unwrap().len()

@@ -808,11 +808,18 @@ fn hostile_cases(
                 },
                 Kind::UnauthorizedIngest => {
                     let body = good_batch(&format!("intruder-{i}"), 1, 3, now);
+                    let auth = bad_auth(rng, t);
+                    // The admin token is valid but not an agent's: 403 (issue 11's roles).
+                    let check = if auth == [bearer(&t.admin)] {
+                        Check::Status(FORBIDDEN, Some("forbidden"))
+                    } else {
+                        Check::Status(UNAUTHORIZED, Some("unauthorized"))
+                    };
                     Case {
                         kind,
-                        request: build("POST", "/v1/samples", &bad_auth(rng, t), body.as_bytes()),
+                        request: build("POST", "/v1/samples", &auth, body.as_bytes()),
                         half_close: false,
-                        check: Check::Status(UNAUTHORIZED, Some("unauthorized")),
+                        check,
                     }
                 }
                 Kind::ClusterTokenOnAdmin => {

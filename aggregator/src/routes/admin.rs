@@ -2,10 +2,9 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequestParts, Path, Query, Request, State as Extract};
+use axum::extract::{FromRequestParts, Path, Query, State as Extract};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -16,62 +15,8 @@ use shared::overage::{Licence, LICENCE_GRACE_DAYS};
 use shared::sample::parse_instant;
 
 use super::{blocking, ApiError, State};
-use crate::auth::{bearer, looks_like_cluster_token, token_matches};
 use crate::billing::run_billing;
 use crate::service_metrics::KindLabels;
-
-/// Only the admin token passes. A live cluster token is answered 403: it is
-/// a valid credential that lacks the right (RFC 9110 section 15.5.4), and the
-/// operator who pasted the wrong Secret learns which one it was. It tells a
-/// caller nothing `POST /v1/samples` would not. Anything else is 401. Only a
-/// string shaped like a cluster token is looked up, so garbage costs no query.
-pub async fn require_admin(
-    Extract(state): Extract<State>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let presented = bearer(
-        request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok()),
-    );
-    let Some(token) = presented else {
-        tracing::debug!("admin request refused: no bearer token");
-        return ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "the admin token is required (Authorization: Bearer …)",
-        )
-        .into_response();
-    };
-    if token_matches(token, &state.admin_token_hash) {
-        return next.run(request).await;
-    }
-    if looks_like_cluster_token(token) {
-        let token = token.to_string();
-        match blocking(&state.reader, move |s| s.cluster_for_token(&token)).await {
-            Ok(Some(_)) => {
-                tracing::debug!("admin request refused: a cluster token");
-                return ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "forbidden",
-                    "a cluster token cannot call the admin API; use the admin token",
-                )
-                .into_response();
-            }
-            Ok(None) => {}
-            Err(e) => return e.into_response(),
-        }
-    }
-    tracing::debug!("admin request refused: not the admin token");
-    ApiError::new(
-        StatusCode::UNAUTHORIZED,
-        "unauthorized",
-        "not the admin token",
-    )
-    .into_response()
-}
 
 /// A path parameter, refused in the API's error format (an ID that is not
 /// UTF-8, say) rather than axum's plain text.
@@ -264,7 +209,15 @@ pub async fn set_cap(
 
 #[derive(Deserialize)]
 pub struct DayQuery {
-    day: Option<String>,
+    pub(super) day: Option<String>,
+}
+
+/// The required `day=` of a query.
+pub(super) fn required_day(value: Option<&str>) -> Result<NaiveDate, ApiError> {
+    day(
+        "day",
+        value.ok_or_else(|| ApiError::bad_request("day", "day=YYYY-MM-DD is required"))?,
+    )
 }
 
 pub async fn audit_samples(
@@ -272,12 +225,7 @@ pub async fn audit_samples(
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<DayQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let d = day(
-        "day",
-        q.day
-            .as_deref()
-            .ok_or_else(|| ApiError::bad_request("day", "day=YYYY-MM-DD is required"))?,
-    )?;
+    let d = required_day(q.day.as_deref())?;
     let zone = state.config.billing.zone;
     let (from, to) = (zone.day_start(d), zone.day_end(d));
     let account = id.clone();
@@ -376,15 +324,26 @@ pub async fn bills(
     Extract(state): Extract<State>,
     ApiQuery(q): ApiQuery<BillsQuery>,
 ) -> Result<Response, ApiError> {
-    let d = q
-        .day
+    let account = q.account.filter(|a| !a.is_empty());
+    bills_response(&state, account, q.day, q.format).await
+}
+
+/// The bill lines of one account (all accounts with `None`), of one day if
+/// given, as JSON or CSV: `GET /v1/admin/bills` and `GET
+/// /v1/accounts/{id}/bills`.
+pub(super) async fn bills_response(
+    state: &State,
+    account: Option<String>,
+    day_param: Option<String>,
+    format: Option<String>,
+) -> Result<Response, ApiError> {
+    let d = day_param
         .as_deref()
         .filter(|d| !d.is_empty())
         .map(|d| day("day", d))
         .transpose()?;
-    let account = q.account.filter(|a| !a.is_empty());
     let lines = blocking(&state.reader, move |s| s.bill_lines(account.as_deref(), d)).await?;
-    match q.format.as_deref().unwrap_or("json") {
+    match format.as_deref().unwrap_or("json") {
         "json" => Ok(Json(json!({ "bills": lines })).into_response()),
         "csv" => Ok((
             [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
@@ -469,23 +428,29 @@ pub struct ReportQuery {
     format: Option<String>,
 }
 
-/// `GET /v1/reports/daily?day=&account=&format=json|csv`: the report of one
-/// account's day, provisional while the day is not yet due.
+/// `GET /v1/reports/daily?day=&account=&format=json|csv|html`: the report of
+/// one account's day, provisional while the day is not yet due.
 pub async fn daily_report(
     Extract(state): Extract<State>,
     ApiQuery(q): ApiQuery<ReportQuery>,
 ) -> Result<Response, ApiError> {
-    let d = day(
-        "day",
-        q.day
-            .as_deref()
-            .ok_or_else(|| ApiError::bad_request("day", "day=YYYY-MM-DD is required"))?,
-    )?;
+    let d = required_day(q.day.as_deref())?;
     let account = q
         .account
         .filter(|a| !a.is_empty())
         .ok_or_else(|| ApiError::bad_request("account", "account= is required"))?;
-    let format = q.format.unwrap_or_else(|| "json".into());
+    report_response(&state, account, d, q.format).await
+}
+
+/// The daily report of `account`'s day as JSON, CSV or HTML: `GET
+/// /v1/reports/daily` and `GET /v1/accounts/{id}/reports/daily`.
+pub(super) async fn report_response(
+    state: &State,
+    account: String,
+    d: NaiveDate,
+    format: Option<String>,
+) -> Result<Response, ApiError> {
+    let format = format.unwrap_or_else(|| "json".into());
     if !matches!(format.as_str(), "json" | "csv" | "html") {
         return Err(ApiError::bad_request(
             "format",

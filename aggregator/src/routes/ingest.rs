@@ -12,7 +12,7 @@ use shared::wire::{
     MAX_BATCH_BYTES,
 };
 
-use super::{blocking, ApiError, State};
+use super::{authz, blocking, ApiError, Role, State};
 use crate::auth::{bearer, looks_like_cluster_token};
 use crate::ingest_writer::{OwnedSample, SubmitError};
 use crate::service_metrics::SampleLabels;
@@ -25,10 +25,6 @@ fn too_large() -> ApiError {
         "too_large",
         "the body is over 1 MiB; send fewer samples per request",
     )
-}
-
-fn unauthorized(message: &'static str) -> ApiError {
-    ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
 }
 
 impl From<BatchError> for ApiError {
@@ -64,16 +60,19 @@ fn declares_too_much(headers: &HeaderMap) -> bool {
 /// hundreds of pool threads queueing on the one connection's lock: inline,
 /// the service's CPU per pushed sample fell by a sixth). When the connection is busy
 /// (a long admin read), the look-up waits in the blocking pool as before.
-async fn identify(state: &State, token: String) -> Result<Option<ClusterIdentity>, ApiError> {
+async fn identify(state: &State, token: &str) -> Result<Option<ClusterIdentity>, ApiError> {
     // SQLite answers from its page cache in microseconds, so the look-up runs
     // inline when the reader is free; PostgreSQL's client blocks on the network.
     let inline = match state.reader.try_lock() {
-        Ok(reader) if reader.dialect() == Dialect::Sqlite => Some(reader.cluster_for_token(&token)),
+        Ok(reader) if reader.dialect() == Dialect::Sqlite => Some(reader.cluster_for_token(token)),
         Ok(_) | Err(TryLockError::WouldBlock | TryLockError::Poisoned(_)) => None,
     };
     match inline {
         Some(found) => Ok(found?),
-        None => blocking(&state.reader, move |s| s.cluster_for_token(&token)).await,
+        None => {
+            let token = token.to_string();
+            blocking(&state.reader, move |s| s.cluster_for_token(&token)).await
+        }
     }
 }
 
@@ -92,22 +91,18 @@ pub async fn push_samples(
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok()),
-    )
-    .ok_or_else(|| {
-        tracing::debug!("ingest refused: no bearer token");
-        unauthorized("a cluster token is required (Authorization: Bearer …)")
-    })?
-    .to_string();
+    );
     // A string that cannot be a cluster token costs no database look-up.
-    let identity = if looks_like_cluster_token(&token) {
-        identify(&state, token).await?
-    } else {
-        None
-    }
-    .ok_or_else(|| {
-        tracing::debug!("ingest refused: unknown or revoked cluster token");
-        unauthorized("unknown or revoked cluster token")
-    })?;
+    let identity = match token {
+        Some(token) if looks_like_cluster_token(token) => identify(&state, token).await?,
+        _ => None,
+    };
+    let Some(identity) = identity else {
+        // Only a refused request pays for telling a missing or unknown token
+        // (401) from the admin or a reader token, which may not push (403).
+        tracing::debug!("ingest refused: not a live cluster token");
+        return Err(authz::refusal(&state, Role::Cluster, token).await);
+    };
     // The router's body limit (1 MiB) applies: a longer body is not read past it.
     let body = Bytes::from_request(request, &()).await.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {

@@ -1,18 +1,21 @@
 //! The HTTP API: the router, shared state, and `ApiError`, which turns every failure into `{"error": {"code", "message", "field"}}`.
 
 mod admin;
+mod authz;
 mod ingest;
 mod lifecycle;
 mod ops;
+mod readers;
 
 pub use admin::{bills_csv, run_billing_now as admin_run_billing, run_lifecycle_now};
+pub use authz::{classify, decide, Caller, Role};
 pub use ops::openapi_document;
 
 use std::sync::{Arc, Mutex};
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::{Json, Router};
 use prometheus_client::registry::Registry;
 use shared::clock::Clock;
@@ -43,177 +46,237 @@ pub struct AppState {
 
 pub type State = Arc<AppState>;
 
-/// Every route: (method, path, who may call it, what it does). The router and
-/// the OpenAPI document are both built from this table.
-pub const ROUTES: &[(&str, &str, &str, &str)] = &[
+/// Every route: (method, path, the role that may call it, what it does). The
+/// router, its authorization and the OpenAPI document are all built from this
+/// table, and the README's "Who may call what" is checked against it.
+pub const ROUTES: &[(&str, &str, Role, &str)] = &[
     (
         "post",
         "/v1/samples",
-        "cluster",
+        Role::Cluster,
         "Push a batch of samples (at most 1,000 and 1 MiB)",
     ),
     (
         "post",
         "/v1/admin/accounts",
-        "admin",
+        Role::Admin,
         "Create an account; with parent, a sub-account of that main account",
     ),
     (
         "get",
         "/v1/admin/accounts/{id}",
-        "admin",
+        Role::Admin,
         "An account: its state, the next change due, the state history, trial, orders, balance, contacts, licences, cap history and clusters",
     ),
     (
         "post",
         "/v1/admin/accounts/{id}/contacts",
-        "admin",
+        Role::Admin,
         "Add a contact: name, role (creator, global_resource_collaborator, finance_collaborator, collaborator), email and/or sms",
     ),
     (
         "post",
         "/v1/admin/accounts/{id}/trial",
-        "admin",
+        Role::Admin,
         "Start the 7-day free trial; once per main account and its sub-accounts",
     ),
     (
         "post",
         "/v1/admin/accounts/{id}/orders",
-        "admin",
+        Role::Admin,
         "Order licensed cores for a term of months or years, optionally auto-renewing and paid from the balance; recovers a stopped account",
     ),
     (
         "post",
         "/v1/admin/accounts/{id}/orders/{order}/renew",
-        "admin",
+        Role::Admin,
         "Renew an order's licence from its end day (a month unless months or years is given), once; recovers a stopped account",
     ),
     (
         "put",
         "/v1/admin/accounts/{id}/orders/{order}/auto-renew",
-        "admin",
+        Role::Admin,
         "Turn an order's auto-renewal on or off",
     ),
     (
         "post",
         "/v1/admin/accounts/{id}/credits",
-        "admin",
+        Role::Admin,
         "Credit the prepaid balance (amount as a decimal string, reference taken once)",
     ),
     (
         "get",
         "/v1/admin/accounts/{id}/balance",
-        "admin",
+        Role::Admin,
         "The prepaid balance and its ledger",
     ),
     (
         "get",
         "/v1/admin/accounts/{id}/notices",
-        "admin",
+        Role::Admin,
         "Notices issued to the account's contacts, newest first, with their delivery",
     ),
     (
         "post",
         "/v1/admin/accounts/{id}/clusters",
-        "admin",
+        Role::Admin,
         "Create a cluster with a generated token, or the one given (cmc_ and 64 lowercase hex); answers it once",
     ),
     (
         "post",
         "/v1/admin/accounts/{id}/clusters/{name}/rotate-token",
-        "admin",
+        Role::Admin,
         "Replace a cluster's token with a generated one, or the one given; the old one stops at once",
     ),
     (
         "post",
         "/v1/admin/accounts/{id}/licenses",
-        "admin",
+        Role::Admin,
         "Add a licence",
     ),
     (
         "put",
         "/v1/admin/accounts/{id}/cap",
-        "admin",
+        Role::Admin,
         "Set the elastic cap (at least 500 cores)",
     ),
     (
         "get",
         "/v1/admin/accounts/{id}/samples",
-        "admin",
+        Role::Admin,
         "The audit trail: every stored sample of a day",
     ),
-    ("post", "/v1/admin/billing-runs", "admin", "Run billing now"),
+    ("post", "/v1/admin/billing-runs", Role::Admin, "Run billing now"),
     (
         "get",
         "/v1/admin/bills",
-        "admin",
+        Role::Admin,
         "Issued bill lines as JSON or CSV",
     ),
     (
         "get",
         "/v1/admin/outbox",
-        "admin",
+        Role::Admin,
         "Bill lines and their delivery to the billing backend",
     ),
-    ("get", "/healthz", "none", "Liveness"),
-    ("get", "/readyz", "none", "Readiness: the database answers and can write"),
-    ("get", "/metrics", "none", "Prometheus metrics"),
-    ("get", "/v1/openapi.json", "none", "This API description"),
+    (
+        "get",
+        "/v1/reports/daily",
+        Role::Admin,
+        "The daily overage report of one account's day (day= and account= are required) as JSON, CSV or HTML",
+    ),
+    (
+        "post",
+        "/v1/admin/accounts/{id}/reader-tokens",
+        Role::Admin,
+        "Issue a reader token (cmr_ and 64 hex) for the account, labelled with name; answers it once. At most 100 live ones",
+    ),
+    (
+        "get",
+        "/v1/admin/accounts/{id}/reader-tokens",
+        Role::Admin,
+        "The account's reader tokens (id, name, created_at, revoked_at), never the tokens",
+    ),
+    (
+        "delete",
+        "/v1/admin/accounts/{id}/reader-tokens/{token_id}",
+        Role::Admin,
+        "Revoke a reader token; it stops at once (revoking it again answers it unchanged)",
+    ),
+    (
+        "get",
+        "/v1/accounts/{id}/reports/daily",
+        Role::Reader,
+        "The account's daily overage report (day= required) as JSON, CSV or HTML",
+    ),
+    (
+        "get",
+        "/v1/accounts/{id}/bills",
+        Role::Reader,
+        "The account's issued bill lines, of one day if day= is given, as JSON or CSV",
+    ),
+    (
+        "get",
+        "/v1/accounts/{id}/notices",
+        Role::Reader,
+        "Notices issued to the account's contacts, newest first, with their delivery",
+    ),
+    (
+        "get",
+        "/v1/accounts/{id}/export",
+        Role::Reader,
+        "The inputs of the account's bill of a day (day= required) as a replay case",
+    ),
+    ("get", "/healthz", Role::None, "Liveness"),
+    ("get", "/readyz", Role::None, "Readiness: the database answers and can write"),
+    ("get", "/metrics", Role::None, "Prometheus metrics"),
+    ("get", "/v1/openapi.json", Role::None, "This API description"),
 ];
 
+/// The handler of each route in `ROUTES`; a row without one panics when the
+/// router is built, which every test of the service does.
+fn handler(method: &str, path: &str) -> MethodRouter<State> {
+    match (method, path) {
+        ("post", "/v1/samples") => post(ingest::push_samples),
+        ("post", "/v1/admin/accounts") => post(lifecycle::create_account),
+        ("get", "/v1/admin/accounts/{id}") => get(lifecycle::get_account),
+        ("post", "/v1/admin/accounts/{id}/contacts") => post(lifecycle::add_contact),
+        ("post", "/v1/admin/accounts/{id}/trial") => post(lifecycle::start_trial),
+        ("post", "/v1/admin/accounts/{id}/orders") => post(lifecycle::place_order),
+        ("post", "/v1/admin/accounts/{id}/orders/{order}/renew") => post(lifecycle::renew_order),
+        ("put", "/v1/admin/accounts/{id}/orders/{order}/auto-renew") => {
+            put(lifecycle::set_auto_renew)
+        }
+        ("post", "/v1/admin/accounts/{id}/credits") => post(lifecycle::credit),
+        ("get", "/v1/admin/accounts/{id}/balance") => get(lifecycle::balance),
+        ("get", "/v1/admin/accounts/{id}/notices") => get(lifecycle::notices),
+        ("post", "/v1/admin/accounts/{id}/clusters") => post(admin::create_cluster),
+        ("post", "/v1/admin/accounts/{id}/clusters/{name}/rotate-token") => {
+            post(admin::rotate_token)
+        }
+        ("post", "/v1/admin/accounts/{id}/licenses") => post(admin::add_licence),
+        ("put", "/v1/admin/accounts/{id}/cap") => put(admin::set_cap),
+        ("get", "/v1/admin/accounts/{id}/samples") => get(admin::audit_samples),
+        ("post", "/v1/admin/billing-runs") => post(admin::billing_run),
+        ("get", "/v1/admin/bills") => get(admin::bills),
+        ("get", "/v1/admin/outbox") => get(admin::outbox),
+        ("get", "/v1/reports/daily") => get(admin::daily_report),
+        ("post", "/v1/admin/accounts/{id}/reader-tokens") => post(readers::issue),
+        ("get", "/v1/admin/accounts/{id}/reader-tokens") => get(readers::list),
+        ("delete", "/v1/admin/accounts/{id}/reader-tokens/{token_id}") => delete(readers::revoke),
+        ("get", "/v1/accounts/{id}/reports/daily") => get(readers::daily_report),
+        ("get", "/v1/accounts/{id}/bills") => get(readers::bills),
+        // The admin route's own handler: it takes the account from the path.
+        ("get", "/v1/accounts/{id}/notices") => get(lifecycle::notices),
+        ("get", "/v1/accounts/{id}/export") => get(readers::export),
+        ("get", "/healthz") => get(ops::healthz),
+        ("get", "/readyz") => get(ops::readyz),
+        ("get", "/metrics") => get(ops::metrics),
+        ("get", "/v1/openapi.json") => get(ops::openapi),
+        _ => panic!("{method} {path} is in ROUTES without a handler"),
+    }
+}
+
+/// The router, built from `ROUTES`: each route with its handler behind the
+/// gate of its role. Admin and reader routes are authorized before the
+/// handler runs; the cluster route authenticates its agent itself, in one
+/// look-up (the ingest fast path); `none` routes are open.
 pub fn router(state: State) -> Router {
-    let admin = Router::new()
-        .route("/v1/admin/accounts", post(lifecycle::create_account))
-        .route("/v1/admin/accounts/{id}", get(lifecycle::get_account))
-        .route(
-            "/v1/admin/accounts/{id}/contacts",
-            post(lifecycle::add_contact),
-        )
-        .route(
-            "/v1/admin/accounts/{id}/trial",
-            post(lifecycle::start_trial),
-        )
-        .route(
-            "/v1/admin/accounts/{id}/orders",
-            post(lifecycle::place_order),
-        )
-        .route(
-            "/v1/admin/accounts/{id}/orders/{order}/renew",
-            post(lifecycle::renew_order),
-        )
-        .route(
-            "/v1/admin/accounts/{id}/orders/{order}/auto-renew",
-            put(lifecycle::set_auto_renew),
-        )
-        .route("/v1/admin/accounts/{id}/credits", post(lifecycle::credit))
-        .route("/v1/admin/accounts/{id}/balance", get(lifecycle::balance))
-        .route("/v1/admin/accounts/{id}/notices", get(lifecycle::notices))
-        .route(
-            "/v1/admin/accounts/{id}/clusters",
-            post(admin::create_cluster),
-        )
-        .route(
-            "/v1/admin/accounts/{id}/clusters/{name}/rotate-token",
-            post(admin::rotate_token),
-        )
-        .route("/v1/admin/accounts/{id}/licenses", post(admin::add_licence))
-        .route("/v1/admin/accounts/{id}/cap", put(admin::set_cap))
-        .route("/v1/admin/accounts/{id}/samples", get(admin::audit_samples))
-        .route("/v1/admin/billing-runs", post(admin::billing_run))
-        .route("/v1/admin/bills", get(admin::bills))
-        .route("/v1/admin/outbox", get(admin::outbox))
-        .route("/v1/reports/daily", get(admin::daily_report))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            admin::require_admin,
-        ));
-    Router::new()
-        .route("/v1/samples", post(ingest::push_samples))
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
-        .route("/v1/openapi.json", get(ops::openapi))
-        .merge(admin)
+    let mut routes = Router::new();
+    for (method, path, role, _) in ROUTES {
+        let mut route = handler(method, path);
+        if matches!(role, Role::Admin | Role::Reader) {
+            route = route.route_layer(axum::middleware::from_fn_with_state(
+                authz::Gate {
+                    state: state.clone(),
+                    role: *role,
+                },
+                authz::authorize,
+            ));
+        }
+        routes = routes.route(path, route);
+    }
+    routes
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -323,6 +386,13 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (self.status, Json(body)).into_response();
+        // Every 401 is a missing, unknown or revoked token (RFC 9110 section 11.6.1).
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
         if let Some(secs) = self.retry_after_secs {
             response
                 .headers_mut()
@@ -347,6 +417,9 @@ impl From<StoreError> for ApiError {
             }
             E::UnknownOrder(..) => {
                 ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()).field("order")
+            }
+            E::UnknownReaderToken(..) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()).field("token_id")
             }
             E::InvalidAccountId(_) => ApiError::unprocessable("id", e.to_string()),
             E::InvalidName(_) => ApiError::unprocessable("name", e.to_string()),
@@ -410,6 +483,38 @@ pub async fn blocking<T: Send + 'static>(
 mod tests {
     use super::*;
     use crate::ingest_writer::CommitFailure;
+
+    #[test]
+    fn every_route_has_a_handler_and_reader_routes_name_their_account() {
+        let mut seen = std::collections::HashSet::new();
+        for (method, path, role, _) in ROUTES {
+            assert!(seen.insert((method, path)), "{method} {path} twice");
+            drop(handler(method, path));
+            if *role == Role::Reader {
+                assert!(path.contains("{id}"), "{path}: a reader route needs {{id}}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_readmes_who_may_call_what_table_is_the_route_table() {
+        let readme = include_str!("../../../README.md");
+        let section = readme
+            .split("### Who may call what")
+            .nth(1)
+            .expect("README has a Who may call what section");
+        let section = section.split("\n#").next().unwrap();
+        let documented: std::collections::BTreeSet<String> = section
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .map(|l| l.replace("` | ", " ").trim_end_matches(" |").to_string())
+            .collect();
+        let table: std::collections::BTreeSet<String> = ROUTES
+            .iter()
+            .map(|(m, p, r, _)| format!("{} {p} {}", m.to_uppercase(), r.as_str()))
+            .collect();
+        assert_eq!(documented, table, "README's table against ROUTES");
+    }
 
     fn sqlite(code: std::ffi::c_int) -> StoreError {
         StoreError::from(rusqlite::Error::SqliteFailure(

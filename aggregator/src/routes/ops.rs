@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
 
-use super::{blocking, ApiError, State, ROUTES};
+use super::{blocking, ApiError, Role, State, ROUTES};
 use crate::service_metrics::RouteLabels;
 use crate::store::Database;
 
@@ -119,24 +119,34 @@ pub async fn openapi() -> Json<Value> {
 
 pub fn openapi_document() -> Value {
     let mut paths = Map::new();
-    for (method, path, auth, summary) in ROUTES {
+    for (method, path, role, summary) in ROUTES {
         let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
-        let mut op = json!({
+        // Which tokens may call it: the admin token may call reader routes too.
+        let security = match role {
+            Role::None => json!([]),
+            Role::Admin => json!([{"admin": []}]),
+            Role::Reader => json!([{"reader": []}, {"admin": []}]),
+            Role::Cluster => json!([{"cluster": []}]),
+        };
+        entry[*method] = json!({
             "summary": summary,
-            "responses": {"default": {"description": "JSON; errors are {\"error\": {\"code\", \"message\", \"field\"}}"}},
+            "x-core-meter-role": role.as_str(),
+            "security": security,
+            "responses": {
+                "default": {"description": "JSON; errors are {\"error\": {\"code\", \"message\", \"field\"}}"},
+                "401": {"description": "no token, or one that is unknown or revoked (WWW-Authenticate: Bearer)"},
+                "403": {"description": "a valid token whose role may not call this route"},
+            },
         });
-        if *auth != "none" {
-            op["security"] = json!([{ (if *auth == "admin" { "admin" } else { "cluster" }): [] }]);
-        }
-        entry[*method] = op;
     }
     json!({
         "openapi": "3.1.0",
         "info": {"title": "core-meter aggregator", "version": env!("CARGO_PKG_VERSION")},
         "paths": paths,
         "components": {"securitySchemes": {
-            "admin": {"type": "http", "scheme": "bearer", "description": "the admin token"},
-            "cluster": {"type": "http", "scheme": "bearer", "description": "a cluster token"},
+            "admin": {"type": "http", "scheme": "bearer", "description": "the admin token (role admin)"},
+            "reader": {"type": "http", "scheme": "bearer", "description": "a reader token (cmr_…), read-only and bound to the account in the path (role reader)"},
+            "cluster": {"type": "http", "scheme": "bearer", "description": "a cluster token (cmc_…), an agent's (role cluster)"},
         }},
     })
 }

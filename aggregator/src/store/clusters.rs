@@ -2,6 +2,7 @@
 
 use super::db::{DbError, OptionalExtension};
 use chrono::{DateTime, Utc};
+use subtle::ConstantTimeEq;
 
 use super::{Store, StoreError};
 use crate::auth::{check_token_form, hash_token, new_token};
@@ -108,7 +109,10 @@ impl Store {
                     name.to_string(),
                 ))
             }
-            Some(current) if current == hash => return Err(StoreError::TokenUnchanged),
+            // Hashes of secrets are compared in constant time too.
+            Some(current) if bool::from(current.ct_eq(&hash)) => {
+                return Err(StoreError::TokenUnchanged)
+            }
             Some(_) => {}
         }
         tx.execute(

@@ -275,6 +275,19 @@ const TABLES: &[Table] = &[
         order_by: "notice_id, channel, address",
         identity: None,
     },
+    Table {
+        name: "reader_tokens",
+        columns: &[
+            "id",
+            "account_ref",
+            "name",
+            "token_hash",
+            "created_at_ms",
+            "revoked_at_ms",
+        ],
+        order_by: "id",
+        identity: Some("id"),
+    },
 ];
 
 /// Rows written by one multi-row INSERT (below both databases' parameter limits).

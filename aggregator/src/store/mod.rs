@@ -11,6 +11,7 @@ mod lifecycle;
 mod notice_outbox;
 mod notices;
 mod outbox;
+mod readers;
 mod retention;
 mod samples;
 mod schema;
@@ -32,6 +33,9 @@ pub use lifecycle::{BalanceEntry, Contact, NewContact, NewOrder, Order, StateCha
 pub use notice_outbox::{DueNotice, NoticeChannel, NOTICE_ERROR_MAX_CHARS};
 pub use notices::{Notice, NoticeChannels, NoticeDelivery, Recipient};
 pub use outbox::{Delivery, OutboxStatus};
+pub use readers::{
+    IssuedReaderToken, ReaderIdentity, ReaderToken, MAX_READER_TOKENS, READER_NAME_MAX_CHARS,
+};
 pub use retention::{reads_from, Horizon, PruneTarget, Pruned, PRUNE_BATCH_ROWS};
 pub use samples::{AuditSample, Incoming, Outcome};
 
@@ -45,6 +49,8 @@ pub enum StoreError {
     ClusterExists(String, String),
     #[error("cluster {1:?} of account {0:?} does not exist")]
     UnknownCluster(String, String),
+    #[error("account {0:?} has no reader token {1}")]
+    UnknownReaderToken(String, i64),
     #[error("account {0:?} has no order {1}")]
     UnknownOrder(String, i64),
     #[error("name must be 1 to 128 characters without '/' or control characters, got {0:?}")]

@@ -290,4 +290,17 @@ pub const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX notice_deliveries_pending ON notice_deliveries (next_attempt_ms) WHERE delivered_at_ms IS NULL;
     "#,
+    // 6: reader tokens: a customer's read-only tokens, each bound to one
+    // account, kept only as SHA-256 hashes; a revoked one keeps its row.
+    r#"
+    CREATE TABLE reader_tokens (
+        id             INTEGER PRIMARY KEY,
+        account_ref    INTEGER NOT NULL REFERENCES accounts(ref),
+        name           TEXT NOT NULL,
+        token_hash     BLOB NOT NULL UNIQUE,
+        created_at_ms  INTEGER NOT NULL,
+        revoked_at_ms  INTEGER
+    );
+    CREATE INDEX reader_tokens_by_account ON reader_tokens(account_ref);
+    "#,
 ];

@@ -1,0 +1,101 @@
+//! Reader tokens: issued, listed and revoked through the admin API; and the customer-facing routes they open (an account's report, bills, notices, export), which reuse the admin routes' code with the account taken from the path.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State as Extract;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::admin::{
+    bills_response, body, read, report_response, required_day, ApiPath, ApiQuery, DayQuery,
+};
+use super::{blocking, ApiError, State};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewReaderToken {
+    name: String,
+}
+
+/// `POST /v1/admin/accounts/{id}/reader-tokens {"name"}`: the token is in
+/// this answer and nowhere else, ever.
+pub async fn issue(
+    Extract(state): Extract<State>,
+    ApiPath(id): ApiPath<String>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let raw = read(raw)?;
+    let NewReaderToken { name } = body(&raw)?;
+    let now = state.clock.now();
+    let issued = blocking(&state.store, move |s| s.issue_reader_token(&id, &name, now)).await?;
+    tracing::info!(token_id = issued.id, "reader token issued");
+    Ok((StatusCode::CREATED, Json(issued)).into_response())
+}
+
+/// `GET /v1/admin/accounts/{id}/reader-tokens`: every token without its secret or hash.
+pub async fn list(
+    Extract(state): Extract<State>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    let account = id.clone();
+    let tokens = blocking(&state.reader, move |s| s.reader_tokens(&account)).await?;
+    Ok(Json(json!({"account": id, "reader_tokens": tokens})))
+}
+
+/// `DELETE /v1/admin/accounts/{id}/reader-tokens/{token_id}`: the token stops
+/// at once. Revoking a revoked token answers it unchanged; an unknown one is 404.
+pub async fn revoke(
+    Extract(state): Extract<State>,
+    ApiPath((id, token_id)): ApiPath<(String, i64)>,
+) -> Result<Json<Value>, ApiError> {
+    let now = state.clock.now();
+    let revoked = blocking(&state.store, move |s| {
+        s.revoke_reader_token(&id, token_id, now)
+    })
+    .await?;
+    tracing::info!(token_id, "reader token revoked");
+    Ok(Json(json!(revoked)))
+}
+
+#[derive(Deserialize)]
+pub struct AccountQuery {
+    day: Option<String>,
+    format: Option<String>,
+}
+
+/// `GET /v1/accounts/{id}/reports/daily?day=&format=json|csv|html`.
+pub async fn daily_report(
+    Extract(state): Extract<State>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<AccountQuery>,
+) -> Result<Response, ApiError> {
+    let d = required_day(q.day.as_deref())?;
+    report_response(&state, id, d, q.format).await
+}
+
+/// `GET /v1/accounts/{id}/bills?day=&format=json|csv`.
+pub async fn bills(
+    Extract(state): Extract<State>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<AccountQuery>,
+) -> Result<Response, ApiError> {
+    bills_response(&state, Some(id), q.day, q.format).await
+}
+
+/// `GET /v1/accounts/{id}/export?day=`: the replay case `aggregator export` prints.
+pub async fn export(
+    Extract(state): Extract<State>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<DayQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let d = required_day(q.day.as_deref())?;
+    let config = state.config.billing.clone();
+    let case = blocking(&state.reader, move |s| {
+        crate::export::export_case(s, &config, &id, d)
+    })
+    .await?;
+    Ok(Json(case))
+}
