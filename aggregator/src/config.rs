@@ -1678,7 +1678,7 @@ mod tests {
             for needle in [
                 "webhook.secret_file",
                 path.to_str().unwrap(),
-                "every user",
+                "read by anyone",
                 "644",
             ] {
                 assert!(err.contains(needle), "{err:?} should name {needle:?}");
