@@ -64,6 +64,77 @@ pub fn token_matches(presented: &str, stored: &[u8]) -> bool {
     stored.len() == 32 && bool::from(hash_token(presented).ct_eq(stored))
 }
 
+/// The admin token in force, as its hash. Read from a file, it is replaced
+/// when the file changes (see [`watch_admin_token_file`]); the old one stops
+/// at once.
+#[derive(Clone)]
+pub struct AdminToken(std::sync::Arc<std::sync::RwLock<[u8; 32]>>);
+
+impl AdminToken {
+    pub fn from_hash(hash: [u8; 32]) -> AdminToken {
+        AdminToken(std::sync::Arc::new(std::sync::RwLock::new(hash)))
+    }
+
+    /// Whether `presented` is the admin token, in constant time.
+    pub fn matches(&self, presented: &str) -> bool {
+        token_matches(presented, &*self.0.read().expect("admin token lock"))
+    }
+
+    fn replace(&self, token: &str) {
+        *self.0.write().expect("admin token lock") = hash_token(token);
+    }
+}
+
+/// What tells a file changed without reading it: its inode, size, times.
+fn stamp(path: &std::path::Path) -> Option<(u64, u64, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((
+        m.ino(),
+        m.size(),
+        m.mtime_nsec() + m.mtime() * 1_000_000_000,
+        m.ctime(),
+    ))
+}
+
+/// Looks at the admin token's file every `poll` until `stop`, and reads it
+/// only when it changed. A new token takes effect at once; a change that
+/// cannot be used (empty, readable by anyone) is logged once and the token
+/// in force stays. No line names the token.
+pub async fn watch_admin_token_file(
+    token: AdminToken,
+    path: std::path::PathBuf,
+    poll: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut seen = stamp(&path);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(poll) => {}
+            _ = stop.changed() => return,
+        }
+        let now = stamp(&path);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        let read = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || crate::config::read_admin_token_file(&path)).await
+        };
+        match read {
+            Ok(Ok(new)) => {
+                token.replace(&new);
+                tracing::info!(file = %path.display(), "the admin token's file changed; the token it holds is now the admin token");
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %format!("{e:#}"), "the admin token's file changed but cannot be used; the admin token stays as it was")
+            }
+            Err(e) => tracing::error!(error = %e, "reading the admin token's file failed"),
+        }
+    }
+}
+
 /// The token of an `Authorization: Bearer …` header value.
 pub fn bearer(header: Option<&str>) -> Option<&str> {
     let value = header?.trim();

@@ -26,6 +26,9 @@ pub struct Config {
     /// The admin bearer token, if configured (`admin_token`, or the content of
     /// `admin_token_file`); otherwise one is generated at first start.
     pub admin_token: Option<String>,
+    /// Where `admin_token` was read from, when from a file: read again
+    /// when it changes, so a rotated Secret takes effect without a restart.
+    pub admin_token_file: Option<PathBuf>,
     pub webhook: Option<WebhookConfig>,
     pub log_json: bool,
     /// The longest any request may take.
@@ -450,6 +453,7 @@ impl Config {
             _ => None,
         };
         let notices = notices(&f.notices, insecure_plaintext)?;
+        let admin_token_file = f.admin_token_file.clone();
         let admin_token = admin_token(f.admin_token, f.admin_token_file.as_deref())?;
         let licence_price_per_core_month = match &f.billing.licence_price_per_core_month {
             Some(p) => {
@@ -486,6 +490,7 @@ impl Config {
             database,
             billing,
             admin_token,
+            admin_token_file,
             webhook,
             log_json: f.log_json.unwrap_or(false),
             request_timeout: Duration::from_secs(f.request_timeout_secs.unwrap_or(30).max(1)),
@@ -790,7 +795,8 @@ pub fn min_retention_days(billing: &BillingConfig) -> u32 {
 const TOKEN_FILE_MAX_BYTES: u64 = 4096;
 
 /// The admin token from `admin_token` or from the file `admin_token_file`
-/// names (read once, here; refused when anyone may read it), never both. A blank `admin_token` counts as unset.
+/// names (here at start, and again when it changes; refused when anyone may
+/// read it), never both. A blank `admin_token` counts as unset.
 /// No message quotes the token or the file's content.
 fn admin_token(token: Option<String>, file: Option<&Path>) -> anyhow::Result<Option<String>> {
     let token = token.filter(|t| !t.trim().is_empty());
@@ -803,8 +809,12 @@ fn admin_token(token: Option<String>, file: Option<&Path>) -> anyhow::Result<Opt
         named("admin_token"),
         named("admin_token_file")
     );
+    read_admin_token_file(path).map(Some)
+}
+
+/// The admin token a file holds (see [`admin_token`]), at start and at each change.
+pub fn read_admin_token_file(path: &Path) -> anyhow::Result<String> {
     crate::secret_file::read_secret(&named("admin_token_file"), path, TOKEN_FILE_MAX_BYTES)
-        .map(Some)
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {

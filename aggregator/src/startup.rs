@@ -40,8 +40,8 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 pub struct Timing {
     pub billing_poll: Duration,
     pub outbox_poll: Duration,
-    /// How often the TLS files are looked at for a change.
-    pub tls_reload_poll: Duration,
+    /// How often the TLS files and the admin token's file are looked at for a change.
+    pub file_poll: Duration,
 }
 
 impl Default for Timing {
@@ -49,7 +49,7 @@ impl Default for Timing {
         Timing {
             billing_poll: crate::billing_job::DEFAULT_POLL,
             outbox_poll: Duration::from_secs(30),
-            tls_reload_poll: crate::tls::DEFAULT_RELOAD_POLL,
+            file_poll: crate::tls::DEFAULT_RELOAD_POLL,
         }
     }
 }
@@ -113,7 +113,7 @@ impl Application {
             clock,
             metrics,
             registry: Arc::new(registry),
-            admin_token_hash,
+            admin_token: crate::auth::AdminToken::from_hash(admin_token_hash),
             outbox_wake: Arc::new(tokio::sync::Notify::new()),
         });
         Ok(Application {
@@ -173,7 +173,15 @@ impl Application {
             tokio::spawn(crate::tls::watch_files(
                 tls,
                 state.metrics.clone(),
-                timing.tls_reload_poll,
+                timing.file_poll,
+                stop_rx.clone(),
+            ))
+        });
+        let admin_token_watch = state.config.admin_token_file.clone().map(|path| {
+            tokio::spawn(crate::auth::watch_admin_token_file(
+                state.admin_token.clone(),
+                path,
+                timing.file_poll,
                 stop_rx.clone(),
             ))
         });
@@ -216,8 +224,8 @@ impl Application {
         };
         serve(listener, app, shutdown, limits, transport).await;
         let _ = stop_tx.send(true);
-        if let Some(r) = reload {
-            let _ = r.await;
+        for watch in [reload, admin_token_watch].into_iter().flatten() {
+            let _ = watch.await;
         }
         let _ = billing.await;
         if let Some(d) = delivery {
@@ -237,7 +245,7 @@ impl Application {
 
 /// The writing and reading stores, and the admin token's hash (with the
 /// token when this start generated it).
-type Opened = (Store, Store, Vec<u8>, Option<String>);
+type Opened = (Store, Store, [u8; 32], Option<String>);
 
 fn open_stores(config: &Config, now: chrono::DateTime<chrono::Utc>) -> anyhow::Result<Opened> {
     let mut store = Store::connect(&config.database, Durability::Durable)
@@ -247,12 +255,14 @@ fn open_stores(config: &Config, now: chrono::DateTime<chrono::Utc>) -> anyhow::R
     let reader = Store::connect(&config.database, Durability::Durable)
         .context("open a reading connection")?;
     let (admin_token_hash, generated_admin_token) = match &config.admin_token {
-        Some(t) => (hash_token(t).to_vec(), None),
+        Some(t) => (hash_token(t), None),
         None => {
             let generated = store.generate_admin_token(now)?;
             let hash = store
                 .admin_token_hash()?
                 .context("the admin token hash was just stored")?;
+            let hash = <[u8; 32]>::try_from(hash.as_slice())
+                .context("the stored admin token hash is not 32 bytes")?;
             (hash, generated)
         }
     };

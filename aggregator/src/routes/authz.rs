@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::RequestExt;
 
 use super::{blocking, ApiError, State};
-use crate::auth::{bearer, looks_like_cluster_token, looks_like_reader_token, token_matches};
+use crate::auth::{bearer, looks_like_cluster_token, looks_like_reader_token};
 use crate::store::{ClusterIdentity, ReaderIdentity};
 
 /// Who may call a route: the least power that does the job.
@@ -82,7 +82,7 @@ pub async fn classify(state: &State, token: Option<&str>) -> Result<Caller, ApiE
     let Some(token) = token else {
         return Ok(Caller::Anonymous);
     };
-    if token_matches(token, &state.admin_token_hash) {
+    if state.admin_token.matches(token) {
         return Ok(Caller::Admin);
     }
     let owned = token.to_string();

@@ -38,8 +38,8 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<ServiceMetrics>,
     pub registry: Arc<Registry>,
-    /// SHA-256 of the admin token.
-    pub admin_token_hash: Vec<u8>,
+    /// The admin token's hash, replaced when its file changes.
+    pub admin_token: crate::auth::AdminToken,
     /// Wakes the outbox worker when lines were issued.
     pub outbox_wake: Arc<tokio::sync::Notify>,
 }

@@ -161,7 +161,7 @@ impl TestApp {
         let timing = Timing {
             billing_poll: Duration::from_millis(50),
             outbox_poll: Duration::from_millis(50),
-            ..Timing::default()
+            file_poll: Duration::from_millis(50),
         };
         let app = Application::build(config, clock.clone(), timing)
             .await
