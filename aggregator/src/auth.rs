@@ -64,6 +64,35 @@ pub fn token_matches(presented: &str, stored: &[u8]) -> bool {
     stored.len() == 32 && bool::from(hash_token(presented).ct_eq(stored))
 }
 
+/// A token's text where it must be kept (the configured admin token):
+/// `Debug` never shows it, so no log line, panic or test failure can.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenText(String);
+
+impl TokenText {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for TokenText {
+    fn from(s: String) -> TokenText {
+        TokenText(s)
+    }
+}
+
+impl From<&str> for TokenText {
+    fn from(s: &str) -> TokenText {
+        TokenText(s.to_string())
+    }
+}
+
+impl std::fmt::Debug for TokenText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenText(<redacted>)")
+    }
+}
+
 /// The admin token in force, as its hash. Read from a file, it is replaced
 /// when the file changes (see [`watch_admin_token_file`]); the old one stops
 /// at once.
@@ -200,5 +229,15 @@ mod tests {
         assert_eq!(bearer(Some("Basic abc")), None);
         assert_eq!(bearer(Some("Bearer ")), None);
         assert_eq!(bearer(None), None);
+    }
+
+    #[test]
+    fn a_kept_token_never_shows_in_debug_output() {
+        let token = new_token("cma");
+        let kept = TokenText::from(token.as_str());
+        assert_eq!(kept.expose(), token);
+        let shown = format!("{kept:?} {:?}", Some(kept.clone()));
+        assert!(!shown.contains(&token[4..]), "{shown}");
+        assert!(shown.contains("redacted"), "{shown}");
     }
 }

@@ -25,7 +25,7 @@ pub struct Config {
     pub billing: BillingConfig,
     /// The admin bearer token, if configured (`admin_token`, or the content of
     /// `admin_token_file`); otherwise one is generated at first start.
-    pub admin_token: Option<String>,
+    pub admin_token: Option<crate::auth::TokenText>,
     /// Where `admin_token` was read from, when from a file: read again
     /// when it changes, so a rotated Secret takes effect without a restart.
     pub admin_token_file: Option<PathBuf>,
@@ -454,7 +454,8 @@ impl Config {
         };
         let notices = notices(&f.notices, insecure_plaintext)?;
         let admin_token_file = f.admin_token_file.clone();
-        let admin_token = admin_token(f.admin_token, f.admin_token_file.as_deref())?;
+        let admin_token =
+            admin_token(f.admin_token, f.admin_token_file.as_deref())?.map(Into::into);
         let licence_price_per_core_month = match &f.billing.licence_price_per_core_month {
             Some(p) => {
                 let price = Decimal::from_str(p).map_err(|e| {
@@ -1279,7 +1280,10 @@ mod tests {
             Flags::default(),
         )
         .unwrap();
-        assert_eq!(by_env.admin_token.as_deref(), Some("cma_from_a_secret"));
+        assert_eq!(
+            by_env.admin_token.as_ref().map(|t| t.expose()),
+            Some("cma_from_a_secret")
+        );
         let by_file = load(
             Some(&format!(
                 "admin_token_file = {:?}\n",
@@ -1289,7 +1293,10 @@ mod tests {
             Flags::default(),
         )
         .unwrap();
-        assert_eq!(by_file.admin_token.as_deref(), Some("cma_from_a_secret"));
+        assert_eq!(
+            by_file.admin_token.as_ref().map(|t| t.expose()),
+            Some("cma_from_a_secret")
+        );
         let neither = load(None, &[], Flags::default()).unwrap();
         assert_eq!(neither.admin_token, None);
     }

@@ -46,7 +46,7 @@ async fn demo() -> anyhow::Result<()> {
     let mut config = Config::load(&Flags::default(), &|_| None)?;
     config.listen = "127.0.0.1:0".parse()?;
     config.database = dir.join("core-meter.sqlite").into();
-    config.admin_token = Some(ADMIN.to_string());
+    config.admin_token = Some(ADMIN.into());
     let zone = config.billing.zone;
     // Yesterday, local time, so the bill is for a real date.
     let day = zone

@@ -255,7 +255,7 @@ fn open_stores(config: &Config, now: chrono::DateTime<chrono::Utc>) -> anyhow::R
     let reader = Store::connect(&config.database, Durability::Durable)
         .context("open a reading connection")?;
     let (admin_token_hash, generated_admin_token) = match &config.admin_token {
-        Some(t) => (hash_token(t), None),
+        Some(t) => (hash_token(t.expose()), None),
         None => {
             let generated = store.generate_admin_token(now)?;
             let hash = store

@@ -32,7 +32,11 @@ async fn a_rotated_admin_token_file_takes_effect_without_a_restart_and_the_old_t
     let (first, second, third) = (new_token("cma"), new_token("cma"), new_token("cma"));
     replace(&file, &first, 0o600);
     let mut config = support::config(dir.path().join("core-meter.sqlite"), None);
-    config.admin_token = Some(aggregator::config::read_admin_token_file(&file).unwrap());
+    config.admin_token = Some(
+        aggregator::config::read_admin_token_file(&file)
+            .unwrap()
+            .into(),
+    );
     config.admin_token_file = Some(file.clone());
     let app = TestApp::spawn_with(config, local("2026-03-10T12:00:00")).await;
     assert_eq!(status_with(&app, &first).await, 200);

@@ -127,7 +127,7 @@ pub fn config(database: PathBuf, webhook: Option<String>) -> Config {
     let mut c = Config::load(&Default::default(), &|_| None).unwrap();
     c.listen = "127.0.0.1:0".parse().unwrap();
     c.database = self::database(&database);
-    c.admin_token = Some(ADMIN.to_string());
+    c.admin_token = Some(ADMIN.into());
     c.webhook = webhook.map(|url| WebhookConfig {
         url,
         timeout: Duration::from_secs(5),
