@@ -157,9 +157,27 @@ fn load_ca(path: &Path) -> anyhow::Result<CaBundle> {
     })
 }
 
+/// The client key is a secret: a file anyone on the node may read is refused
+/// (the check follows links, as a Secret's files are links).
+fn refuse_world_readable_key(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode();
+        anyhow::ensure!(
+            mode & 0o004 == 0,
+            "--client-key {}: readable by everyone (mode {:o}); it holds a private key: run `chmod o-r {}`, or give the Secret's volume `defaultMode: 0400`",
+            path.display(),
+            mode & 0o7777,
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 fn load_identity(cert_path: &Path, key_path: &Path) -> anyhow::Result<ClientIdentity> {
     let cert_pem = read_pem("--client-cert", cert_path)?;
     certificates("--client-cert", cert_path, &cert_pem)?;
+    refuse_world_readable_key(key_path)?;
     let key_pem = read_pem("--client-key", key_path)?;
     PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
         anyhow::anyhow!(

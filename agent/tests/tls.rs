@@ -267,6 +267,12 @@ fn a_bad_pem_file_is_refused_at_start_naming_the_flag_the_path_and_why() {
     let pki = Pki::new(dir.path(), "cluster");
     let garbage = dir.path().join("garbage.pem");
     std::fs::write(&garbage, "not a certificate\n").unwrap();
+    // Private, so that as a --client-key it is refused for what it holds.
+    std::fs::set_permissions(
+        &garbage,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let empty = dir.path().join("empty.pem");
     std::fs::write(&empty, "").unwrap();
     let missing = dir.path().join("missing.pem");
@@ -289,6 +295,23 @@ fn a_bad_pem_file_is_refused_at_start_naming_the_flag_the_path_and_why() {
     let e = https(&[&empty], &["--ca-file"]);
     assert!(
         e.contains("--ca-file") && e.contains(path(&empty)) && e.contains("empty"),
+        "{e}"
+    );
+    let open_key = dir.path().join("open-key.pem");
+    std::fs::copy(&pki.client_key, &open_key).unwrap();
+    std::fs::set_permissions(
+        &open_key,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let e = https(
+        &[&pki.client_cert, &open_key],
+        &["--client-cert", "--client-key"],
+    );
+    assert!(
+        e.contains("--client-key")
+            && e.contains(path(&open_key))
+            && e.contains("readable by everyone"),
         "{e}"
     );
     let e = https(&[&missing], &["--ca-file"]);

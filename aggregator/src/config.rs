@@ -624,7 +624,7 @@ fn notices(n: &FileNotices, insecure_plaintext: bool) -> anyhow::Result<NoticesC
     };
     let smtp = match (set(&n.smtp_relay), set(&n.smtp_from)) {
         (Some(relay), from) => {
-            check_smtp_relay(relay)?;
+            check_smtp_relay(relay, insecure_plaintext)?;
             let from = from.ok_or_else(|| {
                 anyhow!(
                     "{}: an email address to send from is required when {} is set",
@@ -658,13 +658,29 @@ fn notices(n: &FileNotices, insecure_plaintext: bool) -> anyhow::Result<NoticesC
 /// An SMTP relay URL lettre can use: `smtp://` or `smtps://`, a host, and
 /// nothing it would refuse at the first delivery. A message never quotes a
 /// password the URL holds.
-fn check_smtp_relay(relay: &str) -> anyhow::Result<()> {
+/// A relay URL lettre takes; beyond this machine, one that encrypts
+/// (`smtps://`, or `smtp://…?tls=required` for STARTTLS) unless
+/// `insecure_plaintext`: notices name customers and amounts.
+fn check_smtp_relay(relay: &str, insecure_plaintext: bool) -> anyhow::Result<()> {
     let shown = redact_relay(relay);
     anyhow::ensure!(
         relay.starts_with("smtp://") || relay.starts_with("smtps://"),
         "{}: {shown:?} is not an smtp:// or smtps:// URL",
         named("notices.smtp_relay")
     );
+    if let Ok(url) = reqwest::Url::parse(relay) {
+        let encrypted = url.scheme() == "smtps"
+            || url
+                .query_pairs()
+                .any(|(k, v)| k == "tls" && v == "required");
+        anyhow::ensure!(
+            encrypted || is_loopback_host(url.host_str().unwrap_or_default()) || insecure_plaintext,
+            "{}: {shown:?} sends mail in clear text to a host other than this machine; use \
+             smtps://host:465 or smtp://host:587?tls=required, or turn on {} where the network is trusted",
+            named("notices.smtp_relay"),
+            named("insecure_plaintext")
+        );
+    }
     lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(relay).map_err(|e| {
         anyhow!(
             "{}: {shown:?} is not a relay URL such as smtp://mail.example.com:25 ({})",
@@ -699,6 +715,16 @@ fn redact_password(text: &str, relay: &str) -> String {
     }
 }
 
+/// `localhost` or a loopback address (`[::1]` as a URL writes it).
+fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// A webhook URL: http(s), and plain HTTP only to this machine unless
 /// `insecure_plaintext` says the network is trusted.
 fn check_webhook_url(key: &str, url: &str, insecure_plaintext: bool) -> anyhow::Result<()> {
@@ -706,13 +732,7 @@ fn check_webhook_url(key: &str, url: &str, insecure_plaintext: bool) -> anyhow::
         .ok()
         .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
         .ok_or_else(|| anyhow!("{}: {url:?} is not an http(s) URL", named(key)))?;
-    let host = parsed.host_str().unwrap_or_default();
-    let loopback = host.eq_ignore_ascii_case("localhost")
-        || host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
+    let loopback = is_loopback_host(parsed.host_str().unwrap_or_default());
     anyhow::ensure!(
         parsed.scheme() == "https" || loopback || insecure_plaintext,
         "{}: {url:?} is plain HTTP to a host other than this machine, so the requests could be \
@@ -1046,7 +1066,7 @@ mod tests {
                     webhook_url = \"https://hooks.example.com/notices\"\n\
                     webhook_secret = \"notices-secret-of-at-least-32-bytes\"\n\
                     timeout_secs = 7\n\
-                    smtp_relay = \"smtp://mail.example.com:2525\"\n\
+                    smtp_relay = \"smtp://mail.example.com:2525?tls=required\"\n\
                     smtp_from = \"core-meter <billing@example.com>\"\n";
         let c = load(Some(file), &[], Flags::default()).unwrap();
         let webhook = c.notices.webhook.clone().unwrap();
@@ -1054,7 +1074,7 @@ mod tests {
         assert_eq!(webhook.timeout, Duration::from_secs(7));
         assert_eq!(webhook.max_backoff, Duration::from_secs(300));
         let smtp = c.notices.smtp.clone().unwrap();
-        assert_eq!(smtp.relay, "smtp://mail.example.com:2525");
+        assert_eq!(smtp.relay, "smtp://mail.example.com:2525?tls=required");
         assert_eq!(smtp.from, "core-meter <billing@example.com>");
         assert_eq!(smtp.timeout, Duration::from_secs(7));
         assert_eq!(
@@ -1094,7 +1114,7 @@ mod tests {
     #[test]
     fn a_bad_notice_setting_names_itself() {
         type Case<'a> = (Option<&'a str>, &'a [(&'a str, &'a str)], &'a [&'a str]);
-        let relay = ("CORE_METER_NOTICES_SMTP_RELAY", "smtp://mail.example.com");
+        let relay = ("CORE_METER_NOTICES_SMTP_RELAY", "smtps://mail.example.com");
         let cases: &[Case] = &[
             (
                 None,
@@ -1798,5 +1818,50 @@ mod tests {
     fn set_mode(path: &Path, mode: u32) {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn mail_to_a_relay_beyond_loopback_must_be_encrypted_unless_insecure_plaintext() {
+        let from = ("CORE_METER_NOTICES_SMTP_FROM", "billing@example.com");
+        for fine in [
+            "smtp://127.0.0.1:2525",
+            "smtp://localhost:25",
+            "smtps://mail.example.com:465",
+            "smtp://mail.example.com:587?tls=required",
+        ] {
+            let c = load(
+                None,
+                &[("CORE_METER_NOTICES_SMTP_RELAY", fine), from],
+                Flags::default(),
+            );
+            assert!(c.is_ok(), "{fine}: {:?}", c.err());
+        }
+        for plain in [
+            "smtp://mail.example.com:25",
+            "smtp://user:hunter2@10.0.0.9:25?tls=opportunistic",
+        ] {
+            let e = load(
+                None,
+                &[("CORE_METER_NOTICES_SMTP_RELAY", plain), from],
+                Flags::default(),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.starts_with("setting notices.smtp_relay") && e.contains("clear text"),
+                "{e}"
+            );
+            assert!(!e.contains("hunter2"), "{e}");
+            let c = load(
+                None,
+                &[
+                    ("CORE_METER_NOTICES_SMTP_RELAY", plain),
+                    from,
+                    ("CORE_METER_INSECURE_PLAINTEXT", "true"),
+                ],
+                Flags::default(),
+            );
+            assert!(c.is_ok(), "{plain}");
+        }
     }
 }

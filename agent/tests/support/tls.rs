@@ -69,6 +69,14 @@ impl Pki {
         let write = |name: &str, text: &str| {
             let path = dir.join(format!("{prefix}-{name}"));
             std::fs::write(&path, text).unwrap();
+            // Keys as a Secret's defaultMode 0400 leaves them: others may not read them.
+            let mode = if name.ends_with("key.pem") {
+                0o600
+            } else {
+                0o644
+            };
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+                .unwrap();
             path
         };
         Pki {
