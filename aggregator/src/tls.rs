@@ -167,7 +167,8 @@ pub async fn watch_files(
     }
 }
 
-/// With `tls_client_ca` set, `POST /v1/samples` takes only connections that
+/// With `tls_client_ca` set, the routes of the `cluster` role (`POST
+/// /v1/samples`) take only connections that
 /// presented a client certificate the CA signed (a certificate it did not
 /// sign never gets past the handshake). Other routes are for people and
 /// probes, and their tokens say who may call them.
@@ -180,7 +181,7 @@ pub async fn require_client_certificate_to_push(
         .extensions()
         .get::<Transport>()
         .is_some_and(|t| t.client_certificate);
-    if !certified && request.uri().path() == "/v1/samples" {
+    if !certified && is_cluster_route(&request) {
         metrics.client_certificate_refusals.inc();
         return crate::routes::ApiError::new(
             axum::http::StatusCode::UNAUTHORIZED,
@@ -191,6 +192,20 @@ pub async fn require_client_certificate_to_push(
         .into_response();
     }
     next.run(request).await
+}
+
+/// Whether the request was routed to a route whose role is `cluster`
+/// (`routes::ROUTES`), the only ones an agent calls.
+fn is_cluster_route(request: &axum::extract::Request) -> bool {
+    let Some(matched) = request.extensions().get::<axum::extract::MatchedPath>() else {
+        return false;
+    };
+    let method = request.method().as_str();
+    crate::routes::ROUTES.iter().any(|(m, path, role, _)| {
+        *role == crate::routes::Role::Cluster
+            && *path == matched.as_str()
+            && m.eq_ignore_ascii_case(method)
+    })
 }
 
 fn ok_label(ok: bool) -> crate::service_metrics::ResultLabels {
