@@ -230,7 +230,8 @@ pub fn transport(url: &str, insecure_plaintext: bool) -> anyhow::Result<Transpor
                 Ok(ip) => ip.is_loopback(),
                 Err(_) => {
                     let name = bare.trim_end_matches('.').to_ascii_lowercase();
-                    name == "localhost" || name.ends_with(".localhost")
+                    // Only the exact name: a resolver may send *.localhost to DNS.
+                    name == "localhost"
                 }
             };
             if loopback {

@@ -109,8 +109,13 @@ impl AdminToken {
         token_matches(presented, &*self.0.read().expect("admin token lock"))
     }
 
-    fn replace(&self, token: &str) {
-        *self.0.write().expect("admin token lock") = hash_token(token);
+    /// Makes `token` the admin token; whether it was not already.
+    fn replace(&self, token: &str) -> bool {
+        let hash = hash_token(token);
+        let mut current = self.0.write().expect("admin token lock");
+        let changed = !bool::from(current.ct_eq(&hash));
+        *current = hash;
+        changed
     }
 }
 
@@ -136,30 +141,40 @@ pub async fn watch_admin_token_file(
     poll: std::time::Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut seen = stamp(&path);
+    // The first look reads the file: it may have changed since start-up read it.
+    let mut seen = None;
+    let mut last_fault: Option<String> = None;
     loop {
         tokio::select! {
             () = tokio::time::sleep(poll) => {}
             _ = stop.changed() => return,
         }
         let now = stamp(&path);
-        if now == seen {
+        if now.is_some() && now == seen {
             continue;
         }
-        seen = now;
         let read = {
             let path = path.clone();
-            tokio::task::spawn_blocking(move || crate::config::read_admin_token_file(&path)).await
+            tokio::task::spawn_blocking(move || crate::config::read_admin_token_file(&path))
+                .await
+                .unwrap_or_else(|e| Err(anyhow::anyhow!("the reading task failed: {e}")))
         };
         match read {
-            Ok(Ok(new)) => {
-                token.replace(&new);
-                tracing::info!(file = %path.display(), "the admin token's file changed; the token it holds is now the admin token");
+            Ok(new) => {
+                seen = now;
+                last_fault = None;
+                if token.replace(&new) {
+                    tracing::info!(file = %path.display(), "the admin token's file changed; the token it holds is now the admin token");
+                }
             }
-            Ok(Err(e)) => {
-                tracing::error!(error = %format!("{e:#}"), "the admin token's file changed but cannot be used; the admin token stays as it was")
+            // Looked at again at the next poll; said once while it lasts.
+            Err(e) => {
+                let fault = format!("{e:#}");
+                if last_fault.as_ref() != Some(&fault) {
+                    tracing::error!(error = %fault, "the admin token's file changed but cannot be used; the admin token stays as it was");
+                    last_fault = Some(fault);
+                }
             }
-            Err(e) => tracing::error!(error = %e, "reading the admin token's file failed"),
         }
     }
 }

@@ -46,6 +46,9 @@ pub struct Config {
     /// PostgreSQL), allowed only when set: a TLS-terminating mesh or proxy,
     /// or a network the operator trusts; a warning at start says so.
     pub insecure_plaintext: bool,
+    /// The hops `insecure_plaintext` lets cross the network in clear text,
+    /// each named for the warning at start (empty without it).
+    pub plaintext_hops: Vec<String>,
 }
 
 /// Notice delivery: the notification webhook (every notice, every
@@ -486,6 +489,35 @@ impl Config {
                 named("database")
             );
         }
+        let host = |url: &str| {
+            reqwest::Url::parse(url)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_string))
+                .unwrap_or_default()
+        };
+        let mut plaintext_hops = Vec::new();
+        if tls.is_none() && !listen.ip().is_loopback() {
+            plaintext_hops.push(format!("listen: plain HTTP on {listen}"));
+        }
+        for (key, hook) in [
+            ("webhook.url", &webhook),
+            ("notices.webhook_url", &notices.webhook),
+        ] {
+            if let Some(h) = hook.as_ref().filter(|h| webhook_in_clear(&h.url)) {
+                plaintext_hops.push(format!("{key}: plain HTTP to {}", host(&h.url)));
+            }
+        }
+        if let Some(smtp) = notices.smtp.as_ref().filter(|m| smtp_in_clear(&m.relay)) {
+            plaintext_hops.push(format!(
+                "notices.smtp_relay: mail in clear text to {}",
+                host(&smtp.relay)
+            ));
+        }
+        if let Database::Postgres(url) = &database {
+            if !postgres_is_private(url) {
+                plaintext_hops.push("database: PostgreSQL without sslmode=require".to_string());
+            }
+        }
         Ok(Config {
             listen,
             database,
@@ -500,39 +532,29 @@ impl Config {
             notices,
             tls,
             insecure_plaintext,
+            plaintext_hops,
         })
     }
 }
 
 /// Whether a `postgres://` URL keeps its traffic off the network or
-/// encrypted: a loopback host, a Unix socket, or `sslmode=require`.
+/// encrypted, read as the driver reads it: `sslmode=require` (its last
+/// value), or every host (and `hostaddr`) a loopback address or a Unix
+/// socket. A URL the driver cannot read passes here and fails to connect,
+/// naming why.
 fn postgres_is_private(url: &str) -> bool {
-    let (base, query) = url.split_once('?').unwrap_or((url, ""));
-    if query.split('&').any(|p| p == "sslmode=require") {
+    use postgres::config::{Host, SslMode};
+    let (driver_url, _) = crate::store::db::driver_url(url);
+    let Ok(config) = driver_url.parse::<postgres::Config>() else {
+        return true;
+    };
+    if config.get_ssl_mode() == SslMode::Require {
         return true;
     }
-    if query.split('&').any(|p| p.starts_with("host=/")) {
-        return true;
-    }
-    let authority = base
-        .split_once("://")
-        .map_or(base, |(_, rest)| rest)
-        .split('/')
-        .next()
-        .unwrap_or("");
-    let hosts = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    // Several hosts (fail-over) are all loopback or it is the network.
-    !hosts.is_empty()
-        && hosts.split(',').all(|h| {
-            let host = match h.strip_prefix('[') {
-                Some(v6) => v6.split(']').next().unwrap_or(""),
-                None => h.split(':').next().unwrap_or(""),
-            };
-            host == "localhost"
-                || host
-                    .parse::<std::net::IpAddr>()
-                    .is_ok_and(|ip| ip.is_loopback())
-        })
+    config.get_hosts().iter().all(|h| match h {
+        Host::Unix(_) => true,
+        Host::Tcp(name) => is_loopback_host(name),
+    }) && config.get_hostaddrs().iter().all(|ip| ip.is_loopback())
 }
 
 /// The TLS files, when `tls_cert` and `tls_key` are set (both or neither);
@@ -658,6 +680,25 @@ fn notices(n: &FileNotices, insecure_plaintext: bool) -> anyhow::Result<NoticesC
 /// An SMTP relay URL lettre can use: `smtp://` or `smtps://`, a host, and
 /// nothing it would refuse at the first delivery. A message never quotes a
 /// password the URL holds.
+/// Whether mail to `relay` would cross the network unencrypted: neither
+/// `smtps://` nor STARTTLS required (the first `tls=`, as lettre reads it),
+/// to a host other than this machine.
+fn smtp_in_clear(relay: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(relay) else {
+        return false;
+    };
+    let starttls = url.query_pairs().find(|(k, _)| k == "tls").map(|(_, v)| v);
+    url.scheme() != "smtps"
+        && starttls.as_deref() != Some("required")
+        && !is_loopback_host(url.host_str().unwrap_or_default())
+}
+
+/// Whether a webhook URL is plain HTTP to a host other than this machine.
+fn webhook_in_clear(url: &str) -> bool {
+    reqwest::Url::parse(url)
+        .is_ok_and(|u| u.scheme() == "http" && !is_loopback_host(u.host_str().unwrap_or_default()))
+}
+
 /// A relay URL lettre takes; beyond this machine, one that encrypts
 /// (`smtps://`, or `smtp://…?tls=required` for STARTTLS) unless
 /// `insecure_plaintext`: notices name customers and amounts.
@@ -668,13 +709,9 @@ fn check_smtp_relay(relay: &str, insecure_plaintext: bool) -> anyhow::Result<()>
         "{}: {shown:?} is not an smtp:// or smtps:// URL",
         named("notices.smtp_relay")
     );
-    if let Ok(url) = reqwest::Url::parse(relay) {
-        let encrypted = url.scheme() == "smtps"
-            || url
-                .query_pairs()
-                .any(|(k, v)| k == "tls" && v == "required");
+    {
         anyhow::ensure!(
-            encrypted || is_loopback_host(url.host_str().unwrap_or_default()) || insecure_plaintext,
+            !smtp_in_clear(relay) || insecure_plaintext,
             "{}: {shown:?} sends mail in clear text to a host other than this machine; use \
              smtps://host:465 or smtp://host:587?tls=required, or turn on {} where the network is trusted",
             named("notices.smtp_relay"),
@@ -732,9 +769,8 @@ fn check_webhook_url(key: &str, url: &str, insecure_plaintext: bool) -> anyhow::
         .ok()
         .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
         .ok_or_else(|| anyhow!("{}: {url:?} is not an http(s) URL", named(key)))?;
-    let loopback = is_loopback_host(parsed.host_str().unwrap_or_default());
     anyhow::ensure!(
-        parsed.scheme() == "https" || loopback || insecure_plaintext,
+        !webhook_in_clear(parsed.as_str()) || insecure_plaintext,
         "{}: {url:?} is plain HTTP to a host other than this machine, so the requests could be \
          read and changed on the way; use https://, or turn on {} where the network is trusted",
         named(key),
@@ -1863,5 +1899,69 @@ mod tests {
             );
             assert!(c.is_ok(), "{plain}");
         }
+    }
+
+    #[test]
+    fn the_hops_insecure_plaintext_lets_through_are_named_for_a_warning_at_start() {
+        let c = load(
+            Some(
+                "listen = \"0.0.0.0:8080\"\ninsecure_plaintext = true\n\
+                 database = \"postgres://core:pw@db.internal/core?sslmode=require&sslmode=disable\"\n\
+                 [notices]\nsmtp_relay = \"smtp://relay.internal:587?tls=opportunistic&tls=required\"\n\
+                 smtp_from = \"billing@example.com\"\n",
+            ),
+            &[],
+            Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.plaintext_hops,
+            [
+                "listen: plain HTTP on 0.0.0.0:8080",
+                "notices.smtp_relay: mail in clear text to relay.internal",
+                "database: PostgreSQL without sslmode=require",
+            ]
+        );
+        // Read as the drivers read them, neither URL is encrypted: without the
+        // switch both are refused.
+        for (key, env) in [
+            (
+                "setting database",
+                (
+                    "CORE_METER_DATABASE",
+                    "postgres://core@db.internal/core?sslmode=require&sslmode=disable",
+                ),
+            ),
+            (
+                "setting database",
+                (
+                    "CORE_METER_DATABASE",
+                    "postgres://core@db.internal/core?host=/var/run/postgresql",
+                ),
+            ),
+        ] {
+            let e = load(None, &[env], Flags::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(key), "{e}");
+        }
+        let e = load(
+            None,
+            &[
+                (
+                    "CORE_METER_NOTICES_SMTP_RELAY",
+                    "smtp://relay.internal:587?tls=opportunistic&tls=required",
+                ),
+                ("CORE_METER_NOTICES_SMTP_FROM", "billing@example.com"),
+            ],
+            Flags::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("setting notices.smtp_relay"), "{e}");
+        assert!(load(None, &[], Flags::default())
+            .unwrap()
+            .plaintext_hops
+            .is_empty());
     }
 }

@@ -72,6 +72,7 @@ impl Sender {
     fn webhook(config: WebhookConfig) -> Option<Sender> {
         let client = reqwest::Client::builder()
             .timeout(config.timeout)
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("core-meter-aggregator/", env!("CARGO_PKG_VERSION")))
             .build();
         match client {
@@ -137,7 +138,11 @@ impl Sender {
                 match result {
                     Ok(r) if r.status().is_success() => Ok(()),
                     Ok(r) => Err(format!("the notification webhook answered {}", r.status())),
-                    Err(e) => Err(format!("cannot reach the notification webhook: {e}")),
+                    // Without the URL: the error is stored, and shown in the account's notices.
+                    Err(e) => Err(format!(
+                        "cannot reach the notification webhook: {}",
+                        e.without_url()
+                    )),
                 }
             }
             Sender::Email {

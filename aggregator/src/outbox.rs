@@ -22,8 +22,11 @@ pub async fn run(
     poll: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
+    // Never follow a redirect: a 307 would re-send the signed line to a
+    // URL no setting names, perhaps in clear text.
     let client = match reqwest::Client::builder()
         .timeout(webhook.timeout)
+        .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("core-meter-aggregator/", env!("CARGO_PKG_VERSION")))
         .build()
     {

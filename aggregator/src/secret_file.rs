@@ -7,13 +7,15 @@ use std::path::Path;
 
 use anyhow::anyhow;
 
-/// Refuses a secret file anyone on the machine may read (mode `o+r`); the
-/// check follows symbolic links, as a Kubernetes Secret's files are links.
-pub fn refuse_world_readable(setting: &str, path: &Path) -> anyhow::Result<()> {
+/// The bytes of a secret file, at most `max_bytes`: refused when anyone on
+/// the machine may read it (mode `o+r`). The mode is that of the file read,
+/// opened once (a Kubernetes Secret's files are links, swapped as a whole at
+/// an update: a check by path and a later read could see two files).
+pub fn read_private(setting: &str, path: &Path, max_bytes: u64) -> anyhow::Result<Vec<u8>> {
     use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path)
-        .map_err(|e| anyhow!("{setting}: cannot read {}: {e}", path.display()))?;
-    let mode = meta.permissions().mode();
+    let unreadable = |e: std::io::Error| anyhow!("{setting}: cannot read {}: {e}", path.display());
+    let file = std::fs::File::open(path).map_err(unreadable)?;
+    let mode = file.metadata().map_err(unreadable)?.permissions().mode();
     anyhow::ensure!(
         mode & 0o004 == 0,
         "{setting}: {} may be read by anyone (mode {:o}); it holds a secret: chmod o-r it \
@@ -21,23 +23,23 @@ pub fn refuse_world_readable(setting: &str, path: &Path) -> anyhow::Result<()> {
         path.display(),
         mode & 0o777
     );
-    Ok(())
+    let mut content = Vec::new();
+    file.take(max_bytes + 1)
+        .read_to_end(&mut content)
+        .map_err(unreadable)?;
+    anyhow::ensure!(
+        content.len() as u64 <= max_bytes,
+        "{setting}: {} is larger than {max_bytes} bytes; it must hold only the secret",
+        path.display()
+    );
+    Ok(content)
 }
 
 /// The secret a file holds, trimmed of surrounding whitespace: refused when
 /// world-readable, larger than `max_bytes`, not UTF-8 or empty. `setting`
 /// names where the path came from; no message quotes the content.
 pub fn read_secret(setting: &str, path: &Path, max_bytes: u64) -> anyhow::Result<String> {
-    refuse_world_readable(setting, path)?;
-    let mut content = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(max_bytes + 1).read_to_end(&mut content))
-        .map_err(|e| anyhow!("{setting}: cannot read {}: {e}", path.display()))?;
-    anyhow::ensure!(
-        content.len() as u64 <= max_bytes,
-        "{setting}: {} is larger than {max_bytes} bytes; it must hold only the secret",
-        path.display()
-    );
+    let content = read_private(setting, path, max_bytes)?;
     let content = String::from_utf8(content)
         .map_err(|_| anyhow!("{setting}: {} is not UTF-8 text", path.display()))?;
     let secret = content.trim();

@@ -203,10 +203,10 @@ impl Application {
             ),
             None => {
                 tracing::info!(listen = %listen, scheme = "http", database = %state.config.database, zone = state.config.billing.zone.name(), max_connections = limits.max_connections, "aggregator serving");
-                if !listen.ip().is_loopback() {
-                    tracing::warn!(listen = %listen, "serving plain HTTP beyond this machine (insecure_plaintext): cluster tokens and bills cross the network in clear text unless a TLS-terminating proxy or mesh stands in front");
-                }
             }
+        }
+        for hop in &state.config.plaintext_hops {
+            tracing::warn!(hop = %hop, "clear text beyond this machine (insecure_plaintext): tokens, bills or notices cross this hop unencrypted unless something in between encrypts them");
         }
         let app = router(state.clone());
         let app = match &tls {

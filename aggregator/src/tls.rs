@@ -215,10 +215,9 @@ fn ok_label(ok: bool) -> crate::service_metrics::ResultLabels {
 }
 
 fn read_files(files: &TlsFiles) -> anyhow::Result<Read3> {
-    crate::secret_file::refuse_world_readable("tls_key", &files.key)?;
     Ok(Read3 {
         cert: read_pem("tls_cert", &files.cert)?,
-        key: read_pem("tls_key", &files.key)?,
+        key: crate::secret_file::read_private("tls_key", &files.key, MAX_PEM_BYTES)?,
         client_ca: files
             .client_ca
             .as_deref()

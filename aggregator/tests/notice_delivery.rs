@@ -512,6 +512,51 @@ async fn an_address_the_relay_refuses_for_good_is_retried_with_the_refusal_recor
         .map(|m| m["rcpt_tos"].clone())
         .collect();
     assert_eq!(to, vec![json!([ANN])], "the good address got one email");
+    // The operators see the relay's answer; the customer's own view of its
+    // notices does not carry it.
+    let (_, admin_view) = app
+        .admin(
+            reqwest::Method::GET,
+            "/v1/admin/accounts/acme/notices",
+            None,
+        )
+        .await;
+    let refused_delivery = |view: &Value| {
+        view["notices"][0]["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["address"] == refused)
+            .cloned()
+            .unwrap()
+    };
+    assert!(refused_delivery(&admin_view)["last_error"]
+        .as_str()
+        .unwrap()
+        .contains("550"));
+    let (s, issued) = app
+        .admin(
+            reqwest::Method::POST,
+            "/v1/admin/accounts/acme/reader-tokens",
+            Some(json!({"name": "finance"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{issued}");
+    let (s, customer_view) = app
+        .call(
+            reqwest::Method::GET,
+            "/v1/accounts/acme/notices",
+            issued["token"].as_str(),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{customer_view}");
+    let delivery = refused_delivery(&customer_view);
+    assert_eq!(
+        delivery["attempts"],
+        refused_delivery(&admin_view)["attempts"]
+    );
+    assert!(delivery.get("last_error").is_none(), "{delivery}");
     app.stop().await;
 }
 

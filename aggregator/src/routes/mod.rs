@@ -247,7 +247,7 @@ fn handler(method: &str, path: &str) -> MethodRouter<State> {
         ("get", "/v1/accounts/{id}/reports/daily") => get(readers::daily_report),
         ("get", "/v1/accounts/{id}/bills") => get(readers::bills),
         // The admin route's own handler: it takes the account from the path.
-        ("get", "/v1/accounts/{id}/notices") => get(lifecycle::notices),
+        ("get", "/v1/accounts/{id}/notices") => get(readers::customer_notices),
         ("get", "/v1/accounts/{id}/export") => get(readers::export),
         ("get", "/healthz") => get(ops::healthz),
         ("get", "/readyz") => get(ops::readyz),

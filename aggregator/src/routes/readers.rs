@@ -35,6 +35,24 @@ pub async fn issue(
     Ok((StatusCode::CREATED, Json(issued)).into_response())
 }
 
+/// `GET /v1/accounts/{id}/notices`: the account's notices as the admin route
+/// lists them, less each delivery's `last_error`: the operators' detail of
+/// their own systems (the relay's or webhook's answer) is not the customer's.
+pub async fn customer_notices(
+    state: Extract<State>,
+    id: ApiPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(mut listed) = super::lifecycle::notices(state, id).await?;
+    for notice in listed["notices"].as_array_mut().into_iter().flatten() {
+        for delivery in notice["deliveries"].as_array_mut().into_iter().flatten() {
+            if let Some(d) = delivery.as_object_mut() {
+                d.remove("last_error");
+            }
+        }
+    }
+    Ok(Json(listed))
+}
+
 /// `GET /v1/admin/accounts/{id}/reader-tokens`: every token without its secret or hash.
 pub async fn list(
     Extract(state): Extract<State>,

@@ -531,16 +531,10 @@ fn connect_postgres(url: &str) -> Result<postgres::Client, DbError> {
     Ok(client)
 }
 
-/// The URL the driver reads and the TLS it speaks. TLS is rustls, and the
-/// server's certificate is always verified, against the PEM bundle of
-/// `sslrootcert=FILE` (libpq's name; taken out of the URL here, as the driver
-/// does not know it) or else the system's roots. `sslmode` is the driver's:
-/// `require` (TLS or nothing), `prefer` (the default: TLS when the server
-/// offers it) or `disable`. Sessions are named `core-meter`
-/// (`application_name`) unless the URL names them.
-pub fn postgres_tls(
-    url: &str,
-) -> Result<(String, tokio_postgres_rustls::MakeRustlsConnect), DbError> {
+/// The URL as the driver reads it (without `sslrootcert`, which it does not
+/// know, and with `application_name=core-meter` unless the URL names one),
+/// and the `sslrootcert` file, if any.
+pub fn driver_url(url: &str) -> (String, Option<String>) {
     let (base, query) = url.split_once('?').unwrap_or((url, ""));
     let mut kept = Vec::new();
     let mut root_file = None;
@@ -553,7 +547,20 @@ pub fn postgres_tls(
     if !kept.iter().any(|p| p.starts_with("application_name=")) {
         kept.push("application_name=core-meter");
     }
-    let url = format!("{base}?{}", kept.join("&"));
+    (format!("{base}?{}", kept.join("&")), root_file)
+}
+
+/// The URL the driver reads and the TLS it speaks. TLS is rustls, and the
+/// server's certificate is always verified, against the PEM bundle of
+/// `sslrootcert=FILE` (libpq's name; taken out of the URL here, as the driver
+/// does not know it) or else the system's roots. `sslmode` is the driver's:
+/// `require` (TLS or nothing), `prefer` (the default: TLS when the server
+/// offers it) or `disable`. Sessions are named `core-meter`
+/// (`application_name`) unless the URL names them.
+pub fn postgres_tls(
+    url: &str,
+) -> Result<(String, tokio_postgres_rustls::MakeRustlsConnect), DbError> {
+    let (url, root_file) = driver_url(url);
     let mut roots = rustls::RootCertStore::empty();
     match &root_file {
         Some(path) => {
