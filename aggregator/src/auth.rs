@@ -123,11 +123,12 @@ impl AdminToken {
 fn stamp(path: &std::path::Path) -> Option<(u64, u64, i64, i64)> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path).ok()?;
+    let nanos = |secs: i64, nsec: i64| secs.saturating_mul(1_000_000_000).saturating_add(nsec);
     Some((
         m.ino(),
         m.size(),
-        m.mtime_nsec() + m.mtime() * 1_000_000_000,
-        m.ctime(),
+        nanos(m.mtime(), m.mtime_nsec()),
+        nanos(m.ctime(), m.ctime_nsec()),
     ))
 }
 
