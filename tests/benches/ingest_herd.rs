@@ -33,6 +33,11 @@
 //! The server's CPU is reported beside the service's, since it shares the two
 //! cores too. The bare-rusqlite ceiling is SQLite's and is skipped there.
 //!
+//! With `-- --tls` (issue 11) the service serves HTTPS with a throwaway CA's
+//! certificate (rustls, as in production) and the herd pushes over it, each
+//! of the `--concurrency` connections paying one handshake: the row is
+//! labelled `HTTPS`, to set beside the same run without it.
+//!
 //! Only a missing acknowledged sample fails the run (exit 1); a missed
 //! performance target is reported as MISS with its gap.
 
@@ -95,6 +100,10 @@ struct Args {
     /// PostgreSQL with the test helpers' fsync=off, synchronous_commit=off instead of its durable defaults.
     #[arg(long)]
     pg_no_fsync: bool,
+    /// The service speaks HTTPS (a throwaway CA's certificate, rustls) and
+    /// the herd pushes over it: what TLS costs ingest.
+    #[arg(long)]
+    tls: bool,
     /// Use this aggregator binary instead of building target/release/aggregator.
     #[arg(long)]
     binary: Option<PathBuf>,
@@ -280,6 +289,101 @@ struct Server {
     child: Child,
     addr: SocketAddr,
     admin: String,
+    /// With `--tls`: the CA the service's certificate chains to.
+    tls: Option<Arc<Tls>>,
+}
+
+/// A throwaway CA and the service's certificate for 127.0.0.1, as PEM files.
+struct Tls {
+    ca_pem: String,
+    cert: PathBuf,
+    key: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tls {
+    fn new() -> Tls {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
+        let ca_key = KeyPair::generate().expect("a CA key");
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca.self_signed(&ca_key).expect("a CA");
+        let key = KeyPair::generate().expect("a key");
+        let mut leaf = CertificateParams::new(Vec::<String>::new()).expect("parameters");
+        leaf.subject_alt_names
+            .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+        let leaf = leaf.signed_by(&key, &ca, &ca_key).expect("a certificate");
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (cert, key_file) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        std::fs::write(&cert, leaf.pem()).expect("write the certificate");
+        std::fs::write(&key_file, key.serialize_pem()).expect("write the key");
+        std::fs::set_permissions(
+            &key_file,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .expect("the key private");
+        Tls {
+            ca_pem: ca.pem(),
+            cert,
+            key: key_file,
+            _dir: dir,
+        }
+    }
+
+    /// A client that trusts only this CA.
+    fn client(&self) -> reqwest::ClientBuilder {
+        reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).expect("the CA"),
+            )
+    }
+
+    /// One request over HTTPS, as `request` is over plain HTTP.
+    fn request(
+        &self,
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> Option<(u16, String)> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        runtime.block_on(async {
+            let client = self.client().build().ok()?;
+            let method = reqwest::Method::from_bytes(method.as_bytes()).ok()?;
+            let mut r = client.request(method, format!("https://{addr}{path}"));
+            if let Some(t) = token {
+                r = r.bearer_auth(t);
+            }
+            if let Some(b) = body {
+                r = r
+                    .header("content-type", "application/json")
+                    .body(b.to_string());
+            }
+            let answer = r.send().await.ok()?;
+            let status = answer.status().as_u16();
+            Some((status, answer.text().await.ok()?))
+        })
+    }
+}
+
+impl Server {
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> Option<(u16, String)> {
+        match &self.tls {
+            Some(tls) => tls.request(self.addr, method, path, token, body),
+            None => request(self.addr, method, path, token, body),
+        }
+    }
 }
 
 impl Drop for Server {
@@ -289,12 +393,21 @@ impl Drop for Server {
     }
 }
 
-fn start(binary: &Path, database: &std::ffi::OsStr) -> Server {
+fn start(binary: &Path, database: &std::ffi::OsStr, tls: Option<Arc<Tls>>) -> Server {
     let addr = free_addr();
     let admin = format!("bench-admin-{}", std::process::id());
-    let child = Command::new(binary)
+    let mut command = Command::new(binary);
+    command
         .args(["serve", "--listen", &addr.to_string(), "--database"])
-        .arg(database)
+        .arg(database);
+    if let Some(t) = &tls {
+        command
+            .arg("--tls-cert")
+            .arg(&t.cert)
+            .arg("--tls-key")
+            .arg(&t.key);
+    }
+    let child = command
         .env("CORE_METER_ADMIN_TOKEN", &admin)
         .env_remove("CORE_METER_WEBHOOK_URL")
         .env("RUST_LOG", "warn")
@@ -302,9 +415,14 @@ fn start(binary: &Path, database: &std::ffi::OsStr) -> Server {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start aggregator serve");
-    let mut server = Server { child, addr, admin };
+    let mut server = Server {
+        child,
+        addr,
+        admin,
+        tls,
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
-    while request(addr, "GET", "/readyz", None, None).map(|r| r.0) != Some(200) {
+    while server.request("GET", "/readyz", None, None).map(|r| r.0) != Some(200) {
         if let Ok(Some(status)) = server.child.try_wait() {
             panic!("aggregator serve exited at start: {status}");
         }
@@ -319,7 +437,8 @@ fn start(binary: &Path, database: &std::ffi::OsStr) -> Server {
 
 impl Server {
     fn admin(&self, path: &str, body: &str) -> serde_json::Value {
-        let (status, text) = request(self.addr, "POST", path, Some(&self.admin), Some(body))
+        let (status, text) = self
+            .request("POST", path, Some(&self.admin), Some(body))
             .expect("the service answers");
         assert_eq!(status, 201, "{path}: {text}");
         serde_json::from_str(&text).expect("JSON")
@@ -332,8 +451,9 @@ impl Server {
 
     /// The sum and count of `core_meter_ingest_commit_samples`.
     fn commit_sizes(&self) -> (f64, f64) {
-        let (status, text) =
-            request(self.addr, "GET", "/metrics", None, None).expect("the service answers");
+        let (status, text) = self
+            .request("GET", "/metrics", None, None)
+            .expect("the service answers");
         assert_eq!(status, 200, "{text}");
         let value = |name: &str| -> f64 {
             text.lines()
@@ -359,21 +479,31 @@ struct Load {
 }
 
 /// Pushes every sample, push i to `addrs[i % addrs.len()]` (round-robin over the replicas).
-fn push_all(addrs: &[SocketAddr], token: &str, pushes: Vec<Push>, args: &Args) -> Load {
+fn push_all(
+    addrs: &[SocketAddr],
+    token: &str,
+    pushes: Vec<Push>,
+    args: &Args,
+    tls: Option<&Tls>,
+) -> Load {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.client_threads.max(1))
         .enable_all()
         .build()
         .expect("a tokio runtime");
     runtime.block_on(async move {
-        let client = reqwest::Client::builder()
+        let client = tls
+            .map_or_else(reqwest::Client::builder, Tls::client)
             .pool_max_idle_per_host(args.concurrency)
             .timeout(Duration::from_secs(60))
             .build()
             .expect("an HTTP client");
         let urls: Arc<[String]> = addrs
             .iter()
-            .map(|addr| format!("http://{addr}/v1/samples"))
+            .map(|addr| {
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                format!("{scheme}://{addr}/v1/samples")
+            })
             .collect();
         let auth: Arc<str> = format!("Bearer {token}").into();
         let work = Arc::new(std::sync::Mutex::new(pushes.into_iter().enumerate()));
@@ -554,10 +684,16 @@ fn run(args: &Args, binary: &Path, nodes: u64) -> Measured {
         }
         None => (sqlite.clone().into_os_string(), "SQLite".to_string()),
     };
+    let label = if args.tls {
+        format!("{label}, HTTPS")
+    } else {
+        label
+    };
     // The first replica migrates the new database; the others find it migrated.
-    let mut servers = vec![start(binary, &database)];
+    let tls = args.tls.then(|| Arc::new(Tls::new()));
+    let mut servers = vec![start(binary, &database, tls.clone())];
     for _ in 1..args.replicas {
-        servers.push(start(binary, &database));
+        servers.push(start(binary, &database, tls.clone()));
     }
     servers[0].admin("/v1/admin/accounts", r#"{"id":"herd"}"#);
     let token = servers[0].admin("/v1/admin/accounts/herd/clusters", r#"{"name":"fleet"}"#)
@@ -569,7 +705,7 @@ fn run(args: &Args, binary: &Path, nodes: u64) -> Measured {
 
     let client_before = cpu_secs_of("/proc/self/stat");
     let db_before = postgres.as_ref().map(BenchPostgres::cpu_secs);
-    let mut load = push_all(&addrs, &token, work, args);
+    let mut load = push_all(&addrs, &token, work, args, tls.as_deref());
     let client_cpu_secs = cpu_secs_of("/proc/self/stat") - client_before;
     let db_cpu_secs = postgres
         .as_ref()
