@@ -298,6 +298,10 @@ fn server_config(files: &TlsFiles, read: &Read3) -> anyhow::Result<Arc<ServerCon
         )
     })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // Session tickets (stateless, keys rotated every 6 hours): an agent
+    // that comes back within them resumes instead of a full handshake.
+    config.ticketer = rustls::crypto::ring::Ticketer::new()
+        .map_err(|e| anyhow!("TLS session tickets: {e}"))?;
     Ok(Arc::new(config))
 }
 
@@ -343,6 +347,8 @@ mod tests {
         let tls = Tls::load(m.files.clone()).unwrap();
         assert!(!tls.requires_client_certificate());
         assert!(!tls.reload_if_changed().unwrap(), "nothing changed");
+        // Session tickets, so an agent's next push resumes.
+        assert!(tls.current.read().unwrap().ticketer.enabled());
     }
 
     #[test]
