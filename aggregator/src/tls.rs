@@ -300,8 +300,8 @@ fn server_config(files: &TlsFiles, read: &Read3) -> anyhow::Result<Arc<ServerCon
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     // Session tickets (stateless, keys rotated every 6 hours): an agent
     // that comes back within them resumes instead of a full handshake.
-    config.ticketer = rustls::crypto::ring::Ticketer::new()
-        .map_err(|e| anyhow!("TLS session tickets: {e}"))?;
+    config.ticketer =
+        rustls::crypto::ring::Ticketer::new().map_err(|e| anyhow!("TLS session tickets: {e}"))?;
     Ok(Arc::new(config))
 }
 
