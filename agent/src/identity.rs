@@ -106,9 +106,14 @@ const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
 /// The file's stamp, or why it cannot be used: missing, not a file, or
 /// readable by everyone on the node.
 fn check_file(path: &std::path::Path) -> anyhow::Result<Stamp> {
-    use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path)
         .map_err(|e| anyhow::anyhow!("cluster token file {}: {e}", path.display()))?;
+    checked(path, &meta)
+}
+
+/// The stamp of `meta` (of `path`), or why that file cannot be used.
+fn checked(path: &std::path::Path, meta: &std::fs::Metadata) -> anyhow::Result<Stamp> {
+    use std::os::unix::fs::MetadataExt;
     anyhow::ensure!(
         meta.is_file(),
         "cluster token file {}: not a file",
@@ -155,8 +160,23 @@ impl TokenFile {
         }
         self.cached = None;
         self.reads += 1;
-        let text = std::fs::read_to_string(&self.path)
-            .map_err(|e| anyhow::anyhow!("read cluster token {}: {e}", self.path.display()))?;
+        // Checked and read through one open: the kubelet swaps a Secret's
+        // files, and a check by path could pass a file the read never sees.
+        let unreadable =
+            |e: std::io::Error| anyhow::anyhow!("read cluster token {}: {e}", self.path.display());
+        let file = std::fs::File::open(&self.path).map_err(unreadable)?;
+        let opened = checked(&self.path, &file.metadata().map_err(unreadable)?)?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(
+            &mut std::io::Read::take(file, MAX_TOKEN_FILE_BYTES + 1),
+            &mut text,
+        )
+        .map_err(unreadable)?;
+        anyhow::ensure!(
+            text.len() as u64 <= MAX_TOKEN_FILE_BYTES,
+            "cluster token file {}: more than a token's {MAX_TOKEN_FILE_BYTES} bytes",
+            self.path.display()
+        );
         let token = Token::new(&text);
         anyhow::ensure!(
             !token.expose().is_empty(),
@@ -166,7 +186,7 @@ impl TokenFile {
         // Taken again after reading: a write under way while reading gives
         // another stamp, so that file is read once more at the next push.
         let after = check_file(&self.path)?;
-        if after == stamp {
+        if after == stamp && after == opened {
             self.cached = Some((stamp, token.clone()));
         }
         Ok(token)

@@ -100,19 +100,36 @@ impl ClientTls {
     }
 }
 
-fn read_pem(flag: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
+/// A PEM file's bytes, checked and read through one open. `private`: a key,
+/// refused when anyone on the node may read it.
+fn read_pem(flag: &str, path: &Path, private: bool) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
     let bad = |reason: String| anyhow::anyhow!("{flag} {}: {reason}", path.display());
-    let meta = std::fs::metadata(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    let file = std::fs::File::open(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| bad(format!("cannot read it: {e}")))?;
     if !meta.is_file() {
         return Err(bad("not a file".to_string()));
     }
-    if meta.len() > MAX_PEM_BYTES {
+    let mode = meta.permissions().mode();
+    if private && mode & 0o004 != 0 {
         return Err(bad(format!(
-            "{} bytes, more than the {MAX_PEM_BYTES} a PEM file may have",
-            meta.len()
+            "readable by everyone (mode {:o}); it holds a private key: run `chmod o-r {}`, or give the Secret's volume `defaultMode: 0400`",
+            mode & 0o7777,
+            path.display()
         )));
     }
-    let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_PEM_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| bad(format!("cannot read it: {e}")))?;
+    if bytes.len() as u64 > MAX_PEM_BYTES {
+        return Err(bad(format!(
+            "more than the {MAX_PEM_BYTES} bytes a PEM file may have"
+        )));
+    }
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(bad("the file is empty".to_string()));
     }
@@ -137,7 +154,7 @@ fn certificates(
 }
 
 fn load_ca(path: &Path) -> anyhow::Result<CaBundle> {
-    let pem = read_pem("--ca-file", path)?;
+    let pem = read_pem("--ca-file", path, false)?;
     let certs = certificates("--ca-file", path, &pem)?;
     // Each must be a certificate rustls can take as a root.
     let mut roots = rustls::RootCertStore::empty();
@@ -157,28 +174,10 @@ fn load_ca(path: &Path) -> anyhow::Result<CaBundle> {
     })
 }
 
-/// The client key is a secret: a file anyone on the node may read is refused
-/// (the check follows links, as a Secret's files are links).
-fn refuse_world_readable_key(path: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = std::fs::metadata(path) {
-        let mode = meta.permissions().mode();
-        anyhow::ensure!(
-            mode & 0o004 == 0,
-            "--client-key {}: readable by everyone (mode {:o}); it holds a private key: run `chmod o-r {}`, or give the Secret's volume `defaultMode: 0400`",
-            path.display(),
-            mode & 0o7777,
-            path.display()
-        );
-    }
-    Ok(())
-}
-
 fn load_identity(cert_path: &Path, key_path: &Path) -> anyhow::Result<ClientIdentity> {
-    let cert_pem = read_pem("--client-cert", cert_path)?;
+    let cert_pem = read_pem("--client-cert", cert_path, false)?;
     certificates("--client-cert", cert_path, &cert_pem)?;
-    refuse_world_readable_key(key_path)?;
-    let key_pem = read_pem("--client-key", key_path)?;
+    let key_pem = read_pem("--client-key", key_path, true)?;
     PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
         anyhow::anyhow!(
             "--client-key {}: no private key in it (expected a PEM block \"-----BEGIN PRIVATE KEY-----\", RSA or EC): {e}",

@@ -14,14 +14,7 @@ const A: &str = "acme";
 const B: &str = "rival";
 
 async fn spawn() -> (tempfile::TempDir, TestApp) {
-    let dir = tempfile::tempdir().unwrap();
-    let app = TestApp::spawn(
-        dir.path().join("db.sqlite"),
-        None,
-        local("2026-11-24T12:00:00"),
-    )
-    .await;
-    (dir, app)
+    TestApp::in_temp_dir(local("2026-11-24T12:00:00")).await
 }
 
 /// A call's status, its `WWW-Authenticate` header and its body.

@@ -12,14 +12,7 @@ fn supplied(seed: u8) -> String {
 }
 
 async fn spawn() -> (tempfile::TempDir, TestApp) {
-    let dir = tempfile::tempdir().unwrap();
-    let app = TestApp::spawn(
-        dir.path().join("db.sqlite"),
-        None,
-        local("2026-11-24T12:00:00"),
-    )
-    .await;
-    (dir, app)
+    TestApp::in_temp_dir(local("2026-11-24T12:00:00")).await
 }
 
 async fn create_account(app: &TestApp, id: &str) {

@@ -138,6 +138,14 @@ pub fn config(database: PathBuf, webhook: Option<String>) -> Config {
 }
 
 impl TestApp {
+    /// The service on a fresh database in a temporary directory of its own
+    /// (kept as long as the directory is), without a webhook.
+    pub async fn in_temp_dir(now: DateTime<Utc>) -> (tempfile::TempDir, TestApp) {
+        let dir = tempfile::tempdir().unwrap();
+        let app = TestApp::spawn(dir.path().join("db.sqlite"), None, now).await;
+        (dir, app)
+    }
+
     pub async fn spawn(database: PathBuf, webhook: Option<String>, now: DateTime<Utc>) -> TestApp {
         TestApp::spawn_with(config(database, webhook), now).await
     }
