@@ -25,14 +25,7 @@ async fn send(
     token: Option<&str>,
     body: Option<Value>,
 ) -> (u16, Option<String>, String) {
-    let mut r = app.client.request(method, app.url(path));
-    if let Some(t) = token {
-        r = r.bearer_auth(t);
-    }
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let resp = r.send().await.unwrap();
+    let resp = app.send(method, path, token, body).await;
     let status = resp.status().as_u16();
     let challenge = resp
         .headers()

@@ -7,7 +7,6 @@
 mod pki;
 mod support;
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,47 +18,31 @@ use chrono::{DateTime, Utc};
 use pki::{write_file, Ca, Issued};
 use serde_json::{json, Value};
 use shared::clock::ManualClock;
-use support::ADMIN;
+use support::{TestApp, ADMIN};
 
 fn now() -> DateTime<Utc> {
     support::local("2026-03-10T12:00:00")
 }
 
+/// The service (`support::TestApp`, on HTTPS as its settings say), with
+/// the calls these tests make through clients of their own.
 struct Served {
-    addr: SocketAddr,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
+    app: TestApp,
 }
 
 impl Served {
     async fn start(config: Config) -> Served {
-        let timing = Timing {
-            billing_poll: Duration::from_secs(3600),
-            outbox_poll: Duration::from_secs(3600),
-            file_poll: Duration::from_millis(50),
-        };
-        let app = Application::build(config, Arc::new(ManualClock::new(now())), timing)
-            .await
-            .unwrap();
-        let addr = app.local_addr();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            app.run(async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-        });
-        Served { addr, stop, task }
+        Served {
+            app: TestApp::spawn_with(config, now()).await,
+        }
     }
 
     fn url(&self, path: &str) -> String {
-        format!("https://{}{path}", self.addr)
+        self.app.url(path)
     }
 
     async fn stop(self) {
-        let _ = self.stop.send(());
-        self.task.await.unwrap();
+        self.app.stop().await;
     }
 
     /// Creates an account with a cluster over HTTPS; returns the cluster token.
@@ -182,7 +165,7 @@ async fn an_agent_pushes_over_https_to_a_certificate_its_ca_signed() {
 
     // Plain HTTP to the TLS port gets no answer, and is counted.
     let plain = reqwest::Client::new()
-        .get(format!("http://{}/healthz", service.addr))
+        .get(format!("http://{}/healthz", service.app.addr))
         .send()
         .await;
     assert!(plain.is_err() || plain.unwrap().status() != 200);

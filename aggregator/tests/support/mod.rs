@@ -34,6 +34,8 @@ pub struct TestApp {
     pub clock: Arc<ManualClock>,
     pub client: reqwest::Client,
     pub database: Database,
+    /// `https` when the configuration has TLS files, else `http`.
+    scheme: &'static str,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -166,6 +168,11 @@ impl TestApp {
     /// The service on a manual clock the test already holds.
     pub async fn spawn_on(config: Config, clock: Arc<ManualClock>) -> TestApp {
         let database = config.database.clone();
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let timing = Timing {
             billing_poll: Duration::from_millis(50),
             outbox_poll: Duration::from_millis(50),
@@ -188,6 +195,7 @@ impl TestApp {
             clock,
             client: reqwest::Client::new(),
             database,
+            scheme,
             stop: Some(stop),
             task: Some(task),
         }
@@ -204,7 +212,7 @@ impl TestApp {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        format!("{}://{}{path}", self.scheme, self.addr)
     }
 
     pub async fn admin(
@@ -216,13 +224,14 @@ impl TestApp {
         self.call(method, path, Some(ADMIN), body).await
     }
 
-    pub async fn call(
+    /// One request with the test's client: the bearer token and JSON body if given.
+    pub async fn send(
         &self,
         method: reqwest::Method,
         path: &str,
         token: Option<&str>,
         body: Option<Value>,
-    ) -> (u16, Value) {
+    ) -> reqwest::Response {
         let mut r = self.client.request(method, self.url(path));
         if let Some(t) = token {
             r = r.bearer_auth(t);
@@ -230,7 +239,17 @@ impl TestApp {
         if let Some(b) = body {
             r = r.json(&b);
         }
-        let resp = r.send().await.unwrap();
+        r.send().await.unwrap()
+    }
+
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let resp = self.send(method, path, token, body).await;
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap();
         (
