@@ -1,5 +1,6 @@
 //! Group commit: one writer thread takes every waiting ingest request and stores them in one transaction, so a herd of agents costs one fsync per group, not per request.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
@@ -9,7 +10,7 @@ use shared::sample::AgeLimits;
 use tokio::sync::oneshot;
 
 use crate::service_metrics::ServiceMetrics;
-use crate::store::{Incoming, Outcome, Store, Unwritable};
+use crate::store::{Connection, Incoming, Outcome, Unwritable};
 
 /// Requests waiting for the writer at most; beyond, ingest answers 503.
 const QUEUE_REQUESTS: usize = 1_024;
@@ -83,24 +84,52 @@ pub struct IngestQueue {
     tx: SyncSender<Job>,
     /// Set by the writer while commits fail for the disk's sake; readiness reads it.
     failing: Arc<Mutex<Option<WriteFailure>>>,
+    /// True while the writer thread runs; liveness reads it.
+    running: Arc<AtomicBool>,
+}
+
+/// Clears the writer's `running` flag however its thread ends.
+struct Running(Arc<AtomicBool>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
 }
 
 impl IngestQueue {
     /// Starts the writer thread. It stops once every `IngestQueue` clone is
     /// dropped and the queue is drained.
     pub fn start(
-        store: Arc<Mutex<Store>>,
+        store: Arc<Connection>,
         limits: AgeLimits,
         metrics: Arc<ServiceMetrics>,
     ) -> (IngestQueue, std::thread::JoinHandle<()>) {
         let (tx, rx) = mpsc::sync_channel(QUEUE_REQUESTS);
         let failing = Arc::new(Mutex::new(None));
         let health = failing.clone();
+        let running = Arc::new(AtomicBool::new(true));
+        let flag = Running(running.clone());
         let handle = std::thread::Builder::new()
             .name("ingest-writer".into())
-            .spawn(move || writer(rx, store, limits, metrics, health))
+            .spawn(move || {
+                let _running = flag;
+                writer(rx, store, limits, metrics, health)
+            })
             .expect("start the ingest writer");
-        (IngestQueue { tx, failing }, handle)
+        (
+            IngestQueue {
+                tx,
+                failing,
+                running,
+            },
+            handle,
+        )
+    }
+
+    /// Whether the writer thread still runs (it stops only at shutdown).
+    pub fn writer_running(&self) -> bool {
+        self.running.load(Ordering::SeqCst)
     }
 
     /// Why the last commit failed, if it did because of the disk; `None` once
@@ -143,7 +172,7 @@ impl IngestQueue {
 
 fn writer(
     rx: Receiver<Job>,
-    store: Arc<Mutex<Store>>,
+    store: Arc<Connection>,
     limits: AgeLimits,
     metrics: Arc<ServiceMetrics>,
     failing: Arc<Mutex<Option<WriteFailure>>>,
@@ -176,12 +205,9 @@ fn writer(
                 })
             })
             .collect();
-        // A handler that panicked while holding the connection must not stop
-        // ingest for good: its transaction was rolled back when it unwound.
-        let result = store
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .ingest(&incoming, &limits);
+        // A panic (here or in another holder of the connection) answers
+        // this group 500 and leaves the writer and the connection working.
+        let result = store.with(|s| s.ingest(&incoming, &limits));
         drop(incoming);
         match result {
             Ok(outcomes) => {
@@ -250,7 +276,7 @@ fn note_failure(failing: &Mutex<Option<WriteFailure>>, cause: Unwritable, error:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Durability;
+    use crate::store::{Durability, Store};
 
     fn batch(node: &str, seqs: std::ops::Range<i64>, at: DateTime<Utc>) -> Vec<OwnedSample> {
         seqs.map(|seq| OwnedSample {
@@ -263,10 +289,10 @@ mod tests {
         .collect()
     }
 
-    fn started(dir: &std::path::Path) -> (Arc<Mutex<Store>>, IngestQueue) {
+    fn started(dir: &std::path::Path) -> (Arc<Connection>, IngestQueue) {
         let mut store = Store::open(&dir.join("db.sqlite"), Durability::Durable).unwrap();
         store.create_account("acme", Utc::now()).unwrap();
-        let store = Arc::new(Mutex::new(store));
+        let store = Arc::new(Connection::single(store, "writer"));
         let metrics = Arc::new(ServiceMetrics::default());
         let (queue, _writer) = IngestQueue::start(store.clone(), AgeLimits::default(), metrics);
         (store, queue)
@@ -288,7 +314,15 @@ mod tests {
         let push = |seqs| {
             block_on(queue.submit("acme".into(), "c1".into(), now, batch("node-1", seqs, now)))
         };
-        store.lock().unwrap().cap_size_for_tests(true);
+        let cap = |capped| {
+            store
+                .with(|s| {
+                    s.cap_size_for_tests(capped);
+                    Ok(())
+                })
+                .unwrap()
+        };
+        cap(true);
         for attempt in 1..=2 {
             match push(1..501) {
                 Err(SubmitError::Store(f)) => {
@@ -306,7 +340,7 @@ mod tests {
             );
         }
 
-        store.lock().unwrap().cap_size_for_tests(false);
+        cap(false);
         let outcomes = push(1..501).expect("the writer is still there and commits");
         assert!(outcomes.iter().all(|o| *o == Outcome::Accepted));
         assert!(
@@ -319,16 +353,39 @@ mod tests {
     }
 
     #[test]
+    fn a_panic_while_the_writer_holds_the_connection_fails_that_group_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, queue) = started(dir.path());
+        let now = Utc::now();
+        let push = |node: &str| {
+            block_on(queue.submit("acme".into(), "c1".into(), now, batch(node, 1..3, now)))
+        };
+        store.panic_on_next_use();
+        match push("node-1") {
+            Err(SubmitError::Store(f)) => assert!(f.message.contains("panic"), "{f}"),
+            other => panic!("expected the group to fail, got {other:?}"),
+        }
+        assert!(queue.writer_running(), "the writer thread survives");
+        assert_eq!(
+            push("node-1").unwrap(),
+            vec![Outcome::Accepted, Outcome::Accepted],
+            "nothing of the failed group was stored"
+        );
+    }
+
+    #[test]
     fn a_handler_that_panicked_holding_the_connection_does_not_stop_ingest() {
         let dir = tempfile::tempdir().unwrap();
         let (store, queue) = started(dir.path());
         let held = store.clone();
-        let _ = std::thread::spawn(move || {
-            let _guard = held.lock().unwrap();
-            panic!("a handler fails while it holds the store");
+        let caught = std::thread::spawn(move || {
+            held.with(|_| -> Result<(), crate::store::StoreError> {
+                panic!("a handler fails while it holds the store")
+            })
         })
-        .join();
-        assert!(store.is_poisoned());
+        .join()
+        .expect("the panic is caught where the connection is held");
+        assert!(caught.is_err());
         let now = Utc::now();
         let outcomes =
             block_on(queue.submit("acme".into(), "c1".into(), now, batch("node-1", 1..3, now)))

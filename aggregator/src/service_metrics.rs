@@ -67,6 +67,14 @@ pub struct ServiceMetrics {
     pub tls_reloads: Family<ResultLabels, Counter>,
     pub tls_handshake_failures: Counter,
     pub client_certificate_refusals: Counter,
+    /// Panics caught, by where: `request` (a handler), or the store
+    /// connection held (`writer`, `reader`, `tokens`).
+    pub panics: Family<PlaceLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PlaceLabels {
+    pub place: String,
 }
 
 /// How an attempt ended: `ok` or `failed`.
@@ -108,6 +116,7 @@ impl Default for ServiceMetrics {
             tls_reloads: Family::default(),
             tls_handshake_failures: Counter::default(),
             client_certificate_refusals: Counter::default(),
+            panics: Family::default(),
         }
     }
 }
@@ -224,6 +233,11 @@ impl ServiceMetrics {
             "client_certificate_refusals",
             "Pushes refused because the connection presented no client certificate while tls_client_ca is set",
             self.client_certificate_refusals.clone(),
+        );
+        r.register(
+            "panics_caught",
+            "Panics caught and answered 500 while the service went on: in a request handler (place=request) or while holding a store connection (place=writer, reader, tokens); each is a bug to report",
+            self.panics.clone(),
         );
     }
 }

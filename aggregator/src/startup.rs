@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::ingest_writer::IngestQueue;
 use crate::routes::{router, AppState, State};
 use crate::service_metrics::ServiceMetrics;
-use crate::store::{Database, Durability, Store};
+use crate::store::{Connection, Database, Durability, Store};
 use crate::tls::{self, Tls};
 
 /// Connections served at once at most. Past it the service stops accepting
@@ -88,7 +88,13 @@ impl Application {
             .await
             .context("open the database")?
         };
-        let (store, reader, admin_token_hash, generated_admin_token) = opened?;
+        let (store, reader, tokens, admin_token_hash, generated_admin_token) = opened?;
+        let legacy = {
+            let reader = reader.clone();
+            tokio::task::spawn_blocking(move || reader.with(|s| s.names_outside_domain()))
+                .await
+                .context("read the names outside their domain")??
+        };
         let tls = config
             .tls
             .clone()
@@ -99,7 +105,6 @@ impl Application {
         let metrics = Arc::new(ServiceMetrics::default());
         let mut registry = Registry::default();
         metrics.register(&mut registry);
-        let store = Arc::new(Mutex::new(store));
         let (queue, writer) =
             IngestQueue::start(store.clone(), config.billing.limits, metrics.clone());
         let listener = tokio::net::TcpListener::bind(config.listen)
@@ -107,7 +112,8 @@ impl Application {
             .with_context(|| format!("listen on {}", config.listen))?;
         let state = Arc::new(AppState {
             store,
-            reader: Arc::new(Mutex::new(reader)),
+            reader,
+            tokens,
             queue,
             config,
             clock,
@@ -115,6 +121,8 @@ impl Application {
             registry: Arc::new(registry),
             admin_token: crate::auth::AdminToken::from_hash(admin_token_hash),
             outbox_wake: Arc::new(tokio::sync::Notify::new()),
+            faults: Arc::default(),
+            legacy_names: crate::routes::input::LegacyNames::new(legacy),
         });
         Ok(Application {
             listener,
@@ -124,6 +132,14 @@ impl Application {
             tls,
             generated_admin_token,
         })
+    }
+
+    /// The fault hooks of this service, for tests of panic containment.
+    pub fn fault_hooks(&self) -> FaultHooks {
+        FaultHooks {
+            faults: self.state.faults.clone(),
+            connections: self.state.connections().map(Arc::clone),
+        }
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -243,30 +259,82 @@ impl Application {
     }
 }
 
-/// The writing and reading stores, and the admin token's hash (with the
-/// token when this start generated it).
-type Opened = (Store, Store, [u8; 32], Option<String>);
+/// Makes the running service panic on purpose, where a bug would: in a
+/// request handler, or while a store connection is held. Only tests call it.
+#[derive(Clone)]
+pub struct FaultHooks {
+    faults: Arc<crate::routes::Faults>,
+    connections: [Arc<Connection>; 3],
+}
+
+impl FaultHooks {
+    /// The next request's handler panics.
+    pub fn panic_in_next_request(&self) {
+        self.faults
+            .panic_in_next_request
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The next use of the named connection (`writer`, `reader` or `tokens`)
+    /// panics while holding it.
+    pub fn panic_in_next_use_of(&self, connection: &str) {
+        self.connections
+            .iter()
+            .find(|c| c.name() == connection)
+            .unwrap_or_else(|| panic!("no store connection named {connection:?}"))
+            .panic_on_next_use();
+    }
+}
+
+/// The writing, reading and token connections, and the admin token's hash
+/// (with the token when this start generated it).
+type Opened = (
+    Arc<Connection>,
+    Arc<Connection>,
+    Arc<Connection>,
+    [u8; 32],
+    Option<String>,
+);
 
 fn open_stores(config: &Config, now: chrono::DateTime<chrono::Utc>) -> anyhow::Result<Opened> {
-    let mut store = Store::connect(&config.database, Durability::Durable)
-        .with_context(|| format!("open the database {}", config.database))?;
     // Notices (billing's licence_short, the lifecycle's) are issued through the writer.
-    store.set_notice_channels(config.notices.channels());
-    let reader = Store::connect(&config.database, Durability::Durable)
-        .context("open a reading connection")?;
+    let channels = config.notices.channels();
+    let open = move |database: &Database, writes: bool| {
+        let mut store = Store::connect(database, Durability::Durable)?;
+        if writes {
+            store.set_notice_channels(channels);
+        }
+        Ok(store)
+    };
+    let connection = |name: &'static str, writes: bool| -> anyhow::Result<Arc<Connection>> {
+        let store = open(&config.database, writes)
+            .with_context(|| format!("open the {name} connection to {}", config.database))?;
+        let database = config.database.clone();
+        Ok(Arc::new(Connection::new(store, name, move || {
+            open(&database, writes)
+        })))
+    };
+    let store = connection("writer", true)?;
+    let reader = connection("reader", false)?;
+    let tokens = connection("tokens", false)?;
     let (admin_token_hash, generated_admin_token) = match &config.admin_token {
         Some(t) => (hash_token(t.expose()), None),
         None => {
-            let generated = store.generate_admin_token(now)?;
-            let hash = store
-                .admin_token_hash()?
-                .context("the admin token hash was just stored")?;
+            let (generated, hash) =
+                store.with(|s| Ok((s.generate_admin_token(now)?, s.admin_token_hash()?)))?;
+            let hash = hash.context("the admin token hash was just stored")?;
             let hash = <[u8; 32]>::try_from(hash.as_slice())
                 .context("the stored admin token hash is not 32 bytes")?;
             (hash, generated)
         }
     };
-    Ok((store, reader, admin_token_hash, generated_admin_token))
+    Ok((
+        store,
+        reader,
+        tokens,
+        admin_token_hash,
+        generated_admin_token,
+    ))
 }
 
 /// How connections are spoken: TLS when set, plain HTTP otherwise.

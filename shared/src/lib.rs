@@ -8,6 +8,7 @@
 
 pub mod bill;
 pub mod clock;
+pub mod domain;
 pub mod lifecycle;
 pub mod money;
 pub mod overage;

@@ -4,6 +4,8 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::domain::{check_name, NameKind};
+
 /// The fewest cores a node can have.
 pub const CORES_MIN: u32 = 1;
 /// The most cores one node can have.
@@ -17,6 +19,9 @@ pub enum Rejection {
     UnknownAccount,
     InvalidCores,
     MissingIdentity,
+    /// The node name is outside its domain (`domain::check_name`: ASCII
+    /// letters, digits, `-`, `_`, `.`, at most 253 characters).
+    InvalidNode,
     /// `at` is missing or not an RFC 3339 instant with an offset.
     InvalidAt,
     InFuture,
@@ -38,6 +43,7 @@ impl Rejection {
             Rejection::UnknownAccount => "unknown_account",
             Rejection::InvalidCores => "invalid_cores",
             Rejection::MissingIdentity => "missing_identity",
+            Rejection::InvalidNode => "invalid_node",
             Rejection::InvalidAt => "invalid_at",
             Rejection::InFuture => "in_future",
             Rejection::TooOld => "too_old",
@@ -104,6 +110,9 @@ pub fn validate(
     let cores = s.cores.ok_or(Rejection::InvalidCores)?;
     if s.cluster.trim().is_empty() || s.node.trim().is_empty() {
         return Err(Rejection::MissingIdentity);
+    }
+    if check_name(NameKind::NodeName, s.node).is_err() {
+        return Err(Rejection::InvalidNode);
     }
     let at = s.at.ok_or(Rejection::InvalidAt)?;
     // Limits past the representable range simply never bind.
@@ -233,6 +242,36 @@ mod tests {
         assert_eq!(
             check(true, "c", "n", json!(1), "2026-11-24T12:00:00"),
             Err(Rejection::InvalidAt)
+        );
+    }
+
+    #[test]
+    fn a_node_name_outside_its_domain_is_refused_after_a_missing_one() {
+        let at = "2026-11-24T12:00:00Z";
+        let huge = "n".repeat(900_000);
+        for bad in [
+            "node 1",
+            "node\u{7}",
+            "\u{200B}",
+            "nоde", // Cyrillic о
+            ".",
+            "-node",
+            huge.as_str(),
+        ] {
+            assert_eq!(
+                check(true, "c", bad, json!(1), at),
+                Err(Rejection::InvalidNode),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            check(true, "c", "ip-10-0-0-1.ec2.internal", json!(1), at).map(|c| c.cores),
+            Ok(1)
+        );
+        assert_eq!(
+            check(true, "c", "bad node", json!(1), "yesterday"),
+            Err(Rejection::InvalidNode),
+            "the node is checked before the instant"
         );
     }
 

@@ -72,7 +72,7 @@ pub struct SampleResult {
 /// agent drops. A version that does not parse is taken as old.
 pub fn agent_reads(agent_version: Option<&str>, reason: Rejection) -> bool {
     let since = match reason {
-        Rejection::ServiceStopped | Rejection::Other => (0, 2),
+        Rejection::ServiceStopped | Rejection::InvalidNode | Rejection::Other => (0, 2),
         _ => return true,
     };
     let Some(v) = agent_version else {

@@ -7,13 +7,14 @@ use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::NaiveDate;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use shared::bill::BillLine;
+use shared::domain::NameKind;
 use shared::overage::{Licence, LICENCE_GRACE_DAYS};
-use shared::sample::parse_instant;
 
+use super::input::{self, clip_quoted, required_day};
 use super::{blocking, ApiError, State};
 use crate::billing::run_billing;
 use crate::service_metrics::KindLabels;
@@ -29,7 +30,7 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> 
         Path::<T>::from_request_parts(parts, state)
             .await
             .map(|Path(v)| ApiPath(v))
-            .map_err(|e| ApiError::bad_request("path", e.body_text()))
+            .map_err(|e| ApiError::bad_request("path", clip_quoted(&e.body_text())))
     }
 }
 
@@ -43,7 +44,7 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for Api
         Query::<T>::from_request_parts(parts, state)
             .await
             .map(|Query(v)| ApiQuery(v))
-            .map_err(|e| ApiError::bad_request("query", e.body_text()))
+            .map_err(|e| ApiError::bad_request("query", clip_quoted(&e.body_text())))
     }
 }
 
@@ -69,23 +70,8 @@ pub(super) fn body<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, ApiE
         let field = e.path().to_string();
         ApiError::bad_request(
             if field == "." { "" } else { &field },
-            format!("{}", e.inner()),
+            clip_quoted(&e.inner().to_string()),
         )
-    })
-}
-
-fn instant(field: &str, value: &str) -> Result<DateTime<Utc>, ApiError> {
-    parse_instant(value).ok_or_else(|| {
-        ApiError::bad_request(
-            field,
-            format!("{value:?} is not an RFC 3339 instant with an offset"),
-        )
-    })
-}
-
-pub(super) fn day(field: &str, value: &str) -> Result<NaiveDate, ApiError> {
-    value.parse().map_err(|_| {
-        ApiError::bad_request(field, format!("{value:?} is not a day such as 2026-11-24"))
     })
 }
 
@@ -105,6 +91,7 @@ pub async fn create_cluster(
 ) -> Result<Response, ApiError> {
     let raw = read(raw)?;
     let NewCluster { name, token } = body(&raw)?;
+    input::new_name("name", NameKind::ClusterName, &name)?;
     let now = state.clock.now();
     let cluster = name.clone();
     let token = blocking(&state.store, move |s| {
@@ -150,7 +137,7 @@ pub async fn rotate_token(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewLicence {
-    cores: u32,
+    cores: u64,
     start: String,
     end: String,
 }
@@ -162,7 +149,11 @@ pub async fn add_licence(
 ) -> Result<Response, ApiError> {
     let raw = read(raw)?;
     let l: NewLicence = body(&raw)?;
-    let (start, end) = (instant("start", &l.start)?, instant("end", &l.end)?);
+    let cores = input::cores("cores", l.cores)?;
+    let (start, end) = (
+        input::instant("start", &l.start)?,
+        input::instant("end", &l.end)?,
+    );
     if end < start {
         return Err(ApiError::unprocessable(
             "end",
@@ -173,7 +164,7 @@ pub async fn add_licence(
     // sections 5 and 8); the store keeps the period it counts.
     let counts_until = end + chrono::TimeDelta::days(LICENCE_GRACE_DAYS);
     let licence =
-        Licence::new(l.cores, start, counts_until).map_err(crate::store::StoreError::from)?;
+        Licence::new(cores, start, counts_until).map_err(crate::store::StoreError::from)?;
     let now = state.clock.now();
     let zone = state.config.billing.zone;
     blocking(&state.store, move |s| {
@@ -184,7 +175,7 @@ pub async fn add_licence(
     .await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"cores": l.cores, "start": start, "end": end, "counts_until": counts_until})),
+        Json(json!({"cores": cores, "start": start, "end": end, "counts_until": counts_until})),
     )
         .into_response())
 }
@@ -192,7 +183,7 @@ pub async fn add_licence(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewCap {
-    cores: u32,
+    cores: u64,
 }
 
 pub async fn set_cap(
@@ -202,6 +193,7 @@ pub async fn set_cap(
 ) -> Result<Json<Value>, ApiError> {
     let raw = read(raw)?;
     let NewCap { cores } = body(&raw)?;
+    let cores = input::cores("cores", cores)?;
     let now = state.clock.now();
     blocking(&state.store, move |s| s.set_cap(&id, cores, now, now)).await?;
     Ok(Json(json!({ "cores": cores, "from": now })))
@@ -210,14 +202,6 @@ pub async fn set_cap(
 #[derive(Deserialize)]
 pub struct DayQuery {
     pub(super) day: Option<String>,
-}
-
-/// The required `day=` of a query.
-pub(super) fn required_day(value: Option<&str>) -> Result<NaiveDate, ApiError> {
-    day(
-        "day",
-        value.ok_or_else(|| ApiError::bad_request("day", "day=YYYY-MM-DD is required"))?,
-    )
 }
 
 pub async fn audit_samples(
@@ -325,6 +309,9 @@ pub async fn bills(
     ApiQuery(q): ApiQuery<BillsQuery>,
 ) -> Result<Response, ApiError> {
     let account = q.account.filter(|a| !a.is_empty());
+    if let Some(a) = &account {
+        input::existing_name(&state, "account", NameKind::AccountId, a)?;
+    }
     bills_response(&state, account, q.day, q.format).await
 }
 
@@ -340,7 +327,7 @@ pub(super) async fn bills_response(
     let d = day_param
         .as_deref()
         .filter(|d| !d.is_empty())
-        .map(|d| day("day", d))
+        .map(|d| input::day("day", d))
         .transpose()?;
     let lines = blocking(&state.reader, move |s| s.bill_lines(account.as_deref(), d)).await?;
     match format.as_deref().unwrap_or("json") {
@@ -438,7 +425,8 @@ pub async fn daily_report(
     let account = q
         .account
         .filter(|a| !a.is_empty())
-        .ok_or_else(|| ApiError::bad_request("account", "account= is required"))?;
+        .ok_or_else(|| ApiError::unprocessable("account", "account= is required"))?;
+    input::existing_name(&state, "account", NameKind::AccountId, &account)?;
     report_response(&state, account, d, q.format).await
 }
 

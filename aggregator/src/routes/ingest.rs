@@ -1,7 +1,5 @@
 //! `POST /v1/samples`: an agent's batch, authenticated by its cluster token; answered once the accepted samples are committed.
 
-use std::sync::TryLockError;
-
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request, State as Extract};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -62,16 +60,17 @@ fn declares_too_much(headers: &HeaderMap) -> bool {
 /// (a long admin read), the look-up waits in the blocking pool as before.
 async fn identify(state: &State, token: &str) -> Result<Option<ClusterIdentity>, ApiError> {
     // SQLite answers from its page cache in microseconds, so the look-up runs
-    // inline when the reader is free; PostgreSQL's client blocks on the network.
-    let inline = match state.reader.try_lock() {
-        Ok(reader) if reader.dialect() == Dialect::Sqlite => Some(reader.cluster_for_token(token)),
-        Ok(_) | Err(TryLockError::WouldBlock | TryLockError::Poisoned(_)) => None,
+    // inline when the connection is free; PostgreSQL's client blocks on the network.
+    let inline = if state.tokens.dialect() == Dialect::Sqlite {
+        state.tokens.try_with(|s| s.cluster_for_token(token))
+    } else {
+        None
     };
     match inline {
         Some(found) => Ok(found?),
         None => {
             let token = token.to_string();
-            blocking(&state.reader, move |s| s.cluster_for_token(&token)).await
+            blocking(&state.tokens, move |s| s.cluster_for_token(&token)).await
         }
     }
 }

@@ -8,12 +8,13 @@ use axum::extract::State as Extract;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use shared::domain::NameKind;
 use shared::lifecycle::Role;
 
 use super::admin::{body, read, ApiPath};
+use super::input;
 use super::{blocking, ApiError, State};
 use crate::store::{NewContact, NewOrder, StoreError};
 
@@ -36,6 +37,10 @@ pub async fn create_account(
 ) -> Result<Response, ApiError> {
     let raw = read(raw)?;
     let NewAccount { id, parent } = body(&raw)?;
+    input::new_name("id", NameKind::AccountId, &id)?;
+    if let Some(p) = &parent {
+        input::existing_name(&state, "parent", NameKind::AccountId, p)?;
+    }
     let now = state.clock.now();
     let (created, main) = (id.clone(), parent.clone());
     blocking(&state.store, move |s| match main {
@@ -109,6 +114,7 @@ pub async fn add_contact(
 ) -> Result<Response, ApiError> {
     let raw = read(raw)?;
     let c: ContactBody = body(&raw)?;
+    input::text("name", &c.name, input::TEXT_MAX_CHARS)?;
     let role: Role = c
         .role
         .parse()
@@ -151,7 +157,7 @@ struct EmptyObject {}
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct OrderBody {
-    cores: u32,
+    cores: u64,
     months: Option<u32>,
     years: Option<u32>,
     start: Option<String>,
@@ -168,14 +174,15 @@ pub async fn place_order(
 ) -> Result<Response, ApiError> {
     let raw = read(raw)?;
     let o: OrderBody = body(&raw)?;
+    let cores = input::cores("cores", o.cores)?;
     let months = term(o.months, o.years, None)?;
     let start = o
         .start
         .as_deref()
-        .map(|d| super::admin::day("start", d))
+        .map(|d| input::day("start", d))
         .transpose()?;
     let order = NewOrder {
-        cores: o.cores,
+        cores,
         months,
         start,
         auto_renew: o.auto_renew,
@@ -284,12 +291,8 @@ pub async fn credit(
 ) -> Result<Response, ApiError> {
     let raw = read(raw)?;
     let c: CreditBody = body(&raw)?;
-    let amount: Decimal = c.amount.parse().map_err(|_| {
-        ApiError::unprocessable(
-            "amount",
-            format!("{:?} is not a decimal amount such as \"100.00\"", c.amount),
-        )
-    })?;
+    let amount = input::money("amount", &c.amount)?;
+    input::text("reference", &c.reference, input::TEXT_MAX_CHARS)?;
     let now = state.clock.now();
     let (balance, credited) = blocking(&state.store, move |s| {
         s.credit_balance(&id, amount, &c.reference, now)

@@ -3,6 +3,7 @@
 mod admin;
 mod authz;
 mod ingest;
+pub mod input;
 mod lifecycle;
 mod ops;
 mod readers;
@@ -11,7 +12,7 @@ pub use admin::{bills_csv, run_billing_now as admin_run_billing, run_lifecycle_n
 pub use authz::{classify, decide, Caller, Role};
 pub use ops::openapi_document;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -25,14 +26,17 @@ use shared::wire::{ErrorBody, ErrorDetail};
 use crate::config::Config;
 use crate::ingest_writer::{IngestQueue, SubmitError};
 use crate::service_metrics::ServiceMetrics;
-use crate::store::{Store, StoreError, Unwritable};
+use crate::store::{Connection, Store, StoreError, Unwritable};
 
 /// What every handler can reach.
 pub struct AppState {
     /// The connection that writes (admin changes, billing); ingest writes through `queue`.
-    pub store: Arc<Mutex<Store>>,
-    /// A second connection for reads (token look-ups, audit, bills), so reads never wait on a commit.
-    pub reader: Arc<Mutex<Store>>,
+    pub store: Arc<Connection>,
+    /// A second connection for reads (audit, bills, reports, exports), so reads never wait on a commit.
+    pub reader: Arc<Connection>,
+    /// A third for token look-ups and readiness alone: a long report on the
+    /// reader never holds up an agent's push or a probe.
+    pub tokens: Arc<Connection>,
     pub queue: IngestQueue,
     pub config: Config,
     pub clock: Arc<dyn Clock>,
@@ -42,6 +46,24 @@ pub struct AppState {
     pub admin_token: crate::auth::AdminToken,
     /// Wakes the outbox worker when lines were issued.
     pub outbox_wake: Arc<tokio::sync::Notify>,
+    pub faults: Arc<Faults>,
+    /// Names stored before their domain was written, still reachable.
+    pub legacy_names: input::LegacyNames,
+}
+
+impl AppState {
+    /// The store connections, for liveness and the panic metrics.
+    pub fn connections(&self) -> [&Arc<Connection>; 3] {
+        [&self.store, &self.reader, &self.tokens]
+    }
+}
+
+/// The fault hook behind the tests of panic containment: a handler panics
+/// on purpose. Nothing in the service sets it (`startup::FaultHooks` does,
+/// for tests).
+#[derive(Debug, Default)]
+pub struct Faults {
+    pub panic_in_next_request: std::sync::atomic::AtomicBool,
 }
 
 pub type State = Arc<AppState>;
@@ -265,6 +287,12 @@ pub fn router(state: State) -> Router {
     let mut routes = Router::new();
     for (method, path, role, _) in ROUTES {
         let mut route = handler(method, path);
+        if path.contains('{') {
+            route = route.route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                input::check_path,
+            ));
+        }
         if matches!(role, Role::Admin | Role::Reader) {
             route = route.route_layer(axum::middleware::from_fn_with_state(
                 authz::Gate {
@@ -276,8 +304,33 @@ pub fn router(state: State) -> Router {
         }
         routes = routes.route(path, route);
     }
+    let metrics = state.metrics.clone();
     routes
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(axum::middleware::from_fn_with_state(
+            state.faults.clone(),
+            ops::fault_hook,
+        ))
+        // A panicking handler answers 500 in the API's format; the service,
+        // its connections and the next request are unharmed.
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            move |payload: Box<dyn std::any::Any + Send>| {
+                let message = crate::store::panic_message(payload.as_ref());
+                metrics
+                    .panics
+                    .get_or_create(&crate::service_metrics::PlaceLabels {
+                        place: "request".into(),
+                    })
+                    .inc();
+                tracing::error!(panic = %message, "a request handler panicked; answered 500 and the service goes on");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error; see the service log",
+                )
+                .into_response()
+            },
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             ops::observe,
@@ -445,7 +498,9 @@ impl From<StoreError> for ApiError {
             E::DataDeleted { .. } => {
                 ApiError::new(StatusCode::GONE, "data_deleted", e.to_string()).field("day")
             }
-            E::TooNew { .. } | E::Corrupt(_) | E::Database(_) => ApiError::internal(e),
+            E::TooNew { .. } | E::Corrupt(_) | E::Database(_) | E::Panicked { .. } => {
+                ApiError::internal(e)
+            }
         }
     }
 }
@@ -467,13 +522,15 @@ impl From<SubmitError> for ApiError {
     }
 }
 
-/// Runs `f` on a store connection off the async threads.
+/// Runs `f` on a store connection off the async threads. A panic inside it
+/// is caught by the connection (`Connection::with`): the caller gets a 500,
+/// the connection goes on serving.
 pub async fn blocking<T: Send + 'static>(
-    store: &Arc<Mutex<Store>>,
+    connection: &Arc<Connection>,
     f: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let store = store.clone();
-    tokio::task::spawn_blocking(move || f(&mut store.lock().expect("store lock")))
+    let connection = connection.clone();
+    tokio::task::spawn_blocking(move || connection.with(f))
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::from)

@@ -12,11 +12,46 @@ use axum::Json;
 use serde_json::{json, Map, Value};
 
 use super::{blocking, ApiError, Role, State, ROUTES};
-use crate::service_metrics::RouteLabels;
+use crate::service_metrics::{PlaceLabels, RouteLabels};
 use crate::store::Database;
 
-pub async fn healthz() -> &'static str {
-    "ok\n"
+/// Alive unless something only a restart mends has happened: the ingest
+/// writer thread is gone, or a store connection a panic left unusable could
+/// not be opened again. A full disk or an unreachable database is not such a
+/// thing (readiness says those), so the kubelet does not restart for them.
+pub async fn healthz(Extract(state): Extract<State>) -> Result<&'static str, ApiError> {
+    let dead = |what: String| {
+        Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_alive",
+            format!("{what}; restart the service"),
+        ))
+    };
+    if !state.queue.writer_running() {
+        return dead("the ingest writer has stopped".into());
+    }
+    if let Some(c) = state.connections().into_iter().find(|c| c.is_broken()) {
+        return dead(format!(
+            "the {} store connection is broken (a panic left it unusable and it could not be opened again)",
+            c.name()
+        ));
+    }
+    Ok("ok\n")
+}
+
+/// The fault hook (`Faults`): panics in the handler's place when set.
+pub async fn fault_hook(
+    Extract(faults): Extract<std::sync::Arc<super::Faults>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if faults
+        .panic_in_next_request
+        .swap(false, std::sync::atomic::Ordering::SeqCst)
+    {
+        panic!("fault hook: a panic in a request handler");
+    }
+    next.run(request).await
 }
 
 /// Room a write probe asks of the database's file system: more than a commit
@@ -33,7 +68,7 @@ const PROBE_BYTES: usize = 256 * 1024;
 /// while the writer reports the disk failing, each call probes the file
 /// system by writing and syncing `PROBE_BYTES` next to the database.
 pub async fn readyz(Extract(state): Extract<State>) -> Result<&'static str, ApiError> {
-    blocking(&state.reader, |s| s.schema_version())
+    blocking(&state.tokens, |s| s.schema_version())
         .await
         .map_err(|_| {
             ApiError::new(
@@ -86,6 +121,13 @@ fn probe_room(database: &Path) -> std::io::Result<()> {
 }
 
 pub async fn metrics(Extract(state): Extract<State>) -> Response {
+    // Connections count the panics they caught; the metric catches up here.
+    for c in state.connections() {
+        let counter = state.metrics.panics.get_or_create(&PlaceLabels {
+            place: c.name().to_string(),
+        });
+        counter.inc_by(c.panics().saturating_sub(counter.get()));
+    }
     if let Ok(status) = blocking(&state.reader, |s| s.outbox_status()).await {
         state
             .metrics

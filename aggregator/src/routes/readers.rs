@@ -9,9 +9,8 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::admin::{
-    bills_response, body, read, report_response, required_day, ApiPath, ApiQuery, DayQuery,
-};
+use super::admin::{bills_response, body, read, report_response, ApiPath, ApiQuery, DayQuery};
+use super::input::{self, required_day};
 use super::{blocking, ApiError, State};
 
 #[derive(Deserialize)]
@@ -29,6 +28,7 @@ pub async fn issue(
 ) -> Result<Response, ApiError> {
     let raw = read(raw)?;
     let NewReaderToken { name } = body(&raw)?;
+    input::text("name", &name, crate::store::READER_NAME_MAX_CHARS)?;
     let now = state.clock.now();
     let issued = blocking(&state.store, move |s| s.issue_reader_token(&id, &name, now)).await?;
     tracing::info!(token_id = issued.id, "reader token issued");

@@ -2,6 +2,7 @@
 
 use super::db::OptionalExtension;
 use chrono::{DateTime, Utc};
+use shared::domain::{check_name, NameKind};
 use shared::overage::{check_cap, CapChange, Licence};
 
 use super::db::Conn;
@@ -22,16 +23,14 @@ pub struct Account {
 }
 
 /// Account ids appear in URLs, CSV and idempotency keys (`account/day/seq`):
-/// 1 to 128 characters, no control characters, no `/`.
-fn valid_account_id(id: &str) -> bool {
-    (1..=128).contains(&id.chars().count()) && !id.chars().any(|c| c.is_control() || c == '/')
+/// their domain is `shared::domain::check_name`'s.
+pub(super) fn check_account_id(id: &str) -> Result<(), StoreError> {
+    check_name(NameKind::AccountId, id).map_err(|e| StoreError::InvalidAccountId(e.to_string()))
 }
 
 impl Store {
     pub fn create_account(&mut self, id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
-        if !valid_account_id(id) {
-            return Err(StoreError::InvalidAccountId(id.to_string()));
-        }
+        check_account_id(id)?;
         let inserted = self.conn.execute(
             "INSERT INTO accounts (id, created_at_ms) VALUES (?1, ?2) ON CONFLICT (id) DO NOTHING",
             (id, now.timestamp_millis()),

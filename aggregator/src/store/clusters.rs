@@ -2,6 +2,7 @@
 
 use super::db::{DbError, OptionalExtension};
 use chrono::{DateTime, Utc};
+use shared::domain::{check_name, NameKind};
 use subtle::ConstantTimeEq;
 
 use super::{Store, StoreError};
@@ -15,11 +16,6 @@ const CLUSTER_TOKEN_PREFIX: &str = "cmc";
 pub struct ClusterIdentity {
     pub account: String,
     pub cluster: String,
-}
-
-/// Cluster names appear in URLs and reports: 1 to 128 characters, no `/`, no control characters.
-fn valid_name(name: &str) -> bool {
-    (1..=128).contains(&name.chars().count()) && !name.chars().any(|c| c.is_control() || c == '/')
 }
 
 /// The token a cluster gets: the one supplied, if it has the generated form,
@@ -57,9 +53,9 @@ impl Store {
         token: Option<String>,
         now: DateTime<Utc>,
     ) -> Result<String, StoreError> {
-        if !valid_name(name) {
-            return Err(StoreError::InvalidName(name.to_string()));
-        }
+        // Cluster names appear in URLs, reports and CSV cells.
+        check_name(NameKind::ClusterName, name)
+            .map_err(|e| StoreError::InvalidName(e.to_string()))?;
         let token = token_or_new(token)?;
         let account_ref = self.require_account(account)?;
         let inserted = self

@@ -288,6 +288,12 @@ const TABLES: &[Table] = &[
         order_by: "id",
         identity: Some("id"),
     },
+    Table {
+        name: "names_outside_domain",
+        columns: &["kind", "name"],
+        order_by: "kind, name",
+        identity: None,
+    },
 ];
 
 /// Rows written by one multi-row INSERT (below both databases' parameter limits).

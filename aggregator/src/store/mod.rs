@@ -5,9 +5,11 @@
 mod accounts;
 mod bills;
 mod clusters;
+mod connection;
 mod copy;
 pub mod db;
 mod lifecycle;
+mod names;
 mod notice_outbox;
 mod notices;
 mod outbox;
@@ -28,6 +30,7 @@ use db::{Conn, DbError, Dialect, OptionalExtension};
 
 pub use accounts::Account;
 pub use clusters::ClusterIdentity;
+pub use connection::{panic_message, Connection};
 pub use copy::{CopyError, CopyReport};
 pub use lifecycle::{BalanceEntry, Contact, NewContact, NewOrder, Order, StateChange, StepOutcome};
 pub use notice_outbox::{DueNotice, NoticeChannel, NOTICE_ERROR_MAX_CHARS};
@@ -53,7 +56,8 @@ pub enum StoreError {
     UnknownReaderToken(String, i64),
     #[error("account {0:?} has no order {1}")]
     UnknownOrder(String, i64),
-    #[error("name must be 1 to 128 characters without '/' or control characters, got {0:?}")]
+    /// A cluster name outside its domain (`shared::domain::check_name`).
+    #[error("{0}")]
     InvalidName(String),
     /// A supplied cluster token not in the generated form; the reason never quotes it.
     #[error("token must be cmc_ followed by 64 lowercase hex characters; {0}")]
@@ -65,9 +69,8 @@ pub enum StoreError {
     /// A rotation to the token the cluster already has, which would not stop it.
     #[error("token is already this cluster's token; a rotation needs a different one")]
     TokenUnchanged,
-    #[error(
-        "account id must be 1 to 128 characters of letters, digits, '-', '_' or '.', got {0:?}"
-    )]
+    /// An account id outside its domain (`shared::domain::check_name`).
+    #[error("{0}")]
     InvalidAccountId(String),
     #[error(transparent)]
     Rule(#[from] shared::overage::RuleError),
@@ -102,6 +105,13 @@ pub enum StoreError {
     DataDeleted {
         account: String,
         before: DateTime<Utc>,
+    },
+    /// A panic while this request held a connection; its transaction was
+    /// rolled back and the connection goes on serving.
+    #[error("a panic while holding the {connection} connection: {message}")]
+    Panicked {
+        connection: &'static str,
+        message: String,
     },
     /// Something stored that this build cannot read back.
     #[error("stored data cannot be read: {0}")]
@@ -329,6 +339,9 @@ impl Store {
             }
             Dialect::Postgres => schema_postgres::migrate(&tx, applied)?,
         }
+        if applied < schema::NAMES_REPORTED_AT {
+            names::report_names_outside_domain(&tx)?;
+        }
         tx.commit()?;
         Ok(())
     }
@@ -391,6 +404,19 @@ impl Store {
             .expect("a SQLite store")
             .query_row(&format!("PRAGMA max_page_count = {pages}"), (), |_| Ok(()))
             .unwrap();
+    }
+
+    /// Puts the connection back in order after a panic while it was held:
+    /// the open transaction (if any) rolled back, the caches forgotten (they
+    /// may name rows the rollback removed).
+    pub(crate) fn after_panic(&mut self) {
+        if !self.conn.is_autocommit() {
+            if let Err(e) = self.conn.rollback() {
+                tracing::error!(error = %e, "rolling back after a panic failed");
+            }
+        }
+        self.account_refs.clear();
+        self.node_ids.clear();
     }
 
     fn account_ref(&mut self, id: &str) -> Result<Option<i64>, StoreError> {

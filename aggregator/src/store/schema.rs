@@ -303,4 +303,17 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX reader_tokens_by_account ON reader_tokens(account_ref);
     "#,
+    // 8: names stored before their domain was written (account ids, cluster
+    // and node names outside shared::domain::check_name), found and recorded
+    // by the migration itself (store/names.rs); they are kept and reachable.
+    r#"
+    CREATE TABLE names_outside_domain (
+        kind   TEXT NOT NULL,
+        name   TEXT NOT NULL,
+        PRIMARY KEY (kind, name)
+    ) WITHOUT ROWID;
+    "#,
 ];
+
+/// The version whose migration records the names outside their domain.
+pub const NAMES_REPORTED_AT: usize = MIGRATIONS.len();

@@ -8,10 +8,11 @@
 use super::db::{Conn, DbError};
 
 /// The schema version this build knows (SQLite's count of migrations).
-pub const KNOWN: usize = 6;
+pub const KNOWN: usize = 7;
 
 /// Every migration as (the version it brings the database to, its SQL).
-const MIGRATIONS: &[(usize, &str)] = &[(5, BASELINE), (6, READER_TOKENS)];
+const MIGRATIONS: &[(usize, &str)] =
+    &[(5, BASELINE), (6, READER_TOKENS), (7, NAMES_OUTSIDE_DOMAIN)];
 
 /// The version the database is at (0 for an empty one).
 pub fn applied(conn: &Conn) -> Result<usize, DbError> {
@@ -283,6 +284,15 @@ CREATE TABLE reader_tokens (
     revoked_at_ms  BIGINT
 );
 CREATE INDEX reader_tokens_by_account ON reader_tokens(account_ref);
+"#;
+
+/// 8: names outside their domain (SQLite's migration 8).
+const NAMES_OUTSIDE_DOMAIN: &str = r#"
+CREATE TABLE names_outside_domain (
+    kind   TEXT NOT NULL,
+    name   TEXT NOT NULL,
+    PRIMARY KEY (kind, name)
+);
 "#;
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use aggregator::config::{Config, WebhookConfig};
 use aggregator::signature::{self, Secret};
-use aggregator::startup::{Application, Timing};
+use aggregator::startup::{Application, FaultHooks, Timing};
 use aggregator::store::{Database, Durability, Store, StoreError};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
@@ -34,6 +34,8 @@ pub struct TestApp {
     pub clock: Arc<ManualClock>,
     pub client: reqwest::Client,
     pub database: Database,
+    /// Makes the service panic on purpose (tests of panic containment).
+    pub faults: FaultHooks,
     /// `https` when the configuration has TLS files, else `http`.
     scheme: &'static str,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -182,6 +184,7 @@ impl TestApp {
             .await
             .unwrap();
         let addr = app.local_addr();
+        let faults = app.fault_hooks();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             app.run(async {
@@ -195,6 +198,7 @@ impl TestApp {
             clock,
             client: reqwest::Client::new(),
             database,
+            faults,
             scheme,
             stop: Some(stop),
             task: Some(task),
