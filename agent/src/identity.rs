@@ -2,19 +2,28 @@
 
 use std::path::PathBuf;
 
-/// The node's name: given (from `NODE_NAME`, the downward API), else the host name.
+/// The node's name: given (from `NODE_NAME`, the downward API), else the
+/// host name. A name the aggregator would refuse (`shared::domain`: ASCII
+/// letters, digits, `-`, `_`, `.`, at most 253) stops the agent at start,
+/// rather than have every sample rejected as `invalid_node`.
 pub fn node_name(given: Option<&str>) -> anyhow::Result<String> {
-    if let Some(name) = given.map(str::trim).filter(|n| !n.is_empty()) {
-        return Ok(name.to_string());
-    }
-    sysinfo::System::host_name()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "no node name: set NODE_NAME (spec.nodeName via the downward API) or a host name"
-            )
-        })
+    let name = match given.map(str::trim).filter(|n| !n.is_empty()) {
+        Some(name) => name.to_string(),
+        None => sysinfo::System::host_name()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no node name: set NODE_NAME (spec.nodeName via the downward API) or a host name"
+                )
+            })?,
+    };
+    shared::domain::check_name(shared::domain::NameKind::NodeName, &name).map_err(|e| {
+        anyhow::anyhow!(
+            "NODE_NAME (or the host name): {e}; the aggregator would reject every sample"
+        )
+    })?;
+    Ok(name)
 }
 
 /// The cluster token. It is never printed: `Debug` shows `<redacted>` and
@@ -202,6 +211,19 @@ mod tests {
         assert_eq!(node_name(Some(" worker-7 ")).unwrap(), "worker-7");
         assert!(!node_name(None).unwrap().is_empty());
         assert_eq!(node_name(Some("")).unwrap(), node_name(None).unwrap());
+    }
+
+    #[test]
+    fn a_node_name_the_aggregator_would_reject_stops_the_agent_at_start() {
+        for bad in ["worker 7", "worker/7", ".hidden", &"n".repeat(254)] {
+            let e = node_name(Some(bad)).unwrap_err().to_string();
+            assert!(e.starts_with("NODE_NAME"), "{e}");
+            assert!(e.contains("node name must be 1 to 253"), "{e}");
+        }
+        assert_eq!(
+            node_name(Some("ip-10-0-1-7.ec2.internal")).unwrap(),
+            "ip-10-0-1-7.ec2.internal"
+        );
     }
 
     fn private_file(path: &std::path::Path, text: &str) {

@@ -372,12 +372,8 @@ impl Config {
             billing.zone = BillingZone::from_str(tz).with_context(|| named("billing.timezone"))?;
         }
         if let Some(p) = &b.price_per_core_day {
-            billing.rules.price_per_core_day = Decimal::from_str(p).map_err(|e| {
-                anyhow!(
-                    "{}: {p:?} is not a decimal ({e})",
-                    named("billing.price_per_core_day")
-                )
-            })?;
+            billing.rules.price_per_core_day = shared::domain::parse_money(p)
+                .map_err(|e| anyhow!("{}: {e}", named("billing.price_per_core_day")))?;
         }
         if let Some(r) = &b.billable_core_rounding {
             billing.rules.rounding = CoreRounding::from_str(r)
@@ -387,7 +383,8 @@ impl Config {
             billing.rules.gap_bridge_hours = g;
         }
         if let Some(c) = b.default_cap_cores {
-            billing.rules.default_cap_cores = c;
+            billing.rules.default_cap_cores = shared::domain::check_total_cores(u64::from(c))
+                .map_err(|e| anyhow!("{}: {e}", named("billing.default_cap_cores")))?;
         }
         if let Some(h) = b.max_sample_age_hours {
             anyhow::ensure!(
@@ -460,20 +457,8 @@ impl Config {
         let admin_token =
             admin_token(f.admin_token, f.admin_token_file.as_deref())?.map(Into::into);
         let licence_price_per_core_month = match &f.billing.licence_price_per_core_month {
-            Some(p) => {
-                let price = Decimal::from_str(p).map_err(|e| {
-                    anyhow::anyhow!(
-                        "{}: {p:?} is not a decimal such as 6.75 ({e})",
-                        named("billing.licence_price_per_core_month")
-                    )
-                })?;
-                anyhow::ensure!(
-                    price >= Decimal::ZERO,
-                    "{}: {price} must not be negative",
-                    named("billing.licence_price_per_core_month")
-                );
-                price
-            }
+            Some(p) => shared::domain::parse_money(p)
+                .map_err(|e| anyhow!("{}: {e}", named("billing.licence_price_per_core_month")))?,
             None => shared::lifecycle::default_price_per_core_month(),
         };
         let database = f.database.as_deref().map_or_else(

@@ -22,8 +22,8 @@ enum Command {
     Demo,
     /// Print the daily overage report of a day (all accounts, or one).
     Report {
-        /// The day, YYYY-MM-DD in the billing zone.
-        #[arg(long)]
+        /// The day, YYYY-MM-DD in the billing zone (2000-01-01 to 2199-12-31).
+        #[arg(long, value_parser = shared::domain::parse_day)]
         day: chrono::NaiveDate,
         #[arg(long)]
         account: Option<String>,
@@ -41,8 +41,8 @@ enum Command {
     },
     /// Print a replay case holding the inputs of one account's bill for one day.
     Export {
-        /// The day, YYYY-MM-DD in the billing zone.
-        #[arg(long)]
+        /// The day, YYYY-MM-DD in the billing zone (2000-01-01 to 2199-12-31).
+        #[arg(long, value_parser = shared::domain::parse_day)]
         day: chrono::NaiveDate,
         #[arg(long)]
         account: String,
@@ -294,7 +294,20 @@ fn report(
         "html" => {
             std::fs::create_dir_all(out).with_context(|| format!("create {}", out.display()))?;
             for r in &reports {
-                let path = out.join(format!("report-{}-{}.html", r.account, r.day));
+                // An account id stored before ids had a domain may hold any
+                // character: the file name keeps only the safe ones.
+                let safe: String = r
+                    .account
+                    .chars()
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                            c
+                        } else {
+                            '_'
+                        }
+                    })
+                    .collect();
+                let path = out.join(format!("report-{safe}-{}.html", r.day));
                 std::fs::write(&path, aggregator::report_html::render_html(r))
                     .with_context(|| format!("write {}", path.display()))?;
                 println!("{}", path.display());

@@ -259,9 +259,9 @@ fn decimal(v: &Value) -> anyhow::Result<Decimal> {
     Decimal::from_str(&text).map_err(|e| anyhow!("{text:?} is not a decimal: {e}"))
 }
 
+/// An instant of the case (a licence's, a cap's, a run's) within its domain.
 fn instant(s: &str, what: &str) -> anyhow::Result<DateTime<Utc>> {
-    parse_instant(s)
-        .ok_or_else(|| anyhow!("{what}: {s:?} is not an RFC 3339 instant with an offset"))
+    shared::domain::parse_instant(s).map_err(|e| anyhow!("{what}: {e}"))
 }
 
 /// Replays a case on a temporary database.
@@ -457,11 +457,8 @@ fn parse_elements<'a>(
             .map_err(|e| format!("samples[{index}]: {e}"))?;
         let at = s.at.as_str().and_then(parse_instant);
         let received_at = match &s.received {
-            Some(r) => parse_instant(r).ok_or_else(|| {
-                format!(
-                    "samples[{index}].received: {r:?} is not an RFC 3339 instant with an offset"
-                )
-            })?,
+            Some(r) => shared::domain::parse_instant(r)
+                .map_err(|e| format!("samples[{index}].received: {e}"))?,
             // `received` defaults to `at`; without a valid `at` the sample
             // is rejected whenever it comes.
             None => at.unwrap_or(DateTime::<Utc>::MIN_UTC),

@@ -155,6 +155,8 @@ fn validated(d: &DecodedSample, cx: &Context, limits: &AgeLimits) -> Result<(), 
         Some(Rejection::InvalidCores)
     } else if cx.cluster.trim().is_empty() || d.node.trim().is_empty() {
         Some(Rejection::MissingIdentity)
+    } else if !node_name_in_domain(&d.node) {
+        Some(Rejection::InvalidNode)
     } else if let Some(at) = d.at {
         if at > cx.received_at + limits.max_future {
             Some(Rejection::InFuture)
@@ -178,6 +180,16 @@ fn validated(d: &DecodedSample, cx: &Context, limits: &AgeLimits) -> Result<(), 
             Err(r)
         }
     }
+}
+
+/// README's node names, written here again as the oracle: 1 to 253 ASCII
+/// letters, digits, `-`, `_` and `.`, not starting with `.` or `-`.
+fn node_name_in_domain(node: &str) -> bool {
+    (1..=253).contains(&node.chars().count())
+        && node
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !matches!(node.chars().next(), Some('.' | '-'))
 }
 
 // ---- Structured batches: each field drawn from values whose fate is known.

@@ -253,7 +253,7 @@ async fn bad_input_gets_a_json_error_naming_the_field() {
             Some(json!({"cores": 10, "start": "soon", "end": "2026-12-01T00:00:00Z"})),
         )
         .await;
-    assert_eq!((s, v["error"]["field"].as_str()), (400, Some("start")));
+    assert_eq!((s, v["error"]["field"].as_str()), (422, Some("start")));
 
     // 1,001 samples: 413, and nothing of it is stored.
     let many: Vec<_> = (0..1001)

@@ -52,8 +52,10 @@ pub enum RuleError {
     CapBelowMinimum { cores: u32 },
     #[error("price_per_core_day {0} must not be negative")]
     NegativePrice(Decimal),
-    #[error("licence cores {0} must be at least 1")]
+    #[error("licence cores {0} must be from 1 to 1,000,000")]
     LicenceCores(u32),
+    #[error("elastic cap {cores} cores is over the largest of 1,000,000")]
+    CapAboveMaximum { cores: u32 },
     #[error("licence ends ({end}) before it starts ({start})")]
     LicencePeriod {
         start: DateTime<Utc>,
@@ -108,6 +110,8 @@ impl Rules {
 pub fn check_cap(cores: u32) -> Result<u32, RuleError> {
     if cores < CAP_MIN_CORES {
         Err(RuleError::CapBelowMinimum { cores })
+    } else if u64::from(cores) > crate::domain::TOTAL_CORES_MAX {
+        Err(RuleError::CapAboveMaximum { cores })
     } else {
         Ok(cores)
     }
@@ -132,7 +136,7 @@ pub struct Licence {
 
 impl Licence {
     pub fn new(cores: u32, start: DateTime<Utc>, end: DateTime<Utc>) -> Result<Licence, RuleError> {
-        if cores < 1 {
+        if crate::domain::check_total_cores(u64::from(cores)).is_err() {
             return Err(RuleError::LicenceCores(cores));
         }
         if end < start {

@@ -480,7 +480,7 @@ impl From<StoreError> for ApiError {
             E::TokenInUse | E::TokenUnchanged => {
                 ApiError::new(StatusCode::CONFLICT, "token_in_use", e.to_string()).field("token")
             }
-            E::Rule(RuleError::CapBelowMinimum { .. }) => {
+            E::Rule(RuleError::CapBelowMinimum { .. } | RuleError::CapAboveMaximum { .. }) => {
                 ApiError::unprocessable("cores", e.to_string())
             }
             E::Rule(RuleError::LicenceCores(_)) => ApiError::unprocessable("cores", e.to_string()),

@@ -41,6 +41,7 @@ pub use readers::{
 };
 pub use retention::{reads_from, Horizon, PruneTarget, Pruned, PRUNE_BATCH_ROWS};
 pub use samples::{AuditSample, Incoming, Outcome};
+pub use schema::NAMES_REPORTED_AT;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
