@@ -132,7 +132,7 @@ impl FromStr for Role {
             .into_iter()
             .find(|r| r.as_str() == s)
             .ok_or_else(|| {
-                format!("{s:?} is not one of creator, global_resource_collaborator, finance_collaborator, collaborator")
+                format!("{} is not one of creator, global_resource_collaborator, finance_collaborator, collaborator", crate::domain::quote(s))
             })
     }
 }

@@ -339,7 +339,7 @@ pub(super) async fn bills_response(
             .into_response()),
         other => Err(ApiError::bad_request(
             "format",
-            format!("{other:?} is not json or csv"),
+            format!("{} is not json or csv", shared::domain::quote(other)),
         )),
     }
 }
@@ -442,7 +442,10 @@ pub(super) async fn report_response(
     if !matches!(format.as_str(), "json" | "csv" | "html") {
         return Err(ApiError::bad_request(
             "format",
-            format!("{format:?} is not json, csv or html"),
+            format!(
+                "{} is not json, csv or html",
+                shared::domain::quote(&format)
+            ),
         ));
     }
     let (config, now) = (state.config.billing.clone(), state.clock.now());

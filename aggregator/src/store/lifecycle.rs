@@ -431,8 +431,8 @@ impl Store {
             return Err(invalid(
                 "name",
                 format!(
-                    "name must be 1 to 200 characters without control characters, got {:?}",
-                    contact.name
+                    "name must be 1 to 200 characters without control characters, got {}",
+                    shared::domain::quote(&contact.name)
                 ),
             ));
         }
@@ -445,13 +445,19 @@ impl Store {
         if let Some(e) = contact.email.as_deref().filter(|e| !valid_email(e)) {
             return Err(invalid(
                 "email",
-                format!("{e:?} is not an email address such as ops@example.com"),
+                format!(
+                    "{} is not an email address such as ops@example.com",
+                    shared::domain::quote(e)
+                ),
             ));
         }
         if let Some(s) = contact.sms.as_deref().filter(|s| !valid_sms(s)) {
             return Err(invalid(
                 "sms",
-                format!("{s:?} is not a phone number in E.164 form such as +8613800138000"),
+                format!(
+                    "{} is not a phone number in E.164 form such as +8613800138000",
+                    shared::domain::quote(s)
+                ),
             ));
         }
         let account_ref = self.require_account(account)?;
