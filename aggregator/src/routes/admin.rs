@@ -16,9 +16,9 @@ use shared::sample::parse_instant;
 
 use super::page::{Listing, Page};
 use super::{blocking, ApiError, State};
-use crate::store::{LineKey, SampleKey};
 use crate::billing::run_billing;
 use crate::service_metrics::KindLabels;
+use crate::store::{LineKey, SampleKey};
 
 /// A path parameter, refused in the API's error format (an ID that is not
 /// UTF-8, say) rather than axum's plain text.

@@ -83,7 +83,10 @@ impl Page {
         };
         let (key, tag) = c.bytes.split_at(c.bytes.len() - TAG_BYTES);
         if tag != listing.tag(key) {
-            return Err(not_a_cursor(&c.given, "it was not made for this list and filter"));
+            return Err(not_a_cursor(
+                &c.given,
+                "it was not made for this list and filter",
+            ));
         }
         serde_json::from_slice(key)
             .map(Some)
@@ -157,8 +160,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Page {
 
 /// A whole number from 1 to [`MAX_LIMIT`], in decimal digits only.
 fn parse_limit(text: &str) -> Result<u32, ApiError> {
-    let number = if text.is_empty() || text.len() > 5 || !text.bytes().all(|b| b.is_ascii_digit())
-    {
+    let number = if text.is_empty() || text.len() > 5 || !text.bytes().all(|b| b.is_ascii_digit()) {
         None
     } else {
         text.parse::<u32>().ok()

@@ -436,7 +436,14 @@ impl Store {
               ORDER BY s.at_ms, s.id LIMIT ?6"
         ))?;
         let rows = stmt.query_map(
-            (window.0, window.1, window.2, after.0, after.1, one_more(limit)),
+            (
+                window.0,
+                window.1,
+                window.2,
+                after.0,
+                after.1,
+                one_more(limit),
+            ),
             |r| {
                 let sample = audit_row(r)?;
                 let key = SampleKey {
