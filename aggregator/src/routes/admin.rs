@@ -385,7 +385,7 @@ pub(super) async fn bills_response(
     Ok(if format == "csv" {
         paged.respond((
             [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
-            bills_csv(&lines.items)?,
+            bills_csv(&lines.items),
         ))
     } else {
         paged.respond(Json(
@@ -394,45 +394,44 @@ pub(super) async fn bills_response(
     })
 }
 
-/// Bill lines as CSV, one row per line, money as exact decimals.
-pub fn bills_csv(lines: &[BillLine]) -> Result<String, ApiError> {
-    let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record([
-        "account",
-        "day",
-        "seq",
-        "kind",
-        "hours",
-        "excess_core_hours",
-        "average_excess_cores",
-        "cap_cores",
-        "billable_cores",
-        "amount",
-        "currency",
-        "issued_at",
-        "idempotency_key",
-    ])
-    .map_err(ApiError::internal)?;
-    for l in lines {
-        w.write_record([
-            l.account.clone(),
-            l.day.to_string(),
-            l.seq.to_string(),
-            l.kind.as_str().to_string(),
-            l.hours.to_string(),
-            l.excess_core_hours.to_string(),
-            l.average_excess_cores.to_string(),
-            l.cap_cores.to_string(),
-            l.billable_cores.to_string(),
-            l.amount.to_string(),
-            l.currency.clone(),
-            l.issued_at
-                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
-            l.idempotency_key.clone(),
-        ])
-        .map_err(ApiError::internal)?;
-    }
-    String::from_utf8(w.into_inner().map_err(ApiError::internal)?).map_err(ApiError::internal)
+/// Bill lines as CSV, one row per line, money as exact decimals; no cell
+/// a spreadsheet would run as a formula (`csv_out`).
+pub fn bills_csv(lines: &[BillLine]) -> String {
+    crate::csv_out::write_csv(
+        &[
+            "account",
+            "day",
+            "seq",
+            "kind",
+            "hours",
+            "excess_core_hours",
+            "average_excess_cores",
+            "cap_cores",
+            "billable_cores",
+            "amount",
+            "currency",
+            "issued_at",
+            "idempotency_key",
+        ],
+        lines.iter().map(|l| {
+            [
+                l.account.clone(),
+                l.day.to_string(),
+                l.seq.to_string(),
+                l.kind.as_str().to_string(),
+                l.hours.to_string(),
+                l.excess_core_hours.to_string(),
+                l.average_excess_cores.to_string(),
+                l.cap_cores.to_string(),
+                l.billable_cores.to_string(),
+                l.amount.to_string(),
+                l.currency.clone(),
+                l.issued_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+                l.idempotency_key.clone(),
+            ]
+        }),
+    )
 }
 
 #[derive(Deserialize)]
