@@ -181,7 +181,7 @@ fn parse_limit(text: &str) -> Result<u32, ApiError> {
 fn parse_cursor(text: &str) -> Result<Cursor, ApiError> {
     let hex = text.as_bytes();
     let well_formed = text.len() <= MAX_CURSOR_CHARS
-        && hex.len() % 2 == 0
+        && hex.len().is_multiple_of(2)
         && hex.len() > 2 * TAG_BYTES
         && hex.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
     if !well_formed {
