@@ -5,6 +5,7 @@ pub mod auth;
 pub mod billing;
 pub mod billing_job;
 pub mod config;
+pub mod csv_out;
 pub mod demo;
 pub mod export;
 pub mod ingest_writer;

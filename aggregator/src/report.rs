@@ -388,30 +388,31 @@ pub fn render_table(r: &DailyReport) -> String {
     out
 }
 
-/// The hour-by-hour table as CSV.
+/// The hour-by-hour table as CSV; no cell a spreadsheet would run as a
+/// formula (`csv_out`).
 pub fn render_csv(r: &DailyReport) -> String {
-    let mut w = csv::Writer::from_writer(Vec::new());
-    let _ = w.write_record([
-        "account",
-        "day",
-        "hour_start",
-        "total_cores",
-        "licensed_cores",
-        "excess_cores",
-        "bridged_nodes",
-        "provisional",
-    ]);
-    for h in &r.hours {
-        let _ = w.write_record([
-            r.account.clone(),
-            r.day.to_string(),
-            h.start.clone(),
-            h.total_cores.to_string(),
-            h.licensed_cores.to_string(),
-            h.excess_cores.to_string(),
-            h.bridged.join(" "),
-            r.provisional.to_string(),
-        ]);
-    }
-    String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default()
+    crate::csv_out::write_csv(
+        &[
+            "account",
+            "day",
+            "hour_start",
+            "total_cores",
+            "licensed_cores",
+            "excess_cores",
+            "bridged_nodes",
+            "provisional",
+        ],
+        r.hours.iter().map(|h| {
+            [
+                r.account.clone(),
+                r.day.to_string(),
+                h.start.clone(),
+                h.total_cores.to_string(),
+                h.licensed_cores.to_string(),
+                h.excess_cores.to_string(),
+                h.bridged.join(" "),
+                r.provisional.to_string(),
+            ]
+        }),
+    )
 }

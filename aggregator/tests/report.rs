@@ -273,3 +273,106 @@ fn samples_the_service_refused_are_counted_by_reason() {
     assert!(render_table(&r)
         .contains("rejected samples: in_future 1, invalid_cores 3, missing_identity 1"));
 }
+
+/// The cells of a CSV's rows after its header (none of them quoted here).
+fn csv_cells(text: &str) -> Vec<Vec<String>> {
+    let mut rows = csv::Reader::from_reader(text.as_bytes());
+    rows.records()
+        .map(|r| r.unwrap().iter().map(String::from).collect())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_csv_cell_starts_a_formula_though_an_account_cluster_or_node_name_does() {
+    use reqwest::Method;
+    use serde_json::json;
+    use support::{local, TestApp, ADMIN};
+
+    let (dir, app) = TestApp::in_temp_dir(local("2026-11-24T23:30:00")).await;
+    // Made through the store: the API refuses such an account id.
+    let path = dir.path().join("db.sqlite");
+    let token = support::off_runtime(move || {
+        let mut store = support::open_store(&path, Durability::Durable).unwrap();
+        let now = local("2026-11-24T00:00:00");
+        store.create_account("=2+3", now).unwrap();
+        store.create_cluster("=2+3", "@ops", None, now).unwrap()
+    });
+    // Hour 4 is missing: bridged, so the node's name is in the report's CSV.
+    let samples: Vec<_> = (0..24)
+        .filter(|h| *h != 4)
+        .map(|h| {
+            json!({"node": "+n1", "cores": 40, "seq": h, "agent_version": "test",
+                        "at": local(&format!("2026-11-24T{h:02}:05:00"))})
+        })
+        .collect();
+    let (s, v) = app
+        .call(
+            Method::POST,
+            "/v1/samples",
+            Some(&token),
+            Some(json!({ "samples": samples })),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    app.clock.set(local("2026-11-25T02:00:01"));
+    app.admin(Method::POST, "/v1/admin/billing-runs", None)
+        .await;
+    // A licence recorded after the bill: the next run issues a negative adjustment.
+    let (s, v) = app
+        .admin(
+            Method::POST,
+            "/v1/admin/accounts/=2+3/licenses",
+            Some(json!({"cores": 10, "start": "2026-11-01T00:00:00Z", "end": "2026-12-31T00:00:00Z"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    app.clock.set(local("2026-11-25T03:00:00"));
+    app.admin(Method::POST, "/v1/admin/billing-runs", None)
+        .await;
+
+    let csv = |path: String| {
+        let app = &app;
+        async move {
+            let a = app.send(Method::GET, &path, Some(ADMIN), None).await;
+            assert_eq!(a.status(), 200, "{path}");
+            csv_cells(&a.text().await.unwrap())
+        }
+    };
+    for path in [
+        "/v1/admin/bills?account=%3D2%2B3&format=csv".to_string(),
+        "/v1/admin/bills?format=csv".to_string(),
+    ] {
+        let lines = csv(path).await;
+        assert_eq!(lines.len(), 2, "the daily line and the adjustment");
+        for line in &lines {
+            assert_eq!(line[0], "'=2+3");
+            assert_eq!(line[12], format!("'=2+3/2026-11-24/{}", line[2]));
+        }
+        let amount = &lines[1][9];
+        assert!(
+            amount.starts_with('-') && amount.parse::<Decimal>().is_ok(),
+            "the adjustment stays a number: {amount}"
+        );
+    }
+    let report = csv("/v1/reports/daily?day=2026-11-24&account=%3D2%2B3&format=csv".into()).await;
+    assert_eq!(report.len(), 24);
+    assert!(report.iter().all(|row| row[0] == "'=2+3"));
+    assert_eq!(report[4][6], "'@ops/+n1", "the bridged hour names the node");
+    // The same rows `aggregator report --format csv` prints.
+    let config = aggregator::billing::BillingConfig::default();
+    let path = dir.path().join("db.sqlite");
+    let printed = support::off_runtime(move || {
+        let mut store = support::open_store(&path, Durability::Durable).unwrap();
+        let r = daily_report(
+            &mut store,
+            &config,
+            "=2+3",
+            "2026-11-24".parse().unwrap(),
+            now(),
+        )
+        .unwrap();
+        render_csv(&r)
+    });
+    assert_eq!(csv_cells(&printed), report);
+    app.stop().await;
+}

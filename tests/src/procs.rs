@@ -139,15 +139,24 @@ impl Service {
         v["token"].as_str().unwrap().to_string()
     }
 
-    /// Every sample stored for `account` on `day` (the audit trail).
+    /// Every sample stored for `account` on `day` (the audit trail, page
+    /// by page: a day may hold more than one page).
     pub fn stored(&self, account: &str, day: &str) -> Vec<serde_json::Value> {
-        let (s, v) = self.admin(
-            "GET",
-            &format!("/v1/admin/accounts/{account}/samples?day={day}"),
-            None,
-        );
-        assert_eq!(s, 200, "{v}");
-        v["samples"].as_array().unwrap().clone()
+        let mut samples = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let (s, v) = self.admin(
+                "GET",
+                &format!("/v1/admin/accounts/{account}/samples?day={day}{cursor}"),
+                None,
+            );
+            assert_eq!(s, 200, "{v}");
+            samples.extend(v["samples"].as_array().unwrap().iter().cloned());
+            match v["next_cursor"].as_str() {
+                Some(next) => cursor = format!("&cursor={next}"),
+                None => return samples,
+            }
+        }
     }
 
     /// The log so far (empty without `ServiceOptions::log`).

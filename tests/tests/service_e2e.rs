@@ -9,13 +9,7 @@ use e2e::procs::{binary, request, Service};
 const ADMIN: &str = "admin-e2e";
 
 fn audit(service: &Service, account: &str, day: &str) -> Vec<serde_json::Value> {
-    let (s, v) = service.admin(
-        "GET",
-        &format!("/v1/admin/accounts/{account}/samples?day={day}"),
-        None,
-    );
-    assert_eq!(s, 200, "{v}");
-    v["samples"].as_array().unwrap().clone()
+    service.stored(account, day)
 }
 
 #[test]

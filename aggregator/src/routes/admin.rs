@@ -15,9 +15,11 @@ use shared::domain::NameKind;
 use shared::overage::{Licence, LICENCE_GRACE_DAYS};
 
 use super::input::{self, clip_quoted, required_day};
+use super::page::{Listing, Page};
 use super::{blocking, ApiError, State};
 use crate::billing::run_billing;
 use crate::service_metrics::KindLabels;
+use crate::store::{LineKey, SampleKey};
 
 /// A path parameter, refused in the API's error format (an ID that is not
 /// UTF-8, say) rather than axum's plain text.
@@ -208,17 +210,30 @@ pub async fn audit_samples(
     Extract(state): Extract<State>,
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<DayQuery>,
-) -> Result<Json<Value>, ApiError> {
+    page: Page,
+) -> Result<Response, ApiError> {
     let d = required_day(q.day.as_deref())?;
+    let filter = format!("{id}\n{d}");
+    let listing = Listing {
+        list: "samples",
+        filter: &filter,
+    };
+    let after: Option<SampleKey> = page.after(listing)?;
     let zone = state.config.billing.zone;
-    let (from, to) = (zone.day_start(d), zone.day_end(d));
-    let account = id.clone();
+    let window = (zone.day_start(d), zone.day_end(d));
+    let (account, limit) = (id.clone(), page.limit);
     let samples = blocking(&state.reader, move |s| {
         s.require_not_deleted(&account, &zone, d)?;
-        s.audit_samples(&account, from, to)
+        s.audit_page(&account, window, after.as_ref(), limit)
     })
     .await?;
-    Ok(Json(json!({ "account": id, "day": d, "samples": samples })))
+    let paged = listing.paged(samples.total, samples.next.as_ref());
+    Ok(paged.respond(Json(json!({
+        "account": id,
+        "day": d,
+        "samples": samples.items,
+        "next_cursor": paged.next_cursor,
+    }))))
 }
 
 /// The 02:00 run, now: billing, then the lifecycle step (LIFECYCLE.md).
@@ -307,82 +322,103 @@ pub struct BillsQuery {
 pub async fn bills(
     Extract(state): Extract<State>,
     ApiQuery(q): ApiQuery<BillsQuery>,
+    page: Page,
 ) -> Result<Response, ApiError> {
     let account = q.account.filter(|a| !a.is_empty());
     if let Some(a) = &account {
         input::existing_name(&state, "account", NameKind::AccountId, a)?;
     }
-    bills_response(&state, account, q.day, q.format).await
+    bills_response(&state, account, q.day, q.format, page).await
 }
 
-/// The bill lines of one account (all accounts with `None`), of one day if
-/// given, as JSON or CSV: `GET /v1/admin/bills` and `GET
+/// A page of the bill lines of one account (all accounts with `None`), of
+/// one day if given, as JSON or CSV: `GET /v1/admin/bills` and `GET
 /// /v1/accounts/{id}/bills`.
 pub(super) async fn bills_response(
     state: &State,
     account: Option<String>,
     day_param: Option<String>,
     format: Option<String>,
+    page: Page,
 ) -> Result<Response, ApiError> {
     let d = day_param
         .as_deref()
         .filter(|d| !d.is_empty())
         .map(|d| input::day("day", d))
         .transpose()?;
-    let lines = blocking(&state.reader, move |s| s.bill_lines(account.as_deref(), d)).await?;
-    match format.as_deref().unwrap_or("json") {
-        "json" => Ok(Json(json!({ "bills": lines })).into_response()),
-        "csv" => Ok((
-            [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
-            bills_csv(&lines)?,
-        )
-            .into_response()),
-        other => Err(ApiError::bad_request(
+    let format = format.unwrap_or_else(|| "json".into());
+    if !matches!(format.as_str(), "json" | "csv") {
+        return Err(ApiError::bad_request(
             "format",
-            format!("{} is not json or csv", shared::domain::quote(other)),
-        )),
+            format!("{} is not json or csv", shared::domain::quote(&format)),
+        ));
     }
+    let filter = format!(
+        "{}\n{}",
+        account.as_deref().unwrap_or_default(),
+        d.map(|d| d.to_string()).unwrap_or_default()
+    );
+    let listing = Listing {
+        list: "bills",
+        filter: &filter,
+    };
+    let after: Option<LineKey> = page.after(listing)?;
+    let limit = page.limit;
+    let lines = blocking(&state.reader, move |s| {
+        s.bill_page(account.as_deref(), d, after.as_ref(), limit)
+    })
+    .await?;
+    let paged = listing.paged(lines.total, lines.next.as_ref());
+    Ok(if format == "csv" {
+        paged.respond((
+            [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+            bills_csv(&lines.items),
+        ))
+    } else {
+        paged.respond(Json(
+            json!({ "bills": lines.items, "next_cursor": paged.next_cursor }),
+        ))
+    })
 }
 
-/// Bill lines as CSV, one row per line, money as exact decimals.
-pub fn bills_csv(lines: &[BillLine]) -> Result<String, ApiError> {
-    let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record([
-        "account",
-        "day",
-        "seq",
-        "kind",
-        "hours",
-        "excess_core_hours",
-        "average_excess_cores",
-        "cap_cores",
-        "billable_cores",
-        "amount",
-        "currency",
-        "issued_at",
-        "idempotency_key",
-    ])
-    .map_err(ApiError::internal)?;
-    for l in lines {
-        w.write_record([
-            l.account.clone(),
-            l.day.to_string(),
-            l.seq.to_string(),
-            l.kind.as_str().to_string(),
-            l.hours.to_string(),
-            l.excess_core_hours.to_string(),
-            l.average_excess_cores.to_string(),
-            l.cap_cores.to_string(),
-            l.billable_cores.to_string(),
-            l.amount.to_string(),
-            l.currency.clone(),
-            l.issued_at
-                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
-            l.idempotency_key.clone(),
-        ])
-        .map_err(ApiError::internal)?;
-    }
-    String::from_utf8(w.into_inner().map_err(ApiError::internal)?).map_err(ApiError::internal)
+/// Bill lines as CSV, one row per line, money as exact decimals; no cell
+/// a spreadsheet would run as a formula (`csv_out`).
+pub fn bills_csv(lines: &[BillLine]) -> String {
+    crate::csv_out::write_csv(
+        &[
+            "account",
+            "day",
+            "seq",
+            "kind",
+            "hours",
+            "excess_core_hours",
+            "average_excess_cores",
+            "cap_cores",
+            "billable_cores",
+            "amount",
+            "currency",
+            "issued_at",
+            "idempotency_key",
+        ],
+        lines.iter().map(|l| {
+            [
+                l.account.clone(),
+                l.day.to_string(),
+                l.seq.to_string(),
+                l.kind.as_str().to_string(),
+                l.hours.to_string(),
+                l.excess_core_hours.to_string(),
+                l.average_excess_cores.to_string(),
+                l.cap_cores.to_string(),
+                l.billable_cores.to_string(),
+                l.amount.to_string(),
+                l.currency.clone(),
+                l.issued_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+                l.idempotency_key.clone(),
+            ]
+        }),
+    )
 }
 
 #[derive(Deserialize)]
@@ -393,19 +429,31 @@ pub struct OutboxQuery {
 pub async fn outbox(
     Extract(state): Extract<State>,
     ApiQuery(q): ApiQuery<OutboxQuery>,
-) -> Result<Json<Value>, ApiError> {
+    page: Page,
+) -> Result<Response, ApiError> {
     let pending_only = q.pending.unwrap_or(false);
+    let filter = pending_only.to_string();
+    let listing = Listing {
+        list: "outbox",
+        filter: &filter,
+    };
+    let after: Option<LineKey> = page.after(listing)?;
+    let limit = page.limit;
     let (entries, status, notices) = blocking(&state.reader, move |s| {
         Ok((
-            s.outbox(pending_only, 1000)?,
+            s.outbox_page(pending_only, after.as_ref(), limit)?,
             s.outbox_status()?,
             s.notice_outbox_status()?,
         ))
     })
     .await?;
-    Ok(Json(
-        json!({ "status": status, "lines": entries, "notices": notices }),
-    ))
+    let paged = listing.paged(entries.total, entries.next.as_ref());
+    Ok(paged.respond(Json(json!({
+        "status": status,
+        "lines": entries.items,
+        "notices": notices,
+        "next_cursor": paged.next_cursor,
+    }))))
 }
 
 #[derive(Deserialize)]

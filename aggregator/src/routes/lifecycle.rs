@@ -15,13 +15,12 @@ use shared::lifecycle::Role;
 
 use super::admin::{body, read, ApiPath};
 use super::input;
+use super::page::{Listing, Page, Paged};
 use super::{blocking, ApiError, State};
 use crate::store::{NewContact, NewOrder, StoreError};
 
 /// How far ahead `next_change` looks (a year and a month covers a yearly term).
 const NEXT_CHANGE_HORIZON_DAYS: u64 = 400;
-/// The most notices one `GET .../notices` answers with, newest first.
-const NOTICES_LIMIT: usize = 1000;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -310,22 +309,62 @@ pub async fn credit(
         .into_response())
 }
 
+/// The balance and a page of its ledger, oldest entry first.
 pub async fn balance(
     Extract(state): Extract<State>,
     ApiPath(id): ApiPath<String>,
-) -> Result<Json<Value>, ApiError> {
-    let account = id.clone();
-    let (balance, entries) = blocking(&state.reader, move |s| s.balance(&account)).await?;
-    Ok(Json(
-        json!({"account": id, "balance": balance, "entries": entries}),
-    ))
+    page: Page,
+) -> Result<Response, ApiError> {
+    let listing = Listing {
+        list: "ledger",
+        filter: &id,
+    };
+    let after: Option<i64> = page.after(listing)?;
+    let (account, limit) = (id.clone(), page.limit);
+    let (balance, entries) = blocking(&state.reader, move |s| {
+        s.balance_page(&account, after, limit)
+    })
+    .await?;
+    let paged = listing.paged(entries.total, entries.next.as_ref());
+    Ok(paged.respond(Json(json!({
+        "account": id,
+        "balance": balance,
+        "entries": entries.items,
+        "next_cursor": paged.next_cursor,
+    }))))
 }
 
 pub async fn notices(
     Extract(state): Extract<State>,
     ApiPath(id): ApiPath<String>,
-) -> Result<Json<Value>, ApiError> {
-    let account = id.clone();
-    let notices = blocking(&state.reader, move |s| s.notices(&account, NOTICES_LIMIT)).await?;
-    Ok(Json(json!({"account": id, "notices": notices})))
+    page: Page,
+) -> Result<Response, ApiError> {
+    let (listed, paged) = notices_page(&state, id, page).await?;
+    Ok(paged.respond(Json(listed)))
+}
+
+/// A page of the account's notices, newest first, with their deliveries:
+/// the admin's and the account's own `GET .../notices`.
+pub(super) async fn notices_page(
+    state: &State,
+    id: String,
+    page: Page,
+) -> Result<(Value, Paged), ApiError> {
+    let listing = Listing {
+        list: "notices",
+        filter: &id,
+    };
+    let after: Option<i64> = page.after(listing)?;
+    let (account, limit) = (id.clone(), page.limit);
+    let notices = blocking(&state.reader, move |s| {
+        s.notice_page(&account, after, limit)
+    })
+    .await?;
+    let paged = listing.paged(notices.total, notices.next.as_ref());
+    let listed = json!({
+        "account": id,
+        "notices": notices.items,
+        "next_cursor": paged.next_cursor,
+    });
+    Ok((listed, paged))
 }

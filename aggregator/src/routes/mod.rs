@@ -6,11 +6,13 @@ mod ingest;
 pub mod input;
 mod lifecycle;
 mod ops;
+mod page;
 mod readers;
 
 pub use admin::{bills_csv, run_billing_now as admin_run_billing, run_lifecycle_now};
 pub use authz::{classify, decide, Caller, Role};
 pub use ops::openapi_document;
+pub use page::{Page, MAX_LIMIT};
 
 use std::sync::Arc;
 
@@ -130,13 +132,13 @@ pub const ROUTES: &[(&str, &str, Role, &str)] = &[
         "get",
         "/v1/admin/accounts/{id}/balance",
         Role::Admin,
-        "The prepaid balance and its ledger",
+        "The prepaid balance and its ledger, a page at a time (limit=, cursor=)",
     ),
     (
         "get",
         "/v1/admin/accounts/{id}/notices",
         Role::Admin,
-        "Notices issued to the account's contacts, newest first, with their delivery",
+        "Notices issued to the account's contacts, newest first, with their delivery, a page at a time (limit=, cursor=)",
     ),
     (
         "post",
@@ -166,20 +168,20 @@ pub const ROUTES: &[(&str, &str, Role, &str)] = &[
         "get",
         "/v1/admin/accounts/{id}/samples",
         Role::Admin,
-        "The audit trail: every stored sample of a day",
+        "The audit trail: the stored samples of a day in order of at, a page at a time (limit=, cursor=)",
     ),
     ("post", "/v1/admin/billing-runs", Role::Admin, "Run billing now"),
     (
         "get",
         "/v1/admin/bills",
         Role::Admin,
-        "Issued bill lines as JSON or CSV",
+        "Issued bill lines as JSON or CSV, a page at a time (limit=, cursor=)",
     ),
     (
         "get",
         "/v1/admin/outbox",
         Role::Admin,
-        "Bill lines and their delivery to the billing backend",
+        "Bill lines and their delivery to the billing backend, newest first, a page at a time (limit=, cursor=)",
     ),
     (
         "get",
@@ -197,7 +199,7 @@ pub const ROUTES: &[(&str, &str, Role, &str)] = &[
         "get",
         "/v1/admin/accounts/{id}/reader-tokens",
         Role::Admin,
-        "The account's reader tokens (id, name, created_at, revoked_at), never the tokens",
+        "The account's reader tokens (id, name, created_at, revoked_at), never the tokens; a page at a time (limit=, cursor=)",
     ),
     (
         "delete",
@@ -215,13 +217,13 @@ pub const ROUTES: &[(&str, &str, Role, &str)] = &[
         "get",
         "/v1/accounts/{id}/bills",
         Role::Reader,
-        "The account's issued bill lines, of one day if day= is given, as JSON or CSV",
+        "The account's issued bill lines, of one day if day= is given, as JSON or CSV, a page at a time (limit=, cursor=)",
     ),
     (
         "get",
         "/v1/accounts/{id}/notices",
         Role::Reader,
-        "Notices issued to the account's contacts, newest first, with their delivery",
+        "Notices issued to the account's contacts, newest first, with their delivery, a page at a time (limit=, cursor=)",
     ),
     (
         "get",

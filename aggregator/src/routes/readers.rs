@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use super::admin::{bills_response, body, read, report_response, ApiPath, ApiQuery, DayQuery};
 use super::input::{self, required_day};
+use super::page::{Listing, Page};
 use super::{blocking, ApiError, State};
 
 #[derive(Deserialize)]
@@ -35,14 +36,16 @@ pub async fn issue(
     Ok((StatusCode::CREATED, Json(issued)).into_response())
 }
 
-/// `GET /v1/accounts/{id}/notices`: the account's notices as the admin route
-/// lists them, less each delivery's `last_error`: the operators' detail of
-/// their own systems (the relay's or webhook's answer) is not the customer's.
+/// `GET /v1/accounts/{id}/notices`: a page of the account's notices as the
+/// admin route lists them, less each delivery's `last_error`: the
+/// operators' detail of their own systems (the relay's or webhook's
+/// answer) is not the customer's.
 pub async fn customer_notices(
-    state: Extract<State>,
-    id: ApiPath<String>,
-) -> Result<Json<Value>, ApiError> {
-    let Json(mut listed) = super::lifecycle::notices(state, id).await?;
+    Extract(state): Extract<State>,
+    ApiPath(id): ApiPath<String>,
+    page: Page,
+) -> Result<Response, ApiError> {
+    let (mut listed, paged) = super::lifecycle::notices_page(&state, id, page).await?;
     for notice in listed["notices"].as_array_mut().into_iter().flatten() {
         for delivery in notice["deliveries"].as_array_mut().into_iter().flatten() {
             if let Some(d) = delivery.as_object_mut() {
@@ -50,17 +53,32 @@ pub async fn customer_notices(
             }
         }
     }
-    Ok(Json(listed))
+    Ok(paged.respond(Json(listed)))
 }
 
-/// `GET /v1/admin/accounts/{id}/reader-tokens`: every token without its secret or hash.
+/// `GET /v1/admin/accounts/{id}/reader-tokens`: a page of the tokens, oldest
+/// first, without their secret or hash.
 pub async fn list(
     Extract(state): Extract<State>,
     ApiPath(id): ApiPath<String>,
-) -> Result<Json<Value>, ApiError> {
-    let account = id.clone();
-    let tokens = blocking(&state.reader, move |s| s.reader_tokens(&account)).await?;
-    Ok(Json(json!({"account": id, "reader_tokens": tokens})))
+    page: Page,
+) -> Result<Response, ApiError> {
+    let listing = Listing {
+        list: "reader-tokens",
+        filter: &id,
+    };
+    let after: Option<i64> = page.after(listing)?;
+    let (account, limit) = (id.clone(), page.limit);
+    let tokens = blocking(&state.reader, move |s| {
+        s.reader_token_page(&account, after, limit)
+    })
+    .await?;
+    let paged = listing.paged(tokens.total, tokens.next.as_ref());
+    Ok(paged.respond(Json(json!({
+        "account": id,
+        "reader_tokens": tokens.items,
+        "next_cursor": paged.next_cursor,
+    }))))
 }
 
 /// `DELETE /v1/admin/accounts/{id}/reader-tokens/{token_id}`: the token stops
@@ -94,13 +112,14 @@ pub async fn daily_report(
     report_response(&state, id, d, q.format).await
 }
 
-/// `GET /v1/accounts/{id}/bills?day=&format=json|csv`.
+/// `GET /v1/accounts/{id}/bills?day=&format=json|csv&limit=&cursor=`.
 pub async fn bills(
     Extract(state): Extract<State>,
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<AccountQuery>,
+    page: Page,
 ) -> Result<Response, ApiError> {
-    bills_response(&state, Some(id), q.day, q.format).await
+    bills_response(&state, Some(id), q.day, q.format, page).await
 }
 
 /// `GET /v1/accounts/{id}/export?day=`: the replay case `aggregator export` prints.

@@ -9,6 +9,7 @@ use shared::bill::{idempotency_key, next_line, BillLine, Issued, LineKind};
 use shared::overage::{DayFigures, NodeSample};
 
 use super::db::Conn;
+use super::pages::{one_more, LineKey, Listed};
 use super::{from_ms, Account, Store, StoreError};
 
 impl Store {
@@ -132,6 +133,48 @@ impl Store {
             out.push(line_row(&r, 0)?);
         }
         Ok(out)
+    }
+
+    /// A page of the issued lines (optionally of one account and one day)
+    /// in the order they were issued: up to `limit` after `after`.
+    pub fn bill_page(
+        &self,
+        account: Option<&str>,
+        day: Option<NaiveDate>,
+        after: Option<&LineKey>,
+        limit: u32,
+    ) -> Result<Listed<BillLine, LineKey>, StoreError> {
+        let day = day.map(|d| d.to_string());
+        let total: i64 = self.conn.query_row(
+            "SELECT count(*) FROM bill_lines b JOIN accounts a ON a.ref = b.account_ref
+              WHERE (CAST(?1 AS TEXT) IS NULL OR a.id = ?1) AND (CAST(?2 AS TEXT) IS NULL OR b.day = ?2)",
+            (account, day.as_deref()),
+            |r| r.get(0),
+        )?;
+        let first = LineKey::first();
+        let after = after.unwrap_or(&first);
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {LINE_COLUMNS}
+               FROM bill_lines b JOIN accounts a ON a.ref = b.account_ref
+              WHERE (CAST(?1 AS TEXT) IS NULL OR a.id = ?1) AND (CAST(?2 AS TEXT) IS NULL OR b.day = ?2)
+                AND (b.issued_at_ms, a.id, b.day, b.seq) > (?3, ?4, ?5, ?6)
+              ORDER BY b.issued_at_ms, a.id, b.day, b.seq LIMIT ?7"
+        ))?;
+        let mut rows = stmt.query((
+            account,
+            day.as_deref(),
+            after.issued_at_ms,
+            after.account.as_str(),
+            after.day.to_string(),
+            after.seq,
+            one_more(limit),
+        ))?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let line = line_row(&r, 0)?;
+            out.push((LineKey::of(&line), line));
+        }
+        Ok(Listed::from_rows(out, limit, total as u64))
     }
 }
 

@@ -5,6 +5,7 @@
 use std::str::FromStr;
 
 use super::db::{Conn, OptionalExtension};
+use super::pages::{one_more, Listed};
 use chrono::{DateTime, Days, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -600,27 +601,47 @@ impl Store {
         Ok((after, true))
     }
 
+    /// The balance and its whole ledger, oldest entry first.
     pub fn balance(&mut self, account: &str) -> Result<(Decimal, Vec<BalanceEntry>), StoreError> {
+        let (balance, ledger) = self.balance_page(account, None, u32::MAX - 1)?;
+        Ok((balance, ledger.items))
+    }
+
+    /// The balance and a page of its ledger, oldest entry first (by id): up
+    /// to `limit` entries after the entry `after`.
+    pub fn balance_page(
+        &mut self,
+        account: &str,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<(Decimal, Listed<BalanceEntry, i64>), StoreError> {
         let account_ref = self.require_account(account)?;
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT kind, amount, balance_after, reference, order_id, at_ms FROM balance_entries
-              WHERE account_ref = ?1 ORDER BY id",
+        let total: i64 = self.conn.query_row(
+            "SELECT count(*) FROM balance_entries WHERE account_ref = ?1",
+            [account_ref],
+            |r| r.get(0),
         )?;
-        let mut rows = stmt.query([account_ref])?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT kind, amount, balance_after, reference, order_id, at_ms, id FROM balance_entries
+              WHERE account_ref = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+        )?;
+        let mut rows = stmt.query((account_ref, after.unwrap_or(i64::MIN), one_more(limit)))?;
         let mut entries = Vec::new();
         while let Some(r) = rows.next()? {
-            entries.push(BalanceEntry {
+            let entry = BalanceEntry {
                 kind: r.get(0)?,
                 amount: decimal(&r.get::<_, String>(1)?)?,
                 balance_after: decimal(&r.get::<_, String>(2)?)?,
                 reference: r.get(3)?,
                 order: r.get(4)?,
                 at: from_ms(r.get(5)?),
-            });
+            };
+            entries.push((r.get::<_, i64>(6)?, entry));
         }
         drop(rows);
         drop(stmt);
-        Ok((balance_of(&self.conn, account_ref)?, entries))
+        let ledger = Listed::from_rows(entries, limit, total as u64);
+        Ok((balance_of(&self.conn, account_ref)?, ledger))
     }
 
     /// Starts the account's trial now: once per main account, and not for an

@@ -13,6 +13,7 @@ mod names;
 mod notice_outbox;
 mod notices;
 mod outbox;
+mod pages;
 mod readers;
 mod retention;
 mod samples;
@@ -36,6 +37,7 @@ pub use lifecycle::{BalanceEntry, Contact, NewContact, NewOrder, Order, StateCha
 pub use notice_outbox::{DueNotice, NoticeChannel, NOTICE_ERROR_MAX_CHARS};
 pub use notices::{Notice, NoticeChannels, NoticeDelivery, Recipient};
 pub use outbox::{Delivery, OutboxStatus};
+pub use pages::{LineKey, Listed, SampleKey};
 pub use readers::{
     IssuedReaderToken, ReaderIdentity, ReaderToken, MAX_READER_TOKENS, READER_NAME_MAX_CHARS,
 };

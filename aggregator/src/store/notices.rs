@@ -7,6 +7,7 @@ use serde_json::Value;
 use shared::lifecycle::NoticeKind;
 
 use super::db::{Conn, OptionalExtension};
+use super::pages::{one_more, Listed};
 use super::{from_ms, Store, StoreError};
 
 /// Which delivery rows a new notice gets: the webhook's, and one per email
@@ -161,24 +162,43 @@ pub(super) fn notice_row(r: &super::db::Row<'_>) -> Result<Notice, StoreError> {
 }
 
 impl Store {
-    /// The account's notices, newest first, each with its deliveries.
+    /// The account's newest `limit` notices, newest first, each with its deliveries.
     pub fn notices(&mut self, account: &str, limit: usize) -> Result<Vec<Notice>, StoreError> {
+        let limit = u32::try_from(limit).unwrap_or(u32::MAX - 1);
+        Ok(self.notice_page(account, None, limit)?.items)
+    }
+
+    /// A page of the account's notices, newest first (by id), each with its
+    /// deliveries: up to `limit` after the notice `after`.
+    pub fn notice_page(
+        &mut self,
+        account: &str,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<Listed<Notice, i64>, StoreError> {
         let account_ref = self.require_account(account)?;
+        let total: i64 = self.conn.query_row(
+            "SELECT count(*) FROM notices WHERE account_ref = ?1",
+            [account_ref],
+            |r| r.get(0),
+        )?;
         let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT {NOTICE_COLUMNS} FROM notices n JOIN accounts a ON a.ref = n.account_ref
-              WHERE n.account_ref = ?1 ORDER BY n.id DESC LIMIT ?2"
+              WHERE n.account_ref = ?1 AND n.id < ?2 ORDER BY n.id DESC LIMIT ?3"
         ))?;
-        let mut rows = stmt.query((account_ref, limit as i64))?;
+        let mut rows = stmt.query((account_ref, after.unwrap_or(i64::MAX), one_more(limit)))?;
         let mut out = Vec::new();
         while let Some(r) = rows.next()? {
-            out.push(notice_row(&r)?);
+            let notice = notice_row(&r)?;
+            out.push((notice.id, notice));
         }
         drop(rows);
+        let mut page = Listed::from_rows(out, limit, total as u64);
         let mut deliveries = self.conn.prepare_cached(
             "SELECT channel, address, attempts, delivered_at_ms, next_attempt_ms, last_error
                FROM notice_deliveries WHERE notice_id = ?1 ORDER BY channel, address",
         )?;
-        for n in &mut out {
+        for n in &mut page.items {
             let rows = deliveries.query_map([n.id], |r| {
                 Ok(NoticeDelivery {
                     channel: r.get(0)?,
@@ -191,7 +211,7 @@ impl Store {
             })?;
             n.deliveries = rows.collect::<Result<_, _>>()?;
         }
-        Ok(out)
+        Ok(page)
     }
 
     /// Issues a notice outside a lifecycle step (tests of delivery, tools).

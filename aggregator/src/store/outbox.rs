@@ -6,6 +6,7 @@ use serde::Serialize;
 use shared::bill::BillLine;
 
 use super::bills::{line_row, LINE_COLUMNS};
+use super::pages::{one_more, LineKey, Listed};
 use super::{from_ms, Store, StoreError};
 
 /// A line to deliver, and how often delivery failed so far.
@@ -145,6 +146,47 @@ impl Store {
             out.push(delivery_row(&r)?);
         }
         Ok(out)
+    }
+
+    /// A page of the outbox, newest first (then in the lines' key order),
+    /// optionally only the undelivered lines: up to `limit` after `after`.
+    pub fn outbox_page(
+        &self,
+        undelivered_only: bool,
+        after: Option<&LineKey>,
+        limit: u32,
+    ) -> Result<Listed<Delivery, LineKey>, StoreError> {
+        let total: i64 = self.conn.query_row(
+            "SELECT count(*) FROM outbox o WHERE (?1 = 0 OR o.delivered_at_ms IS NULL)",
+            [i64::from(undelivered_only)],
+            |r| r.get(0),
+        )?;
+        // Newest first: the first page starts after a line issued at the end of time.
+        let last = LineKey {
+            issued_at_ms: i64::MAX,
+            ..LineKey::first()
+        };
+        let after = after.unwrap_or(&last);
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "{SELECT} {LINE_COLUMNS} {FROM}
+              WHERE (?1 = 0 OR o.delivered_at_ms IS NULL)
+                AND (b.issued_at_ms < ?2 OR (b.issued_at_ms = ?2 AND (a.id, b.day, b.seq) > (?3, ?4, ?5)))
+              ORDER BY b.issued_at_ms DESC, a.id, b.day, b.seq LIMIT ?6"
+        ))?;
+        let mut rows = stmt.query((
+            i64::from(undelivered_only),
+            after.issued_at_ms,
+            after.account.as_str(),
+            after.day.to_string(),
+            after.seq,
+            one_more(limit),
+        ))?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let delivery = delivery_row(&r)?;
+            out.push((LineKey::of(&delivery.line), delivery));
+        }
+        Ok(Listed::from_rows(out, limit, total as u64))
     }
 
     /// When the next undelivered line is due, if there is one.

@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::db::OptionalExtension;
+use super::pages::{one_more, Listed};
 use super::{from_ms, Store, StoreError};
 use crate::auth::{hash_token, new_token, READER_TOKEN_PREFIX};
 
@@ -125,6 +126,38 @@ impl Store {
             },
         )?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// A page of the reader tokens of `account`, oldest first (by id): up
+    /// to `limit` after the token `after`.
+    pub fn reader_token_page(
+        &mut self,
+        account: &str,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<Listed<ReaderToken, i64>, StoreError> {
+        let account_ref = self.require_account(account)?;
+        let total: i64 = self.conn.query_row(
+            "SELECT count(*) FROM reader_tokens WHERE account_ref = ?1",
+            [account_ref],
+            |r| r.get(0),
+        )?;
+        let rows = self.conn.query_map(
+            "SELECT id, name, created_at_ms, revoked_at_ms FROM reader_tokens
+              WHERE account_ref = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+            (account_ref, after.unwrap_or(i64::MIN), one_more(limit)),
+            |r| {
+                let token = ReaderToken {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    created_at: from_ms(r.get(2)?),
+                    revoked_at: r.get::<_, Option<i64>>(3)?.map(from_ms),
+                };
+                Ok((token.id, token))
+            },
+        )?;
+        let rows = rows.collect::<Result<_, _>>()?;
+        Ok(Listed::from_rows(rows, limit, total as u64))
     }
 
     /// Revokes a reader token of `account`; it stops at once. Revoking a

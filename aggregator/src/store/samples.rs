@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use shared::overage::NodeSample;
 use shared::sample::{validate, AgeLimits, Rejection, Unchecked};
 
+use super::pages::{one_more, Listed, SampleKey};
 use super::{Account, Store, StoreError};
 
 /// A sample as it reached the aggregator, with the identity its token gave it.
@@ -372,6 +373,22 @@ pub struct AuditSample {
     pub agent_version: Option<String>,
 }
 
+const AUDIT_COLUMNS: &str =
+    "s.id, n.cluster, n.name, s.cores, s.at_ms, s.received_at_ms, s.seq, s.agent_version";
+
+fn audit_row(r: &super::db::Row<'_>) -> Result<AuditSample, super::db::DbError> {
+    Ok(AuditSample {
+        id: r.get(0)?,
+        cluster: r.get(1)?,
+        node: r.get(2)?,
+        cores: r.get(3)?,
+        at: super::from_ms(r.get(4)?),
+        received_at: super::from_ms(r.get(5)?),
+        seq: r.get(6)?,
+        agent_version: r.get(7)?,
+    })
+}
+
 impl Store {
     /// Every stored sample of an account with `at` in `[from, to)`, in order of `at`.
     pub fn audit_samples(
@@ -381,28 +398,63 @@ impl Store {
         to: DateTime<Utc>,
     ) -> Result<Vec<AuditSample>, StoreError> {
         let account_ref = self.require_account(account)?;
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT s.id, n.cluster, n.name, s.cores, s.at_ms, s.received_at_ms, s.seq, s.agent_version
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {AUDIT_COLUMNS}
                FROM samples s JOIN nodes n ON n.id = s.node_id
               WHERE s.account_ref = ?1 AND s.at_ms >= ?2 AND s.at_ms < ?3
-              ORDER BY s.at_ms, s.id",
-        )?;
+              ORDER BY s.at_ms, s.id"
+        ))?;
         let rows = stmt.query_map(
             (account_ref, from.timestamp_millis(), to.timestamp_millis()),
-            |r| {
-                Ok(AuditSample {
-                    id: r.get(0)?,
-                    cluster: r.get(1)?,
-                    node: r.get(2)?,
-                    cores: r.get(3)?,
-                    at: super::from_ms(r.get(4)?),
-                    received_at: super::from_ms(r.get(5)?),
-                    seq: r.get(6)?,
-                    agent_version: r.get(7)?,
-                })
-            },
+            audit_row,
         )?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// A page of the audit trail: up to `limit` samples of the account with
+    /// `at` in `[from, to)` after `after`, in order of (`at`, id).
+    pub fn audit_page(
+        &mut self,
+        account: &str,
+        (from, to): (DateTime<Utc>, DateTime<Utc>),
+        after: Option<&SampleKey>,
+        limit: u32,
+    ) -> Result<Listed<AuditSample, SampleKey>, StoreError> {
+        let account_ref = self.require_account(account)?;
+        let window = (account_ref, from.timestamp_millis(), to.timestamp_millis());
+        let total: i64 = self.conn.query_row(
+            "SELECT count(*) FROM samples WHERE account_ref = ?1 AND at_ms >= ?2 AND at_ms < ?3",
+            window,
+            |r| r.get(0),
+        )?;
+        let after = after.map_or((i64::MIN, i64::MIN), |k| (k.at_ms, k.id));
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {AUDIT_COLUMNS}
+               FROM samples s JOIN nodes n ON n.id = s.node_id
+              WHERE s.account_ref = ?1 AND s.at_ms >= ?2 AND s.at_ms < ?3
+                AND (s.at_ms, s.id) > (?4, ?5)
+              ORDER BY s.at_ms, s.id LIMIT ?6"
+        ))?;
+        let rows = stmt.query_map(
+            (
+                window.0,
+                window.1,
+                window.2,
+                after.0,
+                after.1,
+                one_more(limit),
+            ),
+            |r| {
+                let sample = audit_row(r)?;
+                let key = SampleKey {
+                    at_ms: sample.at.timestamp_millis(),
+                    id: sample.id,
+                };
+                Ok((key, sample))
+            },
+        )?;
+        let rows = rows.collect::<Result<_, _>>()?;
+        Ok(Listed::from_rows(rows, limit, total as u64))
     }
 }
 
