@@ -450,6 +450,10 @@ impl Agent {
                 %node, reason = name, count, first_seq, last_seq, %example_at,
                 "the aggregator refused {count} {samples}: this account's service is stopped (its licence or trial ended); dropped"
             ),
+            Some(Rejection::ConflictingResend) => tracing::error!(
+                %node, reason = name, count, first_seq, last_seq, %example_at,
+                "the aggregator already holds other cores or another instant under the same node and seq for {count} {samples}: a seq was handed out twice (a bug in the agent, or a spool restored from an older copy or shared by two agents of node {node}); the stored samples stand, these are dropped"
+            ),
             _ => tracing::warn!(
                 %node, reason = name, count, first_seq, last_seq, %example_at,
                 "the aggregator rejected {count} {samples} as {name}; dropped"

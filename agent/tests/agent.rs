@@ -6,6 +6,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use shared::sample::Rejection;
+
 use support::{eventually, spool_listing, Agent, AgentOptions, FakeAggregator, Mode};
 
 fn options<'a>(aggregator: String, spool: &'a Path, node: &'a str) -> AgentOptions<'a> {
@@ -434,7 +436,7 @@ fn an_empty_token_file_is_counted_as_a_token_error_and_the_samples_stay() {
 fn a_rejected_sample_is_dropped_with_its_reason_logged_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("spool");
-    let server = FakeAggregator::start(Mode::RejectAll);
+    let server = FakeAggregator::start(Mode::RejectAll(Rejection::TooOld));
     let agent = Agent::start(&options(server.url(), &spool, "node-r"));
     eventually(Duration::from_secs(10), "two samples were rejected", || {
         agent
@@ -447,4 +449,28 @@ fn a_rejected_sample_is_dropped_with_its_reason_logged_and_counted() {
         "rejected samples leave the spool"
     );
     assert!(agent.log_text().contains("too_old"), "the reason is logged");
+}
+
+#[test]
+fn a_conflicting_resend_is_dropped_from_the_spool_and_logged_as_a_bug() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let server = FakeAggregator::start(Mode::RejectAll(Rejection::ConflictingResend));
+    let agent = Agent::start(&options(server.url(), &spool, "node-c"));
+    eventually(Duration::from_secs(10), "two samples were rejected", || {
+        agent
+            .metric(
+                "core_meter_agent_samples_rejected_total",
+                "conflicting_resend",
+            )
+            .unwrap_or(0.0)
+            >= 2.0
+    });
+    assert!(
+        spool_listing(&spool).len() <= 1,
+        "conflicting resends leave the spool"
+    );
+    let log = agent.log_text();
+    assert!(log.contains("conflicting_resend"), "the reason is logged");
+    assert!(log.contains("a seq was handed out twice"), "{log}");
 }

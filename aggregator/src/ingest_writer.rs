@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use shared::sample::AgeLimits;
+use shared::sample::{AgeLimits, Rejection};
 use tokio::sync::oneshot;
 
 use crate::service_metrics::ServiceMetrics;
@@ -227,6 +227,7 @@ fn writer(
                 let mut rest = outcomes.into_iter();
                 for job in jobs {
                     let mine: Vec<Outcome> = rest.by_ref().take(job.samples.len()).collect();
+                    warn_of_conflicting_resends(&job, &mine);
                     let _ = job.reply.send(Ok(mine));
                 }
             }
@@ -245,6 +246,29 @@ fn writer(
             }
         }
     }
+}
+
+/// One line per request that held conflicting resends, however many: an
+/// agent that hands a seq out twice is a bug worth seeing, not worth a line
+/// per sample.
+fn warn_of_conflicting_resends(job: &Job, outcomes: &[Outcome]) {
+    let conflicting = Outcome::Rejected(Rejection::ConflictingResend);
+    let mut found = outcomes
+        .iter()
+        .zip(&job.samples)
+        .filter(|(o, _)| **o == conflicting);
+    let Some((_, first)) = found.next() else {
+        return;
+    };
+    let count = 1 + found.count();
+    tracing::warn!(
+        account = %job.account,
+        cluster = %job.cluster,
+        count,
+        first_node = %first.node,
+        first_seq = first.seq,
+        "rejected {count} conflicting resend(s): a (node, seq) already stored with other cores or another instant; the stored samples stand (the agent or its spool handed a seq out twice)"
+    );
 }
 
 /// Records a commit that failed for the disk's sake; the first of a run is
@@ -296,6 +320,67 @@ mod tests {
         let metrics = Arc::new(ServiceMetrics::default());
         let (queue, _writer) = IngestQueue::start(store.clone(), AgeLimits::default(), metrics);
         (store, queue)
+    }
+
+    /// Everything logged at WARN and above while `f` runs on this thread.
+    fn logged(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let text = buffer.0.lock().unwrap().clone();
+        String::from_utf8(text).unwrap()
+    }
+
+    #[test]
+    fn conflicting_resends_are_logged_once_per_request_with_the_first_node_and_seq() {
+        let now = Utc::now();
+        let (reply, _answer) = oneshot::channel();
+        let mut samples = batch("node-1", 1..4, now);
+        samples.extend(batch("node-2", 7..9, now));
+        let job = Job {
+            account: "acme".into(),
+            cluster: "prod".into(),
+            received_at: now,
+            samples,
+            reply,
+        };
+        let conflicting = Outcome::Rejected(Rejection::ConflictingResend);
+        let outcomes = [
+            Outcome::Accepted,
+            conflicting,
+            Outcome::Duplicate,
+            conflicting,
+            conflicting,
+        ];
+        let log = logged(|| warn_of_conflicting_resends(&job, &outcomes));
+        assert_eq!(log.lines().count(), 1, "{log}");
+        for part in [
+            "account=acme",
+            "cluster=prod",
+            "count=3",
+            "first_node=node-1",
+            "first_seq=2",
+        ] {
+            assert!(log.contains(part), "{part} in {log}");
+        }
+        let none = [Outcome::Accepted, Outcome::Duplicate, Outcome::Accepted];
+        assert_eq!(logged(|| warn_of_conflicting_resends(&job, &none)), "");
     }
 
     fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {

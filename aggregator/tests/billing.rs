@@ -603,7 +603,7 @@ fn overlapping_runs_from_two_connections_bill_each_day_exactly_once() {
 }
 
 #[test]
-fn a_sample_resent_with_the_same_seq_is_a_duplicate_and_changes_nothing() {
+fn a_sample_resent_with_the_same_seq_is_a_duplicate_or_a_conflicting_resend_and_changes_nothing() {
     let mut m = Meter::new();
     m.account("acme");
     let sent: Vec<_> = all_day("acme", "node-0", 100, "2026-11-24")
@@ -613,8 +613,9 @@ fn a_sample_resent_with_the_same_seq_is_a_duplicate_and_changes_nothing() {
         .collect();
     assert_eq!(m.push(&sent), vec![Outcome::Accepted; 24]);
 
-    // The agent resends seq 7 after a lost acknowledgement; a broken resend
-    // even carries other figures. Either way the stored (node, seq) wins.
+    // The agent resends seq 7 after a lost acknowledgement (a duplicate); a
+    // broken resend carries other figures and is refused as a conflicting
+    // resend. Either way the stored (node, seq) wins.
     let resend = sent[6].clone();
     let mut garbled = sent[6].clone();
     garbled.cores = Some(900);
@@ -622,7 +623,11 @@ fn a_sample_resent_with_the_same_seq_is_a_duplicate_and_changes_nothing() {
     let other_node = sample("acme", "node-1", 24, local("2026-11-24T06:07:00")).seq(7);
     assert_eq!(
         m.push(&[resend, garbled, other_node]),
-        vec![Outcome::Duplicate, Outcome::Duplicate, Outcome::Accepted]
+        vec![
+            Outcome::Duplicate,
+            Outcome::Rejected(Rejection::ConflictingResend),
+            Outcome::Accepted
+        ]
     );
     assert_eq!(
         m.stored_samples(

@@ -11,7 +11,7 @@ use std::process::Command;
 use aggregator::billing::{run_billing, BillingConfig};
 use aggregator::lifecycle::run_lifecycle;
 use aggregator::store::{
-    Database, Durability, Incoming, NewContact, NewOrder, NoticeChannels, Store,
+    Database, Durability, Incoming, NewContact, NewOrder, NoticeChannels, Store, StoreError,
 };
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use rust_decimal::Decimal;
@@ -74,10 +74,10 @@ fn run(store: &mut Store, day: &str, config: &BillingConfig) -> Vec<BillLine> {
 /// Two weeks of three accounts: a main account with a contact, a cluster,
 /// a prepaid auto-renewing order and a late sample that adjusts a billed
 /// day; its sub-account on a trial; one on a counting-period licence; a
-/// rejected sample.
-fn history(store: &mut Store, config: &BillingConfig) {
+/// rejected sample. Returns the tokens it issued, the one rotated away first.
+fn history(store: &mut Store, config: &BillingConfig) -> Vec<String> {
     let t0 = local("2026-11-01T10:00:00");
-    store.generate_admin_token(t0).unwrap();
+    let admin = store.generate_admin_token(t0).unwrap().unwrap();
     store.create_account("acme", t0).unwrap();
     store
         .add_contact(
@@ -91,8 +91,11 @@ fn history(store: &mut Store, config: &BillingConfig) {
             t0,
         )
         .unwrap();
-    store.create_cluster("acme", "prod", None, t0).unwrap();
-    store.issue_reader_token("acme", "dashboard", t0).unwrap();
+    let rotated_away = store.create_cluster("acme", "prod", None, t0).unwrap();
+    let cluster = store
+        .rotate_cluster_token("acme", "prod", None, t0 + TimeDelta::minutes(1))
+        .unwrap();
+    let reader = store.issue_reader_token("acme", "dashboard", t0).unwrap();
     let revoked = store.issue_reader_token("acme", "old", t0).unwrap();
     store.revoke_reader_token("acme", revoked.id, t0).unwrap();
     store
@@ -150,6 +153,7 @@ fn history(store: &mut Store, config: &BillingConfig) {
         adjusted.iter().any(|l| l.kind == LineKind::Adjustment),
         "{adjusted:?}"
     );
+    vec![rotated_away, cluster, admin, reader.token, revoked.token]
 }
 
 fn migrate(from: &Path, to: &Database) -> std::process::Output {
@@ -182,7 +186,7 @@ fn a_migrated_store_holds_the_same_bills_and_goes_on_billing_as_the_original() {
         webhook: true,
         email: true,
     });
-    history(&mut source, &config);
+    let tokens = history(&mut source, &config);
 
     let target_db = support::database(&dir.path().join("target.sqlite"));
     let out = migrate(&source_path, &target_db);
@@ -230,6 +234,24 @@ fn a_migrated_store_holds_the_same_bills_and_goes_on_billing_as_the_original() {
         target.reader_tokens("acme").unwrap(),
         source.reader_tokens("acme").unwrap()
     );
+    // Every token the source issued, the one rotated away too, is known to
+    // the target as issued, and refused there for a new cluster.
+    for token in &tokens {
+        assert!(source.token_issued(token).unwrap().is_some());
+        assert_eq!(
+            target.token_issued(token).unwrap(),
+            source.token_issued(token).unwrap()
+        );
+    }
+    assert!(matches!(
+        target.create_cluster(
+            "zeta",
+            "prod",
+            Some(tokens[0].clone()),
+            local("2026-11-15T10:00:00")
+        ),
+        Err(StoreError::TokenInUse)
+    ));
     // New reader tokens' ids follow the copied ones.
     let next = target
         .issue_reader_token("acme", "after the move", local("2026-11-15T10:00:00"))

@@ -247,3 +247,40 @@ async fn rotating_with_an_empty_body_still_generates_a_token() {
     }
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_rotated_away_cannot_be_given_to_another_accounts_cluster_nor_back_to_its_own() {
+    let (_dir, app) = spawn().await;
+    let generated = app.account_with_cluster("acme", "prod").await;
+    create_account(&app, "rival").await;
+    let supplied_first = supplied(0xf6);
+    let (s, v) = rotate(&app, "acme", "prod", Some(json!({"token": supplied_first}))).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = rotate(&app, "acme", "prod", None).await;
+    assert_eq!(s, 200, "{v}");
+    let current = v["token"].as_str().unwrap().to_string();
+
+    for old in [&generated, &supplied_first] {
+        let attempts = [
+            register(&app, "rival", json!({"name": "prod", "token": old})).await,
+            register(&app, "acme", json!({"name": "staging", "token": old})).await,
+            rotate(&app, "acme", "prod", Some(json!({"token": old}))).await,
+        ];
+        for (s, v) in attempts {
+            let (status, field, message) = refusal(s, &v, old);
+            assert_eq!((status, field.as_str()), (409, "token"), "{v}");
+            assert_eq!(v["error"]["code"], "token_in_use", "{v}");
+            assert!(
+                !message.contains("acme") && !message.contains("prod"),
+                "does not say whose: {v}"
+            );
+        }
+        // The old token authenticates nothing, for either account.
+        assert_eq!(push(&app, old, 1).await, 401);
+    }
+    assert_eq!(clusters(&app, "acme").await, json!(["prod"]));
+    assert_eq!(clusters(&app, "rival").await, json!([]));
+    assert_eq!(push(&app, &current, 1).await, 200);
+    assert_eq!(stored(&app, "acme").await, 1);
+    app.stop().await;
+}

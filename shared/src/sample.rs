@@ -31,6 +31,12 @@ pub enum Rejection {
     /// The sample's hour falls while the account's service is stopped
     /// (SPEC section 8): checked last, by the aggregator's store.
     ServiceStopped,
+    /// The (node, seq) is stored already with other cores or another `at`
+    /// (to the millisecond): not a resend of what was stored, so neither a
+    /// duplicate nor a second sample. The stored one stays; an agent or
+    /// spool that hands a seq out twice is the usual cause. Checked by the
+    /// store, after the sample passed every other check.
+    ConflictingResend,
     /// A reason this build does not know (a newer aggregator's): the sample
     /// was still refused, and is dropped like any other rejection.
     #[serde(other)]
@@ -49,6 +55,7 @@ impl Rejection {
             Rejection::TooOld => "too_old",
             Rejection::InvalidSeq => "invalid_seq",
             Rejection::ServiceStopped => "service_stopped",
+            Rejection::ConflictingResend => "conflicting_resend",
             Rejection::Other => "other",
         }
     }

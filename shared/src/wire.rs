@@ -72,7 +72,10 @@ pub struct SampleResult {
 /// agent drops. A version that does not parse is taken as old.
 pub fn agent_reads(agent_version: Option<&str>, reason: Rejection) -> bool {
     let since = match reason {
-        Rejection::ServiceStopped | Rejection::InvalidNode | Rejection::Other => (0, 2),
+        Rejection::ServiceStopped
+        | Rejection::InvalidNode
+        | Rejection::ConflictingResend
+        | Rejection::Other => (0, 2),
         _ => return true,
     };
     let Some(v) = agent_version else {
@@ -259,6 +262,14 @@ mod tests {
         assert!(agent_reads(Some("0.2.0"), stopped));
         assert!(agent_reads(Some("1.0.3"), stopped));
         assert!(agent_reads(Some("0.1.0"), Rejection::TooOld));
+        let conflicting = Rejection::ConflictingResend;
+        assert!(!agent_reads(Some("0.1.0"), conflicting));
+        assert!(!agent_reads(None, conflicting));
+        assert!(agent_reads(Some("0.2.0"), conflicting));
+        assert_eq!(
+            serde_json::to_value(conflicting).unwrap(),
+            conflicting.as_str()
+        );
     }
 
     #[test]

@@ -34,8 +34,8 @@ pub enum Mode {
     Unavailable,
     /// Answers 503 with the aggregator's body for a full disk, without storing.
     DiskFull,
-    /// Answers every sample `rejected` (`too_old`) without storing.
-    RejectAll,
+    /// Answers every sample `rejected` with this reason, without storing.
+    RejectAll(shared::sample::Rejection),
 }
 
 #[derive(Default)]
@@ -101,13 +101,13 @@ async fn ingest(
         )
             .into_response();
     }
-    if mode == Mode::RejectAll {
+    if let Mode::RejectAll(reason) = mode {
         received.lock().unwrap().requests += 1;
         let results = (0..batch.samples.len())
             .map(|index| SampleResult {
                 index,
                 status: SampleStatus::Rejected,
-                reason: Some(shared::sample::Rejection::TooOld),
+                reason: Some(reason),
             })
             .collect();
         return Json(IngestResponse { results }).into_response();

@@ -479,7 +479,7 @@ impl From<StoreError> for ApiError {
             E::InvalidAccountId(_) => ApiError::unprocessable("id", e.to_string()),
             E::InvalidName(_) => ApiError::unprocessable("name", e.to_string()),
             E::InvalidToken(_) => ApiError::unprocessable("token", e.to_string()),
-            E::TokenInUse | E::TokenUnchanged => {
+            E::TokenInUse => {
                 ApiError::new(StatusCode::CONFLICT, "token_in_use", e.to_string()).field("token")
             }
             E::Rule(RuleError::CapBelowMinimum { .. } | RuleError::CapAboveMaximum { .. }) => {

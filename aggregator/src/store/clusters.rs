@@ -3,8 +3,8 @@
 use super::db::{DbError, OptionalExtension};
 use chrono::{DateTime, Utc};
 use shared::domain::{check_name, NameKind};
-use subtle::ConstantTimeEq;
 
+use super::issued::{record_issue, TokenKind};
 use super::{Store, StoreError};
 use crate::auth::{check_token_form, hash_token, new_token};
 
@@ -31,7 +31,9 @@ fn token_or_new(supplied: Option<String>) -> Result<String, StoreError> {
 }
 
 /// A write refused by the unique index on `clusters.token_hash` is a token
-/// some cluster already has; anything else is a database error.
+/// some cluster already has; anything else is a database error. (Such a
+/// token was recorded as issued, so `issued::record_issue` refuses it first;
+/// the index is the last word.)
 fn token_in_use(e: DbError) -> StoreError {
     // SQLite names the column (clusters.token_hash), PostgreSQL the
     // constraint (clusters_token_hash_key).
@@ -44,8 +46,10 @@ fn token_in_use(e: DbError) -> StoreError {
 
 impl Store {
     /// Creates a cluster with the supplied token, or a generated one, and
-    /// returns it; only the token's hash is kept. A token another cluster has
-    /// is refused by the unique index, so nothing is written.
+    /// returns it; only the token's hash is kept. A token issued before (held,
+    /// rotated away or revoked, by any cluster or account) is refused, and
+    /// nothing is written: the cluster and the record of its token's issue
+    /// commit together.
     pub fn create_cluster(
         &mut self,
         account: &str,
@@ -58,12 +62,13 @@ impl Store {
             .map_err(|e| StoreError::InvalidName(e.to_string()))?;
         let token = token_or_new(token)?;
         let account_ref = self.require_account(account)?;
-        let inserted = self
-            .conn
+        let hash = hash_token(&token).to_vec();
+        let tx = self.conn.transaction()?;
+        let inserted = tx
             .execute(
                 "INSERT INTO clusters (account_ref, name, token_hash, created_at_ms) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (account_ref, name) DO NOTHING",
-                (account_ref, name, hash_token(&token).to_vec(), now.timestamp_millis()),
+                (account_ref, name, hash.clone(), now.timestamp_millis()),
             )
             .map_err(token_in_use)?;
         if inserted == 0 {
@@ -72,12 +77,15 @@ impl Store {
                 name.to_string(),
             ));
         }
+        record_issue(&tx, &hash, TokenKind::Cluster, now)?;
+        tx.commit()?;
         Ok(token)
     }
 
     /// Replaces a cluster's token with the supplied one, or a generated one,
-    /// and returns it; the old one stops working at once. A token any cluster
-    /// has, this one included, is refused and nothing changes.
+    /// and returns it; the old one stops working at once. A token issued
+    /// before, this cluster's own current or earlier ones included, is
+    /// refused and nothing changes.
     pub fn rotate_cluster_token(
         &mut self,
         account: &str,
@@ -88,34 +96,22 @@ impl Store {
         let token = token_or_new(token)?;
         let account_ref = self.require_account(account)?;
         let hash = hash_token(&token).to_vec();
-        // The cluster's own token would pass the unique index and leave the
-        // old token working, so it is looked at first, under the write lock.
         let tx = self.conn.transaction()?;
-        let current: Option<Vec<u8>> = tx
-            .query_row(
-                "SELECT token_hash FROM clusters WHERE account_ref = ?1 AND name = ?2",
-                (account_ref, name),
-                |r| r.get(0),
+        let updated = tx
+            .execute(
+                "UPDATE clusters SET token_hash = ?3, rotated_at_ms = ?4 WHERE account_ref = ?1 AND name = ?2",
+                (account_ref, name, hash.clone(), now.timestamp_millis()),
             )
-            .optional()?;
-        match current {
-            None => {
-                return Err(StoreError::UnknownCluster(
-                    account.to_string(),
-                    name.to_string(),
-                ))
-            }
-            // Hashes of secrets are compared in constant time too.
-            Some(current) if bool::from(current.ct_eq(&hash)) => {
-                return Err(StoreError::TokenUnchanged)
-            }
-            Some(_) => {}
+            .map_err(token_in_use)?;
+        if updated == 0 {
+            return Err(StoreError::UnknownCluster(
+                account.to_string(),
+                name.to_string(),
+            ));
         }
-        tx.execute(
-            "UPDATE clusters SET token_hash = ?3, rotated_at_ms = ?4 WHERE account_ref = ?1 AND name = ?2",
-            (account_ref, name, hash, now.timestamp_millis()),
-        )
-        .map_err(token_in_use)?;
+        // The cluster's own token passes the unique index (the row changes
+        // to what it was) but was recorded when issued, so it is refused here.
+        record_issue(&tx, &hash, TokenKind::Cluster, now)?;
         tx.commit()?;
         Ok(token)
     }
@@ -163,10 +159,17 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<Option<String>, StoreError> {
         let token = new_token("cma");
-        let inserted = self.conn.execute(
+        let hash = hash_token(&token).to_vec();
+        let tx = self.conn.transaction()?;
+        let inserted = tx.execute(
             "INSERT INTO admin_token (id, token_hash, created_at_ms) VALUES (1, ?1, ?2) ON CONFLICT (id) DO NOTHING",
-            (hash_token(&token).to_vec(), now.timestamp_millis()),
+            (hash.clone(), now.timestamp_millis()),
         )?;
-        Ok((inserted == 1).then_some(token))
+        if inserted == 0 {
+            return Ok(None);
+        }
+        record_issue(&tx, &hash, TokenKind::Admin, now)?;
+        tx.commit()?;
+        Ok(Some(token))
     }
 }

@@ -289,6 +289,12 @@ const TABLES: &[Table] = &[
         identity: Some("id"),
     },
     Table {
+        name: "issued_tokens",
+        columns: &["token_hash", "kind", "issued_at_ms"],
+        order_by: "token_hash",
+        identity: None,
+    },
+    Table {
         name: "names_outside_domain",
         columns: &["kind", "name"],
         order_by: "kind, name",
@@ -509,4 +515,30 @@ fn compare(source: &Store, target: &Store) -> Result<(usize, usize), CopyError> 
         )));
     }
     Ok((from.len(), a.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Durability;
+
+    #[test]
+    fn the_copy_names_every_table_of_the_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db.sqlite"), Durability::Scratch).unwrap();
+        let mut tables: Vec<String> = store
+            .conn
+            .query_map(
+                "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name",
+                (),
+                |r| r.get(0),
+            )
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        tables.retain(|t| !t.starts_with("sqlite_"));
+        let mut copied: Vec<&str> = TABLES.iter().map(|t| t.name).collect();
+        copied.sort_unstable();
+        assert_eq!(tables, copied);
+    }
 }

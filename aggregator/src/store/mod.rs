@@ -8,6 +8,7 @@ mod clusters;
 mod connection;
 mod copy;
 pub mod db;
+mod issued;
 mod lifecycle;
 mod names;
 mod notice_outbox;
@@ -33,6 +34,7 @@ pub use accounts::Account;
 pub use clusters::ClusterIdentity;
 pub use connection::{panic_message, Connection};
 pub use copy::{CopyError, CopyReport};
+pub use issued::TokenKind;
 pub use lifecycle::{BalanceEntry, Contact, NewContact, NewOrder, Order, StateChange, StepOutcome};
 pub use notice_outbox::{DueNotice, NoticeChannel, NOTICE_ERROR_MAX_CHARS};
 pub use notices::{Notice, NoticeChannels, NoticeDelivery, Recipient};
@@ -65,13 +67,11 @@ pub enum StoreError {
     /// A supplied cluster token not in the generated form; the reason never quotes it.
     #[error("token must be cmc_ followed by 64 lowercase hex characters; {0}")]
     InvalidToken(String),
-    /// A supplied cluster token whose hash another cluster already has. Which
-    /// cluster is not said: the caller may not know that one's token.
-    #[error("token is already in use by another cluster")]
+    /// A token whose hash was issued before: held now, rotated away or
+    /// revoked, by this cluster or any other. Which cluster or account is
+    /// not said: the caller may not know that one's token.
+    #[error("token is already in use or was issued before; a token is issued only once, so supply a new one or let the service generate one")]
     TokenInUse,
-    /// A rotation to the token the cluster already has, which would not stop it.
-    #[error("token is already this cluster's token; a rotation needs a different one")]
-    TokenUnchanged,
     /// An account id outside its domain (`shared::domain::check_name`).
     #[error("{0}")]
     InvalidAccountId(String),

@@ -96,11 +96,13 @@ impl Store {
                 ),
             });
         }
+        let hash = hash_token(&token).to_vec();
         let id: i64 = tx.query_row(
             "INSERT INTO reader_tokens (account_ref, name, token_hash, created_at_ms) VALUES (?1, ?2, ?3, ?4) RETURNING id",
-            (account_ref, name, hash_token(&token).to_vec(), now.timestamp_millis()),
+            (account_ref, name, hash.clone(), now.timestamp_millis()),
             |r| r.get(0),
         )?;
+        super::issued::record_issue(&tx, &hash, super::issued::TokenKind::Reader, now)?;
         tx.commit()?;
         Ok(IssuedReaderToken {
             id,

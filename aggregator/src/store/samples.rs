@@ -20,7 +20,9 @@ pub struct Incoming<'a> {
     pub cores: Option<u32>,
     /// The instant, if it parsed (`shared::sample::parse_instant`).
     pub at: Option<DateTime<Utc>>,
-    /// The agent's sequence number for this node; a resend of a stored (node, seq) is a duplicate.
+    /// The agent's sequence number for this node; a resend of a stored
+    /// (node, seq) is a duplicate when its cores and `at` are the stored
+    /// ones, else rejected as a conflicting resend.
     pub seq: Option<i64>,
     pub agent_version: Option<&'a str>,
     pub received_at: DateTime<Utc>,
@@ -99,7 +101,7 @@ impl Store {
             let mut insert_one = tx.prepare_cached(&insert_sql(1))?;
             let mut unsequenced: Vec<Row<'_>> = Vec::with_capacity(ROWS_PER_INSERT);
             // Rows with a seq, and where their outcome is: many to a
-            // statement too, the ones it did not insert being duplicates.
+            // statement too, the ones it did not insert being resends.
             let mut sequenced: Vec<(Row<'_>, usize)> = Vec::with_capacity(ROWS_PER_INSERT);
             for s in batch {
                 let account_ref = refs[s.account];
@@ -125,15 +127,13 @@ impl Store {
                     Ok(c) => c,
                     Err(reason) => {
                         if let Some(account_ref) = account_ref {
-                            tx.prepare_cached(
-                                "INSERT INTO rejections (account_ref, at_ms, reason, received_at_ms) VALUES (?1, ?2, ?3, ?4)",
-                            )?
-                            .execute((
+                            record_rejection(
+                                &tx,
                                 account_ref,
                                 s.at.unwrap_or(s.received_at).timestamp_millis(),
-                                reason.as_str(),
+                                reason,
                                 s.received_at.timestamp_millis(),
-                            ))?;
+                            )?;
                         }
                         outcomes.push(Outcome::Rejected(reason));
                         continue;
@@ -305,9 +305,12 @@ fn insert_many(tx: &Conn, rows: &[Row<'_>]) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Inserts rows that carry a seq in one statement; a row it does not insert
-/// (its node and seq are stored already, or earlier in the same statement)
-/// is a duplicate, and its outcome says so.
+/// Inserts rows that carry a seq in one statement. A row it does not insert
+/// has its node and seq stored already (before, or earlier in the same
+/// statement): it is a duplicate when the stored sample has the same cores
+/// and `at`, else a conflicting resend, rejected and recorded as such; the
+/// stored sample is never changed. Only when some row was not inserted does
+/// one more statement read the stored samples of those rows.
 fn insert_sequenced(
     tx: &Conn,
     rows: &[(Row<'_>, usize)],
@@ -317,11 +320,76 @@ fn insert_sequenced(
     let inserted: rustc_hash::FxHashSet<i64> = tx
         .query_map(&sql, values_of(rows.iter().map(|(r, _)| r)), |r| r.get(0))?
         .collect::<Result<_, _>>()?;
-    for (row, at) in rows {
-        if !inserted.contains(&row.id) {
-            outcomes[*at] = Outcome::Duplicate;
-        }
+    if inserted.len() == rows.len() {
+        return Ok(());
     }
+    let resent: Vec<&(Row<'_>, usize)> = rows
+        .iter()
+        .filter(|(row, _)| !inserted.contains(&row.id))
+        .collect();
+    let stored = stored_by_node_seq(tx, resent.iter().map(|(row, _)| row))?;
+    for (row, at) in resent {
+        let key = (row.node_id, row.seq.expect("a sequenced row has a seq"));
+        let Some(&(at_ms, cores)) = stored.get(&key) else {
+            // The insert can only conflict on (node, seq): the other unique
+            // key holds the store's own fresh id.
+            return Err(StoreError::Corrupt(format!(
+                "sample (node {}, seq {}) was neither stored nor found stored",
+                key.0, key.1
+            )));
+        };
+        outcomes[*at] = if (at_ms, cores) == (row.at_ms, i64::from(row.cores)) {
+            Outcome::Duplicate
+        } else {
+            let reason = Rejection::ConflictingResend;
+            record_rejection(tx, row.account_ref, row.at_ms, reason, row.received_at_ms)?;
+            Outcome::Rejected(reason)
+        };
+    }
+    Ok(())
+}
+
+/// Stored samples' (at_ms, cores) by (node_id, seq).
+type StoredBySeq = FxHashMap<(i64, i64), (i64, i64)>;
+
+/// The stored `at_ms` and cores of the rows' (node, seq), in one statement.
+fn stored_by_node_seq<'r, 'a: 'r>(
+    tx: &Conn,
+    rows: impl Iterator<Item = &'r Row<'a>>,
+) -> Result<StoredBySeq, StoreError> {
+    let mut values = Vec::new();
+    let mut terms = Vec::new();
+    for row in rows {
+        terms.push("(node_id = ? AND seq = ?)");
+        values.extend([
+            Value::Int(row.node_id),
+            row.seq.map_or(Value::Null, Value::Int),
+        ]);
+    }
+    let sql = format!(
+        "SELECT node_id, seq, at_ms, cores FROM samples WHERE {}",
+        terms.join(" OR ")
+    );
+    let found = tx
+        .query_map(&sql, values, |r| {
+            Ok(((r.get(0)?, r.get(1)?), (r.get(2)?, r.get(3)?)))
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(found)
+}
+
+/// Records a rejected sample of a known account (the report's completeness section).
+fn record_rejection(
+    tx: &Conn,
+    account_ref: i64,
+    at_ms: i64,
+    reason: Rejection,
+    received_at_ms: i64,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO rejections (account_ref, at_ms, reason, received_at_ms) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute((account_ref, at_ms, reason.as_str(), received_at_ms))?;
     Ok(())
 }
 
@@ -476,5 +544,140 @@ impl Store {
             |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)),
         )?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Durability;
+    use chrono::TimeDelta;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("db.sqlite"), Durability::Scratch).unwrap();
+        s.create_account("acme", at(0)).unwrap();
+        (dir, s)
+    }
+
+    fn at(minute: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).unwrap() + TimeDelta::minutes(minute)
+    }
+
+    fn sample(seq: i64, cores: u32, when: DateTime<Utc>) -> Incoming<'static> {
+        Incoming {
+            account: "acme",
+            cluster: "prod",
+            node: "node-1",
+            cores: Some(cores),
+            at: Some(when),
+            seq: Some(seq),
+            agent_version: Some("0.2.0"),
+            received_at: at(30),
+        }
+    }
+
+    fn ingest(s: &mut Store, batch: &[Incoming<'_>]) -> Vec<Outcome> {
+        s.ingest(batch, &AgeLimits::default()).unwrap()
+    }
+
+    /// The stored samples as (seq, cores, at).
+    fn stored(s: &mut Store) -> Vec<(Option<i64>, u32, DateTime<Utc>)> {
+        s.audit_samples("acme", at(-60), at(60))
+            .unwrap()
+            .into_iter()
+            .map(|a| (a.seq, a.cores, a.at))
+            .collect()
+    }
+
+    const CONFLICTING: Outcome = Outcome::Rejected(Rejection::ConflictingResend);
+
+    #[test]
+    fn a_true_resend_is_a_duplicate() {
+        let (_dir, mut s) = store();
+        assert_eq!(ingest(&mut s, &[sample(1, 8, at(0))]), [Outcome::Accepted]);
+        assert_eq!(ingest(&mut s, &[sample(1, 8, at(0))]), [Outcome::Duplicate]);
+        assert_eq!(stored(&mut s), [(Some(1), 8, at(0))]);
+        assert_eq!(s.rejections("acme", at(-60), at(60)).unwrap(), []);
+    }
+
+    #[test]
+    fn a_resend_with_other_cores_or_another_instant_is_rejected_and_the_stored_sample_stays() {
+        let (_dir, mut s) = store();
+        ingest(&mut s, &[sample(1, 8, at(0)), sample(2, 8, at(1))]);
+        let outcomes = ingest(
+            &mut s,
+            &[
+                sample(1, 16, at(0)),
+                sample(2, 8, at(1) + TimeDelta::milliseconds(1)),
+                sample(3, 8, at(2)),
+            ],
+        );
+        assert_eq!(outcomes, [CONFLICTING, CONFLICTING, Outcome::Accepted]);
+        assert_eq!(
+            stored(&mut s),
+            [
+                (Some(1), 8, at(0)),
+                (Some(2), 8, at(1)),
+                (Some(3), 8, at(2))
+            ]
+        );
+        // Recorded like every rejection of a known account.
+        assert_eq!(
+            s.rejections("acme", at(-60), at(60)).unwrap(),
+            [("conflicting_resend".to_string(), 2)]
+        );
+    }
+
+    #[test]
+    fn within_one_batch_the_first_of_a_node_and_seq_is_stored_and_the_next_compared_with_it() {
+        let (_dir, mut s) = store();
+        let outcomes = ingest(
+            &mut s,
+            &[
+                sample(1, 8, at(0)),
+                sample(1, 8, at(0)),
+                sample(1, 4, at(0)),
+                sample(1, 8, at(5)),
+            ],
+        );
+        assert_eq!(
+            outcomes,
+            [
+                Outcome::Accepted,
+                Outcome::Duplicate,
+                CONFLICTING,
+                CONFLICTING
+            ]
+        );
+        assert_eq!(stored(&mut s), [(Some(1), 8, at(0))]);
+    }
+
+    #[test]
+    fn resends_are_told_apart_across_many_statements_of_one_batch() {
+        let (_dir, mut s) = store();
+        let n = (ROWS_PER_INSERT * 3) as i64;
+        let first: Vec<_> = (0..n).map(|q| sample(q, 8, at(q % 30))).collect();
+        assert!(ingest(&mut s, &first)
+            .iter()
+            .all(|o| *o == Outcome::Accepted));
+        // Every third changed; the rest true resends, with new seqs mixed in.
+        let again: Vec<_> = (0..n + 10)
+            .map(|q| sample(q, if q % 3 == 0 { 9 } else { 8 }, at(q % 30)))
+            .collect();
+        let outcomes = ingest(&mut s, &again);
+        for (q, o) in outcomes.iter().enumerate() {
+            let expected = match q as i64 {
+                q if q >= n => Outcome::Accepted,
+                q if q % 3 == 0 => CONFLICTING,
+                _ => Outcome::Duplicate,
+            };
+            assert_eq!(*o, expected, "seq {q}");
+        }
+        let stored = stored(&mut s);
+        assert_eq!(stored.len() as i64, n + 10);
+        assert!(stored
+            .iter()
+            .all(|(seq, cores, _)| *cores == 8 || seq.unwrap() >= n));
     }
 }

@@ -303,6 +303,24 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX reader_tokens_by_account ON reader_tokens(account_ref);
     "#,
+    // 7: the hash of every token ever issued, so that none is issued twice
+    // (a token rotated away and given to another account's cluster would let
+    // a stale agent bill into that account). Backfilled from the hashes held
+    // now: those rotated away before this migration were never kept.
+    r#"
+    CREATE TABLE issued_tokens (
+        token_hash    BLOB PRIMARY KEY,
+        kind          TEXT NOT NULL CHECK (kind IN ('cluster', 'reader', 'admin')),
+        issued_at_ms  INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO issued_tokens (token_hash, kind, issued_at_ms)
+    SELECT token_hash, kind, issued_at_ms FROM (
+        SELECT token_hash, 'cluster' AS kind, coalesce(rotated_at_ms, created_at_ms) AS issued_at_ms FROM clusters
+        UNION ALL SELECT token_hash, 'reader', created_at_ms FROM reader_tokens
+        UNION ALL SELECT token_hash, 'admin', created_at_ms FROM admin_token
+    ) AS held WHERE true
+    ON CONFLICT (token_hash) DO NOTHING;
+    "#,
     // 8: names stored before their domain was written (account ids, cluster
     // and node names outside shared::domain::check_name), found and recorded
     // by the migration itself (store/names.rs); they are kept and reachable.

@@ -8,11 +8,15 @@
 use super::db::{Conn, DbError};
 
 /// The schema version this build knows (SQLite's count of migrations).
-pub const KNOWN: usize = 7;
+pub const KNOWN: usize = 8;
 
 /// Every migration as (the version it brings the database to, its SQL).
-const MIGRATIONS: &[(usize, &str)] =
-    &[(5, BASELINE), (6, READER_TOKENS), (7, NAMES_OUTSIDE_DOMAIN)];
+const MIGRATIONS: &[(usize, &str)] = &[
+    (5, BASELINE),
+    (6, READER_TOKENS),
+    (7, ISSUED_TOKENS),
+    (8, NAMES_OUTSIDE_DOMAIN),
+];
 
 /// The version the database is at (0 for an empty one).
 pub fn applied(conn: &Conn) -> Result<usize, DbError> {
@@ -284,6 +288,22 @@ CREATE TABLE reader_tokens (
     revoked_at_ms  BIGINT
 );
 CREATE INDEX reader_tokens_by_account ON reader_tokens(account_ref);
+"#;
+
+/// 7: the hash of every token ever issued (SQLite's migration 7).
+const ISSUED_TOKENS: &str = r#"
+CREATE TABLE issued_tokens (
+    token_hash    BYTEA PRIMARY KEY,
+    kind          TEXT NOT NULL CHECK (kind IN ('cluster', 'reader', 'admin')),
+    issued_at_ms  BIGINT NOT NULL
+);
+INSERT INTO issued_tokens (token_hash, kind, issued_at_ms)
+SELECT token_hash, kind, issued_at_ms FROM (
+    SELECT token_hash, 'cluster' AS kind, coalesce(rotated_at_ms, created_at_ms) AS issued_at_ms FROM clusters
+    UNION ALL SELECT token_hash, 'reader', created_at_ms FROM reader_tokens
+    UNION ALL SELECT token_hash, 'admin', created_at_ms FROM admin_token
+) AS held WHERE true
+ON CONFLICT (token_hash) DO NOTHING;
 "#;
 
 /// 8: names outside their domain (SQLite's migration 8).
