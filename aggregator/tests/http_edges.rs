@@ -323,6 +323,8 @@ async fn a_declared_length_over_1_mib_on_an_admin_route_is_a_413_before_the_body
         .await
         .expect("answered before the body ends");
     a.is_error(413, "too_large");
+    // The body is not read: the connection carries no other request.
+    assert_eq!(a.header("connection"), Some("close"), "{}", a.head);
     app.stop().await;
 }
 

@@ -61,7 +61,14 @@ pub(super) async fn refuse_declared_too_large(request: Request, next: Next) -> R
         .and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_BATCH_BYTES as u64) {
         tracing::debug!("request refused: the declared body is over 1 MiB");
-        return too_large().into_response();
+        // The body is not read, so the connection cannot carry another
+        // request: saying so keeps a client from sending one on it.
+        let mut response = too_large().into_response();
+        response.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+        return response;
     }
     next.run(request).await
 }
