@@ -2,6 +2,7 @@
 //! caps, bills every account's daily overage, and replays conformance cases.
 
 pub mod auth;
+pub mod automatic_errors;
 pub mod billing;
 pub mod billing_job;
 pub mod config;

@@ -15,9 +15,10 @@ use shared::clock::Clock;
 use tokio::sync::{watch, Semaphore};
 
 use crate::auth::hash_token;
+use crate::automatic_errors::{Answered, Answers, Rewriting};
 use crate::config::Config;
 use crate::ingest_writer::IngestQueue;
-use crate::routes::{router, AppState, State};
+use crate::routes::{router, AppState, State, MAX_HEAD_BYTES};
 use crate::service_metrics::ServiceMetrics;
 use crate::store::{Connection, Database, Durability, Store};
 use crate::tls::{self, Tls};
@@ -31,9 +32,6 @@ pub const MAX_CONNECTIONS: usize = 4_096;
 /// Descriptors left for the database, its journal and the rest when a low
 /// open-files limit lowers the cap.
 const RESERVED_DESCRIPTORS: usize = 64;
-/// The most bytes of a request's head (request line and headers) buffered;
-/// a longer head is answered 431. An agent's is about 300 bytes.
-const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// Knobs tests turn; production uses the defaults.
 #[derive(Debug, Clone)]
@@ -482,11 +480,17 @@ async fn serve_connection<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    // hyper answers a head it cannot parse itself; the writer gives those
+    // answers the API's error body (`automatic_errors`).
+    let answers = Answers::default();
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(MAX_HEAD_BYTES)
-        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+        .serve_connection(
+            TokioIo::new(Rewriting::new(stream, answers.clone())),
+            Answered::new(TowerToHyperService::new(app), answers),
+        );
     if let Err(e) = watcher.watch(connection).await {
         tracing::debug!(error = %e, "connection closed");
     }

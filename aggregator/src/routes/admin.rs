@@ -54,11 +54,7 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for Api
 pub(super) fn read(raw: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     raw.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                "the body is over 1 MiB",
-            )
+            super::edges::too_large()
         } else {
             ApiError::bad_request("", format!("cannot read the body: {e}"))
         }
@@ -67,14 +63,20 @@ pub(super) fn read(raw: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError
 
 /// A JSON body, with a 400 naming the problem when it is not what the route takes.
 pub(super) fn body<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, ApiError> {
-    let de = &mut serde_json::Deserializer::from_slice(raw);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let mut de = serde_json::Deserializer::from_slice(raw);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let field = e.path().to_string();
         ApiError::bad_request(
             if field == "." { "" } else { &field },
             clip_quoted(&e.inner().to_string()),
         )
-    })
+    })?;
+    // One JSON value and nothing after it but white space: `{..}{..}` is
+    // not the first object.
+    de.end().map_err(|e| {
+        ApiError::bad_request("", format!("the body has more after its JSON value: {e}"))
+    })?;
+    Ok(value)
 }
 
 /// A new cluster; `token` is one the operator generated (`cmc_` and 64

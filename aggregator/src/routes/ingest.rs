@@ -2,15 +2,14 @@
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request, State as Extract};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::Json;
 use shared::sample::Rejection;
 use shared::wire::{
     agent_reads, decode_batch, BatchError, IngestResponse, SampleResult, SampleStatus,
-    MAX_BATCH_BYTES,
 };
 
-use super::{authz, blocking, ApiError, Role, State};
+use super::{authz, blocking, edges, ApiError, Role, State};
 use crate::auth::{bearer, looks_like_cluster_token};
 use crate::ingest_writer::{OwnedSample, SubmitError};
 use crate::service_metrics::SampleLabels;
@@ -40,17 +39,6 @@ impl From<BatchError> for ApiError {
     }
 }
 
-/// Whether the request declares a body over the limit. Such a body is refused
-/// before a byte of it is read: a client that declares 100 MiB and then sends
-/// slowly is answered at once rather than at the request timeout.
-fn declares_too_much(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .is_some_and(|n| n > MAX_BATCH_BYTES as u64)
-}
-
 /// The cluster a token belongs to. The look-up is one indexed read of a few
 /// microseconds, so when the reading connection is free it is done here, on
 /// the runtime's thread: under a herd, handing every request's look-up to the
@@ -76,15 +64,13 @@ async fn identify(state: &State, token: &str) -> Result<Option<ClusterIdentity>,
 }
 
 /// The body is read only after the token is known: an unknown client never
-/// makes the service buffer its body. The token never reaches a log.
+/// makes the service buffer its body. A declared length over 1 MiB was
+/// refused before this (`edges::refuse_declared_too_large`). The token never
+/// reaches a log.
 pub async fn push_samples(
     Extract(state): Extract<State>,
     request: Request,
 ) -> Result<Json<IngestResponse>, ApiError> {
-    if declares_too_much(request.headers()) {
-        tracing::debug!("ingest refused: the declared body is over 1 MiB");
-        return Err(too_large());
-    }
     let token = bearer(
         request
             .headers()
@@ -102,6 +88,9 @@ pub async fn push_samples(
         tracing::debug!("ingest refused: not a live cluster token");
         return Err(authz::refusal(&state, Role::Cluster, token).await);
     };
+    // The agent is known: only now does its body's type matter (a cheap look
+    // at one header).
+    edges::json_body(request.headers(), request.body())?;
     // The router's body limit (1 MiB) applies: a longer body is not read past it.
     let body = Bytes::from_request(request, &()).await.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {

@@ -2,6 +2,7 @@
 
 mod admin;
 mod authz;
+mod edges;
 mod ingest;
 pub mod input;
 mod lifecycle;
@@ -11,6 +12,7 @@ mod readers;
 
 pub use admin::{bills_csv, run_billing_now as admin_run_billing, run_lifecycle_now};
 pub use authz::{classify, decide, Caller, Role};
+pub use edges::MAX_HEAD_BYTES;
 pub use ops::openapi_document;
 pub use page::{Page, MAX_LIMIT};
 
@@ -295,6 +297,11 @@ pub fn router(state: State) -> Router {
                 input::check_path,
             ));
         }
+        // A body is JSON, checked after the gate (an unknown caller learns
+        // nothing); ingest checks it itself once its agent is known.
+        if matches!(*method, "post" | "put") && *role != Role::Cluster {
+            route = route.route_layer(axum::middleware::from_fn(edges::json_bodies_only));
+        }
         if matches!(role, Role::Admin | Role::Reader) {
             route = route.route_layer(axum::middleware::from_fn_with_state(
                 authz::Gate {
@@ -308,6 +315,7 @@ pub fn router(state: State) -> Router {
     }
     let metrics = state.metrics.clone();
     routes
+        .method_not_allowed_fallback(edges::method_not_allowed)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(axum::middleware::from_fn_with_state(
             state.faults.clone(),
@@ -335,14 +343,16 @@ pub fn router(state: State) -> Router {
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            edges::time_limit,
+        ))
+        .layer(axum::middleware::from_fn(edges::refuse_declared_too_large))
+        .layer(axum::middleware::from_fn(edges::refuse_head_too_large))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             ops::observe,
         ))
         .layer(axum::extract::DefaultBodyLimit::max(
             shared::wire::MAX_BATCH_BYTES,
-        ))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            state.config.request_timeout,
         ))
         .with_state(state)
 }
