@@ -29,7 +29,9 @@ use db::{Conn, DbError, Dialect, OptionalExtension};
 pub use accounts::Account;
 pub use clusters::ClusterIdentity;
 pub use copy::{CopyError, CopyReport};
-pub use lifecycle::{BalanceEntry, Contact, NewContact, NewOrder, Order, StateChange, StepOutcome};
+pub use lifecycle::{
+    BalanceEntry, Contact, NewContact, NewOrder, Order, StateChange, StepOutcome, MAX_ORDER_CORES,
+};
 pub use notice_outbox::{DueNotice, NoticeChannel, NOTICE_ERROR_MAX_CHARS};
 pub use notices::{Notice, NoticeChannels, NoticeDelivery, Recipient};
 pub use outbox::{Delivery, OutboxStatus};
