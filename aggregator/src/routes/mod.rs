@@ -239,6 +239,571 @@ pub const ROUTES: &[(&str, &str, Role, &str)] = &[
     ("get", "/v1/openapi.json", Role::None, "This API description"),
 ];
 
+/// The domain of one input: the JSON type a body field takes (or the text a
+/// path or query parameter must read as) and the values the handler accepts.
+/// The OpenAPI document states each as a JSON Schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Domain {
+    /// A string of `min_chars` to `max_chars` characters (unbounded when `None`).
+    Text {
+        min_chars: u32,
+        max_chars: Option<u32>,
+    },
+    /// An account ID or cluster name: 1 to 128 characters, no `/`, no control characters.
+    Name,
+    /// A calendar day, `YYYY-MM-DD`.
+    Day,
+    /// An RFC 3339 instant with an offset or `Z`.
+    Instant,
+    /// A decimal amount as a string, such as `"100.00"`: money is never a JSON number.
+    Decimal,
+    /// A token of the generated form: the prefix, `_` and 64 lowercase hex digits.
+    Token(&'static str),
+    /// An email address: one `@`, a dot in the domain, at most 254 characters.
+    Email,
+    /// A phone number in E.164 form: `+` and 8 to 15 digits.
+    Phone,
+    /// A whole number from `min` to `max`.
+    Integer {
+        min: i64,
+        max: i64,
+    },
+    Boolean,
+    /// One of these strings.
+    OneOf(&'static [&'static str]),
+    /// An array of at most `max_items` objects with these fields; unknown fields are ignored.
+    Objects {
+        fields: &'static [Input],
+        max_items: u32,
+    },
+}
+
+/// One named input of a route: a path or query parameter, or a body field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Input {
+    pub name: &'static str,
+    pub domain: Domain,
+    pub required: bool,
+    pub doc: &'static str,
+}
+
+impl Input {
+    const fn required(name: &'static str, domain: Domain, doc: &'static str) -> Input {
+        Input {
+            name,
+            domain,
+            required: true,
+            doc,
+        }
+    }
+
+    const fn optional(name: &'static str, domain: Domain, doc: &'static str) -> Input {
+        Input {
+            name,
+            domain,
+            required: false,
+            doc,
+        }
+    }
+}
+
+/// The JSON body a route reads, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    /// The handler reads no body.
+    None,
+    /// A JSON object with these fields. `closed`: an unknown field is refused
+    /// (`deny_unknown_fields`). `may_be_empty`: an empty body stands for `{}`.
+    Object {
+        fields: &'static [Input],
+        closed: bool,
+        may_be_empty: bool,
+    },
+}
+
+/// Everything a route reads from its request besides the token: what its
+/// handler's extractors and serde structs take. The OpenAPI document is built
+/// from this and `ROUTES`; the route fuzzer sends hostile values to each input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inputs {
+    pub path: &'static [Input],
+    pub query: &'static [Input],
+    pub body: Body,
+}
+
+const ACCOUNT_ID: Input = Input::required("id", Domain::Name, "the account");
+const CLUSTER_NAME: Input = Input::required("name", Domain::Name, "the cluster");
+const ORDER_ID: Input = Input::required(
+    "order",
+    Domain::Integer {
+        min: 1,
+        max: i64::MAX,
+    },
+    "the order's id",
+);
+const TOKEN_ID: Input = Input::required(
+    "token_id",
+    Domain::Integer {
+        min: 1,
+        max: i64::MAX,
+    },
+    "the reader token's id",
+);
+const TERM_MONTHS: Domain = Domain::Integer {
+    min: 1,
+    max: shared::lifecycle::MAX_TERM_MONTHS as i64,
+};
+const TERM_YEARS: Domain = Domain::Integer {
+    min: 1,
+    max: shared::lifecycle::MAX_TERM_MONTHS as i64 / 12,
+};
+const DAY: Input = Input::optional("day", Domain::Day, "the day");
+const REQUIRED_DAY: Input = Input::required("day", Domain::Day, "the day");
+const LIMIT: Input = Input::optional(
+    "limit",
+    Domain::Integer {
+        min: 1,
+        max: 10_000,
+    },
+    "the most items one page holds",
+);
+const CURSOR: Input = Input::optional(
+    "cursor",
+    Domain::Text {
+        min_chars: 1,
+        max_chars: None,
+    },
+    "where the next page starts: the previous page's next_cursor",
+);
+const FORMAT_JSON_CSV: Input = Input::optional(
+    "format",
+    Domain::OneOf(&["json", "csv"]),
+    "the answer's format (json unless given)",
+);
+const FORMAT_JSON_CSV_HTML: Input = Input::optional(
+    "format",
+    Domain::OneOf(&["json", "csv", "html"]),
+    "the answer's format (json unless given)",
+);
+const PAGE: &[Input] = &[LIMIT, CURSOR];
+
+/// The fields of one sample of `POST /v1/samples` (SPEC section 9).
+const SAMPLE_FIELDS: &[Input] = &[
+    Input::required(
+        "node",
+        Domain::Text {
+            min_chars: 1,
+            max_chars: None,
+        },
+        "the node's name, unique in its cluster",
+    ),
+    Input::required(
+        "cores",
+        Domain::Integer {
+            min: shared::sample::CORES_MIN as i64,
+            max: shared::sample::CORES_MAX as i64,
+        },
+        "the node's logical CPUs",
+    ),
+    Input::required("at", Domain::Instant, "when the sample was taken"),
+    Input::required(
+        "seq",
+        Domain::Integer {
+            min: 0,
+            max: i64::MAX,
+        },
+        "the node's sample counter; a resend has the same seq",
+    ),
+    Input::optional(
+        "agent_version",
+        Domain::Text {
+            min_chars: 0,
+            max_chars: Some(shared::wire::AGENT_VERSION_MAX_CHARS as u32),
+        },
+        "the agent's version (a longer one is cut)",
+    ),
+];
+
+/// A closed JSON object body that must be given.
+const fn object(fields: &'static [Input]) -> Body {
+    Body::Object {
+        fields,
+        closed: true,
+        may_be_empty: false,
+    }
+}
+
+/// A closed JSON object body that may be left out (an empty body is `{}`).
+const fn optional_object(fields: &'static [Input]) -> Body {
+    Body::Object {
+        fields,
+        closed: true,
+        may_be_empty: true,
+    }
+}
+
+/// A route's inputs. (A table of const items, not a `match`: only in a const
+/// initializer do the slices built by const calls live for the program.)
+const fn of(path: &'static [Input], query: &'static [Input], body: Body) -> Inputs {
+    Inputs { path, query, body }
+}
+
+const NOTHING: Inputs = of(&[], &[], Body::None);
+/// The path of a route under `/accounts/{id}`.
+const ACCOUNT: &[Input] = &[ACCOUNT_ID];
+
+/// The inputs of every route in `ROUTES`, keyed the same way, read off each
+/// handler's extractors and serde structs. The OpenAPI document is built from
+/// this table; a unit test checks it against `ROUTES` and the paths' `{x}`.
+pub const INPUTS: &[(&str, &str, Inputs)] = &[
+    (
+        "post",
+        "/v1/samples",
+        of(
+            &[],
+            &[],
+            Body::Object {
+                fields: &[Input::required(
+                    "samples",
+                    Domain::Objects {
+                        fields: SAMPLE_FIELDS,
+                        max_items: shared::wire::MAX_BATCH_SAMPLES as u32,
+                    },
+                    "the batch; each sample is taken or refused on its own",
+                )],
+                // The wire format grows by adding fields.
+                closed: false,
+                may_be_empty: false,
+            },
+        ),
+    ),
+    (
+        "post",
+        "/v1/admin/accounts",
+        of(
+            &[],
+            &[],
+            object(&[
+                Input::required("id", Domain::Name, "the new account's ID"),
+                Input::optional(
+                    "parent",
+                    Domain::Name,
+                    "the main account this one is a sub-account of",
+                ),
+            ]),
+        ),
+    ),
+    (
+        "get",
+        "/v1/admin/accounts/{id}",
+        of(ACCOUNT, &[], Body::None),
+    ),
+    (
+        "post",
+        "/v1/admin/accounts/{id}/contacts",
+        of(
+            ACCOUNT,
+            &[],
+            object(&[
+                Input::required(
+                    "name",
+                    Domain::Text {
+                        min_chars: 1,
+                        max_chars: Some(200),
+                    },
+                    "the contact's name, without control characters",
+                ),
+                Input::required(
+                    "role",
+                    Domain::OneOf(&[
+                        "creator",
+                        "global_resource_collaborator",
+                        "finance_collaborator",
+                        "collaborator",
+                    ]),
+                    "which notices the contact gets",
+                ),
+                Input::optional("email", Domain::Email, "an email address (email or sms)"),
+                Input::optional("sms", Domain::Phone, "an SMS number (email or sms)"),
+            ]),
+        ),
+    ),
+    (
+        "post",
+        "/v1/admin/accounts/{id}/trial",
+        of(ACCOUNT, &[], optional_object(&[])),
+    ),
+    (
+        "post",
+        "/v1/admin/accounts/{id}/orders",
+        of(
+            ACCOUNT,
+            &[],
+            object(&[
+                Input::required(
+                    "cores",
+                    Domain::Integer {
+                        min: 1,
+                        max: crate::store::MAX_ORDER_CORES as i64,
+                    },
+                    "licensed cores",
+                ),
+                Input::optional("months", TERM_MONTHS, "the term in months (or years)"),
+                Input::optional("years", TERM_YEARS, "the term in years (or months)"),
+                Input::optional("start", Domain::Day, "the first day (today unless given)"),
+                Input::optional("auto_renew", Domain::Boolean, "renew at the end"),
+                Input::optional(
+                    "pay_from_balance",
+                    Domain::Boolean,
+                    "pay from the prepaid balance",
+                ),
+            ]),
+        ),
+    ),
+    (
+        "post",
+        "/v1/admin/accounts/{id}/orders/{order}/renew",
+        of(
+            &[ACCOUNT_ID, ORDER_ID],
+            &[],
+            optional_object(&[
+                Input::optional(
+                    "months",
+                    TERM_MONTHS,
+                    "the term in months (a month unless given)",
+                ),
+                Input::optional("years", TERM_YEARS, "the term in years"),
+                Input::optional(
+                    "pay_from_balance",
+                    Domain::Boolean,
+                    "pay from the prepaid balance",
+                ),
+            ]),
+        ),
+    ),
+    (
+        "put",
+        "/v1/admin/accounts/{id}/orders/{order}/auto-renew",
+        of(
+            &[ACCOUNT_ID, ORDER_ID],
+            &[],
+            object(&[Input::required(
+                "auto_renew",
+                Domain::Boolean,
+                "renew at the end",
+            )]),
+        ),
+    ),
+    (
+        "post",
+        "/v1/admin/accounts/{id}/credits",
+        of(
+            ACCOUNT,
+            &[],
+            object(&[
+                Input::required(
+                    "amount",
+                    Domain::Decimal,
+                    "more than 0, at most 100,000,000, in cents at most",
+                ),
+                Input::required(
+                    "reference",
+                    Domain::Text {
+                        min_chars: 1,
+                        max_chars: Some(200),
+                    },
+                    "the payment's id at the billing backend; a credit is taken once per reference",
+                ),
+            ]),
+        ),
+    ),
+    (
+        "get",
+        "/v1/admin/accounts/{id}/balance",
+        of(ACCOUNT, PAGE, Body::None),
+    ),
+    (
+        "get",
+        "/v1/admin/accounts/{id}/notices",
+        of(ACCOUNT, PAGE, Body::None),
+    ),
+    (
+        "post",
+        "/v1/admin/accounts/{id}/clusters",
+        of(
+            ACCOUNT,
+            &[],
+            object(&[
+                Input::required("name", Domain::Name, "the cluster's name"),
+                Input::optional(
+                    "token",
+                    Domain::Token(crate::auth::CLUSTER_TOKEN_PREFIX),
+                    "the cluster's token, else one is generated",
+                ),
+            ]),
+        ),
+    ),
+    (
+        "post",
+        "/v1/admin/accounts/{id}/clusters/{name}/rotate-token",
+        of(
+            &[ACCOUNT_ID, CLUSTER_NAME],
+            &[],
+            optional_object(&[Input::optional(
+                "token",
+                Domain::Token(crate::auth::CLUSTER_TOKEN_PREFIX),
+                "the new token, else one is generated",
+            )]),
+        ),
+    ),
+    (
+        "post",
+        "/v1/admin/accounts/{id}/licenses",
+        of(
+            ACCOUNT,
+            &[],
+            object(&[
+                Input::required(
+                    "cores",
+                    Domain::Integer {
+                        min: 1,
+                        max: u32::MAX as i64,
+                    },
+                    "licensed cores",
+                ),
+                Input::required("start", Domain::Instant, "when the licence starts"),
+                Input::required("end", Domain::Instant, "when it ends (not before start)"),
+            ]),
+        ),
+    ),
+    (
+        "put",
+        "/v1/admin/accounts/{id}/cap",
+        of(
+            ACCOUNT,
+            &[],
+            object(&[Input::required(
+                "cores",
+                Domain::Integer {
+                    min: shared::overage::CAP_MIN_CORES as i64,
+                    max: u32::MAX as i64,
+                },
+                "the elastic cap",
+            )]),
+        ),
+    ),
+    (
+        "get",
+        "/v1/admin/accounts/{id}/samples",
+        of(ACCOUNT, &[REQUIRED_DAY, LIMIT, CURSOR], Body::None),
+    ),
+    ("post", "/v1/admin/billing-runs", NOTHING),
+    (
+        "get",
+        "/v1/admin/bills",
+        of(
+            &[],
+            &[
+                Input::optional(
+                    "account",
+                    Domain::Name,
+                    "one account's lines (all unless given)",
+                ),
+                DAY,
+                FORMAT_JSON_CSV,
+                LIMIT,
+                CURSOR,
+            ],
+            Body::None,
+        ),
+    ),
+    (
+        "get",
+        "/v1/admin/outbox",
+        of(
+            &[],
+            &[
+                Input::optional("pending", Domain::Boolean, "only lines not yet delivered"),
+                LIMIT,
+                CURSOR,
+            ],
+            Body::None,
+        ),
+    ),
+    (
+        "get",
+        "/v1/reports/daily",
+        of(
+            &[],
+            &[
+                REQUIRED_DAY,
+                Input::required("account", Domain::Name, "the account"),
+                FORMAT_JSON_CSV_HTML,
+            ],
+            Body::None,
+        ),
+    ),
+    (
+        "post",
+        "/v1/admin/accounts/{id}/reader-tokens",
+        of(
+            ACCOUNT,
+            &[],
+            object(&[Input::required(
+                "name",
+                Domain::Text {
+                    min_chars: 1,
+                    max_chars: Some(crate::store::READER_NAME_MAX_CHARS as u32),
+                },
+                "what the token is for, without control characters",
+            )]),
+        ),
+    ),
+    (
+        "get",
+        "/v1/admin/accounts/{id}/reader-tokens",
+        of(ACCOUNT, PAGE, Body::None),
+    ),
+    (
+        "delete",
+        "/v1/admin/accounts/{id}/reader-tokens/{token_id}",
+        of(&[ACCOUNT_ID, TOKEN_ID], &[], Body::None),
+    ),
+    (
+        "get",
+        "/v1/accounts/{id}/reports/daily",
+        of(ACCOUNT, &[REQUIRED_DAY, FORMAT_JSON_CSV_HTML], Body::None),
+    ),
+    (
+        "get",
+        "/v1/accounts/{id}/bills",
+        of(ACCOUNT, &[DAY, FORMAT_JSON_CSV, LIMIT, CURSOR], Body::None),
+    ),
+    (
+        "get",
+        "/v1/accounts/{id}/notices",
+        of(ACCOUNT, PAGE, Body::None),
+    ),
+    (
+        "get",
+        "/v1/accounts/{id}/export",
+        of(ACCOUNT, &[REQUIRED_DAY], Body::None),
+    ),
+    ("get", "/healthz", NOTHING),
+    ("get", "/readyz", NOTHING),
+    ("get", "/metrics", NOTHING),
+    ("get", "/v1/openapi.json", NOTHING),
+];
+
+/// The inputs of one route of `ROUTES`.
+pub fn inputs(method: &str, path: &str) -> Inputs {
+    INPUTS
+        .iter()
+        .find(|(m, p, _)| *m == method && *p == path)
+        .map(|row| row.2)
+        .unwrap_or_else(|| panic!("{method} {path} is in ROUTES without its inputs"))
+}
+
 /// The handler of each route in `ROUTES`; a row without one panics when the
 /// router is built, which every test of the service does.
 fn handler(method: &str, path: &str) -> MethodRouter<State> {
@@ -559,10 +1124,181 @@ mod tests {
         for (method, path, role, _) in ROUTES {
             assert!(seen.insert((method, path)), "{method} {path} twice");
             drop(handler(method, path));
+            inputs(method, path);
             if *role == Role::Reader {
                 assert!(path.contains("{id}"), "{path}: a reader route needs {{id}}");
             }
         }
+        assert_eq!(INPUTS.len(), ROUTES.len(), "one row of INPUTS per route");
+        for (method, path, _) in INPUTS {
+            assert!(
+                ROUTES.iter().any(|r| r.0 == *method && r.1 == *path),
+                "{method} {path} has inputs but is not in ROUTES"
+            );
+        }
+    }
+
+    /// The `{x}` parameters of a route's path, in order.
+    fn braces(path: &str) -> Vec<&str> {
+        path.split('{')
+            .skip(1)
+            .map(|rest| rest.split_once('}').expect("a closing brace").0)
+            .collect()
+    }
+
+    #[test]
+    fn every_route_declares_each_parameter_of_its_path_and_names_each_input_once() {
+        for (method, path, _, _) in ROUTES {
+            let declared = inputs(method, path);
+            let names: Vec<&str> = declared.path.iter().map(|p| p.name).collect();
+            assert_eq!(names, braces(path), "{method} {path}: path parameters");
+            let mut query = std::collections::HashSet::new();
+            for q in declared.query {
+                assert!(
+                    query.insert(q.name),
+                    "{method} {path}: query {} twice",
+                    q.name
+                );
+            }
+            if let Body::Object { fields, .. } = declared.body {
+                let mut seen = std::collections::HashSet::new();
+                for f in fields {
+                    assert!(
+                        seen.insert(f.name),
+                        "{method} {path}: field {} twice",
+                        f.name
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_openapi_document_is_openapi_3_1_and_describes_every_input() {
+        use serde_json::Value;
+        let text = serde_json::to_string(&openapi_document()).unwrap();
+        let doc: Value = serde_json::from_str(&text).expect("the document is JSON");
+        assert_eq!(doc["openapi"], "3.1.0");
+        assert!(doc["info"]["title"].is_string() && doc["info"]["version"].is_string());
+        let paths = doc["paths"].as_object().unwrap();
+        let mut operations = 0;
+        for (path, item) in paths {
+            assert!(path.starts_with('/'), "{path}");
+            for (method, op) in item.as_object().unwrap() {
+                operations += 1;
+                let at = format!("{method} {path}");
+                assert!(
+                    ["get", "post", "put", "delete"].contains(&method.as_str()),
+                    "{at}"
+                );
+                assert!(
+                    op["summary"].is_string() && op["responses"].is_object(),
+                    "{at}"
+                );
+                let mut in_path = Vec::new();
+                for p in op["parameters"].as_array().expect("parameters") {
+                    let name = p["name"].as_str().expect("a parameter's name");
+                    assert!(p["required"].is_boolean(), "{at} {name}");
+                    assert!(p["schema"]["type"].is_string(), "{at} {name}: no type");
+                    match p["in"].as_str() {
+                        Some("path") => {
+                            assert_eq!(p["required"], true, "{at} {name}");
+                            in_path.push(name);
+                        }
+                        Some("query") => {}
+                        other => panic!("{at} {name}: in {other:?}"),
+                    }
+                }
+                assert_eq!(in_path, braces(path), "{at}: its path parameters");
+                let Some(body) = op.get("requestBody") else {
+                    continue;
+                };
+                assert!(body["required"].is_boolean(), "{at}");
+                let schema = &body["content"]["application/json"]["schema"];
+                assert_eq!(schema["type"], "object", "{at}");
+                let properties = schema["properties"].as_object().expect("properties");
+                for (name, field) in properties {
+                    assert!(field["type"].is_string(), "{at} {name}: no type");
+                }
+                for name in schema["required"].as_array().into_iter().flatten() {
+                    let name = name.as_str().unwrap();
+                    assert!(
+                        properties.contains_key(name),
+                        "{at}: {name} required, not listed"
+                    );
+                }
+            }
+        }
+        assert_eq!(operations, ROUTES.len(), "one operation per route");
+
+        let param = |method: &str, path: &str, name: &str| -> Value {
+            doc["paths"][path][method]["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == name)
+                .unwrap_or_else(|| panic!("{method} {path} has no {name}"))
+                .clone()
+        };
+        let report = param("get", "/v1/accounts/{id}/reports/daily", "format");
+        assert_eq!(
+            report["schema"]["enum"],
+            serde_json::json!(["json", "csv", "html"])
+        );
+        assert_eq!(param("get", "/v1/reports/daily", "day")["required"], true);
+        assert_eq!(
+            param("get", "/v1/reports/daily", "day")["schema"]["format"],
+            "date"
+        );
+        for path in [
+            "/v1/admin/accounts/{id}/samples",
+            "/v1/admin/bills",
+            "/v1/accounts/{id}/bills",
+            "/v1/admin/outbox",
+            "/v1/admin/accounts/{id}/notices",
+            "/v1/accounts/{id}/notices",
+            "/v1/admin/accounts/{id}/reader-tokens",
+            "/v1/admin/accounts/{id}/balance",
+        ] {
+            let limit = param("get", path, "limit");
+            assert_eq!(limit["required"], false, "{path}");
+            assert_eq!(
+                (
+                    &limit["schema"]["type"],
+                    &limit["schema"]["minimum"],
+                    &limit["schema"]["maximum"]
+                ),
+                (
+                    &Value::from("integer"),
+                    &Value::from(1),
+                    &Value::from(10_000)
+                ),
+                "{path}"
+            );
+            assert_eq!(
+                param("get", path, "cursor")["schema"]["type"],
+                "string",
+                "{path}"
+            );
+        }
+        let samples = &doc["paths"]["/v1/samples"]["post"]["requestBody"]["content"]
+            ["application/json"]["schema"];
+        let sample = &samples["properties"]["samples"]["items"];
+        assert_eq!(
+            sample["required"],
+            serde_json::json!(["node", "cores", "at", "seq"])
+        );
+        assert!(
+            samples.get("additionalProperties").is_none(),
+            "the wire format grows"
+        );
+        let cap = &doc["paths"]["/v1/admin/accounts/{id}/cap"]["put"]["requestBody"]["content"]
+            ["application/json"]["schema"];
+        assert_eq!(
+            cap["additionalProperties"], false,
+            "NewCap denies unknown fields"
+        );
+        assert_eq!(cap["properties"]["cores"]["minimum"], 500);
     }
 
     #[test]

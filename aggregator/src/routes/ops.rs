@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
 
-use super::{blocking, ApiError, Role, State, ROUTES};
+use super::{blocking, inputs, ApiError, Body, Domain, Input, Role, State, ROUTES};
 use crate::service_metrics::{PlaceLabels, RouteLabels};
 use crate::store::Database;
 
@@ -170,8 +170,16 @@ pub fn openapi_document() -> Value {
             Role::Reader => json!([{"reader": []}, {"admin": []}]),
             Role::Cluster => json!([{"cluster": []}]),
         };
+        let declared = inputs(method, path);
+        let parameters: Vec<Value> = declared
+            .path
+            .iter()
+            .map(|p| parameter(p, "path"))
+            .chain(declared.query.iter().map(|p| parameter(p, "query")))
+            .collect();
         entry[*method] = json!({
             "summary": summary,
+            "parameters": parameters,
             "x-core-meter-role": role.as_str(),
             "security": security,
             "responses": {
@@ -180,6 +188,17 @@ pub fn openapi_document() -> Value {
                 "403": {"description": "a valid token whose role may not call this route"},
             },
         });
+        if let Body::Object {
+            fields,
+            closed,
+            may_be_empty,
+        } = declared.body
+        {
+            entry[*method]["requestBody"] = json!({
+                "required": !may_be_empty,
+                "content": {"application/json": {"schema": object_schema(fields, closed)}},
+            });
+        }
     }
     json!({
         "openapi": "3.1.0",
@@ -191,6 +210,90 @@ pub fn openapi_document() -> Value {
             "cluster": {"type": "http", "scheme": "bearer", "description": "a cluster token (cmc_…), an agent's (role cluster)"},
         }},
     })
+}
+
+/// A path or query parameter as OpenAPI describes one.
+fn parameter(input: &Input, location: &str) -> Value {
+    json!({
+        "name": input.name,
+        "in": location,
+        // A path parameter is always required (OpenAPI 3.1, section 4.8.12.1).
+        "required": input.required || location == "path",
+        "description": input.doc,
+        "schema": schema(&input.domain),
+    })
+}
+
+/// A JSON object with these fields; `closed` when an unknown field is refused.
+fn object_schema(fields: &[Input], closed: bool) -> Value {
+    let properties: Map<String, Value> = fields
+        .iter()
+        .map(|f| {
+            let mut s = schema(&f.domain);
+            s["description"] = json!(f.doc);
+            (f.name.to_string(), s)
+        })
+        .collect();
+    let mut object = json!({"type": "object", "properties": properties});
+    let required: Vec<&str> = fields
+        .iter()
+        .filter(|f| f.required)
+        .map(|f| f.name)
+        .collect();
+    if !required.is_empty() {
+        object["required"] = json!(required);
+    }
+    if closed {
+        object["additionalProperties"] = json!(false);
+    }
+    object
+}
+
+/// The JSON Schema (2020-12, as OpenAPI 3.1 uses) of an input's domain.
+fn schema(domain: &Domain) -> Value {
+    match *domain {
+        Domain::Text {
+            min_chars,
+            max_chars,
+        } => {
+            let mut s = json!({"type": "string"});
+            if min_chars > 0 {
+                s["minLength"] = json!(min_chars);
+            }
+            if let Some(max) = max_chars {
+                s["maxLength"] = json!(max);
+            }
+            s
+        }
+        // Rust's `char::is_control` is Unicode's Cc: U+0000 to U+001F and U+007F to U+009F.
+        Domain::Name => json!({
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 128,
+            "pattern": "^[^/\\u0000-\\u001F\\u007F-\\u009F]+$",
+        }),
+        Domain::Day => json!({"type": "string", "format": "date"}),
+        Domain::Instant => json!({"type": "string", "format": "date-time"}),
+        Domain::Decimal => json!({
+            "type": "string",
+            "format": "decimal",
+            "pattern": "^[0-9]+(\\.[0-9]+)?$",
+        }),
+        Domain::Token(prefix) => json!({
+            "type": "string",
+            "pattern": format!("^{prefix}_[0-9a-f]{{64}}$"),
+        }),
+        Domain::Email => json!({"type": "string", "format": "email", "maxLength": 254}),
+        Domain::Phone => json!({"type": "string", "pattern": "^\\+[0-9]{8,15}$"}),
+        Domain::Integer { min, max } => json!({"type": "integer", "minimum": min, "maximum": max}),
+        Domain::Boolean => json!({"type": "boolean"}),
+        Domain::OneOf(values) => json!({"type": "string", "enum": values}),
+        Domain::Objects { fields, max_items } => json!({
+            "type": "array",
+            "maxItems": max_items,
+            "items": object_schema(fields, false),
+        }),
+    }
 }
 
 /// Counts every request and its latency by route and status.

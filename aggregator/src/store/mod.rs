@@ -35,7 +35,9 @@ pub use clusters::ClusterIdentity;
 pub use connection::{panic_message, Connection};
 pub use copy::{CopyError, CopyReport};
 pub use issued::TokenKind;
-pub use lifecycle::{BalanceEntry, Contact, NewContact, NewOrder, Order, StateChange, StepOutcome};
+pub use lifecycle::{
+    BalanceEntry, Contact, NewContact, NewOrder, Order, StateChange, StepOutcome, MAX_ORDER_CORES,
+};
 pub use notice_outbox::{DueNotice, NoticeChannel, NOTICE_ERROR_MAX_CHARS};
 pub use notices::{Notice, NoticeChannels, NoticeDelivery, Recipient};
 pub use outbox::{Delivery, OutboxStatus};

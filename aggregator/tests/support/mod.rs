@@ -246,6 +246,56 @@ impl TestApp {
         r.send().await.unwrap()
     }
 
+    /// Sends `request` byte for byte on a connection of its own, adding only
+    /// `Host`, `Content-Length` and `Connection: close`, and reads the answer
+    /// while the body is still being written (a service may answer 401 or 413
+    /// before it reads a body). For what no client library sends: a path with
+    /// `..` in it, a body that is not what its Content-Type says. Plain HTTP.
+    pub async fn send_raw(
+        &self,
+        request: &RawRequest,
+        within: Duration,
+    ) -> Result<RawResponse, String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        assert_eq!(self.scheme, "http", "send_raw speaks plain HTTP");
+        let mut bytes = format!(
+            "{} {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            request.method,
+            request.target,
+            self.addr,
+            request.body.len()
+        )
+        .into_bytes();
+        for (name, value) in &request.headers {
+            bytes.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+        }
+        bytes.extend_from_slice(b"\r\n");
+        bytes.extend_from_slice(&request.body);
+        let exchange = async {
+            let stream = tokio::net::TcpStream::connect(self.addr)
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
+            let (mut read, mut write) = stream.into_split();
+            // The write half is kept open until the answer is read: hyper
+            // drops a connection whose client half-closes before it answers.
+            let writer = tokio::spawn(async move {
+                let _ = write.write_all(&bytes).await;
+                write
+            });
+            let mut answer = Vec::new();
+            let read_result = read.read_to_end(&mut answer).await;
+            writer.abort();
+            let _ = writer.await;
+            match read_result {
+                Err(e) if answer.is_empty() => Err(format!("no answer: {e}")),
+                _ => RawResponse::parse(&answer),
+            }
+        };
+        tokio::time::timeout(within, exchange)
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {within:?}")))
+    }
+
     pub async fn call(
         &self,
         method: reqwest::Method,
@@ -318,6 +368,99 @@ impl TestApp {
             .await;
         assert_eq!(s, 200);
         v["bills"].as_array().unwrap().clone()
+    }
+}
+
+/// A request as [`TestApp::send_raw`] writes it.
+#[derive(Debug, Clone)]
+pub struct RawRequest {
+    pub method: String,
+    /// The path and query exactly as sent (already percent-encoded).
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// An answer as [`TestApp::send_raw`] read it.
+#[derive(Debug, Clone)]
+pub struct RawResponse {
+    pub status: u16,
+    /// Names in lower case, as sent otherwise.
+    pub headers: Vec<(String, String)>,
+    /// The body, de-chunked.
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn parse(answer: &[u8]) -> Result<RawResponse, String> {
+        let lossy = || String::from_utf8_lossy(&answer[..answer.len().min(300)]).into_owned();
+        let end = answer
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .ok_or_else(|| format!("no complete answer: {:?}", lossy()))?;
+        let head = String::from_utf8_lossy(&answer[..end]);
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("no status line: {:?}", lossy()))?;
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let mut response = RawResponse {
+            status,
+            headers,
+            body: answer[end + 4..].to_vec(),
+        };
+        if response
+            .header("transfer-encoding")
+            .is_some_and(|t| t.eq_ignore_ascii_case("chunked"))
+        {
+            response.body = dechunk(&response.body)?;
+        } else if let Some(n) = response.header("content-length") {
+            let n: usize = n.parse().map_err(|_| format!("Content-Length {n:?}"))?;
+            if response.body.len() < n {
+                return Err(format!(
+                    "the answer ends after {} of its {n} bytes",
+                    response.body.len()
+                ));
+            }
+            response.body.truncate(n);
+        }
+        Ok(response)
+    }
+}
+
+/// A chunked body's content.
+fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    loop {
+        let line = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or("a chunk without its size line")?;
+        let size = std::str::from_utf8(&rest[..line])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.split(';').next()?.trim(), 16).ok())
+            .ok_or("a chunk size that is not hex")?;
+        rest = &rest[line + 2..];
+        if size == 0 {
+            return Ok(body);
+        }
+        if rest.len() < size + 2 {
+            return Err("the answer ends inside a chunk".into());
+        }
+        body.extend_from_slice(&rest[..size]);
+        rest = &rest[size + 2..];
     }
 }
 
