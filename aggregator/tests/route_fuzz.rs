@@ -1197,7 +1197,12 @@ fn mutate(
                         .is_some_and(|r| r.iter().any(|n| *n == k.as_str()));
                     let key = format!("body field {k}");
                     refusable.remove(&key);
-                    if top && required {
+                    // A field given twice and left out once is given once.
+                    let left = fields.iter().filter(|(n, _)| *n == k).count();
+                    if left < 2 {
+                        refusable.remove(&format!("body field {k} twice"));
+                    }
+                    if top && required && left == 0 {
                         refusable.insert(key, ("a required body field left out".into(), k));
                     }
                 }

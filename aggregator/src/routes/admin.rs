@@ -326,7 +326,7 @@ pub async fn bills(
     ApiQuery(q): ApiQuery<BillsQuery>,
     page: Page,
 ) -> Result<Response, ApiError> {
-    let account = q.account.filter(|a| !a.is_empty());
+    let account = q.account;
     if let Some(a) = &account {
         input::existing_name(&state, "account", NameKind::AccountId, a)?;
     }
@@ -345,7 +345,6 @@ pub(super) async fn bills_response(
 ) -> Result<Response, ApiError> {
     let d = day_param
         .as_deref()
-        .filter(|d| !d.is_empty())
         .map(|d| input::day("day", d))
         .transpose()?;
     let format = format.unwrap_or_else(|| "json".into());
