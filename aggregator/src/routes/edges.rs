@@ -92,7 +92,7 @@ pub(super) fn json_body(headers: &HeaderMap, body: &Body) -> Result<(), ApiError
                 .map(str::trim);
             match media_type {
                 Some(t) if t.eq_ignore_ascii_case("application/json") => return Ok(()),
-                Some(t) => format!("got {t:?}"),
+                Some(t) => format!("got {}", shared::domain::quote(t)),
                 None => "got one that is not text".to_string(),
             }
         }
@@ -144,6 +144,9 @@ pub(super) async fn method_not_allowed(method: Method) -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
-        format!("this route does not take {method}; the Allow header lists what it takes"),
+        format!(
+            "this route does not take {}; the Allow header lists what it takes",
+            shared::domain::quote(method.as_str())
+        ),
     )
 }
