@@ -184,9 +184,12 @@ fn decode_sample(s: &Value) -> Result<DecodedSample, Rejection> {
         cores: s.get("cores").and_then(parse_cores),
         at: s.get("at").and_then(Value::as_str).and_then(parse_instant),
         seq,
+        // Free text from the agent: kept only when printable (no control or
+        // invisible characters), cut to 64 characters.
         agent_version: s
             .get("agent_version")
             .and_then(Value::as_str)
+            .filter(|v| v.chars().all(crate::domain::is_printable))
             .map(|v| v.chars().take(AGENT_VERSION_MAX_CHARS).collect()),
     })
 }
@@ -348,6 +351,15 @@ mod tests {
             .unwrap()
             .agent_version;
         assert_eq!(version.unwrap().chars().count(), AGENT_VERSION_MAX_CHARS);
+        for unprintable in ["0.3.0\n", "0.3\u{0}", "\u{202E}0.3.0"] {
+            let body = serde_json::json!({"samples": [{"agent_version": unprintable}]});
+            let decoded = decode_batch(body.to_string().as_bytes()).unwrap();
+            assert_eq!(
+                decoded[0].as_ref().unwrap().agent_version,
+                None,
+                "{unprintable:?} is not kept"
+            );
+        }
     }
 
     #[test]

@@ -200,6 +200,49 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_a_panic_left_unusable_that_cannot_be_opened_again_is_broken() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let store = Store::open(&path, Durability::Scratch).unwrap();
+        let reopened = path.clone();
+        let c = Connection::new(store, "test", move || {
+            Store::open(&reopened, Durability::Scratch)
+        });
+        // A bug that panics after wrecking what the connection stands on.
+        let wrecked = path.clone();
+        let err = c
+            .with(move |_| -> Result<(), StoreError> {
+                std::fs::write(&wrecked, vec![0x55u8; 8192]).unwrap();
+                panic!("a bug that also wrecked the file")
+            })
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Panicked { .. }), "{err}");
+        assert!(
+            c.is_broken(),
+            "the check failed and so did opening it again"
+        );
+    }
+
+    #[test]
+    fn a_connection_that_fails_its_check_after_a_panic_is_opened_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let elsewhere = dir.path().join("fresh.sqlite");
+        let store = Store::open(&path, Durability::Scratch).unwrap();
+        let c = Connection::new(store, "test", move || {
+            Store::open(&elsewhere, Durability::Scratch)
+        });
+        let wrecked = path.clone();
+        c.with(move |_| -> Result<(), StoreError> {
+            std::fs::write(&wrecked, vec![0x55u8; 8192]).unwrap();
+            panic!("a bug that also wrecked the file")
+        })
+        .unwrap_err();
+        assert!(!c.is_broken());
+        c.with(|s| s.create_account("after", Utc::now())).unwrap();
+    }
+
+    #[test]
     fn the_fault_hook_panics_once_while_the_connection_is_held() {
         let dir = tempfile::tempdir().unwrap();
         let c = connection(dir.path());
