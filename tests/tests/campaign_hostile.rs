@@ -435,15 +435,20 @@ fn expected_answer(body: &[u8], now: DateTime<Utc>) -> Option<Expected> {
         Ok(samples) => {
             let mut reasons = Vec::new();
             for s in samples {
-                let reason = match s {
-                    Err(r) => r,
+                let (reason, version) = match s {
+                    Err(r) => (r, None),
                     Ok(d) => match validate(&d.unchecked(true, "prod"), now, &AgeLimits::default())
                     {
-                        Err(r) => r,
+                        Err(r) => (r, d.agent_version),
                         Ok(_) => return None,
                     },
                 };
-                reasons.push(reason.as_str());
+                // A reason an agent of that version cannot read is left out.
+                reasons.push(if shared::wire::agent_reads(version.as_deref(), reason) {
+                    reason.as_str()
+                } else {
+                    "-"
+                });
             }
             Some(Expected::Rejected(reasons))
         }
