@@ -48,8 +48,14 @@ async fn an_account_id_outside_its_alphabet_is_refused_and_the_message_states_th
             "{message}"
         );
     }
-    let store = support::open_store(&dir.path().join("db.sqlite"), Durability::Durable).unwrap();
-    assert!(store.accounts().unwrap().is_empty(), "nothing was created");
+    let path = dir.path().join("db.sqlite");
+    let accounts = support::off_runtime(|| {
+        support::open_store(&path, Durability::Durable)
+            .unwrap()
+            .accounts()
+            .unwrap()
+    });
+    assert!(accounts.is_empty(), "nothing was created");
     let (s, v) = app
         .admin(
             Method::POST,
@@ -293,8 +299,11 @@ async fn names_stored_before_the_domain_are_reported_by_the_migration_and_stay_r
     let path = dir.path().join("db.sqlite");
     // A database of the version before: an account, a cluster and a node whose
     // names the domain now refuses, written as the old rules allowed.
-    drop(support::open_store(&path, Durability::Durable).unwrap());
+    support::off_runtime(|| drop(support::open_store(&path, Durability::Durable).unwrap()));
     let reported_at = aggregator::store::NAMES_REPORTED_AT;
+    // Made the day before (an account of 1970 would be stepped through every
+    // day since by the lifecycle's first run).
+    let created = local("2026-11-23T09:00:00").timestamp_millis();
     let (back_a_version, hash) = if support::postgres_server().is_some() {
         (
             format!("DELETE FROM core_meter_schema WHERE version >= {reported_at};"),
@@ -310,22 +319,24 @@ async fn names_stored_before_the_domain_are_reported_by_the_migration_and_stay_r
         &path,
         &format!(
             "DROP TABLE names_outside_domain;
-             INSERT INTO accounts (id, created_at_ms) VALUES ('old acme', 0);
+             INSERT INTO accounts (id, created_at_ms) VALUES ('old acme', {created});
              INSERT INTO clusters (account_ref, name, token_hash, created_at_ms)
-               SELECT ref, 'east/1', {hash}, 0 FROM accounts WHERE id = 'old acme';
+               SELECT ref, 'east/1', {hash}, {created} FROM accounts WHERE id = 'old acme';
              INSERT INTO nodes (account_ref, cluster, name)
                SELECT ref, 'east/1', 'node 7' FROM accounts WHERE id = 'old acme';
              {back_a_version}"
         ),
     );
     let app = TestApp::spawn(path.clone(), None, local(NOW)).await;
-    let store = support::open_store(&path, Durability::Durable).unwrap();
-    let mut reported: Vec<String> = store
-        .names_outside_domain()
-        .unwrap()
-        .into_iter()
-        .map(|(kind, name)| format!("{kind}: {name}"))
-        .collect();
+    let mut reported: Vec<String> = support::off_runtime(|| {
+        support::open_store(&path, Durability::Durable)
+            .unwrap()
+            .names_outside_domain()
+            .unwrap()
+    })
+    .into_iter()
+    .map(|(kind, name)| format!("{kind}: {name}"))
+    .collect();
     reported.sort();
     assert_eq!(
         reported,
