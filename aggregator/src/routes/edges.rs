@@ -15,9 +15,31 @@ use super::{ApiError, State};
 /// here, and one over it is answered as hyper answers: 431.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
+/// What every request meets first, in one layer (each layer is a boxed
+/// future and a clone per request, and ingest pays for each): the fault
+/// hook, a head over 64 KiB (431), a declared body over 1 MiB (413), then
+/// the rest of the service under the request timeout (503).
+pub(super) async fn front(
+    Extract(state): Extract<State>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if state
+        .faults
+        .panic_in_next_request
+        .swap(false, std::sync::atomic::Ordering::SeqCst)
+    {
+        panic!("fault hook: a panic in a request handler");
+    }
+    if let Some(refused) = head_too_large(&request).or_else(|| declared_too_large(&request)) {
+        return refused;
+    }
+    time_limit(&state, next.run(request)).await
+}
+
 /// Refuses a request whose head is over [`MAX_HEAD_BYTES`]: its request
 /// line and header lines, counted as they were sent.
-pub(super) async fn refuse_head_too_large(request: Request, next: Next) -> Response {
+fn head_too_large(request: &Request) -> Option<Response> {
     let uri = request.uri();
     let target = uri.path_and_query().map_or(1, |p| p.as_str().len())
         + uri.authority().map_or(0, |a| {
@@ -31,14 +53,16 @@ pub(super) async fn refuse_head_too_large(request: Request, next: Next) -> Respo
         .sum();
     if request_line + header_lines + "\r\n".len() > MAX_HEAD_BYTES {
         tracing::debug!("request refused: its head is over 64 KiB");
-        return ApiError::new(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "head_too_large",
-            "the request's head (request line and headers) is over 64 KiB",
-        )
-        .into_response();
+        return Some(
+            ApiError::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "head_too_large",
+                "the request's head (request line and headers) is over 64 KiB",
+            )
+            .into_response(),
+        );
     }
-    next.run(request).await
+    None
 }
 
 pub(super) fn too_large() -> ApiError {
@@ -53,7 +77,7 @@ pub(super) fn too_large() -> ApiError {
 /// read, on every route (those that do not read a body too): a client that
 /// declares 100 MiB and then sends slowly is answered at once rather than
 /// at the request timeout, and before its token is looked at.
-pub(super) async fn refuse_declared_too_large(request: Request, next: Next) -> Response {
+fn declared_too_large(request: &Request) -> Option<Response> {
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -68,9 +92,9 @@ pub(super) async fn refuse_declared_too_large(request: Request, next: Next) -> R
             header::CONNECTION,
             header::HeaderValue::from_static("close"),
         );
-        return response;
+        return Some(response);
     }
-    next.run(request).await
+    None
 }
 
 /// A body must say it is JSON (`Content-Type: application/json`, any case,
@@ -115,13 +139,12 @@ pub(super) async fn json_bodies_only(request: Request, next: Next) -> Response {
 
 /// The request timeout (`request_timeout_secs`): a request not answered in
 /// time (a body sent slowly, say) is answered 503 with `Retry-After`.
-pub(super) async fn time_limit(
-    Extract(state): Extract<State>,
-    request: Request,
-    next: Next,
+async fn time_limit(
+    state: &State,
+    answer: impl std::future::Future<Output = Response>,
 ) -> Response {
     let limit = state.config.request_timeout;
-    match tokio::time::timeout(limit, next.run(request)).await {
+    match tokio::time::timeout(limit, answer).await {
         Ok(response) => response,
         Err(_) => {
             tracing::debug!(timeout = ?limit, "request refused: not answered within the request timeout");

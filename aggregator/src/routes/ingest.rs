@@ -65,7 +65,7 @@ async fn identify(state: &State, token: &str) -> Result<Option<ClusterIdentity>,
 
 /// The body is read only after the token is known: an unknown client never
 /// makes the service buffer its body. A declared length over 1 MiB was
-/// refused before this (`edges::refuse_declared_too_large`). The token never
+/// refused before this (`edges::front`). The token never
 /// reaches a log.
 pub async fn push_samples(
     Extract(state): Extract<State>,

@@ -883,8 +883,8 @@ pub fn router(state: State) -> Router {
         .method_not_allowed_fallback(edges::method_not_allowed)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(axum::middleware::from_fn_with_state(
-            state.faults.clone(),
-            ops::fault_hook,
+            state.clone(),
+            edges::front,
         ))
         // A panicking handler answers 500 in the API's format; the service,
         // its connections and the next request are unharmed.
@@ -906,12 +906,6 @@ pub fn router(state: State) -> Router {
                 .into_response()
             },
         ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            edges::time_limit,
-        ))
-        .layer(axum::middleware::from_fn(edges::refuse_declared_too_large))
-        .layer(axum::middleware::from_fn(edges::refuse_head_too_large))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             ops::observe,

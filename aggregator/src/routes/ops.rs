@@ -39,21 +39,6 @@ pub async fn healthz(Extract(state): Extract<State>) -> Result<&'static str, Api
     Ok("ok\n")
 }
 
-/// The fault hook (`Faults`): panics in the handler's place when set.
-pub async fn fault_hook(
-    Extract(faults): Extract<std::sync::Arc<super::Faults>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    if faults
-        .panic_in_next_request
-        .swap(false, std::sync::atomic::Ordering::SeqCst)
-    {
-        panic!("fault hook: a panic in a request handler");
-    }
-    next.run(request).await
-}
-
 /// Room a write probe asks of the database's file system: more than a commit
 /// of a large batch takes, so that readiness does not come back while the
 /// next push would still fail.
