@@ -2,28 +2,30 @@
 
 use std::path::PathBuf;
 
-/// The node's name: given (from `NODE_NAME`, the downward API), else the
-/// host name. A name the aggregator would refuse (`shared::domain`: ASCII
-/// letters, digits, `-`, `_`, `.`, at most 253) stops the agent at start,
-/// rather than have every sample rejected as `invalid_node`.
+/// The node's name: given (from `NODE_NAME`, the downward API), else the host name.
 pub fn node_name(given: Option<&str>) -> anyhow::Result<String> {
-    let name = match given.map(str::trim).filter(|n| !n.is_empty()) {
-        Some(name) => name.to_string(),
-        None => sysinfo::System::host_name()
-            .map(|h| h.trim().to_string())
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| {
-                anyhow::anyhow!(
-                    "no node name: set NODE_NAME (spec.nodeName via the downward API) or a host name"
-                )
-            })?,
-    };
-    shared::domain::check_name(shared::domain::NameKind::NodeName, &name).map_err(|e| {
-        anyhow::anyhow!(
-            "NODE_NAME (or the host name): {e}; the aggregator would reject every sample"
-        )
-    })?;
-    Ok(name)
+    if let Some(name) = given.map(str::trim).filter(|n| !n.is_empty()) {
+        return Ok(name.to_string());
+    }
+    sysinfo::System::host_name()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no node name: set NODE_NAME (spec.nodeName via the downward API) or a host name"
+            )
+        })
+}
+
+/// What to warn of when the node's name is outside the domain the
+/// aggregator takes (`shared::domain`: ASCII letters, digits, `-`, `_`, `.`,
+/// at most 253): its samples are rejected as `invalid_node` unless the
+/// aggregator stored the node before that domain existed. The agent runs
+/// all the same: only the aggregator knows which of the two it is.
+pub fn node_name_warning(name: &str) -> Option<String> {
+    shared::domain::check_name(shared::domain::NameKind::NodeName, name)
+        .err()
+        .map(|e| format!("NODE_NAME (or the host name): {e}; the aggregator rejects such a node's samples as invalid_node unless it stored the node before"))
 }
 
 /// The cluster token. It is never printed: `Debug` shows `<redacted>` and
@@ -214,16 +216,13 @@ mod tests {
     }
 
     #[test]
-    fn a_node_name_the_aggregator_would_reject_stops_the_agent_at_start() {
+    fn a_node_name_outside_the_aggregators_domain_is_warned_of() {
         for bad in ["worker 7", "worker/7", ".hidden", &"n".repeat(254)] {
-            let e = node_name(Some(bad)).unwrap_err().to_string();
-            assert!(e.starts_with("NODE_NAME"), "{e}");
-            assert!(e.contains("node name must be 1 to 253"), "{e}");
+            let warning = node_name_warning(bad).expect("a warning");
+            assert!(warning.starts_with("NODE_NAME"), "{warning}");
+            assert!(warning.contains("node name must be 1 to 253"), "{warning}");
         }
-        assert_eq!(
-            node_name(Some("ip-10-0-1-7.ec2.internal")).unwrap(),
-            "ip-10-0-1-7.ec2.internal"
-        );
+        assert_eq!(node_name_warning("ip-10-0-1-7.ec2.internal"), None);
     }
 
     fn private_file(path: &std::path::Path, text: &str) {

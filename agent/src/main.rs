@@ -206,6 +206,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         backoff_cap: Duration::from_secs(args.max_backoff_secs.max(1)),
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
     };
+    if let Some(warning) = agent::identity::node_name_warning(&settings.node) {
+        tracing::warn!("{warning}");
+    }
     // One thread is plenty for one sample an hour, and keeps the footprint small.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

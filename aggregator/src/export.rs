@@ -48,7 +48,7 @@ pub fn export_case(
     let mut caps: Vec<Value> = Vec::new();
     if config.rules.default_cap_cores != CAP_MIN_CORES {
         // A case's default cap is SPEC's; a service configured otherwise says so as a cap from the start.
-        caps.push(json!({"cores": config.rules.default_cap_cores, "from": "1970-01-01T00:00:00Z"}));
+        caps.push(json!({"cores": config.rules.default_cap_cores, "from": rfc(shared::domain::first_instant())}));
     }
     caps.extend(
         store

@@ -256,7 +256,7 @@ fn decimal(v: &Value) -> anyhow::Result<Decimal> {
         Value::Number(n) => n.to_string(),
         other => bail!("expected a decimal, got {other}"),
     };
-    Decimal::from_str(&text).map_err(|e| anyhow!("{text:?} is not a decimal: {e}"))
+    shared::domain::parse_money(&text).map_err(|e| anyhow!("{e}"))
 }
 
 /// An instant of the case (a licence's, a cap's, a run's) within its domain.

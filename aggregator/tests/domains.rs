@@ -147,6 +147,7 @@ async fn money_is_credited_only_as_a_plain_decimal_and_a_reference_only_as_print
         "pay\n1",
         "pay\u{0}1",
         "  ",
+        " pay-1",
         "pay\u{202E}1",
         &"r".repeat(201),
     ] {
@@ -182,6 +183,7 @@ async fn licences_caps_and_orders_take_cores_up_to_a_million_and_instants_within
     for (body, field) in [
         (licence(json!(100), "9999-12-31T00:00:00Z"), "end"),
         (licence(json!(100), "+10000-01-01T00:00:00Z"), "end"),
+        (licence(json!(100), "2199-12-28T00:00:00Z"), "end"),
         (
             licence(json!(4_294_967_295_u64), "2026-12-01T00:00:00Z"),
             "cores",
@@ -359,6 +361,23 @@ async fn names_stored_before_the_domain_are_reported_by_the_migration_and_stay_r
         )
         .await;
     assert_eq!(s, 200, "{v}");
+    // The old node is still metered under its old name; a new one is not taken.
+    let token = v["token"].as_str().unwrap().to_string();
+    let at = local("2026-11-24T11:00:00");
+    let (s, v) = app
+        .call(
+            Method::POST,
+            "/v1/samples",
+            Some(&token),
+            Some(json!({"samples": [
+                {"node": "node 7", "cores": 8, "at": at, "seq": 1, "agent_version": "0.3.0"},
+                {"node": "node 8", "cores": 8, "at": at, "seq": 1, "agent_version": "0.3.0"},
+            ]})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["results"][0]["status"], "accepted", "{v}");
+    assert_eq!(v["results"][1]["reason"], "invalid_node", "{v}");
     let (s, v) = app
         .admin(
             Method::POST,

@@ -51,6 +51,28 @@ fn round_trip(case_text: &str) -> usize {
 }
 
 #[test]
+fn a_service_with_another_default_cap_exports_a_case_that_replays() {
+    let text = r#"{"name": "cap", "accounts": [{"id": "acme"}],
+        "samples": [{"account": "acme", "cluster": "c", "node": "n1", "cores": 900,
+                     "at": "2026-11-24T10:00:00+08:00"}],
+        "runs": ["2026-11-25T02:00:00+08:00"]}"#;
+    let case = parse_case(text.as_bytes()).unwrap();
+    let mut config = config_from(&case.settings).unwrap();
+    config.rules.default_cap_cores = 1000;
+    let runs = vec!["2026-11-25T02:00:00+08:00".parse().unwrap()];
+    let dir = tempfile::tempdir().unwrap();
+    let mut store =
+        support::open_store(&dir.path().join("db.sqlite"), Durability::Scratch).unwrap();
+    let original = replay_into(&case, &config, &runs, &mut store).unwrap();
+    let day = "2026-11-24".parse().unwrap();
+    let exported = export_case(&mut store, &config, "acme", day).unwrap();
+    let text = serde_json::to_string(&exported).unwrap();
+    let again = replay(&parse_case(text.as_bytes()).unwrap())
+        .expect("the export of a service whose default cap is 1,000 replays");
+    assert_eq!(again.bills, original.bills);
+}
+
+#[test]
 fn every_billed_day_of_every_conformance_case_round_trips() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/conformance");
     let mut days = 0;

@@ -163,7 +163,7 @@ fn a_cluster_that_is_not_created_does_not_use_up_its_supplied_token() {
 }
 
 /// The schema version of this build.
-const LATEST: usize = aggregator::store::NAMES_REPORTED_AT;
+const LATEST: usize = aggregator::store::SCHEMA_VERSION;
 
 #[test]
 fn the_upgrade_to_schema_7_records_every_token_held_before_it() {

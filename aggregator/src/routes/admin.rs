@@ -167,6 +167,16 @@ pub async fn add_licence(
     // A licence keeps counting for the grace days after its end (SPEC
     // sections 5 and 8); the store keeps the period it counts.
     let counts_until = end + chrono::TimeDelta::days(LICENCE_GRACE_DAYS);
+    // The period it counts is what is stored and exported: within the domain too.
+    shared::domain::check_instant(counts_until).map_err(|_| {
+        ApiError::unprocessable(
+            "end",
+            format!(
+                "end must leave room for the {LICENCE_GRACE_DAYS} days of grace before {}",
+                shared::domain::instant_limit().format("%Y-%m-%dT%H:%M:%SZ")
+            ),
+        )
+    })?;
     let licence =
         Licence::new(cores, start, counts_until).map_err(crate::store::StoreError::from)?;
     let now = state.clock.now();

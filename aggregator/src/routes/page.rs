@@ -22,15 +22,13 @@ use super::ApiError;
 /// for fewer: a script that reads a day in one call still gets it all.
 pub const MAX_LIMIT: u32 = 10_000;
 
-/// The longest cursor read: twice the longest key the service makes (a
-/// bill line's, with an account id of 128 characters) and its tag.
+/// The longest cursor read: more than twice the longest key the service
+/// makes (a bill line's, with an account id stored before ids had a domain,
+/// of up to 128 characters) and its tag.
 const MAX_CURSOR_CHARS: usize = 2_048;
 
 /// Bytes of the tag at a cursor's end.
 const TAG_BYTES: usize = 8;
-
-/// How much of a refused value an error message quotes.
-const QUOTED_CHARS: usize = 64;
 
 pub const TOTAL_COUNT: HeaderName = HeaderName::from_static("x-total-count");
 pub const NEXT_CURSOR: HeaderName = HeaderName::from_static("x-next-cursor");
@@ -171,7 +169,7 @@ fn parse_limit(text: &str) -> Result<u32, ApiError> {
             "limit",
             format!(
                 "{} is not a whole number from 1 to {MAX_LIMIT}",
-                quoted(text)
+                shared::domain::quote(text)
             ),
         )),
     }
@@ -202,20 +200,9 @@ fn not_a_cursor(text: &str, why: &str) -> ApiError {
         "cursor",
         format!(
             "{} is not a cursor of this list: {why}; start without one",
-            quoted(text)
+            shared::domain::quote(text)
         ),
     )
-}
-
-/// A value for a message: its first [`QUOTED_CHARS`] characters, quoted,
-/// and how long it was when it was cut.
-fn quoted(text: &str) -> String {
-    let chars = text.chars().count();
-    if chars <= QUOTED_CHARS {
-        return format!("{text:?}");
-    }
-    let start: String = text.chars().take(QUOTED_CHARS).collect();
-    format!("{start:?} (cut; {chars} characters)")
 }
 
 #[cfg(test)]

@@ -559,11 +559,19 @@ impl Store {
                 format!("amount {amount} is over the largest credit of {MAX_CREDIT}"),
             ));
         }
-        let reference = reference.trim();
-        if reference.is_empty() || reference.len() > 200 {
+        // The edge's rule for free text, here too. References were trimmed
+        // before they were kept, and a credit is taken once per reference:
+        // one with blanks around it is refused rather than taken as another.
+        shared::domain::check_text(reference, 200).map_err(|e| {
+            invalid(
+                "reference",
+                format!("reference (the billing backend's id of the payment) {e}"),
+            )
+        })?;
+        if reference.trim() != reference {
             return Err(invalid(
                 "reference",
-                "reference (the billing backend's id of the payment) must be 1 to 200 characters",
+                "reference must not start or end with a blank",
             ));
         }
         let account_ref = self.require_account(account)?;

@@ -49,6 +49,9 @@ pub use retention::{reads_from, Horizon, PruneTarget, Pruned, PRUNE_BATCH_ROWS};
 pub use samples::{AuditSample, Incoming, Outcome};
 pub use schema::NAMES_REPORTED_AT;
 
+/// The schema version this build migrates databases to.
+pub const SCHEMA_VERSION: usize = schema::MIGRATIONS.len();
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("account {0:?} already exists")]

@@ -112,7 +112,21 @@ impl Store {
                     cores: s.cores,
                     at: s.at,
                 };
-                let checked = validate(&unchecked, s.received_at, limits).and_then(|c| {
+                let validated = match (validate(&unchecked, s.received_at, limits), account_ref) {
+                    // A node stored before node names had a domain is still
+                    // metered under its old name: the rest of the checks apply.
+                    (Err(Rejection::InvalidNode), Some(r))
+                        if node_stored(&tx, r, s.cluster, s.node)? =>
+                    {
+                        let renamed = Unchecked {
+                            node: "stored-node",
+                            ..unchecked
+                        };
+                        validate(&renamed, s.received_at, limits)
+                    }
+                    (validated, _) => validated,
+                };
+                let checked = validated.and_then(|c| {
                     let at = c.at.timestamp_millis();
                     let in_stop = account_ref
                         .and_then(|r| stopped.get(&r))
@@ -409,6 +423,17 @@ fn values_of<'r, 'a: 'r>(rows: impl Iterator<Item = &'r Row<'a>>) -> Vec<Value<'
         ]);
     }
     values
+}
+
+/// Whether the node was stored before (its samples were taken once).
+fn node_stored(tx: &Conn, account_ref: i64, cluster: &str, name: &str) -> Result<bool, StoreError> {
+    Ok(tx
+        .prepare_cached(
+            "SELECT id FROM nodes WHERE account_ref = ?1 AND cluster = ?2 AND name = ?3",
+        )?
+        .query_row((account_ref, cluster, name), |r| r.get::<_, i64>(0))
+        .optional()?
+        .is_some())
 }
 
 fn node_id(tx: &Conn, account_ref: i64, cluster: &str, name: &str) -> Result<i64, StoreError> {
