@@ -1509,23 +1509,53 @@ fn judge_taken(
     })
 }
 
-/// Why a day or instant is outside what the document's format says, if it is.
-fn outside_format(format: &str, s: &str) -> Option<String> {
+/// Why a day or instant is outside what the document's format says, if it
+/// is: its form, then its bounds (`formatMinimum`, `formatMaximum`,
+/// `formatExclusiveMaximum`).
+fn outside_format(schema: &Value, s: &str) -> Option<String> {
     let four_digit_year = s.len() >= 10
         && s.as_bytes()[..4].iter().all(u8::is_ascii_digit)
         && s.as_bytes()[4] == b'-';
-    match format {
-        "date" => (!(s.len() == 10
-            && four_digit_year
-            && chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok()))
-        .then(|| "not an RFC 3339 full-date".into()),
-        "date-time" => (!(four_digit_year && DateTime::parse_from_rfc3339(s).is_ok()))
-            .then(|| "not an RFC 3339 date-time".into()),
+    let bound = |key: &str| schema[key].as_str().map(str::to_string);
+    match schema["format"].as_str().unwrap_or("") {
+        "date" => {
+            let day = (s.len() == 10 && four_digit_year)
+                .then(|| chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").ok())
+                .flatten();
+            let Some(day) = day else {
+                return Some("not an RFC 3339 full-date".into());
+            };
+            let at = |key| {
+                bound(key).map(|b| chrono::NaiveDate::parse_from_str(&b, "%Y-%m-%d").unwrap())
+            };
+            if at("formatMinimum").is_some_and(|m| day < m)
+                || at("formatMaximum").is_some_and(|m| day > m)
+            {
+                return Some("a day outside the document's bounds".into());
+            }
+            None
+        }
+        "date-time" => {
+            let Some(t) = four_digit_year
+                .then(|| DateTime::parse_from_rfc3339(s).ok())
+                .flatten()
+            else {
+                return Some("not an RFC 3339 date-time".into());
+            };
+            let at = |key| bound(key).map(|b| DateTime::parse_from_rfc3339(&b).unwrap());
+            if at("formatMinimum").is_some_and(|m| t < m)
+                || at("formatMaximum").is_some_and(|m| t > m)
+                || at("formatExclusiveMaximum").is_some_and(|m| t >= m)
+            {
+                return Some("an instant outside the document's bounds".into());
+            }
+            None
+        }
         _ => None,
     }
 }
 
-/// Why a string is outside a string schema, if it is (patterns aside).
+/// Why a string is outside a string schema, if it is.
 fn outside_string(schema: &Value, s: &str) -> Option<String> {
     let chars = s.chars().count() as u64;
     if let Some(values) = schema["enum"].as_array() {
@@ -1539,7 +1569,13 @@ fn outside_string(schema: &Value, s: &str) -> Option<String> {
     if schema["maxLength"].as_u64().is_some_and(|n| chars > n) {
         return Some(format!("{chars} characters, over maxLength"));
     }
-    outside_format(schema["format"].as_str().unwrap_or(""), s)
+    if let Some(pattern) = schema["pattern"].as_str() {
+        let re = regex::Regex::new(pattern).expect("the document's patterns compile");
+        if !re.is_match(s) {
+            return Some(format!("does not match the pattern {pattern}"));
+        }
+    }
+    outside_format(schema, s)
 }
 
 fn outside_range(schema: &Value, n: i128) -> Option<String> {

@@ -249,13 +249,17 @@ pub enum Domain {
         min_chars: u32,
         max_chars: Option<u32>,
     },
-    /// An account ID or cluster name: 1 to 128 characters, no `/`, no control characters.
+    /// An account ID or cluster name (`shared::domain::check_name`): 1 to
+    /// 64 ASCII letters, digits, `-`, `_`, `.`, not starting with `.` or `-`.
     Name,
-    /// A calendar day, `YYYY-MM-DD`.
+    /// A node's name: the same alphabet, 1 to 253 characters.
+    NodeName,
+    /// A calendar day, `YYYY-MM-DD`, from 2000-01-01 to 2199-12-31.
     Day,
-    /// An RFC 3339 instant with an offset or `Z`.
+    /// An RFC 3339 instant with an offset or `Z`, in the same days.
     Instant,
-    /// A decimal amount as a string, such as `"100.00"`: money is never a JSON number.
+    /// Money as a string of a plain decimal, such as `"100.00"`
+    /// (`shared::domain::parse_money`): never a JSON number.
     Decimal,
     /// A token of the generated form: the prefix, `_` and 64 lowercase hex digits.
     Token(&'static str),
@@ -391,10 +395,7 @@ const PAGE: &[Input] = &[LIMIT, CURSOR];
 const SAMPLE_FIELDS: &[Input] = &[
     Input::required(
         "node",
-        Domain::Text {
-            min_chars: 1,
-            max_chars: None,
-        },
+        Domain::NodeName,
         "the node's name, unique in its cluster",
     ),
     Input::required(

@@ -9,7 +9,9 @@ use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use chrono::SecondsFormat;
 use serde_json::{json, Map, Value};
+use shared::domain::{self, NameKind};
 
 use super::{blocking, inputs, ApiError, Body, Domain, Input, Role, State, ROUTES};
 use crate::service_metrics::{PlaceLabels, RouteLabels};
@@ -250,19 +252,25 @@ fn schema(domain: &Domain) -> Value {
             }
             s
         }
-        // Rust's `char::is_control` is Unicode's Cc: U+0000 to U+001F and U+007F to U+009F.
-        Domain::Name => json!({
+        // `shared::domain`'s rules: names, days, instants, money.
+        Domain::Name => name_schema(NameKind::AccountId),
+        Domain::NodeName => name_schema(NameKind::NodeName),
+        Domain::Day => json!({
             "type": "string",
-            "minLength": 1,
-            "maxLength": 128,
-            "pattern": "^[^/\\u0000-\\u001F\\u007F-\\u009F]+$",
+            "format": "date",
+            "formatMinimum": domain::FIRST_DAY.to_string(),
+            "formatMaximum": domain::LAST_DAY.to_string(),
         }),
-        Domain::Day => json!({"type": "string", "format": "date"}),
-        Domain::Instant => json!({"type": "string", "format": "date-time"}),
+        Domain::Instant => json!({
+            "type": "string",
+            "format": "date-time",
+            "formatMinimum": domain::first_instant().to_rfc3339_opts(SecondsFormat::Secs, true),
+            "formatExclusiveMaximum": domain::instant_limit().to_rfc3339_opts(SecondsFormat::Secs, true),
+        }),
         Domain::Decimal => json!({
             "type": "string",
             "format": "decimal",
-            "pattern": "^[0-9]+(\\.[0-9]+)?$",
+            "pattern": "^[0-9]{1,15}(\\.[0-9]{1,6})?$",
         }),
         Domain::Token(prefix) => json!({
             "type": "string",
@@ -279,6 +287,16 @@ fn schema(domain: &Domain) -> Value {
             "items": object_schema(fields, false),
         }),
     }
+}
+
+/// A name's schema: `shared::domain::check_name`'s alphabet and length.
+fn name_schema(kind: NameKind) -> Value {
+    json!({
+        "type": "string",
+        "minLength": 1,
+        "maxLength": kind.max_chars(),
+        "pattern": "^[A-Za-z0-9_][A-Za-z0-9._-]*$",
+    })
 }
 
 /// Counts every request and its latency by route and status.
