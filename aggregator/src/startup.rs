@@ -162,26 +162,40 @@ impl Application {
             ..
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
-        let billing = tokio::spawn(crate::billing_job::run(
-            state.clone(),
-            timing.billing_poll,
-            stop_rx.clone(),
-        ));
-        let delivery = state.config.webhook.clone().map(|webhook| {
-            tokio::spawn(crate::outbox::run(
-                state.clone(),
-                webhook,
-                timing.outbox_poll,
+        let billing = {
+            let (state, stop) = (state.clone(), stop_rx.clone());
+            supervise(
+                "billing",
                 stop_rx.clone(),
-            ))
+                state.metrics.clone(),
+                move || crate::billing_job::run(state.clone(), timing.billing_poll, stop.clone()),
+            )
+        };
+        let delivery = state.config.webhook.clone().map(|webhook| {
+            let (state, stop) = (state.clone(), stop_rx.clone());
+            supervise(
+                "outbox",
+                stop_rx.clone(),
+                state.metrics.clone(),
+                move || {
+                    crate::outbox::run(
+                        state.clone(),
+                        webhook.clone(),
+                        timing.outbox_poll,
+                        stop.clone(),
+                    )
+                },
+            )
         });
         let notices = &state.config.notices;
         let notice_delivery = (notices.webhook.is_some() || notices.smtp.is_some()).then(|| {
-            tokio::spawn(crate::notice_outbox::run(
-                state.clone(),
-                timing.outbox_poll,
+            let (state, stop) = (state.clone(), stop_rx.clone());
+            supervise(
+                "notices",
                 stop_rx.clone(),
-            ))
+                state.metrics.clone(),
+                move || crate::notice_outbox::run(state.clone(), timing.outbox_poll, stop.clone()),
+            )
         });
         let reload = tls.clone().map(|tls| {
             tokio::spawn(crate::tls::watch_files(
@@ -255,6 +269,45 @@ impl Application {
             .ok();
         Ok(())
     }
+}
+
+/// Runs a background job (billing, delivery) and starts it again when it
+/// panics, a second later, until the service stops: a bug in a job's own
+/// loop (its store work is already contained by `Connection`) must not end
+/// billing for good while liveness stays green. Each restart is counted in
+/// `core_meter_panics_caught_total{place="job:NAME"}` and logged.
+fn supervise<F, Fut>(
+    name: &'static str,
+    stop: watch::Receiver<bool>,
+    metrics: Arc<ServiceMetrics>,
+    job: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            match tokio::spawn(job()).await {
+                Ok(()) => return,
+                Err(e) if e.is_panic() => {
+                    let message = crate::store::panic_message(e.into_panic().as_ref());
+                    metrics
+                        .panics
+                        .get_or_create(&crate::service_metrics::PlaceLabels {
+                            place: format!("job:{name}"),
+                        })
+                        .inc();
+                    tracing::error!(job = name, panic = %message, "a background job panicked; it starts again in a second");
+                    if *stop.borrow() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(_) => return,
+            }
+        }
+    })
 }
 
 /// Makes the running service panic on purpose, where a bug would: in a
@@ -525,6 +578,34 @@ pub async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_job_that_panics_is_started_again_and_counted() {
+        let runs = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let metrics = Arc::new(ServiceMetrics::default());
+        let (_stop_tx, stop) = watch::channel(false);
+        let counted = runs.clone();
+        let job = supervise("test", stop, metrics.clone(), move || {
+            let counted = counted.clone();
+            async move {
+                if counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                    panic!("a bug in the job's loop");
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), job)
+            .await
+            .expect("the job ran again and ended")
+            .unwrap();
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 2);
+        let restarts = metrics
+            .panics
+            .get_or_create(&crate::service_metrics::PlaceLabels {
+                place: "job:test".into(),
+            })
+            .get();
+        assert_eq!(restarts, 1);
+    }
 
     #[test]
     fn the_connection_cap_follows_a_low_open_files_limit() {
