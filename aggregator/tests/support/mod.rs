@@ -58,32 +58,91 @@ pub fn postgres_server() -> Option<String> {
 /// The database a test's file path stands for: the file itself, or (on
 /// PostgreSQL) a database of its own, created the first time the path is
 /// seen and the same one every time after (a restarted service finds its data).
+///
+/// A database is dropped once its test is done with it, so that the
+/// PostgreSQL pass holds a few test databases at a time, not every one it
+/// ever made (each is some 8 MB; the pass makes thousands): a database whose
+/// path's directory (the test's `TempDir`) is gone is dropped at the next
+/// call, and the first call of a test binary drops what binaries that have
+/// exited left behind.
 pub fn database(path: &Path) -> Database {
-    static CREATED: Mutex<Option<HashMap<PathBuf, Database>>> = Mutex::new(None);
+    static CREATED: Mutex<Option<HashMap<PathBuf, TestDatabase>>> = Mutex::new(None);
     let Some(server) = postgres_server() else {
         return Database::Sqlite(path.to_path_buf());
     };
-    let mut created = CREATED.lock().unwrap();
+    let mut created = CREATED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let first = created.is_none();
     let created = created.get_or_insert_with(HashMap::new);
     if let Some(db) = created.get(path) {
-        return db.clone();
+        return db.database.clone();
     }
+    let done: Vec<PathBuf> = created
+        .iter()
+        .filter(|(_, db)| db.dir.as_ref().is_some_and(|dir| !dir.exists()))
+        .map(|(path, _)| path.clone())
+        .collect();
+    let finished: Vec<String> = done
+        .iter()
+        .filter_map(|path| created.remove(path))
+        .map(|db| db.name)
+        .collect();
     let name = format!(
         "t{}_{}_{}",
         std::process::id(),
-        created.len(),
+        fastrand::u32(..),
         fastrand::u32(..)
     );
     off_runtime(|| {
         let mut admin = postgres::Client::connect(&format!("{server}/postgres"), postgres::NoTls)
             .expect("connect to the test PostgreSQL server");
+        let mut drop = finished;
+        if first {
+            drop.extend(left_by_exited_binaries(&mut admin));
+        }
+        for old in drop {
+            // FORCE ends what a stopped service may still hold open.
+            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {old} WITH (FORCE)"));
+        }
         admin
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .expect("create a test database");
     });
     let db = Database::Postgres(format!("{server}/{name}"));
-    created.insert(path.to_path_buf(), db.clone());
+    // Only a path inside a directory that exists now can tell, by that
+    // directory's going, that its test is done.
+    let dir = path.parent().filter(|dir| dir.is_dir()).map(Path::to_path_buf);
+    created.insert(
+        path.to_path_buf(),
+        TestDatabase {
+            database: db.clone(),
+            name,
+            dir,
+        },
+    );
     db
+}
+
+struct TestDatabase {
+    database: Database,
+    name: String,
+    /// The directory whose removal says the test is done with the database.
+    dir: Option<PathBuf>,
+}
+
+/// The test databases (`t<pid>_…`) whose process has exited.
+fn left_by_exited_binaries(admin: &mut postgres::Client) -> Vec<String> {
+    let rows = admin
+        .query("SELECT datname FROM pg_database WHERE datname LIKE 't%'", &[])
+        .expect("list the test databases");
+    rows.iter()
+        .map(|row| row.get::<_, String>(0))
+        .filter(|name| {
+            let pid = name[1..].split('_').next().and_then(|p| p.parse::<u32>().ok());
+            pid.is_some_and(|pid| {
+                pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+            })
+        })
+        .collect()
 }
 
 /// The store a test's file path stands for (see [`database`]).
