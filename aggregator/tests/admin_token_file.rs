@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use aggregator::auth::new_token;
+use aggregator::security::tokens::new_token;
 use support::{local, TestApp};
 
 /// Replaces the file at once, as the kubelet's update of a Secret does.

@@ -10,7 +10,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Barrier;
 
-use aggregator::billing::{run_billing, BillingConfig};
+use aggregator::billing::run_billing;
+use aggregator::config::BillingConfig;
 use aggregator::store::{Durability, Incoming, Outcome, Store, StoreError};
 use chrono::{DateTime, Days, NaiveDate, TimeDelta, Utc};
 use shared::bill::{BillLine, LineKind};

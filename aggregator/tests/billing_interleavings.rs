@@ -15,7 +15,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Barrier;
 
-use aggregator::billing::{run_billing, BillingConfig};
+use aggregator::billing::run_billing;
+use aggregator::config::BillingConfig;
 use aggregator::store::{Durability, Incoming, Outcome, Store};
 use chrono::{DateTime, Days, NaiveDate, TimeDelta, Utc};
 use proptest::prelude::*;

@@ -6,7 +6,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use aggregator::billing::{run_billing, BillingConfig};
+use aggregator::billing::run_billing;
+use aggregator::config::BillingConfig;
 use aggregator::store::{Durability, Incoming, Store};
 use chrono::{DateTime, TimeDelta, Utc};
 use rust_decimal::Decimal;

@@ -4,8 +4,8 @@ mod support;
 
 use std::path::Path;
 
-use aggregator::export::export_case;
-use aggregator::replay::{config_from, parse_case, replay, replay_into};
+use aggregator::commands::replay::{config_from, parse_case, replay, replay_into};
+use aggregator::reports::export::export_case;
 use aggregator::store::Durability;
 use chrono::{DateTime, TimeDelta, Utc};
 use shared::bill::BillLine;

@@ -9,11 +9,11 @@
 
 mod support;
 
-use aggregator::billing::{run_billing, BillingConfig};
-use aggregator::lifecycle::run_lifecycle;
-use aggregator::store::{
-    Durability, Incoming, NewContact, NewOrder, NoticeChannels, Outcome, Store, StoreError,
-};
+use aggregator::billing::lifecycle::run_lifecycle;
+use aggregator::billing::run_billing;
+use aggregator::config::BillingConfig;
+use aggregator::config::NoticeChannels;
+use aggregator::store::{Durability, Incoming, NewContact, NewOrder, Outcome, Store, StoreError};
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use rust_decimal::Decimal;
 use shared::bill::LineKind;
@@ -265,13 +265,18 @@ fn trial_hours_are_free_and_an_exported_trial_day_replays_to_the_same_bill() {
         (lines[0].excess_core_hours, lines[0].amount),
         (0, dec("0.00"))
     );
-    let case = aggregator::export::export_case(&mut m.store, &m.config, "acme", date("2026-11-03"))
-        .unwrap();
+    let case = aggregator::reports::export::export_case(
+        &mut m.store,
+        &m.config,
+        "acme",
+        date("2026-11-03"),
+    )
+    .unwrap();
     assert!(case["accounts"][0]["trial"].is_object(), "{case}");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("case.json");
     std::fs::write(&path, serde_json::to_vec(&case).unwrap()).unwrap();
-    let out = aggregator::replay::replay_file(&path).unwrap();
+    let out = aggregator::commands::replay::replay_file(&path).unwrap();
     assert_eq!(out.bills[0].amount, dec("0.00"));
     assert_eq!(out.bills[0].excess_core_hours, 0);
 }
@@ -292,7 +297,7 @@ fn deletion_removes_the_samples_in_batches_keeps_the_bills_and_refuses_the_days_
         .unwrap()
         .is_empty());
     assert_eq!(m.store.bill_lines(Some("acme"), None).unwrap().len(), 1);
-    let refused = aggregator::report::daily_report(
+    let refused = aggregator::reports::daily_report(
         &mut m.store,
         &m.config,
         "acme",

@@ -8,11 +8,12 @@ mod support;
 use std::path::Path;
 use std::process::Command;
 
-use aggregator::billing::{run_billing, BillingConfig};
-use aggregator::lifecycle::run_lifecycle;
-use aggregator::store::{
-    Database, Durability, Incoming, NewContact, NewOrder, NoticeChannels, Store, StoreError,
-};
+use aggregator::billing::lifecycle::run_lifecycle;
+use aggregator::billing::run_billing;
+use aggregator::config::BillingConfig;
+use aggregator::config::Database;
+use aggregator::config::NoticeChannels;
+use aggregator::store::{Durability, Incoming, NewContact, NewOrder, Store, StoreError};
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use rust_decimal::Decimal;
 use shared::bill::{BillLine, LineKind};

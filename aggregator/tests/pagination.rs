@@ -4,7 +4,8 @@ mod support;
 
 use std::collections::HashSet;
 
-use aggregator::store::{Durability, NoticeChannels};
+use aggregator::config::NoticeChannels;
+use aggregator::store::Durability;
 use chrono::NaiveDate;
 use reqwest::Method;
 use serde_json::{json, Value};

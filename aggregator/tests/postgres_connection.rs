@@ -6,7 +6,7 @@
 
 mod support;
 
-use aggregator::store::Database;
+use aggregator::config::Database;
 use reqwest::Method;
 use serde_json::{json, Value};
 use support::{local, TestApp};

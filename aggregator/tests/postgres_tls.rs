@@ -9,7 +9,8 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use aggregator::store::{Database, Durability, Store};
+use aggregator::config::Database;
+use aggregator::store::{Durability, Store};
 use pki::{write_file, Ca};
 
 struct Server {

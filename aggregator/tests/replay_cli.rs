@@ -125,7 +125,7 @@ fn a_sample_with_an_unreadable_at_is_rejected_and_the_rest_is_billed() {
 
 /// A database holding a replayed conformance case, as `serve` would have left it.
 fn database_from_case(name: &str, dir: &Path) -> PathBuf {
-    use aggregator::replay::{config_from, parse_case, replay_into};
+    use aggregator::commands::replay::{config_from, parse_case, replay_into};
     let text = std::fs::read_to_string(conformance(name)).unwrap();
     let case = parse_case(text.as_bytes()).unwrap();
     let config = config_from(&case.settings).unwrap();
@@ -141,8 +141,8 @@ fn database_from_case(name: &str, dir: &Path) -> PathBuf {
 fn report_prints_a_table_csv_or_json_and_export_prints_a_case_that_replays_to_the_bill() {
     let dir = tempfile::tempdir().unwrap();
     let db = match support::database(&database_from_case("autoscale-burst.json", dir.path())) {
-        aggregator::store::Database::Sqlite(path) => path.display().to_string(),
-        aggregator::store::Database::Postgres(url) => url,
+        aggregator::config::Database::Sqlite(path) => path.display().to_string(),
+        aggregator::config::Database::Postgres(url) => url,
     };
     let run = |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_aggregator"))

@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use aggregator::store::{Database, Durability};
+use aggregator::config::Database;
+use aggregator::store::Durability;
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use serde_json::{json, Value};
 use shared::zone::BillingZone;

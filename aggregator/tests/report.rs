@@ -4,13 +4,13 @@ mod support;
 
 use std::path::Path;
 
-use aggregator::replay::{config_from, parse_case, replay_into};
-use aggregator::report::{daily_report, render_csv, render_table};
+use aggregator::commands::replay::{config_from, parse_case, replay_into};
+use aggregator::reports::{daily_report, render_csv, render_table};
 use aggregator::store::{Durability, Store};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
-fn stored(case_name: &str) -> (tempfile::TempDir, Store, aggregator::billing::BillingConfig) {
+fn stored(case_name: &str) -> (tempfile::TempDir, Store, aggregator::config::BillingConfig) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../tests/conformance")
         .join(case_name);
@@ -181,7 +181,7 @@ fn the_html_page_renders_in_chromium_with_its_chart_and_figures() {
         now(),
     )
     .unwrap();
-    let html = aggregator::report_html::render_html(&r);
+    let html = aggregator::reports::html::render_html(&r);
     assert!(
         !html.contains("http://") && !html.contains("https://") && !html.contains("<script"),
         "self-contained"
@@ -367,7 +367,7 @@ async fn no_csv_cell_starts_a_formula_though_an_account_cluster_or_node_name_doe
     assert!(report.iter().all(|row| row[0] == "'=2+3"));
     assert_eq!(report[4][6], "'@ops/+n1", "the bridged hour names the node");
     // The same rows `aggregator report --format csv` prints.
-    let config = aggregator::billing::BillingConfig::default();
+    let config = aggregator::config::BillingConfig::default();
     let path = dir.path().join("db.sqlite");
     let printed = support::off_runtime(move || {
         let mut store = support::open_store(&path, Durability::Durable).unwrap();

@@ -5,11 +5,12 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aggregator::billing::{run_billing, BillingConfig};
-use aggregator::export::export_case;
-use aggregator::replay::{parse_case, replay};
-use aggregator::report::daily_report;
-use aggregator::startup::{Application, Timing};
+use aggregator::app::{Application, Timing};
+use aggregator::billing::run_billing;
+use aggregator::commands::replay::{parse_case, replay};
+use aggregator::config::BillingConfig;
+use aggregator::reports::daily_report;
+use aggregator::reports::export::export_case;
 use aggregator::store::{Durability, Horizon, Incoming, Outcome, Store, StoreError};
 use chrono::{DateTime, Days, NaiveDate, TimeDelta, Utc};
 use shared::bill::{BillLine, LineKind};

@@ -4,8 +4,8 @@ mod support;
 
 use std::collections::BTreeSet;
 
-use aggregator::routes::{Role, ROUTES};
-use aggregator::store::Database;
+use aggregator::config::Database;
+use aggregator::http::{Role, ROUTES};
 use reqwest::Method;
 use serde_json::{json, Value};
 use support::{local, TestApp, ADMIN};
@@ -270,7 +270,10 @@ async fn a_reader_token_is_shown_once_reads_only_its_account_and_stops_when_revo
     let (s, issued) = issue(&app, A, "finance dashboard").await;
     assert_eq!(s, 201, "{issued}");
     let token = issued["token"].as_str().unwrap().to_string();
-    assert!(aggregator::auth::looks_like_reader_token(&token), "{token}");
+    assert!(
+        aggregator::security::tokens::looks_like_reader_token(&token),
+        "{token}"
+    );
     assert_eq!(issued["name"], "finance dashboard");
     assert!(issued["id"].is_i64() && issued["created_at"].is_string());
 
@@ -304,7 +307,7 @@ async fn a_reader_token_is_shown_once_reads_only_its_account_and_stops_when_revo
         stored,
         vec![(
             "finance dashboard".to_string(),
-            aggregator::auth::hash_token(&token).to_vec()
+            aggregator::security::tokens::hash_token(&token).to_vec()
         )]
     );
     if let Database::Sqlite(file) = &app.database {

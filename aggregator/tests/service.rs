@@ -310,7 +310,7 @@ async fn the_openapi_document_lists_every_route_and_every_route_answers() {
     .await;
     let (s, doc) = app.call(Method::GET, "/v1/openapi.json", None, None).await;
     assert_eq!(s, 200);
-    for (method, path, _, _) in aggregator::routes::ROUTES {
+    for (method, path, _, _) in aggregator::http::ROUTES {
         assert!(
             doc["paths"][*path][*method].is_object(),
             "{method} {path} missing from the document"

@@ -11,9 +11,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aggregator::app::{Application, Timing};
 use aggregator::config::Config;
-use aggregator::startup::{Application, Timing};
-use aggregator::tls::TlsFiles;
+use aggregator::config::TlsFiles;
 use chrono::{DateTime, Utc};
 use pki::{write_file, Ca, Issued};
 use serde_json::{json, Value};

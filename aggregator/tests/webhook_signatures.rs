@@ -4,7 +4,8 @@ mod support;
 
 use std::time::Duration;
 
-use aggregator::signature::{self, Secret};
+use aggregator::config::Secret;
+use aggregator::security::signature::{self};
 use chrono::TimeDelta;
 use shared::clock::Clock;
 use support::{eventually, local, Received, TestApp, Webhook};

@@ -46,8 +46,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use aggregator::billing::{run_billing, BillingConfig};
-use aggregator::store::{Database, Durability, Incoming, Store};
+use aggregator::billing::run_billing;
+use aggregator::config::BillingConfig;
+use aggregator::config::Database;
+use aggregator::store::{Durability, Incoming, Store};
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use shared::overage::Licence;
 use shared::sample::AgeLimits;
@@ -624,7 +626,7 @@ fn child(args: &[String]) {
             // account stepped through the run (first run after creation here,
             // so each account is stepped through the 30 runs since it was created).
             let started = Instant::now();
-            aggregator::lifecycle::run_lifecycle(
+            aggregator::billing::lifecycle::run_lifecycle(
                 &mut store,
                 run_at(),
                 &config.zone,
@@ -634,7 +636,7 @@ fn child(args: &[String]) {
             let catch_up_secs = started.elapsed().as_secs_f64();
             // And the next day's run: one step per account, the steady state.
             let started = Instant::now();
-            aggregator::lifecycle::run_lifecycle(
+            aggregator::billing::lifecycle::run_lifecycle(
                 &mut store,
                 run_at() + TimeDelta::days(1),
                 &config.zone,

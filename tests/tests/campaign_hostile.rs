@@ -1500,7 +1500,7 @@ fn hex(bytes: &[u8]) -> String {
 /// prefix of that, and its SHA-256 in hex.
 fn traces(token: &str) -> Vec<String> {
     let random = token.split_once('_').map_or(token, |(_, r)| r);
-    let hash = hex(&aggregator::auth::hash_token(token));
+    let hash = hex(&aggregator::security::tokens::hash_token(token));
     vec![
         token.to_string(),
         random.to_string(),
@@ -1539,7 +1539,7 @@ fn hostile_input_leaves_the_service_healthy_its_data_unchanged_and_no_token_in_i
         .unwrap_or_else(|| Utc::now().timestamp_nanos_opt().unwrap_or(7) as u64);
     eprintln!("campaign: hostile: seed {seed} (CAMPAIGN_SEED repeats it), zone {zone}");
     let mut rng = Rng(seed);
-    let admin = aggregator::auth::new_token("cma");
+    let admin = aggregator::security::tokens::new_token("cma");
 
     // ---- Text logs: the accounts, their data, then the attack.
     let s = start(&db, &admin, &zone, &text_log, false);

@@ -41,7 +41,7 @@ fn every_conformance_case_replays_to_its_expected_result() {
             .unwrap_or("?")
             .to_string();
         let expected = expected_for(case);
-        let outcome = aggregator::replay::replay_file(case);
+        let outcome = aggregator::commands::replay::replay_file(case);
         match (expected.get("error"), outcome) {
             // The message must name the same problem the expected file does.
             (Some(want), Err(e)) => {

@@ -269,7 +269,7 @@ impl Rendering<'_> {
             tls_client_ca: flag(c, "--client-ca").map(PathBuf::from),
             insecure_plaintext: has_flag(c, "--insecure-plaintext"),
         };
-        aggregator::config::Config::load(&flags, &|name| self.env_value_of(c, name)).unwrap_or_else(
+        aggregator::app::load_config(&flags, &|name| self.env_value_of(c, name)).unwrap_or_else(
             |e| {
                 panic!(
                     "{}",
@@ -1426,10 +1426,10 @@ fn the_aggregator_accepts_its_settings_and_has_the_store_secret_and_port_they_na
         }
         the_webhook_secrets_are_read_from_their_secret(r, &raw);
         match &config.database {
-            aggregator::store::Database::Sqlite(database) => {
+            aggregator::config::Database::Sqlite(database) => {
                 the_sqlite_file_is_on_the_volume(r, database);
             }
-            aggregator::store::Database::Postgres(_) => the_postgres_url_is_read_from_a_secret(r),
+            aggregator::config::Database::Postgres(_) => the_postgres_url_is_read_from_a_secret(r),
         }
     });
 }

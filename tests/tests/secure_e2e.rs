@@ -16,7 +16,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aggregator::signature::{self, Secret};
+use aggregator::config::Secret;
+use aggregator::security::signature::{self};
 use e2e::procs::{binary, free_addr};
 use pki::{write_file, Ca};
 use serde_json::{json, Value};
@@ -24,7 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A secret as the service makes them: a prefix, `_` and 64 random hex digits.
 fn random_secret(prefix: &str) -> String {
-    aggregator::auth::new_token(prefix)
+    aggregator::security::tokens::new_token(prefix)
 }
 
 fn private_file(path: &Path, text: &str) {

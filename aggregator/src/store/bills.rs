@@ -186,7 +186,7 @@ fn bill_days_in(
     compute: impl FnOnce(&[NodeSample]) -> Vec<DayFigures>,
     currency: &str,
     issued_at: DateTime<Utc>,
-    channels: super::NoticeChannels,
+    channels: crate::config::NoticeChannels,
 ) -> Result<Vec<BillLine>, StoreError> {
     let samples = super::samples::samples_in(conn, account.reference, window_ms)?;
     let figures: Vec<DayFigures> = compute(&samples)

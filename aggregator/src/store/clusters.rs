@@ -6,7 +6,7 @@ use shared::domain::{check_name, NameKind};
 
 use super::issued::{record_issue, TokenKind};
 use super::{Store, StoreError};
-use crate::auth::{check_token_form, hash_token, new_token};
+use crate::security::tokens::{check_token_form, hash_token, new_token};
 
 /// What a cluster token starts with (`cmc_`), generated or supplied.
 const CLUSTER_TOKEN_PREFIX: &str = "cmc";

@@ -8,7 +8,7 @@
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError, TryLockError};
+use std::sync::{Arc, Mutex, PoisonError, TryLockError};
 
 use super::db::Dialect;
 use super::{Store, StoreError};
@@ -72,6 +72,38 @@ impl Connection {
     ) -> Result<T, StoreError> {
         let mut store = self.store.lock().unwrap_or_else(PoisonError::into_inner);
         self.run(&mut store, work)
+    }
+
+    /// Runs `work` on the connection on a thread of tokio's blocking pool,
+    /// off the async threads. A panic inside it is caught (`with`): the
+    /// caller gets `StoreError::Panicked`, the connection goes on serving.
+    pub async fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        work: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let connection = self.clone();
+        tokio::task::spawn_blocking(move || connection.with(work))
+            .await
+            .unwrap_or_else(|e| {
+                Err(StoreError::Panicked {
+                    connection: self.name,
+                    message: e.to_string(),
+                })
+            })
+    }
+
+    /// Runs `work` here, on the caller's (async) thread, when the database
+    /// answers in microseconds (SQLite, from its page cache) and the
+    /// connection is free now; `None` otherwise (PostgreSQL's client blocks
+    /// on the network; use `blocking`).
+    pub fn try_inline<T>(
+        &self,
+        work: impl FnOnce(&mut Store) -> Result<T, StoreError>,
+    ) -> Option<Result<T, StoreError>> {
+        match self.dialect {
+            Dialect::Sqlite => self.try_with(work),
+            Dialect::Postgres => None,
+        }
     }
 
     /// Runs `work` only if the connection is free now; `None` when another holds it.

@@ -63,7 +63,35 @@ fn pg_message(e: &postgres::Error) -> String {
     }
 }
 
+impl From<rusqlite::Error> for super::StoreError {
+    fn from(e: rusqlite::Error) -> super::StoreError {
+        super::StoreError::Database(DbError::Sqlite(e))
+    }
+}
+
 impl DbError {
+    /// The disk trouble behind this error, if that is what it is: SQLite's
+    /// full disk and I/O errors, PostgreSQL's disk_full (53100) and
+    /// io_error (58030), or a server that does not answer.
+    pub fn unwritable(&self) -> Option<super::Unwritable> {
+        use super::Unwritable;
+        if let DbError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) = self {
+            return match e.code {
+                rusqlite::ErrorCode::DiskFull => Some(Unwritable::DiskFull),
+                rusqlite::ErrorCode::SystemIoFailure => Some(Unwritable::DiskError),
+                _ => None,
+            };
+        }
+        if self.is_unreachable() {
+            return Some(Unwritable::Unreachable);
+        }
+        match self.sql_state() {
+            Some("53100") => Some(Unwritable::DiskFull),
+            Some("58030") => Some(Unwritable::DiskError),
+            _ => None,
+        }
+    }
+
     /// A unique key or primary key refused the write.
     pub fn is_unique_violation(&self) -> bool {
         match self {
@@ -690,6 +718,27 @@ impl fmt::Debug for Conn {
 }
 
 impl Conn {
+    /// Opens (creating if needed) the SQLite file at `path`: WAL and full
+    /// syncs for the service's, an in-memory journal and no syncs for a
+    /// scratch database (thrown away).
+    pub fn open_sqlite(
+        path: &std::path::Path,
+        durability: super::Durability,
+    ) -> Result<Conn, DbError> {
+        let conn = rusqlite::Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        let (journal, sync) = match durability {
+            super::Durability::Durable => ("WAL", "FULL"),
+            super::Durability::Scratch => ("MEMORY", "OFF"),
+        };
+        conn.pragma_update(None, "journal_mode", journal)?;
+        conn.pragma_update(None, "synchronous", sync)?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        // 16 MiB of page cache keeps the sample indexes' hot pages in memory.
+        conn.pragma_update(None, "cache_size", -16_384)?;
+        Conn::sqlite(conn)
+    }
+
     /// A SQLite connection, with `greatest` and `least` as PostgreSQL has them.
     pub fn sqlite(conn: rusqlite::Connection) -> Result<Conn, DbError> {
         use rusqlite::functions::FunctionFlags;
@@ -1091,6 +1140,26 @@ impl Drop for Savepoint<'_> {
             ));
         }
     }
+}
+
+/// Whether a `postgres://` URL keeps its traffic off the network or
+/// encrypted, read as the driver reads it: `sslmode=require` (its last
+/// value), or every host (and `hostaddr`) a loopback address or a Unix
+/// socket. A URL the driver cannot read passes here and fails to connect,
+/// naming why.
+pub fn postgres_is_private(url: &str) -> bool {
+    use postgres::config::{Host, SslMode};
+    let (driver_url, _) = driver_url(url);
+    let Ok(config) = driver_url.parse::<postgres::Config>() else {
+        return true;
+    };
+    if config.get_ssl_mode() == SslMode::Require {
+        return true;
+    }
+    config.get_hosts().iter().all(|h| match h {
+        Host::Unix(_) => true,
+        Host::Tcp(name) => crate::config::is_loopback_host(name),
+    }) && config.get_hostaddrs().iter().all(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 
 use super::db::{Conn, OptionalExtension};
 use super::{from_ms, Store, StoreError};
-use crate::auth::hash_token;
+use crate::security::tokens::hash_token;
 
 /// What a token was issued as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -19,8 +19,9 @@ use shared::overage::Period;
 use shared::zone::BillingZone;
 
 use super::accounts::mark_for_recompute;
-use super::notices::{issue_notice, NoticeChannels};
+use super::notices::issue_notice;
 use super::{from_ms, Store, StoreError};
+use crate::config::NoticeChannels;
 
 /// The most cores one order may buy.
 pub const MAX_ORDER_CORES: u32 = 1_000_000;
@@ -684,7 +685,7 @@ impl Store {
                 code: "trial_used",
                 field: "account",
                 message: format!(
-                    "{family} already had their one trial: account {by:?} started it on {}; buy a licence instead (POST /v1/admin/accounts/{account}/orders)",
+                    "{family} already had their one trial: account {by:?} started it on {}; buy a licence instead",
                     zone.day_of(from_ms(at))
                 ),
             });
@@ -863,7 +864,7 @@ impl Store {
             return Err(StoreError::Conflict {
                 code: "account_deleted",
                 field: "order",
-                message: format!("account {account:?} was deleted; place a new order (POST /v1/admin/accounts/{account}/orders)"),
+                message: format!("account {account:?} was deleted; place a new order"),
             });
         }
         let start = zone.day_of(from_ms(ends_ms));
@@ -1449,7 +1450,7 @@ mod tests {
         let zone = BillingZone::default();
         let price = default_price_per_core_month();
         let step = |store: &mut Store, at: &str| {
-            crate::lifecycle::run_lifecycle(store, local(at), &zone, price).unwrap();
+            crate::billing::lifecycle::run_lifecycle(store, local(at), &zone, price).unwrap();
             store.life("old").unwrap().1
         };
         // The first run after the upgrade: grace from here, not deletion.

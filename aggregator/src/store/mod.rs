@@ -11,6 +11,7 @@ pub mod db;
 mod issued;
 mod lifecycle;
 mod names;
+pub use names::LegacyNames;
 mod notice_outbox;
 mod notices;
 mod outbox;
@@ -22,11 +23,12 @@ mod schema;
 mod schema_postgres;
 
 use std::collections::HashMap;
-use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use chrono::{DateTime, Utc};
 use rustc_hash::FxHashMap;
+
+use crate::config::{Database, NoticeChannels};
 
 use db::{Conn, DbError, Dialect, OptionalExtension};
 
@@ -39,7 +41,7 @@ pub use lifecycle::{
     BalanceEntry, Contact, NewContact, NewOrder, Order, StateChange, StepOutcome, MAX_ORDER_CORES,
 };
 pub use notice_outbox::{DueNotice, NoticeChannel, NOTICE_ERROR_MAX_CHARS};
-pub use notices::{Notice, NoticeChannels, NoticeDelivery, Recipient};
+pub use notices::{Notice, NoticeDelivery, Recipient};
 pub use outbox::{Delivery, OutboxStatus};
 pub use pages::{LineKey, Listed, SampleKey};
 pub use readers::{
@@ -89,7 +91,7 @@ pub enum StoreError {
         known: usize,
     },
     /// Retention pruned samples that a day's figures read; its bill lines remain.
-    #[error("the raw samples of {day} were pruned by retention (samples before {pruned_before} are no longer kept; the first whole day kept is {first_kept_day}); its bill lines remain in GET /v1/admin/bills")]
+    #[error("the raw samples of {day} were pruned by retention (samples before {pruned_before} are no longer kept; the first whole day kept is {first_kept_day}); its bill lines remain")]
     SamplesPruned {
         day: chrono::NaiveDate,
         first_kept_day: chrono::NaiveDate,
@@ -109,7 +111,7 @@ pub enum StoreError {
         message: String,
     },
     /// The account's data was deleted when its service ended; its bill lines remain.
-    #[error("the samples of account {account:?} before {before} were deleted with its data when its service ended (SPEC section 8); its bill lines remain in GET /v1/admin/bills")]
+    #[error("the samples of account {account:?} before {before} were deleted with its data when its service ended (SPEC section 8); its bill lines remain")]
     DataDeleted {
         account: String,
         before: DateTime<Utc>,
@@ -128,71 +130,6 @@ pub enum StoreError {
     Database(#[from] DbError),
 }
 
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> StoreError {
-        StoreError::Database(DbError::Sqlite(e))
-    }
-}
-
-/// Where the store lives: a SQLite file (the default) or a PostgreSQL
-/// database given as a `postgres://` URL.
-#[derive(Clone, PartialEq, Eq)]
-pub enum Database {
-    Sqlite(PathBuf),
-    Postgres(String),
-}
-
-impl Database {
-    /// A `postgres://` or `postgresql://` URL is PostgreSQL; anything else is a SQLite file's path.
-    pub fn parse(s: &str) -> Database {
-        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
-            Database::Postgres(s.to_string())
-        } else {
-            Database::Sqlite(PathBuf::from(s))
-        }
-    }
-
-    pub fn is_postgres(&self) -> bool {
-        matches!(self, Database::Postgres(_))
-    }
-}
-
-impl From<PathBuf> for Database {
-    fn from(p: PathBuf) -> Database {
-        Database::Sqlite(p)
-    }
-}
-
-/// The path, or the URL without its password (logs and errors show it).
-impl fmt::Display for Database {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Database::Sqlite(p) => write!(f, "{}", p.display()),
-            Database::Postgres(url) => f.write_str(&redacted(url)),
-        }
-    }
-}
-
-impl fmt::Debug for Database {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-/// `postgres://user:secret@host/db` as `postgres://user:***@host/db`.
-fn redacted(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let Some((userinfo, host)) = rest.rsplit_once('@') else {
-        return url.to_string();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_string(),
-    }
-}
-
 /// Why the database cannot store anything just now. The failed transaction
 /// was rolled back, and the same write may well succeed later: this is the
 /// operator's to fix (free space, replace a disk), not a bug, so the API
@@ -209,15 +146,6 @@ pub enum Unwritable {
 }
 
 impl Unwritable {
-    /// The error code the API answers with.
-    pub fn code(self) -> &'static str {
-        match self {
-            Unwritable::DiskFull => "disk_full",
-            Unwritable::DiskError => "disk_error",
-            Unwritable::Unreachable => "database_unreachable",
-        }
-    }
-
     /// What is wrong, for an operator reading a response or a log.
     pub fn cause(self) -> &'static str {
         match self {
@@ -232,20 +160,7 @@ impl StoreError {
     /// The disk trouble behind this error, if that is what it is.
     pub fn unwritable(&self) -> Option<Unwritable> {
         match self {
-            StoreError::Database(DbError::Sqlite(rusqlite::Error::SqliteFailure(e, _))) => {
-                match e.code {
-                    rusqlite::ErrorCode::DiskFull => Some(Unwritable::DiskFull),
-                    rusqlite::ErrorCode::SystemIoFailure => Some(Unwritable::DiskError),
-                    _ => None,
-                }
-            }
-            // PostgreSQL's disk_full (53100) and io_error (58030).
-            StoreError::Database(e) if e.is_unreachable() => Some(Unwritable::Unreachable),
-            StoreError::Database(e) => match e.sql_state() {
-                Some("53100") => Some(Unwritable::DiskFull),
-                Some("58030") => Some(Unwritable::DiskError),
-                _ => None,
-            },
+            StoreError::Database(e) => e.unwritable(),
             _ => None,
         }
     }
@@ -274,20 +189,8 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) the database at `path` and applies pending migrations.
     pub fn open(path: &Path, durability: Durability) -> Result<Store, StoreError> {
-        let conn = rusqlite::Connection::open(path)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        // A scratch database is thrown away: keep its rollback journal in
-        // memory and never sync; the service's gets WAL and full syncs.
-        let (journal, sync) = match durability {
-            Durability::Durable => ("WAL", "FULL"),
-            Durability::Scratch => ("MEMORY", "OFF"),
-        };
-        conn.pragma_update(None, "journal_mode", journal)?;
-        conn.pragma_update(None, "synchronous", sync)?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        // 16 MiB of page cache keeps the sample indexes' hot pages in memory.
-        conn.pragma_update(None, "cache_size", -16_384)?;
-        let mut store = Store::over(Conn::sqlite(conn)?);
+        let conn = Conn::open_sqlite(path, durability)?;
+        let mut store = Store::over(conn);
         store.migrate(&path.display().to_string())?;
         Ok(store)
     }

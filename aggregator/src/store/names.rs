@@ -4,6 +4,8 @@
 //! them, idempotency keys carry them) and stay reachable by their old names,
 //! while every new name must be in the domain.
 
+use std::collections::HashSet;
+
 use shared::domain::{check_name, NameKind};
 
 use super::db::Conn;
@@ -86,5 +88,20 @@ impl Store {
                 })
             })
             .collect()
+    }
+}
+
+/// Names stored before their domain was written that lie outside it
+/// (reported by migration 8); they stay reachable by their old names.
+#[derive(Debug, Default)]
+pub struct LegacyNames(HashSet<(NameKind, String)>);
+
+impl LegacyNames {
+    pub fn new(names: impl IntoIterator<Item = (NameKind, String)>) -> LegacyNames {
+        LegacyNames(names.into_iter().collect())
+    }
+
+    pub fn contains(&self, kind: NameKind, name: &str) -> bool {
+        !self.0.is_empty() && self.0.contains(&(kind, name.to_string()))
     }
 }

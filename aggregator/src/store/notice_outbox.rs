@@ -245,7 +245,8 @@ mod tests {
     use shared::lifecycle::{NoticeKind, Role};
 
     use super::*;
-    use crate::store::{Durability, NewContact, NoticeChannels};
+    use crate::config::NoticeChannels;
+    use crate::store::{Durability, NewContact};
 
     fn at(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)

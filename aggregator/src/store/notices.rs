@@ -9,14 +9,7 @@ use shared::lifecycle::NoticeKind;
 use super::db::{Conn, OptionalExtension};
 use super::pages::{one_more, Listed};
 use super::{from_ms, Store, StoreError};
-
-/// Which delivery rows a new notice gets: the webhook's, and one per email
-/// address when an SMTP relay is set. Decided when the notice is issued.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct NoticeChannels {
-    pub webhook: bool,
-    pub email: bool,
-}
+use crate::config::NoticeChannels;
 
 /// One address a notice goes to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]

@@ -6,7 +6,7 @@ use serde::Serialize;
 use super::db::OptionalExtension;
 use super::pages::{one_more, Listed};
 use super::{from_ms, Store, StoreError};
-use crate::auth::{hash_token, new_token, READER_TOKEN_PREFIX};
+use crate::security::tokens::{hash_token, new_token, READER_TOKEN_PREFIX};
 
 /// The most live (unrevoked) reader tokens one account may hold: enough for
 /// every person and dashboard of a customer, few enough that a script gone
@@ -229,7 +229,9 @@ mod tests {
         let (_dir, mut s) = store();
         let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
         let issued = s.issue_reader_token("acme", "finance", now).unwrap();
-        assert!(crate::auth::looks_like_reader_token(&issued.token));
+        assert!(crate::security::tokens::looks_like_reader_token(
+            &issued.token
+        ));
         assert!(!format!("{issued:?}").contains(&issued.token[4..]));
         let found = s.reader_for_token(&issued.token).unwrap().unwrap();
         assert_eq!(

@@ -12,10 +12,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use aggregator::app::{Application, FaultHooks, Timing};
+use aggregator::config::Database;
+use aggregator::config::Secret;
 use aggregator::config::{Config, WebhookConfig};
-use aggregator::signature::{self, Secret};
-use aggregator::startup::{Application, FaultHooks, Timing};
-use aggregator::store::{Database, Durability, Store, StoreError};
+use aggregator::security::signature::{self};
+use aggregator::store::{Durability, Store, StoreError};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use shared::clock::{Clock, ManualClock};
@@ -70,7 +72,9 @@ pub fn database(path: &Path) -> Database {
     let Some(server) = postgres_server() else {
         return Database::Sqlite(path.to_path_buf());
     };
-    let mut created = CREATED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut created = CREATED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let first = created.is_none();
     let created = created.get_or_insert_with(HashMap::new);
     if let Some(db) = created.get(path) {
@@ -110,7 +114,10 @@ pub fn database(path: &Path) -> Database {
     let db = Database::Postgres(format!("{server}/{name}"));
     // Only a path inside a directory that exists now can tell, by that
     // directory's going, that its test is done.
-    let dir = path.parent().filter(|dir| dir.is_dir()).map(Path::to_path_buf);
+    let dir = path
+        .parent()
+        .filter(|dir| dir.is_dir())
+        .map(Path::to_path_buf);
     created.insert(
         path.to_path_buf(),
         TestDatabase {
@@ -132,12 +139,18 @@ struct TestDatabase {
 /// The test databases (`t<pid>_…`) whose process has exited.
 fn left_by_exited_binaries(admin: &mut postgres::Client) -> Vec<String> {
     let rows = admin
-        .query("SELECT datname FROM pg_database WHERE datname LIKE 't%'", &[])
+        .query(
+            "SELECT datname FROM pg_database WHERE datname LIKE 't%'",
+            &[],
+        )
         .expect("list the test databases");
     rows.iter()
         .map(|row| row.get::<_, String>(0))
         .filter(|name| {
-            let pid = name[1..].split('_').next().and_then(|p| p.parse::<u32>().ok());
+            let pid = name[1..]
+                .split('_')
+                .next()
+                .and_then(|p| p.parse::<u32>().ok());
             pid.is_some_and(|pid| {
                 pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
             })
@@ -187,7 +200,7 @@ pub fn off_runtime<T: Send>(work: impl FnOnce() -> T + Send) -> T {
 }
 
 pub fn config(database: PathBuf, webhook: Option<String>) -> Config {
-    let mut c = Config::load(&Default::default(), &|_| None).unwrap();
+    let mut c = aggregator::app::load_config(&Default::default(), &|_| None).unwrap();
     c.listen = "127.0.0.1:0".parse().unwrap();
     c.database = self::database(&database);
     c.admin_token = Some(ADMIN.into());

@@ -1,0 +1,1846 @@
+//! The service's settings: defaults, then a TOML file, then `CORE_METER_*` environment variables, then flags; a bad one stops start-up naming it.
+
+pub mod secret_file;
+mod values;
+
+pub use values::{
+    BillingConfig, Database, NoticeChannels, Secret, TlsFiles, TokenText, MIN_SECRET_BYTES,
+};
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use chrono::TimeDelta;
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use shared::overage::CoreRounding;
+use shared::zone::BillingZone;
+
+/// Everything `aggregator serve` runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// A SQLite file, or a PostgreSQL database as a `postgres://` URL.
+    pub database: Database,
+    pub billing: BillingConfig,
+    /// The admin bearer token, if configured (`admin_token`, or the content of
+    /// `admin_token_file`); otherwise one is generated at first start.
+    pub admin_token: Option<crate::config::TokenText>,
+    /// Where `admin_token` was read from, when from a file: read again
+    /// when it changes, so a rotated Secret takes effect without a restart.
+    pub admin_token_file: Option<PathBuf>,
+    pub webhook: Option<WebhookConfig>,
+    pub log_json: bool,
+    /// The longest any request may take.
+    pub request_timeout: Duration,
+    /// Raw samples (and rejections) older than this many days before today
+    /// in the billing zone are pruned after each billing run; bill lines stay.
+    pub retention_days: u32,
+    /// The prepaid licence price per core per month (default 6.75).
+    pub licence_price_per_core_month: Decimal,
+    /// Where notices to account contacts go (SPEC section 8).
+    pub notices: NoticesConfig,
+    /// HTTPS: the certificate, its key and, for mutual TLS, the agents' CA.
+    pub tls: Option<crate::config::TlsFiles>,
+    /// Plain HTTP beyond this machine (the service's own port, webhooks,
+    /// PostgreSQL), allowed only when set: a TLS-terminating mesh or proxy,
+    /// or a network the operator trusts; a warning at start says so.
+    pub insecure_plaintext: bool,
+    /// The hops `insecure_plaintext` lets cross the network in clear text,
+    /// each named for the warning at start (empty without it).
+    pub plaintext_hops: Vec<String>,
+}
+
+/// Notice delivery: the notification webhook (every notice, every
+/// recipient, SMS included) and, optionally, email straight to an SMTP relay.
+#[derive(Debug, Clone, Default)]
+pub struct NoticesConfig {
+    pub webhook: Option<WebhookConfig>,
+    pub smtp: Option<SmtpConfig>,
+}
+
+impl NoticesConfig {
+    /// The delivery rows a notice issued now gets.
+    pub fn channels(&self) -> crate::config::NoticeChannels {
+        crate::config::NoticeChannels {
+            webhook: self.webhook.is_some(),
+            email: self.smtp.is_some(),
+        }
+    }
+}
+
+/// An SMTP relay for notice emails.
+#[derive(Debug, Clone)]
+pub struct SmtpConfig {
+    /// `smtp://host:port` (plain, for a relay on the local network) or
+    /// `smtps://host:port` / `smtp://host:port?tls=required`, as lettre reads it.
+    pub relay: String,
+    /// The sender address.
+    pub from: String,
+    pub timeout: Duration,
+    pub max_backoff: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub url: String,
+    pub timeout: Duration,
+    pub max_backoff: Duration,
+    /// Signs every request (`signature.rs`); its `Debug` is redacted.
+    pub secret: Secret,
+}
+
+/// The TOML file, every key optional. Unknown keys are an error: a typo must
+/// not silently leave a default in force.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub database: Option<String>,
+    pub admin_token: Option<String>,
+    /// A file holding the admin token, such as a mounted Kubernetes Secret.
+    pub admin_token_file: Option<PathBuf>,
+    pub log_json: Option<bool>,
+    pub request_timeout_secs: Option<u64>,
+    pub retention_days: Option<u32>,
+    #[serde(default)]
+    pub billing: FileBilling,
+    #[serde(default)]
+    pub webhook: FileWebhook,
+    #[serde(default)]
+    pub notices: FileNotices,
+    /// The certificate chain (PEM) the service serves HTTPS with.
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key (PEM), not readable by others.
+    pub tls_key: Option<PathBuf>,
+    /// A CA bundle (PEM): agents must present a client certificate it signed to push.
+    pub tls_client_ca: Option<PathBuf>,
+    pub insecure_plaintext: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileBilling {
+    pub timezone: Option<String>,
+    pub price_per_core_day: Option<String>,
+    pub licence_price_per_core_month: Option<String>,
+    pub billable_core_rounding: Option<String>,
+    pub gap_bridge_hours: Option<u32>,
+    pub max_sample_age_hours: Option<u32>,
+    pub max_future_minutes: Option<u32>,
+    pub default_cap_cores: Option<u32>,
+    pub currency: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileWebhook {
+    pub url: Option<String>,
+    pub timeout_secs: Option<u64>,
+    pub max_backoff_secs: Option<u64>,
+    /// The signing secret, or a file holding it (a mounted Secret); one only.
+    pub secret: Option<String>,
+    pub secret_file: Option<PathBuf>,
+}
+
+/// `[notices]`: where notices to account contacts go. The timeout and the
+/// backoff's cap serve both channels.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileNotices {
+    pub webhook_url: Option<String>,
+    pub webhook_secret: Option<String>,
+    pub webhook_secret_file: Option<PathBuf>,
+    pub timeout_secs: Option<u64>,
+    pub max_backoff_secs: Option<u64>,
+    pub smtp_relay: Option<String>,
+    pub smtp_from: Option<String>,
+}
+
+/// Flags given on the command line (they win over everything).
+#[derive(Debug, Default, Clone)]
+pub struct Flags {
+    pub config: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub database: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_client_ca: Option<PathBuf>,
+    /// `--insecure-plaintext`: only ever turns it on.
+    pub insecure_plaintext: bool,
+}
+
+/// One setting: its file key, its environment variable, and how to apply it.
+struct Setting {
+    key: &'static str,
+    env: &'static str,
+}
+
+const SETTINGS: &[Setting] = &[
+    Setting {
+        key: "listen",
+        env: "CORE_METER_LISTEN",
+    },
+    Setting {
+        key: "database",
+        env: "CORE_METER_DATABASE",
+    },
+    Setting {
+        key: "admin_token",
+        env: "CORE_METER_ADMIN_TOKEN",
+    },
+    Setting {
+        key: "admin_token_file",
+        env: "CORE_METER_ADMIN_TOKEN_FILE",
+    },
+    Setting {
+        key: "tls_cert",
+        env: "CORE_METER_TLS_CERT",
+    },
+    Setting {
+        key: "tls_key",
+        env: "CORE_METER_TLS_KEY",
+    },
+    Setting {
+        key: "tls_client_ca",
+        env: "CORE_METER_TLS_CLIENT_CA",
+    },
+    Setting {
+        key: "insecure_plaintext",
+        env: "CORE_METER_INSECURE_PLAINTEXT",
+    },
+    Setting {
+        key: "log_json",
+        env: "CORE_METER_LOG_JSON",
+    },
+    Setting {
+        key: "request_timeout_secs",
+        env: "CORE_METER_REQUEST_TIMEOUT_SECS",
+    },
+    Setting {
+        key: "retention_days",
+        env: "CORE_METER_RETENTION_DAYS",
+    },
+    Setting {
+        key: "billing.timezone",
+        env: "CORE_METER_TIMEZONE",
+    },
+    Setting {
+        key: "billing.price_per_core_day",
+        env: "CORE_METER_PRICE_PER_CORE_DAY",
+    },
+    Setting {
+        key: "billing.licence_price_per_core_month",
+        env: "CORE_METER_LICENCE_PRICE_PER_CORE_MONTH",
+    },
+    Setting {
+        key: "billing.billable_core_rounding",
+        env: "CORE_METER_BILLABLE_CORE_ROUNDING",
+    },
+    Setting {
+        key: "billing.gap_bridge_hours",
+        env: "CORE_METER_GAP_BRIDGE_HOURS",
+    },
+    Setting {
+        key: "billing.max_sample_age_hours",
+        env: "CORE_METER_MAX_SAMPLE_AGE_HOURS",
+    },
+    Setting {
+        key: "billing.max_future_minutes",
+        env: "CORE_METER_MAX_FUTURE_MINUTES",
+    },
+    Setting {
+        key: "billing.default_cap_cores",
+        env: "CORE_METER_DEFAULT_CAP_CORES",
+    },
+    Setting {
+        key: "billing.currency",
+        env: "CORE_METER_CURRENCY",
+    },
+    Setting {
+        key: "webhook.url",
+        env: "CORE_METER_WEBHOOK_URL",
+    },
+    Setting {
+        key: "webhook.timeout_secs",
+        env: "CORE_METER_WEBHOOK_TIMEOUT_SECS",
+    },
+    Setting {
+        key: "webhook.max_backoff_secs",
+        env: "CORE_METER_WEBHOOK_MAX_BACKOFF_SECS",
+    },
+    Setting {
+        key: "webhook.secret",
+        env: "CORE_METER_WEBHOOK_SECRET",
+    },
+    Setting {
+        key: "webhook.secret_file",
+        env: "CORE_METER_WEBHOOK_SECRET_FILE",
+    },
+    Setting {
+        key: "notices.webhook_url",
+        env: "CORE_METER_NOTICES_WEBHOOK_URL",
+    },
+    Setting {
+        key: "notices.webhook_secret",
+        env: "CORE_METER_NOTICES_WEBHOOK_SECRET",
+    },
+    Setting {
+        key: "notices.webhook_secret_file",
+        env: "CORE_METER_NOTICES_WEBHOOK_SECRET_FILE",
+    },
+    Setting {
+        key: "notices.timeout_secs",
+        env: "CORE_METER_NOTICES_TIMEOUT_SECS",
+    },
+    Setting {
+        key: "notices.max_backoff_secs",
+        env: "CORE_METER_NOTICES_MAX_BACKOFF_SECS",
+    },
+    Setting {
+        key: "notices.smtp_relay",
+        env: "CORE_METER_NOTICES_SMTP_RELAY",
+    },
+    Setting {
+        key: "notices.smtp_from",
+        env: "CORE_METER_NOTICES_SMTP_FROM",
+    },
+];
+
+fn env_of(key: &str) -> &'static str {
+    SETTINGS.iter().find(|s| s.key == key).map_or("", |s| s.env)
+}
+
+/// Where a setting's value came from, for error messages.
+fn named(key: &str) -> String {
+    format!(
+        "setting {key} (file key {key}, environment {})",
+        env_of(key)
+    )
+}
+
+impl Config {
+    /// Reads the file named by `--config` (if any), the environment (through
+    /// `env`, so tests can pass their own), and the flags. Whether a
+    /// PostgreSQL URL keeps its traffic private is the driver's reading
+    /// (`postgres_is_private`), which only the store knows: `app::load_config`
+    /// passes it.
+    pub fn load(
+        flags: &Flags,
+        env: &dyn Fn(&str) -> Option<String>,
+        postgres_is_private: &dyn Fn(&str) -> bool,
+    ) -> anyhow::Result<Config> {
+        let mut file = match &flags.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        apply_env(&mut file, env)?;
+        if let Some(l) = &flags.listen {
+            file.listen = Some(l.clone());
+        }
+        if let Some(d) = &flags.database {
+            file.database = Some(d.clone());
+        }
+        for (flag, setting) in [
+            (&flags.tls_cert, &mut file.tls_cert),
+            (&flags.tls_key, &mut file.tls_key),
+            (&flags.tls_client_ca, &mut file.tls_client_ca),
+        ] {
+            if flag.is_some() {
+                setting.clone_from(flag);
+            }
+        }
+        if flags.insecure_plaintext {
+            file.insecure_plaintext = Some(true);
+        }
+        Config::from_file(file, postgres_is_private)
+    }
+
+    fn from_file(
+        f: FileConfig,
+        postgres_is_private: &dyn Fn(&str) -> bool,
+    ) -> anyhow::Result<Config> {
+        let listen = f.listen.as_deref().unwrap_or("127.0.0.1:8080");
+        let listen = SocketAddr::from_str(listen).map_err(|e| {
+            anyhow!(
+                "{}: {listen:?} is not an address such as 127.0.0.1:8080 ({e})",
+                named("listen")
+            )
+        })?;
+        let insecure_plaintext = f.insecure_plaintext.unwrap_or(false);
+        let tls = tls_files(&f)?;
+        anyhow::ensure!(
+            tls.is_some() || listen.ip().is_loopback() || insecure_plaintext,
+            "{}: {listen} is reachable from other machines, and plain HTTP there would carry \
+             cluster tokens and bills in clear text: serve HTTPS (set tls_cert and tls_key), or, \
+             when a TLS-terminating proxy or mesh stands in front, set insecure_plaintext",
+            named("listen")
+        );
+        let mut billing = BillingConfig::default();
+        let b = &f.billing;
+        if let Some(tz) = &b.timezone {
+            billing.zone = BillingZone::from_str(tz).with_context(|| named("billing.timezone"))?;
+        }
+        if let Some(p) = &b.price_per_core_day {
+            billing.rules.price_per_core_day = shared::domain::parse_money(p)
+                .map_err(|e| anyhow!("{}: {e}", named("billing.price_per_core_day")))?;
+        }
+        if let Some(r) = &b.billable_core_rounding {
+            billing.rules.rounding = CoreRounding::from_str(r)
+                .with_context(|| named("billing.billable_core_rounding"))?;
+        }
+        if let Some(g) = b.gap_bridge_hours {
+            billing.rules.gap_bridge_hours = g;
+        }
+        if let Some(c) = b.default_cap_cores {
+            billing.rules.default_cap_cores = shared::domain::check_total_cores(u64::from(c))
+                .map_err(|e| anyhow!("{}: {e}", named("billing.default_cap_cores")))?;
+        }
+        if let Some(h) = b.max_sample_age_hours {
+            anyhow::ensure!(
+                (1..=24 * 366).contains(&h),
+                "{}: {h} must be 1 to 8784 hours",
+                named("billing.max_sample_age_hours")
+            );
+            billing.limits.max_age = TimeDelta::hours(i64::from(h));
+        }
+        if let Some(m) = b.max_future_minutes {
+            anyhow::ensure!(
+                m <= 24 * 60,
+                "{}: {m} must be at most 1440 minutes",
+                named("billing.max_future_minutes")
+            );
+            billing.limits.max_future = TimeDelta::minutes(i64::from(m));
+        }
+        if let Some(c) = &b.currency {
+            anyhow::ensure!(
+                c.len() == 3 && c.chars().all(|ch| ch.is_ascii_uppercase()),
+                "{}: {c:?} is not a three-letter currency code such as USD",
+                named("billing.currency")
+            );
+            billing.currency = c.clone();
+        }
+        billing.rules.check().context("billing settings")?;
+        let retention_days = f.retention_days.unwrap_or(DEFAULT_RETENTION_DAYS);
+        let least = min_retention_days(&billing);
+        anyhow::ensure!(
+            retention_days >= least,
+            "{}: {retention_days} days is too short; it must be at least {least} so that pruning never \
+             removes a sample a bill can still read: a sample is accepted up to \
+             billing.max_sample_age_hours ({} h) late, changes its day and, through gap bridging \
+             (billing.gap_bridge_hours {} h), the day before, plus a day for the day boundary",
+            named("retention_days"),
+            billing.limits.max_age.num_hours(),
+            billing.rules.gap_bridge_hours,
+        );
+        anyhow::ensure!(
+            retention_days <= MAX_RETENTION_DAYS,
+            "{}: {retention_days} days is more than the {MAX_RETENTION_DAYS} allowed",
+            named("retention_days")
+        );
+        let webhook = match &f.webhook.url {
+            Some(url) if !url.trim().is_empty() => {
+                check_webhook_url("webhook.url", url, insecure_plaintext)?;
+                let secret = webhook_secret(
+                    SecretSettings {
+                        url: "webhook.url",
+                        inline: "webhook.secret",
+                        file: "webhook.secret_file",
+                        why: "bills are money: the billing backend must be able to verify them",
+                    },
+                    f.webhook.secret.as_deref(),
+                    f.webhook.secret_file.as_deref(),
+                )?;
+                Some(WebhookConfig {
+                    url: url.clone(),
+                    timeout: Duration::from_secs(f.webhook.timeout_secs.unwrap_or(10).max(1)),
+                    max_backoff: Duration::from_secs(
+                        f.webhook.max_backoff_secs.unwrap_or(300).max(1),
+                    ),
+                    secret,
+                })
+            }
+            _ => None,
+        };
+        let notices = notices(&f.notices, insecure_plaintext)?;
+        let admin_token_file = f.admin_token_file.clone();
+        let admin_token =
+            admin_token(f.admin_token, f.admin_token_file.as_deref())?.map(Into::into);
+        let licence_price_per_core_month = match &f.billing.licence_price_per_core_month {
+            Some(p) => shared::domain::parse_money(p)
+                .map_err(|e| anyhow!("{}: {e}", named("billing.licence_price_per_core_month")))?,
+            None => shared::lifecycle::default_price_per_core_month(),
+        };
+        let database = f.database.as_deref().map_or_else(
+            || Database::Sqlite(PathBuf::from("data/core-meter.sqlite")),
+            Database::parse,
+        );
+        if let Database::Postgres(url) = &database {
+            anyhow::ensure!(
+                insecure_plaintext || postgres_is_private(url),
+                "{}: {database} reaches PostgreSQL over the network without sslmode=require, \
+                 so bills and tokens could cross it in clear text: add ?sslmode=require (and \
+                 sslrootcert=CA.pem for a private CA), or set insecure_plaintext",
+                named("database")
+            );
+        }
+        let host = |url: &str| {
+            reqwest::Url::parse(url)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_string))
+                .unwrap_or_default()
+        };
+        let mut plaintext_hops = Vec::new();
+        if tls.is_none() && !listen.ip().is_loopback() {
+            plaintext_hops.push(format!("listen: plain HTTP on {listen}"));
+        }
+        for (key, hook) in [
+            ("webhook.url", &webhook),
+            ("notices.webhook_url", &notices.webhook),
+        ] {
+            if let Some(h) = hook.as_ref().filter(|h| webhook_in_clear(&h.url)) {
+                plaintext_hops.push(format!("{key}: plain HTTP to {}", host(&h.url)));
+            }
+        }
+        if let Some(smtp) = notices.smtp.as_ref().filter(|m| smtp_in_clear(&m.relay)) {
+            plaintext_hops.push(format!(
+                "notices.smtp_relay: mail in clear text to {}",
+                host(&smtp.relay)
+            ));
+        }
+        if let Database::Postgres(url) = &database {
+            if !postgres_is_private(url) {
+                plaintext_hops.push("database: PostgreSQL without sslmode=require".to_string());
+            }
+        }
+        Ok(Config {
+            listen,
+            database,
+            billing,
+            admin_token,
+            admin_token_file,
+            webhook,
+            log_json: f.log_json.unwrap_or(false),
+            request_timeout: Duration::from_secs(f.request_timeout_secs.unwrap_or(30).max(1)),
+            retention_days,
+            licence_price_per_core_month,
+            notices,
+            tls,
+            insecure_plaintext,
+            plaintext_hops,
+        })
+    }
+}
+
+/// The TLS files, when `tls_cert` and `tls_key` are set (both or neither);
+/// a client CA alone is refused, as it means nothing without HTTPS.
+fn tls_files(f: &FileConfig) -> anyhow::Result<Option<crate::config::TlsFiles>> {
+    match (&f.tls_cert, &f.tls_key) {
+        (Some(cert), Some(key)) => Ok(Some(crate::config::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: f.tls_client_ca.clone(),
+        })),
+        (None, None) => {
+            anyhow::ensure!(
+                f.tls_client_ca.is_none(),
+                "{}: set, but a client CA needs HTTPS: set tls_cert and tls_key too",
+                named("tls_client_ca")
+            );
+            Ok(None)
+        }
+        (Some(_), None) => Err(anyhow!(
+            "{}: set without {}; set both",
+            named("tls_cert"),
+            named("tls_key")
+        )),
+        (None, Some(_)) => Err(anyhow!(
+            "{}: set without {}; set both",
+            named("tls_key"),
+            named("tls_cert")
+        )),
+    }
+}
+
+/// How long one notice delivery may take (connect, send, answer) by default.
+const DEFAULT_NOTICE_TIMEOUT_SECS: u64 = 10;
+/// The longest wait between two attempts of one notice delivery by default.
+const DEFAULT_NOTICE_MAX_BACKOFF_SECS: u64 = 300;
+/// Beyond these the settings are surely typos: a delivery blocks its channel
+/// for as long as the timeout, and a day between attempts is slow enough.
+const MAX_NOTICE_TIMEOUT_SECS: u64 = 600;
+const MAX_NOTICE_BACKOFF_SECS: u64 = 86_400;
+
+/// The notice channels from `[notices]`: each is on when its address is set.
+fn notices(n: &FileNotices, insecure_plaintext: bool) -> anyhow::Result<NoticesConfig> {
+    let seconds = |key: &str, value: Option<u64>, default: u64, max: u64| {
+        let secs = value.unwrap_or(default);
+        anyhow::ensure!(
+            (1..=max).contains(&secs),
+            "{}: {secs} must be 1 to {max} seconds",
+            named(key)
+        );
+        Ok(Duration::from_secs(secs))
+    };
+    let timeout = seconds(
+        "notices.timeout_secs",
+        n.timeout_secs,
+        DEFAULT_NOTICE_TIMEOUT_SECS,
+        MAX_NOTICE_TIMEOUT_SECS,
+    )?;
+    let max_backoff = seconds(
+        "notices.max_backoff_secs",
+        n.max_backoff_secs,
+        DEFAULT_NOTICE_MAX_BACKOFF_SECS,
+        MAX_NOTICE_BACKOFF_SECS,
+    )?;
+    fn set(v: &Option<String>) -> Option<&str> {
+        v.as_deref().map(str::trim).filter(|v| !v.is_empty())
+    }
+    let webhook = match set(&n.webhook_url) {
+        Some(url) => {
+            check_webhook_url("notices.webhook_url", url, insecure_plaintext)?;
+            let secret = webhook_secret(
+                SecretSettings {
+                    url: "notices.webhook_url",
+                    inline: "notices.webhook_secret",
+                    file: "notices.webhook_secret_file",
+                    why: "the notification service must be able to verify that notices come from core-meter",
+                },
+                n.webhook_secret.as_deref(),
+                n.webhook_secret_file.as_deref(),
+            )?;
+            Some(WebhookConfig {
+                url: url.to_string(),
+                timeout,
+                max_backoff,
+                secret,
+            })
+        }
+        None => None,
+    };
+    let smtp = match (set(&n.smtp_relay), set(&n.smtp_from)) {
+        (Some(relay), from) => {
+            check_smtp_relay(relay, insecure_plaintext)?;
+            let from = from.ok_or_else(|| {
+                anyhow!(
+                    "{}: an email address to send from is required when {} is set",
+                    named("notices.smtp_from"),
+                    named("notices.smtp_relay")
+                )
+            })?;
+            from.parse::<lettre::message::Mailbox>().map_err(|e| {
+                anyhow!(
+                    "{}: {from:?} is not an email address such as core-meter@example.com ({e})",
+                    named("notices.smtp_from")
+                )
+            })?;
+            Some(SmtpConfig {
+                relay: relay.to_string(),
+                from: from.to_string(),
+                timeout,
+                max_backoff,
+            })
+        }
+        (None, Some(_)) => anyhow::bail!(
+            "{}: set, but {} is not; notices are emailed only through a relay",
+            named("notices.smtp_from"),
+            named("notices.smtp_relay")
+        ),
+        (None, None) => None,
+    };
+    Ok(NoticesConfig { webhook, smtp })
+}
+
+/// An SMTP relay URL lettre can use: `smtp://` or `smtps://`, a host, and
+/// nothing it would refuse at the first delivery. A message never quotes a
+/// password the URL holds.
+/// Whether mail to `relay` would cross the network unencrypted: neither
+/// `smtps://` nor STARTTLS required (the first `tls=`, as lettre reads it),
+/// to a host other than this machine.
+fn smtp_in_clear(relay: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(relay) else {
+        return false;
+    };
+    let starttls = url.query_pairs().find(|(k, _)| k == "tls").map(|(_, v)| v);
+    url.scheme() != "smtps"
+        && starttls.as_deref() != Some("required")
+        && !is_loopback_host(url.host_str().unwrap_or_default())
+}
+
+/// Whether a webhook URL is plain HTTP to a host other than this machine.
+fn webhook_in_clear(url: &str) -> bool {
+    reqwest::Url::parse(url)
+        .is_ok_and(|u| u.scheme() == "http" && !is_loopback_host(u.host_str().unwrap_or_default()))
+}
+
+/// A relay URL lettre takes; beyond this machine, one that encrypts
+/// (`smtps://`, or `smtp://…?tls=required` for STARTTLS) unless
+/// `insecure_plaintext`: notices name customers and amounts.
+fn check_smtp_relay(relay: &str, insecure_plaintext: bool) -> anyhow::Result<()> {
+    let shown = redact_relay(relay);
+    anyhow::ensure!(
+        relay.starts_with("smtp://") || relay.starts_with("smtps://"),
+        "{}: {shown:?} is not an smtp:// or smtps:// URL",
+        named("notices.smtp_relay")
+    );
+    {
+        anyhow::ensure!(
+            !smtp_in_clear(relay) || insecure_plaintext,
+            "{}: {shown:?} sends mail in clear text to a host other than this machine; use \
+             smtps://host:465 or smtp://host:587?tls=required, or turn on {} where the network is trusted",
+            named("notices.smtp_relay"),
+            named("insecure_plaintext")
+        );
+    }
+    lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(relay).map_err(|e| {
+        anyhow!(
+            "{}: {shown:?} is not a relay URL such as smtp://mail.example.com:25 ({})",
+            named("notices.smtp_relay"),
+            redact_password(&e.to_string(), relay)
+        )
+    })?;
+    Ok(())
+}
+
+/// The relay URL with its password, if any, replaced, for logs and messages.
+pub fn redact_relay(relay: &str) -> String {
+    match reqwest::Url::parse(relay) {
+        Ok(mut url) if url.password().is_some() => {
+            let _ = url.set_password(Some("redacted"));
+            url.to_string()
+        }
+        Ok(_) => relay.to_string(),
+        // Unparsable: show only the scheme, which cannot hold a password.
+        Err(_) => format!("{}...", relay.split("://").next().unwrap_or("")),
+    }
+}
+
+/// `text` without the password of `relay` in it.
+fn redact_password(text: &str, relay: &str) -> String {
+    match reqwest::Url::parse(relay)
+        .ok()
+        .and_then(|u| u.password().map(String::from))
+    {
+        Some(p) if !p.is_empty() => text.replace(&p, "redacted"),
+        _ => text.to_string(),
+    }
+}
+
+/// `localhost` or a loopback address (`[::1]` as a URL writes it).
+pub fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A webhook URL: http(s), and plain HTTP only to this machine unless
+/// `insecure_plaintext` says the network is trusted.
+fn check_webhook_url(key: &str, url: &str, insecure_plaintext: bool) -> anyhow::Result<()> {
+    let parsed = reqwest::Url::parse(url)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+        .ok_or_else(|| anyhow!("{}: {url:?} is not an http(s) URL", named(key)))?;
+    anyhow::ensure!(
+        !webhook_in_clear(parsed.as_str()) || insecure_plaintext,
+        "{}: {url:?} is plain HTTP to a host other than this machine, so the requests could be \
+         read and changed on the way; use https://, or turn on {} where the network is trusted",
+        named(key),
+        named("insecure_plaintext")
+    );
+    Ok(())
+}
+
+/// The settings of one webhook's secret, for its messages.
+struct SecretSettings {
+    url: &'static str,
+    inline: &'static str,
+    file: &'static str,
+    /// Why a secret is required.
+    why: &'static str,
+}
+
+/// A webhook's signing secret, from its inline setting or its file (read
+/// once, here), never both; required, and at least [`MIN_SECRET_BYTES`]
+/// long. No message quotes the secret or the file's content.
+fn webhook_secret(
+    s: SecretSettings,
+    inline: Option<&str>,
+    file: Option<&Path>,
+) -> anyhow::Result<Secret> {
+    let inline = inline.map(str::trim).filter(|t| !t.is_empty());
+    let (secret, from) = match (inline, file) {
+        (Some(_), Some(_)) => anyhow::bail!(
+            "{} and {}: both are set; set only one",
+            named(s.inline),
+            named(s.file)
+        ),
+        (Some(secret), None) => (secret.to_string(), s.inline),
+        (None, Some(path)) => (
+            crate::config::secret_file::read_secret(&named(s.file), path, TOKEN_FILE_MAX_BYTES)?,
+            s.file,
+        ),
+        (None, None) => anyhow::bail!(
+            "{}: set, but neither {} nor {} is; every request is signed, and {}",
+            named(s.url),
+            named(s.inline),
+            named(s.file),
+            s.why
+        ),
+    };
+    anyhow::ensure!(
+        secret.len() >= MIN_SECRET_BYTES,
+        "{}: the secret is {} bytes; it must be at least {MIN_SECRET_BYTES} \
+         (for example 32 random bytes as 64 hex digits: openssl rand -hex 32)",
+        named(from),
+        secret.len()
+    );
+    Ok(Secret::new(secret))
+}
+
+/// Raw samples are kept this many days by default (issue 8: 400).
+pub const DEFAULT_RETENTION_DAYS: u32 = 400;
+
+/// A century: beyond it the setting is surely a typo.
+const MAX_RETENTION_DAYS: u32 = 36_500;
+
+/// The shortest retention that can never prune a sample a bill still reads.
+///
+/// A sample is accepted up to `max_age` before it is received, and the
+/// billing run it marks recomputes from the day of (`at` less the bridging
+/// reach), reading from that day's start less the reach and a bucket. So at
+/// instant `now` nothing before `now - max_age - reach` can be marked again;
+/// a retention of whole days past that, plus one day for the day boundary
+/// (a local day can be short, and `now` can be early in its day), prunes only
+/// what no future run reads. Accepted samples never reach a pruned day: they
+/// are refused `too_old` first.
+pub fn min_retention_days(billing: &BillingConfig) -> u32 {
+    let hours = billing.limits.max_age.num_hours() + i64::from(billing.rules.reach_hours()) + 1;
+    u32::try_from((hours + 23) / 24 + 1).expect("max_sample_age_hours is bounded")
+}
+
+/// The most a token file may hold: a token is under a hundred bytes, so more
+/// means the setting names the wrong file.
+const TOKEN_FILE_MAX_BYTES: u64 = 4096;
+
+/// The admin token from `admin_token` or from the file `admin_token_file`
+/// names (here at start, and again when it changes; refused when anyone may
+/// read it), never both. A blank `admin_token` counts as unset.
+/// No message quotes the token or the file's content.
+fn admin_token(token: Option<String>, file: Option<&Path>) -> anyhow::Result<Option<String>> {
+    let token = token.filter(|t| !t.trim().is_empty());
+    let Some(path) = file else {
+        return Ok(token);
+    };
+    anyhow::ensure!(
+        token.is_none(),
+        "{} and {}: both are set; set only one",
+        named("admin_token"),
+        named("admin_token_file")
+    );
+    read_admin_token_file(path).map(Some)
+}
+
+/// The admin token a file holds (see [`admin_token`]), at start and at each change.
+pub fn read_admin_token_file(path: &Path) -> anyhow::Result<String> {
+    crate::config::secret_file::read_secret(&named("admin_token_file"), path, TOKEN_FILE_MAX_BYTES)
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("read config file {}", path.display()))?;
+    toml::from_str(&text).map_err(|e| {
+        anyhow!(
+            "config file {}: {}",
+            path.display(),
+            e.to_string().trim().replace('\n', " ")
+        )
+    })
+}
+
+/// A yes/no setting from the environment: 1/true/yes or 0/false/no.
+fn boolean(key: &str, v: &str) -> anyhow::Result<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" => Ok(true),
+        "0" | "false" | "no" => Ok(false),
+        _ => Err(anyhow!("{}: {v:?} is not true or false", named(key))),
+    }
+}
+
+fn apply_env(f: &mut FileConfig, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+    let get = |key: &str| env(env_of(key)).filter(|v| !v.is_empty());
+    let number = |key: &str| -> anyhow::Result<Option<u64>> {
+        get(key)
+            .map(|v| {
+                v.trim()
+                    .parse::<u64>()
+                    .map_err(|_| anyhow!("{}: {v:?} is not a whole number", named(key)))
+            })
+            .transpose()
+    };
+    let small = |key: &str| -> anyhow::Result<Option<u32>> {
+        number(key)?
+            .map(|n| u32::try_from(n).map_err(|_| anyhow!("{}: {n} is too large", named(key))))
+            .transpose()
+    };
+    if let Some(v) = get("listen") {
+        f.listen = Some(v);
+    }
+    if let Some(v) = get("database") {
+        f.database = Some(v.to_string());
+    }
+    if let Some(v) = get("admin_token") {
+        f.admin_token = Some(v);
+    }
+    if let Some(v) = get("admin_token_file") {
+        f.admin_token_file = Some(PathBuf::from(v));
+    }
+    for (key, setting) in [
+        ("tls_cert", &mut f.tls_cert),
+        ("tls_key", &mut f.tls_key),
+        ("tls_client_ca", &mut f.tls_client_ca),
+    ] {
+        if let Some(v) = get(key) {
+            *setting = Some(PathBuf::from(v));
+        }
+    }
+    if let Some(v) = get("insecure_plaintext") {
+        f.insecure_plaintext = Some(boolean("insecure_plaintext", &v)?);
+    }
+    if let Some(v) = get("log_json") {
+        f.log_json = Some(matches!(v.trim(), "1" | "true" | "yes"));
+    }
+    if let Some(v) = number("request_timeout_secs")? {
+        f.request_timeout_secs = Some(v);
+    }
+    f.retention_days = small("retention_days")?.or(f.retention_days);
+    let b = &mut f.billing;
+    b.timezone = get("billing.timezone").or(b.timezone.take());
+    b.price_per_core_day = get("billing.price_per_core_day").or(b.price_per_core_day.take());
+    b.licence_price_per_core_month =
+        get("billing.licence_price_per_core_month").or(b.licence_price_per_core_month.take());
+    b.billable_core_rounding =
+        get("billing.billable_core_rounding").or(b.billable_core_rounding.take());
+    b.currency = get("billing.currency").or(b.currency.take());
+    b.gap_bridge_hours = small("billing.gap_bridge_hours")?.or(b.gap_bridge_hours);
+    b.max_sample_age_hours = small("billing.max_sample_age_hours")?.or(b.max_sample_age_hours);
+    b.max_future_minutes = small("billing.max_future_minutes")?.or(b.max_future_minutes);
+    b.default_cap_cores = small("billing.default_cap_cores")?.or(b.default_cap_cores);
+    let w = &mut f.webhook;
+    w.url = get("webhook.url").or(w.url.take());
+    w.timeout_secs = number("webhook.timeout_secs")?.or(w.timeout_secs);
+    w.max_backoff_secs = number("webhook.max_backoff_secs")?.or(w.max_backoff_secs);
+    w.secret = get("webhook.secret").or(w.secret.take());
+    w.secret_file = get("webhook.secret_file")
+        .map(PathBuf::from)
+        .or(w.secret_file.take());
+    let n = &mut f.notices;
+    n.webhook_url = get("notices.webhook_url").or(n.webhook_url.take());
+    n.webhook_secret = get("notices.webhook_secret").or(n.webhook_secret.take());
+    n.webhook_secret_file = get("notices.webhook_secret_file")
+        .map(PathBuf::from)
+        .or(n.webhook_secret_file.take());
+    n.timeout_secs = number("notices.timeout_secs")?.or(n.timeout_secs);
+    n.max_backoff_secs = number("notices.max_backoff_secs")?.or(n.max_backoff_secs);
+    n.smtp_relay = get("notices.smtp_relay").or(n.smtp_relay.take());
+    n.smtp_from = get("notices.smtp_from").or(n.smtp_from.take());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// A secret file only its owner may read.
+    fn write_secret(path: &Path, text: impl AsRef<[u8]>) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(path, text).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    fn load(file: Option<&str>, env: &[(&str, &str)], flags: Flags) -> anyhow::Result<Config> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut flags = flags;
+        if let Some(text) = file {
+            let path = dir.path().join("core-meter.toml");
+            std::fs::write(&path, text).unwrap();
+            flags.config = Some(path);
+        }
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        // The driver's reading of PostgreSQL URLs is the store's; its tests
+        // with this module's are in `app` (`load_config`).
+        Config::load(&flags, &|k| env.get(k).cloned(), &|_| true)
+    }
+
+    #[test]
+    fn with_nothing_set_the_service_listens_on_8080_with_sqlite_under_data() {
+        let c = load(None, &[], Flags::default()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(
+            c.database,
+            Database::Sqlite(PathBuf::from("data/core-meter.sqlite"))
+        );
+        assert_eq!(c.billing, BillingConfig::default());
+        assert!(c.webhook.is_none());
+    }
+
+    #[test]
+    fn flags_beat_the_environment_which_beats_the_file() {
+        let file =
+            "listen = \"127.0.0.1:1000\"\n[billing]\ntimezone = \"UTC\"\ngap_bridge_hours = 2\n";
+        let c = load(
+            Some(file),
+            &[
+                ("CORE_METER_LISTEN", "127.0.0.1:2000"),
+                ("CORE_METER_TIMEZONE", "Asia/Kolkata"),
+            ],
+            Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:2000");
+        assert_eq!(c.billing.zone.name(), "Asia/Kolkata");
+        assert_eq!(c.billing.rules.gap_bridge_hours, 2);
+        let flags = Flags {
+            listen: Some("127.0.0.1:3000".into()),
+            ..Flags::default()
+        };
+        let c = load(
+            Some(file),
+            &[("CORE_METER_LISTEN", "127.0.0.1:2000")],
+            flags,
+        )
+        .unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:3000");
+    }
+
+    #[test]
+    fn a_bad_setting_names_itself() {
+        type Case<'a> = (Option<&'a str>, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
+            (
+                None,
+                &[("CORE_METER_TIMEZONE", "Mars/Base")],
+                "billing.timezone",
+            ),
+            (None, &[("CORE_METER_DEFAULT_CAP_CORES", "499")], "499"),
+            (
+                None,
+                &[("CORE_METER_GAP_BRIDGE_HOURS", "three")],
+                "CORE_METER_GAP_BRIDGE_HOURS",
+            ),
+            (None, &[("CORE_METER_LISTEN", "localhost")], "listen"),
+            (
+                None,
+                &[("CORE_METER_WEBHOOK_URL", "ftp://x")],
+                "webhook.url",
+            ),
+            (
+                None,
+                &[("CORE_METER_PRICE_PER_CORE_DAY", "cheap")],
+                "billing.price_per_core_day",
+            ),
+            (Some("[billing]\ntimezon = \"UTC\"\n"), &[], "timezon"),
+            (Some("listen = 8080\n"), &[], "listen"),
+        ];
+        for (file, env, needle) in cases {
+            let err = format!("{:#}", load(*file, env, Flags::default()).unwrap_err());
+            assert!(err.contains(needle), "{err:?} should name {needle:?}");
+            assert!(!err.contains('\n'), "one line: {err:?}");
+        }
+    }
+
+    #[test]
+    fn notices_go_nowhere_unless_a_webhook_or_a_relay_is_set() {
+        let c = load(None, &[], Flags::default()).unwrap();
+        assert!(c.notices.webhook.is_none() && c.notices.smtp.is_none());
+        assert_eq!(
+            c.notices.channels(),
+            crate::config::NoticeChannels::default()
+        );
+        let c = load(
+            Some("[notices]\nwebhook_url = \"\"\ntimeout_secs = 5\n"),
+            &[],
+            Flags::default(),
+        )
+        .unwrap();
+        assert!(c.notices.webhook.is_none(), "a blank URL is unset");
+    }
+
+    #[test]
+    fn the_notice_settings_come_from_the_file_and_the_environment_beats_it() {
+        let file = "[notices]\n\
+                    webhook_url = \"https://hooks.example.com/notices\"\n\
+                    webhook_secret = \"notices-secret-of-at-least-32-bytes\"\n\
+                    timeout_secs = 7\n\
+                    smtp_relay = \"smtp://mail.example.com:2525?tls=required\"\n\
+                    smtp_from = \"core-meter <billing@example.com>\"\n";
+        let c = load(Some(file), &[], Flags::default()).unwrap();
+        let webhook = c.notices.webhook.clone().unwrap();
+        assert_eq!(webhook.url, "https://hooks.example.com/notices");
+        assert_eq!(webhook.timeout, Duration::from_secs(7));
+        assert_eq!(webhook.max_backoff, Duration::from_secs(300));
+        let smtp = c.notices.smtp.clone().unwrap();
+        assert_eq!(smtp.relay, "smtp://mail.example.com:2525?tls=required");
+        assert_eq!(smtp.from, "core-meter <billing@example.com>");
+        assert_eq!(smtp.timeout, Duration::from_secs(7));
+        assert_eq!(
+            c.notices.channels(),
+            crate::config::NoticeChannels {
+                webhook: true,
+                email: true
+            }
+        );
+        let c = load(
+            Some(file),
+            &[
+                ("CORE_METER_NOTICES_WEBHOOK_URL", "http://127.0.0.1:9/n"),
+                ("CORE_METER_NOTICES_TIMEOUT_SECS", "3"),
+                ("CORE_METER_NOTICES_MAX_BACKOFF_SECS", "60"),
+                (
+                    "CORE_METER_NOTICES_SMTP_RELAY",
+                    "smtps://notices:secret@relay.example.com",
+                ),
+                ("CORE_METER_NOTICES_SMTP_FROM", "ops@example.com"),
+            ],
+            Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(c.notices.webhook.unwrap().url, "http://127.0.0.1:9/n");
+        let smtp = c.notices.smtp.unwrap();
+        assert_eq!(smtp.relay, "smtps://notices:secret@relay.example.com");
+        assert_eq!(smtp.from, "ops@example.com");
+        assert_eq!(smtp.timeout, Duration::from_secs(3));
+        assert_eq!(smtp.max_backoff, Duration::from_secs(60));
+        assert!(
+            c.webhook.is_none(),
+            "the bill webhook is a setting of its own"
+        );
+    }
+
+    #[test]
+    fn a_bad_notice_setting_names_itself() {
+        type Case<'a> = (Option<&'a str>, &'a [(&'a str, &'a str)], &'a [&'a str]);
+        let relay = ("CORE_METER_NOTICES_SMTP_RELAY", "smtps://mail.example.com");
+        let cases: &[Case] = &[
+            (
+                None,
+                &[("CORE_METER_NOTICES_WEBHOOK_URL", "ftp://x")],
+                &["notices.webhook_url", "CORE_METER_NOTICES_WEBHOOK_URL"],
+            ),
+            (
+                None,
+                &[
+                    ("CORE_METER_NOTICES_SMTP_RELAY", "http://mail.example.com"),
+                    ("CORE_METER_NOTICES_SMTP_FROM", "a@example.com"),
+                ],
+                &["notices.smtp_relay", "smtp:// or smtps://"],
+            ),
+            (
+                None,
+                &[
+                    (
+                        "CORE_METER_NOTICES_SMTP_RELAY",
+                        "smtp://mail.example.com?tls=sometimes",
+                    ),
+                    ("CORE_METER_NOTICES_SMTP_FROM", "a@example.com"),
+                ],
+                &["notices.smtp_relay", "CORE_METER_NOTICES_SMTP_RELAY"],
+            ),
+            (
+                None,
+                &[relay],
+                &["notices.smtp_from", "required", "notices.smtp_relay"],
+            ),
+            (
+                None,
+                &[
+                    relay,
+                    ("CORE_METER_NOTICES_SMTP_FROM", "billing at example"),
+                ],
+                &["notices.smtp_from", "not an email address"],
+            ),
+            (
+                Some("[notices]\nsmtp_from = \"a@example.com\"\n"),
+                &[],
+                &["notices.smtp_from", "set, but setting notices.smtp_relay"],
+            ),
+            (
+                Some("[notices]\ntimeout_secs = 0\n"),
+                &[],
+                &["notices.timeout_secs", "1 to 600"],
+            ),
+            (
+                None,
+                &[("CORE_METER_NOTICES_MAX_BACKOFF_SECS", "soon")],
+                &["CORE_METER_NOTICES_MAX_BACKOFF_SECS", "whole number"],
+            ),
+            (
+                Some("[notices]\nsmtp_host = \"mail\"\n"),
+                &[],
+                &["smtp_host"],
+            ),
+        ];
+        for (file, env, needles) in cases {
+            let err = format!("{:#}", load(*file, env, Flags::default()).unwrap_err());
+            for needle in *needles {
+                assert!(err.contains(needle), "{err:?} should name {needle:?}");
+            }
+            assert!(!err.contains('\n'), "one line: {err:?}");
+        }
+    }
+
+    #[test]
+    fn a_refused_relay_url_never_quotes_its_password() {
+        for relay in [
+            "http://notices:hunter2@mail.example.com",
+            "smtp://notices:hunter2@mail.example.com?tls=sometimes",
+        ] {
+            let err = format!(
+                "{:#}",
+                load(
+                    None,
+                    &[
+                        ("CORE_METER_NOTICES_SMTP_RELAY", relay),
+                        ("CORE_METER_NOTICES_SMTP_FROM", "a@example.com"),
+                    ],
+                    Flags::default(),
+                )
+                .unwrap_err()
+            );
+            assert!(err.contains("notices.smtp_relay"), "{err:?}");
+            assert!(!err.contains("hunter2"), "{err:?}");
+        }
+        assert_eq!(
+            redact_relay("smtps://notices:hunter2@mail.example.com:465"),
+            "smtps://notices:redacted@mail.example.com:465"
+        );
+        assert_eq!(
+            redact_relay("smtp://mail.example.com:25"),
+            "smtp://mail.example.com:25"
+        );
+    }
+
+    #[test]
+    fn retention_defaults_to_400_days_and_is_set_by_file_or_environment() {
+        assert_eq!(
+            load(None, &[], Flags::default()).unwrap().retention_days,
+            400
+        );
+        let c = load(Some("retention_days = 30\n"), &[], Flags::default()).unwrap();
+        assert_eq!(c.retention_days, 30);
+        let c = load(
+            Some("retention_days = 30\n"),
+            &[("CORE_METER_RETENTION_DAYS", "16")],
+            Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(c.retention_days, 16);
+    }
+
+    #[test]
+    fn a_retention_that_could_prune_a_sample_a_bill_still_reads_is_refused_naming_why() {
+        assert_eq!(min_retention_days(&BillingConfig::default()), 16);
+        type Case<'a> = (Option<&'a str>, &'a [(&'a str, &'a str)]);
+        let cases: &[Case] = &[
+            (None, &[("CORE_METER_RETENTION_DAYS", "15")]),
+            (Some("retention_days = 3\n"), &[]),
+            (
+                None,
+                &[
+                    ("CORE_METER_RETENTION_DAYS", "31"),
+                    ("CORE_METER_MAX_SAMPLE_AGE_HOURS", "720"),
+                ],
+            ),
+        ];
+        for (file, env) in cases {
+            let err = format!("{:#}", load(*file, env, Flags::default()).unwrap_err());
+            for needle in [
+                "retention_days",
+                "CORE_METER_RETENTION_DAYS",
+                "too short",
+                "max_sample_age_hours",
+            ] {
+                assert!(err.contains(needle), "{err:?} should name {needle:?}");
+            }
+            assert!(!err.contains('\n'), "one line: {err:?}");
+        }
+        let ok = load(
+            None,
+            &[
+                ("CORE_METER_RETENTION_DAYS", "32"),
+                ("CORE_METER_MAX_SAMPLE_AGE_HOURS", "720"),
+            ],
+            Flags::default(),
+        );
+        assert_eq!(ok.unwrap().retention_days, 32);
+    }
+
+    #[test]
+    fn the_shortest_retention_outlasts_every_late_sample_and_its_bridging() {
+        // At `now`, the oldest instant a future run may read is
+        // now - max_age - reach - 1 h; the first kept day starts no later than
+        // `retention_days` whole days before today, of which one may be short.
+        for max_age_hours in [1, 23, 24, 25, 336, 337, 8784] {
+            for gap_bridge_hours in [0, 3, 20, 24] {
+                let mut billing = BillingConfig::default();
+                billing.limits.max_age = TimeDelta::hours(max_age_hours);
+                billing.rules.gap_bridge_hours = gap_bridge_hours;
+                let days = i64::from(min_retention_days(&billing));
+                let read_back = max_age_hours + i64::from(gap_bridge_hours) + 1 + 1;
+                assert!(
+                    (days - 1) * 24 >= read_back,
+                    "{max_age_hours} h, {gap_bridge_hours} h: {days} days"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_admin_token_can_come_from_a_file_trimmed_of_surrounding_whitespace() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin-token");
+        write_secret(&path, "  cma_from_a_secret \n\n");
+        let by_env = load(
+            None,
+            &[("CORE_METER_ADMIN_TOKEN_FILE", path.to_str().unwrap())],
+            Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            by_env.admin_token.as_ref().map(|t| t.expose()),
+            Some("cma_from_a_secret")
+        );
+        let by_file = load(
+            Some(&format!(
+                "admin_token_file = {:?}\n",
+                path.to_str().unwrap()
+            )),
+            &[],
+            Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            by_file.admin_token.as_ref().map(|t| t.expose()),
+            Some("cma_from_a_secret")
+        );
+        let neither = load(None, &[], Flags::default()).unwrap();
+        assert_eq!(neither.admin_token, None);
+    }
+
+    #[test]
+    fn an_unreadable_admin_token_file_names_the_setting_the_path_and_the_os_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("no-such-secret");
+        let err = format!(
+            "{:#}",
+            load(
+                None,
+                &[("CORE_METER_ADMIN_TOKEN_FILE", missing.to_str().unwrap())],
+                Flags::default(),
+            )
+            .unwrap_err()
+        );
+        for needle in [
+            "admin_token_file",
+            "CORE_METER_ADMIN_TOKEN_FILE",
+            missing.to_str().unwrap(),
+            "os error",
+        ] {
+            assert!(err.contains(needle), "{err:?} should name {needle:?}");
+        }
+        assert!(!err.contains('\n'), "one line: {err:?}");
+    }
+
+    #[test]
+    fn an_empty_admin_token_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for content in ["", " \n\t\n"] {
+            let path = dir.path().join("admin-token");
+            write_secret(&path, content);
+            let err = format!(
+                "{:#}",
+                load(
+                    None,
+                    &[("CORE_METER_ADMIN_TOKEN_FILE", path.to_str().unwrap())],
+                    Flags::default(),
+                )
+                .unwrap_err()
+            );
+            assert!(
+                err.contains("admin_token_file") && err.contains("is empty"),
+                "{err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_admin_token_file_larger_than_any_token_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin-token");
+        write_secret(&path, "x".repeat(5000));
+        let err = format!(
+            "{:#}",
+            load(
+                None,
+                &[("CORE_METER_ADMIN_TOKEN_FILE", path.to_str().unwrap())],
+                Flags::default(),
+            )
+            .unwrap_err()
+        );
+        assert!(
+            err.contains("admin_token_file") && err.contains("4096 bytes"),
+            "{err:?}"
+        );
+        assert!(
+            !err.contains("xxxx"),
+            "the content is never quoted: {err:?}"
+        );
+    }
+
+    #[test]
+    fn an_admin_token_and_an_admin_token_file_together_are_refused_naming_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin-token");
+        write_secret(&path, "cma_from_a_secret\n");
+        let path = path.to_str().unwrap();
+        let file_and_env = format!("admin_token_file = {path:?}\n");
+        type Case<'a> = (Option<&'a str>, Vec<(&'a str, &'a str)>);
+        let cases: Vec<Case> = vec![
+            (
+                None,
+                vec![
+                    ("CORE_METER_ADMIN_TOKEN", "cma_inline"),
+                    ("CORE_METER_ADMIN_TOKEN_FILE", path),
+                ],
+            ),
+            (
+                Some("admin_token = \"cma_inline\"\n"),
+                vec![("CORE_METER_ADMIN_TOKEN_FILE", path)],
+            ),
+            (
+                Some(&file_and_env),
+                vec![("CORE_METER_ADMIN_TOKEN", "cma_inline")],
+            ),
+        ];
+        for (file, env) in cases {
+            let err = format!("{:#}", load(file, &env, Flags::default()).unwrap_err());
+            for needle in [
+                "setting admin_token ",
+                "CORE_METER_ADMIN_TOKEN)",
+                "setting admin_token_file ",
+                "CORE_METER_ADMIN_TOKEN_FILE",
+            ] {
+                assert!(err.contains(needle), "{err:?} should name {needle:?}");
+            }
+            assert!(!err.contains("cma_"), "no token is quoted: {err:?}");
+        }
+    }
+
+    #[test]
+    fn plain_http_beyond_loopback_is_refused_unless_insecure_plaintext_is_set() {
+        let flags = |listen: &str| Flags {
+            listen: Some(listen.into()),
+            ..Flags::default()
+        };
+        let e = load(None, &[], flags("0.0.0.0:8080"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("setting listen"), "{e}");
+        assert!(e.contains("clear text") && e.contains("tls_cert"), "{e}");
+        assert!(e.contains("insecure_plaintext"), "{e}");
+        assert!(load(None, &[], flags("127.0.0.1:8080")).is_ok());
+        assert!(load(None, &[], flags("[::1]:8080")).is_ok());
+
+        let c = load(
+            None,
+            &[("CORE_METER_INSECURE_PLAINTEXT", "true")],
+            flags("0.0.0.0:8080"),
+        )
+        .unwrap();
+        assert!(c.insecure_plaintext && c.tls.is_none());
+        let c = load(
+            Some("insecure_plaintext = true"),
+            &[],
+            flags("10.0.0.5:8080"),
+        )
+        .unwrap();
+        assert!(c.insecure_plaintext);
+        let by_flag = Flags {
+            insecure_plaintext: true,
+            ..flags("0.0.0.0:8080")
+        };
+        assert!(load(None, &[], by_flag).unwrap().insecure_plaintext);
+        let e = load(
+            None,
+            &[("CORE_METER_INSECURE_PLAINTEXT", "perhaps")],
+            Flags::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("CORE_METER_INSECURE_PLAINTEXT") && e.contains("perhaps"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn tls_needs_both_a_certificate_and_a_key_and_serves_any_address() {
+        let c = load(
+            Some("listen = \"0.0.0.0:8443\"\ntls_cert = \"/tls/tls.crt\"\ntls_key = \"/tls/tls.key\""),
+            &[("CORE_METER_TLS_CLIENT_CA", "/ca/ca.crt")],
+            Flags::default(),
+        )
+        .unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.cert, PathBuf::from("/tls/tls.crt"));
+        assert_eq!(tls.key, PathBuf::from("/tls/tls.key"));
+        assert_eq!(tls.client_ca, Some(PathBuf::from("/ca/ca.crt")));
+        assert!(!c.insecure_plaintext);
+
+        let e = load(
+            None,
+            &[("CORE_METER_TLS_CERT", "/tls/tls.crt")],
+            Flags::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("setting tls_cert") && e.contains("without setting tls_key"),
+            "{e}"
+        );
+        let e = load(
+            None,
+            &[],
+            Flags {
+                tls_key: Some("/tls/tls.key".into()),
+                ..Flags::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("setting tls_key") && e.contains("without setting tls_cert"),
+            "{e}"
+        );
+        let e = load(Some("tls_client_ca = \"/ca.crt\""), &[], Flags::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("setting tls_client_ca") && e.contains("needs HTTPS"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_webhook_signs_with_its_secret_from_the_setting_or_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("webhook-secret");
+        std::fs::write(&path, format!("  {SECRET}\n")).unwrap();
+        set_mode(&path, 0o640);
+        let url = (
+            "CORE_METER_WEBHOOK_URL",
+            "https://billing.example.com/lines",
+        );
+        let by_file = load(
+            None,
+            &[
+                url,
+                ("CORE_METER_WEBHOOK_SECRET_FILE", path.to_str().unwrap()),
+            ],
+            Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(by_file.webhook.unwrap().secret, Secret::new(SECRET));
+        let by_env = load(
+            None,
+            &[url, ("CORE_METER_WEBHOOK_SECRET", SECRET)],
+            Flags::default(),
+        )
+        .unwrap();
+        let webhook = by_env.webhook.unwrap();
+        assert_eq!(webhook.secret, Secret::new(SECRET));
+        assert!(
+            !format!("{webhook:?}").contains(SECRET),
+            "Debug never shows the secret: {webhook:?}"
+        );
+        let notices = format!(
+            "[notices]\nwebhook_url = \"http://localhost:9/n\"\nwebhook_secret_file = {:?}\n",
+            path.to_str().unwrap()
+        );
+        let c = load(Some(&notices), &[], Flags::default()).unwrap();
+        assert_eq!(c.notices.webhook.unwrap().secret, Secret::new(SECRET));
+    }
+
+    #[test]
+    fn a_webhook_without_a_secret_is_refused_naming_the_settings_and_why() {
+        let err = err_of(
+            None,
+            &[("CORE_METER_WEBHOOK_URL", "https://billing.example.com/l")],
+        );
+        for needle in [
+            "webhook.url",
+            "CORE_METER_WEBHOOK_SECRET)",
+            "CORE_METER_WEBHOOK_SECRET_FILE",
+            "bills are money",
+        ] {
+            assert!(err.contains(needle), "{err:?} should name {needle:?}");
+        }
+        let err = err_of(
+            None,
+            &[(
+                "CORE_METER_NOTICES_WEBHOOK_URL",
+                "https://hooks.example.com/n",
+            )],
+        );
+        for needle in [
+            "notices.webhook_url",
+            "CORE_METER_NOTICES_WEBHOOK_SECRET_FILE",
+        ] {
+            assert!(err.contains(needle), "{err:?} should name {needle:?}");
+        }
+        assert!(!err.contains('\n'), "one line: {err:?}");
+    }
+
+    #[test]
+    fn a_short_secret_is_refused_naming_the_setting_and_its_length_but_never_the_secret() {
+        let err = err_of(
+            None,
+            &[
+                ("CORE_METER_WEBHOOK_URL", "https://billing.example.com/l"),
+                ("CORE_METER_WEBHOOK_SECRET", "hunter2-is-short"),
+            ],
+        );
+        for needle in [
+            "webhook.secret",
+            "CORE_METER_WEBHOOK_SECRET",
+            "16 bytes",
+            "at least 32",
+        ] {
+            assert!(err.contains(needle), "{err:?} should name {needle:?}");
+        }
+        assert!(
+            !err.contains("hunter2"),
+            "the secret is never quoted: {err:?}"
+        );
+    }
+
+    #[test]
+    fn a_secret_both_inline_and_in_a_file_is_refused_naming_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, SECRET).unwrap();
+        set_mode(&path, 0o600);
+        let err = err_of(
+            None,
+            &[
+                (
+                    "CORE_METER_NOTICES_WEBHOOK_URL",
+                    "https://hooks.example.com/n",
+                ),
+                ("CORE_METER_NOTICES_WEBHOOK_SECRET", SECRET),
+                (
+                    "CORE_METER_NOTICES_WEBHOOK_SECRET_FILE",
+                    path.to_str().unwrap(),
+                ),
+            ],
+        );
+        for needle in [
+            "setting notices.webhook_secret ",
+            "notices.webhook_secret_file",
+            "both",
+        ] {
+            assert!(err.contains(needle), "{err:?} should name {needle:?}");
+        }
+        assert!(!err.contains(SECRET), "{err:?}");
+    }
+
+    #[test]
+    fn a_world_readable_empty_or_missing_secret_file_is_refused_naming_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = ("CORE_METER_WEBHOOK_URL", "https://billing.example.com/l");
+        let open = dir.path().join("open-secret");
+        std::fs::write(&open, SECRET).unwrap();
+        set_mode(&open, 0o644);
+        // Through a link, as Kubernetes mounts a Secret: the target's mode counts.
+        let link = dir.path().join("linked-secret");
+        std::os::unix::fs::symlink(&open, &link).unwrap();
+        for path in [&open, &link] {
+            let err = err_of(
+                None,
+                &[
+                    url,
+                    ("CORE_METER_WEBHOOK_SECRET_FILE", path.to_str().unwrap()),
+                ],
+            );
+            for needle in [
+                "webhook.secret_file",
+                path.to_str().unwrap(),
+                "read by anyone",
+                "644",
+            ] {
+                assert!(err.contains(needle), "{err:?} should name {needle:?}");
+            }
+            assert!(!err.contains(SECRET), "{err:?}");
+        }
+        let empty = dir.path().join("empty-secret");
+        std::fs::write(&empty, " \n").unwrap();
+        set_mode(&empty, 0o600);
+        let err = err_of(
+            None,
+            &[
+                url,
+                ("CORE_METER_WEBHOOK_SECRET_FILE", empty.to_str().unwrap()),
+            ],
+        );
+        assert!(err.contains("is empty"), "{err:?}");
+        let missing = dir.path().join("no-such-secret");
+        let err = err_of(
+            None,
+            &[
+                url,
+                ("CORE_METER_WEBHOOK_SECRET_FILE", missing.to_str().unwrap()),
+            ],
+        );
+        assert!(
+            err.contains(missing.to_str().unwrap()) && err.contains("os error"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn plain_http_goes_only_to_this_machine_unless_insecure_plaintext_is_set() {
+        let secret = ("CORE_METER_WEBHOOK_SECRET", SECRET);
+        for url in [
+            "http://127.0.0.1:9/l",
+            "http://127.1.2.3/l",
+            "http://localhost:9/l",
+            "http://[::1]:9/l",
+            "https://billing.example.com/l",
+        ] {
+            let c = load(
+                None,
+                &[("CORE_METER_WEBHOOK_URL", url), secret],
+                Flags::default(),
+            );
+            assert!(c.is_ok(), "{url}: {:#}", c.unwrap_err());
+        }
+        for url in [
+            "http://billing.example.com/l",
+            "http://10.0.0.7:8080/l",
+            "http://[fd00::1]/l",
+        ] {
+            let err = err_of(None, &[("CORE_METER_WEBHOOK_URL", url), secret]);
+            for needle in [
+                "webhook.url",
+                "plain HTTP",
+                "https://",
+                "insecure_plaintext",
+            ] {
+                assert!(err.contains(needle), "{err:?} should name {needle:?}");
+            }
+            let c = load(
+                None,
+                &[
+                    ("CORE_METER_WEBHOOK_URL", url),
+                    secret,
+                    ("CORE_METER_INSECURE_PLAINTEXT", "true"),
+                ],
+                Flags::default(),
+            )
+            .unwrap();
+            assert!(c.insecure_plaintext);
+            assert_eq!(c.webhook.unwrap().url, url);
+        }
+        let notices = "insecure_plaintext = false\n[notices]\n\
+                       webhook_url = \"http://notifications.billing.svc/n\"\n\
+                       webhook_secret = \"a-webhook-secret-of-at-least-32-bytes\"\n";
+        let err = err_of(Some(notices), &[]);
+        assert!(
+            err.contains("notices.webhook_url") && err.contains("plain HTTP"),
+            "{err:?}"
+        );
+        let c = load(
+            Some(&notices.replace("false", "true")),
+            &[],
+            Flags::default(),
+        )
+        .unwrap();
+        assert!(c.notices.webhook.is_some());
+        assert!(
+            !load(None, &[], Flags::default())
+                .unwrap()
+                .insecure_plaintext
+        );
+        let err = err_of(None, &[("CORE_METER_INSECURE_PLAINTEXT", "maybe")]);
+        assert!(err.contains("CORE_METER_INSECURE_PLAINTEXT"), "{err:?}");
+    }
+
+    fn set_mode(path: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn mail_to_a_relay_beyond_loopback_must_be_encrypted_unless_insecure_plaintext() {
+        let from = ("CORE_METER_NOTICES_SMTP_FROM", "billing@example.com");
+        for fine in [
+            "smtp://127.0.0.1:2525",
+            "smtp://localhost:25",
+            "smtps://mail.example.com:465",
+            "smtp://mail.example.com:587?tls=required",
+        ] {
+            let c = load(
+                None,
+                &[("CORE_METER_NOTICES_SMTP_RELAY", fine), from],
+                Flags::default(),
+            );
+            assert!(c.is_ok(), "{fine}: {:?}", c.err());
+        }
+        for plain in [
+            "smtp://mail.example.com:25",
+            "smtp://user:hunter2@10.0.0.9:25?tls=opportunistic",
+        ] {
+            let e = load(
+                None,
+                &[("CORE_METER_NOTICES_SMTP_RELAY", plain), from],
+                Flags::default(),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.starts_with("setting notices.smtp_relay") && e.contains("clear text"),
+                "{e}"
+            );
+            assert!(!e.contains("hunter2"), "{e}");
+            let c = load(
+                None,
+                &[
+                    ("CORE_METER_NOTICES_SMTP_RELAY", plain),
+                    from,
+                    ("CORE_METER_INSECURE_PLAINTEXT", "true"),
+                ],
+                Flags::default(),
+            );
+            assert!(c.is_ok(), "{plain}");
+        }
+    }
+
+    const SECRET: &str = "a-webhook-secret-of-at-least-32-bytes";
+
+    fn err_of(file: Option<&str>, env: &[(&str, &str)]) -> String {
+        format!(
+            "{:#}",
+            load(file, env, crate::config::Flags::default()).unwrap_err()
+        )
+    }
+}

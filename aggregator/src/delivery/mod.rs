@@ -1,0 +1,5 @@
+//! Delivery: bill lines to the billing webhook, notices by webhook or email,
+//! each from a queue in the store, retried with backoff until acknowledged.
+
+pub mod notices;
+pub mod webhook;

@@ -1,0 +1,372 @@
+//! The admin API of an account's life (SPEC section 8, LIFECYCLE.md):
+//! accounts with their main account, contacts, trials, licence orders,
+//! balance credits, notices, and the account view with its state.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State as Extract;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use shared::domain::NameKind;
+use shared::lifecycle::Role;
+
+use super::admin::{body, read, ApiPath};
+use super::input;
+use super::page::{Listing, Page, Paged};
+use super::{blocking, ApiError};
+use crate::state::AppState;
+use crate::store::{NewContact, NewOrder, StoreError};
+use std::sync::Arc;
+
+/// How far ahead `next_change` looks (a year and a month covers a yearly term).
+const NEXT_CHANGE_HORIZON_DAYS: u64 = 400;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewAccount {
+    id: String,
+    /// The main account this one is a sub-account of.
+    parent: Option<String>,
+}
+
+pub async fn create_account(
+    Extract(state): Extract<Arc<AppState>>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let raw = read(raw)?;
+    let NewAccount { id, parent } = body(&raw)?;
+    input::new_name("id", NameKind::AccountId, &id)?;
+    if let Some(p) = &parent {
+        input::existing_name(&state, "parent", NameKind::AccountId, p)?;
+    }
+    let now = state.clock.now();
+    let (created, main) = (id.clone(), parent.clone());
+    blocking(&state.store, move |s| match main {
+        Some(parent) => s.create_sub_account(&created, &parent, now),
+        None => s.create_account(&created, now),
+    })
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "id": id, "parent": parent })),
+    )
+        .into_response())
+}
+
+/// The account: its state and the next change due, its licences, orders,
+/// balance, contacts, trial, cap history and clusters.
+pub async fn get_account(
+    Extract(state): Extract<Arc<AppState>>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    let now = state.clock.now();
+    let zone = state.config.billing.zone;
+    let default_cap = state.config.billing.rules.default_cap_cores;
+    let view = blocking(&state.reader, move |s| {
+        let account = s
+            .account(&id)?
+            .ok_or_else(|| StoreError::UnknownAccount(id.clone()))?;
+        let licences = s.licences(&account)?;
+        let caps = s.caps(&account)?;
+        let clusters = s.clusters(&id)?;
+        let (life, current, since) = s.life(&id)?;
+        Ok(json!({
+            "id": account.id,
+            "parent": s.parent_of(&id)?,
+            "state": current,
+            "state_since": since,
+            "next_change": life.next_change(&zone, now, NEXT_CHANGE_HORIZON_DAYS)
+                .map(|(state, at)| json!({"state": state, "at": at})),
+            "state_history": s.state_history(&id)?,
+            "trial": life.trial,
+            "balance": s.balance(&id)?.0,
+            "orders": s.orders(&id)?,
+            "deletions": s.deletions(&id)?,
+            "contacts": s.contacts(&id)?,
+            "cap_cores": shared::overage::cap_at_day_end(&caps, now + chrono::TimeDelta::milliseconds(1), default_cap),
+            "cap_history": caps.iter().map(|c| json!({"cores": c.cores, "from": c.from})).collect::<Vec<_>>(),
+            "licenses": licences
+                .iter()
+                .map(|l| json!({"cores": l.cores, "start": l.start, "counts_until": l.end}))
+                .collect::<Vec<_>>(),
+            "clusters": clusters,
+        }))
+    })
+    .await?;
+    Ok(Json(view))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContactBody {
+    name: String,
+    role: String,
+    email: Option<String>,
+    sms: Option<String>,
+}
+
+pub async fn add_contact(
+    Extract(state): Extract<Arc<AppState>>,
+    ApiPath(id): ApiPath<String>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let raw = read(raw)?;
+    let c: ContactBody = body(&raw)?;
+    input::text("name", &c.name, input::TEXT_MAX_CHARS)?;
+    let role: Role = c
+        .role
+        .parse()
+        .map_err(|e: String| ApiError::unprocessable("role", e))?;
+    let contact = NewContact {
+        name: c.name,
+        role,
+        email: c.email,
+        sms: c.sms,
+    };
+    let now = state.clock.now();
+    let added = blocking(&state.store, move |s| s.add_contact(&id, &contact, now)).await?;
+    Ok((StatusCode::CREATED, Json(added)).into_response())
+}
+
+pub async fn start_trial(
+    Extract(state): Extract<Arc<AppState>>,
+    ApiPath(id): ApiPath<String>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let raw = read(raw)?;
+    if !raw.trim_ascii().is_empty() {
+        let EmptyObject {} = body(&raw)?;
+    }
+    let (now, zone) = (state.clock.now(), state.config.billing.zone);
+    let account = id.clone();
+    let trial = blocking(&state.store, move |s| s.start_trial(&account, &zone, now)).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"account": id, "start": trial.start, "ends_at": trial.end, "state": "trial"})),
+    )
+        .into_response())
+}
+
+/// A trial takes no fields.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmptyObject {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OrderBody {
+    cores: u64,
+    months: Option<u32>,
+    years: Option<u32>,
+    start: Option<String>,
+    #[serde(default)]
+    auto_renew: bool,
+    #[serde(default)]
+    pay_from_balance: bool,
+}
+
+pub async fn place_order(
+    Extract(state): Extract<Arc<AppState>>,
+    ApiPath(id): ApiPath<String>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let raw = read(raw)?;
+    let o: OrderBody = body(&raw)?;
+    let cores = input::cores("cores", o.cores)?;
+    let months = term(o.months, o.years, None)?;
+    let start = o
+        .start
+        .as_deref()
+        .map(|d| input::day("start", d))
+        .transpose()?;
+    let order = NewOrder {
+        cores,
+        months,
+        start,
+        auto_renew: o.auto_renew,
+        pay_from_balance: o.pay_from_balance,
+    };
+    let (now, zone, price) = (
+        state.clock.now(),
+        state.config.billing.zone,
+        state.config.licence_price_per_core_month,
+    );
+    let (placed, now_state) = blocking(&state.store, move |s| {
+        let placed = s.place_order(&id, &order, &zone, price, now)?;
+        Ok((placed, s.life(&id)?.1))
+    })
+    .await?;
+    let mut view = serde_json::to_value(&placed).map_err(ApiError::internal)?;
+    view["state"] = json!(now_state);
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RenewBody {
+    months: Option<u32>,
+    years: Option<u32>,
+    #[serde(default)]
+    pay_from_balance: bool,
+}
+
+/// The term of `months` or `years` (exactly one), or `default` when neither is given.
+fn term(months: Option<u32>, years: Option<u32>, default: Option<u32>) -> Result<u32, ApiError> {
+    match (months, years, default) {
+        (Some(m), None, _) => Ok(m),
+        (None, Some(y), _) => y
+            .checked_mul(12)
+            .ok_or_else(|| ApiError::unprocessable("years", format!("{y} years is out of range"))),
+        (None, None, Some(d)) => Ok(d),
+        _ => Err(ApiError::unprocessable(
+            "months",
+            "give the term as exactly one of months or years",
+        )),
+    }
+}
+
+/// Renews an order's licence by hand from its end day (a month unless given).
+pub async fn renew_order(
+    Extract(state): Extract<Arc<AppState>>,
+    ApiPath((id, order)): ApiPath<(String, i64)>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let raw = read(raw)?;
+    let r: RenewBody = if raw.trim_ascii().is_empty() {
+        RenewBody::default()
+    } else {
+        body(&raw)?
+    };
+    let months = term(r.months, r.years, Some(shared::lifecycle::RENEWAL_MONTHS))?;
+    let (now, zone, price) = (
+        state.clock.now(),
+        state.config.billing.zone,
+        state.config.licence_price_per_core_month,
+    );
+    let (placed, now_state) = blocking(&state.store, move |s| {
+        let placed = s.renew_order(&id, order, months, r.pay_from_balance, &zone, price, now)?;
+        Ok((placed, s.life(&id)?.1))
+    })
+    .await?;
+    let mut view = serde_json::to_value(&placed).map_err(ApiError::internal)?;
+    view["state"] = json!(now_state);
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AutoRenewBody {
+    auto_renew: bool,
+}
+
+pub async fn set_auto_renew(
+    Extract(state): Extract<Arc<AppState>>,
+    ApiPath((id, order)): ApiPath<(String, i64)>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let raw = read(raw)?;
+    let AutoRenewBody { auto_renew } = body(&raw)?;
+    blocking(&state.store, move |s| {
+        s.set_auto_renew(&id, order, auto_renew)
+    })
+    .await?;
+    Ok(Json(json!({"order": order, "auto_renew": auto_renew})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreditBody {
+    /// A decimal string such as "100.00": money never goes through a float.
+    amount: String,
+    /// The billing backend's id of the payment; a credit is taken once per reference.
+    reference: String,
+}
+
+pub async fn credit(
+    Extract(state): Extract<Arc<AppState>>,
+    ApiPath(id): ApiPath<String>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let raw = read(raw)?;
+    let c: CreditBody = body(&raw)?;
+    let amount = input::money("amount", &c.amount)?;
+    input::text("reference", &c.reference, input::TEXT_MAX_CHARS)?;
+    let now = state.clock.now();
+    let (balance, credited) = blocking(&state.store, move |s| {
+        s.credit_balance(&id, amount, &c.reference, now)
+    })
+    .await?;
+    let status = if credited {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(json!({"balance": balance, "credited": credited})),
+    )
+        .into_response())
+}
+
+/// The balance and a page of its ledger, oldest entry first.
+pub async fn balance(
+    Extract(state): Extract<Arc<AppState>>,
+    ApiPath(id): ApiPath<String>,
+    page: Page,
+) -> Result<Response, ApiError> {
+    let listing = Listing {
+        list: "ledger",
+        filter: &id,
+    };
+    let after: Option<i64> = page.after(listing)?;
+    let (account, limit) = (id.clone(), page.limit);
+    let (balance, entries) = blocking(&state.reader, move |s| {
+        s.balance_page(&account, after, limit)
+    })
+    .await?;
+    let paged = listing.paged(entries.total, entries.next.as_ref());
+    Ok(paged.respond(Json(json!({
+        "account": id,
+        "balance": balance,
+        "entries": entries.items,
+        "next_cursor": paged.next_cursor,
+    }))))
+}
+
+pub async fn notices(
+    Extract(state): Extract<Arc<AppState>>,
+    ApiPath(id): ApiPath<String>,
+    page: Page,
+) -> Result<Response, ApiError> {
+    let (listed, paged) = notices_page(&state, id, page).await?;
+    Ok(paged.respond(Json(listed)))
+}
+
+/// A page of the account's notices, newest first, with their deliveries:
+/// the admin's and the account's own `GET .../notices`.
+pub(super) async fn notices_page(
+    state: &Arc<AppState>,
+    id: String,
+    page: Page,
+) -> Result<(Value, Paged), ApiError> {
+    let listing = Listing {
+        list: "notices",
+        filter: &id,
+    };
+    let after: Option<i64> = page.after(listing)?;
+    let (account, limit) = (id.clone(), page.limit);
+    let notices = blocking(&state.reader, move |s| {
+        s.notice_page(&account, after, limit)
+    })
+    .await?;
+    let paged = listing.paged(notices.total, notices.next.as_ref());
+    let listed = json!({
+        "account": id,
+        "notices": notices.items,
+        "next_cursor": paged.next_cursor,
+    });
+    Ok((listed, paged))
+}

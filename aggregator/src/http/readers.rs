@@ -1,0 +1,140 @@
+//! Reader tokens: issued, listed and revoked through the admin API; and the customer-facing routes they open (an account's report, bills, notices, export), which reuse the admin routes' code with the account taken from the path.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State as Extract;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::admin::{bills_response, body, read, report_response, ApiPath, ApiQuery, DayQuery};
+use super::input::{self, required_day};
+use super::page::{Listing, Page};
+use super::{blocking, ApiError};
+use crate::state::AppState;
+use std::sync::Arc;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewReaderToken {
+    name: String,
+}
+
+/// `POST /v1/admin/accounts/{id}/reader-tokens {"name"}`: the token is in
+/// this answer and nowhere else, ever.
+pub async fn issue(
+    Extract(state): Extract<Arc<AppState>>,
+    ApiPath(id): ApiPath<String>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let raw = read(raw)?;
+    let NewReaderToken { name } = body(&raw)?;
+    input::text("name", &name, crate::store::READER_NAME_MAX_CHARS)?;
+    let now = state.clock.now();
+    let issued = blocking(&state.store, move |s| s.issue_reader_token(&id, &name, now)).await?;
+    tracing::info!(token_id = issued.id, "reader token issued");
+    Ok((StatusCode::CREATED, Json(issued)).into_response())
+}
+
+/// `GET /v1/accounts/{id}/notices`: a page of the account's notices as the
+/// admin route lists them, less each delivery's `last_error`: the
+/// operators' detail of their own systems (the relay's or webhook's
+/// answer) is not the customer's.
+pub async fn customer_notices(
+    Extract(state): Extract<Arc<AppState>>,
+    ApiPath(id): ApiPath<String>,
+    page: Page,
+) -> Result<Response, ApiError> {
+    let (mut listed, paged) = super::lifecycle::notices_page(&state, id, page).await?;
+    for notice in listed["notices"].as_array_mut().into_iter().flatten() {
+        for delivery in notice["deliveries"].as_array_mut().into_iter().flatten() {
+            if let Some(d) = delivery.as_object_mut() {
+                d.remove("last_error");
+            }
+        }
+    }
+    Ok(paged.respond(Json(listed)))
+}
+
+/// `GET /v1/admin/accounts/{id}/reader-tokens`: a page of the tokens, oldest
+/// first, without their secret or hash.
+pub async fn list(
+    Extract(state): Extract<Arc<AppState>>,
+    ApiPath(id): ApiPath<String>,
+    page: Page,
+) -> Result<Response, ApiError> {
+    let listing = Listing {
+        list: "reader-tokens",
+        filter: &id,
+    };
+    let after: Option<i64> = page.after(listing)?;
+    let (account, limit) = (id.clone(), page.limit);
+    let tokens = blocking(&state.reader, move |s| {
+        s.reader_token_page(&account, after, limit)
+    })
+    .await?;
+    let paged = listing.paged(tokens.total, tokens.next.as_ref());
+    Ok(paged.respond(Json(json!({
+        "account": id,
+        "reader_tokens": tokens.items,
+        "next_cursor": paged.next_cursor,
+    }))))
+}
+
+/// `DELETE /v1/admin/accounts/{id}/reader-tokens/{token_id}`: the token stops
+/// at once. Revoking a revoked token answers it unchanged; an unknown one is 404.
+pub async fn revoke(
+    Extract(state): Extract<Arc<AppState>>,
+    ApiPath((id, token_id)): ApiPath<(String, i64)>,
+) -> Result<Json<Value>, ApiError> {
+    let now = state.clock.now();
+    let revoked = blocking(&state.store, move |s| {
+        s.revoke_reader_token(&id, token_id, now)
+    })
+    .await?;
+    tracing::info!(token_id, "reader token revoked");
+    Ok(Json(json!(revoked)))
+}
+
+#[derive(Deserialize)]
+pub struct AccountQuery {
+    day: Option<String>,
+    format: Option<String>,
+}
+
+/// `GET /v1/accounts/{id}/reports/daily?day=&format=json|csv|html`.
+pub async fn daily_report(
+    Extract(state): Extract<Arc<AppState>>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<AccountQuery>,
+) -> Result<Response, ApiError> {
+    let d = required_day(q.day.as_deref())?;
+    report_response(&state, id, d, q.format).await
+}
+
+/// `GET /v1/accounts/{id}/bills?day=&format=json|csv&limit=&cursor=`.
+pub async fn bills(
+    Extract(state): Extract<Arc<AppState>>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<AccountQuery>,
+    page: Page,
+) -> Result<Response, ApiError> {
+    bills_response(&state, Some(id), q.day, q.format, page).await
+}
+
+/// `GET /v1/accounts/{id}/export?day=`: the replay case `aggregator export` prints.
+pub async fn export(
+    Extract(state): Extract<Arc<AppState>>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<DayQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let d = required_day(q.day.as_deref())?;
+    let config = state.config.billing.clone();
+    let case = blocking(&state.reader, move |s| {
+        crate::reports::export::export_case(s, &config, &id, d)
+    })
+    .await?;
+    Ok(Json(case))
+}

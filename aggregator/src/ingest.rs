@@ -1,0 +1,489 @@
+//! Group commit: one writer thread takes every waiting ingest request and stores them in one transaction, so a herd of agents costs one fsync per group, not per request.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use shared::sample::{AgeLimits, Rejection};
+use tokio::sync::oneshot;
+
+use crate::metrics::ServiceMetrics;
+use crate::store::{Connection, Incoming, Outcome, Unwritable};
+
+/// Requests waiting for the writer at most; beyond, ingest answers 503.
+const QUEUE_REQUESTS: usize = 1_024;
+/// Samples stored by one commit at most.
+const GROUP_SAMPLES: usize = 50_000;
+
+/// One sample of a request, owned.
+#[derive(Debug, Clone)]
+pub struct OwnedSample {
+    pub node: String,
+    pub cores: Option<u32>,
+    pub at: Option<DateTime<Utc>>,
+    pub seq: Option<i64>,
+    pub agent_version: Option<String>,
+}
+
+/// One request's samples, with the identity its token gave them.
+pub struct Job {
+    pub account: String,
+    pub cluster: String,
+    pub received_at: DateTime<Utc>,
+    pub samples: Vec<OwnedSample>,
+    reply: oneshot::Sender<Result<Vec<Outcome>, CommitFailure>>,
+}
+
+/// Why a commit failed; every request of the group gets a copy.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct CommitFailure {
+    /// Set when the disk is to blame (full or failing): worth a retry later.
+    pub unwritable: Option<Unwritable>,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("the ingest queue is full; try again shortly")]
+    Busy,
+    #[error("the ingest writer has stopped")]
+    Stopped,
+    #[error("storing the samples failed: {0}")]
+    Store(CommitFailure),
+}
+
+/// The database's disk as the writer last found it: failing since when, and why.
+#[derive(Debug, Clone)]
+pub struct WriteFailure {
+    pub cause: Unwritable,
+    /// The error of the last failed commit.
+    pub error: String,
+    pub since: Instant,
+    /// Commits that failed in a row.
+    pub commits: u64,
+}
+
+impl WriteFailure {
+    /// One line for a response or a log.
+    pub fn describe(&self) -> String {
+        format!(
+            "{}: {} commit(s) failed in a row over {} s, the last with \"{}\"",
+            self.cause.cause(),
+            self.commits,
+            self.since.elapsed().as_secs(),
+            self.error
+        )
+    }
+}
+
+#[derive(Clone)]
+pub struct IngestQueue {
+    tx: SyncSender<Job>,
+    /// Set by the writer while commits fail for the disk's sake; readiness reads it.
+    failing: Arc<Mutex<Option<WriteFailure>>>,
+    /// True while the writer thread runs; liveness reads it.
+    running: Arc<AtomicBool>,
+}
+
+/// Clears the writer's `running` flag however its thread ends.
+struct Running(Arc<AtomicBool>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+impl IngestQueue {
+    /// Starts the writer thread. It stops once every `IngestQueue` clone is
+    /// dropped and the queue is drained.
+    pub fn start(
+        store: Arc<Connection>,
+        limits: AgeLimits,
+        metrics: Arc<ServiceMetrics>,
+    ) -> (IngestQueue, std::thread::JoinHandle<()>) {
+        let (tx, rx) = mpsc::sync_channel(QUEUE_REQUESTS);
+        let failing = Arc::new(Mutex::new(None));
+        let health = failing.clone();
+        let running = Arc::new(AtomicBool::new(true));
+        let flag = Running(running.clone());
+        let handle = std::thread::Builder::new()
+            .name("ingest-writer".into())
+            .spawn(move || {
+                let _running = flag;
+                writer(rx, store, limits, metrics, health)
+            })
+            .expect("start the ingest writer");
+        (
+            IngestQueue {
+                tx,
+                failing,
+                running,
+            },
+            handle,
+        )
+    }
+
+    /// Whether the writer thread still runs (it stops only at shutdown).
+    pub fn writer_running(&self) -> bool {
+        self.running.load(Ordering::SeqCst)
+    }
+
+    /// Why the last commit failed, if it did because of the disk; `None` once
+    /// a commit succeeds again.
+    pub fn write_failure(&self) -> Option<WriteFailure> {
+        self.failing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Queues a request's samples and waits until they are committed.
+    pub async fn submit(
+        &self,
+        account: String,
+        cluster: String,
+        received_at: DateTime<Utc>,
+        samples: Vec<OwnedSample>,
+    ) -> Result<Vec<Outcome>, SubmitError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            account,
+            cluster,
+            received_at,
+            samples,
+            reply,
+        };
+        match self.tx.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(SubmitError::Busy),
+            Err(TrySendError::Disconnected(_)) => return Err(SubmitError::Stopped),
+        }
+        match answer.await {
+            Ok(Ok(outcomes)) => Ok(outcomes),
+            Ok(Err(e)) => Err(SubmitError::Store(e)),
+            Err(_) => Err(SubmitError::Stopped),
+        }
+    }
+}
+
+fn writer(
+    rx: Receiver<Job>,
+    store: Arc<Connection>,
+    limits: AgeLimits,
+    metrics: Arc<ServiceMetrics>,
+    failing: Arc<Mutex<Option<WriteFailure>>>,
+) {
+    while let Ok(first) = rx.recv() {
+        // Everything that queued up while the last commit was syncing goes in this one.
+        let mut jobs = vec![first];
+        let mut samples = jobs[0].samples.len();
+        while samples < GROUP_SAMPLES {
+            match rx.try_recv() {
+                Ok(job) => {
+                    samples += job.samples.len();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let incoming: Vec<Incoming<'_>> = jobs
+            .iter()
+            .flat_map(|job| {
+                job.samples.iter().map(move |s| Incoming {
+                    account: &job.account,
+                    cluster: &job.cluster,
+                    node: &s.node,
+                    cores: s.cores,
+                    at: s.at,
+                    seq: s.seq,
+                    agent_version: s.agent_version.as_deref(),
+                    received_at: job.received_at,
+                })
+            })
+            .collect();
+        // A panic (here or in another holder of the connection) answers
+        // this group 500 and leaves the writer and the connection working.
+        let result = store.with(|s| s.ingest(&incoming, &limits));
+        drop(incoming);
+        match result {
+            Ok(outcomes) => {
+                if let Some(was) = failing
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take()
+                {
+                    tracing::info!(
+                        failed_commits = was.commits,
+                        failing_secs = was.since.elapsed().as_secs(),
+                        "the database takes writes again"
+                    );
+                }
+                metrics.ingest_commits.inc();
+                metrics.ingest_commit_samples.observe(outcomes.len() as f64);
+                let mut rest = outcomes.into_iter();
+                for job in jobs {
+                    let mine: Vec<Outcome> = rest.by_ref().take(job.samples.len()).collect();
+                    warn_of_conflicting_resends(&job, &mine);
+                    let _ = job.reply.send(Ok(mine));
+                }
+            }
+            Err(e) => {
+                let failure = CommitFailure {
+                    unwritable: e.unwritable(),
+                    message: e.to_string(),
+                };
+                if let Some(cause) = failure.unwritable {
+                    note_failure(&failing, cause, &failure.message);
+                }
+                tracing::error!(error = %e, requests = jobs.len(), "ingest commit failed; nothing of it was stored");
+                for job in jobs {
+                    let _ = job.reply.send(Err(failure.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// One line per request that held conflicting resends, however many: an
+/// agent that hands a seq out twice is a bug worth seeing, not worth a line
+/// per sample.
+fn warn_of_conflicting_resends(job: &Job, outcomes: &[Outcome]) {
+    let conflicting = Outcome::Rejected(Rejection::ConflictingResend);
+    let mut found = outcomes
+        .iter()
+        .zip(&job.samples)
+        .filter(|(o, _)| **o == conflicting);
+    let Some((_, first)) = found.next() else {
+        return;
+    };
+    let count = 1 + found.count();
+    tracing::warn!(
+        account = %job.account,
+        cluster = %job.cluster,
+        count,
+        first_node = %first.node,
+        first_seq = first.seq,
+        "rejected {count} conflicting resend(s): a (node, seq) already stored with other cores or another instant; the stored samples stand (the agent or its spool handed a seq out twice)"
+    );
+}
+
+/// Records a commit that failed for the disk's sake; the first of a run is
+/// logged as the start of an outage.
+fn note_failure(failing: &Mutex<Option<WriteFailure>>, cause: Unwritable, error: &str) {
+    let mut failing = failing.lock().unwrap_or_else(PoisonError::into_inner);
+    match failing.as_mut() {
+        Some(f) => {
+            f.cause = cause;
+            f.error = error.to_string();
+            f.commits += 1;
+        }
+        None => {
+            tracing::error!(
+                error,
+                cause = cause.cause(),
+                "the database cannot write; pushes are answered 503 and /readyz fails until it can"
+            );
+            *failing = Some(WriteFailure {
+                cause,
+                error: error.to_string(),
+                since: Instant::now(),
+                commits: 1,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Durability, Store};
+
+    fn batch(node: &str, seqs: std::ops::Range<i64>, at: DateTime<Utc>) -> Vec<OwnedSample> {
+        seqs.map(|seq| OwnedSample {
+            node: node.to_string(),
+            cores: Some(8),
+            at: Some(at),
+            seq: Some(seq),
+            agent_version: None,
+        })
+        .collect()
+    }
+
+    fn started(dir: &std::path::Path) -> (Arc<Connection>, IngestQueue) {
+        let mut store = Store::open(&dir.join("db.sqlite"), Durability::Durable).unwrap();
+        store.create_account("acme", Utc::now()).unwrap();
+        let store = Arc::new(Connection::single(store, "writer"));
+        let metrics = Arc::new(ServiceMetrics::default());
+        let (queue, _writer) = IngestQueue::start(store.clone(), AgeLimits::default(), metrics);
+        (store, queue)
+    }
+
+    /// Everything logged at WARN and above while `f` runs on this thread.
+    fn logged(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let text = buffer.0.lock().unwrap().clone();
+        String::from_utf8(text).unwrap()
+    }
+
+    #[test]
+    fn conflicting_resends_are_logged_once_per_request_with_the_first_node_and_seq() {
+        let now = Utc::now();
+        let (reply, _answer) = oneshot::channel();
+        let mut samples = batch("node-1", 1..4, now);
+        samples.extend(batch("node-2", 7..9, now));
+        let job = Job {
+            account: "acme".into(),
+            cluster: "prod".into(),
+            received_at: now,
+            samples,
+            reply,
+        };
+        let conflicting = Outcome::Rejected(Rejection::ConflictingResend);
+        let outcomes = [
+            Outcome::Accepted,
+            conflicting,
+            Outcome::Duplicate,
+            conflicting,
+            conflicting,
+        ];
+        let log = logged(|| warn_of_conflicting_resends(&job, &outcomes));
+        assert_eq!(log.lines().count(), 1, "{log}");
+        for part in [
+            "account=acme",
+            "cluster=prod",
+            "count=3",
+            "first_node=node-1",
+            "first_seq=2",
+        ] {
+            assert!(log.contains(part), "{part} in {log}");
+        }
+        let none = [Outcome::Accepted, Outcome::Duplicate, Outcome::Accepted];
+        assert_eq!(logged(|| warn_of_conflicting_resends(&job, &none)), "");
+    }
+
+    fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn a_full_disk_fails_the_commit_as_unwritable_and_the_writer_takes_the_same_samples_once_there_is_room(
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, queue) = started(dir.path());
+        let now = Utc::now();
+        let push = |seqs| {
+            block_on(queue.submit("acme".into(), "c1".into(), now, batch("node-1", seqs, now)))
+        };
+        let cap = |capped| {
+            store
+                .with(|s| {
+                    s.cap_size_for_tests(capped);
+                    Ok(())
+                })
+                .unwrap()
+        };
+        cap(true);
+        for attempt in 1..=2 {
+            match push(1..501) {
+                Err(SubmitError::Store(f)) => {
+                    assert_eq!(f.unwritable, Some(Unwritable::DiskFull), "{f}")
+                }
+                other => panic!("expected a failed commit, got {other:?}"),
+            }
+            let failure = queue.write_failure().expect("the failure is recorded");
+            assert_eq!(failure.cause, Unwritable::DiskFull);
+            assert_eq!(failure.commits, attempt);
+            assert!(
+                failure.describe().contains("disk is full"),
+                "{}",
+                failure.describe()
+            );
+        }
+
+        cap(false);
+        let outcomes = push(1..501).expect("the writer is still there and commits");
+        assert!(outcomes.iter().all(|o| *o == Outcome::Accepted));
+        assert!(
+            queue.write_failure().is_none(),
+            "a commit clears the failure"
+        );
+        // Nothing of the failed attempts was stored: the resend is not a duplicate of them.
+        let again = push(1..501).unwrap();
+        assert!(again.iter().all(|o| *o == Outcome::Duplicate));
+    }
+
+    #[test]
+    fn a_panic_while_the_writer_holds_the_connection_fails_that_group_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, queue) = started(dir.path());
+        let now = Utc::now();
+        let push = |node: &str| {
+            block_on(queue.submit("acme".into(), "c1".into(), now, batch(node, 1..3, now)))
+        };
+        store.panic_on_next_use();
+        match push("node-1") {
+            Err(SubmitError::Store(f)) => assert!(f.message.contains("panic"), "{f}"),
+            other => panic!("expected the group to fail, got {other:?}"),
+        }
+        assert!(queue.writer_running(), "the writer thread survives");
+        assert_eq!(
+            push("node-1").unwrap(),
+            vec![Outcome::Accepted, Outcome::Accepted],
+            "nothing of the failed group was stored"
+        );
+    }
+
+    #[test]
+    fn a_handler_that_panicked_holding_the_connection_does_not_stop_ingest() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, queue) = started(dir.path());
+        let held = store.clone();
+        let caught = std::thread::spawn(move || {
+            held.with(|_| -> Result<(), crate::store::StoreError> {
+                panic!("a handler fails while it holds the store")
+            })
+        })
+        .join()
+        .expect("the panic is caught where the connection is held");
+        assert!(caught.is_err());
+        let now = Utc::now();
+        let outcomes =
+            block_on(queue.submit("acme".into(), "c1".into(), now, batch("node-1", 1..3, now)))
+                .unwrap();
+        assert_eq!(outcomes, vec![Outcome::Accepted, Outcome::Accepted]);
+    }
+
+    #[test]
+    fn a_run_of_disk_failures_keeps_its_start_its_count_and_the_last_cause() {
+        let failing = Mutex::new(None);
+        note_failure(&failing, Unwritable::DiskError, "disk I/O error");
+        note_failure(&failing, Unwritable::DiskFull, "database or disk is full");
+        let f = failing.lock().unwrap().clone().unwrap();
+        assert_eq!((f.cause, f.commits), (Unwritable::DiskFull, 2));
+    }
+}
