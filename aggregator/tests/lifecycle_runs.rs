@@ -17,7 +17,7 @@ use aggregator::store::{Durability, Incoming, NewContact, NewOrder, Outcome, Sto
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use rust_decimal::Decimal;
 use shared::bill::LineKind;
-use shared::lifecycle::{Role, State};
+use shared::lifecycle::{ContactRole, State};
 use shared::sample::{AgeLimits, Rejection};
 use tempfile::TempDir;
 
@@ -64,7 +64,7 @@ impl Meter {
         self.store.create_account(id, at).unwrap();
         let creator = NewContact {
             name: "Creator".into(),
-            role: Role::Creator,
+            role: ContactRole::Creator,
             email: Some(format!("creator@{id}.example")),
             sms: None,
         };

@@ -17,7 +17,7 @@ use aggregator::store::{Durability, Incoming, NewContact, NewOrder, Store, Store
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use rust_decimal::Decimal;
 use shared::bill::{BillLine, LineKind};
-use shared::lifecycle::Role;
+use shared::lifecycle::ContactRole;
 use shared::overage::Licence;
 use shared::sample::AgeLimits;
 
@@ -85,7 +85,7 @@ fn history(store: &mut Store, config: &BillingConfig) -> Vec<String> {
             "acme",
             &NewContact {
                 name: "Ann Lee".into(),
-                role: Role::Creator,
+                role: ContactRole::Creator,
                 email: Some("ann@acme.example".into()),
                 sms: Some("+8613800138000".into()),
             },
@@ -288,7 +288,7 @@ fn a_migrated_store_holds_the_same_bills_and_goes_on_billing_as_the_original() {
                 "newco",
                 &NewContact {
                     name: "New".into(),
-                    role: Role::Creator,
+                    role: ContactRole::Creator,
                     email: Some("new@newco.example".into()),
                     sms: None,
                 },

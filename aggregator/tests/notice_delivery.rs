@@ -13,7 +13,7 @@ use aggregator::store::{Durability, NewContact, Notice, NoticeDelivery, Store, S
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{json, Value};
 use shared::clock::{Clock, ManualClock};
-use shared::lifecycle::{NoticeKind, Role};
+use shared::lifecycle::{ContactRole, NoticeKind};
 use support::{eventually, local, TestApp, Webhook};
 
 /// The service with the given notice channels.
@@ -79,14 +79,19 @@ impl App {
         let contacts = [
             (
                 "Ann Lee",
-                Role::Creator,
+                ContactRole::Creator,
                 Some(emails[0]),
                 Some("+8613800138000"),
             ),
-            ("Bo Chen", Role::FinanceCollaborator, Some(emails[1]), None),
+            (
+                "Bo Chen",
+                ContactRole::FinanceCollaborator,
+                Some(emails[1]),
+                None,
+            ),
             (
                 "Cy Wu",
-                Role::GlobalResourceCollaborator,
+                ContactRole::GlobalResourceCollaborator,
                 None,
                 Some("+8613800138002"),
             ),

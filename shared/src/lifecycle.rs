@@ -99,36 +99,36 @@ impl FromStr for State {
 /// A contact's role on an account; it decides which notices reach them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Role {
+pub enum ContactRole {
     Creator,
     GlobalResourceCollaborator,
     FinanceCollaborator,
     Collaborator,
 }
 
-impl Role {
-    pub const ALL: [Role; 4] = [
-        Role::Creator,
-        Role::GlobalResourceCollaborator,
-        Role::FinanceCollaborator,
-        Role::Collaborator,
+impl ContactRole {
+    pub const ALL: [ContactRole; 4] = [
+        ContactRole::Creator,
+        ContactRole::GlobalResourceCollaborator,
+        ContactRole::FinanceCollaborator,
+        ContactRole::Collaborator,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
-            Role::Creator => "creator",
-            Role::GlobalResourceCollaborator => "global_resource_collaborator",
-            Role::FinanceCollaborator => "finance_collaborator",
-            Role::Collaborator => "collaborator",
+            ContactRole::Creator => "creator",
+            ContactRole::GlobalResourceCollaborator => "global_resource_collaborator",
+            ContactRole::FinanceCollaborator => "finance_collaborator",
+            ContactRole::Collaborator => "collaborator",
         }
     }
 }
 
-impl FromStr for Role {
+impl FromStr for ContactRole {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Role::ALL
+        ContactRole::ALL
             .into_iter()
             .find(|r| r.as_str() == s)
             .ok_or_else(|| {
@@ -153,13 +153,13 @@ pub enum NoticeKind {
     DataDeleted,
 }
 
-const OWNERS: &[Role] = &[
-    Role::Creator,
-    Role::GlobalResourceCollaborator,
-    Role::FinanceCollaborator,
+const OWNERS: &[ContactRole] = &[
+    ContactRole::Creator,
+    ContactRole::GlobalResourceCollaborator,
+    ContactRole::FinanceCollaborator,
 ];
-const EVERYONE: &[Role] = &Role::ALL;
-const PAYERS: &[Role] = &[Role::Creator, Role::FinanceCollaborator];
+const EVERYONE: &[ContactRole] = &ContactRole::ALL;
+const PAYERS: &[ContactRole] = &[ContactRole::Creator, ContactRole::FinanceCollaborator];
 
 impl NoticeKind {
     pub const ALL: [NoticeKind; 10] = [
@@ -191,7 +191,7 @@ impl NoticeKind {
     }
 
     /// The roles a notice of this kind goes to (SPEC section 8, LIFECYCLE.md).
-    pub fn roles(self) -> &'static [Role] {
+    pub fn roles(self) -> &'static [ContactRole] {
         match self {
             NoticeKind::ExpiryWarning
             | NoticeKind::LicenceShort

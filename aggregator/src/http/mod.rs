@@ -1,12 +1,12 @@
 //! The HTTP API: the router, shared state, and `ApiError`, which turns every failure into `{"error": {"code", "message", "field"}}`.
 
+mod accounts;
 mod admin;
 mod authz;
 pub mod automatic_errors;
 mod edges;
 mod ingest;
 pub mod input;
-mod lifecycle;
 mod ops;
 mod page;
 mod readers;
@@ -314,11 +314,11 @@ const TOKEN_ID: Input = Input::required(
 );
 const TERM_MONTHS: Domain = Domain::Integer {
     min: 1,
-    max: shared::lifecycle::MAX_TERM_MONTHS as i64,
+    max: shared::accounts::MAX_TERM_MONTHS as i64,
 };
 const TERM_YEARS: Domain = Domain::Integer {
     min: 1,
-    max: shared::lifecycle::MAX_TERM_MONTHS as i64 / 12,
+    max: shared::accounts::MAX_TERM_MONTHS as i64 / 12,
 };
 const DAY: Input = Input::optional("day", Domain::Day, "the day");
 const REQUIRED_DAY: Input = Input::required("day", Domain::Day, "the day");
@@ -769,18 +769,18 @@ pub fn inputs(method: &str, path: &str) -> Inputs {
 fn handler(method: &str, path: &str) -> MethodRouter<Arc<AppState>> {
     match (method, path) {
         ("post", "/v1/samples") => post(ingest::push_samples),
-        ("post", "/v1/admin/accounts") => post(lifecycle::create_account),
-        ("get", "/v1/admin/accounts/{id}") => get(lifecycle::get_account),
-        ("post", "/v1/admin/accounts/{id}/contacts") => post(lifecycle::add_contact),
-        ("post", "/v1/admin/accounts/{id}/trial") => post(lifecycle::start_trial),
-        ("post", "/v1/admin/accounts/{id}/orders") => post(lifecycle::place_order),
-        ("post", "/v1/admin/accounts/{id}/orders/{order}/renew") => post(lifecycle::renew_order),
+        ("post", "/v1/admin/accounts") => post(accounts::create_account),
+        ("get", "/v1/admin/accounts/{id}") => get(accounts::get_account),
+        ("post", "/v1/admin/accounts/{id}/contacts") => post(accounts::add_contact),
+        ("post", "/v1/admin/accounts/{id}/trial") => post(accounts::start_trial),
+        ("post", "/v1/admin/accounts/{id}/orders") => post(accounts::place_order),
+        ("post", "/v1/admin/accounts/{id}/orders/{order}/renew") => post(accounts::renew_order),
         ("put", "/v1/admin/accounts/{id}/orders/{order}/auto-renew") => {
-            put(lifecycle::set_auto_renew)
+            put(accounts::set_auto_renew)
         }
-        ("post", "/v1/admin/accounts/{id}/credits") => post(lifecycle::credit),
-        ("get", "/v1/admin/accounts/{id}/balance") => get(lifecycle::balance),
-        ("get", "/v1/admin/accounts/{id}/notices") => get(lifecycle::notices),
+        ("post", "/v1/admin/accounts/{id}/credits") => post(accounts::credit),
+        ("get", "/v1/admin/accounts/{id}/balance") => get(accounts::balance),
+        ("get", "/v1/admin/accounts/{id}/notices") => get(accounts::notices),
         ("post", "/v1/admin/accounts/{id}/clusters") => post(admin::create_cluster),
         ("post", "/v1/admin/accounts/{id}/clusters/{name}/rotate-token") => {
             post(admin::rotate_token)

@@ -11,8 +11,8 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use serde_json::json;
 use shared::lifecycle::{
-    counts_until, order_price, run_of, term_end_day, Life, NoticeKind, Role, State, TermLicence,
-    Trial, MAX_TERM_MONTHS, RENEWAL_MONTHS,
+    counts_until, order_price, run_of, term_end_day, ContactRole, Life, NoticeKind, State,
+    TermLicence, Trial, MAX_TERM_MONTHS, RENEWAL_MONTHS,
 };
 use shared::money::cents;
 use shared::overage::Period;
@@ -39,7 +39,7 @@ pub type Stop = (DateTime<Utc>, Option<DateTime<Utc>>);
 #[derive(Debug, Clone)]
 pub struct NewContact {
     pub name: String,
-    pub role: Role,
+    pub role: ContactRole,
     pub email: Option<String>,
     pub sms: Option<String>,
 }
@@ -1482,7 +1482,7 @@ mod tests {
         store.create_account("acme", now).unwrap();
         let contact = |email: Option<&str>, sms: Option<&str>| NewContact {
             name: "Ops".into(),
-            role: Role::Creator,
+            role: ContactRole::Creator,
             email: email.map(str::to_string),
             sms: sms.map(str::to_string),
         };

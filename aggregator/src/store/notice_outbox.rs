@@ -242,7 +242,7 @@ impl Store {
 mod tests {
     use chrono::TimeDelta;
     use serde_json::json;
-    use shared::lifecycle::{NoticeKind, Role};
+    use shared::lifecycle::{ContactRole, NoticeKind};
 
     use super::*;
     use crate::config::NoticeChannels;
@@ -265,7 +265,7 @@ mod tests {
         ] {
             let contact = NewContact {
                 name: name.into(),
-                role: Role::Creator,
+                role: ContactRole::Creator,
                 email: email.map(String::from),
                 sms: sms.map(String::from),
             };

@@ -11,7 +11,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use shared::domain::NameKind;
-use shared::lifecycle::Role;
+use shared::lifecycle::ContactRole;
 
 use super::admin::{body, read, ApiPath};
 use super::input;
@@ -116,7 +116,7 @@ pub async fn add_contact(
     let raw = read(raw)?;
     let c: ContactBody = body(&raw)?;
     input::text("name", &c.name, input::TEXT_MAX_CHARS)?;
-    let role: Role = c
+    let role: ContactRole = c
         .role
         .parse()
         .map_err(|e: String| ApiError::unprocessable("role", e))?;
