@@ -314,11 +314,11 @@ const TOKEN_ID: Input = Input::required(
 );
 const TERM_MONTHS: Domain = Domain::Integer {
     min: 1,
-    max: shared::accounts::MAX_TERM_MONTHS as i64,
+    max: shared::lifecycle::MAX_TERM_MONTHS as i64,
 };
 const TERM_YEARS: Domain = Domain::Integer {
     min: 1,
-    max: shared::accounts::MAX_TERM_MONTHS as i64 / 12,
+    max: shared::lifecycle::MAX_TERM_MONTHS as i64 / 12,
 };
 const DAY: Input = Input::optional("day", Domain::Day, "the day");
 const REQUIRED_DAY: Input = Input::required("day", Domain::Day, "the day");

@@ -47,7 +47,7 @@ pub async fn customer_notices(
     ApiPath(id): ApiPath<String>,
     page: Page,
 ) -> Result<Response, ApiError> {
-    let (mut listed, paged) = super::lifecycle::notices_page(&state, id, page).await?;
+    let (mut listed, paged) = super::accounts::notices_page(&state, id, page).await?;
     for notice in listed["notices"].as_array_mut().into_iter().flatten() {
         for delivery in notice["deliveries"].as_array_mut().into_iter().flatten() {
             if let Some(d) = delivery.as_object_mut() {
