@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use chrono::TimeDelta;
+use chrono::{DateTime, Utc};
 use lettre::message::header::{ContentType, HeaderName, HeaderValue};
 use lettre::message::Mailbox;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
@@ -11,15 +11,12 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
+use super::worker::{self, post_signed, Queue};
 use crate::config::{redact_relay, SmtpConfig, WebhookConfig};
-use crate::delivery::webhook::{backoff, post_signed};
 use crate::metrics::ChannelLabels;
 use crate::state::AppState;
-use crate::store::{DueNotice, Notice, NoticeChannel, Recipient};
+use crate::store::{DueNotice, Notice, NoticeChannel, Recipient, Store, StoreError};
 use std::sync::Arc;
-
-/// Rows attempted per pass of one channel.
-const BATCH: usize = 50;
 
 /// The header every notice email carries: `notice/<id>`, the webhook's
 /// idempotency key, so a duplicate is easy to spot.
@@ -31,17 +28,13 @@ pub const NOTICE_HEADER: &str = "X-Core-Meter-Notice";
 pub async fn run(state: Arc<AppState>, poll: Duration, stop: watch::Receiver<bool>) {
     let notices = state.config.notices.clone();
     let webhook = async {
-        if let Some(w) = notices.webhook {
-            if let Some(sender) = Sender::webhook(w) {
-                deliver_channel(&state, &sender, poll, stop.clone()).await;
-            }
+        if let Some(sender) = notices.webhook.and_then(Sender::webhook) {
+            worker::run(state.clone(), Arc::new(sender), poll, None, stop.clone()).await;
         }
     };
     let email = async {
-        if let Some(s) = notices.smtp {
-            if let Some(sender) = Sender::email(s) {
-                deliver_channel(&state, &sender, poll, stop.clone()).await;
-            }
+        if let Some(sender) = notices.smtp.and_then(Sender::email) {
+            worker::run(state.clone(), Arc::new(sender), poll, None, stop.clone()).await;
         }
     };
     tokio::join!(webhook, email);
@@ -62,21 +55,8 @@ enum Sender {
 }
 
 impl Sender {
-    /// The longest one delivery may take.
-    fn timeout(&self) -> Duration {
-        match self {
-            Sender::Webhook { config, .. } => config.timeout,
-            Sender::Email { config, .. } => config.timeout,
-        }
-    }
-
     fn webhook(config: WebhookConfig) -> Option<Sender> {
-        let client = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("core-meter-aggregator/", env!("CARGO_PKG_VERSION")))
-            .build();
-        match client {
+        match worker::webhook_client(&config) {
             Ok(client) => {
                 tracing::info!(url = %config.url, "delivering notices to the notification webhook");
                 Some(Sender::Webhook { client, config })
@@ -119,6 +99,25 @@ impl Sender {
             Sender::Email { .. } => NoticeChannel::Email,
         }
     }
+}
+
+impl Queue for Sender {
+    type Item = DueNotice;
+
+    fn what(&self) -> &'static str {
+        match self {
+            Sender::Webhook { .. } => "notices to the notification webhook",
+            Sender::Email { .. } => "notices by email",
+        }
+    }
+
+    /// The longest one delivery may take.
+    fn timeout(&self) -> Duration {
+        match self {
+            Sender::Webhook { config, .. } => config.timeout,
+            Sender::Email { config, .. } => config.timeout,
+        }
+    }
 
     fn max_backoff(&self) -> Duration {
         match self {
@@ -128,12 +127,91 @@ impl Sender {
     }
 
     /// One attempt; `Err` says why it failed, for the row's `last_error`.
-    async fn send(&self, d: &DueNotice, now: SystemTime) -> Result<(), String> {
+    fn attempts(item: &DueNotice) -> u32 {
+        item.attempts
+    }
+
+    fn claim(
+        &self,
+        store: &mut Store,
+        now: DateTime<Utc>,
+        limit: usize,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Vec<DueNotice>, StoreError> {
+        store.claim_notice_deliveries(now, self.channel(), limit, lease_until)
+    }
+
+    fn release(
+        &self,
+        store: &mut Store,
+        items: &[DueNotice],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        store.release_notice_claims(items, now)
+    }
+
+    fn next_due(&self, store: &mut Store) -> Result<Option<DateTime<Utc>>, StoreError> {
+        store.next_notice_delivery_at(self.channel())
+    }
+
+    fn mark_delivered(
+        &self,
+        store: &mut Store,
+        d: &DueNotice,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        store.mark_notice_delivered(d.notice.id, d.channel, &d.address, now)
+    }
+
+    fn mark_failed(
+        &self,
+        store: &mut Store,
+        d: &DueNotice,
+        error: &str,
+        retry_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        store.mark_notice_failed(d.notice.id, d.channel, &d.address, error, retry_at)
+    }
+
+    fn delivered(&self, state: &AppState, d: &DueNotice) {
+        state
+            .metrics
+            .notices_delivered
+            .get_or_create(&labels(d.channel))
+            .inc();
+        tracing::info!(
+            notice = d.notice.id,
+            account = %d.notice.account,
+            kind = %d.notice.kind,
+            channel = d.channel.as_str(),
+            "notice delivered"
+        );
+    }
+
+    fn failed(&self, state: &AppState, d: &DueNotice, error: &str, wait: Duration) {
+        state
+            .metrics
+            .notice_delivery_failures
+            .get_or_create(&labels(d.channel))
+            .inc();
+        // The address stays in the store's row, out of the logs.
+        tracing::warn!(
+            notice = d.notice.id,
+            account = %d.notice.account,
+            channel = d.channel.as_str(),
+            attempts = d.attempts + 1,
+            %error,
+            retry_in_ms = wait.as_millis() as u64,
+            "notice not delivered"
+        );
+    }
+
+    async fn send(&self, d: &DueNotice, now: DateTime<Utc>) -> Result<(), String> {
         match self {
             Sender::Webhook { client, config } => {
                 let body = serde_json::to_vec(&Payload::of(&d.notice))
                     .map_err(|e| format!("cannot encode the notice: {e}"))?;
-                let result = post_signed(client, config, &reference(&d.notice), body, now.into())
+                let result = post_signed(client, config, &reference(&d.notice), body, now)
                     .send()
                     .await;
                 match result {
@@ -151,7 +229,7 @@ impl Sender {
                 from,
                 config,
             } => {
-                let message = email(&d.notice, from, &d.address, now)?;
+                let message = email(&d.notice, from, &d.address, now.into())?;
                 // lettre's timeout bounds each step of the conversation; this
                 // bounds the whole delivery, so a stop waits at most this long.
                 match tokio::time::timeout(config.timeout, mailer.send(message)).await {
@@ -174,118 +252,9 @@ impl Sender {
     }
 }
 
-/// Attempts the due rows of one channel, then naps until the next is due
-/// (at most `poll`, so a notice issued meanwhile waits no longer than that).
-async fn deliver_channel(
-    state: &Arc<AppState>,
-    sender: &Sender,
-    poll: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
-    let channel = sender.channel();
-    // A claim outlasts the delivery: no other replica sends the row meanwhile.
-    let lease = TimeDelta::from_std(sender.timeout()).unwrap_or(TimeDelta::MAX)
-        + crate::delivery::webhook::CLAIM_MARGIN;
-    loop {
-        let now = state.clock.now();
-        let due = match state
-            .store
-            .blocking(move |s| s.claim_notice_deliveries(now, channel, BATCH, now + lease))
-            .await
-        {
-            Ok(due) => due,
-            Err(e) => {
-                tracing::warn!(channel = channel.as_str(), error = %e, "cannot read the notice outbox");
-                Vec::new()
-            }
-        };
-        for (i, d) in due.iter().enumerate() {
-            // A delivery under way finishes (and is recorded) before a stop,
-            // so a restart does not send it again; the rest of the claim is
-            // handed back for the next start or another replica.
-            if *stop.borrow() {
-                let rest: Vec<DueNotice> = due[i..].to_vec();
-                let now = state.clock.now();
-                let _ = state
-                    .store
-                    .blocking(move |s| s.release_notice_claims(&rest, now))
-                    .await;
-                return;
-            }
-            attempt(state, sender, d).await;
-        }
-        if due.len() == BATCH {
-            continue;
-        }
-        let next = state
-            .reader
-            .blocking(move |s| s.next_notice_delivery_at(channel))
-            .await
-            .ok()
-            .flatten();
-        let nap = next
-            .map(|at| (at - state.clock.now()).to_std().unwrap_or_default())
-            .unwrap_or(poll)
-            .min(poll);
-        tokio::select! {
-            _ = tokio::time::sleep(nap) => {}
-            _ = stop.changed() => return,
-        }
-    }
-}
-
-async fn attempt(state: &Arc<AppState>, sender: &Sender, d: &DueNotice) {
-    let channel = d.channel;
-    let labels = ChannelLabels {
+fn labels(channel: NoticeChannel) -> ChannelLabels {
+    ChannelLabels {
         channel: channel.as_str().to_string(),
-    };
-    let (id, address) = (d.notice.id, d.address.clone());
-    match sender.send(d, state.clock.now().into()).await {
-        Ok(()) => {
-            state.metrics.notices_delivered.get_or_create(&labels).inc();
-            let now = state.clock.now();
-            if let Err(e) = state
-                .store
-                .blocking(move |s| s.mark_notice_delivered(id, channel, &address, now))
-                .await
-            {
-                tracing::error!(error = %e, notice = id, "cannot record a notice delivery; it will be sent again");
-            }
-            tracing::info!(
-                notice = id,
-                account = %d.notice.account,
-                kind = %d.notice.kind,
-                channel = channel.as_str(),
-                "notice delivered"
-            );
-        }
-        Err(error) => {
-            state
-                .metrics
-                .notice_delivery_failures
-                .get_or_create(&labels)
-                .inc();
-            let wait = backoff(d.attempts, sender.max_backoff());
-            let retry_at =
-                state.clock.now() + TimeDelta::from_std(wait).unwrap_or(TimeDelta::seconds(1));
-            // The address stays in the store's row, out of the logs.
-            tracing::warn!(
-                notice = id,
-                account = %d.notice.account,
-                channel = channel.as_str(),
-                attempts = d.attempts + 1,
-                %error,
-                retry_in_ms = wait.as_millis() as u64,
-                "notice not delivered"
-            );
-            if let Err(e) = state
-                .store
-                .blocking(move |s| s.mark_notice_failed(id, channel, &address, &error, retry_at))
-                .await
-            {
-                tracing::error!(error = %e, notice = id, "cannot record a failed notice delivery");
-            }
-        }
     }
 }
 

@@ -1,36 +1,24 @@
-//! Bill delivery: every issued line is POSTed to the billing backend's webhook with its idempotency key and a signature (`signature.rs`), and retried with backoff until a 2xx; the queue is the store's outbox, so it survives restarts.
+//! Bill delivery: every issued line is POSTed to the billing backend's webhook with its idempotency key and a signature (`security/signature.rs`), and retried with backoff until a 2xx; the queue is the store's outbox, so it survives restarts.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::TimeDelta;
+use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
+use super::worker::{self, post_signed, Queue};
 use crate::config::WebhookConfig;
-use crate::security::signature;
 use crate::state::AppState;
-use crate::store::Delivery;
-use std::sync::Arc;
+use crate::store::{Delivery, Store, StoreError};
 
-/// Lines sent per pass.
-const BATCH: usize = 50;
-/// How much longer than the webhook's timeout a claimed line stays this
-/// replica's: the time to record the answer.
-pub(crate) const CLAIM_MARGIN: TimeDelta = TimeDelta::seconds(30);
-
+/// Delivers bill lines to `webhook` until `stop`; woken when lines are issued.
 pub async fn run(
     state: Arc<AppState>,
     webhook: WebhookConfig,
     poll: Duration,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    // Never follow a redirect: a 307 would re-send the signed line to a
-    // URL no setting names, perhaps in clear text.
-    let client = match reqwest::Client::builder()
-        .timeout(webhook.timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("core-meter-aggregator/", env!("CARGO_PKG_VERSION")))
-        .build()
-    {
+    let client = match worker::webhook_client(&webhook) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "cannot build the webhook client; bill lines stay in the outbox");
@@ -38,119 +26,104 @@ pub async fn run(
         }
     };
     tracing::info!(url = %webhook.url, "delivering bill lines");
-    // A claim outlasts the POST: no other replica posts the line meanwhile.
-    let lease = TimeDelta::from_std(webhook.timeout).unwrap_or(TimeDelta::MAX) + CLAIM_MARGIN;
-    loop {
-        let now = state.clock.now();
-        let due = state
-            .store
-            .blocking(move |s| s.claim_deliveries(now, BATCH, now + lease))
-            .await
-            .unwrap_or_default();
-        for d in &due {
-            deliver(&state, &client, &webhook, d).await;
-        }
-        if due.len() == BATCH {
-            continue;
-        }
-        let next = state
-            .reader
-            .blocking(|s| s.next_delivery_at())
-            .await
-            .ok()
-            .flatten();
-        let nap = next
-            .map(|at| (at - state.clock.now()).to_std().unwrap_or_default())
-            .unwrap_or(poll)
-            .min(poll);
-        tokio::select! {
-            _ = tokio::time::sleep(nap) => {}
-            _ = state.outbox_wake.notified() => {}
-            _ = stop.changed() => return,
+    let wake = Some(state.outbox_wake.clone());
+    let lines = Arc::new(BillLines { client, webhook });
+    worker::run(state, lines, poll, wake, stop).await;
+}
+
+/// The outbox of bill lines, sent to the billing webhook.
+struct BillLines {
+    client: reqwest::Client,
+    webhook: WebhookConfig,
+}
+
+impl Queue for BillLines {
+    type Item = Delivery;
+
+    fn what(&self) -> &'static str {
+        "bill lines"
+    }
+
+    fn timeout(&self) -> Duration {
+        self.webhook.timeout
+    }
+
+    fn max_backoff(&self) -> Duration {
+        self.webhook.max_backoff
+    }
+
+    fn attempts(item: &Delivery) -> u32 {
+        item.attempts
+    }
+
+    fn claim(
+        &self,
+        store: &mut Store,
+        now: DateTime<Utc>,
+        limit: usize,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        store.claim_deliveries(now, limit, lease_until)
+    }
+
+    fn release(
+        &self,
+        store: &mut Store,
+        items: &[Delivery],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        store.release_deliveries(items, now)
+    }
+
+    fn next_due(&self, store: &mut Store) -> Result<Option<DateTime<Utc>>, StoreError> {
+        store.next_delivery_at()
+    }
+
+    fn mark_delivered(
+        &self,
+        store: &mut Store,
+        item: &Delivery,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        store.mark_delivered(&item.line, now)
+    }
+
+    fn mark_failed(
+        &self,
+        store: &mut Store,
+        item: &Delivery,
+        error: &str,
+        retry_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        store.mark_failed(&item.line, error, retry_at)
+    }
+
+    async fn send(&self, item: &Delivery, now: DateTime<Utc>) -> Result<(), String> {
+        let body =
+            serde_json::to_vec(&item.line).map_err(|e| format!("cannot encode the line: {e}"))?;
+        let result = post_signed(
+            &self.client,
+            &self.webhook,
+            &item.line.idempotency_key,
+            body,
+            now,
+        )
+        .send()
+        .await;
+        match result {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(format!("the webhook answered {}", r.status())),
+            Err(e) => Err(format!("cannot reach the webhook: {e}")),
         }
     }
-}
 
-async fn deliver(
-    state: &Arc<AppState>,
-    client: &reqwest::Client,
-    webhook: &WebhookConfig,
-    d: &Delivery,
-) {
-    let failure = match serde_json::to_vec(&d.line) {
-        Ok(body) => {
-            let result = post_signed(
-                client,
-                webhook,
-                &d.line.idempotency_key,
-                body,
-                state.clock.now(),
-            )
-            .send()
-            .await;
-            match result {
-                Ok(r) if r.status().is_success() => None,
-                Ok(r) => Some(format!("the webhook answered {}", r.status())),
-                Err(e) => Some(format!("cannot reach the webhook: {e}")),
-            }
-        }
-        Err(e) => Some(format!("cannot encode the line: {e}")),
-    };
-    let line = d.line.clone();
-    match failure {
-        None => {
-            let now = state.clock.now();
-            if let Err(e) = state
-                .store
-                .blocking(move |s| s.mark_delivered(&line, now))
-                .await
-            {
-                tracing::error!(error = %e, "cannot record a delivery; the line will be sent again");
-            }
-            state.metrics.outbox_delivered.inc();
-            tracing::info!(key = %d.line.idempotency_key, "bill line delivered");
-        }
-        Some(error) => {
-            state.metrics.outbox_failures.inc();
-            let wait = backoff(d.attempts, webhook.max_backoff);
-            let retry_at =
-                state.clock.now() + TimeDelta::from_std(wait).unwrap_or(TimeDelta::seconds(1));
-            tracing::warn!(key = %d.line.idempotency_key, attempts = d.attempts + 1, %error, retry_in_ms = wait.as_millis() as u64, "bill line not delivered");
-            if let Err(e) = state
-                .store
-                .blocking(move |s| s.mark_failed(&line, &error, retry_at))
-                .await
-            {
-                tracing::error!(error = %e, "cannot record a failed delivery");
-            }
-        }
+    fn delivered(&self, state: &AppState, item: &Delivery) {
+        state.metrics.outbox_delivered.inc();
+        tracing::info!(key = %item.line.idempotency_key, "bill line delivered");
     }
-}
 
-/// A POST of the JSON `body` to `webhook` with its idempotency key, signed
-/// at `now` (the service's clock at this attempt, so a retry is signed anew).
-pub(crate) fn post_signed(
-    client: &reqwest::Client,
-    webhook: &WebhookConfig,
-    idempotency_key: &str,
-    body: Vec<u8>,
-    now: chrono::DateTime<chrono::Utc>,
-) -> reqwest::RequestBuilder {
-    let signature = signature::sign(&webhook.secret, now, &body);
-    client
-        .post(&webhook.url)
-        .header("Idempotency-Key", idempotency_key)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .header(signature::HEADER, signature)
-        .body(body)
-}
-
-/// Exponential backoff with full jitter: uniform in `[0, min(cap, 1 s * 2^attempts)]`.
-pub(crate) fn backoff(attempts: u32, cap: Duration) -> Duration {
-    let ceiling = Duration::from_secs(1)
-        .saturating_mul(1u32 << attempts.min(20))
-        .min(cap);
-    Duration::from_millis(fastrand::u64(
-        0..=u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX),
-    ))
+    fn failed(&self, state: &AppState, item: &Delivery, error: &str, wait: Duration) {
+        state.metrics.outbox_failures.inc();
+        tracing::warn!(key = %item.line.idempotency_key, attempts = item.attempts + 1, %error, retry_in_ms = wait.as_millis() as u64, "bill line not delivered");
+    }
 }

@@ -221,20 +221,7 @@ impl Store {
     /// How the notice outbox stands, over every channel: `failing` counts the
     /// pending rows whose last attempt failed.
     pub fn notice_outbox_status(&self) -> Result<OutboxStatus, StoreError> {
-        Ok(self.conn.query_row(
-            "SELECT count(*) FILTER (WHERE delivered_at_ms IS NULL),
-                    count(*) FILTER (WHERE delivered_at_ms IS NULL AND attempts > 0),
-                    count(*) FILTER (WHERE delivered_at_ms IS NOT NULL)
-               FROM notice_deliveries",
-            (),
-            |r| {
-                Ok(OutboxStatus {
-                    pending: r.get::<_, i64>(0)? as u64,
-                    failing: r.get::<_, i64>(1)? as u64,
-                    delivered: r.get::<_, i64>(2)? as u64,
-                })
-            },
-        )?)
+        super::outbox::queue_status(self, "notice_deliveries")
     }
 }
 

@@ -43,6 +43,26 @@ fn delivery_row(r: &super::db::Row<'_>) -> Result<Delivery, StoreError> {
     })
 }
 
+/// How the delivery queue in `table` (`outbox`, `notice_deliveries`) stands.
+pub(super) fn queue_status(store: &Store, table: &str) -> Result<OutboxStatus, StoreError> {
+    Ok(store.conn.query_row(
+        &format!(
+            "SELECT count(*) FILTER (WHERE delivered_at_ms IS NULL),
+                    count(*) FILTER (WHERE delivered_at_ms IS NULL AND attempts > 0),
+                    count(*) FILTER (WHERE delivered_at_ms IS NOT NULL)
+               FROM {table}"
+        ),
+        (),
+        |r| {
+            Ok(OutboxStatus {
+                pending: r.get::<_, i64>(0)? as u64,
+                failing: r.get::<_, i64>(1)? as u64,
+                delivered: r.get::<_, i64>(2)? as u64,
+            })
+        },
+    )?)
+}
+
 /// PostgreSQL's row locks for a claim: replicas claiming at once skip each
 /// other's rows instead of waiting for them. SQLite has one writer.
 pub(super) fn skip_locked(dialect: super::db::Dialect, table: &str) -> String {
@@ -189,6 +209,28 @@ impl Store {
         Ok(Listed::from_rows(out, limit, total as u64))
     }
 
+    /// Hands claimed lines back undelivered, due at `now`.
+    pub fn release_deliveries(
+        &mut self,
+        deliveries: &[Delivery],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        for d in deliveries {
+            let account_ref = self.require_account(&d.line.account)?;
+            self.conn.execute(
+                "UPDATE outbox SET next_attempt_ms = ?4
+                  WHERE account_ref = ?1 AND day = ?2 AND seq = ?3 AND delivered_at_ms IS NULL",
+                (
+                    account_ref,
+                    d.line.day.to_string(),
+                    d.line.seq,
+                    now.timestamp_millis(),
+                ),
+            )?;
+        }
+        Ok(())
+    }
+
     /// When the next undelivered line is due, if there is one.
     pub fn next_delivery_at(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
         let ms: Option<i64> = self
@@ -247,19 +289,6 @@ impl Store {
     }
 
     pub fn outbox_status(&self) -> Result<OutboxStatus, StoreError> {
-        Ok(self.conn.query_row(
-            "SELECT count(*) FILTER (WHERE delivered_at_ms IS NULL),
-                    count(*) FILTER (WHERE delivered_at_ms IS NULL AND attempts > 0),
-                    count(*) FILTER (WHERE delivered_at_ms IS NOT NULL)
-               FROM outbox",
-            (),
-            |r| {
-                Ok(OutboxStatus {
-                    pending: r.get::<_, i64>(0)? as u64,
-                    failing: r.get::<_, i64>(1)? as u64,
-                    delivered: r.get::<_, i64>(2)? as u64,
-                })
-            },
-        )?)
+        queue_status(self, "outbox")
     }
 }
