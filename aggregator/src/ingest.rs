@@ -207,7 +207,7 @@ fn writer(
             .collect();
         // A panic (here or in another holder of the connection) answers
         // this group 500 and leaves the writer and the connection working.
-        let result = store.with(|s| s.ingest(&incoming, &limits));
+        let result = store.with(|s| s.ingest().insert(&incoming, &limits));
         drop(incoming);
         match result {
             Ok(outcomes) => {
@@ -315,7 +315,7 @@ mod tests {
 
     fn started(dir: &std::path::Path) -> (Arc<Connection>, IngestQueue) {
         let mut store = Store::open(&dir.join("db.sqlite"), Durability::Durable).unwrap();
-        store.create_account("acme", Utc::now()).unwrap();
+        store.accounts().create_account("acme", Utc::now()).unwrap();
         let store = Arc::new(Connection::single(store, "writer"));
         let metrics = Arc::new(ServiceMetrics::default());
         let (queue, _writer) = IngestQueue::start(store.clone(), AgeLimits::default(), metrics);

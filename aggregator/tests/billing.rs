@@ -110,7 +110,8 @@ fn ingest(store: &mut Store, samples: &[Sample]) -> Vec<Outcome> {
         })
         .collect();
     store
-        .ingest(&batch, &AgeLimits::default())
+        .ingest()
+        .insert(&batch, &AgeLimits::default())
         .expect("ingest commits")
 }
 
@@ -153,6 +154,7 @@ impl Meter {
 
     fn account(&mut self, id: &str) {
         self.store
+            .accounts()
             .create_account(id, local("2026-11-01T00:00:00"))
             .expect("create account");
     }
@@ -165,16 +167,23 @@ impl Meter {
         run_billing(&mut self.store, now, &self.config).expect("billing run")
     }
 
-    fn lines(&self, account: Option<&str>, day: Option<&str>) -> Vec<BillLine> {
+    fn lines(&mut self, account: Option<&str>, day: Option<&str>) -> Vec<BillLine> {
         self.store
+            .reads()
             .bill_lines(account, day.map(date))
             .expect("read bill lines")
     }
 
     /// How many samples of an account are stored with `at` in `[from, to)`.
     fn stored_samples(&mut self, account: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> usize {
-        let account = self.store.account(account).unwrap().expect("account");
+        let account = self
+            .store
+            .accounts()
+            .account(account)
+            .unwrap()
+            .expect("account");
         self.store
+            .billing()
             .samples_between(&account, from, to)
             .unwrap()
             .len()
@@ -262,6 +271,7 @@ fn acme_with_a_day_of_overage() -> Meter {
     )
     .unwrap();
     m.store
+        .accounts()
         .add_licence("acme", &licence, local("2026-11-01T00:00:00"))
         .unwrap();
     let mut samples = all_day("acme", "node-0", 200, "2026-11-24");
@@ -451,6 +461,7 @@ fn a_licence_added_after_billing_credits_the_days_it_covers() {
     )
     .unwrap();
     m.store
+        .accounts()
         .add_licence("acme", &licence, local("2026-11-26T12:00:00"))
         .unwrap();
     let issued = m.bill(due("2026-11-26"));
@@ -497,6 +508,7 @@ fn a_day_within_the_licence_gets_a_line_of_zero() {
     )
     .unwrap();
     m.store
+        .accounts()
         .add_licence("acme", &licence, local("2026-11-01T00:00:00"))
         .unwrap();
     m.push(&all_day("acme", "node-0", 100, "2026-11-24"));
@@ -757,7 +769,7 @@ fn bills_survive_reopening_the_database() {
     let mut m = m.restart();
 
     assert_eq!(m.lines(None, None), issued);
-    assert_eq!(m.store.last_billing_run().unwrap(), Some(run));
+    assert_eq!(m.store.billing().last_billing_run().unwrap(), Some(run));
     assert_eq!(
         m.stored_samples(
             "acme",
@@ -804,11 +816,12 @@ fn a_cap_below_500_is_refused_and_the_history_is_unchanged() {
     let mut m = Meter::new();
     m.account("acme");
     let from = local("2026-11-01T00:00:00");
-    m.store.set_cap("acme", 600, from, from).unwrap();
+    m.store.accounts().set_cap("acme", 600, from, from).unwrap();
 
     for cores in [499, 0] {
         let err = m
             .store
+            .accounts()
             .set_cap("acme", cores, local("2026-11-20T00:00:00"), from)
             .expect_err("a cap under 500 is refused");
         assert!(
@@ -820,9 +833,9 @@ fn a_cap_below_500_is_refused_and_the_history_is_unchanged() {
             "{err}"
         );
     }
-    let account = m.store.account("acme").unwrap().unwrap();
+    let account = m.store.accounts().account("acme").unwrap().unwrap();
     assert_eq!(
-        m.store.caps(&account).unwrap(),
+        m.store.accounts().caps(&account).unwrap(),
         vec![CapChange { cores: 600, from }]
     );
 
@@ -834,6 +847,7 @@ fn a_cap_below_500_is_refused_and_the_history_is_unchanged() {
 
     // 500 itself is allowed.
     m.store
+        .accounts()
         .set_cap("acme", 500, local("2026-11-26T00:00:00"), from)
         .unwrap();
 }

@@ -97,7 +97,8 @@ fn ingest(store: &mut Store, samples: &[Sample]) -> Vec<Outcome> {
         })
         .collect();
     store
-        .ingest(&batch, &AgeLimits::default())
+        .ingest()
+        .insert(&batch, &AgeLimits::default())
         .expect("ingest commits")
 }
 
@@ -134,6 +135,7 @@ impl Meter {
 
     fn account(&mut self, id: &str) {
         self.store
+            .accounts()
             .create_account(id, local("2026-10-01T00:00:00"))
             .expect("create account");
     }
@@ -152,13 +154,17 @@ impl Meter {
         run_billing(&mut self.store, now, &self.config).expect("billing run")
     }
 
-    fn lines(&self) -> Vec<BillLine> {
-        self.store.bill_lines(None, None).expect("read bill lines")
+    fn lines(&mut self) -> Vec<BillLine> {
+        self.store
+            .reads()
+            .bill_lines(None, None)
+            .expect("read bill lines")
     }
 
     /// The sum issued for one day of one account.
-    fn issued(&self, account: &str, day: &str) -> Decimal {
+    fn issued(&mut self, account: &str, day: &str) -> Decimal {
         self.store
+            .reads()
             .bill_lines(Some(account), Some(date(day)))
             .unwrap()
             .iter()
@@ -166,8 +172,8 @@ impl Meter {
             .sum()
     }
 
-    fn check(&self, now: DateTime<Utc>) -> Result<(), String> {
-        check_books(&self.store, now, &self.config, &self.stored)
+    fn check(&mut self, now: DateTime<Utc>) -> Result<(), String> {
+        check_books(&mut self.store, now, &self.config, &self.stored)
     }
 }
 
@@ -175,26 +181,30 @@ impl Meter {
 /// with `at` within a day of the day (far more than bridging reaches), and its
 /// licences and caps.
 fn fresh_amount(
-    store: &Store,
+    store: &mut Store,
     account: &str,
     day: NaiveDate,
     config: &BillingConfig,
 ) -> Result<Decimal, String> {
     let zone = &config.zone;
-    let accounts = store.accounts().map_err(|e| e.to_string())?;
+    let accounts = store.accounts().all().map_err(|e| e.to_string())?;
     let account = accounts
         .iter()
         .find(|a| a.id == account)
         .ok_or_else(|| format!("no account {account:?}"))?;
     let samples = store
+        .billing()
         .samples_between(
             account,
             zone.day_start(day) - TimeDelta::days(1),
             zone.day_end(day) + TimeDelta::days(1),
         )
         .map_err(|e| e.to_string())?;
-    let licences = store.licences(account).map_err(|e| e.to_string())?;
-    let caps = store.caps(account).map_err(|e| e.to_string())?;
+    let licences = store
+        .accounts()
+        .licences(account)
+        .map_err(|e| e.to_string())?;
+    let caps = store.accounts().caps(account).map_err(|e| e.to_string())?;
     let figures = daily_overage(zone, day, day, &samples, &licences, &caps, &config.rules);
     match figures.as_slice() {
         [f] if f.day == day => Ok(f.amount),
@@ -224,14 +234,17 @@ fn brief(lines: &[&BillLine]) -> Vec<String> {
 ///   every stored sample;
 /// - every due day with a sample received at or before `now` in `stored` billed.
 fn check_books(
-    store: &Store,
+    store: &mut Store,
     now: DateTime<Utc>,
     config: &BillingConfig,
     stored: &[Sample],
 ) -> Result<(), String> {
     let zone = &config.zone;
     let last_due = zone.last_due_day(now);
-    let lines = store.bill_lines(None, None).map_err(|e| e.to_string())?;
+    let lines = store
+        .reads()
+        .bill_lines(None, None)
+        .map_err(|e| e.to_string())?;
     let mut keys = HashSet::new();
     let mut by_day: BTreeMap<(String, NaiveDate), Vec<&BillLine>> = BTreeMap::new();
     for l in &lines {
@@ -444,6 +457,7 @@ fn play(s: &Scenario) -> Result<(), String> {
             let from = start - TimeDelta::days(1) + TimeDelta::hours(from_hour);
             let licence = Licence::new(cores, from, from + TimeDelta::hours(hours)).unwrap();
             m.store
+                .accounts()
                 .add_licence(a, &licence, start - TimeDelta::days(2))
                 .unwrap();
         }
@@ -589,7 +603,7 @@ fn a_run_asked_for_an_earlier_instant_runs_at_the_last_runs_instant() {
         second.iter().all(|l| l.issued_at == r2),
         "the run asked for {r1} after the run at {r2} issued {second:?}"
     );
-    assert_eq!(m.store.last_billing_run().unwrap(), Some(r2));
+    assert_eq!(m.store.billing().last_billing_run().unwrap(), Some(r2));
     let after = m.lines();
     assert!(
         before.iter().all(|l| after.contains(l)),
@@ -600,6 +614,7 @@ fn a_run_asked_for_an_earlier_instant_runs_at_the_last_runs_instant() {
     assert_eq!(m.issued("acme", "2026-11-24").to_string(), "6.25");
     assert!(m
         .store
+        .reads()
         .bill_lines(None, Some(date("2026-11-26")))
         .unwrap()
         .is_empty());
@@ -774,6 +789,7 @@ fn two_connections_running_at_the_same_instant_while_samples_arrive_agree() {
             let day = plus_days(first, d).to_string();
             assert!(
                 m.store
+                    .reads()
                     .bill_lines(Some(a), Some(date(&day)))
                     .unwrap()
                     .iter()

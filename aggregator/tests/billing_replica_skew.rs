@@ -40,11 +40,15 @@ fn push(
             received_at: received,
         })
         .collect();
-    store.ingest(&batch, &AgeLimits::default()).unwrap();
+    store
+        .ingest()
+        .insert(&batch, &AgeLimits::default())
+        .unwrap();
 }
 
-fn sum(store: &Store, account: &str, day: &str) -> Decimal {
+fn sum(store: &mut Store, account: &str, day: &str) -> Decimal {
     store
+        .reads()
         .bill_lines(Some(account), Some(day.parse().unwrap()))
         .unwrap()
         .iter()
@@ -64,7 +68,8 @@ fn a_stale_replica_run_loses_a_late_sample() {
         .map(|h| local(&format!("2026-11-24T{h:02}:07:00")))
         .collect();
     for a in &accounts {
-        main.create_account(a, local("2026-11-01T00:00:00"))
+        main.accounts()
+            .create_account(a, local("2026-11-01T00:00:00"))
             .unwrap();
         // 24 cores all day: 6.00.
         push(
@@ -91,7 +96,12 @@ fn a_stale_replica_run_loses_a_late_sample() {
         let a = s.spawn(|| run_billing(&mut replica_a, r_a, &config).unwrap());
         // Wait until A has billed a-000's 24th (it goes on with the other accounts).
         let t0 = Instant::now();
-        while main.bill_lines(Some("a-000"), None).unwrap().is_empty() {
+        while main
+            .reads()
+            .bill_lines(Some("a-000"), None)
+            .unwrap()
+            .is_empty()
+        {
             assert!(t0.elapsed() < Duration::from_secs(20));
             std::thread::sleep(Duration::from_micros(200));
         }
@@ -109,8 +119,8 @@ fn a_stale_replica_run_loses_a_late_sample() {
         let a = a.join().unwrap();
         eprintln!("A issued {} lines, B issued {:?}", a.len(), b);
     });
-    assert_eq!(main.last_billing_run().unwrap(), Some(r_a));
-    let account = main.account("a-000").unwrap().unwrap();
+    assert_eq!(main.billing().last_billing_run().unwrap(), Some(r_a));
+    let account = main.accounts().account("a-000").unwrap().unwrap();
     eprintln!(
         "a-000 recompute_from after both runs: {:?}",
         account.recompute_from
@@ -125,9 +135,9 @@ fn a_stale_replica_run_loses_a_late_sample() {
         run_billing(&mut main, local(at), &config).unwrap();
     }
     assert_eq!(
-        sum(&main, "a-000", "2026-11-24").to_string(),
+        sum(&mut main, "a-000", "2026-11-24").to_string(),
         "6.25",
         "{:?}",
-        main.bill_lines(Some("a-000"), None).unwrap()
+        main.reads().bill_lines(Some("a-000"), None).unwrap()
     );
 }

@@ -53,6 +53,7 @@ async fn an_account_id_outside_its_alphabet_is_refused_and_the_message_states_th
         support::open_store(&path, Durability::Durable)
             .unwrap()
             .accounts()
+            .all()
             .unwrap()
     });
     assert!(accounts.is_empty(), "nothing was created");
@@ -333,6 +334,7 @@ async fn names_stored_before_the_domain_are_reported_by_the_migration_and_stay_r
     let mut reported: Vec<String> = support::off_runtime(|| {
         support::open_store(&path, Durability::Durable)
             .unwrap()
+            .reads()
             .names_outside_domain()
             .unwrap()
     })

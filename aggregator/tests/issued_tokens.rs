@@ -22,7 +22,7 @@ fn store_with(accounts: &[&str]) -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let mut store = open_store(&dir.path().join("db.sqlite"), Durability::Scratch).unwrap();
     for account in accounts {
-        store.create_account(account, t0()).unwrap();
+        store.accounts().create_account(account, t0()).unwrap();
     }
     (dir, store)
 }
@@ -39,12 +39,15 @@ fn a_token_rotated_away_cannot_be_given_to_another_accounts_cluster_nor_back_to_
     let (_dir, mut store) = store_with(&["acme", "rival"]);
     let first = supplied(0x01);
     store
+        .accounts()
         .create_cluster("acme", "prod", Some(first.clone()), t0())
         .unwrap();
     let generated = store
+        .accounts()
         .rotate_cluster_token("acme", "prod", None, t0() + TimeDelta::hours(1))
         .unwrap();
     store
+        .accounts()
         .rotate_cluster_token(
             "acme",
             "prod",
@@ -56,41 +59,44 @@ fn a_token_rotated_away_cannot_be_given_to_another_accounts_cluster_nor_back_to_
     for old in [&first, &generated] {
         // To another account's cluster, new or existing; to another cluster
         // of the same account; back to its own cluster.
-        assert!(in_use(store.create_cluster(
+        assert!(in_use(store.accounts().create_cluster(
             "rival",
             "prod",
             Some(old.clone()),
             t0()
         )));
-        assert!(in_use(store.create_cluster(
+        assert!(in_use(store.accounts().create_cluster(
             "acme",
             "staging",
             Some(old.clone()),
             t0()
         )));
-        assert!(in_use(store.rotate_cluster_token(
+        assert!(in_use(store.accounts().rotate_cluster_token(
             "acme",
             "prod",
             Some(old.clone()),
             t0()
         )));
-        assert_eq!(store.cluster_for_token(old).unwrap(), None);
+        assert_eq!(store.ingest().cluster_for_token(old).unwrap(), None);
     }
-    store.create_cluster("rival", "prod", None, t0()).unwrap();
-    assert!(in_use(store.rotate_cluster_token(
+    store
+        .accounts()
+        .create_cluster("rival", "prod", None, t0())
+        .unwrap();
+    assert!(in_use(store.accounts().rotate_cluster_token(
         "rival",
         "prod",
         Some(first.clone()),
         t0()
     )));
     // The token it holds now is refused as well, for itself and for others.
-    assert!(in_use(store.rotate_cluster_token(
+    assert!(in_use(store.accounts().rotate_cluster_token(
         "acme",
         "prod",
         Some(supplied(0x02)),
         t0()
     )));
-    assert!(in_use(store.create_cluster(
+    assert!(in_use(store.accounts().create_cluster(
         "rival",
         "edge",
         Some(supplied(0x02)),
@@ -99,9 +105,13 @@ fn a_token_rotated_away_cannot_be_given_to_another_accounts_cluster_nor_back_to_
 
     // Nothing refused was written: the clusters are as they were, and
     // acme's current token still speaks for acme.
-    assert_eq!(store.clusters("acme").unwrap(), ["prod"]);
-    assert_eq!(store.clusters("rival").unwrap(), ["prod"]);
-    let holder = store.cluster_for_token(&supplied(0x02)).unwrap().unwrap();
+    assert_eq!(store.accounts().clusters("acme").unwrap(), ["prod"]);
+    assert_eq!(store.accounts().clusters("rival").unwrap(), ["prod"]);
+    let holder = store
+        .ingest()
+        .cluster_for_token(&supplied(0x02))
+        .unwrap()
+        .unwrap();
     assert_eq!(
         (holder.account.as_str(), holder.cluster.as_str()),
         ("acme", "prod")
@@ -111,30 +121,37 @@ fn a_token_rotated_away_cannot_be_given_to_another_accounts_cluster_nor_back_to_
 #[test]
 fn every_issued_token_is_recorded_by_its_hash_with_its_kind_and_when() {
     let (_dir, mut store) = store_with(&["acme"]);
-    let admin = store.generate_admin_token(t0()).unwrap().unwrap();
+    let admin = store.tokens().generate_admin_token(t0()).unwrap().unwrap();
     let later = t0() + TimeDelta::minutes(5);
-    let cluster = store.create_cluster("acme", "prod", None, later).unwrap();
-    let reader = store.issue_reader_token("acme", "finance", later).unwrap();
+    let cluster = store
+        .accounts()
+        .create_cluster("acme", "prod", None, later)
+        .unwrap();
+    let reader = store
+        .accounts()
+        .issue_reader_token("acme", "finance", later)
+        .unwrap();
     store
+        .accounts()
         .revoke_reader_token("acme", reader.id, later + TimeDelta::minutes(1))
         .unwrap();
 
     assert_eq!(
-        store.token_issued(&admin).unwrap(),
+        store.tokens().token_issued(&admin).unwrap(),
         Some((TokenKind::Admin, t0()))
     );
     assert_eq!(
-        store.token_issued(&cluster).unwrap(),
+        store.tokens().token_issued(&cluster).unwrap(),
         Some((TokenKind::Cluster, later))
     );
     // A revoked reader token stays recorded: it is never issued again.
     assert_eq!(
-        store.token_issued(&reader.token).unwrap(),
+        store.tokens().token_issued(&reader.token).unwrap(),
         Some((TokenKind::Reader, later))
     );
-    assert_eq!(store.token_issued(&supplied(0x03)).unwrap(), None);
+    assert_eq!(store.tokens().token_issued(&supplied(0x03)).unwrap(), None);
     // A cluster token held now is refused for another cluster.
-    assert!(in_use(store.create_cluster(
+    assert!(in_use(store.accounts().create_cluster(
         "acme",
         "staging",
         Some(cluster),
@@ -145,21 +162,29 @@ fn every_issued_token_is_recorded_by_its_hash_with_its_kind_and_when() {
 #[test]
 fn a_cluster_that_is_not_created_does_not_use_up_its_supplied_token() {
     let (_dir, mut store) = store_with(&["acme"]);
-    store.create_cluster("acme", "prod", None, t0()).unwrap();
+    store
+        .accounts()
+        .create_cluster("acme", "prod", None, t0())
+        .unwrap();
     let token = supplied(0x04);
     assert!(matches!(
-        store.create_cluster("acme", "prod", Some(token.clone()), t0()),
+        store
+            .accounts()
+            .create_cluster("acme", "prod", Some(token.clone()), t0()),
         Err(StoreError::ClusterExists(..))
     ));
     assert!(matches!(
-        store.rotate_cluster_token("acme", "nowhere", Some(token.clone()), t0()),
+        store
+            .accounts()
+            .rotate_cluster_token("acme", "nowhere", Some(token.clone()), t0()),
         Err(StoreError::UnknownCluster(..))
     ));
-    assert_eq!(store.token_issued(&token).unwrap(), None);
+    assert_eq!(store.tokens().token_issued(&token).unwrap(), None);
     store
+        .accounts()
         .create_cluster("acme", "staging", Some(token.clone()), t0())
         .unwrap();
-    assert!(store.token_issued(&token).unwrap().is_some());
+    assert!(store.tokens().token_issued(&token).unwrap().is_some());
 }
 
 /// The schema version of this build.
@@ -171,20 +196,32 @@ fn the_upgrade_to_schema_7_records_every_token_held_before_it() {
     let path = dir.path().join("db.sqlite");
     let mut store = open_store(&path, Durability::Scratch).unwrap();
     assert_eq!(store.schema_version().unwrap(), LATEST);
-    store.create_account("acme", t0()).unwrap();
-    let admin = store.generate_admin_token(t0()).unwrap().unwrap();
+    store.accounts().create_account("acme", t0()).unwrap();
+    let admin = store.tokens().generate_admin_token(t0()).unwrap().unwrap();
     let created = t0() + TimeDelta::minutes(1);
     let prod = store
+        .accounts()
         .create_cluster("acme", "prod", Some(supplied(0x05)), created)
         .unwrap();
     let rotated = t0() + TimeDelta::minutes(2);
-    let edge_before = store.create_cluster("acme", "edge", None, created).unwrap();
+    let edge_before = store
+        .accounts()
+        .create_cluster("acme", "edge", None, created)
+        .unwrap();
     let edge = store
+        .accounts()
         .rotate_cluster_token("acme", "edge", None, rotated)
         .unwrap();
-    let reader = store.issue_reader_token("acme", "live", created).unwrap();
-    let revoked = store.issue_reader_token("acme", "gone", created).unwrap();
+    let reader = store
+        .accounts()
+        .issue_reader_token("acme", "live", created)
+        .unwrap();
+    let revoked = store
+        .accounts()
+        .issue_reader_token("acme", "gone", created)
+        .unwrap();
     store
+        .accounts()
         .revoke_reader_token("acme", revoked.id, rotated)
         .unwrap();
     drop(store);
@@ -206,13 +243,16 @@ fn the_upgrade_to_schema_7_records_every_token_held_before_it() {
         (&reader.token, TokenKind::Reader, created),
         (&revoked.token, TokenKind::Reader, created),
     ] {
-        assert_eq!(store.token_issued(token).unwrap(), Some((kind, at)));
+        assert_eq!(
+            store.tokens().token_issued(token).unwrap(),
+            Some((kind, at))
+        );
     }
     // A token rotated away before the upgrade was never kept: it cannot be known.
-    assert_eq!(store.token_issued(&edge_before).unwrap(), None);
+    assert_eq!(store.tokens().token_issued(&edge_before).unwrap(), None);
     // What is held now cannot be given to another cluster after the upgrade.
-    store.create_account("rival", t0()).unwrap();
-    assert!(in_use(store.create_cluster(
+    store.accounts().create_account("rival", t0()).unwrap();
+    assert!(in_use(store.accounts().create_cluster(
         "rival",
         "prod",
         Some(prod),

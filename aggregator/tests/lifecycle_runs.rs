@@ -61,14 +61,14 @@ impl Meter {
 
     /// An account with a creator who has an email address, created at `at`.
     fn account(&mut self, id: &str, at: DateTime<Utc>) {
-        self.store.create_account(id, at).unwrap();
+        self.store.accounts().create_account(id, at).unwrap();
         let creator = NewContact {
             name: "Creator".into(),
             role: ContactRole::Creator,
             email: Some(format!("creator@{id}.example")),
             sms: None,
         };
-        self.store.add_contact(id, &creator, at).unwrap();
+        self.store.accounts().add_contact(id, &creator, at).unwrap();
     }
 
     fn order(&mut self, id: &str, cores: u32, start: &str, at: DateTime<Utc>) {
@@ -80,6 +80,7 @@ impl Meter {
             pay_from_balance: false,
         };
         self.store
+            .accounts()
             .place_order(id, &order, &self.config.zone, price(), at)
             .unwrap();
     }
@@ -88,7 +89,7 @@ impl Meter {
     fn run(&mut self, at: DateTime<Utc>) -> Vec<shared::bill::BillLine> {
         let lines = run_billing(&mut self.store, at, &self.config).unwrap();
         run_lifecycle(&mut self.store, at, &self.config.zone, price()).unwrap();
-        while self.store.purge_deleted_data(7, at).unwrap() > 0 {}
+        while self.store.billing().purge_deleted_data(7, at).unwrap() > 0 {}
         lines
     }
 
@@ -102,13 +103,14 @@ impl Meter {
     }
 
     fn state(&mut self, id: &str) -> State {
-        self.store.life(id).unwrap().1
+        self.store.billing().life(id).unwrap().1
     }
 
     /// (kind, day) of every notice, oldest first.
     fn notices(&mut self, id: &str) -> Vec<(String, NaiveDate)> {
         let mut n: Vec<(String, NaiveDate)> = self
             .store
+            .accounts()
             .notices(id, 1000)
             .unwrap()
             .into_iter()
@@ -130,7 +132,8 @@ impl Meter {
             received_at: at + TimeDelta::minutes(1),
         };
         self.store
-            .ingest(&[incoming], &AgeLimits::default())
+            .ingest()
+            .insert(&[incoming], &AgeLimits::default())
             .unwrap()[0]
     }
 
@@ -163,6 +166,7 @@ fn a_run_caught_up_after_an_outage_records_each_change_at_its_own_run_and_warns_
     m.run(run("2026-12-08"));
     let history: Vec<(State, DateTime<Utc>, DateTime<Utc>)> = m
         .store
+        .accounts()
         .state_history("acme")
         .unwrap()
         .into_iter()
@@ -257,6 +261,7 @@ fn trial_hours_are_free_and_an_exported_trial_day_replays_to_the_same_bill() {
     let mut m = Meter::new();
     m.account("acme", local("2026-11-02T15:00:00"));
     m.store
+        .accounts()
         .start_trial("acme", &m.config.zone, local("2026-11-02T15:00:00"))
         .unwrap();
     m.push_day("acme", 16, "2026-11-03");
@@ -290,13 +295,21 @@ fn deletion_removes_the_samples_in_batches_keeps_the_bills_and_refuses_the_days_
     m.run_days("2026-11-02", "2026-12-11");
     assert_eq!(m.state("acme"), State::Deleted);
     // 24 samples, removed 7 at a time.
-    let acct = m.store.account("acme").unwrap().unwrap();
+    let acct = m.store.accounts().account("acme").unwrap().unwrap();
     assert!(m
         .store
+        .billing()
         .samples_between(&acct, local("2026-11-01T00:00:00"), run("2026-12-11"))
         .unwrap()
         .is_empty());
-    assert_eq!(m.store.bill_lines(Some("acme"), None).unwrap().len(), 1);
+    assert_eq!(
+        m.store
+            .reads()
+            .bill_lines(Some("acme"), None)
+            .unwrap()
+            .len(),
+        1
+    );
     let refused = aggregator::reports::daily_report(
         &mut m.store,
         &m.config,
@@ -331,6 +344,7 @@ fn a_renewal_by_hand_while_stopped_continues_the_term_from_its_end_day_and_recov
     let zone = m.config.zone;
     let renewal = m
         .store
+        .accounts()
         .renew_order(
             "acme",
             1,
@@ -356,7 +370,7 @@ fn a_renewal_by_hand_while_stopped_continues_the_term_from_its_end_day_and_recov
         m.push("acme", 16, local("2026-12-07T08:00:00")),
         Outcome::Rejected(Rejection::ServiceStopped)
     );
-    let again = m.store.renew_order(
+    let again = m.store.accounts().renew_order(
         "acme",
         1,
         1,
@@ -382,11 +396,17 @@ fn a_sub_account_without_contacts_sends_its_notices_to_its_main_accounts_contact
     let mut m = Meter::new();
     let at = local("2026-11-02T15:00:00");
     m.account("acme", at);
-    m.store.create_sub_account("acme-dev", "acme", at).unwrap();
-    m.store.start_trial("acme-dev", &m.config.zone, at).unwrap();
+    m.store
+        .accounts()
+        .create_sub_account("acme-dev", "acme", at)
+        .unwrap();
+    m.store
+        .accounts()
+        .start_trial("acme-dev", &m.config.zone, at)
+        .unwrap();
     // The trial ends at the run of 9 November; trial_ending goes out 3 days before.
     m.run_days("2026-11-03", "2026-11-06");
-    let notices = m.store.notices("acme-dev", 10).unwrap();
+    let notices = m.store.accounts().notices("acme-dev", 10).unwrap();
     assert_eq!(notices.len(), 1, "{notices:?}");
     assert_eq!(
         (notices[0].kind.as_str(), notices[0].day),
@@ -414,6 +434,7 @@ fn a_licence_backfilled_after_its_end_lapses_when_it_was_recorded_with_its_whole
     )
     .unwrap();
     m.store
+        .accounts()
         .add_licence("acme", &june, local("2026-11-21T10:00:00"))
         .unwrap();
     let mut states = Vec::new();
@@ -429,9 +450,10 @@ fn a_licence_backfilled_after_its_end_lapses_when_it_was_recorded_with_its_whole
         vec![Unlicensed, Grace, Grace, Grace, Grace, Grace, Stopped, Stopped, Stopped, Stopped]
     );
     // The data is still there.
-    let acct = m.store.account("acme").unwrap().unwrap();
+    let acct = m.store.accounts().account("acme").unwrap().unwrap();
     assert_eq!(
         m.store
+            .billing()
             .samples_between(
                 &acct,
                 local("2026-11-20T00:00:00"),
@@ -492,7 +514,10 @@ fn a_late_sample_from_before_a_deletion_is_refused() {
         received_at: local("2026-12-11T09:00:00"),
     };
     assert_eq!(
-        m.store.ingest(&[incoming], &AgeLimits::default()).unwrap(),
+        m.store
+            .ingest()
+            .insert(&[incoming], &AgeLimits::default())
+            .unwrap(),
         vec![Outcome::Rejected(Rejection::ServiceStopped)]
     );
 }
@@ -505,7 +530,7 @@ fn an_order_whose_recovery_window_closed_cannot_be_renewed_by_hand() {
     m.order("acme", 10, "2026-02-05", local("2026-01-20T10:00:00"));
     let zone = m.config.zone;
     // Order 1 ended on 5 February; its window closed at the run of 15 February.
-    let late = m.store.renew_order(
+    let late = m.store.accounts().renew_order(
         "acme",
         1,
         1,
@@ -524,7 +549,7 @@ fn an_order_whose_recovery_window_closed_cannot_be_renewed_by_hand() {
         ),
         "{late:?}"
     );
-    let missing = m.store.renew_order(
+    let missing = m.store.accounts().renew_order(
         "acme",
         9,
         1,
@@ -564,7 +589,10 @@ fn an_account_whose_step_fails_is_reported_and_does_not_hold_up_the_others() {
     // The account after it was stepped through to expiring (its end day is 1 December).
     assert_eq!(m.state("b-fine"), State::Expiring);
     assert_eq!(
-        m.store.stepped_through("b-fine", &m.config.zone).unwrap(),
+        m.store
+            .billing()
+            .stepped_through("b-fine", &m.config.zone)
+            .unwrap(),
         Some(date("2026-11-24"))
     );
 }
@@ -617,7 +645,7 @@ fn two_connections_running_the_same_runs_at_once_change_and_notify_once() {
             notices.iter().any(|(k, _)| k == "data_deleted"),
             "{id}: {notices:?}"
         );
-        let history = m.store.state_history(id).unwrap();
+        let history = m.store.accounts().state_history(id).unwrap();
         let states: Vec<State> = history.iter().map(|c| c.state).collect();
         assert_eq!(
             states,
@@ -631,7 +659,7 @@ fn two_connections_running_the_same_runs_at_once_change_and_notify_once() {
             "{id}: {history:?}"
         );
     }
-    let lines = m.store.bill_lines(Some("acme"), None).unwrap();
+    let lines = m.store.reads().bill_lines(Some("acme"), None).unwrap();
     let mut days: Vec<(NaiveDate, u32)> = lines.iter().map(|l| (l.day, l.seq)).collect();
     let issued = days.len();
     days.sort();
@@ -655,5 +683,8 @@ fn push_day_on(store: &mut Store, id: &str, cores: u32, day: &str) {
             }
         })
         .collect();
-    store.ingest(&batch, &AgeLimits::default()).unwrap();
+    store
+        .ingest()
+        .insert(&batch, &AgeLimits::default())
+        .unwrap();
 }

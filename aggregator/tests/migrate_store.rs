@@ -46,7 +46,10 @@ fn push(store: &mut Store, account: &str, node: &str, cores: Option<u32>, at: Da
         agent_version: Some("0.2.0"),
         received_at: at + TimeDelta::minutes(1),
     };
-    store.ingest(&[incoming], &AgeLimits::default()).unwrap();
+    store
+        .ingest()
+        .insert(&[incoming], &AgeLimits::default())
+        .unwrap();
 }
 
 /// Hourly samples of `day` from two nodes.
@@ -78,9 +81,10 @@ fn run(store: &mut Store, day: &str, config: &BillingConfig) -> Vec<BillLine> {
 /// rejected sample. Returns the tokens it issued, the one rotated away first.
 fn history(store: &mut Store, config: &BillingConfig) -> Vec<String> {
     let t0 = local("2026-11-01T10:00:00");
-    let admin = store.generate_admin_token(t0).unwrap().unwrap();
-    store.create_account("acme", t0).unwrap();
+    let admin = store.tokens().generate_admin_token(t0).unwrap().unwrap();
+    store.accounts().create_account("acme", t0).unwrap();
     store
+        .accounts()
         .add_contact(
             "acme",
             &NewContact {
@@ -92,17 +96,32 @@ fn history(store: &mut Store, config: &BillingConfig) -> Vec<String> {
             t0,
         )
         .unwrap();
-    let rotated_away = store.create_cluster("acme", "prod", None, t0).unwrap();
+    let rotated_away = store
+        .accounts()
+        .create_cluster("acme", "prod", None, t0)
+        .unwrap();
     let cluster = store
+        .accounts()
         .rotate_cluster_token("acme", "prod", None, t0 + TimeDelta::minutes(1))
         .unwrap();
-    let reader = store.issue_reader_token("acme", "dashboard", t0).unwrap();
-    let revoked = store.issue_reader_token("acme", "old", t0).unwrap();
-    store.revoke_reader_token("acme", revoked.id, t0).unwrap();
+    let reader = store
+        .accounts()
+        .issue_reader_token("acme", "dashboard", t0)
+        .unwrap();
+    let revoked = store
+        .accounts()
+        .issue_reader_token("acme", "old", t0)
+        .unwrap();
     store
+        .accounts()
+        .revoke_reader_token("acme", revoked.id, t0)
+        .unwrap();
+    store
+        .accounts()
         .credit_balance("acme", "67.50".parse().unwrap(), "wire-1", t0)
         .unwrap();
     store
+        .accounts()
         .place_order(
             "acme",
             &NewOrder {
@@ -117,10 +136,17 @@ fn history(store: &mut Store, config: &BillingConfig) -> Vec<String> {
             t0,
         )
         .unwrap();
-    store.create_sub_account("acme-dev", "acme", t0).unwrap();
-    store.start_trial("acme-dev", &config.zone, t0).unwrap();
-    store.create_account("zeta", t0).unwrap();
     store
+        .accounts()
+        .create_sub_account("acme-dev", "acme", t0)
+        .unwrap();
+    store
+        .accounts()
+        .start_trial("acme-dev", &config.zone, t0)
+        .unwrap();
+    store.accounts().create_account("zeta", t0).unwrap();
+    store
+        .accounts()
         .add_licence(
             "zeta",
             &Licence {
@@ -206,46 +232,49 @@ fn a_migrated_store_holds_the_same_bills_and_goes_on_billing_as_the_original() {
         webhook: true,
         email: true,
     });
-    let lines = sorted(source.bill_lines(None, None).unwrap());
+    let lines = sorted(source.reads().bill_lines(None, None).unwrap());
     // Daily lines of three accounts over 14 days (none for trial days), one adjustment.
     assert!(lines.len() > 2 * 14, "{} lines", lines.len());
-    assert_eq!(sorted(target.bill_lines(None, None).unwrap()), lines);
+    assert_eq!(
+        sorted(target.reads().bill_lines(None, None).unwrap()),
+        lines
+    );
     for account in ["acme", "acme-dev", "zeta"] {
         assert_eq!(
-            target.notices(account, 1000).unwrap(),
-            source.notices(account, 1000).unwrap(),
+            target.accounts().notices(account, 1000).unwrap(),
+            source.accounts().notices(account, 1000).unwrap(),
             "the notices of {account}"
         );
         assert_eq!(
-            target.state_history(account).unwrap(),
-            source.state_history(account).unwrap(),
+            target.accounts().state_history(account).unwrap(),
+            source.accounts().state_history(account).unwrap(),
             "the state history of {account}"
         );
         assert_eq!(
-            target.life(account).unwrap().1,
-            source.life(account).unwrap().1,
+            target.billing().life(account).unwrap().1,
+            source.billing().life(account).unwrap().1,
             "the state of {account}"
         );
     }
     assert_eq!(
-        target.admin_token_hash().unwrap(),
-        source.admin_token_hash().unwrap()
+        target.tokens().admin_token_hash().unwrap(),
+        source.tokens().admin_token_hash().unwrap()
     );
     assert_eq!(
-        target.reader_tokens("acme").unwrap(),
-        source.reader_tokens("acme").unwrap()
+        target.accounts().reader_tokens("acme").unwrap(),
+        source.accounts().reader_tokens("acme").unwrap()
     );
     // Every token the source issued, the one rotated away too, is known to
     // the target as issued, and refused there for a new cluster.
     for token in &tokens {
-        assert!(source.token_issued(token).unwrap().is_some());
+        assert!(source.tokens().token_issued(token).unwrap().is_some());
         assert_eq!(
-            target.token_issued(token).unwrap(),
-            source.token_issued(token).unwrap()
+            target.tokens().token_issued(token).unwrap(),
+            source.tokens().token_issued(token).unwrap()
         );
     }
     assert!(matches!(
-        target.create_cluster(
+        target.accounts().create_cluster(
             "zeta",
             "prod",
             Some(tokens[0].clone()),
@@ -255,13 +284,18 @@ fn a_migrated_store_holds_the_same_bills_and_goes_on_billing_as_the_original() {
     ));
     // New reader tokens' ids follow the copied ones.
     let next = target
+        .accounts()
         .issue_reader_token("acme", "after the move", local("2026-11-15T10:00:00"))
         .unwrap();
-    assert!(target.reader_for_token(&next.token).unwrap().is_some());
-    assert_eq!(target.reader_tokens("acme").unwrap().len(), 3);
+    assert!(target
+        .tokens()
+        .reader_for_token(&next.token)
+        .unwrap()
+        .is_some());
+    assert_eq!(target.accounts().reader_tokens("acme").unwrap().len(), 3);
     assert_eq!(
-        target.outbox(false, 1000).unwrap().len(),
-        source.outbox(false, 1000).unwrap().len()
+        target.delivery().outbox(false, 1000).unwrap().len(),
+        source.delivery().outbox(false, 1000).unwrap().len()
     );
 
     // Both go on alike: a late sample, new days, a renewal from the balance
@@ -281,9 +315,11 @@ fn a_migrated_store_holds_the_same_bills_and_goes_on_billing_as_the_original() {
             run(store, &day.to_string(), &config);
         }
         store
+            .accounts()
             .create_account("newco", local("2026-12-03T10:00:00"))
             .unwrap();
         store
+            .accounts()
             .add_contact(
                 "newco",
                 &NewContact {
@@ -298,12 +334,15 @@ fn a_migrated_store_holds_the_same_bills_and_goes_on_billing_as_the_original() {
         push_day(store, "newco", 600, "2026-12-03");
         run(store, "2026-12-04", &config);
     }
-    let after = sorted(source.bill_lines(None, None).unwrap());
+    let after = sorted(source.reads().bill_lines(None, None).unwrap());
     assert!(after.len() > lines.len() + 19, "{} lines", after.len());
-    assert_eq!(sorted(target.bill_lines(None, None).unwrap()), after);
     assert_eq!(
-        target.notices("acme", 1000).unwrap().len(),
-        source.notices("acme", 1000).unwrap().len()
+        sorted(target.reads().bill_lines(None, None).unwrap()),
+        after
+    );
+    assert_eq!(
+        target.accounts().notices("acme", 1000).unwrap().len(),
+        source.accounts().notices("acme", 1000).unwrap().len()
     );
 
     // The target now holds data: a second copy into it is refused.

@@ -75,7 +75,7 @@ impl App {
     fn acme_here(&self, emails: [&str; 2]) {
         let mut store = self.store();
         let now = self.clock.now();
-        busy_retried(|| store.create_account("acme", now));
+        busy_retried(|| store.accounts().create_account("acme", now));
         let contacts = [
             (
                 "Ann Lee",
@@ -103,7 +103,7 @@ impl App {
                 email: email.map(String::from),
                 sms: sms.map(String::from),
             };
-            busy_retried(|| store.add_contact("acme", &contact, now));
+            busy_retried(|| store.accounts().add_contact("acme", &contact, now));
         }
     }
 
@@ -116,7 +116,7 @@ impl App {
         let mut store = self.store();
         let details = json!({"licences": [{"cores": 64, "end_day": "2026-12-01"}], "days_left": 6});
         busy_retried(|| {
-            store.issue_notice(
+            store.accounts().issue_notice(
                 "acme",
                 NoticeKind::ExpiryWarning,
                 day.parse().unwrap(),
@@ -131,6 +131,7 @@ impl App {
     fn notice(&self, id: i64) -> Notice {
         support::off_runtime(|| {
             self.store()
+                .accounts()
                 .notices("acme", 100)
                 .unwrap()
                 .into_iter()

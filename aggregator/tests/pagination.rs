@@ -181,6 +181,7 @@ fn issue_notices(dir: &tempfile::TempDir, days: std::ops::RangeInclusive<u32>) {
             };
             let details = json!({"test": d});
             store
+                .accounts()
                 .issue_notice(
                     "acme",
                     NoticeKind::ExpiryWarning,

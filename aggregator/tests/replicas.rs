@@ -160,8 +160,12 @@ fn three_replicas_bill_each_account_and_day_once_though_the_leader_is_killed_mid
         (0..ACCOUNTS)
             .map(|i| {
                 let account = format!("tenant-{i:04}");
-                store.create_account(&account, fake_start).unwrap();
                 store
+                    .accounts()
+                    .create_account(&account, fake_start)
+                    .unwrap();
+                store
+                    .accounts()
                     .create_cluster(&account, "prod", None, fake_start)
                     .unwrap()
             })

@@ -247,7 +247,7 @@ proptest! {
             let (_, store) = cell.get_or_insert_with(|| {
                 let dir = tempfile::tempdir().unwrap();
                 let mut store = open_store(&dir.path().join("db.sqlite"), Durability::Scratch).unwrap();
-                store.create_account("acme", base).unwrap();
+                store.accounts().create_account("acme", base).unwrap();
                 (dir, store)
             });
             let mut first: std::collections::BTreeMap<i64, (u32, i64)> = Default::default();
@@ -265,7 +265,7 @@ proptest! {
                         received_at,
                     })
                     .collect();
-                let outcomes = store.ingest(&incoming, &AgeLimits::default()).unwrap();
+                let outcomes = store.ingest().insert(&incoming, &AgeLimits::default()).unwrap();
                 for (&(seq, cores, ms), outcome) in batch.iter().zip(&outcomes) {
                     let expected = match first.get(&seq) {
                         None => {
@@ -279,7 +279,7 @@ proptest! {
                 }
             }
             let stored: std::collections::BTreeMap<i64, (u32, i64)> = store
-                .audit_samples("acme", base - TimeDelta::days(1), base + TimeDelta::days(1))
+                .reads().audit_samples("acme", base - TimeDelta::days(1), base + TimeDelta::days(1))
                 .unwrap()
                 .into_iter()
                 .filter(|s| s.node == node)

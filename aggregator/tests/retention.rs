@@ -67,7 +67,12 @@ fn ingest(store: &mut Store, samples: &[S]) -> Vec<Outcome> {
                 received_at: x.received_at,
             })
             .collect();
-        outcomes.extend(store.ingest(&batch, &AgeLimits::default()).unwrap());
+        outcomes.extend(
+            store
+                .ingest()
+                .insert(&batch, &AgeLimits::default())
+                .unwrap(),
+        );
     }
     outcomes
 }
@@ -83,6 +88,7 @@ fn hourly(node: &str, cores: u32, first: &str, days: u64) -> Vec<S> {
 fn every_sample(store: &mut Store) -> Vec<DateTime<Utc>> {
     let far = |y| DateTime::parse_from_rfc3339(y).unwrap().with_timezone(&Utc);
     store
+        .reads()
         .audit_samples(
             "acme",
             far("2000-01-01T00:00:00Z"),
@@ -97,6 +103,7 @@ fn every_sample(store: &mut Store) -> Vec<DateTime<Utc>> {
 fn rejections(store: &mut Store) -> u64 {
     let far = |y| DateTime::parse_from_rfc3339(y).unwrap().with_timezone(&Utc);
     store
+        .reads()
         .rejections(
             "acme",
             far("2000-01-01T00:00:00Z"),
@@ -126,6 +133,7 @@ fn bill_then_prune(store: &mut Store, config: &BillingConfig, now: DateTime<Utc>
 fn prune(store: &mut Store, config: &BillingConfig, now: DateTime<Utc>, batch: usize) -> u64 {
     let horizon = horizon_at(config, now);
     store
+        .billing()
         .prune(&horizon, &config.zone, config.rules.reach_hours(), batch)
         .unwrap()
         .rows()
@@ -135,6 +143,7 @@ fn prune(store: &mut Store, config: &BillingConfig, now: DateTime<Utc>, batch: u
 fn forty_days_of_one_node(dir: &tempfile::TempDir) -> Store {
     let mut store = open(dir, "db.sqlite");
     store
+        .accounts()
         .create_account("acme", local("2025-12-01T00:00:00"))
         .unwrap();
     ingest(&mut store, &hourly("n1", 300, "2026-01-01", 40));
@@ -150,6 +159,7 @@ fn backdate_a_licence(store: &mut Store) {
     )
     .unwrap();
     store
+        .accounts()
         .add_licence("acme", &licence, local("2026-02-10T03:00:00"))
         .unwrap();
 }
@@ -169,6 +179,7 @@ fn pruning_deletes_exactly_the_samples_and_rejections_before_the_cutoff_and_noth
     let mut store = open(&dir, "db.sqlite");
     let config = BillingConfig::default();
     store
+        .accounts()
         .create_account("acme", local("2025-12-01T00:00:00"))
         .unwrap();
     let mut samples = hourly("n1", 8, "2026-01-01", 41);
@@ -222,6 +233,7 @@ fn pruning_25000_rows_with_batches_of_10000_takes_three_transactions() {
     let mut store = open(&dir, "db.sqlite");
     let config = BillingConfig::default();
     store
+        .accounts()
         .create_account("acme", local("2025-01-01T00:00:00"))
         .unwrap();
     // 25 nodes x 1,000 hours, all long before the cutoff.
@@ -238,6 +250,7 @@ fn pruning_25000_rows_with_batches_of_10000_takes_three_transactions() {
     run_billing(&mut store, now, &config).unwrap();
     let horizon = horizon_at(&config, now);
     let pruned = store
+        .billing()
         .prune(&horizon, &config.zone, config.rules.reach_hours(), 10_000)
         .unwrap();
     assert_eq!((pruned.samples, pruned.transactions), (25_000, 3));
@@ -250,17 +263,21 @@ fn each_pruning_transaction_deletes_at_most_the_batch() {
     let mut store = open(&dir, "db.sqlite");
     let config = BillingConfig::default();
     store
+        .accounts()
         .create_account("acme", local("2025-01-01T00:00:00"))
         .unwrap();
     ingest(&mut store, &hourly("n1", 2, "2025-01-01", 10));
     run_billing(&mut store, local("2026-01-01T02:00:05"), &config).unwrap();
     let horizon = horizon_at(&config, local("2026-01-01T02:00:05"));
     let reach = config.rules.reach_hours();
-    let targets = store.plan_pruning(&horizon, &config.zone, reach).unwrap();
+    let targets = store
+        .billing()
+        .plan_pruning(&horizon, &config.zone, reach)
+        .unwrap();
     assert_eq!(targets.len(), 1);
     let mut sizes = Vec::new();
     loop {
-        let batch = store.prune_batch(&targets[0], 100).unwrap();
+        let batch = store.billing().prune_batch(&targets[0], 100).unwrap();
         sizes.push(batch.samples);
         if batch.rows() < 100 {
             break;
@@ -281,6 +298,7 @@ fn pruning_after_every_run_never_changes_a_bill() {
     let first = date("2026-01-01");
     for store in [&mut pruned_db, &mut control] {
         store
+            .accounts()
             .create_account("acme", local("2025-12-01T00:00:00"))
             .unwrap();
     }
@@ -318,9 +336,9 @@ fn pruning_after_every_run_never_changes_a_bill() {
         pruned_rows += prune(&mut pruned_db, &config, run_at, 10_000);
     }
     assert!(late_total > 5 && pruned_rows > 1000);
-    let lines = |s: &Store| s.bill_lines(Some("acme"), None).unwrap();
-    assert_eq!(lines(&pruned_db), lines(&control));
-    assert!(lines(&control)
+    let lines = |s: &mut Store| s.reads().bill_lines(Some("acme"), None).unwrap();
+    assert_eq!(lines(&mut pruned_db), lines(&mut control));
+    assert!(lines(&mut control)
         .iter()
         .any(|l| l.kind == LineKind::Adjustment));
     // Much later, with every day long billed and most samples gone: nothing new.
@@ -332,7 +350,7 @@ fn pruning_after_every_run_never_changes_a_bill() {
         run_billing(&mut pruned_db, much_later, &config).unwrap(),
         vec![]
     );
-    assert_eq!(lines(&pruned_db), lines(&control));
+    assert_eq!(lines(&mut pruned_db), lines(&mut control));
 }
 
 #[test]
@@ -371,6 +389,7 @@ fn reports_and_exports_inside_the_horizon_are_unchanged_and_outside_it_are_refus
     let config = BillingConfig::default();
     let mut store = open(&dir, "db.sqlite");
     store
+        .accounts()
         .create_account("acme", local("2025-12-01T00:00:00"))
         .unwrap();
     let mut samples = hourly("big", 700, "2026-01-01", 40);
@@ -412,7 +431,7 @@ fn reports_and_exports_inside_the_horizon_are_unchanged_and_outside_it_are_refus
         };
         assert_eq!(
             of_day(&again.bills),
-            of_day(&store.bill_lines(Some("acme"), Some(*day)).unwrap())
+            of_day(&store.reads().bill_lines(Some("acme"), Some(*day)).unwrap())
         );
     }
     // Outside: refused, naming the day and the first day kept; the lines remain.
@@ -432,7 +451,14 @@ fn reports_and_exports_inside_the_horizon_are_unchanged_and_outside_it_are_refus
                 "{message}"
             );
         }
-        assert_eq!(store.bill_lines(Some("acme"), Some(day)).unwrap().len(), 1);
+        assert_eq!(
+            store
+                .reads()
+                .bill_lines(Some("acme"), Some(day))
+                .unwrap()
+                .len(),
+            1
+        );
     }
 }
 
@@ -442,6 +468,7 @@ fn a_late_sample_for_a_pruned_day_is_refused_too_old() {
     let config = BillingConfig::default();
     let mut store = open(&dir, "db.sqlite");
     store
+        .accounts()
         .create_account("acme", local("2025-12-01T00:00:00"))
         .unwrap();
     let now = local("2026-02-10T02:00:05");

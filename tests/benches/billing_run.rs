@@ -371,7 +371,10 @@ fn load(db: &Database, nodes: u32, accounts: u32) -> u64 {
         cores_of[(node % accounts) as usize] += u64::from(node_cores(node));
     }
     for (a, id) in ids.iter().enumerate() {
-        store.create_account(id, created).expect("create account");
+        store
+            .accounts()
+            .create_account(id, created)
+            .expect("create account");
         let total = cores_of[a];
         let licensed = match a % 4 {
             0 => Some(total * 2),
@@ -386,11 +389,17 @@ fn load(db: &Database, nodes: u32, accounts: u32) -> u64 {
                 start + TimeDelta::days(30),
             )
             .expect("licence");
-            store.add_licence(id, &licence, created).expect("licence");
+            store
+                .accounts()
+                .add_licence(id, &licence, created)
+                .expect("licence");
         }
         if a % 4 == 2 {
             let cap = u32::try_from((total / 2).max(500)).expect("cap fits");
-            store.set_cap(id, cap, created, created).expect("cap");
+            store
+                .accounts()
+                .set_cap(id, cap, created, created)
+                .expect("cap");
         }
     }
 
@@ -400,7 +409,7 @@ fn load(db: &Database, nodes: u32, accounts: u32) -> u64 {
     let mut chunk: Vec<Incoming<'_>> = Vec::with_capacity(LOAD_CHUNK);
     let mut stored = 0u64;
     let mut flush = |store: &mut Store, chunk: &mut Vec<Incoming<'_>>| {
-        let outcomes = store.ingest(chunk, &limits).expect("ingest");
+        let outcomes = store.ingest().insert(chunk, &limits).expect("ingest");
         let accepted = outcomes
             .iter()
             .filter(|o| matches!(o, aggregator::store::Outcome::Accepted))
@@ -585,13 +594,21 @@ fn child(args: &[String]) {
                     std::thread::spawn(move || {
                         go.wait();
                         let started = Instant::now();
-                        if lead && !store.try_lead_billing().expect("try the billing lead") {
+                        if lead
+                            && !store
+                                .billing()
+                                .try_lead_billing()
+                                .expect("try the billing lead")
+                        {
                             return (store, Vec::new(), None);
                         }
                         let lines =
                             run_billing(&mut store, run_at(), &config).expect("billing run");
                         if lead {
-                            store.end_billing_lead().expect("end the billing lead");
+                            store
+                                .billing()
+                                .end_billing_lead()
+                                .expect("end the billing lead");
                         }
                         (store, lines, Some(started.elapsed().as_secs_f64()))
                     })

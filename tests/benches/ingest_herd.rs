@@ -773,6 +773,7 @@ fn bare_sqlite(dir: &Path, rows: &[(u64, u64, u32, i64)], group: usize) -> f64 {
     {
         let mut store = Store::open(&path, Durability::Durable).expect("open the store");
         store
+            .accounts()
             .create_account("herd", Utc::now())
             .expect("create the account");
     }

@@ -91,7 +91,7 @@ impl Application {
         let (store, reader, tokens, admin_token_hash, generated_admin_token) = opened?;
         let legacy = {
             let reader = reader.clone();
-            tokio::task::spawn_blocking(move || reader.with(|s| s.names_outside_domain()))
+            tokio::task::spawn_blocking(move || reader.with(|s| s.reads().names_outside_domain()))
                 .await
                 .context("read the names outside their domain")??
         };
@@ -375,8 +375,12 @@ fn open_stores(config: &Config, now: chrono::DateTime<chrono::Utc>) -> anyhow::R
     let (admin_token_hash, generated_admin_token) = match &config.admin_token {
         Some(t) => (hash_token(t.expose()), None),
         None => {
-            let (generated, hash) =
-                store.with(|s| Ok((s.generate_admin_token(now)?, s.admin_token_hash()?)))?;
+            let (generated, hash) = store.with(|s| {
+                Ok((
+                    s.tokens().generate_admin_token(now)?,
+                    s.tokens().admin_token_hash()?,
+                ))
+            })?;
             let hash = hash.context("the admin token hash was just stored")?;
             let hash = <[u8; 32]>::try_from(hash.as_slice())
                 .context("the stored admin token hash is not 32 bytes")?;

@@ -41,7 +41,11 @@ pub async fn run(state: Arc<AppState>, poll: Duration, mut stop: watch::Receiver
 async fn run_unfinished(state: &Arc<AppState>) -> bool {
     let zone = state.config.billing.zone;
     let last_due = zone.due_at(zone.last_due_day(state.clock.now()));
-    match state.reader.blocking(|s| s.last_billing_run()).await {
+    match state
+        .reader
+        .blocking(|s| s.billing().last_billing_run())
+        .await
+    {
         Ok(last) => last.is_none_or(|l| l < last_due),
         Err(_) => false,
     }
@@ -55,7 +59,11 @@ async fn run_unfinished(state: &Arc<AppState>) -> bool {
 /// lock and keyed (account, day, seq), so two runs never issue a line twice;
 /// the lead only saves the others the work.
 async fn lead_run(state: &Arc<AppState>) {
-    match state.store.blocking(|s| s.try_lead_billing()).await {
+    match state
+        .store
+        .blocking(|s| s.billing().try_lead_billing())
+        .await
+    {
         Ok(true) => {}
         Ok(false) => {
             tracing::debug!("another replica is running billing");
@@ -68,7 +76,11 @@ async fn lead_run(state: &Arc<AppState>) {
     }
     tracing::info!(at = %state.clock.now(), "this replica leads the billing run");
     run_once(state).await;
-    if let Err(e) = state.store.blocking(|s| s.end_billing_lead()).await {
+    if let Err(e) = state
+        .store
+        .blocking(|s| s.billing().end_billing_lead())
+        .await
+    {
         tracing::error!(error = %e, "cannot hand back the billing lead");
     }
 }
@@ -135,7 +147,8 @@ pub async fn run_lifecycle_now(
         let removed = state
             .store
             .blocking(move |s| {
-                s.purge_deleted_data(crate::billing::lifecycle::PURGE_BATCH_ROWS, now)
+                s.billing()
+                    .purge_deleted_data(crate::billing::lifecycle::PURGE_BATCH_ROWS, now)
             })
             .await?;
         if removed == 0 {
@@ -186,14 +199,14 @@ pub async fn prune(state: &Arc<AppState>, batch_rows: usize) -> Result<Pruned, S
     );
     let targets = state
         .store
-        .blocking(move |s| s.plan_pruning(&horizon, &zone, reach_hours))
+        .blocking(move |s| s.billing().plan_pruning(&horizon, &zone, reach_hours))
         .await?;
     let mut total = Pruned::default();
     for target in targets {
         loop {
             let batch = state
                 .store
-                .blocking(move |s| s.prune_batch(&target, batch_rows))
+                .blocking(move |s| s.billing().prune_batch(&target, batch_rows))
                 .await?;
             total.add(batch);
             for (table, rows) in [("samples", batch.samples), ("rejections", batch.rejections)] {

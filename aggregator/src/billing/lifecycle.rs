@@ -28,9 +28,9 @@ pub fn run_lifecycle(
 ) -> Result<Vec<StepOutcome>, StoreError> {
     let last = run_day_at(zone, now);
     let mut changed = Vec::new();
-    let mut accounts = store.accounts()?.into_iter().peekable();
+    let mut accounts = store.accounts().all()?.into_iter().peekable();
     while accounts.peek().is_some() {
-        store.in_write_batch(|store| {
+        store.billing().in_write_batch(|store| {
             let started = Instant::now();
             while started.elapsed() < BATCH_HOLD {
                 let Some(account) = accounts.next() else {
@@ -40,7 +40,7 @@ pub fn run_lifecycle(
                 // read, say) must not hold up every account after it: its
                 // steps are undone, it is reported, and it is tried again at
                 // the next run. A disk that cannot write stops the run.
-                let steps = store.in_savepoint(|store| {
+                let steps = store.billing().in_savepoint(|store| {
                     step_through(store, &account.id, last, zone, price_per_core_month, now)
                 });
                 match steps {
@@ -70,13 +70,20 @@ fn step_through(
     now: DateTime<Utc>,
 ) -> Result<Vec<StepOutcome>, StoreError> {
     let from = store
+        .billing()
         .stepped_through(account, zone)?
         .unwrap_or(prev_day(last));
     let mut changed = Vec::new();
     let mut day = next_day(from);
     while day <= last {
-        let step =
-            store.step_account(account, day, day == last, zone, price_per_core_month, now)?;
+        let step = store.billing().step_account(
+            account,
+            day,
+            day == last,
+            zone,
+            price_per_core_month,
+            now,
+        )?;
         if step.state.is_some() || !step.notices.is_empty() || !step.renewed.is_empty() {
             changed.push(step);
         }

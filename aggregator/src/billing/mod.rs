@@ -36,7 +36,7 @@ pub fn run_billing(
     config: &BillingConfig,
 ) -> Result<Vec<BillLine>, StoreError> {
     let zone = &config.zone;
-    let last_run = store.last_billing_run()?;
+    let last_run = store.billing().last_billing_run()?;
     let now = match last_run {
         Some(last) if last > now => {
             tracing::warn!(%now, %last, "billing asked to run before the last run; running at the last run's instant");
@@ -47,13 +47,13 @@ pub fn run_billing(
     let last_due = zone.last_due_day(now);
     let reach = TimeDelta::hours(i64::from(config.rules.reach_hours()));
     let mut issued = Vec::new();
-    let mut accounts = store.accounts()?.into_iter().peekable();
+    let mut accounts = store.accounts().all()?.into_iter().peekable();
     while accounts.peek().is_some() {
         // Accounts are billed in batches, one commit each: a commit of the
         // durable store waits for the disk, and a commit per account made that
         // wait most of a run. A batch ends after BATCH_HOLD so that ingest,
         // which waits for the write lock, is never held up for long.
-        store.in_write_batch(|store| {
+        store.billing().in_write_batch(|store| {
             // Timed from when the lock is held, so a batch bills at least one account.
             let batch_started = Instant::now();
             while batch_started.elapsed() < BATCH_HOLD {
@@ -77,12 +77,14 @@ pub fn run_billing(
                     }
                 }
                 // Everything up to the last due day is done; later days keep the mark.
-                store.advance_recompute(&account, zone.day_start(next_day(last_due)) + reach)?;
+                store
+                    .billing()
+                    .advance_recompute(&account, zone.day_start(next_day(last_due)) + reach)?;
             }
             Ok(())
         })?;
     }
-    store.finish_billing_run(now)?;
+    store.billing().finish_billing_run(now)?;
     Ok(issued)
 }
 
@@ -98,14 +100,16 @@ fn bill_account(
 ) -> Result<Vec<BillLine>, StoreError> {
     let zone = &config.zone;
     let reach = TimeDelta::hours(i64::from(config.rules.reach_hours()));
-    let licences = store.licences(account)?;
-    let caps = store.caps(account)?;
-    let unbilled = store.unbilled_periods(account)?;
+    let licences = store.accounts().licences(account)?;
+    let caps = store.accounts().caps(account)?;
+    let unbilled = store.billing().unbilled_periods(account)?;
     let mut issued = Vec::new();
     let mut chunk_start = first;
     while chunk_start <= last {
         // Jump over days without samples: nothing there can be billed.
-        let Some(next) = store.first_sample_at(account, zone.day_start(chunk_start) - reach)?
+        let Some(next) = store
+            .billing()
+            .first_sample_at(account, zone.day_start(chunk_start) - reach)?
         else {
             break;
         };
@@ -129,7 +133,7 @@ fn bill_account(
                 &config.rules,
             )
         };
-        issued.extend(store.bill_days(
+        issued.extend(store.billing().bill_days(
             account,
             timeline.span_ms(),
             compute,

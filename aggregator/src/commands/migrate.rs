@@ -10,7 +10,7 @@ pub fn migrate_store(from: &str, to: &str) -> anyhow::Result<()> {
     }
     anyhow::ensure!(from != to, "--from and --to are the same store ({from})");
     let started = std::time::Instant::now();
-    let source =
+    let mut source =
         Store::connect(&from, Durability::Durable).with_context(|| format!("open {from}"))?;
     let mut target =
         Store::connect(&to, Durability::Durable).with_context(|| format!("open {to}"))?;

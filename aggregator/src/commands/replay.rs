@@ -308,17 +308,18 @@ pub fn replay_into(
     let created = runs.first().copied().unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
     for (i, a) in case.accounts.iter().enumerate() {
         store
+            .accounts()
             .create_account(&a.id, created)
             .with_context(|| format!("accounts[{i}]"))?;
         for (j, l) in a.licenses.iter().enumerate() {
             let what = format!("accounts[{i}].licenses[{j}]");
             let licence = Licence::new(l.cores, instant(&l.start, &what)?, instant(&l.end, &what)?)
                 .with_context(|| what.clone())?;
-            store.add_licence(&a.id, &licence, created)?;
+            store.accounts().add_licence(&a.id, &licence, created)?;
         }
         for (j, c) in a.caps.iter().enumerate() {
             let from = instant(&c.from, &format!("accounts[{i}].caps[{j}]"))?;
-            store.set_cap(&a.id, c.cores, from, created)?;
+            store.accounts().set_cap(&a.id, c.cores, from, created)?;
         }
         if a.trial.is_some() || !a.stopped.is_empty() {
             let trial = match &a.trial {
@@ -337,7 +338,7 @@ pub fn replay_into(
                 let to = p.to.as_deref().map(|t| instant(t, &what)).transpose()?;
                 stops.push((instant(&p.from, &what)?, to));
             }
-            store.replay_life(&a.id, trial, &stops, created)?;
+            store.billing().replay_life(&a.id, trial, &stops, created)?;
         }
     }
 
@@ -569,7 +570,7 @@ fn ingest_chunk(
             received_at: p.received_at,
         })
         .collect();
-    let outcomes = store.ingest(&incoming, limits)?;
+    let outcomes = store.ingest().insert(&incoming, limits)?;
     for (p, outcome) in chunk.iter().zip(outcomes) {
         if let Outcome::Rejected(reason) = outcome {
             rejected.push(RejectedSample {

@@ -15,7 +15,7 @@ pub fn report(
     let (config, mut store) = super::open_configured(config, database)?;
     let accounts = match account {
         Some(a) => vec![a],
-        None => store.accounts()?.into_iter().map(|a| a.id).collect(),
+        None => store.accounts().all()?.into_iter().map(|a| a.id).collect(),
     };
     let now = shared::clock::SystemClock.now();
     let mut reports = Vec::new();

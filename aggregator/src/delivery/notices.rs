@@ -138,7 +138,9 @@ impl Queue for Sender {
         limit: usize,
         lease_until: DateTime<Utc>,
     ) -> Result<Vec<DueNotice>, StoreError> {
-        store.claim_notice_deliveries(now, self.channel(), limit, lease_until)
+        store
+            .delivery()
+            .claim_notice_deliveries(now, self.channel(), limit, lease_until)
     }
 
     fn release(
@@ -147,11 +149,11 @@ impl Queue for Sender {
         items: &[DueNotice],
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        store.release_notice_claims(items, now)
+        store.delivery().release_notice_claims(items, now)
     }
 
     fn next_due(&self, store: &mut Store) -> Result<Option<DateTime<Utc>>, StoreError> {
-        store.next_notice_delivery_at(self.channel())
+        store.delivery().next_notice_delivery_at(self.channel())
     }
 
     fn mark_delivered(
@@ -160,7 +162,9 @@ impl Queue for Sender {
         d: &DueNotice,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        store.mark_notice_delivered(d.notice.id, d.channel, &d.address, now)
+        store
+            .delivery()
+            .mark_notice_delivered(d.notice.id, d.channel, &d.address, now)
     }
 
     fn mark_failed(
@@ -170,7 +174,9 @@ impl Queue for Sender {
         error: &str,
         retry_at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        store.mark_notice_failed(d.notice.id, d.channel, &d.address, error, retry_at)
+        store
+            .delivery()
+            .mark_notice_failed(d.notice.id, d.channel, &d.address, error, retry_at)
     }
 
     fn delivered(&self, state: &AppState, d: &DueNotice) {

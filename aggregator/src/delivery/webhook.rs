@@ -63,7 +63,7 @@ impl Queue for BillLines {
         limit: usize,
         lease_until: DateTime<Utc>,
     ) -> Result<Vec<Delivery>, StoreError> {
-        store.claim_deliveries(now, limit, lease_until)
+        store.delivery().claim_deliveries(now, limit, lease_until)
     }
 
     fn release(
@@ -72,11 +72,11 @@ impl Queue for BillLines {
         items: &[Delivery],
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        store.release_deliveries(items, now)
+        store.delivery().release_deliveries(items, now)
     }
 
     fn next_due(&self, store: &mut Store) -> Result<Option<DateTime<Utc>>, StoreError> {
-        store.next_delivery_at()
+        store.delivery().next_delivery_at()
     }
 
     fn mark_delivered(
@@ -85,7 +85,7 @@ impl Queue for BillLines {
         item: &Delivery,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        store.mark_delivered(&item.line, now)
+        store.delivery().mark_delivered(&item.line, now)
     }
 
     fn mark_failed(
@@ -95,7 +95,7 @@ impl Queue for BillLines {
         error: &str,
         retry_at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        store.mark_failed(&item.line, error, retry_at)
+        store.delivery().mark_failed(&item.line, error, retry_at)
     }
 
     async fn send(&self, item: &Delivery, now: DateTime<Utc>) -> Result<(), String> {

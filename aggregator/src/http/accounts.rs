@@ -45,8 +45,8 @@ pub async fn create_account(
     let now = state.clock.now();
     let (created, main) = (id.clone(), parent.clone());
     blocking(&state.store, move |s| match main {
-        Some(parent) => s.create_sub_account(&created, &parent, now),
-        None => s.create_account(&created, now),
+        Some(parent) => s.accounts().create_sub_account(&created, &parent, now),
+        None => s.accounts().create_account(&created, now),
     })
     .await?;
     Ok((
@@ -67,25 +67,25 @@ pub async fn get_account(
     let default_cap = state.config.billing.rules.default_cap_cores;
     let view = blocking(&state.reader, move |s| {
         let account = s
-            .account(&id)?
+            .accounts().account(&id)?
             .ok_or_else(|| StoreError::UnknownAccount(id.clone()))?;
-        let licences = s.licences(&account)?;
-        let caps = s.caps(&account)?;
-        let clusters = s.clusters(&id)?;
-        let (life, current, since) = s.life(&id)?;
+        let licences = s.accounts().licences(&account)?;
+        let caps = s.accounts().caps(&account)?;
+        let clusters = s.accounts().clusters(&id)?;
+        let (life, current, since) = s.billing().life(&id)?;
         Ok(json!({
             "id": account.id,
-            "parent": s.parent_of(&id)?,
+            "parent": s.accounts().parent_of(&id)?,
             "state": current,
             "state_since": since,
             "next_change": life.next_change(&zone, now, NEXT_CHANGE_HORIZON_DAYS)
                 .map(|(state, at)| json!({"state": state, "at": at})),
-            "state_history": s.state_history(&id)?,
+            "state_history": s.accounts().state_history(&id)?,
             "trial": life.trial,
-            "balance": s.balance(&id)?.0,
-            "orders": s.orders(&id)?,
-            "deletions": s.deletions(&id)?,
-            "contacts": s.contacts(&id)?,
+            "balance": s.accounts().balance(&id)?.0,
+            "orders": s.accounts().orders(&id)?,
+            "deletions": s.billing().deletions(&id)?,
+            "contacts": s.accounts().contacts(&id)?,
             "cap_cores": shared::overage::cap_at_day_end(&caps, now + chrono::TimeDelta::milliseconds(1), default_cap),
             "cap_history": caps.iter().map(|c| json!({"cores": c.cores, "from": c.from})).collect::<Vec<_>>(),
             "licenses": licences
@@ -127,7 +127,10 @@ pub async fn add_contact(
         sms: c.sms,
     };
     let now = state.clock.now();
-    let added = blocking(&state.store, move |s| s.add_contact(&id, &contact, now)).await?;
+    let added = blocking(&state.store, move |s| {
+        s.accounts().add_contact(&id, &contact, now)
+    })
+    .await?;
     Ok((StatusCode::CREATED, Json(added)).into_response())
 }
 
@@ -142,7 +145,10 @@ pub async fn start_trial(
     }
     let (now, zone) = (state.clock.now(), state.config.billing.zone);
     let account = id.clone();
-    let trial = blocking(&state.store, move |s| s.start_trial(&account, &zone, now)).await?;
+    let trial = blocking(&state.store, move |s| {
+        s.accounts().start_trial(&account, &zone, now)
+    })
+    .await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({"account": id, "start": trial.start, "ends_at": trial.end, "state": "trial"})),
@@ -195,8 +201,8 @@ pub async fn place_order(
         state.config.licence_price_per_core_month,
     );
     let (placed, now_state) = blocking(&state.store, move |s| {
-        let placed = s.place_order(&id, &order, &zone, price, now)?;
-        Ok((placed, s.life(&id)?.1))
+        let placed = s.accounts().place_order(&id, &order, &zone, price, now)?;
+        Ok((placed, s.billing().life(&id)?.1))
     })
     .await?;
     let mut view = serde_json::to_value(&placed).map_err(ApiError::internal)?;
@@ -247,8 +253,10 @@ pub async fn renew_order(
         state.config.licence_price_per_core_month,
     );
     let (placed, now_state) = blocking(&state.store, move |s| {
-        let placed = s.renew_order(&id, order, months, r.pay_from_balance, &zone, price, now)?;
-        Ok((placed, s.life(&id)?.1))
+        let placed =
+            s.accounts()
+                .renew_order(&id, order, months, r.pay_from_balance, &zone, price, now)?;
+        Ok((placed, s.billing().life(&id)?.1))
     })
     .await?;
     let mut view = serde_json::to_value(&placed).map_err(ApiError::internal)?;
@@ -270,7 +278,7 @@ pub async fn set_auto_renew(
     let raw = read(raw)?;
     let AutoRenewBody { auto_renew } = body(&raw)?;
     blocking(&state.store, move |s| {
-        s.set_auto_renew(&id, order, auto_renew)
+        s.accounts().set_auto_renew(&id, order, auto_renew)
     })
     .await?;
     Ok(Json(json!({"order": order, "auto_renew": auto_renew})))
@@ -296,7 +304,7 @@ pub async fn credit(
     input::text("reference", &c.reference, input::TEXT_MAX_CHARS)?;
     let now = state.clock.now();
     let (balance, credited) = blocking(&state.store, move |s| {
-        s.credit_balance(&id, amount, &c.reference, now)
+        s.accounts().credit_balance(&id, amount, &c.reference, now)
     })
     .await?;
     let status = if credited {
@@ -324,7 +332,7 @@ pub async fn balance(
     let after: Option<i64> = page.after(listing)?;
     let (account, limit) = (id.clone(), page.limit);
     let (balance, entries) = blocking(&state.reader, move |s| {
-        s.balance_page(&account, after, limit)
+        s.accounts().balance_page(&account, after, limit)
     })
     .await?;
     let paged = listing.paged(entries.total, entries.next.as_ref());
@@ -359,7 +367,7 @@ pub(super) async fn notices_page(
     let after: Option<i64> = page.after(listing)?;
     let (account, limit) = (id.clone(), page.limit);
     let notices = blocking(&state.reader, move |s| {
-        s.notice_page(&account, after, limit)
+        s.accounts().notice_page(&account, after, limit)
     })
     .await?;
     let paged = listing.paged(notices.total, notices.next.as_ref());

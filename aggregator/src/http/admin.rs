@@ -100,7 +100,7 @@ pub async fn create_cluster(
     let now = state.clock.now();
     let cluster = name.clone();
     let token = blocking(&state.store, move |s| {
-        s.create_cluster(&id, &cluster, token, now)
+        s.accounts().create_cluster(&id, &cluster, token, now)
     })
     .await?;
     Ok((
@@ -133,7 +133,7 @@ pub async fn rotate_token(
     let now = state.clock.now();
     let cluster = name.clone();
     let token = blocking(&state.store, move |s| {
-        s.rotate_cluster_token(&id, &cluster, token, now)
+        s.accounts().rotate_cluster_token(&id, &cluster, token, now)
     })
     .await?;
     Ok(Json(json!({ "name": name, "token": token })))
@@ -183,9 +183,9 @@ pub async fn add_licence(
     let now = state.clock.now();
     let zone = state.config.billing.zone;
     blocking(&state.store, move |s| {
-        s.add_licence(&id, &licence, now)?;
+        s.accounts().add_licence(&id, &licence, now)?;
         // A licence that covers now makes a stopped account active at once.
-        s.settle_state(&id, &zone, now, "licence added")
+        s.billing().settle_state(&id, &zone, now, "licence added")
     })
     .await?;
     Ok((
@@ -210,7 +210,10 @@ pub async fn set_cap(
     let NewCap { cores } = body(&raw)?;
     let cores = input::cores("cores", cores)?;
     let now = state.clock.now();
-    blocking(&state.store, move |s| s.set_cap(&id, cores, now, now)).await?;
+    blocking(&state.store, move |s| {
+        s.accounts().set_cap(&id, cores, now, now)
+    })
+    .await?;
     Ok(Json(json!({ "cores": cores, "from": now })))
 }
 
@@ -236,8 +239,9 @@ pub async fn audit_samples(
     let window = (zone.day_start(d), zone.day_end(d));
     let (account, limit) = (id.clone(), page.limit);
     let samples = blocking(&state.reader, move |s| {
-        s.require_not_deleted(&account, &zone, d)?;
-        s.audit_page(&account, window, after.as_ref(), limit)
+        s.accounts().require_not_deleted(&account, &zone, d)?;
+        s.reads()
+            .audit_page(&account, window, after.as_ref(), limit)
     })
     .await?;
     let paged = listing.paged(samples.total, samples.next.as_ref());
@@ -308,7 +312,8 @@ pub(super) async fn bills_response(
     let after: Option<LineKey> = page.after(listing)?;
     let limit = page.limit;
     let lines = blocking(&state.reader, move |s| {
-        s.bill_page(account.as_deref(), d, after.as_ref(), limit)
+        s.reads()
+            .bill_page(account.as_deref(), d, after.as_ref(), limit)
     })
     .await?;
     let paged = listing.paged(lines.total, lines.next.as_ref());
@@ -384,9 +389,10 @@ pub async fn outbox(
     let limit = page.limit;
     let (entries, status, notices) = blocking(&state.reader, move |s| {
         Ok((
-            s.outbox_page(pending_only, after.as_ref(), limit)?,
-            s.outbox_status()?,
-            s.notice_outbox_status()?,
+            s.delivery()
+                .outbox_page(pending_only, after.as_ref(), limit)?,
+            s.delivery().outbox_status()?,
+            s.delivery().notice_outbox_status()?,
         ))
     })
     .await?;

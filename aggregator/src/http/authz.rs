@@ -89,11 +89,11 @@ pub async fn classify(state: &Arc<AppState>, token: Option<&str>) -> Result<Call
     }
     let owned = token.to_string();
     if looks_like_reader_token(token) {
-        let found = blocking(&state.tokens, move |s| s.reader_for_token(&owned)).await?;
+        let found = blocking(&state.tokens, move |s| s.tokens().reader_for_token(&owned)).await?;
         return Ok(found.map_or(Caller::Unknown, Caller::Reader));
     }
     if looks_like_cluster_token(token) {
-        let found = blocking(&state.tokens, move |s| s.cluster_for_token(&owned)).await?;
+        let found = blocking(&state.tokens, move |s| s.ingest().cluster_for_token(&owned)).await?;
         return Ok(found.map_or(Caller::Unknown, Caller::Cluster));
     }
     Ok(Caller::Unknown)

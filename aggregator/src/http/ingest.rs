@@ -48,11 +48,14 @@ impl From<BatchError> for ApiError {
 /// the service's CPU per pushed sample fell by a sixth). When the connection is busy
 /// (a long admin read), the look-up waits in the blocking pool as before.
 async fn identify(state: &Arc<AppState>, token: &str) -> Result<Option<ClusterIdentity>, ApiError> {
-    match state.tokens.try_inline(|s| s.cluster_for_token(token)) {
+    match state
+        .tokens
+        .try_inline(|s| s.ingest().cluster_for_token(token))
+    {
         Some(found) => Ok(found?),
         None => {
             let token = token.to_string();
-            blocking(&state.tokens, move |s| s.cluster_for_token(&token)).await
+            blocking(&state.tokens, move |s| s.ingest().cluster_for_token(&token)).await
         }
     }
 }

@@ -117,13 +117,13 @@ pub async fn metrics(Extract(state): Extract<Arc<AppState>>) -> Response {
         });
         counter.inc_by(c.panics().saturating_sub(counter.get()));
     }
-    if let Ok(status) = blocking(&state.reader, |s| s.outbox_status()).await {
+    if let Ok(status) = blocking(&state.reader, |s| s.delivery().outbox_status()).await {
         state
             .metrics
             .outbox_pending
             .set(i64::try_from(status.pending).unwrap_or(i64::MAX));
     }
-    if let Ok(status) = blocking(&state.reader, |s| s.notice_outbox_status()).await {
+    if let Ok(status) = blocking(&state.reader, |s| s.delivery().notice_outbox_status()).await {
         state
             .metrics
             .notice_outbox_pending

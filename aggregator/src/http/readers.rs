@@ -33,7 +33,10 @@ pub async fn issue(
     let NewReaderToken { name } = body(&raw)?;
     input::text("name", &name, crate::store::READER_NAME_MAX_CHARS)?;
     let now = state.clock.now();
-    let issued = blocking(&state.store, move |s| s.issue_reader_token(&id, &name, now)).await?;
+    let issued = blocking(&state.store, move |s| {
+        s.accounts().issue_reader_token(&id, &name, now)
+    })
+    .await?;
     tracing::info!(token_id = issued.id, "reader token issued");
     Ok((StatusCode::CREATED, Json(issued)).into_response())
 }
@@ -72,7 +75,7 @@ pub async fn list(
     let after: Option<i64> = page.after(listing)?;
     let (account, limit) = (id.clone(), page.limit);
     let tokens = blocking(&state.reader, move |s| {
-        s.reader_token_page(&account, after, limit)
+        s.accounts().reader_token_page(&account, after, limit)
     })
     .await?;
     let paged = listing.paged(tokens.total, tokens.next.as_ref());
@@ -91,7 +94,7 @@ pub async fn revoke(
 ) -> Result<Json<Value>, ApiError> {
     let now = state.clock.now();
     let revoked = blocking(&state.store, move |s| {
-        s.revoke_reader_token(&id, token_id, now)
+        s.accounts().revoke_reader_token(&id, token_id, now)
     })
     .await?;
     tracing::info!(token_id, "reader token revoked");

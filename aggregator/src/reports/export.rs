@@ -24,15 +24,21 @@ pub fn export_case(
     day: NaiveDate,
 ) -> Result<Value, StoreError> {
     let acct = store
+        .accounts()
         .account(account)?
         .ok_or_else(|| StoreError::UnknownAccount(account.to_string()))?;
     // A case without the pruned (or deleted) samples would replay to a different bill.
-    store.require_kept(&config.zone, day, config.rules.reach_hours())?;
-    store.require_not_deleted(account, &config.zone, day)?;
+    store
+        .billing()
+        .require_kept(&config.zone, day, config.rules.reach_hours())?;
+    store
+        .accounts()
+        .require_not_deleted(account, &config.zone, day)?;
     let reach = TimeDelta::hours(i64::from(config.rules.reach_hours()) + 1);
     let from = config.zone.day_start(day) - reach;
     let to = config.zone.day_end(day) + reach;
     let samples: Vec<Value> = store
+        .reads()
         .audit_samples(account, from, to)?
         .into_iter()
         .map(|s| {
@@ -41,6 +47,7 @@ pub fn export_case(
         })
         .collect();
     let licences: Vec<Value> = store
+        .accounts()
         .licences(&acct)?
         .into_iter()
         .map(|l| json!({"cores": l.cores, "start": rfc(l.start), "end": rfc(l.end)}))
@@ -52,11 +59,13 @@ pub fn export_case(
     }
     caps.extend(
         store
+            .accounts()
             .caps(&acct)?
             .into_iter()
             .map(|c| json!({"cores": c.cores, "from": rfc(c.from)})),
     );
     let mut runs: Vec<DateTime<Utc>> = store
+        .reads()
         .bill_lines(Some(account), Some(day))?
         .iter()
         .map(|l| l.issued_at)
@@ -68,10 +77,10 @@ pub fn export_case(
         CoreRounding::None => "none",
     };
     let mut case_account = json!({"id": account, "licenses": licences, "caps": caps});
-    if let Some(t) = store.trial(account)? {
+    if let Some(t) = store.billing().trial(account)? {
         case_account["trial"] = json!({"start": rfc(t.start), "end": rfc(t.end)});
     }
-    let stops = store.stopped_periods(account)?;
+    let stops = store.billing().stopped_periods(account)?;
     if !stops.is_empty() {
         case_account["stopped"] = stops
             .into_iter()

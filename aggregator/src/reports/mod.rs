@@ -100,15 +100,18 @@ pub fn daily_report(
 ) -> Result<DailyReport, StoreError> {
     let zone = &config.zone;
     let acct = store
+        .accounts()
         .account(account)?
         .ok_or_else(|| StoreError::UnknownAccount(account.to_string()))?;
     // A day whose samples retention pruned would show as a day without
     // nodes; it is refused, naming the first day kept, instead.
-    store.require_kept(zone, day, config.rules.reach_hours())?;
-    store.require_not_deleted(account, zone, day)?;
+    store
+        .billing()
+        .require_kept(zone, day, config.rules.reach_hours())?;
+    store.accounts().require_not_deleted(account, zone, day)?;
     let timeline = Timeline::new(zone, day, day, config.rules.reach_hours());
     let (from, to) = timeline.span_ms();
-    let stored = store.audit_samples(
+    let stored = store.reads().audit_samples(
         account,
         DateTime::from_timestamp_millis(from).expect("in range"),
         DateTime::from_timestamp_millis(to).expect("in range"),
@@ -133,9 +136,9 @@ pub fn daily_report(
             seqs.entry(id).or_default().push(seq);
         }
     }
-    let licences = store.licences(&acct)?;
-    let caps = store.caps(&acct)?;
-    let unbilled = store.unbilled_periods(&acct)?;
+    let licences = store.accounts().licences(&acct)?;
+    let caps = store.accounts().caps(&acct)?;
+    let unbilled = store.billing().unbilled_periods(&acct)?;
     let free = buckets_overlapping(&timeline, &unbilled);
     // The figures come from the bill's own function on the same samples.
     let figures = overage_with(
@@ -235,8 +238,9 @@ pub fn daily_report(
     for line in per_node.values() {
         *clusters.entry(line.cluster.clone()).or_default() += line.excess_core_hours;
     }
-    let lines = store.bill_lines(Some(account), Some(day))?;
+    let lines = store.reads().bill_lines(Some(account), Some(day))?;
     let rejected: BTreeMap<String, u64> = store
+        .reads()
         .rejections(account, day_start, day_end)?
         .into_iter()
         .collect();

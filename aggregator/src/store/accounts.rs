@@ -1,12 +1,13 @@
 //! Accounts, their licences and their cap history.
 
 use super::db::OptionalExtension;
+use super::{Accounts, Billing};
 use chrono::{DateTime, Utc};
 use shared::domain::{check_name, NameKind};
 use shared::overage::{check_cap, CapChange, Licence};
 
 use super::db::Conn;
-use super::{from_ms, Store, StoreError};
+use super::{from_ms, StoreError};
 
 /// An account as billing sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,10 +29,37 @@ pub(super) fn check_account_id(id: &str) -> Result<(), StoreError> {
     check_name(NameKind::AccountId, id).map_err(|e| StoreError::InvalidAccountId(e.to_string()))
 }
 
-impl Store {
+fn account_row(r: &super::db::Row<'_>) -> Result<Account, super::db::DbError> {
+    Ok(Account {
+        reference: r.get(0)?,
+        id: r.get(1)?,
+        recompute_from: r.get::<_, Option<i64>>(2)?.map(from_ms),
+        marks: r.get(3)?,
+        data_deleted_before: r.get::<_, Option<i64>>(4)?.map(from_ms),
+    })
+}
+
+/// Notes that the days of `account_ref` may have changed from `from` on, and
+/// counts the change so that a run under way does not clear it.
+pub(super) fn mark_for_recompute(
+    tx: &Conn,
+    account_ref: i64,
+    from: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "UPDATE accounts
+            SET recompute_from_ms = least(recompute_from_ms, floored.at), marks = marks + 1
+           FROM (SELECT greatest(?2, (SELECT recompute_floor_ms FROM retention WHERE id = 1)) AS at) AS floored
+          WHERE ref = ?1",
+    )?
+    .execute((account_ref, from.timestamp_millis()))?;
+    Ok(())
+}
+
+impl Accounts<'_> {
     pub fn create_account(&mut self, id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
         check_account_id(id)?;
-        let inserted = self.conn.execute(
+        let inserted = self.0.conn.execute(
             "INSERT INTO accounts (id, created_at_ms) VALUES (?1, ?2) ON CONFLICT (id) DO NOTHING",
             (id, now.timestamp_millis()),
         )?;
@@ -41,7 +69,7 @@ impl Store {
         Ok(())
     }
 
-    pub fn accounts(&self) -> Result<Vec<Account>, StoreError> {
+    pub fn all(&self) -> Result<Vec<Account>, StoreError> {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT ref, id, recompute_from_ms, marks, data_deleted_before_ms FROM accounts ORDER BY id")?;
@@ -57,7 +85,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let account_ref = self.require_account(account)?;
-        let tx = self.conn.transaction()?;
+        let tx = self.0.conn.transaction()?;
         tx.execute(
             "INSERT INTO licences (account_ref, cores, start_ms, end_ms, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
             (
@@ -74,7 +102,7 @@ impl Store {
     }
 
     pub fn licences(&self, account: &Account) -> Result<Vec<Licence>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
+        let mut stmt = self.0.conn.prepare_cached(
             "SELECT cores, start_ms, end_ms FROM licences WHERE account_ref = ?1 ORDER BY id",
         )?;
         let rows = stmt.query_map([account.reference], |r| {
@@ -97,7 +125,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         check_cap(cores)?;
         let account_ref = self.require_account(account)?;
-        let tx = self.conn.transaction()?;
+        let tx = self.0.conn.transaction()?;
         tx.execute(
             "INSERT INTO caps (account_ref, cores, from_ms, set_at_ms) VALUES (?1, ?2, ?3, ?4)",
             (
@@ -126,24 +154,6 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Moves the account's recompute mark up to `to` once a run has handled
-    /// everything before it, unless something marked the account again since
-    /// the run read it. The mark never moves back, and never disappears: days
-    /// from `to` on were not due for this run, and a replica whose clock runs
-    /// ahead may already have billed one of them.
-    pub fn advance_recompute(
-        &mut self,
-        account: &Account,
-        to: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        self.conn.execute(
-            "UPDATE accounts SET recompute_from_ms = greatest(recompute_from_ms, ?3)
-              WHERE ref = ?1 AND marks = ?2",
-            (account.reference, account.marks, to.timestamp_millis()),
-        )?;
-        Ok(())
-    }
-
     pub fn account(&mut self, id: &str) -> Result<Option<Account>, StoreError> {
         Ok(self
             .conn
@@ -156,29 +166,22 @@ impl Store {
     }
 }
 
-fn account_row(r: &super::db::Row<'_>) -> Result<Account, super::db::DbError> {
-    Ok(Account {
-        reference: r.get(0)?,
-        id: r.get(1)?,
-        recompute_from: r.get::<_, Option<i64>>(2)?.map(from_ms),
-        marks: r.get(3)?,
-        data_deleted_before: r.get::<_, Option<i64>>(4)?.map(from_ms),
-    })
-}
-
-/// Notes that the days of `account_ref` may have changed from `from` on, and
-/// counts the change so that a run under way does not clear it.
-pub(super) fn mark_for_recompute(
-    tx: &Conn,
-    account_ref: i64,
-    from: DateTime<Utc>,
-) -> Result<(), StoreError> {
-    tx.prepare_cached(
-        "UPDATE accounts
-            SET recompute_from_ms = least(recompute_from_ms, floored.at), marks = marks + 1
-           FROM (SELECT greatest(?2, (SELECT recompute_floor_ms FROM retention WHERE id = 1)) AS at) AS floored
-          WHERE ref = ?1",
-    )?
-    .execute((account_ref, from.timestamp_millis()))?;
-    Ok(())
+impl Billing<'_> {
+    /// Moves the account's recompute mark up to `to` once a run has handled
+    /// everything before it, unless something marked the account again since
+    /// the run read it. The mark never moves back, and never disappears: days
+    /// from `to` on were not due for this run, and a replica whose clock runs
+    /// ahead may already have billed one of them.
+    pub fn advance_recompute(
+        &mut self,
+        account: &Account,
+        to: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.0.conn.execute(
+            "UPDATE accounts SET recompute_from_ms = greatest(recompute_from_ms, ?3)
+              WHERE ref = ?1 AND marks = ?2",
+            (account.reference, account.marks, to.timestamp_millis()),
+        )?;
+        Ok(())
+    }
 }

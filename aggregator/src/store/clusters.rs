@@ -1,11 +1,12 @@
 //! Clusters and the tokens their agents authenticate with; the admin token.
 
 use super::db::{DbError, OptionalExtension};
+use super::{Accounts, Ingest, Tokens};
 use chrono::{DateTime, Utc};
 use shared::domain::{check_name, NameKind};
 
 use super::issued::{record_issue, TokenKind};
-use super::{Store, StoreError};
+use super::StoreError;
 use crate::security::tokens::{check_token_form, hash_token, new_token};
 
 /// What a cluster token starts with (`cmc_`), generated or supplied.
@@ -44,7 +45,7 @@ fn token_in_use(e: DbError) -> StoreError {
     }
 }
 
-impl Store {
+impl Accounts<'_> {
     /// Creates a cluster with the supplied token, or a generated one, and
     /// returns it; only the token's hash is kept. A token issued before (held,
     /// rotated away or revoked, by any cluster or account) is refused, and
@@ -63,7 +64,7 @@ impl Store {
         let token = token_or_new(token)?;
         let account_ref = self.require_account(account)?;
         let hash = hash_token(&token).to_vec();
-        let tx = self.conn.transaction()?;
+        let tx = self.0.conn.transaction()?;
         let inserted = tx
             .execute(
                 "INSERT INTO clusters (account_ref, name, token_hash, created_at_ms) VALUES (?1, ?2, ?3, ?4)
@@ -96,7 +97,7 @@ impl Store {
         let token = token_or_new(token)?;
         let account_ref = self.require_account(account)?;
         let hash = hash_token(&token).to_vec();
-        let tx = self.conn.transaction()?;
+        let tx = self.0.conn.transaction()?;
         let updated = tx
             .execute(
                 "UPDATE clusters SET token_hash = ?3, rotated_at_ms = ?4 WHERE account_ref = ?1 AND name = ?2",
@@ -116,6 +117,18 @@ impl Store {
         Ok(token)
     }
 
+    /// The names of an account's clusters.
+    pub fn clusters(&mut self, account: &str) -> Result<Vec<String>, StoreError> {
+        let account_ref = self.require_account(account)?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT name FROM clusters WHERE account_ref = ?1 ORDER BY name")?;
+        let rows = stmt.query_map([account_ref], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+impl Ingest<'_> {
     /// The account and cluster a token belongs to. The look-up is by the
     /// token's hash, so nothing about the token itself is compared.
     pub fn cluster_for_token(&self, token: &str) -> Result<Option<ClusterIdentity>, StoreError> {
@@ -132,17 +145,9 @@ impl Store {
             })
             .optional()?)
     }
+}
 
-    /// The names of an account's clusters.
-    pub fn clusters(&mut self, account: &str) -> Result<Vec<String>, StoreError> {
-        let account_ref = self.require_account(account)?;
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT name FROM clusters WHERE account_ref = ?1 ORDER BY name")?;
-        let rows = stmt.query_map([account_ref], |r| r.get(0))?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
+impl Tokens<'_> {
     /// The stored hash of the generated admin token, if one was generated.
     pub fn admin_token_hash(&self) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
@@ -160,7 +165,7 @@ impl Store {
     ) -> Result<Option<String>, StoreError> {
         let token = new_token("cma");
         let hash = hash_token(&token).to_vec();
-        let tx = self.conn.transaction()?;
+        let tx = self.0.conn.transaction()?;
         let inserted = tx.execute(
             "INSERT INTO admin_token (id, token_hash, created_at_ms) VALUES (1, ?1, ?2) ON CONFLICT (id) DO NOTHING",
             (hash.clone(), now.timestamp_millis()),

@@ -216,7 +216,7 @@ mod tests {
         let err = c
             .with(|s| -> Result<(), StoreError> {
                 s.conn.begin()?;
-                s.create_account("half-done", Utc::now())?;
+                s.accounts().create_account("half-done", Utc::now())?;
                 panic!("a bug in the middle of a write");
             })
             .unwrap_err();
@@ -226,9 +226,10 @@ mod tests {
         );
         assert_eq!(c.panics(), 1);
         assert!(!c.is_broken());
-        let accounts = c.with(|s| s.accounts()).unwrap();
+        let accounts = c.with(|s| s.accounts().all()).unwrap();
         assert!(accounts.is_empty(), "the half-done write was rolled back");
-        c.with(|s| s.create_account("next", Utc::now())).unwrap();
+        c.with(|s| s.accounts().create_account("next", Utc::now()))
+            .unwrap();
     }
 
     #[test]
@@ -271,7 +272,8 @@ mod tests {
         })
         .unwrap_err();
         assert!(!c.is_broken());
-        c.with(|s| s.create_account("after", Utc::now())).unwrap();
+        c.with(|s| s.accounts().create_account("after", Utc::now()))
+            .unwrap();
     }
 
     #[test]

@@ -342,7 +342,7 @@ impl Store {
     /// Copies every row of this store into `target`, which must be empty
     /// (freshly migrated), in one transaction of the target; then compares
     /// the two. This store is only read.
-    pub fn copy_into(&self, target: &mut Store) -> Result<CopyReport, CopyError> {
+    pub fn copy_into(&mut self, target: &mut Store) -> Result<CopyReport, CopyError> {
         let (source_version, target_version) = (self.schema_version()?, target.schema_version()?);
         if source_version != target_version {
             return Err(CopyError::SchemaMismatch {
@@ -470,7 +470,7 @@ fn sample_digests(conn: &Conn) -> Result<BTreeMap<String, SampleDigest>, DbError
 
 /// The comparison that must find both stores equal: every bill line, the
 /// rows of every table, and each account's samples.
-fn compare(source: &Store, target: &Store) -> Result<(usize, usize), CopyError> {
+fn compare(source: &mut Store, target: &mut Store) -> Result<(usize, usize), CopyError> {
     // Sorted here: the databases may collate account ids differently.
     let sorted = |mut lines: Vec<BillLine>| {
         lines.sort_by(|a, b| {
@@ -479,8 +479,8 @@ fn compare(source: &Store, target: &Store) -> Result<(usize, usize), CopyError> 
         lines
     };
     let (from, to) = (
-        sorted(source.bill_lines(None, None)?),
-        sorted(target.bill_lines(None, None)?),
+        sorted(source.reads().bill_lines(None, None)?),
+        sorted(target.reads().bill_lines(None, None)?),
     );
     if from != to {
         let first = from

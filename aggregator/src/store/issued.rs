@@ -8,7 +8,8 @@
 use chrono::{DateTime, Utc};
 
 use super::db::{Conn, OptionalExtension};
-use super::{from_ms, Store, StoreError};
+use super::Tokens;
+use super::{from_ms, StoreError};
 use crate::security::tokens::hash_token;
 
 /// What a token was issued as.
@@ -61,7 +62,7 @@ pub(super) fn record_issue(
     Ok(())
 }
 
-impl Store {
+impl Tokens<'_> {
     /// Whether `token` was ever issued (held now, rotated away or revoked),
     /// as what and when; only its hash is looked at.
     pub fn token_issued(

@@ -9,11 +9,11 @@ mod connection;
 mod copy;
 pub mod db;
 mod issued;
-mod lifecycle;
 mod names;
 pub use names::LegacyNames;
 mod notice_outbox;
 mod notices;
+mod orders;
 mod outbox;
 mod pages;
 mod readers;
@@ -21,6 +21,7 @@ mod retention;
 mod samples;
 mod schema;
 mod schema_postgres;
+mod states;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -37,11 +38,9 @@ pub use clusters::ClusterIdentity;
 pub use connection::{panic_message, Connection};
 pub use copy::{CopyError, CopyReport};
 pub use issued::TokenKind;
-pub use lifecycle::{
-    BalanceEntry, Contact, NewContact, NewOrder, Order, StateChange, StepOutcome, MAX_ORDER_CORES,
-};
 pub use notice_outbox::{DueNotice, NoticeChannel, NOTICE_ERROR_MAX_CHARS};
 pub use notices::{Notice, NoticeDelivery, Recipient};
+pub use orders::{BalanceEntry, Contact, NewContact, NewOrder, Order, MAX_ORDER_CORES};
 pub use outbox::{Delivery, OutboxStatus};
 pub use pages::{LineKey, Listed, SampleKey};
 pub use readers::{
@@ -50,6 +49,7 @@ pub use readers::{
 pub use retention::{reads_from, Horizon, PruneTarget, Pruned, PRUNE_BATCH_ROWS};
 pub use samples::{AuditSample, Incoming, Outcome};
 pub use schema::NAMES_REPORTED_AT;
+pub use states::{StateChange, StepOutcome};
 
 /// The schema version this build migrates databases to.
 pub const SCHEMA_VERSION: usize = schema::MIGRATIONS.len();
@@ -186,6 +186,57 @@ pub struct Store {
     notice_channels: NoticeChannels,
 }
 
+/// The store as one job sees it: each handle carries only the methods its
+/// callers need (`store.ingest()`, `store.billing()`, …), so a caller sees
+/// its own part of the store and no other.
+macro_rules! handles {
+    ($($(#[$doc:meta])* $getter:ident => $handle:ident;)*) => {
+        $(
+            $(#[$doc])*
+            pub struct $handle<'a>(&'a mut Store);
+
+            impl std::ops::Deref for $handle<'_> {
+                type Target = Store;
+                fn deref(&self) -> &Store {
+                    self.0
+                }
+            }
+
+            impl std::ops::DerefMut for $handle<'_> {
+                fn deref_mut(&mut self) -> &mut Store {
+                    self.0
+                }
+            }
+        )*
+
+        impl Store {
+            $(
+                $(#[$doc])*
+                pub fn $getter(&mut self) -> $handle<'_> {
+                    $handle(self)
+                }
+            )*
+        }
+    };
+}
+
+handles! {
+    /// What agents' pushes need: storing samples, knowing a cluster token.
+    ingest => Ingest;
+    /// The billing run, the lifecycle's step and retention.
+    billing => Billing;
+    /// Accounts, licences, caps, clusters, contacts, orders, the ledger,
+    /// notices and reader tokens: what the admin API changes and shows.
+    accounts => Accounts;
+    /// The admin token, reader tokens by hash, and every token ever issued.
+    tokens => Tokens;
+    /// The two delivery queues: bill lines and notices.
+    delivery => Deliveries;
+    /// What reports, exports and the audit read: bill lines, samples,
+    /// rejections, names outside their domain.
+    reads => Reads;
+}
+
 impl Store {
     /// Opens (creating if needed) the database at `path` and applies pending migrations.
     pub fn open(path: &Path, durability: Durability) -> Result<Store, StoreError> {
@@ -273,36 +324,6 @@ impl Store {
         })
     }
 
-    /// The instant of the latest billing run, if there was one.
-    pub fn last_billing_run(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
-        let last: Option<i64> = self.conn.query_row(
-            "SELECT last_run_ms FROM billing_state WHERE id = 1",
-            (),
-            |r| r.get(0),
-        )?;
-        Ok(last.map(from_ms))
-    }
-
-    /// Takes the lead of the 02:00 job if no other replica holds it (always
-    /// on SQLite, which has one service); held until [`Store::end_billing_lead`]
-    /// or until this connection closes.
-    pub fn try_lead_billing(&self) -> Result<bool, StoreError> {
-        Ok(self.conn.try_session_lock(BILLING_LEAD)?)
-    }
-
-    pub fn end_billing_lead(&self) -> Result<(), StoreError> {
-        Ok(self.conn.session_unlock(BILLING_LEAD)?)
-    }
-
-    /// Records a finished run; the instant only moves forward, so overlapping runs agree.
-    pub fn finish_billing_run(&mut self, run_at: DateTime<Utc>) -> Result<(), StoreError> {
-        self.conn.execute(
-            "UPDATE billing_state SET last_run_ms = greatest(last_run_ms, ?1) WHERE id = 1",
-            [run_at.timestamp_millis()],
-        )?;
-        Ok(())
-    }
-
     /// Caps the database at its current size, as a full disk would (`None`
     /// lifts the cap): the next write that needs a new page fails with
     /// `SQLITE_FULL`. Only for tests that cannot mount a small file system.
@@ -355,6 +376,38 @@ const BILLING_LEAD: i64 = 0x636f_7265_6269_6c6c;
 
 pub fn from_ms(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).expect("stored instants are in range")
+}
+
+impl Billing<'_> {
+    /// The instant of the latest billing run, if there was one.
+    pub fn last_billing_run(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let last: Option<i64> = self.0.conn.query_row(
+            "SELECT last_run_ms FROM billing_state WHERE id = 1",
+            (),
+            |r| r.get(0),
+        )?;
+        Ok(last.map(from_ms))
+    }
+
+    /// Takes the lead of the 02:00 job if no other replica holds it (always
+    /// on SQLite, which has one service); held until [`Store::end_billing_lead`]
+    /// or until this connection closes.
+    pub fn try_lead_billing(&self) -> Result<bool, StoreError> {
+        Ok(self.0.conn.try_session_lock(BILLING_LEAD)?)
+    }
+
+    pub fn end_billing_lead(&self) -> Result<(), StoreError> {
+        Ok(self.0.conn.session_unlock(BILLING_LEAD)?)
+    }
+
+    /// Records a finished run; the instant only moves forward, so overlapping runs agree.
+    pub fn finish_billing_run(&mut self, run_at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.0.conn.execute(
+            "UPDATE billing_state SET last_run_ms = greatest(last_run_ms, ?1) WHERE id = 1",
+            [run_at.timestamp_millis()],
+        )?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

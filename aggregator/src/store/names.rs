@@ -9,7 +9,8 @@ use std::collections::HashSet;
 use shared::domain::{check_name, NameKind};
 
 use super::db::Conn;
-use super::{Store, StoreError};
+use super::Reads;
+use super::StoreError;
 
 /// The name of a kind in the table.
 fn kind_str(kind: NameKind) -> &'static str {
@@ -70,7 +71,22 @@ pub(super) fn report_names_outside_domain(tx: &Conn) -> Result<usize, StoreError
     Ok(found)
 }
 
-impl Store {
+/// Names stored before their domain was written that lie outside it
+/// (reported by migration 8); they stay reachable by their old names.
+#[derive(Debug, Default)]
+pub struct LegacyNames(HashSet<(NameKind, String)>);
+
+impl LegacyNames {
+    pub fn new(names: impl IntoIterator<Item = (NameKind, String)>) -> LegacyNames {
+        LegacyNames(names.into_iter().collect())
+    }
+
+    pub fn contains(&self, kind: NameKind, name: &str) -> bool {
+        !self.0.is_empty() && self.0.contains(&(kind, name.to_string()))
+    }
+}
+
+impl Reads<'_> {
     /// The names migration 8 found outside their domain.
     pub fn names_outside_domain(&self) -> Result<Vec<(NameKind, String)>, StoreError> {
         let rows: Vec<(String, String)> = self
@@ -88,20 +104,5 @@ impl Store {
                 })
             })
             .collect()
-    }
-}
-
-/// Names stored before their domain was written that lie outside it
-/// (reported by migration 8); they stay reachable by their old names.
-#[derive(Debug, Default)]
-pub struct LegacyNames(HashSet<(NameKind, String)>);
-
-impl LegacyNames {
-    pub fn new(names: impl IntoIterator<Item = (NameKind, String)>) -> LegacyNames {
-        LegacyNames(names.into_iter().collect())
-    }
-
-    pub fn contains(&self, kind: NameKind, name: &str) -> bool {
-        !self.0.is_empty() && self.0.contains(&(kind, name.to_string()))
     }
 }

@@ -1,12 +1,13 @@
 //! The notice outbox: every delivery row of an issued notice (the webhook's, one per email address) waits here until its channel took it.
 
 use super::db::OptionalExtension;
+use super::Deliveries;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::notices::notice_row;
 use super::outbox::OutboxStatus;
-use super::{from_ms, Notice, Store, StoreError};
+use super::{from_ms, Notice, StoreError};
 
 /// The longest `last_error` kept: an SMTP relay's answer can be long, and the
 /// row is read back with every listing.
@@ -51,7 +52,7 @@ pub struct DueNotice {
 const DUE_COLUMNS: &str =
     "n.id, a.id, n.kind, n.day, n.issued_at_ms, n.recipients, n.details, d.address, d.attempts";
 
-impl Store {
+impl Deliveries<'_> {
     /// Undelivered rows of `channel` whose next attempt is due at `now`,
     /// oldest notice first. Only the channels the service delivers are asked
     /// for, so rows of a channel that is not configured wait untouched.
@@ -61,7 +62,7 @@ impl Store {
         channel: NoticeChannel,
         limit: usize,
     ) -> Result<Vec<DueNotice>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(&format!(
+        let mut stmt = self.0.conn.prepare_cached(&format!(
             "SELECT {DUE_COLUMNS}
                FROM notice_deliveries d
                JOIN notices n ON n.id = d.notice_id
@@ -99,7 +100,7 @@ impl Store {
                      WHERE d.delivered_at_ms IS NULL AND d.channel = ?1 AND d.next_attempt_ms <= ?2
                      ORDER BY d.notice_id, d.address LIMIT ?3{})
               RETURNING notice_id, address",
-            super::outbox::skip_locked(self.conn.dialect(), "d")
+            super::outbox::skip_locked(self.0.conn.dialect(), "d")
         );
         let claimed: Vec<(i64, String)> = self
             .conn
@@ -116,7 +117,7 @@ impl Store {
             .collect::<Result<_, _>>()?;
         let mut out = Vec::with_capacity(claimed.len());
         for (notice_id, address) in claimed {
-            let mut rows = self.conn.query(
+            let mut rows = self.0.conn.query(
                 &format!(
                     "SELECT {DUE_COLUMNS}
                        FROM notice_deliveries d
@@ -146,7 +147,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         for d in rows {
-            self.conn.execute(
+            self.0.conn.execute(
                 "UPDATE notice_deliveries SET next_attempt_ms = ?4
                   WHERE notice_id = ?1 AND channel = ?2 AND address = ?3 AND delivered_at_ms IS NULL",
                 (d.notice.id, d.channel.as_str(), &d.address, now.timestamp_millis()),
@@ -181,7 +182,7 @@ impl Store {
         address: &str,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        self.conn
+        self.0.conn
             .prepare_cached(
                 "UPDATE notice_deliveries
                     SET delivered_at_ms = ?4, attempts = attempts + 1, last_error = NULL
@@ -202,7 +203,7 @@ impl Store {
         retry_at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let error: String = error.chars().take(NOTICE_ERROR_MAX_CHARS).collect();
-        self.conn
+        self.0.conn
             .prepare_cached(
                 "UPDATE notice_deliveries
                     SET attempts = attempts + 1, last_error = ?4, next_attempt_ms = ?5
@@ -233,6 +234,7 @@ mod tests {
 
     use super::*;
     use crate::config::NoticeChannels;
+    use crate::store::Store;
     use crate::store::{Durability, NewContact};
 
     fn at(s: &str) -> DateTime<Utc> {
@@ -245,7 +247,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(&dir.path().join("db.sqlite"), Durability::Scratch).unwrap();
         let now = at("2026-11-25T02:00:00Z");
-        store.create_account("acme", now).unwrap();
+        store.accounts().create_account("acme", now).unwrap();
         for (name, email, sms) in [
             ("Ann", Some("ann@example.com"), Some("+8613800138000")),
             ("Bo", None, Some("+8613800138001")),
@@ -256,13 +258,14 @@ mod tests {
                 email: email.map(String::from),
                 sms: sms.map(String::from),
             };
-            store.add_contact("acme", &contact, now).unwrap();
+            store.accounts().add_contact("acme", &contact, now).unwrap();
         }
         let both = NoticeChannels {
             webhook: true,
             email: true,
         };
         let id = store
+            .accounts()
             .issue_notice(
                 "acme",
                 NoticeKind::TrialEnding,
@@ -281,6 +284,7 @@ mod tests {
         let (_dir, mut store, id) = issued();
         let now = at("2026-11-25T02:00:00Z");
         let webhook = store
+            .delivery()
             .due_notice_deliveries(now, NoticeChannel::Webhook, 10)
             .unwrap();
         assert_eq!(webhook.len(), 1);
@@ -293,12 +297,13 @@ mod tests {
         );
         assert_eq!(webhook[0].address, "");
         let email = store
+            .delivery()
             .due_notice_deliveries(now, NoticeChannel::Email, 10)
             .unwrap();
         assert_eq!(email.len(), 1, "one row per email address, none for SMS");
         assert_eq!(email[0].address, "ann@example.com");
         assert_eq!(
-            store.notice_outbox_status().unwrap(),
+            store.delivery().notice_outbox_status().unwrap(),
             OutboxStatus {
                 pending: 2,
                 failing: 0,
@@ -306,20 +311,26 @@ mod tests {
             }
         );
         store
+            .delivery()
             .mark_notice_delivered(id, NoticeChannel::Webhook, "", now)
             .unwrap();
         assert!(store
+            .delivery()
             .due_notice_deliveries(now, NoticeChannel::Webhook, 10)
             .unwrap()
             .is_empty());
         assert_eq!(
             store
+                .delivery()
                 .next_notice_delivery_at(NoticeChannel::Webhook)
                 .unwrap(),
             None
         );
         assert_eq!(
-            store.next_notice_delivery_at(NoticeChannel::Email).unwrap(),
+            store
+                .delivery()
+                .next_notice_delivery_at(NoticeChannel::Email)
+                .unwrap(),
             Some(now)
         );
     }
@@ -331,25 +342,31 @@ mod tests {
         let retry_at = now + TimeDelta::seconds(30);
         let long = "550 5.1.1 no such user ".repeat(100);
         store
+            .delivery()
             .mark_notice_failed(id, NoticeChannel::Email, "ann@example.com", &long, retry_at)
             .unwrap();
         assert!(store
+            .delivery()
             .due_notice_deliveries(now, NoticeChannel::Email, 10)
             .unwrap()
             .is_empty());
         assert_eq!(
-            store.next_notice_delivery_at(NoticeChannel::Email).unwrap(),
+            store
+                .delivery()
+                .next_notice_delivery_at(NoticeChannel::Email)
+                .unwrap(),
             Some(retry_at)
         );
         let due = store
+            .delivery()
             .due_notice_deliveries(retry_at, NoticeChannel::Email, 10)
             .unwrap();
         assert_eq!(due[0].attempts, 1);
-        let stored = &store.notices("acme", 10).unwrap()[0].deliveries;
+        let stored = &store.accounts().notices("acme", 10).unwrap()[0].deliveries;
         let email = stored.iter().find(|d| d.channel == "email").unwrap();
         let error = email.last_error.as_deref().unwrap();
         assert_eq!(error.chars().count(), NOTICE_ERROR_MAX_CHARS);
         assert!(error.starts_with("550 5.1.1"));
-        assert_eq!(store.notice_outbox_status().unwrap().failing, 1);
+        assert_eq!(store.delivery().notice_outbox_status().unwrap().failing, 1);
     }
 }

@@ -8,7 +8,8 @@ use shared::lifecycle::NoticeKind;
 
 use super::db::{Conn, OptionalExtension};
 use super::pages::{one_more, Listed};
-use super::{from_ms, Store, StoreError};
+use super::Accounts;
+use super::{from_ms, StoreError};
 use crate::config::NoticeChannels;
 
 /// One address a notice goes to.
@@ -154,7 +155,7 @@ pub(super) fn notice_row(r: &super::db::Row<'_>) -> Result<Notice, StoreError> {
     })
 }
 
-impl Store {
+impl Accounts<'_> {
     /// The account's newest `limit` notices, newest first, each with its deliveries.
     pub fn notices(&mut self, account: &str, limit: usize) -> Result<Vec<Notice>, StoreError> {
         let limit = u32::try_from(limit).unwrap_or(u32::MAX - 1);
@@ -170,12 +171,12 @@ impl Store {
         limit: u32,
     ) -> Result<Listed<Notice, i64>, StoreError> {
         let account_ref = self.require_account(account)?;
-        let total: i64 = self.conn.query_row(
+        let total: i64 = self.0.conn.query_row(
             "SELECT count(*) FROM notices WHERE account_ref = ?1",
             [account_ref],
             |r| r.get(0),
         )?;
-        let mut stmt = self.conn.prepare_cached(&format!(
+        let mut stmt = self.0.conn.prepare_cached(&format!(
             "SELECT {NOTICE_COLUMNS} FROM notices n JOIN accounts a ON a.ref = n.account_ref
               WHERE n.account_ref = ?1 AND n.id < ?2 ORDER BY n.id DESC LIMIT ?3"
         ))?;
@@ -187,7 +188,7 @@ impl Store {
         }
         drop(rows);
         let mut page = Listed::from_rows(out, limit, total as u64);
-        let mut deliveries = self.conn.prepare_cached(
+        let mut deliveries = self.0.conn.prepare_cached(
             "SELECT channel, address, attempts, delivered_at_ms, next_attempt_ms, last_error
                FROM notice_deliveries WHERE notice_id = ?1 ORDER BY channel, address",
         )?;
@@ -218,7 +219,7 @@ impl Store {
         channels: NoticeChannels,
     ) -> Result<Option<i64>, StoreError> {
         let account_ref = self.require_account(account)?;
-        let tx = self.conn.transaction()?;
+        let tx = self.0.conn.transaction()?;
         let id = issue_notice(&tx, account_ref, kind, day, details, now, channels)?;
         tx.commit()?;
         Ok(id)

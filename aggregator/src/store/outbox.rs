@@ -1,6 +1,7 @@
 //! The bill outbox: every issued line waits here until the billing backend acknowledged it.
 
 use super::db::OptionalExtension;
+use super::Deliveries;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use shared::bill::BillLine;
@@ -72,7 +73,7 @@ pub(super) fn skip_locked(dialect: super::db::Dialect, table: &str) -> String {
     }
 }
 
-impl Store {
+impl Deliveries<'_> {
     /// Claims up to `limit` lines due at `now` for this replica to post,
     /// oldest first: their next attempt moves to `lease_until`, so no other
     /// replica takes them while this one posts (the lease outlasts the
@@ -92,7 +93,7 @@ impl Store {
                      WHERE o.delivered_at_ms IS NULL AND o.next_attempt_ms <= ?1
                      ORDER BY b.issued_at_ms, a.id, b.day, b.seq LIMIT ?2{})
               RETURNING account_ref, day, seq",
-            skip_locked(self.conn.dialect(), "o")
+            skip_locked(self.0.conn.dialect(), "o")
         );
         let claimed: Vec<(i64, String, i64)> = self
             .conn
@@ -108,7 +109,7 @@ impl Store {
             .collect::<Result<_, _>>()?;
         let mut out = Vec::with_capacity(claimed.len());
         for key in claimed {
-            let mut rows = self.conn.query(
+            let mut rows = self.0.conn.query(
                 &format!(
                     "{SELECT} {LINE_COLUMNS} {FROM}
                       WHERE o.account_ref = ?1 AND o.day = ?2 AND o.seq = ?3"
@@ -136,7 +137,7 @@ impl Store {
         now: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<Delivery>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(&format!(
+        let mut stmt = self.0.conn.prepare_cached(&format!(
             "{SELECT} {LINE_COLUMNS} {FROM}
               WHERE o.delivered_at_ms IS NULL AND o.next_attempt_ms <= ?1
               ORDER BY b.issued_at_ms, a.id, b.day, b.seq LIMIT ?2"
@@ -155,7 +156,7 @@ impl Store {
         undelivered_only: bool,
         limit: usize,
     ) -> Result<Vec<Delivery>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(&format!(
+        let mut stmt = self.0.conn.prepare_cached(&format!(
             "{SELECT} {LINE_COLUMNS} {FROM}
               WHERE (?1 = 0 OR o.delivered_at_ms IS NULL)
               ORDER BY b.issued_at_ms DESC, a.id, b.day, b.seq LIMIT ?2"
@@ -176,7 +177,7 @@ impl Store {
         after: Option<&LineKey>,
         limit: u32,
     ) -> Result<Listed<Delivery, LineKey>, StoreError> {
-        let total: i64 = self.conn.query_row(
+        let total: i64 = self.0.conn.query_row(
             "SELECT count(*) FROM outbox o WHERE (?1 = 0 OR o.delivered_at_ms IS NULL)",
             [i64::from(undelivered_only)],
             |r| r.get(0),
@@ -187,7 +188,7 @@ impl Store {
             ..LineKey::first()
         };
         let after = after.unwrap_or(&last);
-        let mut stmt = self.conn.prepare_cached(&format!(
+        let mut stmt = self.0.conn.prepare_cached(&format!(
             "{SELECT} {LINE_COLUMNS} {FROM}
               WHERE (?1 = 0 OR o.delivered_at_ms IS NULL)
                 AND (b.issued_at_ms < ?2 OR (b.issued_at_ms = ?2 AND (a.id, b.day, b.seq) > (?3, ?4, ?5)))
@@ -217,7 +218,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         for d in deliveries {
             let account_ref = self.require_account(&d.line.account)?;
-            self.conn.execute(
+            self.0.conn.execute(
                 "UPDATE outbox SET next_attempt_ms = ?4
                   WHERE account_ref = ?1 AND day = ?2 AND seq = ?3 AND delivered_at_ms IS NULL",
                 (
@@ -252,7 +253,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let account_ref = self.require_account(&line.account)?;
-        self.conn.execute(
+        self.0.conn.execute(
             "UPDATE outbox SET delivered_at_ms = ?4, attempts = attempts + 1, last_error = NULL
               WHERE account_ref = ?1 AND day = ?2 AND seq = ?3",
             (
@@ -274,7 +275,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let account_ref = self.require_account(&line.account)?;
         let error: String = error.chars().take(1000).collect();
-        self.conn.execute(
+        self.0.conn.execute(
             "UPDATE outbox SET attempts = attempts + 1, last_error = ?4, next_attempt_ms = ?5
               WHERE account_ref = ?1 AND day = ?2 AND seq = ?3 AND delivered_at_ms IS NULL",
             (

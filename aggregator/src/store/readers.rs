@@ -5,7 +5,8 @@ use serde::Serialize;
 
 use super::db::OptionalExtension;
 use super::pages::{one_more, Listed};
-use super::{from_ms, Store, StoreError};
+use super::{from_ms, StoreError};
+use super::{Accounts, Tokens};
 use crate::security::tokens::{hash_token, new_token, READER_TOKEN_PREFIX};
 
 /// The most live (unrevoked) reader tokens one account may hold: enough for
@@ -68,7 +69,7 @@ fn check_name(name: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-impl Store {
+impl Accounts<'_> {
     /// Issues a reader token for `account` and returns it; only its hash is
     /// kept. Refused past `MAX_READER_TOKENS` live tokens: the count and the
     /// insert share the write lock, so two issues at once cannot both pass it.
@@ -81,7 +82,7 @@ impl Store {
         check_name(name)?;
         let account_ref = self.require_account(account)?;
         let token = new_token(READER_TOKEN_PREFIX);
-        let tx = self.conn.transaction()?;
+        let tx = self.0.conn.transaction()?;
         let live: i64 = tx.query_row(
             "SELECT count(*) FROM reader_tokens WHERE account_ref = ?1 AND revoked_at_ms IS NULL",
             [account_ref],
@@ -115,7 +116,7 @@ impl Store {
     /// Every reader token of `account`, oldest first, revoked ones included.
     pub fn reader_tokens(&mut self, account: &str) -> Result<Vec<ReaderToken>, StoreError> {
         let account_ref = self.require_account(account)?;
-        let rows = self.conn.query_map(
+        let rows = self.0.conn.query_map(
             "SELECT id, name, created_at_ms, revoked_at_ms FROM reader_tokens WHERE account_ref = ?1 ORDER BY id",
             [account_ref],
             |r| {
@@ -139,12 +140,12 @@ impl Store {
         limit: u32,
     ) -> Result<Listed<ReaderToken, i64>, StoreError> {
         let account_ref = self.require_account(account)?;
-        let total: i64 = self.conn.query_row(
+        let total: i64 = self.0.conn.query_row(
             "SELECT count(*) FROM reader_tokens WHERE account_ref = ?1",
             [account_ref],
             |r| r.get(0),
         )?;
-        let rows = self.conn.query_map(
+        let rows = self.0.conn.query_map(
             "SELECT id, name, created_at_ms, revoked_at_ms FROM reader_tokens
               WHERE account_ref = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
             (account_ref, after.unwrap_or(i64::MIN), one_more(limit)),
@@ -173,7 +174,8 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<ReaderToken, StoreError> {
         let account_ref = self.require_account(account)?;
-        self.conn
+        self.0
+            .conn
             .query_row(
                 "UPDATE reader_tokens SET revoked_at_ms = coalesce(revoked_at_ms, ?3)
                   WHERE account_ref = ?1 AND id = ?2
@@ -191,7 +193,9 @@ impl Store {
             .optional()?
             .ok_or_else(|| StoreError::UnknownReaderToken(account.to_string(), token_id))
     }
+}
 
+impl Tokens<'_> {
     /// The account a live reader token belongs to. The look-up is by the
     /// token's hash, so nothing about the token itself is compared.
     pub fn reader_for_token(&self, token: &str) -> Result<Option<ReaderIdentity>, StoreError> {
@@ -215,12 +219,13 @@ impl Store {
 mod tests {
     use super::*;
     use crate::store::Durability;
+    use crate::store::Store;
 
     fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Store::open(&dir.path().join("db.sqlite"), Durability::Scratch).unwrap();
         let now = Utc::now();
-        s.create_account("acme", now).unwrap();
+        s.accounts().create_account("acme", now).unwrap();
         (dir, s)
     }
 
@@ -228,27 +233,35 @@ mod tests {
     fn an_issued_token_finds_its_account_until_revoked_and_its_debug_hides_it() {
         let (_dir, mut s) = store();
         let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
-        let issued = s.issue_reader_token("acme", "finance", now).unwrap();
+        let issued = s
+            .accounts()
+            .issue_reader_token("acme", "finance", now)
+            .unwrap();
         assert!(crate::security::tokens::looks_like_reader_token(
             &issued.token
         ));
         assert!(!format!("{issued:?}").contains(&issued.token[4..]));
-        let found = s.reader_for_token(&issued.token).unwrap().unwrap();
+        let found = s.tokens().reader_for_token(&issued.token).unwrap().unwrap();
         assert_eq!(
             (found.account.as_str(), found.token_id),
             ("acme", issued.id)
         );
         let later = now + chrono::TimeDelta::minutes(1);
-        let revoked = s.revoke_reader_token("acme", issued.id, later).unwrap();
+        let revoked = s
+            .accounts()
+            .revoke_reader_token("acme", issued.id, later)
+            .unwrap();
         assert_eq!(revoked.revoked_at, Some(later));
-        assert_eq!(s.reader_for_token(&issued.token).unwrap(), None);
+        assert_eq!(s.tokens().reader_for_token(&issued.token).unwrap(), None);
         // A second revocation keeps the first instant.
         let again = s
+            .accounts()
             .revoke_reader_token("acme", issued.id, later + chrono::TimeDelta::minutes(1))
             .unwrap();
         assert_eq!(again, revoked);
         assert!(matches!(
-            s.revoke_reader_token("acme", issued.id + 1, later),
+            s.accounts()
+                .revoke_reader_token("acme", issued.id + 1, later),
             Err(StoreError::UnknownReaderToken(..))
         ));
     }
@@ -260,22 +273,31 @@ mod tests {
         for bad in ["", "a\nb", "\u{7}", &"x".repeat(READER_NAME_MAX_CHARS + 1)] {
             assert!(
                 matches!(
-                    s.issue_reader_token("acme", bad, now),
+                    s.accounts().issue_reader_token("acme", bad, now),
                     Err(StoreError::Invalid { field: "name", .. })
                 ),
                 "{bad:?}"
             );
         }
-        let first = s.issue_reader_token("acme", "t0", now).unwrap();
+        let first = s.accounts().issue_reader_token("acme", "t0", now).unwrap();
         for i in 1..MAX_READER_TOKENS {
-            s.issue_reader_token("acme", &format!("t{i}"), now).unwrap();
+            s.accounts()
+                .issue_reader_token("acme", &format!("t{i}"), now)
+                .unwrap();
         }
-        let err = s.issue_reader_token("acme", "one more", now).unwrap_err();
+        let err = s
+            .accounts()
+            .issue_reader_token("acme", "one more", now)
+            .unwrap_err();
         assert!(err.to_string().contains("(100)"), "{err}");
-        s.revoke_reader_token("acme", first.id, now).unwrap();
-        s.issue_reader_token("acme", "one more", now).unwrap();
+        s.accounts()
+            .revoke_reader_token("acme", first.id, now)
+            .unwrap();
+        s.accounts()
+            .issue_reader_token("acme", "one more", now)
+            .unwrap();
         assert_eq!(
-            s.reader_tokens("acme").unwrap().len(),
+            s.accounts().reader_tokens("acme").unwrap().len(),
             MAX_READER_TOKENS as usize + 1
         );
     }

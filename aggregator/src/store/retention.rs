@@ -6,10 +6,11 @@
 //! `retention_days` later cannot bring pruned days back.
 
 use super::db::OptionalExtension;
+use super::Billing;
 use chrono::{DateTime, Days, NaiveDate, TimeDelta, Utc};
 use shared::zone::{next_day, BillingZone};
 
-use super::{from_ms, Store, StoreError};
+use super::{from_ms, StoreError};
 
 /// The most rows one pruning transaction deletes, so that it holds SQLite's
 /// write lock only briefly and ingest commits go on between batches.
@@ -81,7 +82,20 @@ pub struct PruneTarget {
     pub before: DateTime<Utc>,
 }
 
-impl Store {
+/// The first day whose figures read nothing before `pruned_before`; a few steps at most.
+fn first_whole_day(
+    zone: &BillingZone,
+    pruned_before: DateTime<Utc>,
+    reach_hours: u32,
+) -> NaiveDate {
+    let mut day = zone.day_of(pruned_before);
+    while reads_from(zone, day, reach_hours) < pruned_before {
+        day = next_day(day);
+    }
+    day
+}
+
+impl Billing<'_> {
     /// Records the horizon (before any row is deleted) and returns, per
     /// account, the instant its rows are pruned before: the horizon's, or
     /// earlier when the account is marked for a recompute that still reads
@@ -93,7 +107,7 @@ impl Store {
         zone: &BillingZone,
         reach_hours: u32,
     ) -> Result<Vec<PruneTarget>, StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.0.conn.transaction()?;
         // A change recorded from now on (a backdated licence or cap) may mark
         // no day before the first one whose samples are all kept: the days
         // before it keep their bills as issued.
@@ -147,7 +161,7 @@ impl Store {
     ) -> Result<Pruned, StoreError> {
         assert!(limit > 0, "a pruning batch deletes at least one row");
         let before_ms = target.before.timestamp_millis();
-        let tx = self.conn.transaction()?;
+        let tx = self.0.conn.transaction()?;
         let samples = tx
             .prepare_cached(
                 "DELETE FROM samples WHERE (account_ref, at_ms, node_id, id) IN (
@@ -229,17 +243,4 @@ impl Store {
             pruned_before,
         })
     }
-}
-
-/// The first day whose figures read nothing before `pruned_before`; a few steps at most.
-fn first_whole_day(
-    zone: &BillingZone,
-    pruned_before: DateTime<Utc>,
-    reach_hours: u32,
-) -> NaiveDate {
-    let mut day = zone.day_of(pruned_before);
-    while reads_from(zone, day, reach_hours) < pruned_before {
-        day = next_day(day);
-    }
-    day
 }

@@ -3,6 +3,7 @@
 use rustc_hash::FxHashMap;
 
 use super::db::{Conn, OptionalExtension, Value};
+use super::{Billing, Ingest, Reads};
 use chrono::{DateTime, Utc};
 use shared::overage::NodeSample;
 use shared::sample::{validate, AgeLimits, Rejection, Unchecked};
@@ -37,52 +38,6 @@ pub enum Outcome {
 }
 
 impl Store {
-    /// Validates and stores a batch in one transaction; returns one outcome per
-    /// sample, in order, once the accepted ones are committed. A rejected
-    /// sample never stops the rest of the batch.
-    pub fn ingest(
-        &mut self,
-        batch: &[Incoming<'_>],
-        limits: &AgeLimits,
-    ) -> Result<Vec<Outcome>, StoreError> {
-        // Resolve accounts first, outside the write transaction.
-        let mut refs: FxHashMap<&str, Option<i64>> = FxHashMap::default();
-        // The periods while each account's service was stopped (SPEC section 8).
-        let mut stopped: FxHashMap<i64, Vec<(i64, i64)>> = FxHashMap::default();
-        for s in batch {
-            if !refs.contains_key(s.account) {
-                let account_ref = self.account_ref(s.account)?;
-                if let Some(r) = account_ref {
-                    let mut periods = Store::stopped_periods_of(&self.conn, r)?;
-                    // Samples before a deletion of the account's data are refused
-                    // too: a late one must not come back after "your data was deleted".
-                    if let Some(before) = Store::data_deleted_before_of(&self.conn, r)? {
-                        periods.push((i64::MIN, before));
-                    }
-                    if !periods.is_empty() {
-                        stopped.insert(r, periods);
-                    }
-                }
-                refs.insert(s.account, account_ref);
-            }
-        }
-        let mut new_nodes = Vec::new();
-        let result = self.ingest_in_transaction(batch, limits, &refs, &stopped, &mut new_nodes);
-        if result.is_err() {
-            // The transaction rolled back: forget the node ids it created.
-            for (account_ref, cluster, node) in new_nodes {
-                if let Some(names) = self
-                    .node_ids
-                    .get_mut(&account_ref)
-                    .and_then(|c| c.get_mut(&cluster))
-                {
-                    names.remove(&node);
-                }
-            }
-        }
-        result
-    }
-
     fn ingest_in_transaction(
         &mut self,
         batch: &[Incoming<'_>],
@@ -222,37 +177,6 @@ impl Store {
         }
         tx.commit()?;
         Ok(outcomes)
-    }
-}
-
-impl Store {
-    /// The account's samples with `at` in `[from, to)`.
-    pub fn samples_between(
-        &self,
-        account: &Account,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-    ) -> Result<Vec<NodeSample>, StoreError> {
-        samples_in(
-            &self.conn,
-            account.reference,
-            (from.timestamp_millis(), to.timestamp_millis()),
-        )
-    }
-
-    /// The `at` of the account's first stored sample at or after `from`, if any.
-    pub fn first_sample_at(
-        &self,
-        account: &Account,
-        from: DateTime<Utc>,
-    ) -> Result<Option<DateTime<Utc>>, StoreError> {
-        let ms: Option<i64> = self
-            .conn
-            .prepare_cached(
-                "SELECT min(at_ms) FROM samples WHERE account_ref = ?1 AND at_ms >= ?2",
-            )?
-            .query_row((account.reference, from.timestamp_millis()), |r| r.get(0))?;
-        Ok(ms.map(super::from_ms))
     }
 }
 
@@ -482,7 +406,86 @@ fn audit_row(r: &super::db::Row<'_>) -> Result<AuditSample, super::db::DbError> 
     })
 }
 
-impl Store {
+impl Ingest<'_> {
+    /// Validates and stores a batch in one transaction; returns one outcome per
+    /// sample, in order, once the accepted ones are committed. A rejected
+    /// sample never stops the rest of the batch.
+    pub fn insert(
+        &mut self,
+        batch: &[Incoming<'_>],
+        limits: &AgeLimits,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        // Resolve accounts first, outside the write transaction.
+        let mut refs: FxHashMap<&str, Option<i64>> = FxHashMap::default();
+        // The periods while each account's service was stopped (SPEC section 8).
+        let mut stopped: FxHashMap<i64, Vec<(i64, i64)>> = FxHashMap::default();
+        for s in batch {
+            if !refs.contains_key(s.account) {
+                let account_ref = self.account_ref(s.account)?;
+                if let Some(r) = account_ref {
+                    let mut periods = Store::stopped_periods_of(&self.0.conn, r)?;
+                    // Samples before a deletion of the account's data are refused
+                    // too: a late one must not come back after "your data was deleted".
+                    if let Some(before) = Store::data_deleted_before_of(&self.0.conn, r)? {
+                        periods.push((i64::MIN, before));
+                    }
+                    if !periods.is_empty() {
+                        stopped.insert(r, periods);
+                    }
+                }
+                refs.insert(s.account, account_ref);
+            }
+        }
+        let mut new_nodes = Vec::new();
+        let result = self.ingest_in_transaction(batch, limits, &refs, &stopped, &mut new_nodes);
+        if result.is_err() {
+            // The transaction rolled back: forget the node ids it created.
+            for (account_ref, cluster, node) in new_nodes {
+                if let Some(names) = self
+                    .node_ids
+                    .get_mut(&account_ref)
+                    .and_then(|c| c.get_mut(&cluster))
+                {
+                    names.remove(&node);
+                }
+            }
+        }
+        result
+    }
+}
+
+impl Billing<'_> {
+    /// The account's samples with `at` in `[from, to)`.
+    pub fn samples_between(
+        &self,
+        account: &Account,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<NodeSample>, StoreError> {
+        samples_in(
+            &self.0.conn,
+            account.reference,
+            (from.timestamp_millis(), to.timestamp_millis()),
+        )
+    }
+
+    /// The `at` of the account's first stored sample at or after `from`, if any.
+    pub fn first_sample_at(
+        &self,
+        account: &Account,
+        from: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let ms: Option<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT min(at_ms) FROM samples WHERE account_ref = ?1 AND at_ms >= ?2",
+            )?
+            .query_row((account.reference, from.timestamp_millis()), |r| r.get(0))?;
+        Ok(ms.map(super::from_ms))
+    }
+}
+
+impl Reads<'_> {
     /// Every stored sample of an account with `at` in `[from, to)`, in order of `at`.
     pub fn audit_samples(
         &mut self,
@@ -491,7 +494,7 @@ impl Store {
         to: DateTime<Utc>,
     ) -> Result<Vec<AuditSample>, StoreError> {
         let account_ref = self.require_account(account)?;
-        let mut stmt = self.conn.prepare_cached(&format!(
+        let mut stmt = self.0.conn.prepare_cached(&format!(
             "SELECT {AUDIT_COLUMNS}
                FROM samples s JOIN nodes n ON n.id = s.node_id
               WHERE s.account_ref = ?1 AND s.at_ms >= ?2 AND s.at_ms < ?3
@@ -515,13 +518,13 @@ impl Store {
     ) -> Result<Listed<AuditSample, SampleKey>, StoreError> {
         let account_ref = self.require_account(account)?;
         let window = (account_ref, from.timestamp_millis(), to.timestamp_millis());
-        let total: i64 = self.conn.query_row(
+        let total: i64 = self.0.conn.query_row(
             "SELECT count(*) FROM samples WHERE account_ref = ?1 AND at_ms >= ?2 AND at_ms < ?3",
             window,
             |r| r.get(0),
         )?;
         let after = after.map_or((i64::MIN, i64::MIN), |k| (k.at_ms, k.id));
-        let mut stmt = self.conn.prepare_cached(&format!(
+        let mut stmt = self.0.conn.prepare_cached(&format!(
             "SELECT {AUDIT_COLUMNS}
                FROM samples s JOIN nodes n ON n.id = s.node_id
               WHERE s.account_ref = ?1 AND s.at_ms >= ?2 AND s.at_ms < ?3
@@ -549,9 +552,7 @@ impl Store {
         let rows = rows.collect::<Result<_, _>>()?;
         Ok(Listed::from_rows(rows, limit, total as u64))
     }
-}
 
-impl Store {
     /// How many samples of an account claiming an instant in `[from, to)` were rejected, by reason.
     pub fn rejections(
         &mut self,
@@ -560,7 +561,7 @@ impl Store {
         to: DateTime<Utc>,
     ) -> Result<Vec<(String, u64)>, StoreError> {
         let account_ref = self.require_account(account)?;
-        let mut stmt = self.conn.prepare_cached(
+        let mut stmt = self.0.conn.prepare_cached(
             "SELECT reason, count(*) FROM rejections WHERE account_ref = ?1 AND at_ms >= ?2 AND at_ms < ?3
               GROUP BY reason ORDER BY reason",
         )?;
@@ -581,7 +582,7 @@ mod tests {
     fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Store::open(&dir.path().join("db.sqlite"), Durability::Scratch).unwrap();
-        s.create_account("acme", at(0)).unwrap();
+        s.accounts().create_account("acme", at(0)).unwrap();
         (dir, s)
     }
 
@@ -603,12 +604,13 @@ mod tests {
     }
 
     fn ingest(s: &mut Store, batch: &[Incoming<'_>]) -> Vec<Outcome> {
-        s.ingest(batch, &AgeLimits::default()).unwrap()
+        s.ingest().insert(batch, &AgeLimits::default()).unwrap()
     }
 
     /// The stored samples as (seq, cores, at).
     fn stored(s: &mut Store) -> Vec<(Option<i64>, u32, DateTime<Utc>)> {
-        s.audit_samples("acme", at(-60), at(60))
+        s.reads()
+            .audit_samples("acme", at(-60), at(60))
             .unwrap()
             .into_iter()
             .map(|a| (a.seq, a.cores, a.at))
@@ -623,7 +625,7 @@ mod tests {
         assert_eq!(ingest(&mut s, &[sample(1, 8, at(0))]), [Outcome::Accepted]);
         assert_eq!(ingest(&mut s, &[sample(1, 8, at(0))]), [Outcome::Duplicate]);
         assert_eq!(stored(&mut s), [(Some(1), 8, at(0))]);
-        assert_eq!(s.rejections("acme", at(-60), at(60)).unwrap(), []);
+        assert_eq!(s.reads().rejections("acme", at(-60), at(60)).unwrap(), []);
     }
 
     #[test]
@@ -649,7 +651,7 @@ mod tests {
         );
         // Recorded like every rejection of a known account.
         assert_eq!(
-            s.rejections("acme", at(-60), at(60)).unwrap(),
+            s.reads().rejections("acme", at(-60), at(60)).unwrap(),
             [("conflicting_resend".to_string(), 2)]
         );
     }
