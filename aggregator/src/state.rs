@@ -30,6 +30,9 @@ pub struct AppState {
     pub admin_token: AdminToken,
     /// Wakes the outbox worker when lines were issued.
     pub outbox_wake: Arc<tokio::sync::Notify>,
+    /// Wakes the notice workers after a billing or lifecycle run, which may
+    /// have issued notices.
+    pub notice_wake: Arc<tokio::sync::Notify>,
     pub faults: Arc<Faults>,
     /// Names stored before their domain was written, still reachable.
     pub legacy_names: LegacyNames,

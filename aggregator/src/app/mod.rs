@@ -121,6 +121,7 @@ impl Application {
             registry: Arc::new(registry),
             admin_token: crate::security::tokens::AdminToken::from_hash(admin_token_hash),
             outbox_wake: Arc::new(tokio::sync::Notify::new()),
+            notice_wake: Arc::new(tokio::sync::Notify::new()),
             faults: Arc::default(),
             legacy_names: crate::store::LegacyNames::new(legacy),
         });

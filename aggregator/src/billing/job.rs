@@ -28,6 +28,8 @@ pub async fn run(state: Arc<AppState>, poll: Duration, mut stop: watch::Receiver
         let nap = until(now, next).min(poll);
         tokio::select! {
             _ = tokio::time::sleep(nap) => {}
+            // A test's manual clock moved: look at it now, not at the nap's end.
+            _ = state.clock.moved() => {}
             _ = stop.changed() => return,
         }
         if state.clock.now() >= next || run_unfinished(&state).await {
@@ -155,6 +157,7 @@ pub async fn run_lifecycle_now(
             break;
         }
     }
+    state.notice_wake.notify_waiters();
     Ok(changed)
 }
 
@@ -180,6 +183,8 @@ pub async fn run_billing_now(state: &Arc<AppState>) -> Result<Vec<BillLine>, Sto
     if !issued.is_empty() {
         state.outbox_wake.notify_one();
     }
+    // A day billed may have issued a notice.
+    state.notice_wake.notify_waiters();
     Ok(issued)
 }
 

@@ -29,12 +29,26 @@ pub async fn run(state: Arc<AppState>, poll: Duration, stop: watch::Receiver<boo
     let notices = state.config.notices.clone();
     let webhook = async {
         if let Some(sender) = notices.webhook.and_then(Sender::webhook) {
-            worker::run(state.clone(), Arc::new(sender), poll, None, stop.clone()).await;
+            worker::run(
+                state.clone(),
+                Arc::new(sender),
+                poll,
+                Some(state.notice_wake.clone()),
+                stop.clone(),
+            )
+            .await;
         }
     };
     let email = async {
         if let Some(sender) = notices.smtp.and_then(Sender::email) {
-            worker::run(state.clone(), Arc::new(sender), poll, None, stop.clone()).await;
+            worker::run(
+                state.clone(),
+                Arc::new(sender),
+                poll,
+                Some(state.notice_wake.clone()),
+                stop.clone(),
+            )
+            .await;
         }
     };
     tokio::join!(webhook, email);

@@ -93,6 +93,10 @@ pub(crate) async fn run<Q: Queue>(
     // A claim outlasts the send: no other replica sends the item meanwhile.
     let lease = TimeDelta::from_std(queue.timeout()).unwrap_or(TimeDelta::MAX) + CLAIM_MARGIN;
     loop {
+        // Made before the pass, so a wake-up during it is not lost (a
+        // `Notified` receives `notify_waiters` from its creation on).
+        let notified = wake.as_deref().map(Notify::notified);
+        tokio::pin!(notified);
         let now = state.clock.now();
         let q = queue.clone();
         let due = match state
@@ -135,13 +139,15 @@ pub(crate) async fn run<Q: Queue>(
             .unwrap_or(poll)
             .min(poll);
         let woken = async {
-            match &wake {
-                Some(wake) => wake.notified().await,
+            match notified.as_mut().as_pin_mut() {
+                Some(notified) => notified.await,
                 None => std::future::pending().await,
             }
         };
         tokio::select! {
             _ = tokio::time::sleep(nap) => {}
+            // A test's manual clock moved: what is due may have changed.
+            _ = state.clock.moved() => {}
             _ = woken => {}
             _ = stop.changed() => return,
         }

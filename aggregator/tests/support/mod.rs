@@ -248,8 +248,8 @@ impl TestApp {
             "http"
         };
         let timing = Timing {
-            billing_poll: Duration::from_millis(50),
-            outbox_poll: Duration::from_millis(50),
+            billing_poll: Duration::from_secs(5),
+            outbox_poll: Duration::from_secs(5),
             file_poll: Duration::from_millis(50),
         };
         let app = Application::build(config, clock.clone(), timing)
