@@ -503,8 +503,8 @@ async fn the_service_prunes_at_start_up_counts_it_and_answers_410_for_a_pruned_d
     config.retention_days = RETENTION_DAYS;
     let clock = Arc::new(ManualClock::new(local("2026-02-01T09:00:00")));
     let timing = Timing {
-        billing_poll: Duration::from_millis(50),
-        outbox_poll: Duration::from_millis(50),
+        billing_poll: Duration::from_secs(5),
+        outbox_poll: Duration::from_secs(5),
         ..Timing::default()
     };
     let app = Application::build(config, clock, timing).await.unwrap();
