@@ -208,7 +208,7 @@ fn modules() -> BTreeMap<String, Module> {
             .into_owned();
         // lib.rs declares the modules; main.rs, the binary, reaches them
         // as `aggregator::…` (checked for the crates it names below).
-        if relative == "lib.rs" || relative == "layers.rs" {
+        if relative == "lib.rs" || relative == "layers.rs" || relative == "docs.rs" {
             continue;
         }
         let top = relative

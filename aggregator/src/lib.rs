@@ -32,3 +32,6 @@ pub mod store;
 
 #[cfg(test)]
 mod layers;
+
+#[cfg(test)]
+mod docs;

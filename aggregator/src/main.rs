@@ -56,7 +56,7 @@ enum Command {
     },
     /// Run the service: ingest, admin API, 02:00 billing, bill delivery.
     Serve {
-        /// A TOML file of settings (see the README for every key).
+        /// A TOML file of settings (docs/settings.md lists every key).
         #[arg(long)]
         config: Option<PathBuf>,
         /// Address to listen on [default: 127.0.0.1:8080].

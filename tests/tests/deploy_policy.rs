@@ -19,7 +19,7 @@ use serde_json::Value;
 use serde_yaml_ng::Deserializer;
 
 /// The agent's peak resident memory, measured pushing a 720-sample backlog
-/// (`/usr/bin/time -v`, README "Node agent").
+/// (`/usr/bin/time -v`, docs/agent.md).
 const AGENT_PEAK_RSS_BYTES: u64 = 6_224 * 1024;
 /// The agent's `--shutdown-grace-secs` when the manifest does not set it.
 const AGENT_DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 5;

@@ -33,7 +33,7 @@ use crate::store::{Connection, Store, StoreError, Unwritable};
 
 /// Every route: (method, path, the role that may call it, what it does). The
 /// router, its authorization and the OpenAPI document are all built from this
-/// table, and the README's "Who may call what" is checked against it.
+/// table, and docs/api.md's "Who may call what" is checked against it.
 pub const ROUTES: &[(&str, &str, Role, &str)] = &[
     (
         "post",
@@ -1273,12 +1273,12 @@ mod tests {
     }
 
     #[test]
-    fn the_readmes_who_may_call_what_table_is_the_route_table() {
-        let readme = include_str!("../../../README.md");
-        let section = readme
-            .split("### Who may call what")
+    fn the_api_pages_who_may_call_what_table_is_the_route_table() {
+        let page = include_str!("../../../docs/api.md");
+        let section = page
+            .split("## Who may call what")
             .nth(1)
-            .expect("README has a Who may call what section");
+            .expect("docs/api.md has a Who may call what section");
         let section = section.split("\n#").next().unwrap();
         let documented: std::collections::BTreeSet<String> = section
             .lines()
@@ -1289,7 +1289,7 @@ mod tests {
             .iter()
             .map(|(m, p, r, _)| format!("{} {p} {}", m.to_uppercase(), r.as_str()))
             .collect();
-        assert_eq!(documented, table, "README's table against ROUTES");
+        assert_eq!(documented, table, "docs/api.md's table against ROUTES");
     }
 
     fn sqlite(code: std::ffi::c_int) -> StoreError {
