@@ -121,7 +121,11 @@ fn every_relative_link_in_the_documents_leads_to_a_file_and_heading_that_exist()
             }
         }
     }
-    assert!(broken.is_empty(), "broken links:\n  {}", broken.join("\n  "));
+    assert!(
+        broken.is_empty(),
+        "broken links:\n  {}",
+        broken.join("\n  ")
+    );
 }
 
 #[test]

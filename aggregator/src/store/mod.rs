@@ -9,6 +9,7 @@ mod connection;
 mod copy;
 pub mod db;
 mod issued;
+mod migrations;
 mod names;
 pub use names::LegacyNames;
 mod notice_outbox;
@@ -38,6 +39,7 @@ pub use clusters::ClusterIdentity;
 pub use connection::{panic_message, Connection};
 pub use copy::{CopyError, CopyReport};
 pub use issued::TokenKind;
+pub use migrations::NAMES_REPORTED_AT;
 pub use notice_outbox::{DueNotice, NoticeChannel, NOTICE_ERROR_MAX_CHARS};
 pub use notices::{Notice, NoticeDelivery, Recipient};
 pub use orders::{BalanceEntry, Contact, NewContact, NewOrder, Order, MAX_ORDER_CORES};
@@ -48,11 +50,10 @@ pub use readers::{
 };
 pub use retention::{reads_from, Horizon, PruneTarget, Pruned, PRUNE_BATCH_ROWS};
 pub use samples::{AuditSample, Incoming, Outcome};
-pub use schema::NAMES_REPORTED_AT;
 pub use states::{StateChange, StepOutcome};
 
 /// The schema version this build migrates databases to.
-pub const SCHEMA_VERSION: usize = schema::MIGRATIONS.len();
+pub const SCHEMA_VERSION: usize = migrations::VERSION;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -278,13 +279,11 @@ impl Store {
         let dialect = self.conn.dialect();
         // A write transaction: replicas starting together migrate one at a time.
         let tx = self.conn.transaction()?;
-        let (applied, known) = match dialect {
-            Dialect::Sqlite => (
-                tx.query_row("PRAGMA user_version", (), |r| r.get(0))?,
-                schema::MIGRATIONS.len(),
-            ),
-            Dialect::Postgres => (schema_postgres::applied(&tx)?, schema_postgres::KNOWN),
+        let applied = match dialect {
+            Dialect::Sqlite => tx.query_row("PRAGMA user_version", (), |r| r.get(0))?,
+            Dialect::Postgres => schema_postgres::applied(&tx)?,
         };
+        let known = migrations::VERSION;
         if applied > known {
             return Err(StoreError::TooNew {
                 path: path.to_string(),
@@ -292,16 +291,16 @@ impl Store {
                 known,
             });
         }
-        match dialect {
-            Dialect::Sqlite => {
-                for sql in &schema::MIGRATIONS[applied..] {
-                    tx.execute_batch(sql)?;
-                }
-                tx.execute_batch(&format!("PRAGMA user_version = {known}"))?;
+        for (version, sql) in migrations::pending(dialect, applied) {
+            tx.execute_batch(&sql)?;
+            if dialect == Dialect::Postgres {
+                schema_postgres::record(&tx, version)?;
             }
-            Dialect::Postgres => schema_postgres::migrate(&tx, applied)?,
         }
-        if applied < schema::NAMES_REPORTED_AT {
+        if dialect == Dialect::Sqlite {
+            tx.execute_batch(&format!("PRAGMA user_version = {known}"))?;
+        }
+        if applied < migrations::NAMES_REPORTED_AT {
             names::report_names_outside_domain(&tx)?;
         }
         tx.commit()?;
@@ -419,10 +418,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("core-meter.sqlite");
         let store = Store::open(&path, Durability::Durable).unwrap();
-        assert_eq!(store.schema_version().unwrap(), schema::MIGRATIONS.len());
+        assert_eq!(store.schema_version().unwrap(), migrations::VERSION);
         drop(store);
         let store = Store::open(&path, Durability::Durable).unwrap();
-        assert_eq!(store.schema_version().unwrap(), schema::MIGRATIONS.len());
+        assert_eq!(store.schema_version().unwrap(), migrations::VERSION);
         let mode: String = store
             .conn
             .query_row("PRAGMA journal_mode", (), |r| r.get(0))

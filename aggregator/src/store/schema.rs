@@ -1,7 +1,9 @@
-//! The database schema as numbered migrations; `PRAGMA user_version` records how many are applied.
+//! SQLite's first five migrations, as they shipped. PostgreSQL starts from
+//! their sum (`schema_postgres.rs`); from migration 6 on, both databases
+//! take one text each (`migrations.rs`).
 
-/// Every migration, in order. Never edit one that has shipped: add the next.
-pub const MIGRATIONS: &[&str] = &[
+/// SQLite's migrations 1 to 5, in order. Never edit one that has shipped.
+pub const SQLITE_1_TO_5: [&str; 5] = [
     // 1: accounts, licences, caps, nodes, samples, bill lines, billing state.
     r#"
     CREATE TABLE accounts (
@@ -290,49 +292,4 @@ pub const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX notice_deliveries_pending ON notice_deliveries (next_attempt_ms) WHERE delivered_at_ms IS NULL;
     "#,
-    // 6: reader tokens: a customer's read-only tokens, each bound to one
-    // account, kept only as SHA-256 hashes; a revoked one keeps its row.
-    r#"
-    CREATE TABLE reader_tokens (
-        id             INTEGER PRIMARY KEY,
-        account_ref    INTEGER NOT NULL REFERENCES accounts(ref),
-        name           TEXT NOT NULL,
-        token_hash     BLOB NOT NULL UNIQUE,
-        created_at_ms  INTEGER NOT NULL,
-        revoked_at_ms  INTEGER
-    );
-    CREATE INDEX reader_tokens_by_account ON reader_tokens(account_ref);
-    "#,
-    // 7: the hash of every token ever issued, so that none is issued twice
-    // (a token rotated away and given to another account's cluster would let
-    // a stale agent bill into that account). Backfilled from the hashes held
-    // now: those rotated away before this migration were never kept.
-    r#"
-    CREATE TABLE issued_tokens (
-        token_hash    BLOB PRIMARY KEY,
-        kind          TEXT NOT NULL CHECK (kind IN ('cluster', 'reader', 'admin')),
-        issued_at_ms  INTEGER NOT NULL
-    ) WITHOUT ROWID;
-    INSERT INTO issued_tokens (token_hash, kind, issued_at_ms)
-    SELECT token_hash, kind, issued_at_ms FROM (
-        SELECT token_hash, 'cluster' AS kind, coalesce(rotated_at_ms, created_at_ms) AS issued_at_ms FROM clusters
-        UNION ALL SELECT token_hash, 'reader', created_at_ms FROM reader_tokens
-        UNION ALL SELECT token_hash, 'admin', created_at_ms FROM admin_token
-    ) AS held WHERE true
-    ON CONFLICT (token_hash) DO NOTHING;
-    "#,
-    // 8: names stored before their domain was written (account ids, cluster
-    // and node names outside shared::domain::check_name), found and recorded
-    // by the migration itself (store/names.rs); they are kept and reachable.
-    r#"
-    CREATE TABLE names_outside_domain (
-        kind   TEXT NOT NULL,
-        name   TEXT NOT NULL,
-        PRIMARY KEY (kind, name)
-    ) WITHOUT ROWID;
-    "#,
 ];
-
-/// The version whose migration records the names outside their domain
-/// (`names::report_names_outside_domain` runs when a database crosses it).
-pub const NAMES_REPORTED_AT: usize = 8;
