@@ -169,7 +169,9 @@ fn sqlite_tables(path: &std::path::Path) -> Tables {
         // keys its rows by the implicit `rowid`, which PostgreSQL's copy
         // declares as a column of that name (`rejections`).
         if table.primary_key.is_empty() {
-            table.columns.insert(0, ("rowid".to_string(), "integer", false));
+            table
+                .columns
+                .insert(0, ("rowid".to_string(), "integer", false));
             table.primary_key = vec!["rowid".to_string()];
         }
         let indexes: Vec<(String, bool, String)> = conn

@@ -1,6 +1,7 @@
 //! The service's settings: defaults, then a TOML file, then `CORE_METER_*` environment variables, then flags; a bad one stops start-up naming it.
 
 pub mod secret_file;
+pub mod settings;
 mod values;
 
 pub use values::{
@@ -173,152 +174,11 @@ pub struct Flags {
     pub insecure_plaintext: bool,
 }
 
-/// One setting: its file key, its environment variable, and how to apply it.
-struct Setting {
-    key: &'static str,
-    env: &'static str,
-}
-
-const SETTINGS: &[Setting] = &[
-    Setting {
-        key: "listen",
-        env: "CORE_METER_LISTEN",
-    },
-    Setting {
-        key: "database",
-        env: "CORE_METER_DATABASE",
-    },
-    Setting {
-        key: "admin_token",
-        env: "CORE_METER_ADMIN_TOKEN",
-    },
-    Setting {
-        key: "admin_token_file",
-        env: "CORE_METER_ADMIN_TOKEN_FILE",
-    },
-    Setting {
-        key: "tls_cert",
-        env: "CORE_METER_TLS_CERT",
-    },
-    Setting {
-        key: "tls_key",
-        env: "CORE_METER_TLS_KEY",
-    },
-    Setting {
-        key: "tls_client_ca",
-        env: "CORE_METER_TLS_CLIENT_CA",
-    },
-    Setting {
-        key: "insecure_plaintext",
-        env: "CORE_METER_INSECURE_PLAINTEXT",
-    },
-    Setting {
-        key: "log_json",
-        env: "CORE_METER_LOG_JSON",
-    },
-    Setting {
-        key: "request_timeout_secs",
-        env: "CORE_METER_REQUEST_TIMEOUT_SECS",
-    },
-    Setting {
-        key: "retention_days",
-        env: "CORE_METER_RETENTION_DAYS",
-    },
-    Setting {
-        key: "billing.timezone",
-        env: "CORE_METER_TIMEZONE",
-    },
-    Setting {
-        key: "billing.price_per_core_day",
-        env: "CORE_METER_PRICE_PER_CORE_DAY",
-    },
-    Setting {
-        key: "billing.licence_price_per_core_month",
-        env: "CORE_METER_LICENCE_PRICE_PER_CORE_MONTH",
-    },
-    Setting {
-        key: "billing.billable_core_rounding",
-        env: "CORE_METER_BILLABLE_CORE_ROUNDING",
-    },
-    Setting {
-        key: "billing.gap_bridge_hours",
-        env: "CORE_METER_GAP_BRIDGE_HOURS",
-    },
-    Setting {
-        key: "billing.max_sample_age_hours",
-        env: "CORE_METER_MAX_SAMPLE_AGE_HOURS",
-    },
-    Setting {
-        key: "billing.max_future_minutes",
-        env: "CORE_METER_MAX_FUTURE_MINUTES",
-    },
-    Setting {
-        key: "billing.default_cap_cores",
-        env: "CORE_METER_DEFAULT_CAP_CORES",
-    },
-    Setting {
-        key: "billing.currency",
-        env: "CORE_METER_CURRENCY",
-    },
-    Setting {
-        key: "webhook.url",
-        env: "CORE_METER_WEBHOOK_URL",
-    },
-    Setting {
-        key: "webhook.timeout_secs",
-        env: "CORE_METER_WEBHOOK_TIMEOUT_SECS",
-    },
-    Setting {
-        key: "webhook.max_backoff_secs",
-        env: "CORE_METER_WEBHOOK_MAX_BACKOFF_SECS",
-    },
-    Setting {
-        key: "webhook.secret",
-        env: "CORE_METER_WEBHOOK_SECRET",
-    },
-    Setting {
-        key: "webhook.secret_file",
-        env: "CORE_METER_WEBHOOK_SECRET_FILE",
-    },
-    Setting {
-        key: "notices.webhook_url",
-        env: "CORE_METER_NOTICES_WEBHOOK_URL",
-    },
-    Setting {
-        key: "notices.webhook_secret",
-        env: "CORE_METER_NOTICES_WEBHOOK_SECRET",
-    },
-    Setting {
-        key: "notices.webhook_secret_file",
-        env: "CORE_METER_NOTICES_WEBHOOK_SECRET_FILE",
-    },
-    Setting {
-        key: "notices.timeout_secs",
-        env: "CORE_METER_NOTICES_TIMEOUT_SECS",
-    },
-    Setting {
-        key: "notices.max_backoff_secs",
-        env: "CORE_METER_NOTICES_MAX_BACKOFF_SECS",
-    },
-    Setting {
-        key: "notices.smtp_relay",
-        env: "CORE_METER_NOTICES_SMTP_RELAY",
-    },
-    Setting {
-        key: "notices.smtp_from",
-        env: "CORE_METER_NOTICES_SMTP_FROM",
-    },
-];
-
-fn env_of(key: &str) -> &'static str {
-    SETTINGS.iter().find(|s| s.key == key).map_or("", |s| s.env)
-}
-
 /// Where a setting's value came from, for error messages.
 fn named(key: &str) -> String {
     format!(
         "setting {key} (file key {key}, environment {})",
-        env_of(key)
+        settings::setting(key).env
     )
 }
 
@@ -333,11 +193,14 @@ impl Config {
         env: &dyn Fn(&str) -> Option<String>,
         postgres_is_private: &dyn Fn(&str) -> bool,
     ) -> anyhow::Result<Config> {
-        let mut file = match &flags.config {
-            Some(path) => read_file(path)?,
-            None => FileConfig::default(),
+        let (mut table, source) = match &flags.config {
+            Some(path) => (read_file(path)?, format!("config file {}", path.display())),
+            None => (toml::Table::new(), "the environment".to_string()),
         };
-        apply_env(&mut file, env)?;
+        overlay_env(&mut table, env)?;
+        let mut file: FileConfig = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e| anyhow!("{source}: {}", e.to_string().trim().replace('\n', " ")))?;
         if let Some(l) = &flags.listen {
             file.listen = Some(l.clone());
         }
@@ -852,7 +715,10 @@ pub fn read_admin_token_file(path: &Path) -> anyhow::Result<String> {
     crate::config::secret_file::read_secret(&named("admin_token_file"), path, TOKEN_FILE_MAX_BYTES)
 }
 
-fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+/// The TOML file as a table of tables; its keys are checked against
+/// `FileConfig` (every setting, no other key) once the environment is laid
+/// over it.
+fn read_file(path: &Path) -> anyhow::Result<toml::Table> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("read config file {}", path.display()))?;
     toml::from_str(&text).map_err(|e| {
@@ -864,92 +730,31 @@ fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
     })
 }
 
-/// A yes/no setting from the environment: 1/true/yes or 0/false/no.
-fn boolean(key: &str, v: &str) -> anyhow::Result<bool> {
-    match v.trim().to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" => Ok(true),
-        "0" | "false" | "no" => Ok(false),
-        _ => Err(anyhow!("{}: {v:?} is not true or false", named(key))),
-    }
-}
-
-fn apply_env(f: &mut FileConfig, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<()> {
-    let get = |key: &str| env(env_of(key)).filter(|v| !v.is_empty());
-    let number = |key: &str| -> anyhow::Result<Option<u64>> {
-        get(key)
-            .map(|v| {
-                v.trim()
-                    .parse::<u64>()
-                    .map_err(|_| anyhow!("{}: {v:?} is not a whole number", named(key)))
-            })
-            .transpose()
-    };
-    let small = |key: &str| -> anyhow::Result<Option<u32>> {
-        number(key)?
-            .map(|n| u32::try_from(n).map_err(|_| anyhow!("{}: {n} is too large", named(key))))
-            .transpose()
-    };
-    if let Some(v) = get("listen") {
-        f.listen = Some(v);
-    }
-    if let Some(v) = get("database") {
-        f.database = Some(v.to_string());
-    }
-    if let Some(v) = get("admin_token") {
-        f.admin_token = Some(v);
-    }
-    if let Some(v) = get("admin_token_file") {
-        f.admin_token_file = Some(PathBuf::from(v));
-    }
-    for (key, setting) in [
-        ("tls_cert", &mut f.tls_cert),
-        ("tls_key", &mut f.tls_key),
-        ("tls_client_ca", &mut f.tls_client_ca),
-    ] {
-        if let Some(v) = get(key) {
-            *setting = Some(PathBuf::from(v));
+/// Lays the environment over the file's table: every setting's variable
+/// that is set and not empty, read as the setting's kind.
+fn overlay_env(
+    table: &mut toml::Table,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<()> {
+    for s in settings::SETTINGS {
+        let Some(text) = env(s.env).filter(|v| !v.is_empty()) else {
+            continue;
+        };
+        let value = settings::from_env(s, &text).map_err(|e| anyhow!("{}: {e}", named(s.key)))?;
+        match s.key.split_once('.') {
+            Some((section, key)) => {
+                let section = table
+                    .entry(section)
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                if let toml::Value::Table(section) = section {
+                    section.insert(key.to_string(), value);
+                }
+            }
+            None => {
+                table.insert(s.key.to_string(), value);
+            }
         }
     }
-    if let Some(v) = get("insecure_plaintext") {
-        f.insecure_plaintext = Some(boolean("insecure_plaintext", &v)?);
-    }
-    if let Some(v) = get("log_json") {
-        f.log_json = Some(matches!(v.trim(), "1" | "true" | "yes"));
-    }
-    if let Some(v) = number("request_timeout_secs")? {
-        f.request_timeout_secs = Some(v);
-    }
-    f.retention_days = small("retention_days")?.or(f.retention_days);
-    let b = &mut f.billing;
-    b.timezone = get("billing.timezone").or(b.timezone.take());
-    b.price_per_core_day = get("billing.price_per_core_day").or(b.price_per_core_day.take());
-    b.licence_price_per_core_month =
-        get("billing.licence_price_per_core_month").or(b.licence_price_per_core_month.take());
-    b.billable_core_rounding =
-        get("billing.billable_core_rounding").or(b.billable_core_rounding.take());
-    b.currency = get("billing.currency").or(b.currency.take());
-    b.gap_bridge_hours = small("billing.gap_bridge_hours")?.or(b.gap_bridge_hours);
-    b.max_sample_age_hours = small("billing.max_sample_age_hours")?.or(b.max_sample_age_hours);
-    b.max_future_minutes = small("billing.max_future_minutes")?.or(b.max_future_minutes);
-    b.default_cap_cores = small("billing.default_cap_cores")?.or(b.default_cap_cores);
-    let w = &mut f.webhook;
-    w.url = get("webhook.url").or(w.url.take());
-    w.timeout_secs = number("webhook.timeout_secs")?.or(w.timeout_secs);
-    w.max_backoff_secs = number("webhook.max_backoff_secs")?.or(w.max_backoff_secs);
-    w.secret = get("webhook.secret").or(w.secret.take());
-    w.secret_file = get("webhook.secret_file")
-        .map(PathBuf::from)
-        .or(w.secret_file.take());
-    let n = &mut f.notices;
-    n.webhook_url = get("notices.webhook_url").or(n.webhook_url.take());
-    n.webhook_secret = get("notices.webhook_secret").or(n.webhook_secret.take());
-    n.webhook_secret_file = get("notices.webhook_secret_file")
-        .map(PathBuf::from)
-        .or(n.webhook_secret_file.take());
-    n.timeout_secs = number("notices.timeout_secs")?.or(n.timeout_secs);
-    n.max_backoff_secs = number("notices.max_backoff_secs")?.or(n.max_backoff_secs);
-    n.smtp_relay = get("notices.smtp_relay").or(n.smtp_relay.take());
-    n.smtp_from = get("notices.smtp_from").or(n.smtp_from.take());
     Ok(())
 }
 
@@ -1842,5 +1647,84 @@ mod tests {
             "{:#}",
             load(file, env, crate::config::Flags::default()).unwrap_err()
         )
+    }
+
+    #[test]
+    fn an_unknown_key_in_the_file_or_a_section_is_an_error_naming_it() {
+        for (text, key) in [
+            ("listne = \"127.0.0.1:8080\"\n", "listne"),
+            ("[billing]\ntimezon = \"UTC\"\n", "timezon"),
+            ("[webhooks]\nurl = \"https://b.example\"\n", "webhooks"),
+        ] {
+            let e = load(Some(text), &[], Flags::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("config file ") && e.contains(key), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_malformed_value_from_the_file_or_the_environment_names_its_key() {
+        let e = load(
+            Some("[billing]\ngap_bridge_hours = \"three\"\n"),
+            &[],
+            Flags::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("gap_bridge_hours"), "{e}");
+        for (var, value, key, why) in [
+            (
+                "CORE_METER_GAP_BRIDGE_HOURS",
+                "three",
+                "billing.gap_bridge_hours",
+                "is not a whole number",
+            ),
+            (
+                "CORE_METER_RETENTION_DAYS",
+                "5000000000",
+                "retention_days",
+                "is too large",
+            ),
+            (
+                "CORE_METER_LOG_JSON",
+                "maybe",
+                "log_json",
+                "is not true or false",
+            ),
+            (
+                "CORE_METER_INSECURE_PLAINTEXT",
+                "2",
+                "insecure_plaintext",
+                "is not true or false",
+            ),
+        ] {
+            let e = load(None, &[(var, value)], Flags::default())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with(&format!("setting {key} ")) && e.contains(var) && e.contains(why),
+                "{e}"
+            );
+        }
+        let c = load(None, &[("CORE_METER_LOG_JSON", "Yes")], Flags::default()).unwrap();
+        assert!(c.log_json);
+    }
+
+    #[test]
+    fn every_setting_in_the_list_is_a_key_of_the_file() {
+        // Each setting alone, from the environment, with a value of its kind:
+        // the file's structure takes it (an unknown key would be refused).
+        for s in settings::SETTINGS {
+            let text = match s.kind {
+                settings::Kind::Boolean => "false",
+                settings::Kind::Whole(_) => "1",
+                settings::Kind::Text | settings::Kind::Path => "x",
+            };
+            let mut table = toml::Table::new();
+            overlay_env(&mut table, &|var| (var == s.env).then(|| text.to_string())).unwrap();
+            let parsed: Result<FileConfig, _> = toml::Value::Table(table).try_into();
+            assert!(parsed.is_ok(), "{}: {:?}", s.key, parsed.err());
+        }
     }
 }
