@@ -1,4 +1,4 @@
-//! The real binaries as end-to-end tests use them: found (built if needed), started on free ports, spoken to over plain HTTP.
+//! The real binaries as end-to-end tests use them: built from the code as it is, started on free ports, spoken to over plain HTTP.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -6,23 +6,25 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The path of a workspace binary. `cargo test --workspace` (the README's
-/// test command) builds every binary before any test runs; run alone, this
-/// crate's tests build the binaries only if they are missing.
+/// The path of a workspace binary, built from the code as it is now.
 pub fn binary(name: &str) -> PathBuf {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    let path = target.join("debug").join(name);
-    if !path.exists() {
+    // Built once per test process, whatever is there: `cargo test -p e2e`
+    // does not rebuild the other packages' binaries, and a test must never
+    // run an older build of the code it tests. Up to date, it takes a
+    // fraction of a second.
+    BUILT.get_or_init(|| {
         let status = Command::new(env!("CARGO"))
             .args(["build", "--quiet", "--workspace", "--bins"])
             .current_dir(&root)
             .status()
             .expect("run cargo build");
         assert!(status.success(), "cargo build --workspace --bins failed");
-    }
-    path
+    });
+    target.join("debug").join(name)
 }
 
 /// A port nothing listens on now.
