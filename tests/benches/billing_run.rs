@@ -54,10 +54,7 @@ use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use shared::overage::Licence;
 use shared::sample::AgeLimits;
 
-#[path = "support/bench_postgres.rs"]
-#[allow(dead_code)]
-mod bench_postgres;
-use bench_postgres::BenchPostgres;
+use e2e::postgres::TempPostgres;
 
 /// Samples per `Store::ingest` call while loading, as `replay` uses.
 const LOAD_CHUNK: usize = 10_000;
@@ -224,7 +221,9 @@ fn measure(nodes: u32, accounts: u32, on: &On) -> Row {
         )
         .expect("temporary directory");
     // The server lives until the row is measured.
-    let postgres = on.postgres.then(|| BenchPostgres::start(on.durable));
+    let postgres = on
+        .postgres
+        .then(|| TempPostgres::start_with(on.durable).expect("a throwaway PostgreSQL"));
     let db = match &postgres {
         Some(pg) => {
             println!("{}", pg.settings());

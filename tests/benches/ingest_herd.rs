@@ -57,10 +57,7 @@ use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use clap::Parser;
 use e2e::procs::{free_addr, request};
 
-#[path = "support/bench_postgres.rs"]
-#[allow(dead_code)]
-mod bench_postgres;
-use bench_postgres::BenchPostgres;
+use e2e::postgres::TempPostgres;
 
 /// Accepted samples per second through HTTP at least.
 const TARGET_SAMPLES_PER_SEC: f64 = 20_000.0;
@@ -683,7 +680,8 @@ fn run(args: &Args, binary: &Path, nodes: u64) -> Measured {
 
     let dir = tempfile::tempdir().expect("a temporary directory");
     let sqlite = dir.path().join("herd.sqlite");
-    let postgres = (args.database == "postgres").then(|| BenchPostgres::start(!args.pg_no_fsync));
+    let postgres = (args.database == "postgres")
+        .then(|| TempPostgres::start_with(!args.pg_no_fsync).expect("a throwaway PostgreSQL"));
     let (database, label) = match &postgres {
         Some(pg) => {
             println!("{}", pg.settings());
@@ -715,13 +713,13 @@ fn run(args: &Args, binary: &Path, nodes: u64) -> Measured {
     let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
 
     let client_before = cpu_secs_of("/proc/self/stat");
-    let db_before = postgres.as_ref().map(BenchPostgres::cpu_secs);
+    let db_before = postgres.as_ref().map(TempPostgres::cpu_ticks);
     let mut load = push_all(&addrs, &token, work, args, tls.as_deref());
     let client_cpu_secs = cpu_secs_of("/proc/self/stat") - client_before;
     let db_cpu_secs = postgres
         .as_ref()
         .zip(db_before)
-        .map(|(pg, before)| pg.cpu_secs() - before);
+        .map(|(pg, before)| (pg.cpu_ticks() - before) as f64 / 100.0);
     let service_cpu_secs: f64 = servers.iter().map(Server::cpu_secs).sum();
     let (sum, count) = servers
         .iter()

@@ -1,11 +1,17 @@
-//! A throwaway PostgreSQL server for tests (issue 10's groundwork): its own
-//! cluster in a temporary directory, on a free local port, stopped and
+//! The one throwaway PostgreSQL server of the tests and the benches: its
+//! own cluster in a temporary directory, on a free local port, stopped and
 //! removed when dropped. The binaries come from the machine (`initdb` on
 //! the PATH, or Debian's `/usr/lib/postgresql/<version>/bin`); as root, the
 //! server runs as the `postgres` user, since PostgreSQL refuses root.
+//!
+//! Tests take it with `fsync` off (`start`); the benches with PostgreSQL's
+//! durable defaults (`start_durable`): the SQLite side of a bench commits
+//! with `synchronous = FULL`, so a disk-free PostgreSQL would not be a fair
+//! peer. It can be crashed (`pg_ctl stop -m immediate`) and restarted, so
+//! that a bench reads only what PostgreSQL recovers.
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use anyhow::{bail, Context};
@@ -16,6 +22,8 @@ pub struct TempPostgres {
     data: PathBuf,
     pub port: u16,
     as_user: Option<String>,
+    options: String,
+    durable: bool,
     _dir: tempfile::TempDir,
 }
 
@@ -55,8 +63,20 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 impl TempPostgres {
-    /// Initialises a cluster and starts it; fails naming what went wrong.
+    /// Initialises a cluster with `fsync` off and starts it; fails naming
+    /// what went wrong.
     pub fn start() -> anyhow::Result<TempPostgres> {
+        TempPostgres::start_with(false)
+    }
+
+    /// The same with PostgreSQL's durable defaults (`fsync`,
+    /// `synchronous_commit`, `full_page_writes` on): the benches' peer.
+    pub fn start_durable() -> anyhow::Result<TempPostgres> {
+        TempPostgres::start_with(true)
+    }
+
+    /// `start_durable` when `durable`, else `start`.
+    pub fn start_with(durable: bool) -> anyhow::Result<TempPostgres> {
         let bin = binaries().context("no PostgreSQL on this machine (initdb not found)")?;
         let dir = tempfile::Builder::new()
             .prefix("core-meter-pg-")
@@ -79,11 +99,20 @@ impl TempPostgres {
             }
         }
         let port = free_port()?;
+        let mut options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200",
+            dir.path().display()
+        );
+        if !durable {
+            options.push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
+        }
         let pg = TempPostgres {
             bin,
             data: dir.path().join("data"),
             port,
             as_user,
+            options,
+            durable,
             _dir: dir,
         };
         pg.run(
@@ -99,23 +128,24 @@ impl TempPostgres {
                 "--no-sync",
             ],
         )?;
-        let options = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
-            pg.socket_dir().display()
-        );
-        let log = pg.data.with_file_name("server.log");
-        pg.run(
+        pg.start_server()?;
+        Ok(pg)
+    }
+
+    fn start_server(&self) -> anyhow::Result<()> {
+        let log = self.data.with_file_name("server.log");
+        self.run(
             "pg_ctl",
             &[
                 "-D",
-                &pg.data.display().to_string(),
+                &self.data.display().to_string(),
                 "-l",
                 &log.display().to_string(),
                 "-o",
-                &options,
+                &self.options,
                 "-w",
                 "-t",
-                "60",
+                "120",
                 "start",
             ],
         )
@@ -125,11 +155,99 @@ impl TempPostgres {
                 std::fs::read_to_string(&log).unwrap_or_default()
             )
         })?;
-        Ok(pg)
+        Ok(())
     }
 
-    fn socket_dir(&self) -> &Path {
-        self.data.parent().expect("the data directory has a parent")
+    /// A client on `database`.
+    pub fn client(&self, database: &str) -> ::postgres::Client {
+        ::postgres::Client::connect(&self.url(database), ::postgres::NoTls)
+            .unwrap_or_else(|e| panic!("connect to {}: {e}", self.url(database)))
+    }
+
+    /// Creates `database` and returns its URL.
+    pub fn create_database(&self, database: &str) -> String {
+        self.client("postgres")
+            .batch_execute(&format!("CREATE DATABASE {database}"))
+            .expect("CREATE DATABASE");
+        self.url(database)
+    }
+
+    /// The server's durability settings, as it reports them.
+    pub fn settings(&self) -> String {
+        let mut client = self.client("postgres");
+        let names = [
+            "server_version",
+            "fsync",
+            "synchronous_commit",
+            "full_page_writes",
+            "wal_sync_method",
+            "shared_buffers",
+        ];
+        let shown: Vec<String> = names
+            .iter()
+            .map(|name| {
+                let row = client
+                    .query_one(&format!("SHOW {name}"), &[])
+                    .expect("SHOW");
+                format!("{name}={}", row.get::<_, String>(0))
+            })
+            .collect();
+        format!(
+            "PostgreSQL {} ({})",
+            shown.join(", "),
+            if self.durable {
+                "durable defaults"
+            } else {
+                "the test helpers' fsync=off settings"
+            }
+        )
+    }
+
+    /// Crashes the server (`pg_ctl stop -m immediate`: no checkpoint, WAL
+    /// replay at the next start) and starts it again on the same port.
+    pub fn crash_and_restart(&self) {
+        let data = self.data.display().to_string();
+        self.run("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"])
+            .expect("crash the server");
+        self.start_server().expect("restart the server");
+    }
+
+    /// CPU time (user + system, in clock ticks of 1/100 s) the server has
+    /// used so far: the postmaster with its exited children (reaped
+    /// backends) and its live children.
+    pub fn cpu_ticks(&self) -> u64 {
+        let pid_file =
+            std::fs::read_to_string(self.data.join("postmaster.pid")).unwrap_or_default();
+        let Some(postmaster) = pid_file.lines().next().map(str::trim) else {
+            return 0;
+        };
+        let fields = |stat: &str| -> Vec<String> {
+            let text = std::fs::read_to_string(stat).unwrap_or_default();
+            text.rsplit_once(')').map_or(Vec::new(), |(_, rest)| {
+                rest.split_whitespace().map(str::to_string).collect()
+            })
+        };
+        let ticks =
+            |f: &[String], i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        // After the name: state, ppid, ... utime (11), stime (12), cutime (13), cstime (14).
+        let own = fields(&format!("/proc/{postmaster}/stat"));
+        let mut total = ticks(&own, 11) + ticks(&own, 12) + ticks(&own, 13) + ticks(&own, 14);
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let path = entry.path().join("stat");
+            if !entry
+                .file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+            {
+                continue;
+            }
+            let f = fields(&path.display().to_string());
+            if f.get(1).map(String::as_str) == Some(postmaster) {
+                total += ticks(&f, 11) + ticks(&f, 12);
+            }
+        }
+        total
     }
 
     /// A connection URL for `database` as the `postgres` superuser.
