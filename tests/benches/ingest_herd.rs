@@ -306,29 +306,14 @@ struct Tls {
 
 impl Tls {
     fn new() -> Tls {
-        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
-        let ca_key = KeyPair::generate().expect("a CA key");
-        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca = ca.self_signed(&ca_key).expect("a CA");
-        let key = KeyPair::generate().expect("a key");
-        let mut leaf = CertificateParams::new(Vec::<String>::new()).expect("parameters");
-        leaf.subject_alt_names
-            .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
-        let leaf = leaf.signed_by(&key, &ca, &ca_key).expect("a certificate");
+        // The workspace's one throwaway CA.
+        let ca = testkit::pki::Ca::new("ingest_herd test CA");
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let (cert, key_file) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-        std::fs::write(&cert, leaf.pem()).expect("write the certificate");
-        std::fs::write(&key_file, key.serialize_pem()).expect("write the key");
-        std::fs::set_permissions(
-            &key_file,
-            std::os::unix::fs::PermissionsExt::from_mode(0o600),
-        )
-        .expect("the key private");
+        let (cert, key) = ca.server("ingest-herd").write(dir.path(), "tls");
         Tls {
             ca_pem: ca.pem(),
             cert,
-            key: key_file,
+            key,
             _dir: dir,
         }
     }

@@ -2,8 +2,6 @@
 //! (named after what it tests), all sharing `support` (the test kit) and
 //! `pki` (the throwaway CA), compiled and linked once.
 
-#[path = "support/pki.rs"]
-mod pki;
 mod support;
 
 mod admin_token_file;

@@ -2,8 +2,8 @@
 //! certificate from a throwaway CA; the store verifies it against
 //! `sslrootcert`, and refuses a server its roots did not sign.
 
-use crate::pki;
 use crate::support;
+use testkit::pki;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -3,8 +3,8 @@
 //! a client certificate from the wrong CA, plain HTTP sent to the TLS port,
 //! and a certificate rotated while the service runs.
 
-use crate::pki;
 use crate::support;
+use testkit::pki;
 
 use std::path::Path;
 use std::sync::Arc;

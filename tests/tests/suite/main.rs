@@ -4,9 +4,6 @@
 //! input, clocks and an old spool). The deploy policy test stays a binary
 //! of its own: `tests/tools/deploy-mutations` runs it once per edit.
 
-#[path = "../../../aggregator/tests/suite/support/pki.rs"]
-mod pki;
-
 mod campaign_clocks_upgrade;
 mod campaign_crashes;
 mod campaign_full_disk;

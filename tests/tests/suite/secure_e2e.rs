@@ -6,7 +6,7 @@
 //! the logs (at debug level) and the metrics of both programs are searched
 //! for every secret the run used: none may appear.
 
-use crate::pki;
+use testkit::pki;
 
 use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;

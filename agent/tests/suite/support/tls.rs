@@ -1,16 +1,13 @@
-//! TLS for the tests: a throwaway CA with a server and a client certificate (rcgen), and serving the fake aggregator over HTTPS (tokio-rustls + hyper), with or without a client certificate required.
+//! TLS for the tests: the workspace's throwaway CA (`testkit::pki`) with a server and a client certificate, and serving the fake aggregator over HTTPS (tokio-rustls + hyper), with or without a client certificate required.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::Router;
-use rcgen::{
-    BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
-};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use testkit::pki::{write_file, Ca};
 
 /// A CA and what it signed, written as PEM files into a directory.
 pub struct Pki {
@@ -22,69 +19,32 @@ pub struct Pki {
     pub client_key: PathBuf,
 }
 
-fn ca(name: &str) -> (Certificate, KeyPair) {
-    let key = KeyPair::generate().expect("a CA key");
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let cert = params.self_signed(&key).expect("a self-signed CA");
-    (cert, key)
-}
-
-fn leaf(
-    names: &[&str],
-    usage: ExtendedKeyUsagePurpose,
-    ca: &(Certificate, KeyPair),
-) -> (String, String) {
-    let key = KeyPair::generate().expect("a key");
-    let mut params =
-        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
-    params.distinguished_name.push(DnType::CommonName, names[0]);
-    params.extended_key_usages = vec![usage];
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    let cert = params
-        .signed_by(&key, &ca.0, &ca.1)
-        .expect("a signed certificate");
-    (cert.pem(), key.serialize_pem())
-}
-
 impl Pki {
     /// A new CA named `name`, a server certificate for `127.0.0.1` and
-    /// `localhost`, and a client certificate for `node-agent`; the files go
-    /// into `dir` with `prefix`.
+    /// `localhost`, and a client certificate for `node-agent`, all from the
+    /// workspace's one throwaway CA (`testkit::pki`); the files go into
+    /// `dir` with `prefix`.
     pub fn new(dir: &Path, prefix: &str) -> Pki {
-        let ca = ca(&format!("{prefix} test CA"));
-        let (server_cert, server_key) = leaf(
-            &["localhost", "127.0.0.1"],
-            ExtendedKeyUsagePurpose::ServerAuth,
-            &ca,
-        );
-        let (client_cert, client_key) =
-            leaf(&["node-agent"], ExtendedKeyUsagePurpose::ClientAuth, &ca);
+        let ca = Ca::new(&format!("{prefix} test CA"));
+        let server = ca.server("localhost");
+        let client = ca.client("node-agent");
         let write = |name: &str, text: &str| {
             let path = dir.join(format!("{prefix}-{name}"));
-            std::fs::write(&path, text).unwrap();
             // Keys as a Secret's defaultMode 0400 leaves them: others may not read them.
             let mode = if name.ends_with("key.pem") {
                 0o600
             } else {
                 0o644
             };
-            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(mode))
-                .unwrap();
+            write_file(&path, text, mode);
             path
         };
         Pki {
-            ca_file: write("ca.pem", &ca.0.pem()),
-            server_cert: write("server.pem", &server_cert),
-            server_key: write("server-key.pem", &server_key),
-            client_cert: write("client.pem", &client_cert),
-            client_key: write("client-key.pem", &client_key),
+            ca_file: write("ca.pem", &ca.pem()),
+            server_cert: write("server.pem", &server.cert_pem),
+            server_key: write("server-key.pem", &server.key_pem),
+            client_cert: write("client.pem", &client.cert_pem),
+            client_key: write("client-key.pem", &client.key_pem),
         }
     }
 

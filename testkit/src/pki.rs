@@ -2,8 +2,6 @@
 //! 127.0.0.1 and localhost, client certificates, written as PEM files with
 //! the modes a Kubernetes Secret volume would give them (keys 0600).
 
-#![allow(dead_code)]
-
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
