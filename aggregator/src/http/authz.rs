@@ -31,7 +31,7 @@ pub enum Role {
 }
 
 impl Role {
-    /// The name in `ROUTES`, the OpenAPI document and the README.
+    /// The name in `ROUTES`, the OpenAPI document and docs/api.md.
     pub fn as_str(self) -> &'static str {
         match self {
             Role::None => "none",

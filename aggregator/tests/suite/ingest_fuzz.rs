@@ -182,8 +182,9 @@ fn validated(d: &DecodedSample, cx: &Context, limits: &AgeLimits) -> Result<(), 
     }
 }
 
-/// README's node names, written here again as the oracle: 1 to 253 ASCII
-/// letters, digits, `-`, `_` and `.`, not starting with `.` or `-`.
+/// The node names of docs/api.md ("What each input may be"), written here
+/// again as the oracle: 1 to 253 ASCII letters, digits, `-`, `_` and `.`,
+/// not starting with `.` or `-`.
 fn node_name_in_domain(node: &str) -> bool {
     (1..=253).contains(&node.chars().count())
         && node
