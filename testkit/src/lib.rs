@@ -3,5 +3,14 @@
 //! and the end-to-end tests can all use it.
 //!
 //! - [`pki`]: the one throwaway certificate authority.
+//! - [`eventually`], [`eventually_async`]: wait, with a deadline, for what a
+//!   test expects.
+//! - [`skip`]: a test that cannot run here says why, or fails where it
+//!   must run (`CORE_METER_REQUIRE_*`).
 
+mod eventually;
 pub mod pki;
+mod skip;
+
+pub use eventually::{eventually, eventually_async};
+pub use skip::skip;

@@ -638,23 +638,14 @@ mod tests {
         assert!((1..=MAX_CONNECTIONS).contains(&connection_cap()));
     }
 
+    /// The settings as `load_config` reads them (the store's reading of
+    /// PostgreSQL URLs).
     fn load(
         file: Option<&str>,
         env: &[(&str, &str)],
         flags: crate::config::Flags,
     ) -> anyhow::Result<Config> {
-        let dir = tempfile::tempdir().unwrap();
-        let mut flags = flags;
-        if let Some(text) = file {
-            let path = dir.path().join("core-meter.toml");
-            std::fs::write(&path, text).unwrap();
-            flags.config = Some(path);
-        }
-        let env: std::collections::HashMap<String, String> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        load_config(&flags, &|k| env.get(k).cloned())
+        crate::config::tests::load_reading(file, env, flags, &crate::store::db::postgres_is_private)
     }
 
     #[test]

@@ -759,7 +759,7 @@ fn overlay_env(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::collections::HashMap;
 
@@ -771,6 +771,19 @@ mod tests {
     }
 
     fn load(file: Option<&str>, env: &[(&str, &str)], flags: Flags) -> anyhow::Result<Config> {
+        // The driver's reading of PostgreSQL URLs is the store's; its tests
+        // with this module's are in `app` (`load_config`).
+        load_reading(file, env, flags, &|_| true)
+    }
+
+    /// `Config::load` of `file` (written to a temporary file), `env` and
+    /// `flags`, PostgreSQL URLs read by `postgres_is_private`.
+    pub(crate) fn load_reading(
+        file: Option<&str>,
+        env: &[(&str, &str)],
+        flags: Flags,
+        postgres_is_private: &dyn Fn(&str) -> bool,
+    ) -> anyhow::Result<Config> {
         let dir = tempfile::tempdir().unwrap();
         let mut flags = flags;
         if let Some(text) = file {
@@ -782,9 +795,7 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        // The driver's reading of PostgreSQL URLs is the store's; its tests
-        // with this module's are in `app` (`load_config`).
-        Config::load(&flags, &|k| env.get(k).cloned(), &|_| true)
+        Config::load(&flags, &|k| env.get(k).cloned(), postgres_is_private)
     }
 
     #[test]

@@ -14,7 +14,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{json, Value};
 use shared::clock::{Clock, ManualClock};
 use shared::lifecycle::{ContactRole, NoticeKind};
-use support::{eventually, local, TestApp, Webhook};
+use support::{eventually_async, local, TestApp, Webhook};
 
 /// The service with the given notice channels.
 struct App {
@@ -221,14 +221,14 @@ async fn a_notice_is_posted_to_the_webhook_once_with_its_idempotency_key_and_mar
     app.acme([ANN, BO]);
     let issued = Instant::now();
     let id = app.issue("2026-11-25");
-    eventually(
+    eventually_async(
         Duration::from_secs(10),
         "the webhook took the notice",
         || async { !webhook.taken().is_empty() },
     )
     .await;
     eprintln!("webhook delivery latency: {:?}", issued.elapsed());
-    eventually(
+    eventually_async(
         Duration::from_secs(10),
         "the notice marked delivered",
         || async { app.delivery(id, "webhook", "").delivered_at.is_some() },
@@ -296,7 +296,7 @@ async fn a_webhook_that_fails_twice_gets_the_notice_on_the_third_attempt_and_the
     app.acme([ANN, BO]);
     let id = app.issue("2026-11-25");
     // The clock stands still: the first failure is recorded with its cause.
-    eventually(
+    eventually_async(
         Duration::from_secs(10),
         "a failed attempt recorded",
         || async { app.delivery(id, "webhook", "").attempts >= 1 },
@@ -309,7 +309,7 @@ async fn a_webhook_that_fails_twice_gets_the_notice_on_the_third_attempt_and_the
         assert!(row.next_attempt_at >= app.clock.now());
     }
     // Retries are due on the service's clock.
-    eventually(
+    eventually_async(
         Duration::from_secs(20),
         "the third attempt taken",
         || async {
@@ -318,7 +318,7 @@ async fn a_webhook_that_fails_twice_gets_the_notice_on_the_third_attempt_and_the
         },
     )
     .await;
-    eventually(
+    eventually_async(
         Duration::from_secs(10),
         "the notice marked delivered",
         || async { app.delivery(id, "webhook", "").delivered_at.is_some() },
@@ -370,12 +370,12 @@ async fn each_email_recipient_gets_one_email_through_the_relay_with_the_subject_
     app.acme([ANN, BO]);
     let issued = Instant::now();
     let id = app.issue("2026-11-25");
-    eventually(Duration::from_secs(10), "two emails", || async {
+    eventually_async(Duration::from_secs(10), "two emails", || async {
         relay.messages().len() >= 2
     })
     .await;
     eprintln!("email delivery latency (both): {:?}", issued.elapsed());
-    eventually(Duration::from_secs(10), "both rows delivered", || async {
+    eventually_async(Duration::from_secs(10), "both rows delivered", || async {
         app.notice(id)
             .deliveries
             .iter()
@@ -446,7 +446,7 @@ async fn a_relay_that_is_down_at_first_still_gets_the_email_after_retries() {
     .await;
     app.acme([ANN, BO]);
     let id = app.issue("2026-11-25");
-    eventually(
+    eventually_async(
         Duration::from_secs(20),
         "two failed attempts each",
         || async {
@@ -461,7 +461,7 @@ async fn a_relay_that_is_down_at_first_still_gets_the_email_after_retries() {
     assert!(error.contains("SMTP relay"), "{error}");
 
     let relay = Relay::start(&python, dir.path(), port);
-    eventually(
+    eventually_async(
         Duration::from_secs(20),
         "both emails after retries",
         || async {
@@ -504,7 +504,7 @@ async fn an_address_the_relay_refuses_for_good_is_retried_with_the_refusal_recor
     let refused = "refused@acme.example";
     app.acme([ANN, refused]);
     let id = app.issue("2026-11-25");
-    eventually(Duration::from_secs(20), "the refusal retried", || async {
+    eventually_async(Duration::from_secs(20), "the refusal retried", || async {
         app.clock.advance(TimeDelta::milliseconds(250));
         app.delivery(id, "email", refused).attempts >= 3
     })
@@ -591,7 +591,7 @@ async fn restarting_the_service_does_not_send_a_delivered_notice_again() {
     .await;
     app.acme([ANN, BO]);
     let id = app.issue("2026-11-25");
-    eventually(
+    eventually_async(
         Duration::from_secs(10),
         "every channel delivered",
         || async {
@@ -635,12 +635,13 @@ fn smtp_python() -> Option<String> {
         .status()
         .is_ok_and(|s| s.success());
     if !found {
-        assert!(
-            std::env::var("CORE_METER_REQUIRE_SMTP").as_deref() != Ok("1"),
-            "{python} cannot import aiosmtpd, which CORE_METER_REQUIRE_SMTP=1 requires \
-             (pip install aiosmtpd, or point CORE_METER_SMTP_PYTHON at a Python that has it)"
+        testkit::skip(
+            "SMTP",
+            &format!(
+                "{python} cannot import aiosmtpd for the SMTP relay tests (pip install \
+                 aiosmtpd, or point CORE_METER_SMTP_PYTHON at a Python that has it)"
+            ),
         );
-        eprintln!("{python} has no aiosmtpd: the SMTP relay tests are skipped (CI installs it)");
         return None;
     }
     Some(python)

@@ -35,10 +35,7 @@ const FAKETIME_LIBS: [&str; 3] = [
 ];
 
 fn cannot_run(why: &str) {
-    if std::env::var("CORE_METER_REQUIRE_POSTGRES").as_deref() == Ok("1") {
-        panic!("replicas: {why} (CORE_METER_REQUIRE_POSTGRES=1 requires it to run)");
-    }
-    eprintln!("replicas: skipped: {why}");
+    testkit::skip("POSTGRES", &format!("replicas: {why}"));
 }
 
 struct Replica {
@@ -109,14 +106,6 @@ struct Moved(TimeDelta);
 impl shared::clock::Clock for Moved {
     fn now(&self) -> DateTime<Utc> {
         Utc::now() + self.0
-    }
-}
-
-fn wait_for(within: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting: {what}");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -252,7 +241,7 @@ fn three_replicas_bill_each_account_and_day_once_though_the_leader_is_killed_mid
     let day_sql = format!("SELECT count(*) FROM bill_lines WHERE day = '{day}'");
     let leader = {
         let mut found = None;
-        wait_for(
+        testkit::eventually(
             Duration::from_secs(90),
             "a replica leads the 02:00 run",
             || {
@@ -269,7 +258,7 @@ fn three_replicas_bill_each_account_and_day_once_though_the_leader_is_killed_mid
     };
     let issued_at_kill = support::off_runtime(|| {
         let mut issued = 0;
-        wait_for(Duration::from_secs(60), "the leader issues a line", || {
+        testkit::eventually(Duration::from_secs(60), "the leader issues a line", || {
             issued = count(&mut db, &day_sql);
             issued > 0
         });
@@ -287,12 +276,12 @@ fn three_replicas_bill_each_account_and_day_once_though_the_leader_is_killed_mid
     // most), leads it, and the outbox drains (the dead replica's claims
     // after their 32 s lease).
     support::off_runtime(|| {
-        wait_for(
+        testkit::eventually(
             Duration::from_secs(120),
             "the day billed for every account",
             || count(&mut db, &day_sql) == i64::try_from(ACCOUNTS).unwrap(),
         );
-        wait_for(Duration::from_secs(120), "every line delivered", || {
+        testkit::eventually(Duration::from_secs(120), "every line delivered", || {
             count(
                 &mut db,
                 "SELECT count(*) FROM outbox WHERE delivered_at_ms IS NULL",

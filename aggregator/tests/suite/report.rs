@@ -160,11 +160,10 @@ fn chromium() -> Option<&'static str> {
         .into_iter()
         .find(|p| Path::new(p).exists());
     if found.is_none() {
-        assert!(
-            std::env::var_os("CORE_METER_REQUIRE_CHROMIUM").is_none(),
-            "chromium is required here but not installed"
+        testkit::skip(
+            "CHROMIUM",
+            "chromium is not installed for the rendered-page test",
         );
-        eprintln!("chromium is not installed: the rendered-page test is skipped (CI installs it)");
     }
     found
 }

@@ -16,7 +16,7 @@ use chrono::{DateTime, Days, NaiveDate, TimeDelta, Utc};
 use shared::bill::{BillLine, LineKind};
 use shared::clock::ManualClock;
 use shared::sample::{AgeLimits, Rejection};
-use support::{eventually, local, TestApp, ADMIN};
+use support::{eventually_async, local, TestApp, ADMIN};
 
 /// The shortest retention the defaults allow (14 days of late samples, 4 h of reach).
 const RETENTION_DAYS: u32 = 16;
@@ -524,7 +524,7 @@ async fn the_service_prunes_at_start_up_counts_it_and_answers_410_for_a_pruned_d
             .bearer_auth(ADMIN)
             .send()
     };
-    eventually(Duration::from_secs(10), "72 samples pruned", || async {
+    eventually_async(Duration::from_secs(10), "72 samples pruned", || async {
         let text = get("/metrics").await.unwrap().text().await.unwrap();
         text.contains("core_meter_retention_pruned_rows_total{table=\"samples\"} 72")
     })

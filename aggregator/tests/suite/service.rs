@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::TimeDelta;
 use reqwest::Method;
 use serde_json::json;
-use support::{eventually, local, TestApp, Webhook};
+use support::{eventually_async, local, TestApp, Webhook};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_billed_day_reaches_the_webhook_exactly_once_despite_failures_and_a_restart() {
@@ -32,7 +32,7 @@ async fn a_billed_day_reaches_the_webhook_exactly_once_despite_failures_and_a_re
 
     // The clock passes 02:00: the job bills both accounts.
     app.clock.set(local("2026-11-25T02:00:01"));
-    eventually(Duration::from_secs(10), "two daily lines", || async {
+    eventually_async(Duration::from_secs(10), "two daily lines", || async {
         app.bills().await.len() == 2
     })
     .await;
@@ -41,7 +41,7 @@ async fn a_billed_day_reaches_the_webhook_exactly_once_despite_failures_and_a_re
     assert_eq!(acme_line["amount"], "7.50");
     assert_eq!(acme_line["kind"], "daily");
     // The webhook fails its first three calls: wait for at least one failure, then restart.
-    eventually(Duration::from_secs(10), "a failed delivery", || async {
+    eventually_async(Duration::from_secs(10), "a failed delivery", || async {
         webhook.attempts() >= 1
     })
     .await;
@@ -49,7 +49,7 @@ async fn a_billed_day_reaches_the_webhook_exactly_once_despite_failures_and_a_re
 
     let app = TestApp::spawn_for(db, &webhook, local("2026-11-25T02:10:00")).await;
     // Retries are scheduled on the service's clock: let it run.
-    eventually(Duration::from_secs(20), "both lines delivered", || async {
+    eventually_async(Duration::from_secs(20), "both lines delivered", || async {
         app.clock.advance(TimeDelta::seconds(1));
         webhook.taken().len() >= 2
     })
@@ -93,7 +93,7 @@ async fn a_restart_after_missed_0200s_bills_every_missed_day() {
     app.stop().await;
     // Down over three 02:00s; the start-up run catches up.
     let app = TestApp::spawn(db, None, local("2026-11-25T09:30:00")).await;
-    eventually(Duration::from_secs(10), "three daily lines", || async {
+    eventually_async(Duration::from_secs(10), "three daily lines", || async {
         app.bills().await.len() == 3
     })
     .await;

@@ -8,13 +8,13 @@ use aggregator::config::Secret;
 use aggregator::security::signature::{self};
 use chrono::TimeDelta;
 use shared::clock::Clock;
-use support::{eventually, local, Received, TestApp, Webhook};
+use support::{eventually_async, local, Received, TestApp, Webhook};
 
 /// Three accounts with a day of samples each, billed at 02:00; returns the
 /// service once every line was taken.
 async fn billed(webhook: &Webhook, dir: &std::path::Path) -> TestApp {
     let app = billing(webhook, dir).await;
-    eventually(Duration::from_secs(20), "three lines taken", || async {
+    eventually_async(Duration::from_secs(20), "three lines taken", || async {
         // Retries are due on the service's clock: let it run.
         app.clock.advance(TimeDelta::milliseconds(500));
         webhook.taken().len() >= 3
@@ -57,12 +57,12 @@ async fn every_delivery_of_a_billing_run_carries_a_valid_signature_and_a_retry_i
     let app = billing(&webhook, dir.path()).await;
     // The clock stands still until the first pass is over; then the retry
     // comes due on it, 5 s later.
-    eventually(Duration::from_secs(20), "the first pass", || async {
+    eventually_async(Duration::from_secs(20), "the first pass", || async {
         webhook.received().len() >= 3
     })
     .await;
     app.clock.advance(TimeDelta::seconds(5));
-    eventually(Duration::from_secs(20), "three lines taken", || async {
+    eventually_async(Duration::from_secs(20), "three lines taken", || async {
         webhook.taken().len() >= 3
     })
     .await;

@@ -23,10 +23,10 @@ const MAX_SAMPLE_AGE_HOURS: i64 = 24 * 366;
 
 /// A test that cannot run here: say why, and fail where it must run (CI).
 fn cannot_run(test: &str, why: &str) {
-    if std::env::var("CORE_METER_REQUIRE_ROOT").as_deref() == Ok("1") {
-        panic!("{test}: {why} (CORE_METER_REQUIRE_ROOT=1 requires it to run)");
-    }
-    eprintln!("{test}: skipped: {why}; install the Debian package faketime to run it");
+    testkit::skip(
+        "ROOT",
+        &format!("{test}: {why}; install the Debian package faketime to run it"),
+    );
 }
 
 /// The environment that moves a process's wall clock by `offset` (libfaketime
@@ -63,14 +63,6 @@ fn faketime_env(offset: &str, expected: TimeDelta) -> Result<Vec<(String, String
         ));
     }
     Ok(env)
-}
-
-fn wait_for(within: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting: {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 fn instant(v: &Value) -> DateTime<Utc> {
@@ -187,7 +179,7 @@ fn an_agent_three_hours_ahead_is_refused_loudly_and_the_aggregator_keeps_its_own
     let mut skewed_options = AgentOptions::new(dir.path(), "node-ahead", &url, &ahead_token);
     skewed_options.env = ahead;
     let mut skewed = AgentProc::start(&skewed_options);
-    wait_for(
+    testkit::eventually(
         Duration::from_secs(20),
         "3 samples on the skewed node",
         || skewed.taken().len() >= 3,
@@ -238,7 +230,7 @@ fn an_agent_three_hours_ahead_is_refused_loudly_and_the_aggregator_keeps_its_own
             .map(|r| r.0)
             .sum()
     };
-    wait_for(
+    testkit::eventually(
         Duration::from_secs(30),
         "3 samples stored from the on-time node, 6 refused from the skewed one",
         || {
@@ -535,7 +527,7 @@ fn the_current_agent_delivers(fixture: &Path) {
         samples.iter().all(|f| seqs.contains(&f.seq)) && seqs.contains(&(fixture_seq + 1))
     };
     let mut stored = Vec::new();
-    wait_for(
+    testkit::eventually(
         Duration::from_secs(30),
         "the fixture's samples and a new one stored",
         || {

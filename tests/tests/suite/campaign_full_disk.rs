@@ -20,13 +20,7 @@ const ADMIN: &str = "admin-campaign-full-disk";
 /// Generous: others run heavy tests on this machine at the same time.
 const PATIENCE: Duration = Duration::from_secs(30);
 
-fn eventually(within: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+use testkit::eventually;
 
 /// A tmpfs mounted for this test; unmounted when dropped, also on a panic.
 /// Declared before the processes that use it, so they are gone first.
@@ -117,13 +111,12 @@ fn mount_or_skip(path: &Path, size: &str) -> Option<Tmpfs> {
     match Tmpfs::mount(path, size) {
         Ok(m) => Some(m),
         Err(why) => {
-            assert!(
-                std::env::var("CORE_METER_REQUIRE_ROOT").as_deref() != Ok("1"),
-                "CORE_METER_REQUIRE_ROOT=1 but a tmpfs cannot be mounted at {}: {why}",
-                path.display()
-            );
-            eprintln!(
-                "campaign: full-disk: skipped, a tmpfs cannot be mounted (needs root): {why}"
+            testkit::skip(
+                "ROOT",
+                &format!(
+                    "campaign: full-disk: a tmpfs cannot be mounted at {}: {why}",
+                    path.display()
+                ),
             );
             None
         }

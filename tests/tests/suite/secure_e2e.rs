@@ -167,18 +167,6 @@ impl Drop for Proc {
     }
 }
 
-async fn wait_until<F: std::future::Future<Output = bool>>(
-    what: &str,
-    within: Duration,
-    mut check: impl FnMut() -> F,
-) {
-    let deadline = Instant::now() + within;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_run_over_tls_leaks_no_secret_into_any_log_or_metric() {
     let dir = tempfile::tempdir().unwrap();
@@ -254,7 +242,7 @@ async fn a_full_run_over_tls_leaks_no_secret_into_any_log_or_metric() {
             (status, resp.json::<Value>().await.unwrap_or(Value::Null))
         }
     };
-    wait_until("the service to be ready", Duration::from_secs(30), || {
+    testkit::eventually_async(Duration::from_secs(30), "the service to be ready", || {
         let c = client.clone();
         let url = format!("{base}/readyz");
         async move { c.get(url).send().await.is_ok_and(|r| r.status() == 200) }
@@ -354,7 +342,7 @@ async fn a_full_run_over_tls_leaks_no_secret_into_any_log_or_metric() {
         }
     };
     let audit = format!("{base}/v1/admin/accounts/acme/samples?day={day}");
-    wait_until("the agent's first samples", Duration::from_secs(60), || {
+    testkit::eventually_async(Duration::from_secs(60), "the agent's first samples", || {
         let f = stored(audit.clone());
         async move { f.await >= 2 }
     })
@@ -375,9 +363,9 @@ async fn a_full_run_over_tls_leaks_no_secret_into_any_log_or_metric() {
     private_file(&aside, &second_cluster_token);
     std::fs::rename(&aside, &token_file).unwrap();
     let before = stored(audit.clone()).await;
-    wait_until(
-        "samples pushed with the rotated token",
+    testkit::eventually_async(
         Duration::from_secs(60),
+        "samples pushed with the rotated token",
         || {
             let f = stored(audit.clone());
             async move { f.await >= before + 2 }
@@ -411,16 +399,16 @@ async fn a_full_run_over_tls_leaks_no_secret_into_any_log_or_metric() {
     assert_eq!(r.status(), 200);
     let (s, v) = call(M::POST, "/v1/admin/billing-runs", &admin, None).await;
     assert_eq!(s, 200, "{v}");
-    wait_until(
-        "the bill line at the webhook",
+    testkit::eventually_async(
         Duration::from_secs(60),
+        "the bill line at the webhook",
         || {
             let b = bills.clone();
             async move { b.lock().unwrap().verified >= 1 }
         },
     )
     .await;
-    wait_until("the notice at the webhook", Duration::from_secs(60), || {
+    testkit::eventually_async(Duration::from_secs(60), "the notice at the webhook", || {
         let n = notices.clone();
         async move { n.lock().unwrap().verified >= 1 }
     })

@@ -476,17 +476,7 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
-/// Waits until `check` holds, or panics with `what`.
-pub fn eventually(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if check() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out after {within:?} waiting until {what}");
-}
+pub use testkit::eventually;
 
 /// The pending samples `agent spool` lists.
 pub fn spool_listing(spool: &Path) -> Vec<serde_json::Value> {

@@ -726,18 +726,4 @@ fn seen_pair(header: &str) -> (String, String) {
     (part("t"), part("v1"))
 }
 
-/// Waits until `check` holds.
-pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    while tokio::time::Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out after {within:?} waiting until {what}");
-}
+pub use testkit::eventually_async;
