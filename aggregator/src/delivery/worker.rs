@@ -213,12 +213,16 @@ pub(crate) fn post_signed(
         .body(body)
 }
 
-/// Exponential backoff with full jitter: uniform in `[0, min(cap, 1 s * 2^attempts)]`.
+/// Exponential backoff with full jitter: uniform in `[1 ms, min(cap, 1 s *
+/// 2^attempts)]`. Never 0: a retry due at its failure's own instant would be
+/// sent again at once, signed with the same timestamp.
 pub(crate) fn backoff(attempts: u32, cap: Duration) -> Duration {
     let ceiling = Duration::from_secs(1)
         .saturating_mul(1u32 << attempts.min(20))
         .min(cap);
     Duration::from_millis(fastrand::u64(
-        0..=u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX),
+        1..=u64::try_from(ceiling.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1),
     ))
 }
