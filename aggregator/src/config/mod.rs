@@ -16,7 +16,6 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 use chrono::TimeDelta;
 use rust_decimal::Decimal;
-use serde::Deserialize;
 use shared::overage::CoreRounding;
 use shared::zone::BillingZone;
 
@@ -94,73 +93,6 @@ pub struct WebhookConfig {
     pub secret: Secret,
 }
 
-/// The TOML file, every key optional. Unknown keys are an error: a typo must
-/// not silently leave a default in force.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    pub listen: Option<String>,
-    pub database: Option<String>,
-    pub admin_token: Option<String>,
-    /// A file holding the admin token, such as a mounted Kubernetes Secret.
-    pub admin_token_file: Option<PathBuf>,
-    pub log_json: Option<bool>,
-    pub request_timeout_secs: Option<u64>,
-    pub retention_days: Option<u32>,
-    #[serde(default)]
-    pub billing: FileBilling,
-    #[serde(default)]
-    pub webhook: FileWebhook,
-    #[serde(default)]
-    pub notices: FileNotices,
-    /// The certificate chain (PEM) the service serves HTTPS with.
-    pub tls_cert: Option<PathBuf>,
-    /// Its private key (PEM), not readable by others.
-    pub tls_key: Option<PathBuf>,
-    /// A CA bundle (PEM): agents must present a client certificate it signed to push.
-    pub tls_client_ca: Option<PathBuf>,
-    pub insecure_plaintext: Option<bool>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileBilling {
-    pub timezone: Option<String>,
-    pub price_per_core_day: Option<String>,
-    pub licence_price_per_core_month: Option<String>,
-    pub billable_core_rounding: Option<String>,
-    pub gap_bridge_hours: Option<u32>,
-    pub max_sample_age_hours: Option<u32>,
-    pub max_future_minutes: Option<u32>,
-    pub default_cap_cores: Option<u32>,
-    pub currency: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileWebhook {
-    pub url: Option<String>,
-    pub timeout_secs: Option<u64>,
-    pub max_backoff_secs: Option<u64>,
-    /// The signing secret, or a file holding it (a mounted Secret); one only.
-    pub secret: Option<String>,
-    pub secret_file: Option<PathBuf>,
-}
-
-/// `[notices]`: where notices to account contacts go. The timeout and the
-/// backoff's cap serve both channels.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileNotices {
-    pub webhook_url: Option<String>,
-    pub webhook_secret: Option<String>,
-    pub webhook_secret_file: Option<PathBuf>,
-    pub timeout_secs: Option<u64>,
-    pub max_backoff_secs: Option<u64>,
-    pub smtp_relay: Option<String>,
-    pub smtp_from: Option<String>,
-}
-
 /// Flags given on the command line (they win over everything).
 #[derive(Debug, Default, Clone)]
 pub struct Flags {
@@ -174,12 +106,9 @@ pub struct Flags {
     pub insecure_plaintext: bool,
 }
 
-/// Where a setting's value came from, for error messages.
+/// The setting `key` as error messages name it.
 fn named(key: &str) -> String {
-    format!(
-        "setting {key} (file key {key}, environment {})",
-        settings::setting(key).env
-    )
+    settings::setting(key).named()
 }
 
 impl Config {
@@ -198,43 +127,42 @@ impl Config {
             None => (toml::Table::new(), "the environment".to_string()),
         };
         overlay_env(&mut table, env)?;
-        let mut file: FileConfig = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e| anyhow!("{source}: {}", e.to_string().trim().replace('\n', " ")))?;
-        if let Some(l) = &flags.listen {
-            file.listen = Some(l.clone());
-        }
-        if let Some(d) = &flags.database {
-            file.database = Some(d.clone());
-        }
-        for (flag, setting) in [
-            (&flags.tls_cert, &mut file.tls_cert),
-            (&flags.tls_key, &mut file.tls_key),
-            (&flags.tls_client_ca, &mut file.tls_client_ca),
+        let text = |t: &str| toml::Value::String(t.to_string());
+        let path = |p: &Path| toml::Value::String(p.display().to_string());
+        for (key, value) in [
+            ("listen", flags.listen.as_deref().map(text)),
+            ("database", flags.database.as_deref().map(text)),
+            ("tls_cert", flags.tls_cert.as_deref().map(path)),
+            ("tls_key", flags.tls_key.as_deref().map(path)),
+            ("tls_client_ca", flags.tls_client_ca.as_deref().map(path)),
+            (
+                "insecure_plaintext",
+                flags
+                    .insecure_plaintext
+                    .then_some(toml::Value::Boolean(true)),
+            ),
         ] {
-            if flag.is_some() {
-                setting.clone_from(flag);
+            if let Some(value) = value {
+                table.insert(settings::setting(key).key.to_string(), value);
             }
         }
-        if flags.insecure_plaintext {
-            file.insecure_plaintext = Some(true);
-        }
-        Config::from_file(file, postgres_is_private)
+        let values = settings::Values::read(table, &source).map_err(|e| anyhow!(e))?;
+        Config::from_values(&values, postgres_is_private)
     }
 
-    fn from_file(
-        f: FileConfig,
+    fn from_values(
+        v: &settings::Values,
         postgres_is_private: &dyn Fn(&str) -> bool,
     ) -> anyhow::Result<Config> {
-        let listen = f.listen.as_deref().unwrap_or("127.0.0.1:8080");
-        let listen = SocketAddr::from_str(listen).map_err(|e| {
+        let listen = v.text("listen").unwrap_or_default();
+        let listen = SocketAddr::from_str(&listen).map_err(|e| {
             anyhow!(
                 "{}: {listen:?} is not an address such as 127.0.0.1:8080 ({e})",
                 named("listen")
             )
         })?;
-        let insecure_plaintext = f.insecure_plaintext.unwrap_or(false);
-        let tls = tls_files(&f)?;
+        let insecure_plaintext = v.flag("insecure_plaintext");
+        let tls = tls_files(v)?;
         anyhow::ensure!(
             tls.is_some() || listen.ip().is_loopback() || insecure_plaintext,
             "{}: {listen} is reachable from other machines, and plain HTTP there would carry \
@@ -243,51 +171,31 @@ impl Config {
             named("listen")
         );
         let mut billing = BillingConfig::default();
-        let b = &f.billing;
-        if let Some(tz) = &b.timezone {
-            billing.zone = BillingZone::from_str(tz).with_context(|| named("billing.timezone"))?;
-        }
-        if let Some(p) = &b.price_per_core_day {
-            billing.rules.price_per_core_day = shared::domain::parse_money(p)
+        let text = |key: &str| v.text(key).unwrap_or_default();
+        let hours = |key: &str| u32::try_from(v.whole(key)).expect("a bounded setting");
+        billing.zone = BillingZone::from_str(&text("billing.timezone"))
+            .with_context(|| named("billing.timezone"))?;
+        billing.rules.price_per_core_day =
+            shared::domain::parse_money(&text("billing.price_per_core_day"))
                 .map_err(|e| anyhow!("{}: {e}", named("billing.price_per_core_day")))?;
-        }
-        if let Some(r) = &b.billable_core_rounding {
-            billing.rules.rounding = CoreRounding::from_str(r)
-                .with_context(|| named("billing.billable_core_rounding"))?;
-        }
-        if let Some(g) = b.gap_bridge_hours {
-            billing.rules.gap_bridge_hours = g;
-        }
-        if let Some(c) = b.default_cap_cores {
-            billing.rules.default_cap_cores = shared::domain::check_total_cores(u64::from(c))
+        billing.rules.rounding = CoreRounding::from_str(&text("billing.billable_core_rounding"))
+            .with_context(|| named("billing.billable_core_rounding"))?;
+        billing.rules.gap_bridge_hours = hours("billing.gap_bridge_hours");
+        billing.rules.default_cap_cores =
+            shared::domain::check_total_cores(v.whole("billing.default_cap_cores"))
                 .map_err(|e| anyhow!("{}: {e}", named("billing.default_cap_cores")))?;
-        }
-        if let Some(h) = b.max_sample_age_hours {
-            anyhow::ensure!(
-                (1..=24 * 366).contains(&h),
-                "{}: {h} must be 1 to 8784 hours",
-                named("billing.max_sample_age_hours")
-            );
-            billing.limits.max_age = TimeDelta::hours(i64::from(h));
-        }
-        if let Some(m) = b.max_future_minutes {
-            anyhow::ensure!(
-                m <= 24 * 60,
-                "{}: {m} must be at most 1440 minutes",
-                named("billing.max_future_minutes")
-            );
-            billing.limits.max_future = TimeDelta::minutes(i64::from(m));
-        }
-        if let Some(c) = &b.currency {
-            anyhow::ensure!(
-                c.len() == 3 && c.chars().all(|ch| ch.is_ascii_uppercase()),
-                "{}: {c:?} is not a three-letter currency code such as USD",
-                named("billing.currency")
-            );
-            billing.currency = c.clone();
-        }
+        billing.limits.max_age = TimeDelta::hours(i64::from(hours("billing.max_sample_age_hours")));
+        billing.limits.max_future =
+            TimeDelta::minutes(i64::from(hours("billing.max_future_minutes")));
+        let currency = text("billing.currency");
+        anyhow::ensure!(
+            currency.len() == 3 && currency.chars().all(|ch| ch.is_ascii_uppercase()),
+            "{}: {currency:?} is not a three-letter currency code such as USD",
+            named("billing.currency")
+        );
+        billing.currency = currency;
         billing.rules.check().context("billing settings")?;
-        let retention_days = f.retention_days.unwrap_or(DEFAULT_RETENTION_DAYS);
+        let retention_days = hours("retention_days");
         let least = min_retention_days(&billing);
         anyhow::ensure!(
             retention_days >= least,
@@ -299,14 +207,9 @@ impl Config {
             billing.limits.max_age.num_hours(),
             billing.rules.gap_bridge_hours,
         );
-        anyhow::ensure!(
-            retention_days <= MAX_RETENTION_DAYS,
-            "{}: {retention_days} days is more than the {MAX_RETENTION_DAYS} allowed",
-            named("retention_days")
-        );
-        let webhook = match &f.webhook.url {
+        let webhook = match v.text("webhook.url") {
             Some(url) if !url.trim().is_empty() => {
-                check_webhook_url("webhook.url", url, insecure_plaintext)?;
+                check_webhook_url("webhook.url", &url, insecure_plaintext)?;
                 let secret = webhook_secret(
                     SecretSettings {
                         url: "webhook.url",
@@ -314,33 +217,26 @@ impl Config {
                         file: "webhook.secret_file",
                         why: "bills are money: the billing backend must be able to verify them",
                     },
-                    f.webhook.secret.as_deref(),
-                    f.webhook.secret_file.as_deref(),
+                    v.text("webhook.secret").as_deref(),
+                    v.path("webhook.secret_file").as_deref(),
                 )?;
                 Some(WebhookConfig {
-                    url: url.clone(),
-                    timeout: Duration::from_secs(f.webhook.timeout_secs.unwrap_or(10).max(1)),
-                    max_backoff: Duration::from_secs(
-                        f.webhook.max_backoff_secs.unwrap_or(300).max(1),
-                    ),
+                    url,
+                    timeout: Duration::from_secs(v.whole("webhook.timeout_secs")),
+                    max_backoff: Duration::from_secs(v.whole("webhook.max_backoff_secs")),
                     secret,
                 })
             }
             _ => None,
         };
-        let notices = notices(&f.notices, insecure_plaintext)?;
-        let admin_token_file = f.admin_token_file.clone();
+        let notices = notices(v, insecure_plaintext)?;
+        let admin_token_file = v.path("admin_token_file");
         let admin_token =
-            admin_token(f.admin_token, f.admin_token_file.as_deref())?.map(Into::into);
-        let licence_price_per_core_month = match &f.billing.licence_price_per_core_month {
-            Some(p) => shared::domain::parse_money(p)
-                .map_err(|e| anyhow!("{}: {e}", named("billing.licence_price_per_core_month")))?,
-            None => shared::lifecycle::default_price_per_core_month(),
-        };
-        let database = f.database.as_deref().map_or_else(
-            || Database::Sqlite(PathBuf::from("data/core-meter.sqlite")),
-            Database::parse,
-        );
+            admin_token(v.text("admin_token"), admin_token_file.as_deref())?.map(Into::into);
+        let licence_price_per_core_month =
+            shared::domain::parse_money(&text("billing.licence_price_per_core_month"))
+                .map_err(|e| anyhow!("{}: {e}", named("billing.licence_price_per_core_month")))?;
+        let database = Database::parse(&text("database"));
         if let Database::Postgres(url) = &database {
             anyhow::ensure!(
                 insecure_plaintext || postgres_is_private(url),
@@ -386,8 +282,8 @@ impl Config {
             admin_token,
             admin_token_file,
             webhook,
-            log_json: f.log_json.unwrap_or(false),
-            request_timeout: Duration::from_secs(f.request_timeout_secs.unwrap_or(30).max(1)),
+            log_json: v.flag("log_json"),
+            request_timeout: Duration::from_secs(v.whole("request_timeout_secs")),
             retention_days,
             licence_price_per_core_month,
             notices,
@@ -400,16 +296,17 @@ impl Config {
 
 /// The TLS files, when `tls_cert` and `tls_key` are set (both or neither);
 /// a client CA alone is refused, as it means nothing without HTTPS.
-fn tls_files(f: &FileConfig) -> anyhow::Result<Option<crate::config::TlsFiles>> {
-    match (&f.tls_cert, &f.tls_key) {
+fn tls_files(v: &settings::Values) -> anyhow::Result<Option<crate::config::TlsFiles>> {
+    let client_ca = v.path("tls_client_ca");
+    match (v.path("tls_cert"), v.path("tls_key")) {
         (Some(cert), Some(key)) => Ok(Some(crate::config::TlsFiles {
-            cert: cert.clone(),
-            key: key.clone(),
-            client_ca: f.tls_client_ca.clone(),
+            cert,
+            key,
+            client_ca,
         })),
         (None, None) => {
             anyhow::ensure!(
-                f.tls_client_ca.is_none(),
+                client_ca.is_none(),
                 "{}: set, but a client CA needs HTTPS: set tls_cert and tls_key too",
                 named("tls_client_ca")
             );
@@ -428,42 +325,16 @@ fn tls_files(f: &FileConfig) -> anyhow::Result<Option<crate::config::TlsFiles>> 
     }
 }
 
-/// How long one notice delivery may take (connect, send, answer) by default.
-const DEFAULT_NOTICE_TIMEOUT_SECS: u64 = 10;
-/// The longest wait between two attempts of one notice delivery by default.
-const DEFAULT_NOTICE_MAX_BACKOFF_SECS: u64 = 300;
-/// Beyond these the settings are surely typos: a delivery blocks its channel
-/// for as long as the timeout, and a day between attempts is slow enough.
-const MAX_NOTICE_TIMEOUT_SECS: u64 = 600;
-const MAX_NOTICE_BACKOFF_SECS: u64 = 86_400;
-
 /// The notice channels from `[notices]`: each is on when its address is set.
-fn notices(n: &FileNotices, insecure_plaintext: bool) -> anyhow::Result<NoticesConfig> {
-    let seconds = |key: &str, value: Option<u64>, default: u64, max: u64| {
-        let secs = value.unwrap_or(default);
-        anyhow::ensure!(
-            (1..=max).contains(&secs),
-            "{}: {secs} must be 1 to {max} seconds",
-            named(key)
-        );
-        Ok(Duration::from_secs(secs))
+fn notices(v: &settings::Values, insecure_plaintext: bool) -> anyhow::Result<NoticesConfig> {
+    let timeout = Duration::from_secs(v.whole("notices.timeout_secs"));
+    let max_backoff = Duration::from_secs(v.whole("notices.max_backoff_secs"));
+    let set = |key: &str| {
+        v.text(key)
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
     };
-    let timeout = seconds(
-        "notices.timeout_secs",
-        n.timeout_secs,
-        DEFAULT_NOTICE_TIMEOUT_SECS,
-        MAX_NOTICE_TIMEOUT_SECS,
-    )?;
-    let max_backoff = seconds(
-        "notices.max_backoff_secs",
-        n.max_backoff_secs,
-        DEFAULT_NOTICE_MAX_BACKOFF_SECS,
-        MAX_NOTICE_BACKOFF_SECS,
-    )?;
-    fn set(v: &Option<String>) -> Option<&str> {
-        v.as_deref().map(str::trim).filter(|v| !v.is_empty())
-    }
-    let webhook = match set(&n.webhook_url) {
+    let webhook = match set("notices.webhook_url").as_deref() {
         Some(url) => {
             check_webhook_url("notices.webhook_url", url, insecure_plaintext)?;
             let secret = webhook_secret(
@@ -473,8 +344,8 @@ fn notices(n: &FileNotices, insecure_plaintext: bool) -> anyhow::Result<NoticesC
                     file: "notices.webhook_secret_file",
                     why: "the notification service must be able to verify that notices come from core-meter",
                 },
-                n.webhook_secret.as_deref(),
-                n.webhook_secret_file.as_deref(),
+                v.text("notices.webhook_secret").as_deref(),
+                v.path("notices.webhook_secret_file").as_deref(),
             )?;
             Some(WebhookConfig {
                 url: url.to_string(),
@@ -485,7 +356,10 @@ fn notices(n: &FileNotices, insecure_plaintext: bool) -> anyhow::Result<NoticesC
         }
         None => None,
     };
-    let smtp = match (set(&n.smtp_relay), set(&n.smtp_from)) {
+    let smtp = match (
+        set("notices.smtp_relay").as_deref(),
+        set("notices.smtp_from").as_deref(),
+    ) {
         (Some(relay), from) => {
             check_smtp_relay(relay, insecure_plaintext)?;
             let from = from.ok_or_else(|| {
@@ -667,12 +541,6 @@ fn webhook_secret(
     Ok(Secret::new(secret))
 }
 
-/// Raw samples are kept this many days by default (issue 8: 400).
-pub const DEFAULT_RETENTION_DAYS: u32 = 400;
-
-/// A century: beyond it the setting is surely a typo.
-const MAX_RETENTION_DAYS: u32 = 36_500;
-
 /// The shortest retention that can never prune a sample a bill still reads.
 ///
 /// A sample is accepted up to `max_age` before it is received, and the
@@ -715,9 +583,9 @@ pub fn read_admin_token_file(path: &Path) -> anyhow::Result<String> {
     crate::config::secret_file::read_secret(&named("admin_token_file"), path, TOKEN_FILE_MAX_BYTES)
 }
 
-/// The TOML file as a table of tables; its keys are checked against
-/// `FileConfig` (every setting, no other key) once the environment is laid
-/// over it.
+/// The TOML file as a table of tables; its keys and values are checked
+/// against the settings list (`settings::Values::read`) once the environment
+/// and the flags are laid over it.
 fn read_file(path: &Path) -> anyhow::Result<toml::Table> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("read config file {}", path.display()))?;
@@ -1723,19 +1591,47 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn every_setting_in_the_list_is_a_key_of_the_file() {
-        // Each setting alone, from the environment, with a value of its kind:
-        // the file's structure takes it (an unknown key would be refused).
+    fn every_setting_in_the_list_is_a_key_of_the_file_and_of_the_environment() {
+        // Each setting alone, from the file and from the environment, with a
+        // value of its kind: taken, and read back the same.
         for s in settings::SETTINGS {
-            let text = match s.kind {
-                settings::Kind::Boolean => "false",
-                settings::Kind::Whole(_) => "1",
-                settings::Kind::Text | settings::Kind::Path => "x",
+            let (file, env) = match s.kind {
+                settings::Kind::Boolean => ("true".to_string(), "true".to_string()),
+                settings::Kind::Whole { min, .. } => (min.to_string(), min.to_string()),
+                settings::Kind::Text | settings::Kind::Path => {
+                    ("\"x\"".to_string(), "x".to_string())
+                }
             };
+            let text = match s.key.split_once('.') {
+                Some((section, key)) => format!("[{section}]\n{key} = {file}\n"),
+                None => format!("{} = {file}\n", s.key),
+            };
+            let from_file = settings::Values::read(toml::from_str(&text).unwrap(), "f").unwrap();
             let mut table = toml::Table::new();
-            overlay_env(&mut table, &|var| (var == s.env).then(|| text.to_string())).unwrap();
-            let parsed: Result<FileConfig, _> = toml::Value::Table(table).try_into();
-            assert!(parsed.is_ok(), "{}: {:?}", s.key, parsed.err());
+            overlay_env(&mut table, &|var| (var == s.env).then(|| env.to_string())).unwrap();
+            let from_env = settings::Values::read(table, "env").unwrap();
+            for values in [from_file, from_env] {
+                match s.kind {
+                    settings::Kind::Boolean => assert!(values.flag(s.key), "{}", s.key),
+                    settings::Kind::Whole { min, .. } => assert_eq!(values.whole(s.key), min),
+                    _ => assert_eq!(values.text(s.key).as_deref(), Some("x"), "{}", s.key),
+                }
+            }
         }
+    }
+
+    #[test]
+    fn the_defaults_in_the_settings_list_are_the_billing_defaults() {
+        let c = load(None, &[], Flags::default()).unwrap();
+        let d = BillingConfig::default();
+        assert_eq!(c.billing.zone, d.zone);
+        assert_eq!(c.billing.rules, d.rules);
+        assert_eq!(c.billing.limits.max_age, d.limits.max_age);
+        assert_eq!(c.billing.limits.max_future, d.limits.max_future);
+        assert_eq!(c.billing.currency, d.currency);
+        assert_eq!(
+            c.licence_price_per_core_month,
+            shared::lifecycle::default_price_per_core_month()
+        );
     }
 }
