@@ -10,7 +10,6 @@
 //! peer. It can be crashed (`pg_ctl stop -m immediate`) and restarted, so
 //! that a bench reads only what PostgreSQL recovers.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
@@ -58,10 +57,6 @@ fn is_root() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 impl TempPostgres {
     /// Initialises a cluster with `fsync` off and starts it; fails naming
     /// what went wrong.
@@ -98,7 +93,9 @@ impl TempPostgres {
                 bail!("cannot hand {} to {user}", dir.path().display());
             }
         }
-        let port = free_port()?;
+        // Held through initdb, let go just before the server binds it.
+        let held = testkit::ports::HeldPort::new();
+        let port = held.addr().port();
         let mut options = format!(
             "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200",
             dir.path().display()
@@ -128,6 +125,7 @@ impl TempPostgres {
                 "--no-sync",
             ],
         )?;
+        held.release();
         pg.start_server()?;
         Ok(pg)
     }

@@ -1,10 +1,12 @@
 //! The real binaries as end-to-end tests use them: built from the code as it is, started on free ports, spoken to over plain HTTP.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use testkit::ports::HeldPort;
 
 /// The path of a workspace binary, built from the code as it is now.
 pub fn binary(name: &str) -> PathBuf {
@@ -27,14 +29,6 @@ pub fn binary(name: &str) -> PathBuf {
     target.join("debug").join(name)
 }
 
-/// A port nothing listens on now.
-pub fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 /// `aggregator serve` on a free port with its own database.
 pub struct Service {
     pub child: Child,
@@ -47,8 +41,10 @@ pub struct Service {
 /// How to start `aggregator serve`, beyond its database and admin token.
 #[derive(Default, Clone)]
 pub struct ServiceOptions {
-    /// The address to listen on (a restart after `kill -9` reuses the old
-    /// one, so agents find it again); a free loopback port if `None`.
+    /// The address to listen on: a restart after `kill -9` takes the old
+    /// one again, so agents find it, and a service in another network
+    /// namespace binds its own. If `None`, a port the test held is handed
+    /// to the service (`Service::start_on`, or a new one).
     pub listen: Option<SocketAddr>,
     /// Extra environment (`CORE_METER_*` settings).
     pub env: Vec<(String, String)>,
@@ -64,7 +60,16 @@ impl Service {
     }
 
     pub fn start_with(database: &Path, admin: &str, o: &ServiceOptions) -> Service {
-        let addr = o.listen.unwrap_or_else(free_addr);
+        Service::launch(database, admin, o, None)
+    }
+
+    /// Starts on `port`, which the test held until now (agents may
+    /// already be trying it in vain).
+    pub fn start_on(port: HeldPort, database: &Path, admin: &str, o: &ServiceOptions) -> Service {
+        Service::launch(database, admin, o, Some(port))
+    }
+
+    fn launch(database: &Path, admin: &str, o: &ServiceOptions, port: Option<HeldPort>) -> Service {
         let stderr = match &o.log {
             Some(path) => Stdio::from(
                 std::fs::OpenOptions::new()
@@ -83,6 +88,13 @@ impl Service {
             }
             None => Command::new(binary("aggregator")),
         };
+        let addr = match (o.listen, port) {
+            (Some(addr), None) => addr,
+            (None, port) => port.unwrap_or_default().hand_to(&mut command),
+            (Some(_), Some(_)) => {
+                panic!("a service listens on an address or a held port, not both")
+            }
+        };
         let child = command
             .args(["serve", "--listen", &addr.to_string(), "--database"])
             .arg(database)
@@ -95,6 +107,8 @@ impl Service {
             .stderr(stderr)
             .spawn()
             .expect("start aggregator serve");
+        // The test's copy of a handed port goes with the command.
+        drop(command);
         let mut service = Service {
             child,
             addr,

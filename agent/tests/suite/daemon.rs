@@ -1,6 +1,7 @@
 //! The real agent process against a real HTTP aggregator: crashes, outages, restarts, a read-only or full spool, SIGTERM.
 
 use crate::support;
+use testkit::ports::HeldPort;
 
 use std::path::Path;
 use std::process::Command;
@@ -75,7 +76,9 @@ fn a_kill_between_spooling_and_the_acknowledgement_loses_nothing_and_stores_noth
 fn samples_taken_while_the_aggregator_is_down_all_arrive_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("spool");
-    let addr = support::free_port();
+    // Held, so refused, until the fake aggregator takes it.
+    let port = HeldPort::new();
+    let addr = port.addr();
     // Nothing listens yet: connections are refused for several intervals.
     let agent = Agent::start(&options(format!("http://{addr}"), &spool, "node-b"));
     eventually(Duration::from_secs(15), "five samples are pending", || {
@@ -94,7 +97,7 @@ fn samples_taken_while_the_aggregator_is_down_all_arrive_in_order() {
             >= 5.0
     );
 
-    let server = FakeAggregator::start_on(addr, Mode::Normal);
+    let server = FakeAggregator::start_on(port, Mode::Normal);
     eventually(Duration::from_secs(15), "the backlog arrived", || {
         spool_listing(&spool).is_empty() && server.stored_seqs().len() >= 6
     });
@@ -331,14 +334,15 @@ fn an_aggregator_error_is_logged_with_the_code_it_answered() {
 fn sigterm_pushes_what_is_pending_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("spool");
-    let addr = support::free_port();
+    let port = HeldPort::new();
+    let addr = port.addr();
     let mut opts = options(format!("http://{addr}"), &spool, "node-t");
     opts.extra = vec!["--shutdown-grace-secs".into(), "5".into()];
     let agent = Agent::start(&opts);
     eventually(Duration::from_secs(10), "three samples are pending", || {
         spool_listing(&spool).len() >= 3
     });
-    let server = FakeAggregator::start_on(addr, Mode::Unavailable);
+    let server = FakeAggregator::start_on(port, Mode::Unavailable);
     // The aggregator now answers but refuses; let it accept only from now on.
     server.set_mode(Mode::Normal);
     let status = agent.terminate(Duration::from_secs(10));

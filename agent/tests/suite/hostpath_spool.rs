@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use support::{eventually, free_port, FakeAggregator, Mode, TOKEN};
+use support::{eventually, FakeAggregator, Mode, TOKEN};
 
 const AGENT_USER: &str = "65532";
 
@@ -67,9 +67,15 @@ fn the_init_container_hands_the_hostpath_to_the_agent_user_who_then_spools_and_d
     let spool = host.join("spool");
     let spool_arg = spool.to_str().unwrap();
 
-    // An earlier agent ran as root and left a sample it could not deliver.
+    // An earlier agent ran as root and left a sample it could not deliver
+    // to a port that refused it.
+    let refusing = testkit::ports::HeldPort::new();
     let mut root_agent = Command::new(env!("CARGO_BIN_EXE_agent"))
-        .args(["run", "--aggregator", &format!("http://{}", free_port())])
+        .args([
+            "run",
+            "--aggregator",
+            &format!("http://{}", refusing.addr()),
+        ])
         .args([
             "--spool",
             spool_arg,

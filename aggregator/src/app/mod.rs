@@ -72,6 +72,18 @@ impl Application {
         clock: Arc<dyn Clock>,
         timing: Timing,
     ) -> anyhow::Result<Application> {
+        Application::build_on(config, clock, timing, None).await
+    }
+
+    /// [`Application::build`], serving `handed` (a listening socket handed
+    /// over by a supervisor, whose address is `config.listen`) when given
+    /// instead of binding the address.
+    pub async fn build_on(
+        config: Config,
+        clock: Arc<dyn Clock>,
+        timing: Timing,
+        handed: Option<std::net::TcpListener>,
+    ) -> anyhow::Result<Application> {
         if let Database::Sqlite(path) = &config.database {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir)
@@ -107,9 +119,17 @@ impl Application {
         metrics.register(&mut registry);
         let (queue, writer) =
             IngestQueue::start(store.clone(), config.billing.limits, metrics.clone());
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("listen on {}", config.listen))?;
+        let listener = match handed {
+            Some(handed) => {
+                handed
+                    .set_nonblocking(true)
+                    .context("the socket handed over")?;
+                tokio::net::TcpListener::from_std(handed).context("the socket handed over")?
+            }
+            None => tokio::net::TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("listen on {}", config.listen))?,
+        };
         let state = Arc::new(AppState {
             store,
             reader,

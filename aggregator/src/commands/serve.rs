@@ -1,7 +1,13 @@
 //! `aggregator serve`: the settings, the logs, the runtime, the service until a signal.
 
-pub fn serve(flags: crate::config::Flags) -> anyhow::Result<()> {
+pub fn serve(mut flags: crate::config::Flags) -> anyhow::Result<()> {
     use std::io::IsTerminal;
+    // Read (and cleared from the environment) before any thread starts.
+    let handed = handed_socket()?;
+    if let Some(socket) = &handed {
+        // The socket is the listen address: every check of it applies.
+        flags.listen = Some(socket.local_addr()?.to_string());
+    }
     let config = crate::app::load_config(&flags, &|k| std::env::var(k).ok())?;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -19,10 +25,11 @@ pub fn serve(flags: crate::config::Flags) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let app = crate::app::Application::build(
+        let app = crate::app::Application::build_on(
             config,
             std::sync::Arc::new(shared::clock::SystemClock),
             crate::app::Timing::default(),
+            handed,
         )
         .await?;
         if let Some(token) = &app.generated_admin_token {
@@ -31,4 +38,20 @@ pub fn serve(flags: crate::config::Flags) -> anyhow::Result<()> {
         }
         app.run(crate::app::shutdown_signal()).await
     })
+}
+
+/// The listening socket a supervisor hands over, systemd's way (socket
+/// activation: `LISTEN_FDS=1`, and `LISTEN_PID` this process or unset; the
+/// socket is descriptor 3). Served instead of binding `listen`, so the port
+/// is never free between the supervisor and the service. More than one
+/// socket, or a descriptor that is not a TCP listener, is an error.
+fn handed_socket() -> anyhow::Result<Option<std::net::TcpListener>> {
+    let mut handed = listenfd::ListenFd::from_env();
+    match handed.len() {
+        0 => Ok(None),
+        1 => handed
+            .take_tcp_listener(0)
+            .map_err(|e| anyhow::anyhow!("LISTEN_FDS: descriptor 3 is not a TCP socket ({e})")),
+        n => anyhow::bail!("LISTEN_FDS: {n} sockets handed over; aggregator serve takes one"),
+    }
 }

@@ -1,6 +1,7 @@
 //! The notice outbox over real sockets: the service on 127.0.0.1:0 with a manual clock, a real HTTP webhook, and a real SMTP relay (Python's aiosmtpd) that the test starts.
 
 use crate::support;
+use testkit::ports::HeldPort;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -357,7 +358,7 @@ async fn each_email_recipient_gets_one_email_through_the_relay_with_the_subject_
 ) {
     let Some(python) = smtp_python() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(&python, dir.path(), free_port());
+    let relay = Relay::start(&python, dir.path(), HeldPort::new());
     let app = App::spawn(
         dir.path().join("core-meter.sqlite"),
         NoticesConfig {
@@ -434,12 +435,13 @@ async fn each_email_recipient_gets_one_email_through_the_relay_with_the_subject_
 async fn a_relay_that_is_down_at_first_still_gets_the_email_after_retries() {
     let Some(python) = smtp_python() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    // Held, so refused, until the relay takes it.
+    let port = HeldPort::new();
     let app = App::spawn(
         dir.path().join("core-meter.sqlite"),
         NoticesConfig {
             webhook: None,
-            smtp: Some(smtp(port)),
+            smtp: Some(smtp(port.addr().port())),
         },
         local("2026-11-25T02:00:00"),
     )
@@ -491,7 +493,7 @@ async fn a_relay_that_is_down_at_first_still_gets_the_email_after_retries() {
 async fn an_address_the_relay_refuses_for_good_is_retried_with_the_refusal_recorded() {
     let Some(python) = smtp_python() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(&python, dir.path(), free_port());
+    let relay = Relay::start(&python, dir.path(), HeldPort::new());
     let app = App::spawn(
         dir.path().join("core-meter.sqlite"),
         NoticesConfig {
@@ -577,7 +579,7 @@ async fn restarting_the_service_does_not_send_a_delivered_notice_again() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("core-meter.sqlite");
     let webhook = Webhook::start(0).await;
-    let relay = Relay::start(&python, dir.path(), free_port());
+    let relay = Relay::start(&python, dir.path(), HeldPort::new());
     let notices = NoticesConfig {
         smtp: Some(smtp(relay.port)),
         ..webhook_notices(&webhook.url)
@@ -614,15 +616,6 @@ async fn restarting_the_service_does_not_send_a_delivered_notice_again() {
     app.stop().await;
 }
 
-/// A port nothing listens on just now (the relay may take it later).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A Python with aiosmtpd (`CORE_METER_SMTP_PYTHON`, else `python3`), or None
 /// where there is none: then the relay tests are skipped, unless
 /// `CORE_METER_REQUIRE_SMTP=1` (as in CI) turns that into a failure.
@@ -650,10 +643,12 @@ fn smtp_python() -> Option<String> {
 /// The relay: accepts every message (refusing addresses that start with
 /// "refused" with 550) and writes each, parsed, as one JSON file.
 const RELAY_PY: &str = r#"
-import email, email.policy, itertools, json, os, sys, threading
-from aiosmtpd.controller import Controller
+import asyncio, email, email.policy, itertools, json, os, socket, sys
+from aiosmtpd.smtp import SMTP
 
-port, out = int(sys.argv[1]), sys.argv[2]
+# The test hands over the port it held: descriptor 3, listening.
+assert os.environ.get("LISTEN_FDS") == "1"
+out = sys.argv[1]
 numbers = itertools.count(1)
 
 class Relay:
@@ -682,9 +677,11 @@ class Relay:
         os.rename(tmp, os.path.join(out, "%06d.json" % n))
         return "250 2.0.0 accepted"
 
-Controller(Relay(), hostname="127.0.0.1", port=port).start()
+loop = asyncio.new_event_loop()
+asyncio.set_event_loop(loop)
+loop.run_until_complete(loop.create_server(lambda: SMTP(Relay()), sock=socket.socket(fileno=3)))
 print("ready", flush=True)
-threading.Event().wait()
+loop.run_forever()
 "#;
 
 /// The SMTP relay, a child process; killed when dropped.
@@ -695,18 +692,21 @@ struct Relay {
 }
 
 impl Relay {
-    fn start(python: &str, dir: &Path, port: u16) -> Relay {
+    /// Serves `port`, which the test held until now.
+    fn start(python: &str, dir: &Path, port: HeldPort) -> Relay {
         let script = dir.join("relay.py");
         std::fs::write(&script, RELAY_PY).unwrap();
+        let mut command = Command::new(python);
+        let port = port.hand_to(&mut command).port();
         let out = dir.join(format!("mail-{port}"));
         std::fs::create_dir_all(&out).unwrap();
-        let mut child = Command::new(python)
+        let mut child = command
             .arg(&script)
-            .arg(port.to_string())
             .arg(&out)
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
+        drop(command);
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {

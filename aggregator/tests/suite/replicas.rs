@@ -50,12 +50,10 @@ impl Replica {
             .iter()
             .find(|p| Path::new(p).exists())
             .expect("libfaketime");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr = format!("127.0.0.1:{port}");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_aggregator"));
+        let addr = testkit::ports::HeldPort::new()
+            .hand_to(&mut command)
+            .to_string();
         let config = dir.join(format!("replica-{n}.toml"));
         std::fs::write(
             &config,
@@ -68,7 +66,7 @@ impl Replica {
         )
         .unwrap();
         let log = dir.join(format!("replica-{n}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_aggregator"))
+        let child = command
             .args(["serve", "--config"])
             .arg(&config)
             .env("LD_PRELOAD", lib)
@@ -79,6 +77,7 @@ impl Replica {
             .stderr(File::create(&log).unwrap())
             .spawn()
             .unwrap();
+        drop(command);
         Replica { child, addr, log }
     }
 

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, NaiveDate, SubsecRound, TimeDelta, Utc};
-use e2e::procs::{binary, free_addr, request, AgentOptions, AgentProc, Service, ServiceOptions};
+use e2e::procs::{binary, request, AgentOptions, AgentProc, Service, ServiceOptions};
 use serde_json::Value;
 use shared::zone::BillingZone;
 
@@ -174,8 +174,8 @@ fn an_agent_three_hours_ahead_is_refused_loudly_and_the_aggregator_keeps_its_own
     // The skewed agent starts first, while nothing listens at the
     // aggregator's address, so that its first delivered batch holds several
     // samples: one report for all of them, not one line each.
-    let addr = free_addr();
-    let url = format!("http://{addr}");
+    let port = testkit::ports::HeldPort::new();
+    let url = format!("http://{}", port.addr());
     let mut skewed_options = AgentOptions::new(dir.path(), "node-ahead", &url, &ahead_token);
     skewed_options.env = ahead;
     let mut skewed = AgentProc::start(&skewed_options);
@@ -185,11 +185,11 @@ fn an_agent_three_hours_ahead_is_refused_loudly_and_the_aggregator_keeps_its_own
         || skewed.taken().len() >= 3,
     );
 
-    let service = Service::start_with(
+    let service = Service::start_on(
+        port,
         &dir.path().join("core-meter.sqlite"),
         ADMIN,
         &ServiceOptions {
-            listen: Some(addr),
             env: vec![("CORE_METER_TIMEZONE".into(), zone_name.clone())],
             log: Some(dir.path().join("aggregator.log")),
             ..ServiceOptions::default()
@@ -213,7 +213,7 @@ fn an_agent_three_hours_ahead_is_refused_loudly_and_the_aggregator_keeps_its_own
         r#"{{"samples":[{{"node":"node-late","cores":4,"at":"{yesterday_at}","seq":1,"agent_version":"e2e"}}]}}"#
     );
     let (s, answer) = request(
-        addr,
+        service.addr,
         "POST",
         "/v1/samples",
         Some(&on_time_token),

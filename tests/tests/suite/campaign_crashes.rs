@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chrono::{DateTime, NaiveDate, Utc};
-use e2e::procs::{binary, free_addr, request, AgentOptions, AgentProc, Service, ServiceOptions};
+use e2e::procs::{binary, request, AgentOptions, AgentProc, Service, ServiceOptions};
 use serde_json::{json, Value};
 use shared::zone::BillingZone;
 
@@ -332,7 +332,6 @@ fn fifty_agents_lose_nothing_and_store_nothing_twice_through_twenty_aggregator_c
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("core-meter.sqlite");
     let options = ServiceOptions {
-        listen: Some(free_addr()),
         log: Some(dir.path().join("aggregator.log")),
         ..ServiceOptions::default()
     };

@@ -719,12 +719,12 @@ fn a_disk_with_room_for_the_sample_but_not_its_seq_keeps_one_measurement_once() 
     // Nothing answers yet, so the agent removes no file and frees no page.
     // The cluster is created later with this token.
     let token = format!("cmc_{}", "0".repeat(64));
-    let addr = e2e::procs::free_addr();
+    let port = testkit::ports::HeldPort::new();
     let since = Utc::now();
     let mut options = AgentOptions::new(
         dir.path(),
         "node-last-page",
-        &format!("http://{addr}"),
+        &format!("http://{}", port.addr()),
         &token,
     );
     options.spool = disk.path.join("spool");
@@ -749,13 +749,11 @@ fn a_disk_with_room_for_the_sample_but_not_its_seq_keeps_one_measurement_once() 
         metric(http, "core_meter_agent_spool_write_errors_total").unwrap_or(0.0) >= 1.0
     });
     std::fs::remove_file(&ballast).unwrap();
-    let service = Service::start_with(
+    let service = Service::start_on(
+        port,
         &dir.path().join("core-meter.sqlite"),
         ADMIN,
-        &ServiceOptions {
-            listen: Some(addr),
-            ..ServiceOptions::default()
-        },
+        &ServiceOptions::default(),
     );
     let (s, v) = service.admin("POST", "/v1/admin/accounts", Some(r#"{"id":"acme"}"#));
     assert_eq!(s, 201, "{v}");

@@ -18,7 +18,7 @@
 //! `.ci/run`, which runs as root).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, TcpListener};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -444,15 +444,13 @@ fn agents_cut_off_for_several_intervals_three_times_deliver_every_sample_exactly
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let listen = {
-        let probe = TcpListener::bind((net.host, 0)).expect("bind on the bridge's address");
-        SocketAddr::new(net.host.into(), probe.local_addr().unwrap().port())
-    };
-    let service = Service::start_with(
+    let port = testkit::ports::HeldPort::on(net.host);
+    let listen = port.addr();
+    let service = Service::start_on(
+        port,
         &dir.path().join("core-meter.sqlite"),
         ADMIN,
         &ServiceOptions {
-            listen: Some(listen),
             wrapper: DIE_WITH_THE_TEST.map(String::from).to_vec(),
             // Plain HTTP on the test's own bridge, which no other machine reaches.
             env: vec![("CORE_METER_INSECURE_PLAINTEXT".into(), "true".into())],

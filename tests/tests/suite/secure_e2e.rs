@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use aggregator::config::Secret;
 use aggregator::security::signature::{self};
-use e2e::procs::{binary, free_addr};
+use e2e::procs::binary;
 use pki::{write_file, Ca};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -194,9 +194,9 @@ async fn a_full_run_over_tls_leaks_no_secret_into_any_log_or_metric() {
     let (bill_url, bills) = receiver(Secret::new(&bill_secret)).await;
     let (notice_url, notices) = receiver(Secret::new(&notice_secret)).await;
 
-    let addr = free_addr();
-    let base = format!("https://{addr}");
     let mut service_command = Command::new(binary("aggregator"));
+    let addr = testkit::ports::HeldPort::new().hand_to(&mut service_command);
+    let base = format!("https://{addr}");
     service_command
         .args(["serve", "--listen", &addr.to_string(), "--database"])
         .arg(d.join("core-meter.sqlite"))

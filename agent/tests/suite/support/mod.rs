@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use testkit::ports::HeldPort;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -155,12 +156,9 @@ impl FakeAggregator {
         )
     }
 
-    /// Starts on `addr` (e.g. a port the agent already tries in vain).
-    pub fn start_on(addr: SocketAddr, mode: Mode) -> FakeAggregator {
-        Self::serve(
-            TcpListener::bind(addr).expect("bind the fake aggregator"),
-            mode,
-        )
+    /// Starts on `port`, which the test held (the agent tried it in vain).
+    pub fn start_on(port: HeldPort, mode: Mode) -> FakeAggregator {
+        Self::serve(port.listener(), mode)
     }
 
     /// Starts on a free port of 127.0.0.1, serving HTTPS with `config`.
@@ -265,12 +263,6 @@ impl FakeAggregator {
     pub fn unauthorized(&self) -> u64 {
         self.received.lock().unwrap().unauthorized
     }
-}
-
-/// A port nothing listens on (bound and released).
-pub fn free_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
 }
 
 /// The real agent binary.
