@@ -484,3 +484,53 @@ async fn the_daily_report_is_served_as_json_and_csv_and_is_provisional_until_due
     assert_eq!((s, v["error"]["field"].as_str()), (400, Some("format")));
     app.stop().await;
 }
+
+#[test]
+fn serve_takes_a_handed_socket_and_refuses_a_handover_it_cannot_use() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let start = |fds: &str| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_aggregator"));
+        command
+            .args(["serve", "--database"])
+            .arg(dir.path().join("core-meter.sqlite"))
+            .env("CORE_METER_ADMIN_TOKEN", support::ADMIN)
+            .env("LISTEN_FDS", fds)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        command
+    };
+    // Descriptor 3 is not open: nothing was handed over after all.
+    let out = start("1").output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        log.contains("LISTEN_FDS: descriptor 3 is not a TCP socket"),
+        "{log}"
+    );
+    let out = start("2").output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("LISTEN_FDS: 2 sockets handed over"), "{log}");
+
+    // A held port handed over is served, at its own address.
+    let mut command = start("1");
+    let addr = testkit::ports::HeldPort::new().hand_to(&mut command);
+    let mut child = command.stderr(Stdio::null()).spawn().unwrap();
+    drop(command);
+    testkit::eventually(
+        std::time::Duration::from_secs(20),
+        "the service answers on the handed port",
+        || {
+            use std::io::{Read, Write};
+            let mut answer = String::new();
+            std::net::TcpStream::connect(addr)
+                .and_then(|mut s| {
+                    s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+                    s.read_to_string(&mut answer)
+                })
+                .is_ok_and(|_| answer.starts_with("HTTP/1.1 200"))
+        },
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
