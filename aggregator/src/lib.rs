@@ -18,6 +18,7 @@
 //! - `config`: the settings; imports nothing from the rest.
 
 pub mod app;
+pub mod background;
 pub mod billing;
 pub mod commands;
 pub mod config;

@@ -36,6 +36,8 @@ pub struct AppState {
     pub faults: Arc<Faults>,
     /// Names stored before their domain was written, still reachable.
     pub legacy_names: LegacyNames,
+    /// The passes the background loops have begun.
+    pub passes: Arc<crate::background::Passes>,
 }
 
 impl AppState {

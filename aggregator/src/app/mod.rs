@@ -144,6 +144,7 @@ impl Application {
             notice_wake: Arc::new(tokio::sync::Notify::new()),
             faults: Arc::default(),
             legacy_names: crate::store::LegacyNames::new(legacy),
+            passes: Arc::default(),
         });
         Ok(Application {
             listener,
@@ -153,6 +154,12 @@ impl Application {
             tls,
             generated_admin_token,
         })
+    }
+
+    /// The passes its background loops have begun, for tests that wait
+    /// until every loop has looked again.
+    pub fn passes(&self) -> Arc<crate::background::Passes> {
+        self.state.passes.clone()
     }
 
     /// The fault hooks of this service, for tests of panic containment.
@@ -226,16 +233,24 @@ impl Application {
             tokio::spawn(crate::security::tls::watch_files(
                 tls,
                 state.metrics.clone(),
-                timing.file_poll,
-                stop_rx.clone(),
+                crate::security::Watch {
+                    clock: state.clock.clone(),
+                    poll: timing.file_poll,
+                    passes: state.passes.clone(),
+                    stop: stop_rx.clone(),
+                },
             ))
         });
         let admin_token_watch = state.config.admin_token_file.clone().map(|path| {
             tokio::spawn(crate::security::tokens::watch_admin_token_file(
                 state.admin_token.clone(),
                 path,
-                timing.file_poll,
-                stop_rx.clone(),
+                crate::security::Watch {
+                    clock: state.clock.clone(),
+                    poll: timing.file_poll,
+                    passes: state.passes.clone(),
+                    stop: stop_rx.clone(),
+                },
             ))
         });
         let limits = ConnectionLimits {

@@ -12,25 +12,26 @@ use crate::billing::run_billing;
 use crate::metrics::{KindLabels, TableLabels};
 use crate::store::{Horizon, Pruned, StoreError, PRUNE_BATCH_ROWS};
 
-/// How often the job looks at the clock while waiting. A manual clock in
-/// tests moves without waking anyone, so the wait is cut into short naps.
+/// How often the job looks at the clock while waiting: the machine's clock
+/// can be stepped (NTP, a resumed VM), so the wait for 02:00 is cut into
+/// naps no longer than this. A test's manual clock wakes it when moved.
 pub const DEFAULT_POLL: Duration = Duration::from_secs(30);
 
 pub async fn run(state: Arc<AppState>, poll: Duration, mut stop: watch::Receiver<bool>) {
     // Days missed while the service was down are billed now.
+    state.passes.begin("billing job");
     lead_run(&state).await;
     let zone = state.config.billing.zone;
     loop {
+        state.passes.begin("billing job");
         let now = state.clock.now();
         // The next 02:00 (03:00 on a spring-forward day): the due time of the
         // first day not yet due.
         let next = zone.due_at(zone.first_day_not_due(now));
         let nap = until(now, next).min(poll);
-        tokio::select! {
-            _ = tokio::time::sleep(nap) => {}
-            // A test's manual clock moved: look at it now, not at the nap's end.
-            _ = state.clock.moved() => {}
-            _ = stop.changed() => return,
+        let woke = crate::background::nap(&*state.clock, nap, &mut stop, std::future::pending());
+        if woke.await == crate::background::Woke::Stop {
+            return;
         }
         if state.clock.now() >= next || run_unfinished(&state).await {
             lead_run(&state).await;

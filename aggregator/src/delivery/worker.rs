@@ -93,6 +93,7 @@ pub(crate) async fn run<Q: Queue>(
     // A claim outlasts the send: no other replica sends the item meanwhile.
     let lease = TimeDelta::from_std(queue.timeout()).unwrap_or(TimeDelta::MAX) + CLAIM_MARGIN;
     loop {
+        state.passes.begin(queue.what());
         // Made before the pass, so a wake-up during it is not lost (a
         // `Notified` receives `notify_waiters` from its creation on).
         let notified = wake.as_deref().map(Notify::notified);
@@ -144,12 +145,9 @@ pub(crate) async fn run<Q: Queue>(
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
-            _ = tokio::time::sleep(nap) => {}
-            // A test's manual clock moved: what is due may have changed.
-            _ = state.clock.moved() => {}
-            _ = woken => {}
-            _ = stop.changed() => return,
+        let woke = crate::background::nap(&*state.clock, nap, &mut stop, woken);
+        if woke.await == crate::background::Woke::Stop {
+            return;
         }
     }
 }

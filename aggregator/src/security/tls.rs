@@ -14,7 +14,6 @@ use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
-use tokio::sync::watch;
 
 use crate::config::TlsFiles;
 use crate::metrics::ServiceMetrics;
@@ -116,20 +115,12 @@ impl Tls {
     }
 }
 
-/// Looks at the files every `poll` until `stop`, swapping in changed ones.
-/// A fault is logged when it first appears or changes, not at every look.
-pub async fn watch_files(
-    tls: Arc<Tls>,
-    metrics: Arc<ServiceMetrics>,
-    poll: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
+/// Looks at the files every `watch.poll` until `watch.stop`, swapping in
+/// changed ones. A fault is logged when it first appears or changes, not
+/// at every look.
+pub async fn watch_files(tls: Arc<Tls>, metrics: Arc<ServiceMetrics>, mut watch: super::Watch) {
     let mut last_fault: Option<String> = None;
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(poll) => {}
-            _ = stop.changed() => return,
-        }
+    while watch.nap("tls files").await {
         let looked = {
             let tls = tls.clone();
             tokio::task::spawn_blocking(move || tls.reload_if_changed())

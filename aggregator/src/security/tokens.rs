@@ -103,24 +103,19 @@ fn stamp(path: &std::path::Path) -> Option<(u64, u64, i64, i64)> {
     ))
 }
 
-/// Looks at the admin token's file every `poll` until `stop`, and reads it
-/// only when it changed. A new token takes effect at once; a change that
-/// cannot be used (empty, readable by anyone) is logged once and the token
-/// in force stays. No line names the token.
+/// Looks at the admin token's file every `watch.poll` until `watch.stop`,
+/// and reads it only when it changed. A new token takes effect at once; a
+/// change that cannot be used (empty, readable by anyone) is logged once
+/// and the token in force stays. No line names the token.
 pub async fn watch_admin_token_file(
     token: AdminToken,
     path: std::path::PathBuf,
-    poll: std::time::Duration,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    mut watch: super::Watch,
 ) {
     // The first look reads the file: it may have changed since start-up read it.
     let mut seen = None;
     let mut last_fault: Option<String> = None;
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(poll) => {}
-            _ = stop.changed() => return,
-        }
+    while watch.nap("admin token file").await {
         let now = stamp(&path);
         if now.is_some() && now == seen {
             continue;

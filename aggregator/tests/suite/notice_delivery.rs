@@ -235,7 +235,7 @@ async fn a_notice_is_posted_to_the_webhook_once_with_its_idempotency_key_and_mar
         || async { app.delivery(id, "webhook", "").delivered_at.is_some() },
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.settled().await;
 
     assert_eq!(webhook.taken(), vec![format!("notice/{id}")]);
     assert_eq!(webhook.attempts(), 1, "posted once");
@@ -325,7 +325,7 @@ async fn a_webhook_that_fails_twice_gets_the_notice_on_the_third_attempt_and_the
         || async { app.delivery(id, "webhook", "").delivered_at.is_some() },
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.settled().await;
     assert_eq!(webhook.attempts(), 3);
     assert_eq!(webhook.verified(), 3, "every attempt signed and verified");
     assert_eq!(webhook.rejections(), Vec::<String>::new());
@@ -383,7 +383,7 @@ async fn each_email_recipient_gets_one_email_through_the_relay_with_the_subject_
             .all(|d| d.delivered_at.is_some())
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.settled().await;
 
     let mut messages = relay.messages();
     assert_eq!(messages.len(), 2, "one email per address: {messages:?}");
@@ -475,7 +475,7 @@ async fn a_relay_that_is_down_at_first_still_gets_the_email_after_retries() {
         },
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.settled().await;
     let mut to: Vec<String> = relay
         .messages()
         .iter()
@@ -607,7 +607,7 @@ async fn restarting_the_service_does_not_send_a_delivered_notice_again() {
     let app = App::spawn_for(db, notices, &webhook, local("2026-11-25T02:10:00")).await;
     for _ in 0..10 {
         app.clock.advance(TimeDelta::minutes(10));
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        app.settled().await;
     }
     assert_eq!(webhook.attempts(), 1, "the webhook got it once");
     assert_eq!(relay.messages().len(), 2, "one email per address, once");

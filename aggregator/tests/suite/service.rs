@@ -54,7 +54,7 @@ async fn a_billed_day_reaches_the_webhook_exactly_once_despite_failures_and_a_re
         webhook.taken().len() >= 2
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.settled().await;
     let mut taken = webhook.taken();
     taken.sort();
     assert_eq!(

@@ -66,7 +66,7 @@ async fn every_delivery_of_a_billing_run_carries_a_valid_signature_and_a_retry_i
         webhook.taken().len() >= 3
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    app.settled().await;
 
     let received = webhook.received();
     assert_eq!(received.len(), 4, "three lines and one retry");

@@ -18,7 +18,7 @@ use aggregator::config::Secret;
 use aggregator::config::{Config, WebhookConfig};
 use aggregator::security::signature::{self};
 use aggregator::store::{Durability, Store, StoreError};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{json, Value};
 use shared::clock::{Clock, ManualClock};
 
@@ -38,6 +38,8 @@ pub struct TestApp {
     pub database: Database,
     /// Makes the service panic on purpose (tests of panic containment).
     pub faults: FaultHooks,
+    /// The passes its background loops have begun (`settled`).
+    passes: Arc<aggregator::background::Passes>,
     /// `https` when the configuration has TLS files, else `http`.
     scheme: &'static str,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -247,16 +249,19 @@ impl TestApp {
         } else {
             "http"
         };
+        // Long naps: a test moves the clock (or waits until `settled`),
+        // which wakes every loop, rather than waiting for a poll.
         let timing = Timing {
             billing_poll: Duration::from_secs(5),
             outbox_poll: Duration::from_secs(5),
-            file_poll: Duration::from_millis(50),
+            file_poll: Duration::from_secs(5),
         };
         let app = Application::build(config, clock.clone(), timing)
             .await
             .unwrap();
         let addr = app.local_addr();
         let faults = app.fault_hooks();
+        let passes = app.passes();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             app.run(async {
@@ -271,10 +276,35 @@ impl TestApp {
             client: reqwest::Client::new(),
             database,
             faults,
+            passes,
             scheme,
             stop: Some(stop),
             task: Some(task),
         }
+    }
+
+    /// Waits until every background loop (billing job, delivery workers,
+    /// file watchers) has made a whole pass that began after this call,
+    /// moving the clock by nothing, which wakes them, instead of letting
+    /// them sleep out their polls. Whatever they would do about the state of
+    /// now is then done: a check that nothing more happens (no second
+    /// delivery, no token taken) asserts after this, not after a sleep.
+    pub async fn settled(&self) {
+        let mut before = self.passes.counts();
+        // The billing job always runs, perhaps not begun yet.
+        before.entry("billing job").or_insert(0);
+        eventually_async(
+            Duration::from_secs(30),
+            "every background loop made a whole pass",
+            || async {
+                self.clock.advance(TimeDelta::zero());
+                let now = self.passes.counts();
+                before
+                    .iter()
+                    .all(|(name, n)| now.get(name).is_some_and(|m| *m >= n + 2))
+            },
+        )
+        .await;
     }
 
     /// Stops gracefully and waits until it has.
