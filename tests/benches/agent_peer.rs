@@ -25,7 +25,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use e2e::procs::{free_addr, request};
+use e2e::procs::request;
+use testkit::ports::HeldPort;
 
 const ADMIN: &str = "bench-admin-token-0123456789abcdef";
 const INSTALL: &str = "node_exporter is not installed: as root, run `apt-get install -y prometheus-node-exporter` \
@@ -254,10 +255,11 @@ fn main() {
     let aggregator_bin = target.join("release/aggregator");
 
     let dir = tempfile::tempdir().expect("temporary directory");
-    let service_addr = free_addr();
+    let mut service_command = Command::new(&aggregator_bin);
+    let service_addr = HeldPort::new().hand_to(&mut service_command);
     let mut service = Proc {
         name: "aggregator serve",
-        child: Command::new(&aggregator_bin)
+        child: service_command
             .args(["serve", "--listen", &service_addr.to_string(), "--database"])
             .arg(dir.path().join("core-meter.sqlite"))
             .env("CORE_METER_ADMIN_TOKEN", ADMIN)
@@ -285,7 +287,9 @@ fn main() {
         .expect("cluster token")
         .to_string();
 
-    let agent_addr = free_addr();
+    // The agent and node_exporter bind their own addresses: each port is
+    // let go just before the program that binds it starts.
+    let agent_addr = HeldPort::new().release();
     let mut agent = Proc {
         name: "agent run",
         child: Command::new(&agent_bin)
@@ -313,7 +317,7 @@ fn main() {
     wait_http(agent_addr, "/healthz", &mut agent);
 
     let start_exporter = |name: &'static str, extra: &[&str]| {
-        let addr = free_addr();
+        let addr = HeldPort::new().release();
         let mut p = Proc {
             name,
             child: Command::new(&node_exporter)

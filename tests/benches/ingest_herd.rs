@@ -55,7 +55,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use clap::Parser;
-use e2e::procs::{free_addr, request};
+use e2e::procs::request;
 
 use e2e::postgres::TempPostgres;
 
@@ -382,9 +382,9 @@ impl Drop for Server {
 }
 
 fn start(binary: &Path, database: &std::ffi::OsStr, tls: Option<Arc<Tls>>) -> Server {
-    let addr = free_addr();
     let admin = format!("bench-admin-{}", std::process::id());
     let mut command = Command::new(binary);
+    let addr = testkit::ports::HeldPort::new().hand_to(&mut command);
     command
         .args(["serve", "--listen", &addr.to_string(), "--database"])
         .arg(database);
