@@ -155,7 +155,15 @@ pub async fn run(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<()
     let mut backoff = Backoff::new(agent.settings.backoff_base, agent.settings.backoff_cap);
     let mut retry_at: Option<Instant> = None;
     loop {
-        let until_sample = wait(agent.clock.now(), agent.next_sample);
+        let now = agent.clock.now();
+        let until_sample = wait(now, agent.next_sample);
+        let retry_wall = retry_at.and_then(|at| {
+            let retry_in =
+                chrono::TimeDelta::from_std(at.saturating_duration_since(Instant::now()));
+            now.checked_add_signed(retry_in.ok()?)
+        });
+        let next_push = retry_wall.map_or(agent.next_sample, |r| r.min(agent.next_sample));
+        agent.metrics.next_push.set(next_push.timestamp());
         let retry = retry_at.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
         let push_now = tokio::select! {
             _ = tokio::time::sleep(until_sample) => {

@@ -37,6 +37,7 @@ pub struct Metrics {
     pub spool_write_errors: Counter,
     pub node_cores: Gauge,
     pub offset_seconds: Gauge,
+    pub next_push: Gauge,
 }
 
 impl Metrics {
@@ -96,6 +97,11 @@ impl Metrics {
             "node_cores",
             "The node's cores at the last sample",
             self.node_cores.clone(),
+        );
+        r.register(
+            "next_push_timestamp_seconds",
+            "Unix time of the next planned push: the next sample, or sooner a retry after a failed push (a refused one waits for the next sample)",
+            self.next_push.clone(),
         );
         r.register(
             "schedule_offset_seconds",

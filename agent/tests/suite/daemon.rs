@@ -388,8 +388,17 @@ fn a_wrong_token_is_not_retried_at_once_and_the_samples_stay() {
     eventually(Duration::from_secs(10), "the push was refused", || {
         server.unauthorized() >= 1
     });
-    // An hour-long interval: a 401 waits for the next sample, it is not hammered.
-    std::thread::sleep(Duration::from_secs(3));
+    // An hour-long interval: a 401 waits for the next sample, it is not
+    // hammered. The agent says when it will push next: at that sample, and
+    // no retry sooner.
+    let offset = agent
+        .metric("core_meter_agent_schedule_offset_seconds", "")
+        .expect("the schedule's offset");
+    let next_sample = agent::schedule::next_tick(chrono::Utc::now(), 3600, offset as u64);
+    eventually(Duration::from_secs(10), "the next push is planned", || {
+        agent.metric("core_meter_agent_next_push_timestamp_seconds", "")
+            == Some(next_sample.timestamp() as f64)
+    });
     assert_eq!(
         server.unauthorized(),
         1,

@@ -418,7 +418,10 @@ fn the_agents_spool_fills_up(dir: &Path) -> Option<AgentFigures> {
         || spooled(&agent) > files && readyz(http).map(|r| r.0) == Some(200),
     );
     let errors_after = write_errors();
-    std::thread::sleep(Duration::from_millis(2_500));
+    let files_after = spooled(&agent);
+    eventually(PATIENCE, "two more samples are spooled", || {
+        spooled(&agent) >= files_after + 2
+    });
     assert_eq!(write_errors(), errors_after, "no write is refused any more");
     assert!(
         pending() as usize > spooled(&agent),

@@ -149,6 +149,8 @@ fn sigterm_finishes_requests_in_flight_and_exits_zero() {
     let addr = service.addr;
     let now = chrono::Utc::now();
     let day = shared::zone::BillingZone::default().day_of(now).to_string();
+    let acks = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = acks.clone();
     let pusher = std::thread::spawn(move || {
         let mut acked = 0u64;
         for seq in 0..100_000u64 {
@@ -157,13 +159,19 @@ fn sigterm_finishes_requests_in_flight_and_exits_zero() {
                 now.to_rfc3339()
             );
             match request(addr, "POST", "/v1/samples", Some(&token), Some(&body)) {
-                Some((200, _)) => acked += 1,
+                Some((200, _)) => {
+                    acked += 1;
+                    counted.store(acked, std::sync::atomic::Ordering::Relaxed);
+                }
                 _ => break,
             }
         }
         acked
     });
-    std::thread::sleep(Duration::from_millis(500));
+    // Pushes are flowing: SIGTERM lands among them.
+    testkit::eventually(Duration::from_secs(20), "ten pushes answered", || {
+        acks.load(std::sync::atomic::Ordering::Relaxed) >= 10
+    });
     let term = std::process::Command::new("kill")
         .args(["-TERM", &service.child.id().to_string()])
         .status()
