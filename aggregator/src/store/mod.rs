@@ -20,7 +20,6 @@ mod pages;
 mod readers;
 mod retention;
 mod samples;
-mod schema;
 mod schema_postgres;
 mod states;
 

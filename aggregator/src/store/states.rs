@@ -591,7 +591,7 @@ mod tests {
     /// account whose only licence ended in January, and a sample.
     fn version_4_database(path: &std::path::Path) {
         let conn = rusqlite::Connection::open(path).unwrap();
-        for sql in &super::super::schema::SQLITE_1_TO_5[..4] {
+        for sql in &super::super::migrations::sqlite_up_to(4) {
             conn.execute_batch(sql).unwrap();
         }
         conn.pragma_update(None, "user_version", 4).unwrap();
