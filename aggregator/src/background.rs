@@ -49,6 +49,16 @@ pub async fn nap(
 pub struct Passes(Mutex<BTreeMap<&'static str, u64>>);
 
 impl Passes {
+    /// `name` is a loop that will run: until its first pass it counts 0,
+    /// so a wait for its passes does not pass it by.
+    pub fn expect(&self, name: &'static str) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(name)
+            .or_default();
+    }
+
     /// `name` begins a pass.
     pub fn begin(&self, name: &'static str) {
         *self

@@ -269,6 +269,8 @@ fn main() {
             .spawn()
             .expect("start aggregator serve"),
     };
+    // The bench's copy of the handed port goes with the command.
+    drop(service_command);
     wait_http(service_addr, "/readyz", &mut service);
     let admin = |path: &str, body: &str| {
         let (s, b) =

@@ -64,6 +64,32 @@ pub struct Application {
     pub generated_admin_token: Option<String>,
 }
 
+/// The background loops `run` starts for `config`, by the names their
+/// passes are counted under.
+fn background_loops(config: &Config, tls: bool) -> Vec<&'static str> {
+    let notices = &config.notices;
+    [
+        (true, crate::billing::job::NAME),
+        (
+            config.webhook.is_some(),
+            crate::delivery::webhook::BILL_LINES,
+        ),
+        (
+            notices.webhook.is_some(),
+            crate::delivery::notices::BY_WEBHOOK,
+        ),
+        (notices.smtp.is_some(), crate::delivery::notices::BY_EMAIL),
+        (tls, crate::security::TLS_FILES),
+        (
+            config.admin_token_file.is_some(),
+            crate::security::ADMIN_TOKEN_FILE,
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(runs, name)| runs.then_some(name))
+    .collect()
+}
+
 impl Application {
     /// Opens the database (creating it and its directory), binds the listen
     /// address, and prepares everything; nothing runs until [`Application::run`].
@@ -146,6 +172,9 @@ impl Application {
             legacy_names: crate::store::LegacyNames::new(legacy),
             passes: Arc::default(),
         });
+        for name in background_loops(&state.config, tls.is_some()) {
+            state.passes.expect(name);
+        }
         Ok(Application {
             listener,
             state,
@@ -156,7 +185,8 @@ impl Application {
         })
     }
 
-    /// The passes its background loops have begun, for tests that wait
+    /// The passes its background loops have begun (each expected from the
+    /// start, see [`background_loops`]), for tests that wait
     /// until every loop has looked again.
     pub fn passes(&self) -> Arc<crate::background::Passes> {
         self.state.passes.clone()

@@ -17,13 +17,16 @@ use crate::store::{Horizon, Pruned, StoreError, PRUNE_BATCH_ROWS};
 /// naps no longer than this. A test's manual clock wakes it when moved.
 pub const DEFAULT_POLL: Duration = Duration::from_secs(30);
 
+/// The job, as its passes are counted.
+pub const NAME: &str = "billing job";
+
 pub async fn run(state: Arc<AppState>, poll: Duration, mut stop: watch::Receiver<bool>) {
     // Days missed while the service was down are billed now.
-    state.passes.begin("billing job");
+    state.passes.begin(NAME);
     lead_run(&state).await;
     let zone = state.config.billing.zone;
     loop {
-        state.passes.begin("billing job");
+        state.passes.begin(NAME);
         let now = state.clock.now();
         // The next 02:00 (03:00 on a spring-forward day): the due time of the
         // first day not yet due.

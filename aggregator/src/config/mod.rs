@@ -128,13 +128,23 @@ impl Config {
         };
         overlay_env(&mut table, env)?;
         let text = |t: &str| toml::Value::String(t.to_string());
-        let path = |p: &Path| toml::Value::String(p.display().to_string());
+        let path = |key: &str, p: Option<&PathBuf>| -> anyhow::Result<Option<toml::Value>> {
+            p.map(|p| {
+                p.to_str()
+                    .map(text)
+                    .ok_or_else(|| anyhow!("{}: {} is not UTF-8 text", named(key), p.display()))
+            })
+            .transpose()
+        };
         for (key, value) in [
             ("listen", flags.listen.as_deref().map(text)),
             ("database", flags.database.as_deref().map(text)),
-            ("tls_cert", flags.tls_cert.as_deref().map(path)),
-            ("tls_key", flags.tls_key.as_deref().map(path)),
-            ("tls_client_ca", flags.tls_client_ca.as_deref().map(path)),
+            ("tls_cert", path("tls_cert", flags.tls_cert.as_ref())?),
+            ("tls_key", path("tls_key", flags.tls_key.as_ref())?),
+            (
+                "tls_client_ca",
+                path("tls_client_ca", flags.tls_client_ca.as_ref())?,
+            ),
             (
                 "insecure_plaintext",
                 flags

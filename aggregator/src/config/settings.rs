@@ -134,7 +134,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         key: "request_timeout_secs",
         env: "CORE_METER_REQUEST_TIMEOUT_SECS",
-        kind: Kind::Whole { min: 1, max: 3600 },
+        kind: Kind::Whole { min: 1, max: 86_400 },
         default: "30",
         doc: "",
     },
@@ -374,6 +374,15 @@ impl Values {
                         values.take(&format!("{key}.{inner}"), value, source)?;
                     }
                 }
+                // A key of a section is written inside it: a quoted
+                // "section.key" at the top would dodge the section's order.
+                _ if key.contains('.') => {
+                    return Err(format!(
+                        "{source}: unknown setting {key:?}; write it as {} inside [{}]",
+                        key.split_once('.').map_or("", |(_, k)| k),
+                        key.split_once('.').map_or("", |(s, _)| s),
+                    ))
+                }
                 value => values.take(&key, value, source)?,
             }
         }
@@ -509,6 +518,9 @@ mod tests {
         let table: toml::Table = toml::from_str("log_json = \"yes\"\n").unwrap();
         let e = Values::read(table, "config file f").unwrap_err();
         assert!(e.contains("log_json") && e.contains("true or false"), "{e}");
+        let table: toml::Table = toml::from_str("\"billing.timezone\" = \"UTC\"\n").unwrap();
+        let e = Values::read(table, "config file f").unwrap_err();
+        assert!(e.contains("write it as timezone inside [billing]"), "{e}");
         let table: toml::Table = toml::from_str("[notices]\nsmtp = 1\n").unwrap();
         let e = Values::read(table, "config file f").unwrap_err();
         assert!(

@@ -22,6 +22,10 @@ use std::sync::Arc;
 /// idempotency key, so a duplicate is easy to spot.
 pub const NOTICE_HEADER: &str = "X-Core-Meter-Notice";
 
+/// The notice queues, as their workers name them.
+pub const BY_WEBHOOK: &str = "notices to the notification webhook";
+pub const BY_EMAIL: &str = "notices by email";
+
 /// Delivers notices on every configured channel until `stop`. The channels
 /// run side by side, so a relay that is down (each attempt waiting out its
 /// timeout) never holds back the webhook, nor the other way round.
@@ -120,8 +124,8 @@ impl Queue for Sender {
 
     fn what(&self) -> &'static str {
         match self {
-            Sender::Webhook { .. } => "notices to the notification webhook",
-            Sender::Email { .. } => "notices by email",
+            Sender::Webhook { .. } => BY_WEBHOOK,
+            Sender::Email { .. } => BY_EMAIL,
         }
     }
 

@@ -3,6 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The bill lines' queue, as its worker names it.
+pub const BILL_LINES: &str = "bill lines";
+
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
@@ -41,7 +44,7 @@ impl Queue for BillLines {
     type Item = Delivery;
 
     fn what(&self) -> &'static str {
-        "bill lines"
+        BILL_LINES
     }
 
     fn timeout(&self) -> Duration {

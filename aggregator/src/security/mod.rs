@@ -10,6 +10,10 @@ use std::time::Duration;
 
 use shared::clock::Clock;
 
+/// The file watchers, as their passes are counted.
+pub const TLS_FILES: &str = "tls files";
+pub const ADMIN_TOKEN_FILE: &str = "admin token file";
+
 /// How a file watcher (the TLS files, the admin token's file) waits between
 /// looks: every `poll`, or at once when the clock moves, until `stop`.
 pub struct Watch {

@@ -120,7 +120,7 @@ impl Tls {
 /// at every look.
 pub async fn watch_files(tls: Arc<Tls>, metrics: Arc<ServiceMetrics>, mut watch: super::Watch) {
     let mut last_fault: Option<String> = None;
-    while watch.nap("tls files").await {
+    while watch.nap(super::TLS_FILES).await {
         let looked = {
             let tls = tls.clone();
             tokio::task::spawn_blocking(move || tls.reload_if_changed())

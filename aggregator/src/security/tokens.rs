@@ -115,7 +115,7 @@ pub async fn watch_admin_token_file(
     // The first look reads the file: it may have changed since start-up read it.
     let mut seen = None;
     let mut last_fault: Option<String> = None;
-    while watch.nap("admin token file").await {
+    while watch.nap(super::ADMIN_TOKEN_FILE).await {
         let now = stamp(&path);
         if now.is_some() && now == seen {
             continue;

@@ -331,12 +331,14 @@ fn fifty_agents_lose_nothing_and_store_nothing_twice_through_twenty_aggregator_c
 
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("core-meter.sqlite");
-    let options = ServiceOptions {
+    let mut options = ServiceOptions {
         log: Some(dir.path().join("aggregator.log")),
         ..ServiceOptions::default()
     };
     let mut service = Some(Service::start_with(&db, ADMIN, &options));
     let addr = service.as_ref().unwrap().addr;
+    // Every restart takes the same address again: the agents know no other.
+    options.listen = Some(addr);
     let token = service
         .as_ref()
         .unwrap()
