@@ -62,6 +62,22 @@ pub struct ServiceMetrics {
     /// Panics caught, by where: `request` (a handler), or the store
     /// connection held (`writer`, `reader`, `tokens`).
     pub panics: Family<PlaceLabels, Counter>,
+    /// Image lists and registry images, by status (`stored`, `stale`, `rejected`).
+    pub image_lists: Family<ResultLabels, Counter>,
+    /// Images the inventory had never seen.
+    pub images_new: Counter,
+    /// Image-scan authorizations consumed, by how (`manual`, `auto`).
+    pub image_authorizations: Family<HowLabels, Counter>,
+    /// Authorizations refused: a batch refused whole (`insufficient`), or
+    /// an image first seen that automatic authorization left unauthorized
+    /// (`reach_limit`, `insufficient`).
+    pub image_authorization_refusals: Family<HowLabels, Counter>,
+}
+
+/// How an authorization was consumed or why it was refused.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HowLabels {
+    pub how: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -109,13 +125,72 @@ impl Default for ServiceMetrics {
             tls_handshake_failures: Counter::default(),
             client_certificate_refusals: Counter::default(),
             panics: Family::default(),
+            image_lists: Family::default(),
+            images_new: Counter::default(),
+            image_authorizations: Family::default(),
+            image_authorization_refusals: Family::default(),
         }
     }
 }
 
 impl ServiceMetrics {
+    /// Counts a node's list or a registry batch (`status`: stored, stale,
+    /// rejected), the images it brought and what automatic authorization did.
+    pub fn images_pushed(&self, status: &str, new: u64, auto_authorized: u64, auto_refused: u64) {
+        self.image_lists
+            .get_or_create(&ResultLabels {
+                result: status.to_string(),
+            })
+            .inc();
+        self.images_new.inc_by(new);
+        self.images_authorized("auto", auto_authorized);
+        if auto_refused > 0 {
+            self.images_refused("auto", auto_refused);
+        }
+    }
+
+    /// Counts `n` authorizations consumed `how`.
+    pub fn images_authorized(&self, how: &str, n: u64) {
+        if n > 0 {
+            self.image_authorizations
+                .get_or_create(&HowLabels {
+                    how: how.to_string(),
+                })
+                .inc_by(n);
+        }
+    }
+
+    /// Counts `n` refusals of `how`.
+    pub fn images_refused(&self, how: &str, n: u64) {
+        self.image_authorization_refusals
+            .get_or_create(&HowLabels {
+                how: how.to_string(),
+            })
+            .inc_by(n);
+    }
+
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("core_meter");
+        r.register(
+            "image_lists",
+            "Image lists from nodes and registry batches, by result (stored, stale, rejected)",
+            self.image_lists.clone(),
+        );
+        r.register(
+            "images_new",
+            "Image IDs the inventory had never seen",
+            self.images_new.clone(),
+        );
+        r.register(
+            "image_authorizations",
+            "Image-scan authorizations consumed, by how (manual, auto)",
+            self.image_authorizations.clone(),
+        );
+        r.register(
+            "image_authorization_refusals",
+            "Authorizations refused: a manual batch refused whole (manual), or images first seen left unauthorized by automatic authorization (auto)",
+            self.image_authorization_refusals.clone(),
+        );
         r.register(
             "ingest_samples",
             "Samples received, by result (accepted, duplicate, rejected) and rejection reason",

@@ -9,6 +9,7 @@
 pub mod bill;
 pub mod clock;
 pub mod domain;
+pub mod images;
 pub mod lifecycle;
 pub mod money;
 pub mod overage;

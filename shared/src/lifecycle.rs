@@ -151,6 +151,11 @@ pub enum NoticeKind {
     ServiceStopped,
     DeletionScheduled,
     DataDeleted,
+    /// What is available of the image-scan authorizations fell to a tenth
+    /// of what was purchased (SPEC 10.3).
+    ImageAuthorizationsLow,
+    /// Images seen since the last run have no authorization (SPEC 10.3).
+    ImagesUnauthorized,
 }
 
 const OWNERS: &[ContactRole] = &[
@@ -162,7 +167,7 @@ const EVERYONE: &[ContactRole] = &ContactRole::ALL;
 const PAYERS: &[ContactRole] = &[ContactRole::Creator, ContactRole::FinanceCollaborator];
 
 impl NoticeKind {
-    pub const ALL: [NoticeKind; 10] = [
+    pub const ALL: [NoticeKind; 12] = [
         NoticeKind::ExpiryWarning,
         NoticeKind::ArrearsWarning,
         NoticeKind::LicenceShort,
@@ -173,6 +178,8 @@ impl NoticeKind {
         NoticeKind::ServiceStopped,
         NoticeKind::DeletionScheduled,
         NoticeKind::DataDeleted,
+        NoticeKind::ImageAuthorizationsLow,
+        NoticeKind::ImagesUnauthorized,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -187,6 +194,8 @@ impl NoticeKind {
             NoticeKind::ServiceStopped => "service_stopped",
             NoticeKind::DeletionScheduled => "deletion_scheduled",
             NoticeKind::DataDeleted => "data_deleted",
+            NoticeKind::ImageAuthorizationsLow => "image_authorizations_low",
+            NoticeKind::ImagesUnauthorized => "images_unauthorized",
         }
     }
 
@@ -196,7 +205,9 @@ impl NoticeKind {
             NoticeKind::ExpiryWarning
             | NoticeKind::LicenceShort
             | NoticeKind::TrialEnding
-            | NoticeKind::TrialEnded => OWNERS,
+            | NoticeKind::TrialEnded
+            | NoticeKind::ImageAuthorizationsLow
+            | NoticeKind::ImagesUnauthorized => OWNERS,
             NoticeKind::RenewalSucceeded | NoticeKind::RenewalFailed => PAYERS,
             NoticeKind::ArrearsWarning
             | NoticeKind::ServiceStopped
@@ -218,6 +229,8 @@ impl NoticeKind {
             NoticeKind::ServiceStopped => "Your core-meter service is stopped",
             NoticeKind::DeletionScheduled => "Your core-meter data will be deleted",
             NoticeKind::DataDeleted => "Your core-meter data was deleted",
+            NoticeKind::ImageAuthorizationsLow => "Your image-scan authorizations are running low",
+            NoticeKind::ImagesUnauthorized => "New images have no scan authorization",
         }
     }
 }

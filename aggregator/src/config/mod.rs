@@ -41,6 +41,8 @@ pub struct Config {
     pub retention_days: u32,
     /// The prepaid licence price per core per month (default 6.75).
     pub licence_price_per_core_month: Decimal,
+    /// The price of one image-scan authorization (default 0.25, SPEC 10.1).
+    pub image_scan_price: Decimal,
     /// Where notices to account contacts go (SPEC section 8).
     pub notices: NoticesConfig,
     /// HTTPS: the certificate, its key and, for mutual TLS, the agents' CA.
@@ -246,6 +248,8 @@ impl Config {
         let licence_price_per_core_month =
             shared::domain::parse_money(&text("billing.licence_price_per_core_month"))
                 .map_err(|e| anyhow!("{}: {e}", named("billing.licence_price_per_core_month")))?;
+        let image_scan_price = shared::domain::parse_money(&text("billing.image_scan_price"))
+            .map_err(|e| anyhow!("{}: {e}", named("billing.image_scan_price")))?;
         let database = Database::parse(&text("database"));
         if let Database::Postgres(url) = &database {
             anyhow::ensure!(
@@ -296,6 +300,7 @@ impl Config {
             request_timeout: Duration::from_secs(v.whole("request_timeout_secs")),
             retention_days,
             licence_price_per_core_month,
+            image_scan_price,
             notices,
             tls,
             insecure_plaintext,

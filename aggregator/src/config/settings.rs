@@ -244,6 +244,13 @@ pub const SETTINGS: &[Setting] = &[
         doc: "the price of prepaid licence orders and renewals",
     },
     Setting {
+        key: "billing.image_scan_price",
+        env: "CORE_METER_IMAGE_SCAN_PRICE",
+        kind: Kind::Text,
+        default: "0.25",
+        doc: "the price of one image-scan authorization, prepaid (SPEC 10.1)",
+    },
+    Setting {
         key: "notices.webhook_url",
         env: "CORE_METER_NOTICES_WEBHOOK_URL",
         kind: Kind::Text,

@@ -164,7 +164,11 @@ struct EmptyObject {}
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct OrderBody {
-    cores: u64,
+    /// `pro` (the default: licensed cores) or `image_scan`.
+    product: Option<String>,
+    cores: Option<u64>,
+    /// Authorizations, for `image_scan`.
+    quantity: Option<u64>,
     months: Option<u32>,
     years: Option<u32>,
     start: Option<String>,
@@ -181,7 +185,26 @@ pub async fn place_order(
 ) -> Result<Response, ApiError> {
     let raw = read(raw)?;
     let o: OrderBody = body(&raw)?;
-    let cores = input::cores("cores", o.cores)?;
+    match o.product.as_deref().unwrap_or("pro") {
+        "pro" => {}
+        "image_scan" => return image_scan_order(&state, id, o).await,
+        other => {
+            return Err(ApiError::unprocessable(
+                "product",
+                format!("product {other:?} is not one an order can name: pro or image_scan"),
+            ))
+        }
+    }
+    if o.quantity.is_some() {
+        return Err(ApiError::unprocessable(
+            "quantity",
+            "a pro order names cores, not a quantity",
+        ));
+    }
+    let cores = o
+        .cores
+        .ok_or_else(|| ApiError::unprocessable("cores", "a pro order names its cores"))?;
+    let cores = input::cores("cores", cores)?;
     let months = term(o.months, o.years, None)?;
     let start = o
         .start
@@ -208,6 +231,53 @@ pub async fn place_order(
     let mut view = serde_json::to_value(&placed).map_err(ApiError::internal)?;
     view["state"] = json!(now_state);
     Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+/// A pack of image-scan authorizations (SPEC 10.1): `quantity` (1 to
+/// 100,000) at the configured price each, invoiced or from the balance.
+async fn image_scan_order(
+    state: &Arc<AppState>,
+    id: String,
+    o: OrderBody,
+) -> Result<Response, ApiError> {
+    for (field, given) in [
+        ("cores", o.cores.is_some()),
+        ("months", o.months.is_some()),
+        ("years", o.years.is_some()),
+        ("start", o.start.is_some()),
+        ("auto_renew", o.auto_renew),
+    ] {
+        if given {
+            return Err(ApiError::unprocessable(
+                field,
+                format!("an image_scan order has no {field}: it names a quantity, used up and never expiring"),
+            ));
+        }
+    }
+    let quantity = o.quantity.ok_or_else(|| {
+        ApiError::unprocessable("quantity", "an image_scan order names a quantity")
+    })?;
+    let max = shared::images::MAX_PACK_QUANTITY;
+    let quantity = u32::try_from(quantity)
+        .ok()
+        .filter(|q| (1..=max).contains(q))
+        .ok_or_else(|| {
+            ApiError::unprocessable(
+                "quantity",
+                format!("quantity {quantity} must be from 1 to {max}"),
+            )
+        })?;
+    let (now, zone, each) = (
+        state.clock.now(),
+        state.config.billing.zone,
+        state.config.image_scan_price,
+    );
+    let pay = o.pay_from_balance;
+    let pack = blocking(&state.store, move |s| {
+        s.images().buy_pack(&id, quantity, pay, each, &zone, now)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(json!(pack))).into_response())
 }
 
 #[derive(Deserialize, Default)]

@@ -75,7 +75,7 @@ pub fn text(field: &str, value: &str, max_chars: usize) -> Result<(), ApiError> 
 }
 
 /// What each path parameter is: `{id}` an account, `{name}` a cluster,
-/// `{order}` and `{token_id}` whole numbers.
+/// `{order}` and `{token_id}` whole numbers, `{product}` one of the products.
 fn check_param(state: &Arc<AppState>, name: &str, value: &str) -> Result<(), ApiError> {
     match name {
         "id" => existing_name(state, "id", NameKind::AccountId, value),
@@ -95,6 +95,15 @@ fn check_param(state: &Arc<AppState>, name: &str, value: &str) -> Result<(), Api
                 ))
             }
         }
+        "product" if crate::store::PRODUCTS.contains(&value) => Ok(()),
+        "product" => Err(ApiError::unprocessable(
+            "product",
+            format!(
+                "product must be one of {}, got {}",
+                crate::store::PRODUCTS.join(", "),
+                domain::quote(value)
+            ),
+        )),
         other => Err(ApiError::internal(format!(
             "path parameter {other:?} has no domain in routes::input"
         ))),

@@ -5,6 +5,7 @@ mod admin;
 mod authz;
 pub mod automatic_errors;
 mod edges;
+mod images;
 mod ingest;
 pub mod input;
 mod ops;
@@ -192,6 +193,90 @@ pub const ROUTES: &[(&str, &str, Role, &str)] = &[
         Role::Reader,
         "The inputs of the account's bill of a day (day= required) as a replay case",
     ),
+    (
+        "post",
+        "/v1/images",
+        Role::Cluster,
+        "Push a node's images now (at most 5,000 and 4 MiB): the node's newest list replaces its older one; an older list arriving late is answered stale",
+    ),
+    (
+        "post",
+        "/v1/admin/accounts/{id}/images",
+        Role::Admin,
+        "Add images held in a registry (source registry) to the account's inventory",
+    ),
+    (
+        "get",
+        "/v1/admin/accounts/{id}/images",
+        Role::Admin,
+        "The account's image inventory (status=authorized or unauthorized filters), a page at a time (limit=, cursor=)",
+    ),
+    (
+        "post",
+        "/v1/admin/accounts/{id}/image-authorizations",
+        Role::Admin,
+        "Authorize a batch of image IDs: one authorization each for those not yet authorized; refused whole (409 insufficient_authorizations) when it needs more than is available",
+    ),
+    (
+        "get",
+        "/v1/admin/accounts/{id}/image-authorizations",
+        Role::Admin,
+        "Image-scan authorizations: purchased, consumed, refunded, the trial's allowance, available, automatic authorization and the packs",
+    ),
+    (
+        "put",
+        "/v1/admin/accounts/{id}/image-authorizations/auto",
+        Role::Admin,
+        "Automatic authorization of images first seen, with max_daily (0: no limit)",
+    ),
+    (
+        "get",
+        "/v1/admin/accounts/{id}/image-authorizations/receipts",
+        Role::Admin,
+        "Every consumption and every automatic attempt refused, oldest first, a page at a time (limit=, cursor=)",
+    ),
+    (
+        "post",
+        "/v1/admin/accounts/{id}/image-authorizations/refund",
+        Role::Admin,
+        "Refund unused purchased authorizations to the balance at the price paid",
+    ),
+    (
+        "get",
+        "/v1/admin/products",
+        Role::Admin,
+        "The products (pro, image_scan, log_storage) and their pauses",
+    ),
+    (
+        "put",
+        "/v1/admin/products/{product}/pause",
+        Role::Admin,
+        "Pause new purchases of a product from paused_from to paused_until (both included); what was bought stays usable",
+    ),
+    (
+        "delete",
+        "/v1/admin/products/{product}/pause",
+        Role::Admin,
+        "Lift a product's pause",
+    ),
+    (
+        "get",
+        "/v1/accounts/{id}/images",
+        Role::Reader,
+        "The account's image inventory (status= filters), a page at a time (limit=, cursor=)",
+    ),
+    (
+        "get",
+        "/v1/accounts/{id}/image-authorizations",
+        Role::Reader,
+        "The account's image-scan authorizations: purchased, consumed, refunded, available, the packs",
+    ),
+    (
+        "get",
+        "/v1/accounts/{id}/image-authorizations/receipts",
+        Role::Reader,
+        "The account's authorization receipts, oldest first, a page at a time (limit=, cursor=)",
+    ),
     ("get", "/healthz", Role::None, "Liveness"),
     ("get", "/readyz", Role::None, "Readiness: the database answers and can write"),
     ("get", "/metrics", Role::None, "Prometheus metrics"),
@@ -234,6 +319,17 @@ pub enum Domain {
     Boolean,
     /// One of these strings.
     OneOf(&'static [&'static str]),
+    /// An image ID: `sha256:` and 64 lowercase hex digits.
+    ImageId,
+    /// An array of at most `max_items` image IDs.
+    ImageIds {
+        max_items: u32,
+    },
+    /// An array of at most `max_items` strings of at most `max_chars` characters.
+    TextList {
+        max_items: u32,
+        max_chars: u32,
+    },
     /// An array of at most `max_items` objects with these fields; unknown fields are ignored.
     Objects {
         fields: &'static [Input],
@@ -384,6 +480,61 @@ const SAMPLE_FIELDS: &[Input] = &[
     ),
 ];
 
+/// The fields of one image of a node's list (SPEC 10.5).
+const NODE_IMAGE_FIELDS: &[Input] = &[
+    Input::required(
+        "id",
+        Domain::ImageId,
+        "the image ID (the digest of its config)",
+    ),
+    Input::optional("repo_tags", IMAGE_NAMES, "its tags"),
+    Input::optional("repo_digests", IMAGE_NAMES, "its repository digests"),
+    Input::optional(
+        "size_bytes",
+        Domain::Integer {
+            min: 0,
+            max: i64::MAX,
+        },
+        "its size",
+    ),
+];
+
+/// A registry image: a node's image with `source` `registry`.
+const REGISTRY_IMAGE_FIELDS: &[Input] = &[
+    NODE_IMAGE_FIELDS[0],
+    NODE_IMAGE_FIELDS[1],
+    NODE_IMAGE_FIELDS[2],
+    NODE_IMAGE_FIELDS[3],
+    Input::required(
+        "source",
+        Domain::OneOf(&["registry"]),
+        "where the image is held",
+    ),
+];
+
+const IMAGE_NAMES: Domain = Domain::TextList {
+    max_items: images::MAX_IMAGE_NAMES as u32,
+    max_chars: images::MAX_IMAGE_NAME_CHARS as u32,
+};
+
+/// The inventory's query: a status filter and the page.
+const IMAGES_QUERY: &[Input] = &[
+    Input::optional(
+        "status",
+        Domain::OneOf(&["all", "authorized", "unauthorized"]),
+        "only the images (not) authorized",
+    ),
+    LIMIT,
+    CURSOR,
+];
+
+/// The path of a product's routes.
+const PRODUCT: &[Input] = &[Input::required(
+    "product",
+    Domain::OneOf(&["pro", "image_scan", "log_storage"]),
+    "the product",
+)];
+
 /// A closed JSON object body that must be given.
 const fn object(fields: &'static [Input]) -> Body {
     Body::Object {
@@ -500,13 +651,26 @@ pub const INPUTS: &[(&str, &str, Inputs)] = &[
             ACCOUNT,
             &[],
             object(&[
-                Input::required(
+                Input::optional(
+                    "product",
+                    Domain::OneOf(&["pro", "image_scan"]),
+                    "what is ordered: pro (licensed cores, the default) or image_scan (authorizations)",
+                ),
+                Input::optional(
                     "cores",
                     Domain::Integer {
                         min: 1,
                         max: crate::store::MAX_ORDER_CORES as i64,
                     },
-                    "licensed cores",
+                    "licensed cores (pro)",
+                ),
+                Input::optional(
+                    "quantity",
+                    Domain::Integer {
+                        min: 1,
+                        max: shared::images::MAX_PACK_QUANTITY as i64,
+                    },
+                    "authorizations (image_scan)",
                 ),
                 Input::optional("months", TERM_MONTHS, "the term in months (or years)"),
                 Input::optional("years", TERM_YEARS, "the term in years (or months)"),
@@ -749,6 +913,140 @@ pub const INPUTS: &[(&str, &str, Inputs)] = &[
         "/v1/accounts/{id}/export",
         of(ACCOUNT, &[REQUIRED_DAY], Body::None),
     ),
+    (
+        "post",
+        "/v1/images",
+        of(
+            &[],
+            &[],
+            object(&[
+                Input::required("node", Domain::NodeName, "the node's name, unique in its cluster"),
+                Input::required("at", Domain::Instant, "when the list was taken"),
+                Input::required(
+                    "images",
+                    Domain::Objects {
+                        fields: NODE_IMAGE_FIELDS,
+                        max_items: shared::images::MAX_IMAGES_PER_NODE as u32,
+                    },
+                    "every image the node holds now",
+                ),
+            ]),
+        ),
+    ),
+    (
+        "post",
+        "/v1/admin/accounts/{id}/images",
+        of(
+            ACCOUNT,
+            &[],
+            object(&[Input::required(
+                "images",
+                Domain::Objects {
+                    fields: REGISTRY_IMAGE_FIELDS,
+                    max_items: shared::images::MAX_IMAGES_PER_NODE as u32,
+                },
+                "images held in a registry",
+            )]),
+        ),
+    ),
+    (
+        "get",
+        "/v1/admin/accounts/{id}/images",
+        of(ACCOUNT, IMAGES_QUERY, Body::None),
+    ),
+    (
+        "post",
+        "/v1/admin/accounts/{id}/image-authorizations",
+        of(
+            ACCOUNT,
+            &[],
+            object(&[Input::required(
+                "image_ids",
+                Domain::ImageIds {
+                    max_items: shared::images::MAX_BATCH_IDS as u32,
+                },
+                "the image IDs to authorize (1 to 10,000)",
+            )]),
+        ),
+    ),
+    (
+        "get",
+        "/v1/admin/accounts/{id}/image-authorizations",
+        of(ACCOUNT, &[], Body::None),
+    ),
+    (
+        "put",
+        "/v1/admin/accounts/{id}/image-authorizations/auto",
+        of(
+            ACCOUNT,
+            &[],
+            object(&[
+                Input::required("auto_authorize", Domain::Boolean, "authorize images first seen"),
+                Input::optional(
+                    "max_daily",
+                    Domain::Integer {
+                        min: 0,
+                        max: shared::images::MAX_PACK_QUANTITY as i64,
+                    },
+                    "the most automatic authorizations a day (0: no limit)",
+                ),
+            ]),
+        ),
+    ),
+    (
+        "get",
+        "/v1/admin/accounts/{id}/image-authorizations/receipts",
+        of(ACCOUNT, PAGE, Body::None),
+    ),
+    (
+        "post",
+        "/v1/admin/accounts/{id}/image-authorizations/refund",
+        of(
+            ACCOUNT,
+            &[],
+            object(&[Input::required(
+                "quantity",
+                Domain::Integer {
+                    min: 1,
+                    max: u32::MAX as i64,
+                },
+                "how many unused authorizations to refund",
+            )]),
+        ),
+    ),
+    ("get", "/v1/admin/products", NOTHING),
+    (
+        "put",
+        "/v1/admin/products/{product}/pause",
+        of(
+            PRODUCT,
+            &[],
+            object(&[
+                Input::required("paused_from", Domain::Day, "the first day paused"),
+                Input::required("paused_until", Domain::Day, "the last day paused"),
+            ]),
+        ),
+    ),
+    (
+        "delete",
+        "/v1/admin/products/{product}/pause",
+        of(PRODUCT, &[], Body::None),
+    ),
+    (
+        "get",
+        "/v1/accounts/{id}/images",
+        of(ACCOUNT, IMAGES_QUERY, Body::None),
+    ),
+    (
+        "get",
+        "/v1/accounts/{id}/image-authorizations",
+        of(ACCOUNT, &[], Body::None),
+    ),
+    (
+        "get",
+        "/v1/accounts/{id}/image-authorizations/receipts",
+        of(ACCOUNT, PAGE, Body::None),
+    ),
     ("get", "/healthz", NOTHING),
     ("get", "/readyz", NOTHING),
     ("get", "/metrics", NOTHING),
@@ -800,6 +1098,21 @@ fn handler(method: &str, path: &str) -> MethodRouter<Arc<AppState>> {
         // The admin route's own handler: it takes the account from the path.
         ("get", "/v1/accounts/{id}/notices") => get(readers::customer_notices),
         ("get", "/v1/accounts/{id}/export") => get(readers::export),
+        ("post", "/v1/images") => post(images::push_images),
+        ("post", "/v1/admin/accounts/{id}/images") => post(images::add_registry_images),
+        ("get", "/v1/admin/accounts/{id}/images") => get(images::inventory),
+        ("post", "/v1/admin/accounts/{id}/image-authorizations") => post(images::authorize),
+        ("get", "/v1/admin/accounts/{id}/image-authorizations") => get(images::authorizations),
+        ("put", "/v1/admin/accounts/{id}/image-authorizations/auto") => put(images::set_auto),
+        ("get", "/v1/admin/accounts/{id}/image-authorizations/receipts") => get(images::receipts),
+        ("post", "/v1/admin/accounts/{id}/image-authorizations/refund") => post(images::refund),
+        ("get", "/v1/admin/products") => get(images::products),
+        ("put", "/v1/admin/products/{product}/pause") => put(images::pause_product),
+        ("delete", "/v1/admin/products/{product}/pause") => delete(images::resume_product),
+        // The admin routes' own handlers: they take the account from the path.
+        ("get", "/v1/accounts/{id}/images") => get(images::inventory),
+        ("get", "/v1/accounts/{id}/image-authorizations") => get(images::authorizations),
+        ("get", "/v1/accounts/{id}/image-authorizations/receipts") => get(images::receipts),
         ("get", "/healthz") => get(ops::healthz),
         ("get", "/readyz") => get(ops::readyz),
         ("get", "/metrics") => get(ops::metrics),

@@ -283,6 +283,21 @@ fn schema(domain: &Domain) -> Value {
         Domain::Integer { min, max } => json!({"type": "integer", "minimum": min, "maximum": max}),
         Domain::Boolean => json!({"type": "boolean"}),
         Domain::OneOf(values) => json!({"type": "string", "enum": values}),
+        Domain::ImageId => json!({"type": "string", "pattern": "^sha256:[0-9a-f]{64}$"}),
+        Domain::ImageIds { max_items } => json!({
+            "type": "array",
+            "minItems": 1,
+            "maxItems": max_items,
+            "items": {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$"},
+        }),
+        Domain::TextList {
+            max_items,
+            max_chars,
+        } => json!({
+            "type": "array",
+            "maxItems": max_items,
+            "items": {"type": "string", "maxLength": max_chars},
+        }),
         Domain::Objects { fields, max_items } => json!({
             "type": "array",
             "maxItems": max_items,

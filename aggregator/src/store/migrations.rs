@@ -381,10 +381,105 @@ const MIGRATIONS: &[Migration] = &[
     ){without_rowid};
     "#,
     },
+    // 9: the image-scan add-on (SPEC 10.1 to 10.3): products paused for new
+    // purchases, packs of authorizations, the inventory of image IDs, what
+    // each node holds now, and a receipt for every consumption and every
+    // automatic attempt refused.
+    Migration {
+        version: 9,
+        sql: r#"
+    CREATE TABLE product_pauses (
+        product       TEXT PRIMARY KEY,
+        paused_from   TEXT NOT NULL,
+        paused_until  TEXT NOT NULL,
+        set_at_ms     {int} NOT NULL
+    ){without_rowid};
+
+    -- Every pack bought. consumed and refunded count what left it: consumed
+    -- oldest pack first, refunded newest first.
+    CREATE TABLE image_scan_packs (
+        id             {id},
+        account_ref    {int} NOT NULL REFERENCES accounts(ref),
+        quantity       {int} NOT NULL CHECK (quantity >= 1),
+        unit_price     TEXT NOT NULL,
+        price          TEXT NOT NULL,
+        paid_from      TEXT NOT NULL CHECK (paid_from IN ('invoice', 'balance')),
+        consumed       {int} NOT NULL DEFAULT 0,
+        refunded       {int} NOT NULL DEFAULT 0,
+        ordered_at_ms  {int} NOT NULL,
+        CHECK (consumed >= 0 AND refunded >= 0 AND consumed + refunded <= quantity)
+    );
+    CREATE INDEX image_scan_packs_by_account ON image_scan_packs(account_ref, id);
+
+    -- The inventory: every image ID an account ever had, once. last_seen_ms
+    -- is the newest list that held it when it last left a node; while nodes
+    -- hold it, their lists' instants are newer.
+    CREATE TABLE images (
+        id                {id},
+        account_ref       {int} NOT NULL REFERENCES accounts(ref),
+        image_id          TEXT NOT NULL,
+        first_seen_ms     {int} NOT NULL,
+        last_seen_ms      {int} NOT NULL,
+        on_nodes          {int} NOT NULL DEFAULT 0,
+        in_registry       {int} NOT NULL DEFAULT 0,
+        repo_tags         TEXT NOT NULL DEFAULT '[]',
+        repo_digests      TEXT NOT NULL DEFAULT '[]',
+        size_bytes        {int},
+        authorized_at_ms  {int},
+        UNIQUE (account_ref, image_id)
+    );
+    CREATE INDEX images_by_first_seen ON images(account_ref, first_seen_ms);
+
+    -- What each node holds now: its newest list, and that list's instant.
+    CREATE TABLE node_images (
+        node_id    {int} NOT NULL,
+        image_ref  {int} NOT NULL REFERENCES images(id),
+        PRIMARY KEY (node_id, image_ref)
+    ){without_rowid};
+    CREATE INDEX node_images_by_image ON node_images(image_ref);
+    CREATE TABLE node_image_lists (
+        node_id         {int} PRIMARY KEY,
+        at_ms           {int} NOT NULL,
+        received_at_ms  {int} NOT NULL
+    );
+
+    -- Every consumption (manual, auto, trial: the pack drawn from, none for
+    -- the trial) and every automatic attempt refused (reach_limit,
+    -- insufficient). Never updated or deleted.
+    CREATE TABLE image_receipts (
+        id           {id},
+        account_ref  {int} NOT NULL REFERENCES accounts(ref),
+        image_ref    {int} NOT NULL REFERENCES images(id),
+        at_ms        {int} NOT NULL,
+        how          TEXT NOT NULL CHECK (how IN ('manual', 'auto', 'trial', 'reach_limit', 'insufficient')),
+        automatic    {int} NOT NULL DEFAULT 0,
+        pack_id      {int} REFERENCES image_scan_packs(id)
+    );
+    CREATE INDEX image_receipts_by_account ON image_receipts(account_ref, id);
+
+    -- Unused authorizations given back to the balance.
+    CREATE TABLE image_scan_refunds (
+        id           {id},
+        account_ref  {int} NOT NULL REFERENCES accounts(ref),
+        quantity     {int} NOT NULL CHECK (quantity >= 1),
+        amount       TEXT NOT NULL,
+        at_ms        {int} NOT NULL
+    );
+
+    -- Per account: automatic authorization, and whether the low notice went
+    -- out since what is available last rose above the mark.
+    CREATE TABLE image_settings (
+        account_ref     {int} PRIMARY KEY REFERENCES accounts(ref),
+        auto_authorize  {int} NOT NULL DEFAULT 0,
+        max_daily       {int} NOT NULL DEFAULT 0,
+        low_notified    {int} NOT NULL DEFAULT 0
+    );
+    "#,
+    },
 ];
 
 /// The schema version this build knows.
-pub const VERSION: usize = 8;
+pub const VERSION: usize = 9;
 
 /// The version whose migration records the names outside their domain
 /// (`names::report_names_outside_domain` runs when a database crosses it).

@@ -8,6 +8,7 @@ mod clusters;
 mod connection;
 mod copy;
 pub mod db;
+mod images;
 mod issued;
 mod migrations;
 mod names;
@@ -37,6 +38,10 @@ pub use accounts::Account;
 pub use clusters::ClusterIdentity;
 pub use connection::{panic_message, Connection};
 pub use copy::{CopyError, CopyReport};
+pub use images::{
+    Authorizations, Authorized, Holder, InventoryImage, ListOutcome, NewImage, Pack, Pause,
+    Receipt, Refund, PRODUCTS,
+};
 pub use issued::TokenKind;
 pub use migrations::NAMES_REPORTED_AT;
 pub use notice_outbox::{DueNotice, NoticeChannel, NOTICE_ERROR_MAX_CHARS};
@@ -235,6 +240,9 @@ handles! {
     /// What reports, exports and the audit read: bill lines, samples,
     /// rejections, names outside their domain.
     reads => Reads;
+    /// The image-scan add-on: packs, the inventory, authorizations,
+    /// receipts, refunds, product pauses.
+    images => Images;
 }
 
 impl Store {

@@ -607,6 +607,7 @@ impl Accounts<'_> {
         let price = order_price(order.cores, order.months, price_per_core_month);
         let account_ref = self.require_account(account)?;
         let tx = self.0.conn.transaction()?;
+        super::images::check_not_paused(&tx, "pro", today)?;
         let paid_from = payment(&tx, account_ref, price, order.pay_from_balance)?;
         let before = recorded_state(&tx, account_ref)?;
         let (licence, id) = insert_order(

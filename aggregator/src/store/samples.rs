@@ -360,7 +360,12 @@ fn node_stored(tx: &Conn, account_ref: i64, cluster: &str, name: &str) -> Result
         .is_some())
 }
 
-fn node_id(tx: &Conn, account_ref: i64, cluster: &str, name: &str) -> Result<i64, StoreError> {
+pub(super) fn node_id(
+    tx: &Conn,
+    account_ref: i64,
+    cluster: &str,
+    name: &str,
+) -> Result<i64, StoreError> {
     let found: Option<i64> = tx
         .prepare_cached(
             "SELECT id FROM nodes WHERE account_ref = ?1 AND cluster = ?2 AND name = ?3",

@@ -333,6 +333,16 @@ impl Step<'_> {
             notices.push((NoticeKind::RenewalFailed, json!({ "licences": refused })));
         }
         notices.extend(life.notices_at_run(zone, day_of_run, before, after, daily));
+        // Images first seen since the last run without an authorization
+        // (SPEC 10.3): how many, at most once a day.
+        let since = shared::lifecycle::run_of(zone, day_of_run - chrono::Days::new(1));
+        let unauthorized = super::images::unauthorized_between(tx, account_ref, since, at)?;
+        if daily && unauthorized > 0 {
+            notices.push((
+                NoticeKind::ImagesUnauthorized,
+                json!({ "product": "image_scan", "unauthorized": unauthorized, "since": since }),
+            ));
+        }
         for (kind, details) in notices {
             if issue_notice(tx, account_ref, kind, day_of_run, &details, now, channels)?.is_some() {
                 outcome.notices.push(kind.as_str().to_string());

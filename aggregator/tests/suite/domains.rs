@@ -321,13 +321,15 @@ async fn names_stored_before_the_domain_are_reported_by_the_migration_and_stay_r
     support::execute_behind_the_store(
         &path,
         &format!(
-            "DROP TABLE names_outside_domain;
+            "{}
+             DROP TABLE names_outside_domain;
              INSERT INTO accounts (id, created_at_ms) VALUES ('old acme', {created});
              INSERT INTO clusters (account_ref, name, token_hash, created_at_ms)
                SELECT ref, 'east/1', {hash}, {created} FROM accounts WHERE id = 'old acme';
              INSERT INTO nodes (account_ref, cluster, name)
                SELECT ref, 'east/1', 'node 7' FROM accounts WHERE id = 'old acme';
-             {back_a_version}"
+             {back_a_version}",
+            support::DROP_MIGRATION_9
         ),
     );
     let app = TestApp::spawn(path.clone(), None, local(NOW)).await;

@@ -232,7 +232,10 @@ fn the_upgrade_to_schema_7_records_every_token_held_before_it() {
     } else {
         "DROP TABLE issued_tokens; DROP TABLE names_outside_domain; PRAGMA user_version = 6;"
     };
-    execute_behind_the_store(&path, back_to_6);
+    execute_behind_the_store(
+        &path,
+        &format!("{}{back_to_6}", crate::support::DROP_MIGRATION_9),
+    );
 
     let mut store = open_store(&path, Durability::Scratch).unwrap();
     assert_eq!(store.schema_version().unwrap(), LATEST);

@@ -12,6 +12,7 @@ mod disk_full;
 mod domains;
 mod export;
 mod http_edges;
+mod images;
 mod ingest_fuzz;
 mod issued_tokens;
 mod lifecycle;

@@ -603,9 +603,29 @@ fn valid_json(rng: &mut fastrand::Rng, name: &str, schema: &Value) -> Json {
                 .flatten()
                 .filter_map(Value::as_str)
                 .collect();
+            // An order's fields depend on its product: pro names cores and a
+            // term, image_scan a quantity.
+            let product = properties
+                .get("product")
+                .map(|s| valid_text(rng, "product", s));
+            let fits = |k: &str| match (product.as_deref(), k) {
+                (Some("image_scan"), "cores" | "months" | "years" | "start" | "auto_renew") => {
+                    false
+                }
+                (Some("image_scan"), "quantity") => true,
+                (Some(_), "quantity") => false,
+                (Some(_), "cores") => true,
+                _ => true,
+            };
             let mut fields = Vec::new();
             for (k, s) in &properties {
-                if required.contains(k.as_str()) || rng.bool() {
+                if k == "product" {
+                    fields.push((k.clone(), Json::Raw(json!(product.clone()).to_string())));
+                } else if fits(k)
+                    && (required.contains(k.as_str())
+                        || rng.bool()
+                        || (product.is_some() && matches!(k.as_str(), "cores" | "quantity")))
+                {
                     fields.push((k.clone(), valid_json(rng, k, s)));
                 }
             }
@@ -649,6 +669,13 @@ fn valid_text(rng: &mut fastrand::Rng, name: &str, schema: &Value) -> String {
         (_, Some("date-time"), _) => "2026-11-01T00:00:00Z".into(),
         (_, Some("decimal"), _) => format!("{}.{:02}", rng.u32(1..1000), rng.u32(..100)),
         (_, Some("email"), _) => "ops@example.com".into(),
+        // A few image IDs, so that authorizations name what nodes pushed.
+        _ if schema["pattern"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("^sha256:")) =>
+        {
+            format!("sha256:{:064x}", rng.u32(1..=8))
+        }
         (_, _, "id" | "account" | "parent") if schema["maxLength"] == 64 => {
             [A, B][rng.usize(..2)].into()
         }

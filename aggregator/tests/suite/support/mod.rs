@@ -176,6 +176,13 @@ pub fn skipped_on_postgres(what: &str) -> bool {
     skip
 }
 
+/// Drops what migration 9 (the image-scan add-on) made, children first: with
+/// the version set back, a test takes a database back to how version 8
+/// left it.
+pub const DROP_MIGRATION_9: &str = "DROP TABLE image_settings; DROP TABLE image_scan_refunds;
+    DROP TABLE image_receipts; DROP TABLE node_image_lists; DROP TABLE node_images;
+    DROP TABLE images; DROP TABLE image_scan_packs; DROP TABLE product_pauses;";
+
 /// Runs one statement on the database a test path stands for, behind the
 /// store's back (a test that plants what the store would never write).
 pub fn execute_behind_the_store(path: &Path, sql: &str) {
