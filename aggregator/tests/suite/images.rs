@@ -464,3 +464,62 @@ async fn a_stopped_account_authorizes_nothing_and_its_lists_are_refused() {
     assert_eq!(v["receipts"][0]["how"], "trial");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn two_services_on_one_database_racing_never_consume_more_than_was_bought() {
+    // Two replicas of the service on one database (PostgreSQL in the
+    // suite's second pass, a SQLite file otherwise), each sent half the
+    // batches at once.
+    let dir = tempfile::tempdir().unwrap();
+    let config = crate::support::config(dir.path().join("core-meter.sqlite"), None);
+    const BATCH: usize = 4;
+    let one = TestApp::spawn_with(config.clone(), local("2026-12-01T10:00:00")).await;
+    let two = TestApp::spawn_with(config, local("2026-12-01T10:00:00")).await;
+    let token = one.account_with_cluster(ACME, "prod").await;
+    buy(&one, 12).await;
+    let all = images(0..60);
+    push(&one, &token, list("n", "2026-12-01T10:00:00+08:00", &all)).await;
+    let mut racing = tokio::task::JoinSet::new();
+    for (i, batch) in all.chunks(BATCH).enumerate() {
+        let app = if i % 2 == 0 { &one } else { &two };
+        let (client, body) = (app.client.clone(), json!({ "image_ids": batch }));
+        let url = app.url(&format!("/v1/admin/accounts/{ACME}/image-authorizations"));
+        racing.spawn(async move {
+            let r = client
+                .post(url)
+                .bearer_auth(crate::support::ADMIN)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        });
+    }
+    let answers = racing.join_all().await;
+    let passed = answers.iter().filter(|(s, _)| *s == 200).count();
+    assert_eq!(passed, 12 / BATCH, "twelve bought: {answers:?}");
+    assert!(
+        answers
+            .iter()
+            .all(|(s, v)| *s == 200 || v["error"]["code"] == "insufficient_authorizations"),
+        "every other batch refused whole, none failed: {answers:?}"
+    );
+    for app in [&one, &two] {
+        let summary = stock(app).await;
+        assert_eq!(
+            (summary["consumed"].as_u64(), summary["available"].as_u64()),
+            (Some(12), Some(0)),
+            "{summary}"
+        );
+    }
+    let (_, v) = two
+        .admin(
+            Method::GET,
+            &format!("/v1/admin/accounts/{ACME}/image-authorizations/receipts"),
+            None,
+        )
+        .await;
+    assert_eq!(v["receipts"].as_array().unwrap().len(), 12);
+    one.stop().await;
+    two.stop().await;
+}
