@@ -46,7 +46,23 @@ pub struct Settings {
     pub backoff_cap: Duration,
     /// How long the last push on SIGTERM may take.
     pub shutdown_grace: Duration,
+    /// Whether the node's images are listed with each sample (SPEC 10.2).
+    pub images: ImagesMode,
 }
+
+/// `--images`: off; on, through this socket or the first runtime socket
+/// found; or auto, on whenever a runtime socket is found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImagesMode {
+    Off,
+    On(Option<PathBuf>),
+    Auto,
+}
+
+/// How long listing the images may take.
+const IMAGES_TIMEOUT: Duration = Duration::from_secs(30);
+/// The node's newest list not yet taken by the aggregator, in the spool's directory.
+const PENDING_IMAGES: &str = "images.json";
 
 /// The samples of one batch rejected for one reason.
 struct Rejected {
@@ -91,6 +107,12 @@ struct Agent {
     offset: u64,
     /// False once stopping: the last push takes no more samples.
     sampling: bool,
+    /// The newest image list the aggregator has not taken yet.
+    pending_images: Option<serde_json::Value>,
+    /// The last listing's failure, said once while it lasts.
+    images_fault: Option<String>,
+    /// What `/readyz` says of the images.
+    images_status: Arc<std::sync::Mutex<String>>,
 }
 
 /// Runs until SIGTERM or SIGINT, then tries one last push and returns.
@@ -115,10 +137,15 @@ pub async fn run(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<()
         .await
         .map_err(|e| anyhow::anyhow!("listen on {}: {e}", settings.listen))?;
     tracing::info!(listen = %listener.local_addr()?, "serving /healthz, /readyz and /metrics");
+    let images_status = Arc::new(std::sync::Mutex::new(match &settings.images {
+        ImagesMode::Off => "images: off".to_string(),
+        _ => "images: not listed yet".to_string(),
+    }));
     tokio::spawn(crate::server::serve(
         listener,
         Arc::new(registry),
         ready.clone(),
+        images_status.clone(),
     ));
 
     let offset = offset_secs(&settings.node, settings.spread_secs, settings.interval_secs);
@@ -144,11 +171,17 @@ pub async fn run(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<()
         next_sample: clock.now(),
         offset,
         sampling: true,
+        pending_images: None,
+        images_fault: None,
+        images_status,
         clock,
         metrics,
         ready,
         settings,
     };
+    agent.pending_images = std::fs::read(agent.settings.spool_dir.join(PENDING_IMAGES))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
     agent.open_spool();
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -165,12 +198,12 @@ pub async fn run(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<()
         let next_push = retry_wall.map_or(agent.next_sample, |r| r.min(agent.next_sample));
         agent.metrics.next_push.set(next_push.timestamp());
         let retry = retry_at.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
-        let push_now = tokio::select! {
+        let (push_now, sampled) = tokio::select! {
             _ = tokio::time::sleep(until_sample) => {
                 agent.take_due_sample();
-                true
+                (true, true)
             }
-            _ = tokio::time::sleep_until(retry), if retry_at.is_some() => true,
+            _ = tokio::time::sleep_until(retry), if retry_at.is_some() => (true, false),
             _ = terminate.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         };
@@ -205,6 +238,19 @@ pub async fn run(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<()
                     None
                 }
             };
+            // The images come after the samples, so they never hold one back.
+            if sampled {
+                tokio::select! {
+                    () = agent.list_images() => {}
+                    _ = terminate.recv() => break,
+                }
+            }
+            if retry_at.is_none() {
+                tokio::select! {
+                    () = agent.push_images() => {}
+                    _ = terminate.recv() => break,
+                }
+            }
         }
     }
 
@@ -234,6 +280,103 @@ pub async fn run(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<()
 }
 
 impl Agent {
+    /// Lists the node's images, when `--images` says so, and keeps the list
+    /// (in the spool's directory, so a restart still sends it) until the
+    /// aggregator takes it. A failure is said once while it lasts, in the
+    /// log, the metrics and `/readyz`, and the listing tried at the next sample.
+    async fn list_images(&mut self) {
+        let socket = match &self.settings.images {
+            ImagesMode::Off => return,
+            ImagesMode::On(Some(socket)) => Some(socket.clone()),
+            ImagesMode::On(None) | ImagesMode::Auto => {
+                crate::images::find_socket(std::path::Path::new("/"))
+            }
+        };
+        let listed = match socket {
+            Some(socket) => crate::images::list(&socket, IMAGES_TIMEOUT).await,
+            None if self.settings.images == ImagesMode::Auto => {
+                self.set_images_status("images: auto, and no container runtime socket found");
+                return;
+            }
+            None => Err(crate::images::ImagesError::NoSocket),
+        };
+        match listed {
+            Ok((images, cut)) => {
+                if cut > 0 {
+                    tracing::warn!(
+                        cut,
+                        kept = images.len(),
+                        "more images than a list holds; the first by ID are sent"
+                    );
+                }
+                if self.images_fault.take().is_some() {
+                    tracing::info!("the container runtime answers again");
+                }
+                self.metrics
+                    .images_listed
+                    .set(i64::try_from(images.len()).unwrap_or(i64::MAX));
+                self.metrics.image_lists("listed");
+                self.set_images_status(&format!("images: {} listed", images.len()));
+                let list = serde_json::json!({
+                    "node": self.settings.node,
+                    "at": self.clock.now().trunc_subsecs(3),
+                    "images": images,
+                });
+                let path = self.settings.spool_dir.join(PENDING_IMAGES);
+                let tmp = path.with_extension("json.tmp");
+                let kept = std::fs::write(&tmp, list.to_string())
+                    .and_then(|()| std::fs::rename(&tmp, &path));
+                if let Err(e) = kept {
+                    tracing::warn!(error = %e, "cannot keep the image list on disk; it is kept in memory");
+                }
+                self.pending_images = Some(list);
+            }
+            Err(e) => {
+                self.metrics.images_error(e.kind());
+                let fault = e.to_string();
+                if self.images_fault.as_ref() != Some(&fault) {
+                    tracing::error!(error = %fault, "cannot list the node's images; samples go on, and the images are tried again at the next sample");
+                }
+                self.set_images_status(&format!("images: {fault}"));
+                self.images_fault = Some(fault);
+            }
+        }
+    }
+
+    fn set_images_status(&self, status: &str) {
+        if let Ok(mut s) = self.images_status.lock() {
+            *s = status.to_string();
+        }
+    }
+
+    /// Sends the pending image list; the aggregator's answer (stored, stale,
+    /// or rejected) takes it off the node either way.
+    async fn push_images(&mut self) {
+        let Some(list) = self.pending_images.clone() else {
+            return;
+        };
+        let token = match self.settings.token.current() {
+            Ok(token) => token,
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "cannot read the cluster token; the image list waits");
+                return;
+            }
+        };
+        match self.pusher.push_images(&list, token.expose()).await {
+            Ok(answer) => {
+                self.metrics
+                    .image_lists(answer["status"].as_str().unwrap_or("answered"));
+                tracing::info!(status = %answer["status"], new = %answer["new_images"], "image list delivered");
+                self.pending_images = None;
+                let _ = std::fs::remove_file(self.settings.spool_dir.join(PENDING_IMAGES));
+            }
+            Err(e) => {
+                self.metrics.images_error("push");
+                tracing::warn!(error = %e, "cannot deliver the image list; it is sent again after the next push");
+            }
+        }
+    }
+
     fn open_spool(&mut self) {
         if self.spool.is_some() {
             return;

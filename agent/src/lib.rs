@@ -2,6 +2,7 @@
 
 pub mod daemon;
 pub mod identity;
+pub mod images;
 pub mod metrics;
 pub mod prepare;
 pub mod pusher;

@@ -50,6 +50,16 @@ enum Command {
         #[arg(default_value = "/var/lib/core-meter")]
         dir: PathBuf,
     },
+    /// List the node's images through the container runtime once and print them as JSON; sends nothing.
+    Images {
+        /// Print the list (the only thing `images` does).
+        #[arg(long)]
+        print: bool,
+        #[command(flatten)]
+        images: ImageArgs,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
     /// List the samples waiting in the spool, as JSON lines.
     Spool {
         #[arg(
@@ -59,6 +69,13 @@ enum Command {
         )]
         spool: PathBuf,
     },
+}
+
+#[derive(Args)]
+struct ImageArgs {
+    /// The container runtime's CRI socket (default: the first of /run/containerd/containerd.sock and /var/run/crio/crio.sock that exists).
+    #[arg(long, env = "CORE_METER_CRI_SOCKET")]
+    cri_socket: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -129,6 +146,11 @@ struct RunArgs {
     /// Seconds the last push on SIGTERM may take.
     #[arg(long, default_value_t = 5)]
     shutdown_grace_secs: u64,
+    /// List the node's images with each sample, for image scanning: on, off, or auto (on when a runtime socket is found).
+    #[arg(long, env = "CORE_METER_IMAGES", default_value = "auto", value_parser = ["on", "off", "auto"])]
+    images: String,
+    #[command(flatten)]
+    cri: ImageArgs,
     #[command(flatten)]
     node: NodeArgs,
 }
@@ -139,6 +161,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(*args),
         Command::Once { print: _, node } => once(node),
+        Command::Images {
+            print: _,
+            images,
+            node,
+        } => print_images(images, node),
         Command::PrepareSpool { owner, dir } => prepare_spool(&dir, owner),
         Command::Spool { spool } => list_spool(&spool),
     };
@@ -205,6 +232,12 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         backoff_base: Duration::from_secs(1),
         backoff_cap: Duration::from_secs(args.max_backoff_secs.max(1)),
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+        images: match (args.images.as_str(), args.cri.cri_socket) {
+            ("off", _) => agent::daemon::ImagesMode::Off,
+            ("on", socket) => agent::daemon::ImagesMode::On(socket),
+            (_, Some(socket)) => agent::daemon::ImagesMode::On(Some(socket)),
+            (_, None) => agent::daemon::ImagesMode::Auto,
+        },
     };
     if let Some(warning) = agent::identity::node_name_warning(&settings.node) {
         tracing::warn!("{warning}");
@@ -226,6 +259,31 @@ fn once(args: NodeArgs) -> anyhow::Result<()> {
         "agent_version": AGENT_VERSION,
         "sysfs_cores": count.sysfs,
         "sysinfo_cores": count.sysinfo,
+    });
+    println!("{out}");
+    Ok(())
+}
+
+fn print_images(args: ImageArgs, node: NodeArgs) -> anyhow::Result<()> {
+    let node = node_name(node.node.as_deref())?;
+    let socket = args
+        .cri_socket
+        .or_else(|| agent::images::find_socket(std::path::Path::new("/")))
+        .ok_or(agent::images::ImagesError::NoSocket)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (images, cut) = runtime.block_on(agent::images::list(&socket, Duration::from_secs(30)))?;
+    if cut > 0 {
+        eprintln!(
+            "agent: {cut} images beyond {} left out",
+            agent::images::MAX_IMAGES
+        );
+    }
+    let out = serde_json::json!({
+        "node": node,
+        "at": SystemClock.now().trunc_subsecs(3),
+        "images": images,
     });
     println!("{out}");
     Ok(())

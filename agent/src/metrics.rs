@@ -38,6 +38,12 @@ pub struct Metrics {
     pub node_cores: Gauge,
     pub offset_seconds: Gauge,
     pub next_push: Gauge,
+    /// Images in the node's last list.
+    pub images_listed: Gauge,
+    /// Image lists, by result: listed, then the aggregator's answer.
+    pub image_lists: Family<Kind, Counter>,
+    /// Failures listing or delivering the images, by kind.
+    pub images_errors: Family<Kind, Counter>,
 }
 
 impl Metrics {
@@ -99,6 +105,21 @@ impl Metrics {
             self.node_cores.clone(),
         );
         r.register(
+            "images_listed",
+            "Images in the node's last list from the container runtime",
+            self.images_listed.clone(),
+        );
+        r.register(
+            "image_lists",
+            "Image lists, by result: listed from the runtime, then what the aggregator answered (stored, stale, rejected)",
+            self.image_lists.clone(),
+        );
+        r.register(
+            "images_errors",
+            "Failures listing the node's images (no_socket, connect, list, timeout) or delivering them (push)",
+            self.images_errors.clone(),
+        );
+        r.register(
             "next_push_timestamp_seconds",
             "Unix time of the next planned push: the next sample, or sooner a retry after a failed push (a refused one waits for the next sample)",
             self.next_push.clone(),
@@ -108,6 +129,22 @@ impl Metrics {
             "This node's offset into each sampling interval",
             self.offset_seconds.clone(),
         );
+    }
+
+    pub fn image_lists(&self, result: &str) {
+        self.image_lists
+            .get_or_create(&Kind {
+                kind: result.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn images_error(&self, kind: &str) {
+        self.images_errors
+            .get_or_create(&Kind {
+                kind: kind.to_string(),
+            })
+            .inc();
     }
 
     pub fn dropped(&self, cause: &str, n: u64) {

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use shared::wire::{AgentSample, IngestResponse, SampleBatch, SampleResult, SAMPLES_PATH};
+use shared::wire::{
+    AgentSample, IngestResponse, SampleBatch, SampleResult, IMAGES_PATH, SAMPLES_PATH,
+};
 
 use crate::tls::{error_chain, tls_failure, ClientTls, TlsFailure};
 
@@ -86,6 +88,42 @@ impl Pusher {
             url: format!("{}{SAMPLES_PATH}", aggregator.trim_end_matches('/')),
             roots: tls.roots(),
         })
+    }
+
+    /// Sends the node's image list; on a 2xx, the aggregator's answer.
+    pub async fn push_images(
+        &self,
+        list: &serde_json::Value,
+        token: &str,
+    ) -> Result<serde_json::Value, PushError> {
+        let url = self.url.replace(SAMPLES_PATH, IMAGES_PATH);
+        let response = self
+            .client
+            .post(&url)
+            .bearer_auth(token)
+            .json(list)
+            .send()
+            .await
+            .map_err(|e| self.classify(e))?;
+        let status = response.status();
+        if !status.is_success() {
+            let detail = error_detail(&read_prefix(response, ERROR_BODY_READ).await);
+            return Err(if status.is_server_error() || status.as_u16() == 429 {
+                PushError::Server {
+                    status: status.as_u16(),
+                    detail,
+                }
+            } else {
+                PushError::Refused {
+                    status: status.as_u16(),
+                    body: detail,
+                }
+            });
+        }
+        response
+            .json()
+            .await
+            .map_err(|e| PushError::Decode(e.to_string()))
     }
 
     /// Sends one batch; on success, one result per sample in batch order.

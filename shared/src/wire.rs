@@ -13,8 +13,13 @@ use crate::sample::{parse_cores, parse_instant, Rejection, Unchecked};
 pub const MAX_BATCH_SAMPLES: usize = 1_000;
 /// The largest request body accepted, in bytes.
 pub const MAX_BATCH_BYTES: usize = 1 << 20;
+/// The most a node's image list (or a batch of registry images) may weigh
+/// (SPEC 10.2: 5,000 images).
+pub const MAX_IMAGE_LIST_BYTES: usize = 4 << 20;
 /// The path agents push to.
 pub const SAMPLES_PATH: &str = "/v1/samples";
+/// Where an agent sends its node's images (SPEC 10.5).
+pub const IMAGES_PATH: &str = "/v1/images";
 /// The longest `agent_version` kept, in characters; a longer one is cut.
 pub const AGENT_VERSION_MAX_CHARS: usize = 64;
 

@@ -29,6 +29,24 @@ pub fn binary(name: &str) -> PathBuf {
     target.join("debug").join(name)
 }
 
+/// The path of a workspace binary built with `--release`, built now (the
+/// benches measure what ships).
+pub fn release_binary(name: &str) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--release", "--quiet", "--bin", name])
+        .current_dir(&root)
+        .status()
+        .expect("run cargo build");
+    assert!(
+        status.success(),
+        "cargo build --release --bin {name} failed"
+    );
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    target.join("release").join(name)
+}
+
 /// `aggregator serve` on a free port with its own database.
 pub struct Service {
     pub child: Child,
@@ -332,6 +350,14 @@ impl AgentProc {
             .args(["--interval-secs", &o.interval_secs.to_string()])
             .args(["--spread-secs", "0", "--listen", "127.0.0.1:0"])
             .args(["--max-backoff-secs", "1", "--push-timeout-secs", "5"])
+            // No runtime's images unless a test asks: a machine's own
+            // containerd must not change what the other tests push.
+            .args(
+                (!o.extra.iter().any(|a| a == "--images"))
+                    .then_some(["--images", "off"])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(&o.extra)
             .env("NODE_NAME", &o.node)
             .env("CORE_METER_TOKEN", &o.token)

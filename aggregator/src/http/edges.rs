@@ -68,11 +68,28 @@ fn head_too_large(request: &Request) -> Option<Response> {
 }
 
 pub(super) fn too_large() -> ApiError {
+    too_large_for(MAX_BATCH_BYTES)
+}
+
+/// The body is over `limit` bytes.
+pub(super) fn too_large_for(limit: usize) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         "too_large",
-        "the body is over 1 MiB",
+        format!("the body is over {} MiB", limit >> 20),
     )
+}
+
+/// The most a request's body may weigh: 4 MiB for a list of images (a
+/// node's, or a registry's), 1 MiB for everything else.
+pub(super) fn body_limit(path: &str) -> usize {
+    let images = path == shared::wire::IMAGES_PATH
+        || (path.starts_with("/v1/admin/accounts/") && path.ends_with("/images"));
+    if images {
+        shared::wire::MAX_IMAGE_LIST_BYTES
+    } else {
+        MAX_BATCH_BYTES
+    }
 }
 
 /// Refuses a request that declares a body over 1 MiB before a byte of it is
@@ -85,11 +102,15 @@ fn declared_too_large(request: &Request) -> Option<Response> {
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BATCH_BYTES as u64) {
-        tracing::debug!("request refused: the declared body is over 1 MiB");
+    let limit = body_limit(request.uri().path());
+    if declared.is_some_and(|n| n > limit as u64) {
+        tracing::debug!(
+            limit,
+            "request refused: the declared body is over its limit"
+        );
         // The body is not read, so the connection cannot carry another
         // request: saying so keeps a client from sending one on it.
-        let mut response = too_large().into_response();
+        let mut response = too_large_for(limit).into_response();
         response.headers_mut().insert(
             header::CONNECTION,
             header::HeaderValue::from_static("close"),

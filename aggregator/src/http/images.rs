@@ -27,8 +27,6 @@ use crate::store::NewImage;
 pub const MAX_IMAGE_NAMES: usize = 64;
 /// The longest tag or repository digest.
 pub const MAX_IMAGE_NAME_CHARS: usize = 512;
-/// The most a node's list may weigh.
-pub const MAX_LIST_BYTES: usize = 4 << 20;
 
 /// One image as a node or an admin describes it; a field this build does
 /// not know (a newer agent's) is ignored, as in a sample.
@@ -138,16 +136,14 @@ pub async fn push_images(
         return Err(authz::refusal(&state, Role::Cluster, token).await);
     };
     edges::json_body(request.headers(), request.body())?;
+    let limit = shared::wire::MAX_IMAGE_LIST_BYTES;
     let raw = Bytes::from_request(request, &()).await.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            edges::too_large()
+            edges::too_large_for(limit)
         } else {
             ApiError::bad_request("", format!("cannot read the body: {e}"))
         }
     })?;
-    if raw.len() > MAX_LIST_BYTES {
-        return Err(edges::too_large());
-    }
     let list: NodeList = body(&raw)?;
     check_name(NameKind::NodeName, &list.node)
         .map_err(|e| ApiError::unprocessable("node", format!("node {e}")))?;
@@ -198,7 +194,13 @@ pub async fn add_registry_images(
     ApiPath(id): ApiPath<String>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let raw = read(raw)?;
+    let raw = raw.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            edges::too_large_for(shared::wire::MAX_IMAGE_LIST_BYTES)
+        } else {
+            ApiError::bad_request("", format!("cannot read the body: {e}"))
+        }
+    })?;
     let b: RegistryImages = body(&raw)?;
     let images = checked_images(b.images, true)?;
     let (now, zone) = (state.clock.now(), state.config.billing.zone);

@@ -1129,6 +1129,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     let mut routes = Router::new();
     for (method, path, role, _) in ROUTES {
         let mut route = handler(method, path);
+        let limit = edges::body_limit(path);
+        if limit != shared::wire::MAX_BATCH_BYTES {
+            route = route.layer(axum::extract::DefaultBodyLimit::max(limit));
+        }
         if path.contains('{') {
             route = route.route_layer(axum::middleware::from_fn_with_state(
                 state.clone(),

@@ -213,6 +213,12 @@ pub fn render_html(r: &DailyReport) -> String {
             "<p id=\"refund\">Refund hint: at least {s} licensed cores stayed unused all day.</p>"
         );
     }
+    let i = &r.images;
+    let _ = write!(
+        page,
+        "<h2>Images</h2><table id=\"images\"><tr><th>seen</th><th>new</th><th>authorized</th><th>unauthorized</th><th>consumed</th><th>refused</th></tr><tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr></table>",
+        i.seen, i.new, i.authorized, i.unauthorized, i.consumed, i.refused
+    );
     let _ = write!(
         page,
         "<p>Generated {}.</p></body></html>",

@@ -40,6 +40,8 @@ pub struct DailyReport {
     pub licence_short_hours: u32,
     /// When licensed cores stayed above total cores all day: the smallest surplus (a refund hint).
     pub surplus_cores: Option<u64>,
+    /// The image-scan add-on's day (SPEC 10.2, 10.3).
+    pub images: crate::store::ImagesDay,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -290,6 +292,7 @@ pub fn daily_report(
         rejected,
         licence_short_hours,
         surplus_cores,
+        images: store.images().day(account, day_start, day_end)?,
     })
 }
 
@@ -393,6 +396,12 @@ pub fn render_table(r: &DailyReport) -> String {
             "refund hint: at least {s} licensed cores stayed unused all day"
         );
     }
+    let i = &r.images;
+    let _ = writeln!(
+        out,
+        "images: {} seen ({} new), {} authorized, {} unauthorized; {} authorizations consumed, {} automatic ones refused",
+        i.seen, i.new, i.authorized, i.unauthorized, i.consumed, i.refused
+    );
     out
 }
 

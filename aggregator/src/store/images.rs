@@ -141,6 +141,23 @@ impl ListOutcome {
     }
 }
 
+/// The images of an account's day, for the daily report.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ImagesDay {
+    /// Images seen during the day: first seen by its end, last seen from
+    /// its start on.
+    pub seen: u64,
+    /// Of those, first seen that day.
+    pub new: u64,
+    /// Of those seen, authorized by the day's end.
+    pub authorized: u64,
+    pub unauthorized: u64,
+    /// Authorizations consumed that day (manual, auto, trial).
+    pub consumed: u64,
+    /// Automatic attempts refused that day (reach_limit, insufficient).
+    pub refused: u64,
+}
+
 /// A product's pause of new purchases, both days included.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Pause {
@@ -1052,6 +1069,46 @@ impl Images<'_> {
             out.push((receipt.id, receipt));
         }
         Ok(Listed::from_rows(out, limit, total as u64))
+    }
+
+    /// The images of the account's day from `start` to `end`.
+    pub fn day(
+        &mut self,
+        account: &str,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> Result<ImagesDay, StoreError> {
+        let account_ref = self.require_account(account)?;
+        let (start, end) = (start.timestamp_millis(), end.timestamp_millis());
+        let count = |n: i64| u64::try_from(n).unwrap_or(0);
+        let (seen, new, authorized): (i64, i64, i64) = self.0.conn.query_row(
+            "SELECT count(*),
+                    CAST(coalesce(sum(CASE WHEN i.first_seen_ms >= ?2 THEN 1 ELSE 0 END), 0) AS BIGINT),
+                    CAST(coalesce(sum(CASE WHEN i.authorized_at_ms < ?3 THEN 1 ELSE 0 END), 0) AS BIGINT)
+               FROM images i
+               LEFT JOIN (SELECT n.image_ref, max(l.at_ms) AS at_ms
+                            FROM node_images n JOIN node_image_lists l ON l.node_id = n.node_id
+                           GROUP BY n.image_ref) held ON held.image_ref = i.id
+              WHERE i.account_ref = ?1 AND i.first_seen_ms < ?3
+                AND coalesce(held.at_ms, i.last_seen_ms) >= ?2",
+            (account_ref, start, end),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        let (consumed, refused): (i64, i64) = self.0.conn.query_row(
+            "SELECT CAST(coalesce(sum(CASE WHEN how IN ('manual', 'auto', 'trial') THEN 1 ELSE 0 END), 0) AS BIGINT),
+                    CAST(coalesce(sum(CASE WHEN how IN ('reach_limit', 'insufficient') THEN 1 ELSE 0 END), 0) AS BIGINT)
+               FROM image_receipts WHERE account_ref = ?1 AND at_ms >= ?2 AND at_ms < ?3",
+            (account_ref, start, end),
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok(ImagesDay {
+            seen: count(seen),
+            new: count(new),
+            authorized: count(authorized),
+            unauthorized: count(seen - authorized),
+            consumed: count(consumed),
+            refused: count(refused),
+        })
     }
 
     /// Pauses new purchases of `product` from `from` to `until` (both

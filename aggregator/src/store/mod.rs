@@ -39,8 +39,8 @@ pub use clusters::ClusterIdentity;
 pub use connection::{panic_message, Connection};
 pub use copy::{CopyError, CopyReport};
 pub use images::{
-    Authorizations, Authorized, Holder, InventoryImage, ListOutcome, NewImage, Pack, Pause,
-    Receipt, Refund, PRODUCTS,
+    Authorizations, Authorized, Holder, ImagesDay, InventoryImage, ListOutcome, NewImage, Pack,
+    Pause, Receipt, Refund, PRODUCTS,
 };
 pub use issued::TokenKind;
 pub use migrations::NAMES_REPORTED_AT;

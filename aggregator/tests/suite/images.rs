@@ -523,3 +523,39 @@ async fn two_services_on_one_database_racing_never_consume_more_than_was_bought(
     one.stop().await;
     two.stop().await;
 }
+
+#[tokio::test]
+async fn the_daily_report_counts_the_days_images() {
+    let (_dir, app) = TestApp::in_temp_dir(local("2026-12-01T10:00:00")).await;
+    let token = app.account_with_cluster(ACME, "prod").await;
+    buy(&app, 2).await;
+    push(
+        &app,
+        &token,
+        list("n", "2026-12-01T10:00:00+08:00", &images(0..3)),
+    )
+    .await;
+    authorize(&app, &images(0..2)).await;
+    let (s, v) = app
+        .admin(
+            Method::GET,
+            &format!("/v1/reports/daily?day=2026-12-01&account={ACME}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["images"],
+        json!({"seen": 3, "new": 3, "authorized": 2, "unauthorized": 1, "consumed": 2, "refused": 0})
+    );
+    // The day before saw none of them.
+    let (_, v) = app
+        .admin(
+            Method::GET,
+            &format!("/v1/reports/daily?day=2026-11-30&account={ACME}"),
+            None,
+        )
+        .await;
+    assert_eq!(v["images"]["seen"], 0, "{v}");
+    app.stop().await;
+}

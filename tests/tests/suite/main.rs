@@ -10,6 +10,7 @@ mod campaign_full_disk;
 mod campaign_hostile;
 mod campaign_partition;
 mod conformance;
+mod images_containerd;
 mod postgres_harness;
 mod secure_e2e;
 mod service_e2e;

@@ -302,6 +302,13 @@ impl Agent {
             // Port 0: the agent says in its log which port it got.
             .args(["--listen", "127.0.0.1:0"])
             .args(["--max-backoff-secs", "1", "--push-timeout-secs", "30"])
+            // No runtime's images unless a test asks for them.
+            .args(
+                (!o.extra.iter().any(|a| a == "--images"))
+                    .then_some(["--images", "off"])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(&o.extra)
             .env("NODE_NAME", o.node)
             .env("CORE_METER_TOKEN", TOKEN)
