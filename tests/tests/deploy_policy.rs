@@ -612,6 +612,46 @@ fn the_agent_learns_its_node_name_from_the_downward_api() {
 }
 
 #[test]
+fn the_agent_reaches_the_container_runtime_read_only_where_it_looks_for_its_socket() {
+    in_every_rendering(|r| {
+        let pod = r.agent_pod();
+        // The agent looks for these sockets (agent::images::KNOWN_SOCKETS).
+        for socket in agent::images::KNOWN_SOCKETS {
+            let dir = Path::new(socket).parent().unwrap().to_str().unwrap();
+            let (_, mount) = host_mount(pod, r.agent_container(), dir);
+            assert_eq!(
+                mount["mountPath"].as_str(),
+                Some(dir),
+                "{}",
+                r.says(&format!(
+                    "the host's {dir} is mounted where the agent looks"
+                ))
+            );
+            assert_eq!(
+                mount["readOnly"],
+                true,
+                "{}",
+                r.says(&format!("the host's {dir} is mounted readOnly"))
+            );
+        }
+        let groups = &pod["securityContext"]["supplementalGroups"];
+        assert!(
+            groups
+                .as_array()
+                .is_some_and(|g| g.contains(&serde_json::json!(0))),
+            "{}",
+            r.says("the pod is in group 0, which may use the runtime's root:root 0660 socket")
+        );
+        assert_ne!(
+            flag(r.agent_container(), "--images").as_deref(),
+            Some("off"),
+            "{}",
+            r.says("the agent lists the node's images")
+        );
+    });
+}
+
+#[test]
 fn the_agent_reads_the_hosts_sys_read_only_where_it_looks_for_it() {
     in_every_rendering(|r| {
         let (_, mount) = host_mount(r.agent_pod(), r.agent_container(), "/sys");
