@@ -317,11 +317,23 @@ impl Agent {
                     .set(i64::try_from(images.len()).unwrap_or(i64::MAX));
                 self.metrics.image_lists("listed");
                 self.set_images_status(&format!("images: {} listed", images.len()));
-                let list = serde_json::json!({
-                    "node": self.settings.node,
-                    "at": self.clock.now().trunc_subsecs(3),
-                    "images": images,
-                });
+                let mut images = images;
+                let at = self.clock.now().trunc_subsecs(3);
+                let mut list =
+                    serde_json::json!({"node": self.settings.node, "at": at, "images": images});
+                // At most 4 MiB, as the aggregator takes: the last by ID go.
+                while list.to_string().len() > shared::wire::MAX_IMAGE_LIST_BYTES
+                    && !images.is_empty()
+                {
+                    let keep = images.len() - images.len().div_ceil(10);
+                    images.truncate(keep);
+                    tracing::warn!(
+                        kept = images.len(),
+                        "the image list is over 4 MiB; the last by ID are left out"
+                    );
+                    list =
+                        serde_json::json!({"node": self.settings.node, "at": at, "images": images});
+                }
                 let path = self.settings.spool_dir.join(PENDING_IMAGES);
                 let tmp = path.with_extension("json.tmp");
                 let kept = std::fs::write(&tmp, list.to_string())

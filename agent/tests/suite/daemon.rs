@@ -487,3 +487,46 @@ fn a_conflicting_resend_is_dropped_from_the_spool_and_logged_as_a_bug() {
     assert!(log.contains("conflicting_resend"), "the reason is logged");
     assert!(log.contains("a seq was handed out twice"), "{log}");
 }
+
+#[test]
+fn a_runtime_that_cannot_be_reached_never_holds_back_a_sample_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let server = FakeAggregator::start(Mode::Normal);
+    let mut opts = options(server.url(), &spool, "node-no-runtime");
+    let socket = dir.path().join("no-runtime.sock");
+    opts.extra = vec![
+        "--images".into(),
+        "on".into(),
+        "--cri-socket".into(),
+        socket.display().to_string(),
+    ];
+    let agent = Agent::start(&opts);
+    eventually(Duration::from_secs(15), "three samples arrive", || {
+        server.stored_seqs().len() >= 3
+    });
+    eventually(
+        Duration::from_secs(15),
+        "the runtime's fault is counted",
+        || {
+            agent
+                .metric("core_meter_agent_images_errors_total", "connect")
+                .is_some_and(|n| n >= 1.0)
+        },
+    );
+    // Ready all the same, and /readyz says what is wrong with the images.
+    let (status, body) = support::http_get(agent.metrics, "/readyz").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("images: cannot connect to the container runtime")
+            && body.contains("no-runtime.sock"),
+        "{body}"
+    );
+    // Said once in the log while it lasts, not at every sample.
+    let log = agent.log_text();
+    assert_eq!(
+        log.matches("cannot list the node's images").count(),
+        1,
+        "{log}"
+    );
+}

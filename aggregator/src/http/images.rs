@@ -18,8 +18,8 @@ use shared::images::{check_image_id, MAX_BATCH_IDS, MAX_IMAGES_PER_NODE};
 
 use super::admin::{body, read, ApiPath, ApiQuery};
 use super::page::{Listing, Page};
-use super::{authz, blocking, edges, input, ApiError, Role};
-use crate::security::tokens::{bearer, looks_like_cluster_token};
+use super::{blocking, edges, input, ApiError};
+use crate::security::tokens::bearer;
 use crate::state::AppState;
 use crate::store::NewImage;
 
@@ -125,16 +125,7 @@ pub async fn push_images(
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok()),
     );
-    let identity = match token {
-        Some(token) if looks_like_cluster_token(token) => {
-            let token = token.to_string();
-            blocking(&state.tokens, move |s| s.ingest().cluster_for_token(&token)).await?
-        }
-        _ => None,
-    };
-    let Some(identity) = identity else {
-        return Err(authz::refusal(&state, Role::Cluster, token).await);
-    };
+    let identity = super::ingest::agent_of(&state, token).await?;
     edges::json_body(request.headers(), request.body())?;
     let limit = shared::wire::MAX_IMAGE_LIST_BYTES;
     let raw = Bytes::from_request(request, &()).await.map_err(|e| {

@@ -60,6 +60,28 @@ async fn identify(state: &Arc<AppState>, token: &str) -> Result<Option<ClusterId
     }
 }
 
+/// The cluster of an agent's bearer token, or the refusal: 401 for a
+/// missing or unknown token, 403 for a token of another role. A string that
+/// cannot be a cluster token costs no database look-up.
+pub(super) async fn agent_of(
+    state: &Arc<AppState>,
+    token: Option<&str>,
+) -> Result<ClusterIdentity, ApiError> {
+    let identity = match token {
+        Some(token) if looks_like_cluster_token(token) => identify(state, token).await?,
+        _ => None,
+    };
+    match identity {
+        Some(identity) => Ok(identity),
+        None => {
+            // Only a refused request pays for telling a missing or unknown
+            // token (401) from the admin or a reader token (403).
+            tracing::debug!("refused: not a live cluster token");
+            Err(authz::refusal(state, Role::Cluster, token).await)
+        }
+    }
+}
+
 /// The body is read only after the token is known: an unknown client never
 /// makes the service buffer its body. A declared length over 1 MiB was
 /// refused before this (`edges::front`). The token never
@@ -74,17 +96,7 @@ pub async fn push_samples(
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok()),
     );
-    // A string that cannot be a cluster token costs no database look-up.
-    let identity = match token {
-        Some(token) if looks_like_cluster_token(token) => identify(&state, token).await?,
-        _ => None,
-    };
-    let Some(identity) = identity else {
-        // Only a refused request pays for telling a missing or unknown token
-        // (401) from the admin or a reader token, which may not push (403).
-        tracing::debug!("ingest refused: not a live cluster token");
-        return Err(authz::refusal(&state, Role::Cluster, token).await);
-    };
+    let identity = agent_of(&state, token).await?;
     // The agent is known: only now does its body's type matter (a cheap look
     // at one header).
     edges::json_body(request.headers(), request.body())?;

@@ -63,6 +63,30 @@ async fn authorize(app: &TestApp, ids: &[String]) -> (u16, Value) {
     .await
 }
 
+/// Sends every batch at once, the apps taking turns; the answers.
+async fn race<'a>(
+    apps: &[&TestApp],
+    batches: impl Iterator<Item = &'a [String]>,
+) -> Vec<(u16, Value)> {
+    let mut racing = tokio::task::JoinSet::new();
+    for (i, batch) in batches.enumerate() {
+        let app = apps[i % apps.len()];
+        let (client, body) = (app.client.clone(), json!({ "image_ids": batch }));
+        let url = app.url(&format!("/v1/admin/accounts/{ACME}/image-authorizations"));
+        racing.spawn(async move {
+            let r = client
+                .post(url)
+                .bearer_auth(crate::support::ADMIN)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        });
+    }
+    racing.join_all().await
+}
+
 async fn stock(app: &TestApp) -> Value {
     let (s, v) = app
         .admin(
@@ -380,22 +404,7 @@ async fn racing_batches_never_consume_more_than_was_bought() {
     let all = images(0..40);
     push(&app, &token, list("n", "2026-12-01T10:00:00+08:00", &all)).await;
     // Eight batches of five distinct images race for ten authorizations.
-    let mut racing = tokio::task::JoinSet::new();
-    for batch in all.chunks(5) {
-        let (client, body) = (app.client.clone(), json!({ "image_ids": batch }));
-        let url = app.url(&format!("/v1/admin/accounts/{ACME}/image-authorizations"));
-        racing.spawn(async move {
-            let r = client
-                .post(url)
-                .bearer_auth(crate::support::ADMIN)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            (r.status().as_u16(), r.json::<Value>().await.unwrap())
-        });
-    }
-    let answers = racing.join_all().await;
+    let answers = race(&[&app], all.chunks(5)).await;
     let passed = answers.iter().filter(|(s, _)| *s == 200).count();
     assert_eq!(passed, 2, "{answers:?}");
     assert!(answers
@@ -479,23 +488,7 @@ async fn two_services_on_one_database_racing_never_consume_more_than_was_bought(
     buy(&one, 12).await;
     let all = images(0..60);
     push(&one, &token, list("n", "2026-12-01T10:00:00+08:00", &all)).await;
-    let mut racing = tokio::task::JoinSet::new();
-    for (i, batch) in all.chunks(BATCH).enumerate() {
-        let app = if i % 2 == 0 { &one } else { &two };
-        let (client, body) = (app.client.clone(), json!({ "image_ids": batch }));
-        let url = app.url(&format!("/v1/admin/accounts/{ACME}/image-authorizations"));
-        racing.spawn(async move {
-            let r = client
-                .post(url)
-                .bearer_auth(crate::support::ADMIN)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            (r.status().as_u16(), r.json::<Value>().await.unwrap())
-        });
-    }
-    let answers = racing.join_all().await;
+    let answers = race(&[&one, &two], all.chunks(BATCH)).await;
     let passed = answers.iter().filter(|(s, _)| *s == 200).count();
     assert_eq!(passed, 12 / BATCH, "twelve bought: {answers:?}");
     assert!(
