@@ -420,8 +420,10 @@ type Opened = (
 fn open_stores(config: &Config, now: chrono::DateTime<chrono::Utc>) -> anyhow::Result<Opened> {
     // Notices (billing's licence_short, the lifecycle's) are issued through the writer.
     let channels = config.notices.channels();
+    let trial_images = config.trial_image_authorizations;
     let open = move |database: &Database, writes: bool| {
         let mut store = Store::connect(database, Durability::Durable)?;
+        store.set_trial_image_authorizations(trial_images);
         if writes {
             store.set_notice_channels(channels);
         }

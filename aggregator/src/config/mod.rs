@@ -43,6 +43,8 @@ pub struct Config {
     pub licence_price_per_core_month: Decimal,
     /// The price of one image-scan authorization (default 0.25, SPEC 10.1).
     pub image_scan_price: Decimal,
+    /// The authorizations a trial may use without buying (default 100).
+    pub trial_image_authorizations: u64,
     /// Where notices to account contacts go (SPEC section 8).
     pub notices: NoticesConfig,
     /// HTTPS: the certificate, its key and, for mutual TLS, the agents' CA.
@@ -301,6 +303,7 @@ impl Config {
             retention_days,
             licence_price_per_core_month,
             image_scan_price,
+            trial_image_authorizations: v.whole("billing.trial_image_authorizations"),
             notices,
             tls,
             insecure_plaintext,

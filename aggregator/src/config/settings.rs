@@ -251,6 +251,13 @@ pub const SETTINGS: &[Setting] = &[
         doc: "the price of one image-scan authorization, prepaid (SPEC 10.1)",
     },
     Setting {
+        key: "billing.trial_image_authorizations",
+        env: "CORE_METER_TRIAL_IMAGE_AUTHORIZATIONS",
+        kind: Kind::Whole { min: 0, max: 100_000 },
+        default: "100",
+        doc: "the image-scan authorizations a trial may use without buying (SPEC 10.1)",
+    },
+    Setting {
         key: "notices.webhook_url",
         env: "CORE_METER_NOTICES_WEBHOOK_URL",
         kind: Kind::Text,

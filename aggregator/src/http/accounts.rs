@@ -93,6 +93,7 @@ pub async fn get_account(
                 .map(|l| json!({"cores": l.cores, "start": l.start, "counts_until": l.end}))
                 .collect::<Vec<_>>(),
             "clusters": clusters,
+            "image_authorizations": s.images().authorizations(&id, now)?,
         }))
     })
     .await?;

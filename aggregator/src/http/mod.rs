@@ -52,7 +52,7 @@ pub const ROUTES: &[(&str, &str, Role, &str)] = &[
         "get",
         "/v1/admin/accounts/{id}",
         Role::Admin,
-        "An account: its state, the next change due, the state history, trial, orders, balance, contacts, licences, cap history and clusters",
+        "An account: its state, the next change due, the state history, trial, orders, balance, contacts, licences, cap history, clusters and image-scan authorizations",
     ),
     (
         "post",

@@ -233,7 +233,13 @@ fn in_trial(conn: &Conn, account_ref: i64, now: DateTime<Utc>) -> Result<bool, S
         .is_some())
 }
 
-fn stock(conn: &Conn, account_ref: i64, now: DateTime<Utc>) -> Result<Stock, StoreError> {
+/// The account's stock at `now`; `trial` is the allowance a trial gives.
+fn stock(
+    conn: &Conn,
+    account_ref: i64,
+    now: DateTime<Utc>,
+    trial: u64,
+) -> Result<Stock, StoreError> {
     let (purchased, consumed, refunded): (i64, i64, i64) = conn
         .prepare_cached(
             "SELECT CAST(coalesce(sum(quantity), 0) AS BIGINT), CAST(coalesce(sum(consumed), 0) AS BIGINT),
@@ -247,7 +253,7 @@ fn stock(conn: &Conn, account_ref: i64, now: DateTime<Utc>) -> Result<Stock, Sto
         )?
         .query_row([account_ref], |r| r.get(0))?;
     let trial_allowance = if in_trial(conn, account_ref, now)? {
-        u64::from(rules::TRIAL_AUTHORIZATIONS)
+        trial
     } else {
         0
     };
@@ -468,6 +474,7 @@ fn auto_authorize(
     arrivals: &[i64],
     now: DateTime<Utc>,
     channels: crate::config::NoticeChannels,
+    trial: u64,
 ) -> Result<(u64, u64), StoreError> {
     let (on, max_daily) = auto_settings(conn, account_ref)?;
     if !on || arrivals.is_empty() {
@@ -488,7 +495,7 @@ fn auto_authorize(
             ),
             |r| r.get(0),
         )?;
-    let stock = stock(conn, account_ref, now)?;
+    let stock = stock(conn, account_ref, now, trial)?;
     let fates = rules::plan_auto(
         arrivals.len(),
         stock.available(),
@@ -571,7 +578,7 @@ impl Images<'_> {
         }
         let account_ref = self.require_account(account)?;
         let price = rules::pack_price(quantity, unit_price);
-        let channels = self.notice_channels;
+        let (channels, trial) = (self.notice_channels, self.trial_image_authorizations);
         let tx = self.0.conn.transaction()?;
         lock_account(&tx, account_ref)?;
         check_not_paused(&tx, "image_scan", zone.day_of(now))?;
@@ -600,7 +607,7 @@ impl Images<'_> {
                 now,
             )?;
         }
-        let after = stock(&tx, account_ref, now)?;
+        let after = stock(&tx, account_ref, now, trial)?;
         note_low(&tx, zone, account_ref, &after, now, channels)?;
         tx.commit()?;
         Ok(Pack {
@@ -627,7 +634,7 @@ impl Images<'_> {
         now: DateTime<Utc>,
     ) -> Result<Authorized, StoreError> {
         let account_ref = self.require_account(account)?;
-        let channels = self.notice_channels;
+        let (channels, trial) = (self.notice_channels, self.trial_image_authorizations);
         let tx = self.0.conn.transaction()?;
         lock_account(&tx, account_ref)?;
         refuse_stopped(&tx, account_ref, account)?;
@@ -654,7 +661,7 @@ impl Images<'_> {
                 known.insert(id.clone(), found);
             }
         }
-        let stock = stock(&tx, account_ref, now)?;
+        let stock = stock(&tx, account_ref, now, trial)?;
         let plan = rules::plan_batch(ids, |id| known[id].1, stock.available()).map_err(|e| {
             StoreError::Conflict {
                 code: "insufficient_authorizations",
@@ -686,7 +693,12 @@ impl Images<'_> {
         now: DateTime<Utc>,
     ) -> Result<Authorizations, StoreError> {
         let account_ref = self.require_account(account)?;
-        let stock = stock(&self.0.conn, account_ref, now)?;
+        let stock = stock(
+            &self.0.conn,
+            account_ref,
+            now,
+            self.trial_image_authorizations,
+        )?;
         let (auto_authorize, max_daily) = auto_settings(&self.0.conn, account_ref)?;
         let mut packs = Vec::new();
         let mut stmt = self.0.conn.prepare_cached(
@@ -756,9 +768,10 @@ impl Images<'_> {
             ));
         }
         let account_ref = self.require_account(account)?;
+        let trial = self.trial_image_authorizations;
         let tx = self.0.conn.transaction()?;
         lock_account(&tx, account_ref)?;
-        let stock = stock(&tx, account_ref, now)?;
+        let stock = stock(&tx, account_ref, now, trial)?;
         let unused = stock.unused_purchased();
         if quantity > unused {
             return Err(StoreError::Conflict {
@@ -838,7 +851,7 @@ impl Images<'_> {
         now: DateTime<Utc>,
     ) -> Result<ListOutcome, StoreError> {
         let account_ref = self.require_account(account)?;
-        let channels = self.notice_channels;
+        let (channels, trial) = (self.notice_channels, self.trial_image_authorizations);
         let tx = self.0.conn.transaction()?;
         if recorded_state(&tx, account_ref)?.is_stopped() {
             return Ok(ListOutcome::nothing("rejected", Some("service_stopped")));
@@ -911,7 +924,7 @@ impl Images<'_> {
         )?
         .execute((node_id, at.timestamp_millis(), now.timestamp_millis()))?;
         let (auto_authorized, auto_refused) =
-            auto_authorize(&tx, zone, account_ref, &arrivals, now, channels)?;
+            auto_authorize(&tx, zone, account_ref, &arrivals, now, channels, trial)?;
         tx.commit()?;
         Ok(ListOutcome {
             status: "stored",
@@ -931,7 +944,7 @@ impl Images<'_> {
         now: DateTime<Utc>,
     ) -> Result<ListOutcome, StoreError> {
         let account_ref = self.require_account(account)?;
-        let channels = self.notice_channels;
+        let (channels, trial) = (self.notice_channels, self.trial_image_authorizations);
         let tx = self.0.conn.transaction()?;
         lock_account(&tx, account_ref)?;
         let mut arrivals = Vec::new();
@@ -942,7 +955,7 @@ impl Images<'_> {
             }
         }
         let (auto_authorized, auto_refused) =
-            auto_authorize(&tx, zone, account_ref, &arrivals, now, channels)?;
+            auto_authorize(&tx, zone, account_ref, &arrivals, now, channels, trial)?;
         tx.commit()?;
         Ok(ListOutcome {
             status: "stored",

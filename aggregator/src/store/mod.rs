@@ -189,6 +189,8 @@ pub struct Store {
     node_ids: FxHashMap<i64, FxHashMap<String, FxHashMap<String, i64>>>,
     /// The delivery rows notices issued through this connection get.
     notice_channels: NoticeChannels,
+    /// The image-scan authorizations a trial may use without buying.
+    trial_image_authorizations: u64,
 }
 
 /// The store as one job sees it: each handle carries only the methods its
@@ -274,6 +276,7 @@ impl Store {
             account_refs: HashMap::new(),
             node_ids: FxHashMap::default(),
             notice_channels: NoticeChannels::default(),
+            trial_image_authorizations: u64::from(shared::images::TRIAL_AUTHORIZATIONS),
         }
     }
 
@@ -318,6 +321,12 @@ impl Store {
     /// configured channels; none by default, as in `replay`).
     pub fn set_notice_channels(&mut self, channels: NoticeChannels) {
         self.notice_channels = channels;
+    }
+
+    /// The image-scan authorizations a trial may use without buying (the
+    /// setting `billing.trial_image_authorizations`; 100 unless set).
+    pub fn set_trial_image_authorizations(&mut self, n: u64) {
+        self.trial_image_authorizations = n;
     }
 
     /// The schema version the database is at.

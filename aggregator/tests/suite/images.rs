@@ -192,6 +192,10 @@ async fn the_worked_example_buys_twenty_authorizes_updates_refuses_whole_and_pas
     assert_eq!(summary["consumed"], 21);
     assert_eq!(summary["refunded"], 0);
     assert_eq!(summary["available"], 4);
+    let (_, account) = app
+        .admin(Method::GET, &format!("/v1/admin/accounts/{ACME}"), None)
+        .await;
+    assert_eq!(account["image_authorizations"]["available"], 4, "{account}");
 
     // Twenty-one receipts, each naming its pack, the oldest pack first.
     let (s, v) = app
@@ -550,5 +554,53 @@ async fn the_daily_report_counts_the_days_images() {
         )
         .await;
     assert_eq!(v["images"]["seen"], 0, "{v}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_trials_allowance_is_the_setting_and_what_it_consumed_is_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = crate::support::config(dir.path().join("core-meter.sqlite"), None);
+    config.trial_image_authorizations = 2;
+    let app = TestApp::spawn_with(config, local("2026-12-01T10:00:00")).await;
+    let token = app.account_with_cluster(ACME, "prod").await;
+    let (s, v) = app
+        .admin(
+            Method::POST,
+            &format!("/v1/admin/accounts/{ACME}/trial"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    push(
+        &app,
+        &token,
+        list("n", "2026-12-01T10:00:00+08:00", &images(0..3)),
+    )
+    .await;
+    let (s, v) = authorize(&app, &images(0..3)).await;
+    assert_eq!(s, 409, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("needs 3 authorizations and 2 are available"),
+        "{v}"
+    );
+    let (s, _) = authorize(&app, &images(0..2)).await;
+    assert_eq!(s, 200);
+    // Bought on top: the trial's two stay its own, the pack untouched.
+    buy(&app, 5).await;
+    let summary = stock(&app).await;
+    assert_eq!(
+        (
+            summary["trial_allowance"].as_u64(),
+            summary["trial_consumed"].as_u64(),
+            summary["purchased"].as_u64(),
+            summary["available"].as_u64()
+        ),
+        (Some(2), Some(2), Some(5), Some(5)),
+        "{summary}"
+    );
     app.stop().await;
 }
