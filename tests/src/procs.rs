@@ -70,6 +70,8 @@ pub struct ServiceOptions {
     pub log: Option<PathBuf>,
     /// A command and arguments to run the binary under (`ip netns exec …`).
     pub wrapper: Vec<String>,
+    /// The aggregator binary; the debug build of the code as it is if `None`.
+    pub program: Option<PathBuf>,
 }
 
 impl Service {
@@ -98,13 +100,14 @@ impl Service {
             ),
             None => Stdio::null(),
         };
+        let aggregator = o.program.clone().unwrap_or_else(|| binary("aggregator"));
         let mut command = match o.wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
-                c.args(args).arg(binary("aggregator"));
+                c.args(args).arg(aggregator);
                 c
             }
-            None => Command::new(binary("aggregator")),
+            None => Command::new(aggregator),
         };
         let addr = match (o.listen, port) {
             (Some(addr), None) => addr,
@@ -306,6 +309,8 @@ pub struct AgentOptions {
     pub env: Vec<(String, String)>,
     /// A command and arguments to run the binary under (`ip netns exec …`).
     pub wrapper: Vec<String>,
+    /// The agent binary; the debug build of the code as it is if `None`.
+    pub program: Option<PathBuf>,
 }
 
 impl AgentOptions {
@@ -324,6 +329,7 @@ impl AgentOptions {
             extra: Vec::new(),
             env: Vec::new(),
             wrapper: Vec::new(),
+            program: None,
         }
     }
 }
@@ -335,13 +341,14 @@ impl AgentProc {
             .append(true)
             .open(&o.log)
             .expect("open the agent's log");
+        let agent = o.program.clone().unwrap_or_else(|| binary("agent"));
         let mut command = match o.wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
-                c.args(args).arg(binary("agent"));
+                c.args(args).arg(agent);
                 c
             }
-            None => Command::new(binary("agent")),
+            None => Command::new(agent),
         };
         let child = command
             .args(["run", "--aggregator", &o.aggregator])
