@@ -204,6 +204,8 @@ pub async fn run(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<()
                 (true, true)
             }
             _ = tokio::time::sleep_until(retry), if retry_at.is_some() => (true, false),
+            // A manual clock moved: look again at what is due.
+            () = agent.clock.moved() => (false, false),
             _ = terminate.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         };
@@ -541,6 +543,7 @@ impl Agent {
                 tokio::select! {
                     answer = &mut push => break answer,
                     _ = tokio::time::sleep(until_sample), if self.sampling => self.take_due_sample(),
+                    () = self.clock.moved() => {}
                 }
             };
             let results = match answer {
