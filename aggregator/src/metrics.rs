@@ -37,6 +37,16 @@ pub struct ChannelLabels {
 }
 
 pub struct ServiceMetrics {
+    /// Log-storage usage reports, by result (`stored`, `stale`).
+    pub log_storage_reports: Family<ResultLabels, Counter>,
+    /// Purges decided from usage reports, the days and bytes they named.
+    pub log_storage_purges: Counter,
+    pub log_storage_purged_days: Counter,
+    pub log_storage_purged_bytes: Counter,
+    /// Over every account's last report: the quotas and the bytes used
+    /// (totals only: no label per account).
+    pub log_storage_quota_bytes: Gauge,
+    pub log_storage_used_bytes: Gauge,
     pub ingest_samples: Family<SampleLabels, Counter>,
     pub ingest_commits: Counter,
     pub ingest_commit_samples: Histogram,
@@ -100,6 +110,12 @@ pub struct StateLabels {
 impl Default for ServiceMetrics {
     fn default() -> Self {
         ServiceMetrics {
+            log_storage_reports: Family::default(),
+            log_storage_purges: Counter::default(),
+            log_storage_purged_days: Counter::default(),
+            log_storage_purged_bytes: Counter::default(),
+            log_storage_quota_bytes: Gauge::default(),
+            log_storage_used_bytes: Gauge::default(),
             ingest_samples: Family::default(),
             ingest_commits: Counter::default(),
             ingest_commit_samples: Histogram::new(exponential_buckets(1.0, 4.0, 9)),
@@ -171,6 +187,36 @@ impl ServiceMetrics {
 
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("core_meter");
+        r.register(
+            "log_storage_reports",
+            "Log-storage usage reports, by result (stored, stale)",
+            self.log_storage_reports.clone(),
+        );
+        r.register(
+            "log_storage_purges",
+            "Purges decided from log-storage usage reports",
+            self.log_storage_purges.clone(),
+        );
+        r.register(
+            "log_storage_purged_days",
+            "Log days the purges named",
+            self.log_storage_purged_days.clone(),
+        );
+        r.register(
+            "log_storage_purged_bytes",
+            "Bytes of the log days the purges named",
+            self.log_storage_purged_bytes.clone(),
+        );
+        r.register(
+            "log_storage_quota_bytes",
+            "The log-storage quotas of every account's last usage report, summed",
+            self.log_storage_quota_bytes.clone(),
+        );
+        r.register(
+            "log_storage_used_bytes",
+            "The log-storage bytes used in every account's last usage report, summed",
+            self.log_storage_used_bytes.clone(),
+        );
         r.register(
             "image_lists",
             "Image lists from nodes and registry batches, by result (stored, stale, rejected)",

@@ -11,6 +11,7 @@ pub mod clock;
 pub mod domain;
 pub mod images;
 pub mod lifecycle;
+pub mod logs;
 pub mod money;
 pub mod overage;
 pub mod sample;

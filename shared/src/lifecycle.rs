@@ -156,6 +156,48 @@ pub enum NoticeKind {
     ImageAuthorizationsLow,
     /// Images seen since the last run have no authorization (SPEC 10.3).
     ImagesUnauthorized,
+    /// The logs held first reached 80% of the quota (SPEC 10.4).
+    LogStorageHigh,
+    /// Log days were decided for purging (SPEC 10.4).
+    LogStoragePurged,
+}
+
+/// What the service sells (SPEC 10.1); each notice is about one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Product {
+    /// Licensed cores.
+    Pro,
+    ImageScan,
+    LogStorage,
+}
+
+impl Product {
+    pub const ALL: [Product; 3] = [Product::Pro, Product::ImageScan, Product::LogStorage];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Product::Pro => "pro",
+            Product::ImageScan => "image_scan",
+            Product::LogStorage => "log_storage",
+        }
+    }
+}
+
+impl FromStr for Product {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Product::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "product {} is not one of pro, image_scan, log_storage",
+                    crate::domain::quote(s)
+                )
+            })
+    }
 }
 
 const OWNERS: &[ContactRole] = &[
@@ -167,7 +209,7 @@ const EVERYONE: &[ContactRole] = &ContactRole::ALL;
 const PAYERS: &[ContactRole] = &[ContactRole::Creator, ContactRole::FinanceCollaborator];
 
 impl NoticeKind {
-    pub const ALL: [NoticeKind; 12] = [
+    pub const ALL: [NoticeKind; 14] = [
         NoticeKind::ExpiryWarning,
         NoticeKind::ArrearsWarning,
         NoticeKind::LicenceShort,
@@ -180,6 +222,8 @@ impl NoticeKind {
         NoticeKind::DataDeleted,
         NoticeKind::ImageAuthorizationsLow,
         NoticeKind::ImagesUnauthorized,
+        NoticeKind::LogStorageHigh,
+        NoticeKind::LogStoragePurged,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -196,6 +240,8 @@ impl NoticeKind {
             NoticeKind::DataDeleted => "data_deleted",
             NoticeKind::ImageAuthorizationsLow => "image_authorizations_low",
             NoticeKind::ImagesUnauthorized => "images_unauthorized",
+            NoticeKind::LogStorageHigh => "log_storage_high",
+            NoticeKind::LogStoragePurged => "log_storage_purged",
         }
     }
 
@@ -207,7 +253,9 @@ impl NoticeKind {
             | NoticeKind::TrialEnding
             | NoticeKind::TrialEnded
             | NoticeKind::ImageAuthorizationsLow
-            | NoticeKind::ImagesUnauthorized => OWNERS,
+            | NoticeKind::ImagesUnauthorized
+            | NoticeKind::LogStorageHigh
+            | NoticeKind::LogStoragePurged => OWNERS,
             NoticeKind::RenewalSucceeded | NoticeKind::RenewalFailed => PAYERS,
             NoticeKind::ArrearsWarning
             | NoticeKind::ServiceStopped
@@ -231,6 +279,26 @@ impl NoticeKind {
             NoticeKind::DataDeleted => "Your core-meter data was deleted",
             NoticeKind::ImageAuthorizationsLow => "Your image-scan authorizations are running low",
             NoticeKind::ImagesUnauthorized => "New images have no scan authorization",
+            NoticeKind::LogStorageHigh => "Your log storage is 80% full",
+            NoticeKind::LogStoragePurged => "Your oldest logs are being removed",
+        }
+    }
+
+    /// The subject of a notice of this kind about `product`: the life's
+    /// notices of log storage say so.
+    pub fn subject_for(self, product: Product) -> &'static str {
+        if product != Product::LogStorage {
+            return self.subject();
+        }
+        match self {
+            NoticeKind::ExpiryWarning => "Your core-meter log storage ends soon",
+            NoticeKind::ArrearsWarning => "Your core-meter log storage has ended",
+            NoticeKind::RenewalSucceeded => "Your core-meter log storage was renewed",
+            NoticeKind::RenewalFailed => "Your core-meter log storage could not be renewed",
+            NoticeKind::ServiceStopped => "Your core-meter log storage is stopped",
+            NoticeKind::DeletionScheduled => "Your stored logs will be deleted",
+            NoticeKind::DataDeleted => "Your stored logs were deleted",
+            other => other.subject(),
         }
     }
 }

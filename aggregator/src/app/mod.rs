@@ -420,10 +420,11 @@ type Opened = (
 fn open_stores(config: &Config, now: chrono::DateTime<chrono::Utc>) -> anyhow::Result<Opened> {
     // Notices (billing's licence_short, the lifecycle's) are issued through the writer.
     let channels = config.notices.channels();
-    let trial_images = config.trial_image_authorizations;
+    let (trial_images, log_storage) = (config.trial_image_authorizations, config.log_storage);
     let open = move |database: &Database, writes: bool| {
         let mut store = Store::connect(database, Durability::Durable)?;
         store.set_trial_image_authorizations(trial_images);
+        store.set_log_storage_terms(log_storage);
         if writes {
             store.set_notice_channels(channels);
         }

@@ -45,6 +45,8 @@ pub struct Config {
     pub image_scan_price: Decimal,
     /// The authorizations a trial may use without buying (default 100).
     pub trial_image_authorizations: u64,
+    /// Log storage's price per GB and month and a trial's GB (0.25, 10).
+    pub log_storage: shared::logs::Terms,
     /// Where notices to account contacts go (SPEC section 8).
     pub notices: NoticesConfig,
     /// HTTPS: the certificate, its key and, for mutual TLS, the agents' CA.
@@ -252,6 +254,12 @@ impl Config {
                 .map_err(|e| anyhow!("{}: {e}", named("billing.licence_price_per_core_month")))?;
         let image_scan_price = shared::domain::parse_money(&text("billing.image_scan_price"))
             .map_err(|e| anyhow!("{}: {e}", named("billing.image_scan_price")))?;
+        let log_storage = shared::logs::Terms {
+            price_per_gb_month: shared::domain::parse_money(&text("billing.log_storage_price"))
+                .map_err(|e| anyhow!("{}: {e}", named("billing.log_storage_price")))?,
+            trial_gb: u32::try_from(v.whole("billing.trial_log_storage_gb"))
+                .map_err(|e| anyhow!("{}: {e}", named("billing.trial_log_storage_gb")))?,
+        };
         let database = Database::parse(&text("database"));
         if let Database::Postgres(url) = &database {
             anyhow::ensure!(
@@ -304,6 +312,7 @@ impl Config {
             licence_price_per_core_month,
             image_scan_price,
             trial_image_authorizations: v.whole("billing.trial_image_authorizations"),
+            log_storage,
             notices,
             tls,
             insecure_plaintext,

@@ -258,6 +258,20 @@ pub const SETTINGS: &[Setting] = &[
         doc: "the image-scan authorizations a trial may use without buying (SPEC 10.1)",
     },
     Setting {
+        key: "billing.log_storage_price",
+        env: "CORE_METER_LOG_STORAGE_PRICE",
+        kind: Kind::Text,
+        default: "0.25",
+        doc: "the price of one GB of log storage for a month, prepaid (SPEC 10.1)",
+    },
+    Setting {
+        key: "billing.trial_log_storage_gb",
+        env: "CORE_METER_TRIAL_LOG_STORAGE_GB",
+        kind: Kind::Whole { min: 0, max: 100_000 },
+        default: "10",
+        doc: "the GB of log storage a trial may use without buying (SPEC 10.1)",
+    },
+    Setting {
         key: "notices.webhook_url",
         env: "CORE_METER_NOTICES_WEBHOOK_URL",
         kind: Kind::Text,

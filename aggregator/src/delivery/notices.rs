@@ -292,6 +292,7 @@ pub fn reference(notice: &Notice) -> String {
 struct Payload<'a> {
     id: i64,
     account: &'a str,
+    product: &'a str,
     kind: &'a str,
     day: chrono::NaiveDate,
     issued_at: chrono::DateTime<chrono::Utc>,
@@ -305,6 +306,7 @@ impl<'a> Payload<'a> {
         Payload {
             id: n.id,
             account: &n.account,
+            product: &n.product,
             kind: &n.kind,
             day: n.day,
             issued_at: n.issued_at,
@@ -366,6 +368,7 @@ pub fn body(n: &Notice) -> String {
         subject(n).to_string(),
         String::new(),
         format!("Account: {}", n.account),
+        format!("Product: {}", n.product),
         format!("Notice: {}", n.kind),
         format!("Day: {}", n.day),
         format!("Issued at: {}", n.issued_at.to_rfc3339()),
@@ -436,6 +439,7 @@ mod tests {
         Notice {
             id: 42,
             account: "acme".into(),
+            product: "pro".into(),
             kind: "expiry_warning".into(),
             day: "2026-12-19".parse().unwrap(),
             issued_at: DateTime::parse_from_rfc3339("2026-12-18T18:00:00Z")

@@ -165,11 +165,13 @@ struct EmptyObject {}
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct OrderBody {
-    /// `pro` (the default: licensed cores) or `image_scan`.
+    /// `pro` (the default: licensed cores), `image_scan` or `log_storage`.
     product: Option<String>,
     cores: Option<u64>,
     /// Authorizations, for `image_scan`.
     quantity: Option<u64>,
+    /// GB, for `log_storage`.
+    gb: Option<u64>,
     months: Option<u32>,
     years: Option<u32>,
     start: Option<String>,
@@ -189,18 +191,24 @@ pub async fn place_order(
     match o.product.as_deref().unwrap_or("pro") {
         "pro" => {}
         "image_scan" => return image_scan_order(&state, id, o).await,
+        "log_storage" => return log_storage_order(&state, id, o).await,
         other => {
             return Err(ApiError::unprocessable(
                 "product",
-                format!("product {other:?} is not one an order can name: pro or image_scan"),
+                format!(
+                    "product {} is not one an order can name: pro, image_scan or log_storage",
+                    shared::domain::quote(other)
+                ),
             ))
         }
     }
-    if o.quantity.is_some() {
-        return Err(ApiError::unprocessable(
-            "quantity",
-            "a pro order names cores, not a quantity",
-        ));
+    for (field, given) in [("quantity", o.quantity.is_some()), ("gb", o.gb.is_some())] {
+        if given {
+            return Err(ApiError::unprocessable(
+                field,
+                format!("a pro order names cores, not {field}"),
+            ));
+        }
     }
     let cores = o
         .cores
@@ -243,6 +251,7 @@ async fn image_scan_order(
 ) -> Result<Response, ApiError> {
     for (field, given) in [
         ("cores", o.cores.is_some()),
+        ("gb", o.gb.is_some()),
         ("months", o.months.is_some()),
         ("years", o.years.is_some()),
         ("start", o.start.is_some()),
@@ -279,6 +288,52 @@ async fn image_scan_order(
     })
     .await?;
     Ok((StatusCode::CREATED, Json(json!(pack))).into_response())
+}
+
+/// Log storage (SPEC 10.1): `gb` (at least 10, in steps of 10) for
+/// `months` or `years`, with auto-renewal, invoiced or from the balance.
+async fn log_storage_order(
+    state: &Arc<AppState>,
+    id: String,
+    o: OrderBody,
+) -> Result<Response, ApiError> {
+    for (field, given) in [
+        ("cores", o.cores.is_some()),
+        ("quantity", o.quantity.is_some()),
+    ] {
+        if given {
+            return Err(ApiError::unprocessable(
+                field,
+                format!("a log_storage order names gb, not {field}"),
+            ));
+        }
+    }
+    let gb =
+        o.gb.ok_or_else(|| ApiError::unprocessable("gb", "a log_storage order names its gb"))?;
+    let gb = shared::logs::check_order_gb(gb).map_err(|m| ApiError::unprocessable("gb", m))?;
+    let months = term(o.months, o.years, None)?;
+    let start = o
+        .start
+        .as_deref()
+        .map(|d| input::day("start", d))
+        .transpose()?;
+    let order = crate::store::NewLogOrder {
+        gb,
+        months,
+        start,
+        auto_renew: o.auto_renew,
+        pay_from_balance: o.pay_from_balance,
+    };
+    let (now, zone) = (state.clock.now(), state.config.billing.zone);
+    let (placed, view) = blocking(&state.store, move |s| {
+        let placed = s.log_storage().place_order(&id, &order, &zone, now)?;
+        Ok((placed, s.log_storage().view(&id, &zone, now)?))
+    })
+    .await?;
+    let mut answer = serde_json::to_value(&placed).map_err(ApiError::internal)?;
+    answer["state"] = json!(view.state);
+    answer["quota_gb"] = json!(view.quota_gb);
+    Ok((StatusCode::CREATED, Json(answer)).into_response())
 }
 
 #[derive(Deserialize, Default)]

@@ -1,4 +1,4 @@
-//! Who may call what: every route declares a `Role` in `ROUTES`; `authorize` classifies the bearer token (admin, reader, cluster, or none of the service's) and answers 401 or 403 before the handler runs.
+//! Who may call what: every route declares a `Role` in `ROUTES`; `authorize` classifies the bearer token (admin, reader, cluster, logs, or none of the service's) and answers 401 or 403 before the handler runs.
 
 use std::collections::HashMap;
 
@@ -9,9 +9,11 @@ use axum::response::{IntoResponse, Response};
 use axum::RequestExt;
 
 use super::{blocking, ApiError};
-use crate::security::tokens::{bearer, looks_like_cluster_token, looks_like_reader_token};
+use crate::security::tokens::{
+    bearer, looks_like_cluster_token, looks_like_logs_token, looks_like_reader_token,
+};
 use crate::state::AppState;
-use crate::store::{ClusterIdentity, ReaderIdentity};
+use crate::store::{AccountTokenRole, ClusterIdentity, ReaderIdentity};
 use std::sync::Arc;
 
 /// Who may call a route: the least power that does the job.
@@ -28,6 +30,9 @@ pub enum Role {
     /// The handler authenticates it itself (one look-up, the ingest fast
     /// path) and refuses other callers through [`refusal`].
     Cluster,
+    /// A log service's `logs` token: `PUT /v1/log-storage/usage`, for its
+    /// own account. The handler authenticates it itself ([`logs_of`]).
+    Logs,
 }
 
 impl Role {
@@ -38,6 +43,7 @@ impl Role {
             Role::Admin => "admin",
             Role::Reader => "reader",
             Role::Cluster => "cluster",
+            Role::Logs => "logs",
         }
     }
 
@@ -48,6 +54,7 @@ impl Role {
             Role::Admin => "the admin role (the admin token)",
             Role::Reader => "the reader role (a reader token of this account, or the admin token)",
             Role::Cluster => "the cluster role (an agent's cluster token)",
+            Role::Logs => "the logs role (a log service's logs token)",
         }
     }
 }
@@ -62,6 +69,7 @@ pub enum Caller {
     Admin,
     Reader(ReaderIdentity),
     Cluster(ClusterIdentity),
+    Logs(ReaderIdentity),
 }
 
 impl Caller {
@@ -72,6 +80,7 @@ impl Caller {
             Caller::Admin => "the admin token",
             Caller::Reader(_) => "a reader token",
             Caller::Cluster(_) => "a cluster token",
+            Caller::Logs(_) => "a logs token",
         }
     }
 }
@@ -91,6 +100,13 @@ pub async fn classify(state: &Arc<AppState>, token: Option<&str>) -> Result<Call
     if looks_like_reader_token(token) {
         let found = blocking(&state.tokens, move |s| s.tokens().reader_for_token(&owned)).await?;
         return Ok(found.map_or(Caller::Unknown, Caller::Reader));
+    }
+    if looks_like_logs_token(token) {
+        let found = blocking(&state.tokens, move |s| {
+            s.tokens().account_for_token(&owned, AccountTokenRole::Logs)
+        })
+        .await?;
+        return Ok(found.map_or(Caller::Unknown, Caller::Logs));
     }
     if looks_like_cluster_token(token) {
         let found = blocking(&state.tokens, move |s| s.ingest().cluster_for_token(&owned)).await?;
@@ -135,6 +151,7 @@ pub fn decide(role: Role, caller: &Caller, account: Option<&str>) -> Result<(), 
         }
         (Role::Reader, _) => false,
         (Role::Cluster, c) => matches!(c, Caller::Cluster(_)),
+        (Role::Logs, c) => matches!(c, Caller::Logs(_)),
     };
     if allowed {
         Ok(())
@@ -156,18 +173,36 @@ fn forbidden(message: String) -> ApiError {
 /// (ingest) and found no caller they take.
 pub async fn refusal(state: &Arc<AppState>, role: Role, token: Option<&str>) -> ApiError {
     match classify(state, token).await {
-        Ok(caller) => decide(role, &caller, None).err().unwrap_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                format!(
-                    "unknown or revoked token; this route needs {}",
-                    role.needs()
-                ),
-            )
-        }),
+        Ok(caller) => decide(role, &caller, None)
+            .err()
+            .unwrap_or_else(|| refused_unknown(role)),
         Err(e) => e,
     }
+}
+
+/// The account of a log service's `logs` token, or the refusal: 401 for a
+/// missing or unknown token, 403 for a token of another role.
+pub async fn logs_of(
+    state: &Arc<AppState>,
+    token: Option<&str>,
+) -> Result<ReaderIdentity, ApiError> {
+    match classify(state, token).await? {
+        Caller::Logs(identity) => Ok(identity),
+        caller => Err(decide(Role::Logs, &caller, None)
+            .err()
+            .unwrap_or_else(|| refused_unknown(Role::Logs))),
+    }
+}
+
+fn refused_unknown(role: Role) -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        format!(
+            "unknown or revoked token; this route needs {}",
+            role.needs()
+        ),
+    )
 }
 
 /// The token of a request's `Authorization: Bearer` header.
@@ -237,10 +272,11 @@ mod tests {
     fn each_role_takes_only_its_callers() {
         let a = Some("a");
         let table = [
-            (Role::None, [200, 200, 200, 200, 200, 200]),
-            (Role::Admin, [401, 401, 200, 403, 403, 403]),
-            (Role::Reader, [401, 401, 200, 200, 403, 403]),
-            (Role::Cluster, [401, 401, 403, 403, 403, 200]),
+            (Role::None, [200, 200, 200, 200, 200, 200, 200]),
+            (Role::Admin, [401, 401, 200, 403, 403, 403, 403]),
+            (Role::Reader, [401, 401, 200, 200, 403, 403, 403]),
+            (Role::Cluster, [401, 401, 403, 403, 403, 200, 403]),
+            (Role::Logs, [401, 401, 403, 403, 403, 403, 200]),
         ];
         let callers = [
             Caller::Anonymous,
@@ -249,6 +285,10 @@ mod tests {
             reader("a"),
             reader("b"),
             cluster(),
+            Caller::Logs(ReaderIdentity {
+                account: "a".into(),
+                token_id: 1,
+            }),
         ];
         for (role, expected) in table {
             let got: Vec<u16> = callers.iter().map(|c| status(role, c, a)).collect();

@@ -8,6 +8,7 @@ mod edges;
 mod images;
 mod ingest;
 pub mod input;
+mod log_storage;
 mod ops;
 mod page;
 mod readers;
@@ -70,7 +71,7 @@ pub const ROUTES: &[(&str, &str, Role, &str)] = &[
         "post",
         "/v1/admin/accounts/{id}/orders",
         Role::Admin,
-        "Order licensed cores for a term of months or years, optionally auto-renewing and paid from the balance; recovers a stopped account",
+        "Order a product: licensed cores (pro, the default) or log storage (log_storage, gb) for a term of months or years, optionally auto-renewing and paid from the balance, which recovers a stopped one; or image-scan authorizations (image_scan, quantity)",
     ),
     (
         "post",
@@ -277,6 +278,54 @@ pub const ROUTES: &[(&str, &str, Role, &str)] = &[
         Role::Reader,
         "The account's authorization receipts, oldest first, a page at a time (limit=, cursor=)",
     ),
+    (
+        "post",
+        "/v1/admin/accounts/{id}/log-tokens",
+        Role::Admin,
+        "Issue a logs token (cml_ and 64 hex) for the account's log service, labelled with name; answers it once. At most 100 live ones",
+    ),
+    (
+        "get",
+        "/v1/admin/accounts/{id}/log-tokens",
+        Role::Admin,
+        "The account's logs tokens (id, name, created_at, revoked_at), never the tokens; a page at a time (limit=, cursor=)",
+    ),
+    (
+        "delete",
+        "/v1/admin/accounts/{id}/log-tokens/{token_id}",
+        Role::Admin,
+        "Revoke a logs token; it stops at once",
+    ),
+    (
+        "put",
+        "/v1/log-storage/usage",
+        Role::Logs,
+        "Report the bytes held per log day; answers the quota, the bytes used, the state, whether writes are accepted and the days to purge, oldest first",
+    ),
+    (
+        "get",
+        "/v1/admin/accounts/{id}/log-storage",
+        Role::Admin,
+        "Log storage: the state and its next change, the quota, the last usage, the orders, the purges and usage against quota by day",
+    ),
+    (
+        "post",
+        "/v1/admin/accounts/{id}/log-storage/expansions",
+        Role::Admin,
+        "Add gb to the current log-storage term from today to its end, priced pro rata by the days left",
+    ),
+    (
+        "put",
+        "/v1/admin/accounts/{id}/log-storage/orders/{order}/auto-renew",
+        Role::Admin,
+        "Turn a log-storage order's auto-renewal on or off",
+    ),
+    (
+        "get",
+        "/v1/accounts/{id}/log-storage",
+        Role::Reader,
+        "The account's log storage: state, quota, usage, orders, purges",
+    ),
     ("get", "/healthz", Role::None, "Liveness"),
     ("get", "/readyz", Role::None, "Readiness: the database answers and can write"),
     ("get", "/metrics", Role::None, "Prometheus metrics"),
@@ -481,6 +530,17 @@ const SAMPLE_FIELDS: &[Input] = &[
 ];
 
 /// The fields of one image of a node's list (SPEC 10.5).
+const LOG_DAY_FIELDS: &[Input] = &[
+    Input::required("day", Domain::Day, "the log day"),
+    Input::required(
+        "bytes",
+        Domain::Integer {
+            min: 0,
+            max: 1 << 48,
+        },
+        "the bytes held for it",
+    ),
+];
 const NODE_IMAGE_FIELDS: &[Input] = &[
     Input::required(
         "id",
@@ -562,6 +622,18 @@ const fn of(path: &'static [Input], query: &'static [Input], body: Body) -> Inpu
 const NOTHING: Inputs = of(&[], &[], Body::None);
 /// The path of a route under `/accounts/{id}`.
 const ACCOUNT: &[Input] = &[ACCOUNT_ID];
+const LOG_GB: Domain = Domain::Integer {
+    min: shared::logs::STEP_GB as i64,
+    max: shared::logs::MAX_ORDER_GB as i64,
+};
+const TOKEN_NAME: &[Input] = &[Input::required(
+    "name",
+    Domain::Text {
+        min_chars: 1,
+        max_chars: Some(crate::store::READER_NAME_MAX_CHARS as u32),
+    },
+    "what the token is for, without control characters",
+)];
 
 /// The inputs of every route in `ROUTES`, keyed the same way, read off each
 /// handler's extractors and serde structs. The OpenAPI document is built from
@@ -653,8 +725,8 @@ pub const INPUTS: &[(&str, &str, Inputs)] = &[
             object(&[
                 Input::optional(
                     "product",
-                    Domain::OneOf(&["pro", "image_scan"]),
-                    "what is ordered: pro (licensed cores, the default) or image_scan (authorizations)",
+                    Domain::OneOf(&["pro", "image_scan", "log_storage"]),
+                    "what is ordered: pro (licensed cores, the default), image_scan (authorizations) or log_storage (GB)",
                 ),
                 Input::optional(
                     "cores",
@@ -671,6 +743,11 @@ pub const INPUTS: &[(&str, &str, Inputs)] = &[
                         max: shared::images::MAX_PACK_QUANTITY as i64,
                     },
                     "authorizations (image_scan)",
+                ),
+                Input::optional(
+                    "gb",
+                    LOG_GB,
+                    "GB of log storage (log_storage): at least 10, a multiple of 10",
                 ),
                 Input::optional("months", TERM_MONTHS, "the term in months (or years)"),
                 Input::optional("years", TERM_YEARS, "the term in years (or months)"),
@@ -1047,6 +1124,79 @@ pub const INPUTS: &[(&str, &str, Inputs)] = &[
         "/v1/accounts/{id}/image-authorizations/receipts",
         of(ACCOUNT, PAGE, Body::None),
     ),
+    (
+        "post",
+        "/v1/admin/accounts/{id}/log-tokens",
+        of(ACCOUNT, &[], object(TOKEN_NAME)),
+    ),
+    (
+        "get",
+        "/v1/admin/accounts/{id}/log-tokens",
+        of(ACCOUNT, PAGE, Body::None),
+    ),
+    (
+        "delete",
+        "/v1/admin/accounts/{id}/log-tokens/{token_id}",
+        of(&[ACCOUNT_ID, TOKEN_ID], &[], Body::None),
+    ),
+    (
+        "put",
+        "/v1/log-storage/usage",
+        of(
+            &[],
+            &[],
+            object(&[
+                Input::required("at", Domain::Instant, "when the bytes were measured"),
+                Input::required(
+                    "days",
+                    Domain::Objects {
+                        fields: LOG_DAY_FIELDS,
+                        max_items: shared::logs::MAX_REPORT_DAYS as u32,
+                    },
+                    "each log day the service holds, each named once",
+                ),
+            ]),
+        ),
+    ),
+    (
+        "get",
+        "/v1/admin/accounts/{id}/log-storage",
+        of(ACCOUNT, &[], Body::None),
+    ),
+    (
+        "post",
+        "/v1/admin/accounts/{id}/log-storage/expansions",
+        of(
+            ACCOUNT,
+            &[],
+            object(&[
+                Input::required("gb", LOG_GB, "GB more: at least 10, a multiple of 10"),
+                Input::optional(
+                    "pay_from_balance",
+                    Domain::Boolean,
+                    "pay from the prepaid balance",
+                ),
+            ]),
+        ),
+    ),
+    (
+        "put",
+        "/v1/admin/accounts/{id}/log-storage/orders/{order}/auto-renew",
+        of(
+            &[ACCOUNT_ID, ORDER_ID],
+            &[],
+            object(&[Input::required(
+                "auto_renew",
+                Domain::Boolean,
+                "renew at the end",
+            )]),
+        ),
+    ),
+    (
+        "get",
+        "/v1/accounts/{id}/log-storage",
+        of(ACCOUNT, &[], Body::None),
+    ),
     ("get", "/healthz", NOTHING),
     ("get", "/readyz", NOTHING),
     ("get", "/metrics", NOTHING),
@@ -1113,6 +1263,17 @@ fn handler(method: &str, path: &str) -> MethodRouter<Arc<AppState>> {
         ("get", "/v1/accounts/{id}/images") => get(images::inventory),
         ("get", "/v1/accounts/{id}/image-authorizations") => get(images::authorizations),
         ("get", "/v1/accounts/{id}/image-authorizations/receipts") => get(images::receipts),
+        ("post", "/v1/admin/accounts/{id}/log-tokens") => post(readers::issue_logs),
+        ("get", "/v1/admin/accounts/{id}/log-tokens") => get(readers::list_logs),
+        ("delete", "/v1/admin/accounts/{id}/log-tokens/{token_id}") => delete(readers::revoke_logs),
+        ("put", "/v1/log-storage/usage") => put(log_storage::report_usage),
+        ("get", "/v1/admin/accounts/{id}/log-storage") => get(log_storage::view),
+        ("post", "/v1/admin/accounts/{id}/log-storage/expansions") => post(log_storage::expand),
+        ("put", "/v1/admin/accounts/{id}/log-storage/orders/{order}/auto-renew") => {
+            put(log_storage::set_auto_renew)
+        }
+        // The admin route's own handler: it takes the account from the path.
+        ("get", "/v1/accounts/{id}/log-storage") => get(log_storage::view),
         ("get", "/healthz") => get(ops::healthz),
         ("get", "/readyz") => get(ops::readyz),
         ("get", "/metrics") => get(ops::metrics),
@@ -1141,7 +1302,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         }
         // A body is JSON, checked after the gate (an unknown caller learns
         // nothing); ingest checks it itself once its agent is known.
-        if matches!(*method, "post" | "put") && *role != Role::Cluster {
+        if matches!(*method, "post" | "put") && !matches!(role, Role::Cluster | Role::Logs) {
             route = route.route_layer(axum::middleware::from_fn(edges::json_bodies_only));
         }
         if matches!(role, Role::Admin | Role::Reader) {

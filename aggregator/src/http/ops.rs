@@ -129,6 +129,13 @@ pub async fn metrics(Extract(state): Extract<Arc<AppState>>) -> Response {
             .notice_outbox_pending
             .set(i64::try_from(status.pending).unwrap_or(i64::MAX));
     }
+    if let Ok((quota, used)) = blocking(&state.reader, |s| s.log_storage().totals()).await {
+        let m = &state.metrics;
+        m.log_storage_quota_bytes
+            .set(i64::try_from(quota).unwrap_or(i64::MAX));
+        m.log_storage_used_bytes
+            .set(i64::try_from(used).unwrap_or(i64::MAX));
+    }
     let mut body = String::new();
     match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
         Ok(()) => (
@@ -158,6 +165,7 @@ pub fn openapi_document() -> Value {
             Role::Admin => json!([{"admin": []}]),
             Role::Reader => json!([{"reader": []}, {"admin": []}]),
             Role::Cluster => json!([{"cluster": []}]),
+            Role::Logs => json!([{"logs": []}]),
         };
         let declared = inputs(method, path);
         let parameters: Vec<Value> = declared
@@ -197,6 +205,7 @@ pub fn openapi_document() -> Value {
             "admin": {"type": "http", "scheme": "bearer", "description": "the admin token (role admin)"},
             "reader": {"type": "http", "scheme": "bearer", "description": "a reader token (cmr_…), read-only and bound to the account in the path (role reader)"},
             "cluster": {"type": "http", "scheme": "bearer", "description": "a cluster token (cmc_…), an agent's (role cluster)"},
+            "logs": {"type": "http", "scheme": "bearer", "description": "a logs token (cml_…), a log service's, bound to one account (role logs)"},
         }},
     })
 }

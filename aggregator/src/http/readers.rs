@@ -14,6 +14,7 @@ use super::input::{self, required_day};
 use super::page::{Listing, Page};
 use super::{blocking, ApiError};
 use crate::state::AppState;
+use crate::store::AccountTokenRole;
 use std::sync::Arc;
 
 #[derive(Deserialize)]
@@ -29,15 +30,34 @@ pub async fn issue(
     ApiPath(id): ApiPath<String>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    issue_token(&state, id, raw, AccountTokenRole::Reader).await
+}
+
+/// `POST /v1/admin/accounts/{id}/log-tokens {"name"}`: a `logs` token for
+/// the account's log service, shown once.
+pub async fn issue_logs(
+    Extract(state): Extract<Arc<AppState>>,
+    ApiPath(id): ApiPath<String>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    issue_token(&state, id, raw, AccountTokenRole::Logs).await
+}
+
+async fn issue_token(
+    state: &Arc<AppState>,
+    id: String,
+    raw: Result<Bytes, BytesRejection>,
+    role: AccountTokenRole,
+) -> Result<Response, ApiError> {
     let raw = read(raw)?;
     let NewReaderToken { name } = body(&raw)?;
     input::text("name", &name, crate::store::READER_NAME_MAX_CHARS)?;
     let now = state.clock.now();
     let issued = blocking(&state.store, move |s| {
-        s.accounts().issue_reader_token(&id, &name, now)
+        s.accounts().issue_account_token(&id, role, &name, now)
     })
     .await?;
-    tracing::info!(token_id = issued.id, "reader token issued");
+    tracing::info!(token_id = issued.id, ?role, "account token issued");
     Ok((StatusCode::CREATED, Json(issued)).into_response())
 }
 
@@ -68,20 +88,40 @@ pub async fn list(
     ApiPath(id): ApiPath<String>,
     page: Page,
 ) -> Result<Response, ApiError> {
-    let listing = Listing {
-        list: "reader-tokens",
-        filter: &id,
+    list_tokens(&state, id, page, AccountTokenRole::Reader).await
+}
+
+/// `GET /v1/admin/accounts/{id}/log-tokens`: as the reader tokens' list.
+pub async fn list_logs(
+    Extract(state): Extract<Arc<AppState>>,
+    ApiPath(id): ApiPath<String>,
+    page: Page,
+) -> Result<Response, ApiError> {
+    list_tokens(&state, id, page, AccountTokenRole::Logs).await
+}
+
+async fn list_tokens(
+    state: &Arc<AppState>,
+    id: String,
+    page: Page,
+    role: AccountTokenRole,
+) -> Result<Response, ApiError> {
+    let (list, key) = match role {
+        AccountTokenRole::Reader => ("reader-tokens", "reader_tokens"),
+        AccountTokenRole::Logs => ("log-tokens", "log_tokens"),
     };
+    let listing = Listing { list, filter: &id };
     let after: Option<i64> = page.after(listing)?;
     let (account, limit) = (id.clone(), page.limit);
     let tokens = blocking(&state.reader, move |s| {
-        s.accounts().reader_token_page(&account, after, limit)
+        s.accounts()
+            .account_token_page(&account, role, after, limit)
     })
     .await?;
     let paged = listing.paged(tokens.total, tokens.next.as_ref());
     Ok(paged.respond(Json(json!({
         "account": id,
-        "reader_tokens": tokens.items,
+        key: tokens.items,
         "next_cursor": paged.next_cursor,
     }))))
 }
@@ -92,12 +132,29 @@ pub async fn revoke(
     Extract(state): Extract<Arc<AppState>>,
     ApiPath((id, token_id)): ApiPath<(String, i64)>,
 ) -> Result<Json<Value>, ApiError> {
+    revoke_token(&state, id, token_id, AccountTokenRole::Reader).await
+}
+
+/// `DELETE /v1/admin/accounts/{id}/log-tokens/{token_id}`: as a reader token's.
+pub async fn revoke_logs(
+    Extract(state): Extract<Arc<AppState>>,
+    ApiPath((id, token_id)): ApiPath<(String, i64)>,
+) -> Result<Json<Value>, ApiError> {
+    revoke_token(&state, id, token_id, AccountTokenRole::Logs).await
+}
+
+async fn revoke_token(
+    state: &Arc<AppState>,
+    id: String,
+    token_id: i64,
+    role: AccountTokenRole,
+) -> Result<Json<Value>, ApiError> {
     let now = state.clock.now();
     let revoked = blocking(&state.store, move |s| {
-        s.accounts().revoke_reader_token(&id, token_id, now)
+        s.accounts().revoke_account_token(&id, role, token_id, now)
     })
     .await?;
-    tracing::info!(token_id, "reader token revoked");
+    tracing::info!(token_id, ?role, "account token revoked");
     Ok(Json(json!(revoked)))
 }
 

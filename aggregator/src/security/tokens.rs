@@ -54,6 +54,14 @@ pub fn looks_like_reader_token(token: &str) -> bool {
     check_token_form(READER_TOKEN_PREFIX, token).is_ok()
 }
 
+/// The prefix of a log service's `logs` token.
+pub const LOGS_TOKEN_PREFIX: &str = "cml";
+
+/// Whether `token` has the form of a `logs` token (no look-up).
+pub fn looks_like_logs_token(token: &str) -> bool {
+    check_token_form(LOGS_TOKEN_PREFIX, token).is_ok()
+}
+
 /// What is stored in place of a token.
 pub fn hash_token(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()

@@ -106,6 +106,7 @@ fn bill_days_in(
                     super::notices::issue_notice(
                         conn,
                         account.reference,
+                        "pro",
                         shared::lifecycle::NoticeKind::LicenceShort,
                         f.day,
                         &details,

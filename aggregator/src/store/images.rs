@@ -369,6 +369,7 @@ fn note_low(
             super::notices::issue_notice(
                 conn,
                 account_ref,
+                "image_scan",
                 NoticeKind::ImageAuthorizationsLow,
                 zone.day_of(now),
                 &details,

@@ -18,6 +18,8 @@ pub enum TokenKind {
     Cluster,
     Reader,
     Admin,
+    /// A log service's token (SPEC 10.4).
+    Logs,
 }
 
 impl TokenKind {
@@ -26,6 +28,7 @@ impl TokenKind {
             TokenKind::Cluster => "cluster",
             TokenKind::Reader => "reader",
             TokenKind::Admin => "admin",
+            TokenKind::Logs => "logs",
         }
     }
 
@@ -34,6 +37,7 @@ impl TokenKind {
             "cluster" => Ok(TokenKind::Cluster),
             "reader" => Ok(TokenKind::Reader),
             "admin" => Ok(TokenKind::Admin),
+            "logs" => Ok(TokenKind::Logs),
             other => Err(StoreError::Corrupt(format!(
                 "issued token of unknown kind {other:?}"
             ))),

@@ -25,6 +25,11 @@ struct Migration {
     /// The version the database is at once it is applied.
     version: usize,
     sql: &'static str,
+    /// What only one database takes after `sql`, where the two differ by
+    /// more than a word: SQLite rebuilds a table to change a constraint
+    /// that PostgreSQL alters in place.
+    sqlite: &'static str,
+    postgres: &'static str,
 }
 
 const MIGRATIONS: &[Migration] = &[
@@ -126,6 +131,8 @@ const MIGRATIONS: &[Migration] = &[
     );
     INSERT INTO billing_state (id) VALUES (1);
     "#,
+        sqlite: "",
+        postgres: "",
     },
     // 2: clusters with their token hashes, the admin token, the bill outbox.
     Migration {
@@ -165,6 +172,8 @@ const MIGRATIONS: &[Migration] = &[
     ){without_rowid};
     CREATE INDEX outbox_pending ON outbox (next_attempt_ms) WHERE delivered_at_ms IS NULL;
     "#,
+        sqlite: "",
+        postgres: "",
     },
     // 3: rejected samples of known accounts, for the report's completeness section.
     Migration {
@@ -180,6 +189,8 @@ const MIGRATIONS: &[Migration] = &[
     );
     CREATE INDEX rejections_by_account_at ON rejections (account_ref, at_ms);
     "#,
+        sqlite: "",
+        postgres: "",
     },
     // 4: how far retention has pruned raw samples, so reports and exports can
     // refuse a day whose samples are gone instead of showing it empty.
@@ -194,6 +205,8 @@ const MIGRATIONS: &[Migration] = &[
         recompute_floor_ms  {int} NOT NULL
     );
     "#,
+        sqlite: "",
+        postgres: "",
     },
     // 5: the life of an account (SPEC section 8, LIFECYCLE.md): main and
     // sub-accounts, states and their history, trials, licence orders and
@@ -330,6 +343,8 @@ const MIGRATIONS: &[Migration] = &[
     ){without_rowid};
     CREATE INDEX notice_deliveries_pending ON notice_deliveries (next_attempt_ms) WHERE delivered_at_ms IS NULL;
     "#,
+        sqlite: "",
+        postgres: "",
     },
     // 6: reader tokens: a customer's read-only tokens, each bound to one
     // account, kept only as SHA-256 hashes; a revoked one keeps its row.
@@ -346,6 +361,8 @@ const MIGRATIONS: &[Migration] = &[
     );
     CREATE INDEX reader_tokens_by_account ON reader_tokens(account_ref);
     "#,
+        sqlite: "",
+        postgres: "",
     },
     // 7: the hash of every token ever issued, so that none is issued twice
     // (a token rotated away and given to another account's cluster would let
@@ -367,6 +384,8 @@ const MIGRATIONS: &[Migration] = &[
     ) AS held WHERE true
     ON CONFLICT (token_hash) DO NOTHING;
     "#,
+        sqlite: "",
+        postgres: "",
     },
     // 8: names stored before their domain was written (account ids, cluster
     // and node names outside shared::domain::check_name), found and recorded
@@ -380,6 +399,8 @@ const MIGRATIONS: &[Migration] = &[
         PRIMARY KEY (kind, name)
     ){without_rowid};
     "#,
+        sqlite: "",
+        postgres: "",
     },
     // 9: the image-scan add-on (SPEC 10.1 to 10.3): products paused for new
     // purchases, packs of authorizations, the inventory of image IDs, what
@@ -475,11 +496,143 @@ const MIGRATIONS: &[Migration] = &[
         low_notified    {int} NOT NULL DEFAULT 0
     );
     "#,
+        sqlite: "",
+        postgres: "",
+    },
+    // 10: log storage (SPEC 10.4): its orders, each a term; a life per
+    // (account, product) beside the account's own, which stays the life of
+    // its licensed cores; the usage the log service reports and the purges
+    // decided; `logs` tokens beside reader tokens; notices that name their
+    // product, at most one of a kind per account, product and day.
+    Migration {
+        version: 10,
+        sql: r#"
+    CREATE TABLE log_storage_orders (
+        id               {id},
+        account_ref      {int} NOT NULL REFERENCES accounts(ref),
+        kind             TEXT NOT NULL CHECK (kind IN ('purchase', 'renewal', 'expansion')),
+        gb               {int} NOT NULL CHECK (gb >= 1),
+        months           {int} NOT NULL,
+        start_day        TEXT NOT NULL,
+        end_day          TEXT NOT NULL,
+        start_ms         {int} NOT NULL,
+        ends_ms          {int} NOT NULL,
+        -- The end of its grace, or where its renewal starts.
+        counts_until_ms  {int} NOT NULL,
+        price            TEXT NOT NULL,
+        paid_from        TEXT NOT NULL CHECK (paid_from IN ('invoice', 'balance')),
+        auto_renew       {int} NOT NULL DEFAULT 0,
+        renewed_by       {int},
+        -- An expansion: the order whose term it adds to.
+        expands          {int} REFERENCES log_storage_orders(id),
+        ordered_at_ms    {int} NOT NULL
+    );
+    CREATE INDEX log_storage_orders_by_account ON log_storage_orders(account_ref, id);
+
+    CREATE TABLE product_lives (
+        account_ref     {int} NOT NULL REFERENCES accounts(ref),
+        product         TEXT NOT NULL,
+        state           TEXT NOT NULL,
+        state_since_ms  {int} NOT NULL,
+        PRIMARY KEY (account_ref, product)
+    ){without_rowid};
+
+    CREATE TABLE product_states (
+        id              {id},
+        account_ref     {int} NOT NULL REFERENCES accounts(ref),
+        product         TEXT NOT NULL,
+        state           TEXT NOT NULL,
+        at_ms           {int} NOT NULL,
+        recorded_at_ms  {int} NOT NULL,
+        cause           TEXT NOT NULL
+    );
+    CREATE INDEX product_states_by_account ON product_states(account_ref, product, id);
+
+    -- The last usage report of each account.
+    CREATE TABLE log_usage (
+        account_ref     {int} PRIMARY KEY REFERENCES accounts(ref),
+        at_ms           {int} NOT NULL,
+        received_at_ms  {int} NOT NULL,
+        days            {int} NOT NULL,
+        used_bytes      {int} NOT NULL,
+        quota_bytes     {int} NOT NULL,
+        high            {int} NOT NULL DEFAULT 0
+    );
+
+    -- The last report of each local day: usage against quota over time.
+    CREATE TABLE log_usage_days (
+        account_ref  {int} NOT NULL REFERENCES accounts(ref),
+        day          TEXT NOT NULL,
+        used_bytes   {int} NOT NULL,
+        quota_bytes  {int} NOT NULL,
+        PRIMARY KEY (account_ref, day)
+    ){without_rowid};
+
+    CREATE TABLE log_purges (
+        id             {id},
+        account_ref    {int} NOT NULL REFERENCES accounts(ref),
+        decided_at_ms  {int} NOT NULL,
+        report_at_ms   {int} NOT NULL,
+        days           TEXT NOT NULL,
+        bytes          {int} NOT NULL,
+        reason         TEXT NOT NULL CHECK (reason IN ('over_quota', 'deleted'))
+    );
+    CREATE INDEX log_purges_by_account ON log_purges(account_ref, id);
+
+    ALTER TABLE reader_tokens ADD COLUMN role TEXT NOT NULL DEFAULT 'reader';
+    "#,
+        sqlite: r#"
+    CREATE TABLE notices_v10 (
+        id            INTEGER PRIMARY KEY,
+        account_ref   INTEGER NOT NULL REFERENCES accounts(ref),
+        kind          TEXT NOT NULL,
+        day           TEXT NOT NULL,
+        issued_at_ms  INTEGER NOT NULL,
+        recipients    TEXT NOT NULL,
+        details       TEXT NOT NULL,
+        product       TEXT NOT NULL DEFAULT 'pro',
+        UNIQUE (account_ref, product, kind, day)
+    );
+    INSERT INTO notices_v10 (id, account_ref, kind, day, issued_at_ms, recipients, details)
+    SELECT id, account_ref, kind, day, issued_at_ms, recipients, details FROM notices;
+    CREATE TABLE notice_deliveries_v10 (
+        notice_id        INTEGER NOT NULL REFERENCES notices_v10(id),
+        channel          TEXT NOT NULL CHECK (channel IN ('webhook', 'email')),
+        address          TEXT NOT NULL,
+        attempts         INTEGER NOT NULL DEFAULT 0,
+        next_attempt_ms  INTEGER NOT NULL,
+        delivered_at_ms  INTEGER,
+        last_error       TEXT,
+        PRIMARY KEY (notice_id, channel, address)
+    ) WITHOUT ROWID;
+    INSERT INTO notice_deliveries_v10 SELECT notice_id, channel, address, attempts, next_attempt_ms, delivered_at_ms, last_error FROM notice_deliveries;
+    DROP TABLE notice_deliveries;
+    DROP TABLE notices;
+    ALTER TABLE notices_v10 RENAME TO notices;
+    ALTER TABLE notice_deliveries_v10 RENAME TO notice_deliveries;
+    CREATE INDEX notice_deliveries_pending ON notice_deliveries (next_attempt_ms) WHERE delivered_at_ms IS NULL;
+
+    CREATE TABLE issued_tokens_v10 (
+        token_hash    BLOB PRIMARY KEY,
+        kind          TEXT NOT NULL CHECK (kind IN ('cluster', 'reader', 'admin', 'logs')),
+        issued_at_ms  INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO issued_tokens_v10 SELECT token_hash, kind, issued_at_ms FROM issued_tokens;
+    DROP TABLE issued_tokens;
+    ALTER TABLE issued_tokens_v10 RENAME TO issued_tokens;
+    "#,
+        postgres: r#"
+    ALTER TABLE notices ADD COLUMN product TEXT NOT NULL DEFAULT 'pro';
+    ALTER TABLE notices DROP CONSTRAINT notices_account_ref_kind_day_key;
+    ALTER TABLE notices ADD UNIQUE (account_ref, product, kind, day);
+    ALTER TABLE issued_tokens DROP CONSTRAINT issued_tokens_kind_check;
+    ALTER TABLE issued_tokens ADD CHECK (kind IN ('cluster', 'reader', 'admin', 'logs'));
+    "#,
     },
 ];
 
 /// The schema version this build knows.
-pub const VERSION: usize = 9;
+pub const VERSION: usize = 10;
 
 /// The version whose migration records the names outside their domain
 /// (`names::report_names_outside_domain` runs when a database crosses it).
@@ -491,7 +644,13 @@ pub fn pending(dialect: Dialect, applied: usize) -> Vec<(usize, String)> {
     MIGRATIONS
         .iter()
         .filter(|m| m.version > applied)
-        .map(|m| (m.version, render(m.sql, dialect)))
+        .map(|m| {
+            let own = match dialect {
+                Dialect::Sqlite => m.sqlite,
+                Dialect::Postgres => m.postgres,
+            };
+            (m.version, render(&format!("{}{own}", m.sql), dialect))
+        })
         .collect()
 }
 

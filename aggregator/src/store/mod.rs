@@ -10,6 +10,7 @@ mod copy;
 pub mod db;
 mod images;
 mod issued;
+mod log_storage;
 mod migrations;
 mod names;
 pub use names::LegacyNames;
@@ -43,6 +44,9 @@ pub use images::{
     Pause, Receipt, Refund, PRODUCTS,
 };
 pub use issued::TokenKind;
+pub use log_storage::{
+    LogOrder, LogStorageDay, LogStorageView, NewLogOrder, Purge, Reported, Usage, UsageDay,
+};
 pub use migrations::NAMES_REPORTED_AT;
 pub use notice_outbox::{DueNotice, NoticeChannel, NOTICE_ERROR_MAX_CHARS};
 pub use notices::{Notice, NoticeDelivery, Recipient};
@@ -50,7 +54,8 @@ pub use orders::{BalanceEntry, Contact, NewContact, NewOrder, Order, MAX_ORDER_C
 pub use outbox::{Delivery, OutboxStatus};
 pub use pages::{LineKey, Listed, SampleKey};
 pub use readers::{
-    IssuedReaderToken, ReaderIdentity, ReaderToken, MAX_READER_TOKENS, READER_NAME_MAX_CHARS,
+    AccountTokenRole, IssuedReaderToken, ReaderIdentity, ReaderToken, MAX_READER_TOKENS,
+    READER_NAME_MAX_CHARS,
 };
 pub use retention::{reads_from, Horizon, PruneTarget, Pruned, PRUNE_BATCH_ROWS};
 pub use samples::{AuditSample, Incoming, Outcome};
@@ -191,6 +196,8 @@ pub struct Store {
     notice_channels: NoticeChannels,
     /// The image-scan authorizations a trial may use without buying.
     trial_image_authorizations: u64,
+    /// Log storage's price and a trial's allowance.
+    log_storage: shared::logs::Terms,
 }
 
 /// The store as one job sees it: each handle carries only the methods its
@@ -245,6 +252,8 @@ handles! {
     /// The image-scan add-on: packs, the inventory, authorizations,
     /// receipts, refunds, product pauses.
     images => Images;
+    /// The log-storage add-on: orders, its life, usage reports and purges.
+    log_storage => LogStorage;
 }
 
 impl Store {
@@ -277,6 +286,7 @@ impl Store {
             node_ids: FxHashMap::default(),
             notice_channels: NoticeChannels::default(),
             trial_image_authorizations: u64::from(shared::images::TRIAL_AUTHORIZATIONS),
+            log_storage: shared::logs::Terms::default(),
         }
     }
 
@@ -327,6 +337,12 @@ impl Store {
     /// setting `billing.trial_image_authorizations`; 100 unless set).
     pub fn set_trial_image_authorizations(&mut self, n: u64) {
         self.trial_image_authorizations = n;
+    }
+
+    /// Log storage's price per GB and month and a trial's GB (the settings
+    /// `billing.log_storage_price` and `billing.trial_log_storage_gb`).
+    pub fn set_log_storage_terms(&mut self, terms: shared::logs::Terms) {
+        self.log_storage = terms;
     }
 
     /// The schema version the database is at.

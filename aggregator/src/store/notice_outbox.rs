@@ -47,10 +47,10 @@ pub struct DueNotice {
     pub attempts: u32,
 }
 
-/// The columns `notice_row` reads, in its order (notices.rs keeps its own
-/// copy private), then the delivery's.
-const DUE_COLUMNS: &str =
-    "n.id, a.id, n.kind, n.day, n.issued_at_ms, n.recipients, n.details, d.address, d.attempts";
+/// The columns `notice_row` reads, in its order, then the delivery's.
+fn due_columns() -> String {
+    format!("{}, d.address, d.attempts", super::notices::NOTICE_COLUMNS)
+}
 
 impl Deliveries<'_> {
     /// Undelivered rows of `channel` whose next attempt is due at `now`,
@@ -63,12 +63,13 @@ impl Deliveries<'_> {
         limit: usize,
     ) -> Result<Vec<DueNotice>, StoreError> {
         let mut stmt = self.0.conn.prepare_cached(&format!(
-            "SELECT {DUE_COLUMNS}
+            "SELECT {}
                FROM notice_deliveries d
                JOIN notices n ON n.id = d.notice_id
                JOIN accounts a ON a.ref = n.account_ref
               WHERE d.delivered_at_ms IS NULL AND d.channel = ?1 AND d.next_attempt_ms <= ?2
-              ORDER BY d.notice_id, d.address LIMIT ?3"
+              ORDER BY d.notice_id, d.address LIMIT ?3",
+            due_columns()
         ))?;
         let mut rows = stmt.query((channel.as_str(), now.timestamp_millis(), limit as i64))?;
         let mut out = Vec::new();
@@ -76,8 +77,8 @@ impl Deliveries<'_> {
             out.push(DueNotice {
                 notice: notice_row(&r)?,
                 channel,
-                address: r.get(7)?,
-                attempts: r.get(8)?,
+                address: r.get(8)?,
+                attempts: r.get(9)?,
             });
         }
         Ok(out)
@@ -119,11 +120,12 @@ impl Deliveries<'_> {
         for (notice_id, address) in claimed {
             let mut rows = self.0.conn.query(
                 &format!(
-                    "SELECT {DUE_COLUMNS}
+                    "SELECT {}
                        FROM notice_deliveries d
                        JOIN notices n ON n.id = d.notice_id
                        JOIN accounts a ON a.ref = n.account_ref
-                      WHERE d.notice_id = ?1 AND d.channel = ?2 AND d.address = ?3"
+                      WHERE d.notice_id = ?1 AND d.channel = ?2 AND d.address = ?3",
+                    due_columns()
                 ),
                 (notice_id, channel.as_str(), &address),
             )?;
@@ -131,8 +133,8 @@ impl Deliveries<'_> {
                 out.push(DueNotice {
                     notice: notice_row(&r)?,
                     channel,
-                    address: r.get(7)?,
-                    attempts: r.get(8)?,
+                    address: r.get(8)?,
+                    attempts: r.get(9)?,
                 });
             }
         }

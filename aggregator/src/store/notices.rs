@@ -4,7 +4,7 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use shared::lifecycle::NoticeKind;
+use shared::lifecycle::{NoticeKind, Product};
 
 use super::db::{Conn, OptionalExtension};
 use super::pages::{one_more, Listed};
@@ -41,6 +41,8 @@ pub struct NoticeDelivery {
 pub struct Notice {
     pub id: i64,
     pub account: String,
+    /// The product it is about: `pro` (licensed cores), `log_storage`, `image_scan`.
+    pub product: String,
     pub kind: String,
     /// The day it is about: the run's day, or the billed day for `licence_short`.
     pub day: NaiveDate,
@@ -57,6 +59,7 @@ pub struct Notice {
 pub(super) fn issue_notice(
     tx: &Conn,
     account_ref: i64,
+    product: &str,
     kind: NoticeKind,
     day: NaiveDate,
     details: &Value,
@@ -98,8 +101,8 @@ pub(super) fn issue_notice(
     }
     let inserted: Option<i64> = tx
         .query_row(
-            "INSERT INTO notices (account_ref, kind, day, issued_at_ms, recipients, details)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (account_ref, kind, day) DO NOTHING RETURNING id",
+            "INSERT INTO notices (account_ref, kind, day, issued_at_ms, recipients, details, product)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (account_ref, product, kind, day) DO NOTHING RETURNING id",
             (
             account_ref,
             kind.as_str(),
@@ -107,6 +110,7 @@ pub(super) fn issue_notice(
             now.timestamp_millis(),
             serde_json::to_string(&recipients).expect("recipients serialize"),
             details.to_string(),
+            product,
             ),
             |r| r.get(0),
         )
@@ -128,20 +132,25 @@ pub(super) fn issue_notice(
     Ok(Some(id))
 }
 
-const NOTICE_COLUMNS: &str = "n.id, a.id, n.kind, n.day, n.issued_at_ms, n.recipients, n.details";
+/// The columns `notice_row` reads, in its order.
+pub(super) const NOTICE_COLUMNS: &str =
+    "n.id, a.id, n.kind, n.day, n.issued_at_ms, n.recipients, n.details, n.product";
 
 pub(super) fn notice_row(r: &super::db::Row<'_>) -> Result<Notice, StoreError> {
     let kind: String = r.get(2)?;
     let day: String = r.get(3)?;
     let recipients: String = r.get(5)?;
     let details: String = r.get(6)?;
+    let product: String = r.get(7)?;
     Ok(Notice {
         id: r.get(0)?,
         account: r.get(1)?,
-        subject: kind
-            .parse::<NoticeKind>()
-            .map(|k| k.subject().to_string())
-            .unwrap_or_default(),
+        subject: match (kind.parse::<NoticeKind>(), product.parse::<Product>()) {
+            (Ok(k), Ok(p)) => k.subject_for(p).to_string(),
+            (Ok(k), Err(_)) => k.subject().to_string(),
+            _ => String::new(),
+        },
+        product,
         kind,
         day: day
             .parse()
@@ -220,7 +229,7 @@ impl Accounts<'_> {
     ) -> Result<Option<i64>, StoreError> {
         let account_ref = self.require_account(account)?;
         let tx = self.0.conn.transaction()?;
-        let id = issue_notice(&tx, account_ref, kind, day, details, now, channels)?;
+        let id = issue_notice(&tx, account_ref, "pro", kind, day, details, now, channels)?;
         tx.commit()?;
         Ok(id)
     }

@@ -139,6 +139,36 @@ pub(super) fn valid_sms(s: &str) -> bool {
     })
 }
 
+/// The days of a term of `months` from `start` (today when not given):
+/// refused naming `months` or `start` when out of bounds.
+pub(super) fn term_days(
+    zone: &BillingZone,
+    start: Option<NaiveDate>,
+    months: u32,
+    now: DateTime<Utc>,
+) -> Result<(NaiveDate, NaiveDate), StoreError> {
+    if !(1..=MAX_TERM_MONTHS).contains(&months) {
+        return Err(invalid(
+            "months",
+            format!("a term of {months} months is not from 1 to {MAX_TERM_MONTHS} months"),
+        ));
+    }
+    let today = zone.day_of(now);
+    let start = start.unwrap_or(today);
+    let earliest = today
+        .checked_sub_days(Days::new(ORDER_BACKDATE_DAYS))
+        .expect("date in range");
+    let latest = today
+        .checked_add_days(Days::new(ORDER_AHEAD_DAYS))
+        .expect("date in range");
+    if start < earliest || start > latest {
+        return Err(invalid("start", format!("start {start} must be from {earliest} to {latest} ({ORDER_BACKDATE_DAYS} days back to {ORDER_AHEAD_DAYS} ahead)")));
+    }
+    let end = term_end_day(start, months)
+        .ok_or_else(|| invalid("months", "the term ends out of range"))?;
+    Ok((start, end))
+}
+
 /// How an order of `price` is paid: from the balance (refused when it does
 /// not cover the price) or invoiced by the billing backend.
 pub(super) fn payment(
@@ -563,6 +593,7 @@ impl Accounts<'_> {
         mark_for_recompute(&tx, account_ref, trial.start)?;
         let before = recorded_state(&tx, account_ref)?;
         settle_after(&tx, zone, account_ref, before, now, "trial started")?;
+        super::log_storage::settle_log_storage(&tx, zone, account_ref, now, "trial started")?;
         tx.commit()?;
         Ok(trial)
     }
@@ -582,28 +613,8 @@ impl Accounts<'_> {
                 format!("cores {} must be from 1 to {MAX_ORDER_CORES}", order.cores),
             ));
         }
-        if !(1..=MAX_TERM_MONTHS).contains(&order.months) {
-            return Err(invalid(
-                "months",
-                format!(
-                    "a term of {} months is not from 1 to {MAX_TERM_MONTHS} months",
-                    order.months
-                ),
-            ));
-        }
+        let (start, end) = term_days(zone, order.start, order.months, now)?;
         let today = zone.day_of(now);
-        let start = order.start.unwrap_or(today);
-        let earliest = today
-            .checked_sub_days(Days::new(ORDER_BACKDATE_DAYS))
-            .expect("date in range");
-        let latest = today
-            .checked_add_days(Days::new(ORDER_AHEAD_DAYS))
-            .expect("date in range");
-        if start < earliest || start > latest {
-            return Err(invalid("start", format!("start {start} must be from {earliest} to {latest} ({ORDER_BACKDATE_DAYS} days back to {ORDER_AHEAD_DAYS} ahead)")));
-        }
-        let end = term_end_day(start, order.months)
-            .ok_or_else(|| invalid("months", "the term ends out of range"))?;
         let price = order_price(order.cores, order.months, price_per_core_month);
         let account_ref = self.require_account(account)?;
         let tx = self.0.conn.transaction()?;

@@ -1,4 +1,6 @@
-//! Reader tokens: a customer's read-only tokens, each bound to one account, kept only as SHA-256 hashes; issued, listed and revoked.
+//! An account's own tokens, each bound to it and kept only as a SHA-256
+//! hash; issued, listed and revoked: reader tokens (a customer's read-only
+//! tokens) and `logs` tokens (the log service's, for its usage reports).
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -7,7 +9,39 @@ use super::db::OptionalExtension;
 use super::pages::{one_more, Listed};
 use super::{from_ms, StoreError};
 use super::{Accounts, Tokens};
-use crate::security::tokens::{hash_token, new_token, READER_TOKEN_PREFIX};
+use crate::security::tokens::{hash_token, new_token, LOGS_TOKEN_PREFIX, READER_TOKEN_PREFIX};
+
+/// What an account's token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountTokenRole {
+    /// Read the account's reports, bills, notices and add-ons.
+    Reader,
+    /// Report the log service's usage (SPEC 10.4).
+    Logs,
+}
+
+impl AccountTokenRole {
+    fn as_str(self) -> &'static str {
+        match self {
+            AccountTokenRole::Reader => "reader",
+            AccountTokenRole::Logs => "logs",
+        }
+    }
+
+    fn prefix(self) -> &'static str {
+        match self {
+            AccountTokenRole::Reader => READER_TOKEN_PREFIX,
+            AccountTokenRole::Logs => LOGS_TOKEN_PREFIX,
+        }
+    }
+
+    fn issued_as(self) -> super::issued::TokenKind {
+        match self {
+            AccountTokenRole::Reader => super::issued::TokenKind::Reader,
+            AccountTokenRole::Logs => super::issued::TokenKind::Logs,
+        }
+    }
+}
 
 /// The most live (unrevoked) reader tokens one account may hold: enough for
 /// every person and dashboard of a customer, few enough that a script gone
@@ -71,39 +105,53 @@ fn check_name(name: &str) -> Result<(), StoreError> {
 
 impl Accounts<'_> {
     /// Issues a reader token for `account` and returns it; only its hash is
-    /// kept. Refused past `MAX_READER_TOKENS` live tokens: the count and the
-    /// insert share the write lock, so two issues at once cannot both pass it.
+    /// kept.
     pub fn issue_reader_token(
         &mut self,
         account: &str,
         name: &str,
         now: DateTime<Utc>,
     ) -> Result<IssuedReaderToken, StoreError> {
+        self.issue_account_token(account, AccountTokenRole::Reader, name, now)
+    }
+
+    /// Issues a token of `role` for `account` and returns it; only its hash
+    /// is kept. Refused past `MAX_READER_TOKENS` live tokens of the role: the
+    /// count and the insert share the write lock, so two issues at once
+    /// cannot both pass it.
+    pub fn issue_account_token(
+        &mut self,
+        account: &str,
+        role: AccountTokenRole,
+        name: &str,
+        now: DateTime<Utc>,
+    ) -> Result<IssuedReaderToken, StoreError> {
         check_name(name)?;
         let account_ref = self.require_account(account)?;
-        let token = new_token(READER_TOKEN_PREFIX);
+        let token = new_token(role.prefix());
         let tx = self.0.conn.transaction()?;
         let live: i64 = tx.query_row(
-            "SELECT count(*) FROM reader_tokens WHERE account_ref = ?1 AND revoked_at_ms IS NULL",
-            [account_ref],
+            "SELECT count(*) FROM reader_tokens WHERE account_ref = ?1 AND role = ?2 AND revoked_at_ms IS NULL",
+            (account_ref, role.as_str()),
             |r| r.get(0),
         )?;
         if live >= MAX_READER_TOKENS {
+            let role = role.as_str();
             return Err(StoreError::Conflict {
-                code: "too_many_reader_tokens",
+                code: if role == "reader" { "too_many_reader_tokens" } else { "too_many_logs_tokens" },
                 field: "name",
                 message: format!(
-                    "account {account:?} already has {live} live reader tokens, the most it may hold ({MAX_READER_TOKENS}); revoke one first"
+                    "account {account:?} already has {live} live {role} tokens, the most it may hold ({MAX_READER_TOKENS}); revoke one first"
                 ),
             });
         }
         let hash = hash_token(&token).to_vec();
         let id: i64 = tx.query_row(
-            "INSERT INTO reader_tokens (account_ref, name, token_hash, created_at_ms) VALUES (?1, ?2, ?3, ?4) RETURNING id",
-            (account_ref, name, hash.clone(), now.timestamp_millis()),
+            "INSERT INTO reader_tokens (account_ref, name, token_hash, created_at_ms, role) VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
+            (account_ref, name, hash.clone(), now.timestamp_millis(), role.as_str()),
             |r| r.get(0),
         )?;
-        super::issued::record_issue(&tx, &hash, super::issued::TokenKind::Reader, now)?;
+        super::issued::record_issue(&tx, &hash, role.issued_as(), now)?;
         tx.commit()?;
         Ok(IssuedReaderToken {
             id,
@@ -117,7 +165,7 @@ impl Accounts<'_> {
     pub fn reader_tokens(&mut self, account: &str) -> Result<Vec<ReaderToken>, StoreError> {
         let account_ref = self.require_account(account)?;
         let rows = self.0.conn.query_map(
-            "SELECT id, name, created_at_ms, revoked_at_ms FROM reader_tokens WHERE account_ref = ?1 ORDER BY id",
+            "SELECT id, name, created_at_ms, revoked_at_ms FROM reader_tokens WHERE account_ref = ?1 AND role = 'reader' ORDER BY id",
             [account_ref],
             |r| {
                 Ok(ReaderToken {
@@ -131,24 +179,30 @@ impl Accounts<'_> {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// A page of the reader tokens of `account`, oldest first (by id): up
-    /// to `limit` after the token `after`.
-    pub fn reader_token_page(
+    /// A page of the tokens of `role` of `account`, oldest first (by id):
+    /// up to `limit` after the token `after`.
+    pub fn account_token_page(
         &mut self,
         account: &str,
+        role: AccountTokenRole,
         after: Option<i64>,
         limit: u32,
     ) -> Result<Listed<ReaderToken, i64>, StoreError> {
         let account_ref = self.require_account(account)?;
         let total: i64 = self.0.conn.query_row(
-            "SELECT count(*) FROM reader_tokens WHERE account_ref = ?1",
-            [account_ref],
+            "SELECT count(*) FROM reader_tokens WHERE account_ref = ?1 AND role = ?2",
+            (account_ref, role.as_str()),
             |r| r.get(0),
         )?;
         let rows = self.0.conn.query_map(
             "SELECT id, name, created_at_ms, revoked_at_ms FROM reader_tokens
-              WHERE account_ref = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
-            (account_ref, after.unwrap_or(i64::MIN), one_more(limit)),
+              WHERE account_ref = ?1 AND role = ?4 AND id > ?2 ORDER BY id LIMIT ?3",
+            (
+                account_ref,
+                after.unwrap_or(i64::MIN),
+                one_more(limit),
+                role.as_str(),
+            ),
             |r| {
                 let token = ReaderToken {
                     id: r.get(0)?,
@@ -173,14 +227,25 @@ impl Accounts<'_> {
         token_id: i64,
         now: DateTime<Utc>,
     ) -> Result<ReaderToken, StoreError> {
+        self.revoke_account_token(account, AccountTokenRole::Reader, token_id, now)
+    }
+
+    /// Revokes a token of `role` of `account`, as [`Self::revoke_reader_token`].
+    pub fn revoke_account_token(
+        &mut self,
+        account: &str,
+        role: AccountTokenRole,
+        token_id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<ReaderToken, StoreError> {
         let account_ref = self.require_account(account)?;
         self.0
             .conn
             .query_row(
                 "UPDATE reader_tokens SET revoked_at_ms = coalesce(revoked_at_ms, ?3)
-                  WHERE account_ref = ?1 AND id = ?2
+                  WHERE account_ref = ?1 AND id = ?2 AND role = ?4
                   RETURNING id, name, created_at_ms, revoked_at_ms",
-                (account_ref, token_id, now.timestamp_millis()),
+                (account_ref, token_id, now.timestamp_millis(), role.as_str()),
                 |r| {
                     Ok(ReaderToken {
                         id: r.get(0)?,
@@ -199,13 +264,22 @@ impl Tokens<'_> {
     /// The account a live reader token belongs to. The look-up is by the
     /// token's hash, so nothing about the token itself is compared.
     pub fn reader_for_token(&self, token: &str) -> Result<Option<ReaderIdentity>, StoreError> {
+        self.account_for_token(token, AccountTokenRole::Reader)
+    }
+
+    /// The account a live token of `role` belongs to, as [`Self::reader_for_token`].
+    pub fn account_for_token(
+        &self,
+        token: &str,
+        role: AccountTokenRole,
+    ) -> Result<Option<ReaderIdentity>, StoreError> {
         Ok(self
             .conn
             .prepare_cached(
                 "SELECT a.id, r.id FROM reader_tokens r JOIN accounts a ON a.ref = r.account_ref
-                  WHERE r.token_hash = ?1 AND r.revoked_at_ms IS NULL",
+                  WHERE r.token_hash = ?1 AND r.role = ?2 AND r.revoked_at_ms IS NULL",
             )?
-            .query_row([hash_token(token).to_vec()], |r| {
+            .query_row((hash_token(token).to_vec(), role.as_str()), |r| {
                 Ok(ReaderIdentity {
                     account: r.get(0)?,
                     token_id: r.get(1)?,

@@ -221,6 +221,7 @@ pub(super) struct Step<'a> {
     zone: &'a BillingZone,
     price_per_core_month: Decimal,
     channels: NoticeChannels,
+    log_storage: shared::logs::Terms,
     now: DateTime<Utc>,
 }
 
@@ -234,6 +235,7 @@ impl Step<'_> {
             zone,
             price_per_core_month,
             channels,
+            log_storage,
             now,
         } = *self;
         let at = run_of(zone, day_of_run);
@@ -344,10 +346,32 @@ impl Step<'_> {
             ));
         }
         for (kind, details) in notices {
-            if issue_notice(tx, account_ref, kind, day_of_run, &details, now, channels)?.is_some() {
+            if issue_notice(
+                tx,
+                account_ref,
+                "pro",
+                kind,
+                day_of_run,
+                &details,
+                now,
+                channels,
+            )?
+            .is_some()
+            {
                 outcome.notices.push(kind.as_str().to_string());
             }
         }
+        // The log storage's own life, through the same run.
+        outcome.notices.extend(super::log_storage::step(
+            tx,
+            zone,
+            account_ref,
+            day_of_run,
+            daily,
+            log_storage,
+            channels,
+            now,
+        )?);
         tx.execute(
             "UPDATE accounts SET stepped_through = ?2 WHERE ref = ?1",
             (account_ref, day_of_run.to_string()),
@@ -435,6 +459,7 @@ impl Billing<'_> {
             zone,
             price_per_core_month,
             channels: self.0.notice_channels,
+            log_storage: self.0.log_storage,
             now,
         };
         if !self.0.conn.is_autocommit() {

@@ -176,12 +176,27 @@ pub fn skipped_on_postgres(what: &str) -> bool {
     skip
 }
 
-/// Drops what migration 9 (the image-scan add-on) made, children first: with
-/// the version set back, a test takes a database back to how version 8
-/// left it.
-pub const DROP_MIGRATION_9: &str = "DROP TABLE image_settings; DROP TABLE image_scan_refunds;
-    DROP TABLE image_receipts; DROP TABLE node_image_lists; DROP TABLE node_images;
-    DROP TABLE images; DROP TABLE image_scan_packs; DROP TABLE product_pauses;";
+/// Undoes what migrations 9 (the image-scan add-on) and 10 (log storage)
+/// made, children first: with the version set back, a test takes a
+/// database back to how version 8 left it.
+pub fn undo_migrations_9_and_10() -> String {
+    let notices = if postgres_server().is_some() {
+        "ALTER TABLE notices DROP COLUMN product; ALTER TABLE notices ADD UNIQUE (account_ref, kind, day);
+         ALTER TABLE issued_tokens DROP CONSTRAINT issued_tokens_kind_check;
+         ALTER TABLE issued_tokens ADD CHECK (kind IN ('cluster', 'reader', 'admin'));"
+    } else {
+        // SQLite's migration 10 rebuilds these two from whatever is there.
+        ""
+    };
+    format!(
+        "DROP TABLE log_purges; DROP TABLE log_usage_days; DROP TABLE log_usage;
+         DROP TABLE product_states; DROP TABLE product_lives; DROP TABLE log_storage_orders;
+         ALTER TABLE reader_tokens DROP COLUMN role; {notices}
+         DROP TABLE image_settings; DROP TABLE image_scan_refunds;
+         DROP TABLE image_receipts; DROP TABLE node_image_lists; DROP TABLE node_images;
+         DROP TABLE images; DROP TABLE image_scan_packs; DROP TABLE product_pauses;"
+    )
+}
 
 /// Runs one statement on the database a test path stands for, behind the
 /// store's back (a test that plants what the store would never write).
