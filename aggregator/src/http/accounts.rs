@@ -73,14 +73,31 @@ pub async fn get_account(
         let caps = s.accounts().caps(&account)?;
         let clusters = s.accounts().clusters(&id)?;
         let (life, current, since) = s.billing().life(&id)?;
+        let next_change = life
+            .next_change(&zone, now, NEXT_CHANGE_HORIZON_DAYS)
+            .map(|(state, at)| json!({"state": state, "at": at}));
+        let storage = s.log_storage().view(&id, &zone, now)?;
+        let images = s.images().authorizations(&id, now)?;
         Ok(json!({
             "id": account.id,
             "parent": s.accounts().parent_of(&id)?,
             "state": current,
             "state_since": since,
-            "next_change": life.next_change(&zone, now, NEXT_CHANGE_HORIZON_DAYS)
-                .map(|(state, at)| json!({"state": state, "at": at})),
+            "next_change": next_change,
             "state_history": s.accounts().state_history(&id)?,
+            // Each product's state and next change: the account's own life
+            // is its licensed cores' (pro).
+            "products": {
+                "pro": {"state": current, "state_since": since, "next_change": next_change},
+                "log_storage": {
+                    "state": storage.state,
+                    "state_since": storage.state_since,
+                    "next_change": storage.next_change,
+                    "quota_gb": storage.quota_gb,
+                    "used_bytes": storage.usage.as_ref().map(|u| u.used_bytes),
+                },
+                "image_scan": {"available": images.available},
+            },
             "trial": life.trial,
             "balance": s.accounts().balance(&id)?.0,
             "orders": s.accounts().orders(&id)?,
@@ -93,7 +110,7 @@ pub async fn get_account(
                 .map(|l| json!({"cores": l.cores, "start": l.start, "counts_until": l.end}))
                 .collect::<Vec<_>>(),
             "clusters": clusters,
-            "image_authorizations": s.images().authorizations(&id, now)?,
+            "image_authorizations": images,
         }))
     })
     .await?;

@@ -769,7 +769,13 @@ impl LogStorage<'_> {
             });
         }
         let was_high = last.is_some_and(|(_, high)| high != 0);
-        let high = rules::is_high(plan.used_bytes, quota);
+        // With no quota (stopped, or never bought) there is no mark to be
+        // above or below: what was last said stands.
+        let high = if quota == 0 {
+            was_high
+        } else {
+            rules::is_high(plan.used_bytes, quota)
+        };
         tx.execute(
             "INSERT INTO log_usage (account_ref, at_ms, received_at_ms, days, used_bytes, quota_bytes, high)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)

@@ -17,6 +17,7 @@ mod ingest_fuzz;
 mod issued_tokens;
 mod lifecycle;
 mod lifecycle_runs;
+mod log_storage;
 mod migrate_store;
 mod notice_delivery;
 mod pagination;

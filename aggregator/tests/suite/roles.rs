@@ -70,6 +70,8 @@ enum Kind {
     /// A live reader token of account A.
     ReaderOfA,
     Cluster,
+    /// A live logs token of account A.
+    LogsOfA,
 }
 
 /// The answer the role table promises.
@@ -92,6 +94,8 @@ fn expected(role: Role, caller: Kind, account_in_path: Option<&str>) -> Answer {
         (Role::Reader, _) => Forbidden,
         (Role::Cluster, Kind::Cluster) => Allowed,
         (Role::Cluster, _) => Forbidden,
+        (Role::Logs, Kind::LogsOfA) => Allowed,
+        (Role::Logs, _) => Forbidden,
     }
 }
 
@@ -101,6 +105,7 @@ fn role_named(name: &str) -> Role {
         "admin" => Role::Admin,
         "reader" => Role::Reader,
         "cluster" => Role::Cluster,
+        "logs" => Role::Logs,
         other => panic!("unknown role {other:?}"),
     }
 }
@@ -113,8 +118,18 @@ async fn every_route_answers_each_caller_as_its_declared_role_says() {
     let (_, reader) = issued_token(&app, A, "dashboard").await;
     let (revoked_id, revoked) = issued_token(&app, A, "old laptop").await;
     assert_eq!(revoke(&app, A, revoked_id).await.0, 200);
+    let (s, logs) = app
+        .admin(
+            Method::POST,
+            &format!("/v1/admin/accounts/{A}/log-tokens"),
+            Some(json!({"name": "log service"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{logs}");
+    let logs = logs["token"].as_str().unwrap().to_string();
     let unknown_reader = format!("cmr_{}", "0".repeat(64));
     let unknown_cluster = format!("cmc_{}", "0".repeat(64));
+    let unknown_logs = format!("cml_{}", "0".repeat(64));
     let callers: Vec<(&str, Option<&str>, Kind)> = vec![
         ("no token", None, Kind::Nobody),
         ("a garbage token", Some("garbage"), Kind::Unknown),
@@ -129,9 +144,11 @@ async fn every_route_answers_each_caller_as_its_declared_role_says() {
             Kind::Unknown,
         ),
         ("a revoked reader token", Some(&revoked), Kind::Unknown),
+        ("an unknown logs token", Some(&unknown_logs), Kind::Unknown),
         ("the admin token", Some(ADMIN), Kind::Admin),
         ("a reader token of A", Some(&reader), Kind::ReaderOfA),
         ("a cluster token of A", Some(&cluster), Kind::Cluster),
+        ("a logs token of A", Some(&logs), Kind::LogsOfA),
     ];
 
     let (s, doc) = app.call(Method::GET, "/v1/openapi.json", None, None).await;

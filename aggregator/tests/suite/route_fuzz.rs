@@ -31,7 +31,7 @@ use support::{local, RawRequest, RawResponse, TestApp, ADMIN};
 const DEFAULT_SEED: u64 = 18;
 /// The calls of a `cargo test` run: under a minute in a debug build on a
 /// 2-vCPU machine, each call followed by a canary push and `/readyz`.
-const DEFAULT_CALLS: u64 = 4_000;
+const DEFAULT_CALLS: u64 = 5_000;
 /// How long a request may take before the service counts as not answering
 /// (past the service's own 30 s request timeout).
 const ANSWER_WITHIN: Duration = Duration::from_secs(40);
@@ -159,15 +159,18 @@ enum Caller {
     ReaderOfOther,
     /// A cluster token of A.
     Cluster,
+    /// A logs token of A.
+    Logs,
 }
 
-const CALLERS: [Caller; 6] = [
+const CALLERS: [Caller; 7] = [
     Caller::Nobody,
     Caller::Garbage,
     Caller::Admin,
     Caller::ReaderOfPath,
     Caller::ReaderOfOther,
     Caller::Cluster,
+    Caller::Logs,
 ];
 
 /// Tokens no role holds.
@@ -192,6 +195,7 @@ fn pick_caller(rng: &mut fastrand::Rng, op: &Operation) -> Caller {
             "reader" if rng.bool() => Caller::Admin,
             "reader" => Caller::ReaderOfPath,
             "cluster" => Caller::Cluster,
+            "logs" => Caller::Logs,
             _ => CALLERS[rng.usize(..CALLERS.len())],
         }
     } else {
@@ -215,6 +219,8 @@ struct World {
     readers: [String; 2],
     /// The cluster token of A's `prod`.
     cluster: String,
+    /// A logs token of A.
+    logs: String,
     canary: String,
     canary_seq: u64,
 }
@@ -232,13 +238,40 @@ impl World {
             _dir: dir,
             readers: [String::new(), String::new()],
             cluster,
+            logs: String::new(),
             canary,
             canary_seq: 0,
         };
         for i in 0..2 {
             world.readers[i] = world.issue_reader([A, B][i]).await.expect("a fixture");
         }
+        world.logs = world.issue_logs().await.expect("a fixture");
+        // Log storage for A, so that its expansions and orders have a term.
+        let (s, v) = world
+            .app
+            .admin(
+                reqwest::Method::POST,
+                &format!("/v1/admin/accounts/{A}/orders"),
+                Some(json!({"product": "log_storage", "gb": 20, "months": 12})),
+            )
+            .await;
+        assert_eq!(s, 201, "a fixture: {v}");
         world
+    }
+
+    async fn issue_logs(&self) -> Result<String, String> {
+        let (s, v) = self
+            .app
+            .admin(
+                reqwest::Method::POST,
+                &format!("/v1/admin/accounts/{A}/log-tokens"),
+                Some(json!({"name": "route fuzz fixture"})),
+            )
+            .await;
+        match v["token"].as_str() {
+            Some(t) if s == 201 => Ok(t.to_string()),
+            _ => Err(format!("issue a logs token of {A}: {s} {v}")),
+        }
     }
 
     async fn issue_reader(&self, account: &str) -> Result<String, String> {
@@ -271,6 +304,7 @@ impl World {
             Caller::ReaderOfPath => Some(self.readers[of_path].clone()),
             Caller::ReaderOfOther => Some(self.readers[1 - of_path].clone()),
             Caller::Cluster => Some(self.cluster.clone()),
+            Caller::Logs => Some(self.logs.clone()),
         }
     }
 
@@ -291,6 +325,18 @@ impl World {
             if s == 401 {
                 self.readers[i] = self.issue_reader(account).await?;
             }
+        }
+        let (s, _) = self
+            .app
+            .call(
+                reqwest::Method::PUT,
+                "/v1/log-storage/usage",
+                Some(&self.logs),
+                Some(json!({"at": "2026-01-01T00:00:00Z", "days": []})),
+            )
+            .await;
+        if s == 401 {
+            self.logs = self.issue_logs().await?;
         }
         let (s, _) = self
             .app
@@ -647,6 +693,8 @@ fn valid_integer(rng: &mut fastrand::Rng, name: &str, schema: &Value) -> i64 {
     let max = schema["maximum"].as_i64().unwrap_or(i64::MAX);
     match name {
         "order" | "token_id" => rng.i64(1..=6),
+        // Log storage comes in steps of 10 GB.
+        "gb" => rng.i64(1..=5) * 10,
         "cores" if min >= 500 => rng.i64(500..=2000),
         "cores" => rng.i64(1..=96),
         "seq" => rng.i64(1..=100_000),
@@ -1505,6 +1553,7 @@ fn admits(role: &str, caller: Caller, account: Option<&str>) -> bool {
             caller == Caller::Admin || (caller == Caller::ReaderOfPath && account.is_some())
         }
         "cluster" => caller == Caller::Cluster,
+        "logs" => caller == Caller::Logs,
         _ => true,
     }
 }
