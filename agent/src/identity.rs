@@ -118,28 +118,24 @@ const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
 /// readable by everyone on the node.
 fn check_file(path: &std::path::Path) -> anyhow::Result<Stamp> {
     let meta = std::fs::metadata(path)
-        .map_err(|e| anyhow::anyhow!("cluster token file {}: {e}", path.display()))?;
+        .map_err(|e| anyhow::anyhow!("token file {}: {e}", path.display()))?;
     checked(path, &meta)
 }
 
 /// The stamp of `meta` (of `path`), or why that file cannot be used.
 fn checked(path: &std::path::Path, meta: &std::fs::Metadata) -> anyhow::Result<Stamp> {
     use std::os::unix::fs::MetadataExt;
-    anyhow::ensure!(
-        meta.is_file(),
-        "cluster token file {}: not a file",
-        path.display()
-    );
+    anyhow::ensure!(meta.is_file(), "token file {}: not a file", path.display());
     anyhow::ensure!(
         meta.mode() & 0o004 == 0,
-        "cluster token file {} is readable by everyone (mode {:o}): run `chmod o-r {}`, or give the Secret's volume `defaultMode: 0400`",
+        "token file {} is readable by everyone (mode {:o}): run `chmod o-r {}`, or give the Secret's volume `defaultMode: 0400`",
         path.display(),
         meta.mode() & 0o7777,
         path.display()
     );
     anyhow::ensure!(
         meta.len() <= MAX_TOKEN_FILE_BYTES,
-        "cluster token file {}: {} bytes, more than a token's {MAX_TOKEN_FILE_BYTES}",
+        "token file {}: {} bytes, more than a token's {MAX_TOKEN_FILE_BYTES}",
         path.display(),
         meta.len()
     );
@@ -185,13 +181,13 @@ impl TokenFile {
         .map_err(unreadable)?;
         anyhow::ensure!(
             text.len() as u64 <= MAX_TOKEN_FILE_BYTES,
-            "cluster token file {}: more than a token's {MAX_TOKEN_FILE_BYTES} bytes",
+            "token file {}: more than a token's {MAX_TOKEN_FILE_BYTES} bytes",
             self.path.display()
         );
         let token = Token::new(&text);
         anyhow::ensure!(
             !token.expose().is_empty(),
-            "cluster token file {} is empty",
+            "token file {} is empty",
             self.path.display()
         );
         // Taken again after reading: a write under way while reading gives

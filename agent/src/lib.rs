@@ -3,6 +3,7 @@
 pub mod daemon;
 pub mod identity;
 pub mod images;
+pub mod log_retention;
 pub mod metrics;
 pub mod prepare;
 pub mod pusher;

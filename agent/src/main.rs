@@ -60,6 +60,8 @@ enum Command {
         #[command(flatten)]
         node: NodeArgs,
     },
+    /// Report the bytes of a log directory's day folders to the aggregator once and delete the days it says to purge (the log-storage add-on's reference client).
+    LogRetention(Box<LogRetentionArgs>),
     /// List the samples waiting in the spool, as JSON lines.
     Spool {
         #[arg(
@@ -88,8 +90,9 @@ struct NodeArgs {
     sys_root: Option<PathBuf>,
 }
 
+/// How a subcommand reaches the aggregator: `run` and `log-retention` alike.
 #[derive(Args)]
-struct RunArgs {
+struct AggregatorArgs {
     /// The aggregator's base URL. Plain http:// only to this machine (loopback), unless --insecure-plaintext.
     #[arg(
         long,
@@ -106,9 +109,34 @@ struct RunArgs {
     /// The PEM private key of --client-cert.
     #[arg(long, env = "CORE_METER_CLIENT_KEY")]
     client_key: Option<PathBuf>,
-    /// Allow plain http:// to an aggregator that is not on this machine: the token and the samples cross the network in the clear.
+    /// Allow plain http:// to an aggregator that is not on this machine: the token and what is sent cross the network in the clear.
     #[arg(long, env = "CORE_METER_INSECURE_PLAINTEXT")]
     insecure_plaintext: bool,
+}
+
+impl AggregatorArgs {
+    /// Checks the transport and reads the TLS files; `sent` says what would
+    /// cross the network in the clear, for the warning.
+    fn tls(&self, sent: &str) -> anyhow::Result<agent::tls::ClientTls> {
+        let transport = agent::tls::transport(&self.aggregator, self.insecure_plaintext)?;
+        if transport == agent::tls::Transport::InsecureHttp {
+            tracing::warn!(
+                aggregator = %self.aggregator,
+                "--insecure-plaintext: {sent} go to the aggregator unencrypted and unauthenticated; use https:// outside a test"
+            );
+        }
+        agent::tls::ClientTls::load(
+            self.ca_file.as_deref(),
+            self.client_cert.as_deref(),
+            self.client_key.as_deref(),
+        )
+    }
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    connection: AggregatorArgs,
     /// The spool directory (a hostPath in a DaemonSet, so samples outlive the pod).
     #[arg(
         long,
@@ -155,6 +183,27 @@ struct RunArgs {
     node: NodeArgs,
 }
 
+#[derive(Args)]
+struct LogRetentionArgs {
+    /// The log directory: one folder per day, named YYYY-MM-DD.
+    #[arg(long, env = "CORE_METER_LOG_DIR")]
+    dir: PathBuf,
+    #[command(flatten)]
+    connection: AggregatorArgs,
+    /// A file holding the account's logs token (a mounted Secret).
+    #[arg(long, env = "CORE_METER_LOG_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// The logs token itself (prefer the file).
+    #[arg(long, env = "CORE_METER_LOG_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Report, and print what would be deleted; delete nothing.
+    #[arg(long, env = "CORE_METER_LOG_DRY_RUN")]
+    dry_run: bool,
+    /// Seconds the report may take.
+    #[arg(long, default_value_t = 30)]
+    push_timeout_secs: u64,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(cli.log_json);
@@ -167,6 +216,7 @@ fn main() -> ExitCode {
             node,
         } => print_images(images, node),
         Command::PrepareSpool { owner, dir } => prepare_spool(&dir, owner),
+        Command::LogRetention(args) => log_retention(*args),
         Command::Spool { spool } => list_spool(&spool),
     };
     match result {
@@ -203,20 +253,9 @@ fn machine(args: &NodeArgs) -> Machine {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
-    let transport = agent::tls::transport(&args.aggregator, args.insecure_plaintext)?;
-    if transport == agent::tls::Transport::InsecureHttp {
-        tracing::warn!(
-            aggregator = %args.aggregator,
-            "--insecure-plaintext: the cluster token and the samples go to the aggregator unencrypted and unauthenticated; use https:// outside a test"
-        );
-    }
-    let tls = agent::tls::ClientTls::load(
-        args.ca_file.as_deref(),
-        args.client_cert.as_deref(),
-        args.client_key.as_deref(),
-    )?;
+    let tls = args.connection.tls("the cluster token and the samples")?;
     let settings = Settings {
-        aggregator: args.aggregator,
+        aggregator: args.connection.aggregator,
         tls,
         token: TokenSource::from_settings(args.token_file, args.token)?,
         node: node_name(args.node.node.as_deref())?,
@@ -286,6 +325,49 @@ fn print_images(args: ImageArgs, node: NodeArgs) -> anyhow::Result<()> {
         "images": images,
     });
     println!("{out}");
+    Ok(())
+}
+
+fn log_retention(args: LogRetentionArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let tls = args.connection.tls("the logs token and the usage report")?;
+    let value = args.token.filter(|v| !v.trim().is_empty());
+    anyhow::ensure!(
+        args.token_file.is_some() || value.is_some(),
+        "no logs token: set --token-file (CORE_METER_LOG_TOKEN_FILE, a mounted Secret) or CORE_METER_LOG_TOKEN"
+    );
+    let token = TokenSource::from_settings(args.token_file, value)
+        .and_then(|mut source| source.current())
+        .context("the logs token")?;
+    let options = agent::log_retention::Options {
+        dir: args.dir,
+        aggregator: args.connection.aggregator,
+        tls,
+        token,
+        dry_run: args.dry_run,
+        timeout: Duration::from_secs(args.push_timeout_secs.max(1)),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let summary = runtime.block_on(agent::log_retention::run(&options, &SystemClock))?;
+    if summary.dry_run {
+        for d in &summary.purged {
+            let path = options.dir.join(agent::log_retention::folder_name(d.day));
+            eprintln!(
+                "agent: --dry-run: would delete {} ({} bytes)",
+                path.display(),
+                d.bytes
+            );
+        }
+    }
+    if !summary.accept_writes {
+        eprintln!(
+            "agent: the log storage is {}: it accepts no writes; the log service must stop writing",
+            summary.state.as_str()
+        );
+    }
+    println!("{}", serde_json::to_string(&summary)?);
     Ok(())
 }
 

@@ -72,19 +72,8 @@ impl Pusher {
         timeout: Duration,
         tls: &ClientTls,
     ) -> anyhow::Result<Pusher> {
-        let builder = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .user_agent(concat!("core-meter-agent/", env!("CARGO_PKG_VERSION")))
-            // The aggregator never redirects; following one could carry the
-            // token to another host or down to plain HTTP.
-            .redirect(reqwest::redirect::Policy::none());
-        let client = tls
-            .apply(builder)?
-            .build()
-            .map_err(|e| anyhow::anyhow!("build the HTTP client: {e}"))?;
         Ok(Pusher {
-            client,
+            client: http_client(timeout, tls)?,
             url: format!("{}{SAMPLES_PATH}", aggregator.trim_end_matches('/')),
             roots: tls.roots(),
         })
@@ -182,13 +171,43 @@ impl Pusher {
     }
 }
 
+/// The agent's one way to build a client for the aggregator: `timeout` per
+/// request, TLS as `tls` says, no redirects.
+pub(crate) fn http_client(timeout: Duration, tls: &ClientTls) -> anyhow::Result<reqwest::Client> {
+    let builder = reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .user_agent(concat!("core-meter-agent/", env!("CARGO_PKG_VERSION")))
+        // The aggregator never redirects; following one could carry the
+        // token to another host or down to plain HTTP.
+        .redirect(reqwest::redirect::Policy::none());
+    tls.apply(builder)?
+        .build()
+        .map_err(|e| anyhow::anyhow!("build the HTTP client: {e}"))
+}
+
+/// A request that got no answer, sorted: a TLS failure (said with `roots`,
+/// what the certificate was verified against), a timeout, or no connection.
+pub(crate) fn send_error(e: reqwest::Error, roots: &str) -> PushError {
+    match tls_failure(&e) {
+        Some(TlsFailure::ServerCertificate(why)) => PushError::Tls(format!(
+            "the aggregator's certificate could not be verified against {roots}: {why}"
+        )),
+        Some(TlsFailure::Handshake(why)) => PushError::Tls(format!(
+            "the TLS handshake with the aggregator failed: {why}"
+        )),
+        None if e.is_timeout() => PushError::Timeout,
+        None => PushError::Connect(error_chain(&e)),
+    }
+}
+
 /// How much of an error answer is read, and how much of it is kept for the log.
 const ERROR_BODY_READ: usize = 4096;
 const ERROR_DETAIL_CHARS: usize = 300;
 
 /// The first `limit` bytes of the body (fewer if reading it fails): a
 /// misbehaving proxy's endless page is not read to its end.
-async fn read_prefix(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
+pub(crate) async fn read_prefix(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
     let mut body = Vec::new();
     while body.len() < limit {
         match response.chunk().await {
@@ -203,7 +222,7 @@ async fn read_prefix(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
 /// What an error answer says, for one log line: `code: message` from the
 /// aggregator's `{"error": {"code", "message"}}`, otherwise the text itself;
 /// on one line, at most `ERROR_DETAIL_CHARS` characters.
-fn error_detail(body: &[u8]) -> String {
+pub(crate) fn error_detail(body: &[u8]) -> String {
     let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
     let error = parsed.as_ref().map(|v| &v["error"]);
     let text = match error.and_then(|e| e["code"].as_str()) {
@@ -226,7 +245,7 @@ fn error_detail(body: &[u8]) -> String {
     one_line
 }
 
-fn colon(detail: &str) -> String {
+pub(crate) fn colon(detail: &str) -> String {
     if detail.is_empty() {
         String::new()
     } else {
@@ -236,17 +255,7 @@ fn colon(detail: &str) -> String {
 
 impl Pusher {
     fn classify(&self, e: reqwest::Error) -> PushError {
-        match tls_failure(&e) {
-            Some(TlsFailure::ServerCertificate(why)) => PushError::Tls(format!(
-                "the aggregator's certificate could not be verified against {}: {why}",
-                self.roots
-            )),
-            Some(TlsFailure::Handshake(why)) => PushError::Tls(format!(
-                "the TLS handshake with the aggregator failed: {why}"
-            )),
-            None if e.is_timeout() => PushError::Timeout,
-            None => PushError::Connect(error_chain(&e)),
-        }
+        send_error(e, &self.roots)
     }
 }
 

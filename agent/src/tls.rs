@@ -239,7 +239,7 @@ pub fn transport(url: &str, insecure_plaintext: bool) -> anyhow::Result<Transpor
                 Ok(Transport::InsecureHttp)
             } else {
                 anyhow::bail!(
-                    "--aggregator {url}: plain HTTP to a host that is not this machine would send the cluster token and the samples in the clear; use https://, or give --insecure-plaintext (CORE_METER_INSECURE_PLAINTEXT=true) to allow it"
+                    "--aggregator {url}: plain HTTP to a host that is not this machine would send the token and what is sent with it in the clear; use https://, or give --insecure-plaintext (CORE_METER_INSECURE_PLAINTEXT=true) to allow it"
                 )
             }
         }

@@ -219,6 +219,16 @@ pub fn render_html(r: &DailyReport) -> String {
         "<h2>Images</h2><table id=\"images\"><tr><th>seen</th><th>new</th><th>authorized</th><th>unauthorized</th><th>consumed</th><th>refused</th></tr><tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr></table>",
         i.seen, i.new, i.authorized, i.unauthorized, i.consumed, i.refused
     );
+    let l = &r.log_storage;
+    let _ = write!(
+        page,
+        "<h2>Log storage</h2><table id=\"log-storage\"><tr><th>state</th><th>quota (bytes)</th><th>used (bytes)</th><th>purges</th><th>purged (bytes)</th></tr><tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr></table>",
+        l.state.map_or("never ordered", |s| s.as_str()),
+        l.quota_bytes,
+        l.used_bytes.map_or_else(|| "no report".to_string(), |u| u.to_string()),
+        l.purges,
+        l.purged_bytes
+    );
     let _ = write!(
         page,
         "<p>Generated {}.</p></body></html>",

@@ -42,6 +42,8 @@ pub struct DailyReport {
     pub surplus_cores: Option<u64>,
     /// The image-scan add-on's day (SPEC 10.2, 10.3).
     pub images: crate::store::ImagesDay,
+    /// Log storage's day (SPEC 10.4): its quota, the bytes used, the purges.
+    pub log_storage: crate::store::LogStorageDay,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -293,6 +295,9 @@ pub fn daily_report(
         licence_short_hours,
         surplus_cores,
         images: store.images().day(account, day_start, day_end)?,
+        log_storage: store
+            .log_storage()
+            .day(account, day, (day_start, day_end))?,
     })
 }
 
@@ -401,6 +406,17 @@ pub fn render_table(r: &DailyReport) -> String {
         out,
         "images: {} seen ({} new), {} authorized, {} unauthorized; {} authorizations consumed, {} automatic ones refused",
         i.seen, i.new, i.authorized, i.unauthorized, i.consumed, i.refused
+    );
+    let l = &r.log_storage;
+    let _ = writeln!(
+        out,
+        "log storage: {}, quota {} bytes, {} used; {} purges of {} bytes",
+        l.state.map_or("never ordered", |s| s.as_str()),
+        l.quota_bytes,
+        l.used_bytes
+            .map_or_else(|| "no report".to_string(), |u| format!("{u} bytes")),
+        l.purges,
+        l.purged_bytes
     );
     out
 }

@@ -962,21 +962,18 @@ impl LogStorage<'_> {
         })
     }
 
-    /// The storage's part of a day's report: the quota at the day's end,
-    /// the day's last usage, the purges decided in it.
+    /// The storage's part of the report of `day` (from `start` to `end`):
+    /// the quota at the day's end, the day's last usage, the purges decided
+    /// in it.
     pub fn day(
         &mut self,
         account: &str,
-        zone: &BillingZone,
         day_: NaiveDate,
+        (start, end): (DateTime<Utc>, DateTime<Utc>),
     ) -> Result<LogStorageDay, StoreError> {
         let account_ref = self.require_account(account)?;
         let trial_gb = self.log_storage.trial_gb;
         let conn = &self.0.conn;
-        let (start, end) = (
-            zone.day_start(day_),
-            zone.day_start(day_ + chrono::Days::new(1)),
-        );
         let used: Option<i64> = conn
             .prepare_cached(
                 "SELECT used_bytes FROM log_usage_days WHERE account_ref = ?1 AND day = ?2",
