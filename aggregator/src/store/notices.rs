@@ -56,6 +56,7 @@ pub struct Notice {
 /// Issues a notice of `kind` about `day` to the contacts whose role it goes
 /// to (a sub-account without contacts: its main account's), unless one of that kind was already issued to the account for that
 /// day. Returns its id when issued.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn issue_notice(
     tx: &Conn,
     account_ref: i64,
