@@ -226,10 +226,15 @@ fn the_html_page_renders_in_chromium_with_its_chart_and_figures() {
     assert_eq!(
         dom.matches("<tr>").count(),
         1 + 1 + 1 + r.lines.len() + 1 + r.hours.len() + 1 + r.clusters.len() + 1 + r.nodes.len()
-            // the images part: its head and its one row
+            // the images part and the log storage part: a head and one row each
+            + 2
             + 2
     );
     assert!(dom.contains("id=\"images\""), "the images part is shown");
+    assert!(
+        dom.contains("id=\"log-storage\""),
+        "the log storage part is shown"
+    );
     let shot = out.join("report-acme-2026-11-24.png");
     let _ = std::fs::remove_file(&shot);
     let status = std::process::Command::new(browser)
