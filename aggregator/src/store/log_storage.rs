@@ -283,7 +283,7 @@ fn quota_bytes(
     let ms = at.timestamp_millis();
     let gb: i64 = conn
         .prepare_cached(
-            "SELECT coalesce(sum(gb), 0) FROM log_storage_orders
+            "SELECT CAST(coalesce(sum(gb), 0) AS BIGINT) FROM log_storage_orders
               WHERE account_ref = ?1 AND start_ms <= ?2 AND ?2 < counts_until_ms",
         )?
         .query_row((account_ref, ms), |r| r.get(0))?;
@@ -406,7 +406,7 @@ pub(super) fn step(
     let (mut renewed, mut refused) = (Vec::new(), Vec::new());
     for l in life.renewals_due(zone, day_of_run) {
         let expansions: i64 = tx.query_row(
-            "SELECT coalesce(sum(gb), 0) FROM log_storage_orders WHERE expands = ?1",
+            "SELECT CAST(coalesce(sum(gb), 0) AS BIGINT) FROM log_storage_orders WHERE expands = ?1",
             [l.id],
             |r| r.get(0),
         )?;
@@ -982,7 +982,7 @@ impl LogStorage<'_> {
             .optional()?;
         let (purges, bytes): (i64, i64) = conn
             .prepare_cached(
-                "SELECT count(*), coalesce(sum(bytes), 0) FROM log_purges
+                "SELECT count(*), CAST(coalesce(sum(bytes), 0) AS BIGINT) FROM log_purges
                   WHERE account_ref = ?1 AND decided_at_ms >= ?2 AND decided_at_ms < ?3",
             )?
             .query_row(
@@ -1012,7 +1012,7 @@ impl LogStorage<'_> {
     /// `/metrics` shows, as totals.
     pub fn totals(&mut self) -> Result<(u64, u64), StoreError> {
         let (quota, used): (i64, i64) = self.0.conn.query_row(
-            "SELECT coalesce(sum(quota_bytes), 0), coalesce(sum(used_bytes), 0) FROM log_usage",
+            "SELECT CAST(coalesce(sum(quota_bytes), 0) AS BIGINT), CAST(coalesce(sum(used_bytes), 0) AS BIGINT) FROM log_usage",
             (),
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
