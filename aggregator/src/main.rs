@@ -54,6 +54,24 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Print the public key that signs monthly statements, as GET /v1/statement-key answers it.
+    StatementKey {
+        /// The SQLite file, or a postgres:// URL [default: data/core-meter.sqlite].
+        #[arg(long)]
+        database: Option<String>,
+        /// The service's settings file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Check a signed monthly statement (the JSON format) offline against the
+    /// service's public key; exits non-zero, naming why, when it does not hold.
+    VerifyStatement {
+        /// The statement as served (GET .../statements/YYYY-MM).
+        file: PathBuf,
+        /// A file holding what GET /v1/statement-key answers.
+        #[arg(long)]
+        key: PathBuf,
+    },
     /// Run the service: ingest, admin API, 02:00 billing, bill delivery.
     Serve {
         /// A TOML file of settings (docs/settings.md lists every key).
@@ -133,6 +151,10 @@ fn main() -> ExitCode {
             database,
             config,
         } => commands::export::export(day, &account, config, database),
+        Command::StatementKey { database, config } => {
+            commands::statements::print_key(config, database)
+        }
+        Command::VerifyStatement { file, key } => commands::statements::verify(&file, &key),
         Command::Serve {
             config,
             listen,

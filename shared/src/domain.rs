@@ -134,6 +134,22 @@ pub fn parse_day(text: &str) -> Result<NaiveDate, OutOfDomain> {
     check_day(day).map_err(|_| OutOfDomain::new(expected(), text))
 }
 
+/// A month `YYYY-MM` whose days lie from [`FIRST_DAY`] to [`LAST_DAY`]:
+/// its first day.
+pub fn parse_month(text: &str) -> Result<NaiveDate, OutOfDomain> {
+    let expected = || "must be a month YYYY-MM from 2000-01 to 2199-12".to_string();
+    let shaped = text.len() == 7
+        && text.bytes().enumerate().all(|(i, b)| match i {
+            4 => b == b'-',
+            _ => b.is_ascii_digit(),
+        });
+    let first = shaped
+        .then(|| NaiveDate::parse_from_str(&format!("{text}-01"), "%Y-%m-%d").ok())
+        .flatten()
+        .ok_or_else(|| OutOfDomain::new(expected(), text))?;
+    check_day(first).map_err(|_| OutOfDomain::new(expected(), text))
+}
+
 /// A day already parsed (from a typed source) within the domain.
 pub fn check_day(day: NaiveDate) -> Result<NaiveDate, OutOfDomain> {
     if (FIRST_DAY..=LAST_DAY).contains(&day) {
@@ -262,6 +278,33 @@ pub fn check_text(text: &str, max_chars: usize) -> Result<(), OutOfDomain> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_month_is_yyyy_mm_within_the_days_domain_and_reads_as_its_first_day() {
+        assert_eq!(
+            parse_month("2026-11"),
+            Ok(NaiveDate::from_ymd_opt(2026, 11, 1).unwrap())
+        );
+        assert_eq!(
+            parse_month("2199-12"),
+            Ok(NaiveDate::from_ymd_opt(2199, 12, 1).unwrap())
+        );
+        for bad in [
+            "",
+            "2026-13",
+            "2026-00",
+            "2026-1",
+            "26-11",
+            "1999-12",
+            "2200-01",
+            "2026-11-01",
+            "+202-11",
+            "２026-11",
+        ] {
+            let e = parse_month(bad).unwrap_err();
+            assert!(e.expected.contains("YYYY-MM"), "{bad}: {e:?}");
+        }
+    }
 
     #[test]
     fn names_take_ascii_letters_digits_dash_underscore_and_dot_only() {

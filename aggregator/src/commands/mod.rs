@@ -1,5 +1,6 @@
 //! What the binary does, one module per command: serve, replay a
-//! conformance case, the demo, reports, exports, migrate-store.
+//! conformance case, the demo, reports, exports, migrate-store, the
+//! statements' key and their offline check.
 
 use std::path::PathBuf;
 
@@ -9,6 +10,7 @@ pub mod migrate;
 pub mod replay;
 pub mod report;
 pub mod serve;
+pub mod statements;
 
 /// The settings (file and environment, `--database` over them) and their store, which must exist.
 fn open_configured(

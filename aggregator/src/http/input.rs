@@ -48,6 +48,11 @@ pub fn day(field: &str, value: &str) -> Result<NaiveDate, ApiError> {
     domain::parse_day(value).map_err(|e| refused(field, e))
 }
 
+/// A month `YYYY-MM`: its first day.
+pub fn month(field: &str, value: &str) -> Result<NaiveDate, ApiError> {
+    domain::parse_month(value).map_err(|e| refused(field, e))
+}
+
 /// The required `day=` of a query.
 pub fn required_day(value: Option<&str>) -> Result<NaiveDate, ApiError> {
     day(
@@ -75,7 +80,8 @@ pub fn text(field: &str, value: &str, max_chars: usize) -> Result<(), ApiError> 
 }
 
 /// What each path parameter is: `{id}` an account, `{name}` a cluster,
-/// `{order}` and `{token_id}` whole numbers, `{product}` one of the products.
+/// `{order}` and `{token_id}` whole numbers, `{product}` one of the products,
+/// `{month}` a month `YYYY-MM`.
 fn check_param(state: &Arc<AppState>, name: &str, value: &str) -> Result<(), ApiError> {
     match name {
         "id" => existing_name(state, "id", NameKind::AccountId, value),
@@ -95,6 +101,7 @@ fn check_param(state: &Arc<AppState>, name: &str, value: &str) -> Result<(), Api
                 ))
             }
         }
+        "month" => month("month", value).map(|_| ()),
         "product" if crate::store::PRODUCTS.contains(&value) => Ok(()),
         "product" => Err(ApiError::unprocessable(
             "product",

@@ -12,6 +12,7 @@ mod log_storage;
 mod ops;
 mod page;
 mod readers;
+mod statements;
 pub mod transport;
 
 pub use admin::bills_csv;
@@ -326,6 +327,24 @@ pub const ROUTES: &[(&str, &str, Role, &str)] = &[
         Role::Reader,
         "The account's log storage: state, quota, usage, orders, purges",
     ),
+    (
+        "get",
+        "/v1/admin/accounts/{id}/statements/{month}",
+        Role::Admin,
+        "The monthly statement (format=json|csv|html): daily lines, adjustments issued, orders and renewals, credits, refunds, the balance at each end; the JSON signed with Ed25519",
+    ),
+    (
+        "get",
+        "/v1/accounts/{id}/statements/{month}",
+        Role::Reader,
+        "The account's monthly statement (format=json|csv|html); the JSON signed",
+    ),
+    (
+        "get",
+        "/v1/statement-key",
+        Role::None,
+        "The public key that signs statements (algorithm, key_id, public_key): what aggregator verify-statement --key takes",
+    ),
     ("get", "/healthz", Role::None, "Liveness"),
     ("get", "/readyz", Role::None, "Readiness: the database answers and can write"),
     ("get", "/metrics", Role::None, "Prometheus metrics"),
@@ -349,6 +368,8 @@ pub enum Domain {
     NodeName,
     /// A calendar day, `YYYY-MM-DD`, from 2000-01-01 to 2199-12-31.
     Day,
+    /// A month, `YYYY-MM`, from 2000-01 to 2199-12.
+    Month,
     /// An RFC 3339 instant with an offset or `Z`, in the same days.
     Instant,
     /// Money as a string of a plain decimal, such as `"100.00"`
@@ -440,6 +461,12 @@ pub struct Inputs {
 }
 
 const ACCOUNT_ID: Input = Input::required("id", Domain::Name, "the account");
+const MONTH: Input = Input::required(
+    "month",
+    Domain::Month,
+    "the month, YYYY-MM, in the billing zone",
+);
+
 const CLUSTER_NAME: Input = Input::required("name", Domain::Name, "the cluster");
 const ORDER_ID: Input = Input::required(
     "order",
@@ -1197,6 +1224,17 @@ pub const INPUTS: &[(&str, &str, Inputs)] = &[
         "/v1/accounts/{id}/log-storage",
         of(ACCOUNT, &[], Body::None),
     ),
+    (
+        "get",
+        "/v1/admin/accounts/{id}/statements/{month}",
+        of(&[ACCOUNT_ID, MONTH], &[FORMAT_JSON_CSV_HTML], Body::None),
+    ),
+    (
+        "get",
+        "/v1/accounts/{id}/statements/{month}",
+        of(&[ACCOUNT_ID, MONTH], &[FORMAT_JSON_CSV_HTML], Body::None),
+    ),
+    ("get", "/v1/statement-key", NOTHING),
     ("get", "/healthz", NOTHING),
     ("get", "/readyz", NOTHING),
     ("get", "/metrics", NOTHING),
@@ -1274,6 +1312,10 @@ fn handler(method: &str, path: &str) -> MethodRouter<Arc<AppState>> {
         }
         // The admin route's own handler: it takes the account from the path.
         ("get", "/v1/accounts/{id}/log-storage") => get(log_storage::view),
+        ("get", "/v1/admin/accounts/{id}/statements/{month}") => get(statements::monthly),
+        // The admin route's own handler: it takes the account from the path.
+        ("get", "/v1/accounts/{id}/statements/{month}") => get(statements::monthly),
+        ("get", "/v1/statement-key") => get(statements::public_key),
         ("get", "/healthz") => get(ops::healthz),
         ("get", "/readyz") => get(ops::readyz),
         ("get", "/metrics") => get(ops::metrics),

@@ -272,6 +272,10 @@ fn schema(domain: &Domain) -> Value {
             "formatMinimum": domain::FIRST_DAY.to_string(),
             "formatMaximum": domain::LAST_DAY.to_string(),
         }),
+        Domain::Month => json!({
+            "type": "string",
+            "pattern": "^(20[0-9]{2}|21[0-9]{2})-(0[1-9]|1[0-2])$",
+        }),
         Domain::Instant => json!({
             "type": "string",
             "format": "date-time",

@@ -3,6 +3,7 @@
 pub mod csv;
 pub mod export;
 pub mod html;
+pub mod statement;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;

@@ -2,6 +2,7 @@
 //! the wire private.
 
 pub mod signature;
+pub mod statement_key;
 pub mod tls;
 pub mod tokens;
 
@@ -37,4 +38,21 @@ impl Watch {
         .await;
         woke == crate::background::Woke::Look
     }
+}
+
+/// Bytes as lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Exactly `len` bytes written as `2 * len` hex digits (either case).
+pub fn unhex(text: &str, len: usize) -> Option<Vec<u8>> {
+    // `from_str_radix` alone would take a `+` as a sign.
+    if text.len() != 2 * len || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
+        .collect()
 }

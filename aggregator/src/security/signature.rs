@@ -5,6 +5,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 
+use super::{hex, unhex};
 use crate::config::Secret;
 use sha2::Sha256;
 
@@ -81,9 +82,8 @@ pub fn verify(
                     return Err(VerifyError::Malformed("t is given twice"));
                 }
             }
-            "v1" => {
-                tags.push(unhex(value).ok_or(VerifyError::Malformed("v1 is not 64 hex digits"))?)
-            }
+            "v1" => tags
+                .push(unhex(value, 32).ok_or(VerifyError::Malformed("v1 is not 64 hex digits"))?),
             _ => {}
         }
     }
@@ -105,21 +105,6 @@ pub fn verify(
         });
     }
     Ok(())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// 64 hex digits as 32 bytes.
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() != 64 || !text.is_ascii() {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
-        .collect()
 }
 
 #[cfg(test)]

@@ -457,6 +457,12 @@ const TABLES: &[Table] = &[
         order_by: "id",
         identity: Some("id"),
     },
+    Table {
+        name: "statement_keys",
+        columns: &["slot", "seed", "created_at_ms"],
+        order_by: "slot",
+        identity: None,
+    },
 ];
 
 /// Rows written by one multi-row INSERT (below both databases' parameter limits).

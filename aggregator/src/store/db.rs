@@ -1016,6 +1016,24 @@ impl Conn {
         })
     }
 
+    /// A read-only transaction over one snapshot, which takes no write lock:
+    /// several reads that must agree (a statement's parts) see the database
+    /// as of its first read on SQLite (a deferred transaction in WAL mode),
+    /// as of its start on PostgreSQL (repeatable read). Dropped, it ends.
+    pub fn snapshot(&mut self) -> Result<Tx<'_>, DbError> {
+        match self.dialect() {
+            Dialect::Sqlite => self.execute_batch("BEGIN DEFERRED")?,
+            Dialect::Postgres => {
+                self.execute_batch("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?
+            }
+        }
+        self.set_in_transaction(true);
+        Ok(Tx {
+            conn: self,
+            done: false,
+        })
+    }
+
     /// Tries PostgreSQL's session advisory lock `key` without waiting; true
     /// when this connection holds it. Always true on SQLite (one process).
     pub fn try_session_lock(&self, key: i64) -> Result<bool, DbError> {

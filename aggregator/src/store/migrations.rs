@@ -629,10 +629,24 @@ const MIGRATIONS: &[Migration] = &[
     ALTER TABLE issued_tokens ADD CHECK (kind IN ('cluster', 'reader', 'admin', 'logs'));
     "#,
     },
+    // 11: the key that signs monthly statements, made on first use and kept
+    // so that every replica and every restart signs with the same one.
+    Migration {
+        version: 11,
+        sql: r#"
+    CREATE TABLE statement_keys (
+        slot           {int} PRIMARY KEY CHECK (slot = 1),
+        seed           TEXT NOT NULL,
+        created_at_ms  {int} NOT NULL
+    );
+    "#,
+        sqlite: "",
+        postgres: "",
+    },
 ];
 
 /// The schema version this build knows.
-pub const VERSION: usize = 10;
+pub const VERSION: usize = 11;
 
 /// The version whose migration records the names outside their domain
 /// (`names::report_names_outside_domain` runs when a database crosses it).

@@ -23,6 +23,7 @@ mod readers;
 mod retention;
 mod samples;
 mod schema_postgres;
+mod statements;
 mod states;
 
 use std::collections::HashMap;
@@ -59,6 +60,7 @@ pub use readers::{
 };
 pub use retention::{reads_from, Horizon, PruneTarget, Pruned, PRUNE_BATCH_ROWS};
 pub use samples::{AuditSample, Incoming, Outcome};
+pub use statements::{MonthFacts, OrderEntry, RefundEntry};
 pub use states::{StateChange, StepOutcome};
 
 /// The schema version this build migrates databases to.
@@ -254,6 +256,9 @@ handles! {
     images => Images;
     /// The log-storage add-on: orders, its life, usage reports and purges.
     log_storage => LogStorage;
+    /// Monthly statements: a month's lines, orders and ledger; the key
+    /// that signs them.
+    statements => Statements;
 }
 
 impl Store {

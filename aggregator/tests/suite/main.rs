@@ -32,6 +32,7 @@ mod retention;
 mod roles;
 mod route_fuzz;
 mod service;
+mod statements;
 mod supplied_tokens;
 mod tls;
 mod webhook_signatures;

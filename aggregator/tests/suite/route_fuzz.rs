@@ -743,6 +743,8 @@ fn valid_text(rng: &mut fastrand::Rng, name: &str, schema: &Value) -> String {
         }
         (_, _, "name") if schema["maxLength"] == 64 && rng.bool() => "prod".into(),
         (_, _, "sms") => "+8613800138000".into(),
+        // Months the fuzzer's clock has begun.
+        (_, _, "month") => format!("2026-{:02}", rng.u32(9..=11)),
         (_, _, "token") => {
             let hex: String = (0..64)
                 .map(|_| char::from(b"0123456789abcdef"[rng.usize(..16)]))
