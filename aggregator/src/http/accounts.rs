@@ -198,17 +198,40 @@ struct OrderBody {
     pay_from_balance: bool,
 }
 
+/// `POST /v1/admin/accounts/{id}/orders`: an operator's order, invoiced or
+/// paid from the balance.
 pub async fn place_order(
     Extract(state): Extract<Arc<AppState>>,
     ApiPath(id): ApiPath<String>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let raw = read(raw)?;
+    order(&state, id, body(&raw)?).await
+}
+
+/// `POST /v1/accounts/{id}/orders`: the customer's own order, which the
+/// balance pays; an invoiced order is an operator's to place.
+pub async fn customer_order(
+    Extract(state): Extract<Arc<AppState>>,
+    ApiPath(id): ApiPath<String>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let raw = read(raw)?;
     let o: OrderBody = body(&raw)?;
+    if !o.pay_from_balance {
+        return Err(ApiError::unprocessable(
+            "pay_from_balance",
+            "a customer's order is paid from the balance: pay_from_balance must be true (an operator places invoiced orders)",
+        ));
+    }
+    order(&state, id, o).await
+}
+
+async fn order(state: &Arc<AppState>, id: String, o: OrderBody) -> Result<Response, ApiError> {
     match o.product.as_deref().unwrap_or("pro") {
         "pro" => {}
-        "image_scan" => return image_scan_order(&state, id, o).await,
-        "log_storage" => return log_storage_order(&state, id, o).await,
+        "image_scan" => return image_scan_order(state, id, o).await,
+        "log_storage" => return log_storage_order(state, id, o).await,
         other => {
             return Err(ApiError::unprocessable(
                 "product",

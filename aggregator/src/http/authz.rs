@@ -1,4 +1,4 @@
-//! Who may call what: every route declares a `Role` in `ROUTES`; `authorize` classifies the bearer token (admin, reader, cluster, logs, or none of the service's) and answers 401 or 403 before the handler runs.
+//! Who may call what: every route declares a `Role` in `ROUTES`; `authorize` classifies the bearer token (admin, reader, customer, cluster, logs, or none of the service's) and answers 401 or 403 before the handler runs.
 
 use std::collections::HashMap;
 
@@ -10,7 +10,8 @@ use axum::RequestExt;
 
 use super::{blocking, ApiError};
 use crate::security::tokens::{
-    bearer, looks_like_cluster_token, looks_like_logs_token, looks_like_reader_token,
+    bearer, looks_like_cluster_token, looks_like_customer_token, looks_like_logs_token,
+    looks_like_reader_token,
 };
 use crate::state::AppState;
 use crate::store::{AccountTokenRole, ClusterIdentity, ReaderIdentity};
@@ -33,6 +34,11 @@ pub enum Role {
     /// A log service's `logs` token: `PUT /v1/log-storage/usage`, for its
     /// own account. The handler authenticates it itself ([`logs_of`]).
     Logs,
+    /// A customer's token bound to the account in the path: its own
+    /// actions (the cap, auto-renewal, image authorizations, orders paid
+    /// from the balance). It may call reader routes too; the admin token
+    /// may call these.
+    Customer,
 }
 
 impl Role {
@@ -44,6 +50,7 @@ impl Role {
             Role::Reader => "reader",
             Role::Cluster => "cluster",
             Role::Logs => "logs",
+            Role::Customer => "customer",
         }
     }
 
@@ -52,9 +59,14 @@ impl Role {
         match self {
             Role::None => "no token",
             Role::Admin => "the admin role (the admin token)",
-            Role::Reader => "the reader role (a reader token of this account, or the admin token)",
+            Role::Reader => {
+                "the reader role (a reader or customer token of this account, or the admin token)"
+            }
             Role::Cluster => "the cluster role (an agent's cluster token)",
             Role::Logs => "the logs role (a log service's logs token)",
+            Role::Customer => {
+                "the customer role (a customer token of this account, or the admin token)"
+            }
         }
     }
 }
@@ -70,6 +82,7 @@ pub enum Caller {
     Reader(ReaderIdentity),
     Cluster(ClusterIdentity),
     Logs(ReaderIdentity),
+    Customer(ReaderIdentity),
 }
 
 impl Caller {
@@ -81,6 +94,7 @@ impl Caller {
             Caller::Reader(_) => "a reader token",
             Caller::Cluster(_) => "a cluster token",
             Caller::Logs(_) => "a logs token",
+            Caller::Customer(_) => "a customer token",
         }
     }
 }
@@ -101,12 +115,25 @@ pub async fn classify(state: &Arc<AppState>, token: Option<&str>) -> Result<Call
         let found = blocking(&state.tokens, move |s| s.tokens().reader_for_token(&owned)).await?;
         return Ok(found.map_or(Caller::Unknown, Caller::Reader));
     }
-    if looks_like_logs_token(token) {
-        let found = blocking(&state.tokens, move |s| {
-            s.tokens().account_for_token(&owned, AccountTokenRole::Logs)
-        })
-        .await?;
-        return Ok(found.map_or(Caller::Unknown, Caller::Logs));
+    for (looks_like, role, caller) in [
+        (
+            looks_like_logs_token as fn(&str) -> bool,
+            AccountTokenRole::Logs,
+            Caller::Logs as fn(ReaderIdentity) -> Caller,
+        ),
+        (
+            looks_like_customer_token,
+            AccountTokenRole::Customer,
+            Caller::Customer,
+        ),
+    ] {
+        if looks_like(token) {
+            let found = blocking(&state.tokens, move |s| {
+                s.tokens().account_for_token(&owned, role)
+            })
+            .await?;
+            return Ok(found.map_or(Caller::Unknown, caller));
+        }
     }
     if looks_like_cluster_token(token) {
         let found = blocking(&state.tokens, move |s| s.ingest().cluster_for_token(&owned)).await?;
@@ -139,17 +166,19 @@ pub fn decide(role: Role, caller: &Caller, account: Option<&str>) -> Result<(), 
             ))
         }
         (Role::Admin, c) => *c == Caller::Admin,
-        (Role::Reader, Caller::Admin) => true,
-        (Role::Reader, Caller::Reader(r)) => {
+        (Role::Reader | Role::Customer, Caller::Admin) => true,
+        (Role::Reader, Caller::Reader(r) | Caller::Customer(r))
+        | (Role::Customer, Caller::Customer(r)) => {
             if Some(r.account.as_str()) != account {
                 return Err(forbidden(format!(
-                    "this route needs {}; this reader token is for another account",
-                    role.needs()
+                    "this route needs {}; {} is for another account",
+                    role.needs(),
+                    caller.kind().replacen("a ", "this ", 1)
                 )));
             }
             true
         }
-        (Role::Reader, _) => false,
+        (Role::Reader | Role::Customer, _) => false,
         (Role::Cluster, c) => matches!(c, Caller::Cluster(_)),
         (Role::Logs, c) => matches!(c, Caller::Logs(_)),
     };
@@ -228,9 +257,9 @@ pub async fn authorize(Extract(gate): Extract<Gate>, mut request: Request, next:
         Ok(caller) => caller,
         Err(e) => return e.into_response(),
     };
-    // Only a reader's answer depends on the account in the path.
+    // Only a reader's or a customer's answer depends on the account in the path.
     let account = match (&caller, gate.role) {
-        (Caller::Reader(_), Role::Reader) => request
+        (Caller::Reader(_) | Caller::Customer(_), Role::Reader | Role::Customer) => request
             .extract_parts::<Path<HashMap<String, String>>>()
             .await
             .ok()
@@ -257,6 +286,13 @@ mod tests {
         })
     }
 
+    fn customer(account: &str) -> Caller {
+        Caller::Customer(ReaderIdentity {
+            account: account.into(),
+            token_id: 2,
+        })
+    }
+
     fn cluster() -> Caller {
         Caller::Cluster(ClusterIdentity {
             account: "a".into(),
@@ -272,11 +308,15 @@ mod tests {
     fn each_role_takes_only_its_callers() {
         let a = Some("a");
         let table = [
-            (Role::None, [200, 200, 200, 200, 200, 200, 200]),
-            (Role::Admin, [401, 401, 200, 403, 403, 403, 403]),
-            (Role::Reader, [401, 401, 200, 200, 403, 403, 403]),
-            (Role::Cluster, [401, 401, 403, 403, 403, 200, 403]),
-            (Role::Logs, [401, 401, 403, 403, 403, 403, 200]),
+            (Role::None, [200, 200, 200, 200, 200, 200, 200, 200, 200]),
+            (Role::Admin, [401, 401, 200, 403, 403, 403, 403, 403, 403]),
+            (Role::Reader, [401, 401, 200, 200, 403, 403, 403, 200, 403]),
+            (Role::Cluster, [401, 401, 403, 403, 403, 200, 403, 403, 403]),
+            (Role::Logs, [401, 401, 403, 403, 403, 403, 200, 403, 403]),
+            (
+                Role::Customer,
+                [401, 401, 200, 403, 403, 403, 403, 200, 403],
+            ),
         ];
         let callers = [
             Caller::Anonymous,
@@ -289,6 +329,8 @@ mod tests {
                 account: "a".into(),
                 token_id: 1,
             }),
+            customer("a"),
+            customer("b"),
         ];
         for (role, expected) in table {
             let got: Vec<u16> = callers.iter().map(|c| status(role, c, a)).collect();
@@ -305,6 +347,15 @@ mod tests {
         let e = decide(Role::Reader, &reader("b"), Some("a")).unwrap_err();
         assert!(e.message.contains("the reader role"), "{}", e.message);
         assert!(e.message.contains("another account"), "{}", e.message);
+        let e = decide(Role::Customer, &reader("a"), Some("a")).unwrap_err();
+        assert!(e.message.contains("the customer role"), "{}", e.message);
+        let e = decide(Role::Customer, &customer("b"), Some("a")).unwrap_err();
+        assert!(
+            e.message
+                .contains("this customer token is for another account"),
+            "{}",
+            e.message
+        );
         let e = decide(Role::Cluster, &Caller::Admin, None).unwrap_err();
         assert!(e.message.contains("the cluster role"), "{}", e.message);
     }

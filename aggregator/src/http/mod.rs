@@ -281,6 +281,66 @@ pub const ROUTES: &[(&str, &str, Role, &str)] = &[
     ),
     (
         "post",
+        "/v1/admin/accounts/{id}/customer-tokens",
+        Role::Admin,
+        "Issue a customer token (cmu_ and 64 hex) labelled with name: it reads as a reader token does and acts on the account's own cap, auto-renewal, image authorizations and orders paid from the balance; answers it once. At most 100 live ones",
+    ),
+    (
+        "get",
+        "/v1/admin/accounts/{id}/customer-tokens",
+        Role::Admin,
+        "The account's customer tokens (id, name, created_at, revoked_at), never the tokens; a page at a time (limit=, cursor=)",
+    ),
+    (
+        "delete",
+        "/v1/admin/accounts/{id}/customer-tokens/{token_id}",
+        Role::Admin,
+        "Revoke a customer token; it stops at once",
+    ),
+    (
+        "get",
+        "/v1/accounts/{id}/balance",
+        Role::Reader,
+        "The account's prepaid balance and its ledger, oldest entry first (limit=, cursor=)",
+    ),
+    (
+        "put",
+        "/v1/accounts/{id}/cap",
+        Role::Customer,
+        "Set the account's elastic cap from now: cores per day, at least 500",
+    ),
+    (
+        "post",
+        "/v1/accounts/{id}/orders",
+        Role::Customer,
+        "Order for the account as the admin route does, paid from the balance (pay_from_balance must be true)",
+    ),
+    (
+        "put",
+        "/v1/accounts/{id}/orders/{order}/auto-renew",
+        Role::Customer,
+        "Turn an order's auto-renewal on or off",
+    ),
+    (
+        "post",
+        "/v1/accounts/{id}/image-authorizations",
+        Role::Customer,
+        "Authorize a batch of the account's images (image_ids), each taking one authorization; all or none",
+    ),
+    (
+        "put",
+        "/v1/accounts/{id}/image-authorizations/auto",
+        Role::Customer,
+        "Turn automatic authorization of new images on or off, with a daily limit",
+    ),
+    (
+        "put",
+        "/v1/accounts/{id}/log-storage/orders/{order}/auto-renew",
+        Role::Customer,
+        "Turn a log-storage order's auto-renewal on or off",
+    ),
+    (
+        "post",
         "/v1/admin/accounts/{id}/log-tokens",
         Role::Admin,
         "Issue a logs token (cml_ and 64 hex) for the account's log service, labelled with name; answers it once. At most 100 live ones",
@@ -1153,6 +1213,21 @@ pub const INPUTS: &[(&str, &str, Inputs)] = &[
     ),
     (
         "post",
+        "/v1/admin/accounts/{id}/customer-tokens",
+        of(ACCOUNT, &[], object(TOKEN_NAME)),
+    ),
+    (
+        "get",
+        "/v1/admin/accounts/{id}/customer-tokens",
+        of(ACCOUNT, PAGE, Body::None),
+    ),
+    (
+        "delete",
+        "/v1/admin/accounts/{id}/customer-tokens/{token_id}",
+        of(&[ACCOUNT_ID, TOKEN_ID], &[], Body::None),
+    ),
+    (
+        "post",
         "/v1/admin/accounts/{id}/log-tokens",
         of(ACCOUNT, &[], object(TOKEN_NAME)),
     ),
@@ -1241,12 +1316,21 @@ pub const INPUTS: &[(&str, &str, Inputs)] = &[
     ("get", "/v1/openapi.json", NOTHING),
 ];
 
-/// The inputs of one route of `ROUTES`.
+/// The inputs of one route of `ROUTES`. A customer's or reader's route
+/// `/v1/accounts/…` without a row of its own takes what its admin twin
+/// `/v1/admin/accounts/…` takes (their handler is the same).
 pub fn inputs(method: &str, path: &str) -> Inputs {
-    INPUTS
-        .iter()
-        .find(|(m, p, _)| *m == method && *p == path)
-        .map(|row| row.2)
+    let row = |path: &str| {
+        INPUTS
+            .iter()
+            .find(|(m, p, _)| *m == method && *p == path)
+            .map(|row| row.2)
+    };
+    row(path)
+        .or_else(|| {
+            path.strip_prefix("/v1/accounts/")
+                .and_then(|rest| row(&format!("/v1/admin/accounts/{rest}")))
+        })
         .unwrap_or_else(|| panic!("{method} {path} is in ROUTES without its inputs"))
 }
 
@@ -1301,9 +1385,23 @@ fn handler(method: &str, path: &str) -> MethodRouter<Arc<AppState>> {
         ("get", "/v1/accounts/{id}/images") => get(images::inventory),
         ("get", "/v1/accounts/{id}/image-authorizations") => get(images::authorizations),
         ("get", "/v1/accounts/{id}/image-authorizations/receipts") => get(images::receipts),
-        ("post", "/v1/admin/accounts/{id}/log-tokens") => post(readers::issue_logs),
-        ("get", "/v1/admin/accounts/{id}/log-tokens") => get(readers::list_logs),
-        ("delete", "/v1/admin/accounts/{id}/log-tokens/{token_id}") => delete(readers::revoke_logs),
+        ("post", "/v1/admin/accounts/{id}/customer-tokens") => post(readers::issue),
+        ("get", "/v1/admin/accounts/{id}/customer-tokens") => get(readers::list),
+        ("delete", "/v1/admin/accounts/{id}/customer-tokens/{token_id}") => delete(readers::revoke),
+        // The customer's own actions: the admin routes' handlers, the account
+        // from the path; an order must be paid from the balance.
+        ("get", "/v1/accounts/{id}/balance") => get(accounts::balance),
+        ("put", "/v1/accounts/{id}/cap") => put(admin::set_cap),
+        ("post", "/v1/accounts/{id}/orders") => post(accounts::customer_order),
+        ("put", "/v1/accounts/{id}/orders/{order}/auto-renew") => put(accounts::set_auto_renew),
+        ("post", "/v1/accounts/{id}/image-authorizations") => post(images::authorize),
+        ("put", "/v1/accounts/{id}/image-authorizations/auto") => put(images::set_auto),
+        ("put", "/v1/accounts/{id}/log-storage/orders/{order}/auto-renew") => {
+            put(log_storage::set_auto_renew)
+        }
+        ("post", "/v1/admin/accounts/{id}/log-tokens") => post(readers::issue),
+        ("get", "/v1/admin/accounts/{id}/log-tokens") => get(readers::list),
+        ("delete", "/v1/admin/accounts/{id}/log-tokens/{token_id}") => delete(readers::revoke),
         ("put", "/v1/log-storage/usage") => put(log_storage::report_usage),
         ("get", "/v1/admin/accounts/{id}/log-storage") => get(log_storage::view),
         ("post", "/v1/admin/accounts/{id}/log-storage/expansions") => post(log_storage::expand),
@@ -1347,7 +1445,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         if matches!(*method, "post" | "put") && !matches!(role, Role::Cluster | Role::Logs) {
             route = route.route_layer(axum::middleware::from_fn(edges::json_bodies_only));
         }
-        if matches!(role, Role::Admin | Role::Reader) {
+        if matches!(role, Role::Admin | Role::Reader | Role::Customer) {
             route = route.route_layer(axum::middleware::from_fn_with_state(
                 authz::Gate {
                     state: state.clone(),
@@ -1616,11 +1714,31 @@ mod tests {
             assert!(seen.insert((method, path)), "{method} {path} twice");
             drop(handler(method, path));
             inputs(method, path);
-            if *role == Role::Reader {
-                assert!(path.contains("{id}"), "{path}: a reader route needs {{id}}");
+            if matches!(role, Role::Reader | Role::Customer) {
+                assert!(
+                    path.contains("{id}"),
+                    "{path}: a {role:?} route needs {{id}}"
+                );
             }
         }
-        assert_eq!(INPUTS.len(), ROUTES.len(), "one row of INPUTS per route");
+        // A customer's or reader's route without a row takes its admin twin's.
+        let twins = ROUTES
+            .iter()
+            .filter(|r| !INPUTS.iter().any(|i| i.0 == r.0 && i.1 == r.1))
+            .inspect(|r| {
+                assert!(
+                    r.1.starts_with("/v1/accounts/"),
+                    "{} {} has no inputs",
+                    r.0,
+                    r.1
+                )
+            })
+            .count();
+        assert_eq!(
+            INPUTS.len() + twins,
+            ROUTES.len(),
+            "one row of INPUTS per route"
+        );
         for (method, path, _) in INPUTS {
             assert!(
                 ROUTES.iter().any(|r| r.0 == *method && r.1 == *path),

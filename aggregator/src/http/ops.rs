@@ -163,9 +163,10 @@ pub fn openapi_document() -> Value {
         let security = match role {
             Role::None => json!([]),
             Role::Admin => json!([{"admin": []}]),
-            Role::Reader => json!([{"reader": []}, {"admin": []}]),
+            Role::Reader => json!([{"reader": []}, {"customer": []}, {"admin": []}]),
             Role::Cluster => json!([{"cluster": []}]),
             Role::Logs => json!([{"logs": []}]),
+            Role::Customer => json!([{"customer": []}, {"admin": []}]),
         };
         let declared = inputs(method, path);
         let parameters: Vec<Value> = declared
@@ -206,6 +207,7 @@ pub fn openapi_document() -> Value {
             "reader": {"type": "http", "scheme": "bearer", "description": "a reader token (cmr_…), read-only and bound to the account in the path (role reader)"},
             "cluster": {"type": "http", "scheme": "bearer", "description": "a cluster token (cmc_…), an agent's (role cluster)"},
             "logs": {"type": "http", "scheme": "bearer", "description": "a logs token (cml_…), a log service's, bound to one account (role logs)"},
+            "customer": {"type": "http", "scheme": "bearer", "description": "a customer token (cmu_…), bound to the account in the path: reads as a reader and acts on the account's own cap, auto-renewal, image authorizations and orders paid from the balance (role customer)"},
         }},
     })
 }

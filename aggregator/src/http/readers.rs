@@ -2,7 +2,7 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::State as Extract;
+use axum::extract::{MatchedPath, State as Extract};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -23,24 +23,25 @@ struct NewReaderToken {
     name: String,
 }
 
-/// `POST /v1/admin/accounts/{id}/reader-tokens {"name"}`: the token is in
-/// this answer and nowhere else, ever.
-pub async fn issue(
-    Extract(state): Extract<Arc<AppState>>,
-    ApiPath(id): ApiPath<String>,
-    raw: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    issue_token(&state, id, raw, AccountTokenRole::Reader).await
+/// Which of an account's tokens a token route serves, by its path:
+/// `reader-tokens`, `log-tokens` or `customer-tokens`.
+fn role_of(path: &MatchedPath) -> AccountTokenRole {
+    match path.as_str().split('/').nth(5) {
+        Some("log-tokens") => AccountTokenRole::Logs,
+        Some("customer-tokens") => AccountTokenRole::Customer,
+        _ => AccountTokenRole::Reader,
+    }
 }
 
-/// `POST /v1/admin/accounts/{id}/log-tokens {"name"}`: a `logs` token for
-/// the account's log service, shown once.
-pub async fn issue_logs(
+/// `POST /v1/admin/accounts/{id}/reader-tokens {"name"}` (and `log-tokens`,
+/// `customer-tokens`): the token is in this answer and nowhere else, ever.
+pub async fn issue(
     Extract(state): Extract<Arc<AppState>>,
+    path: MatchedPath,
     ApiPath(id): ApiPath<String>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    issue_token(&state, id, raw, AccountTokenRole::Logs).await
+    issue_token(&state, id, raw, role_of(&path)).await
 }
 
 async fn issue_token(
@@ -81,23 +82,16 @@ pub async fn customer_notices(
     Ok(paged.respond(Json(listed)))
 }
 
-/// `GET /v1/admin/accounts/{id}/reader-tokens`: a page of the tokens, oldest
-/// first, without their secret or hash.
+/// `GET /v1/admin/accounts/{id}/reader-tokens` (and `log-tokens`,
+/// `customer-tokens`): a page of the tokens, oldest first, without their
+/// secret or hash.
 pub async fn list(
     Extract(state): Extract<Arc<AppState>>,
+    path: MatchedPath,
     ApiPath(id): ApiPath<String>,
     page: Page,
 ) -> Result<Response, ApiError> {
-    list_tokens(&state, id, page, AccountTokenRole::Reader).await
-}
-
-/// `GET /v1/admin/accounts/{id}/log-tokens`: as the reader tokens' list.
-pub async fn list_logs(
-    Extract(state): Extract<Arc<AppState>>,
-    ApiPath(id): ApiPath<String>,
-    page: Page,
-) -> Result<Response, ApiError> {
-    list_tokens(&state, id, page, AccountTokenRole::Logs).await
+    list_tokens(&state, id, page, role_of(&path)).await
 }
 
 async fn list_tokens(
@@ -109,6 +103,7 @@ async fn list_tokens(
     let (list, key) = match role {
         AccountTokenRole::Reader => ("reader-tokens", "reader_tokens"),
         AccountTokenRole::Logs => ("log-tokens", "log_tokens"),
+        AccountTokenRole::Customer => ("customer-tokens", "customer_tokens"),
     };
     let listing = Listing { list, filter: &id };
     let after: Option<i64> = page.after(listing)?;
@@ -126,21 +121,15 @@ async fn list_tokens(
     }))))
 }
 
-/// `DELETE /v1/admin/accounts/{id}/reader-tokens/{token_id}`: the token stops
-/// at once. Revoking a revoked token answers it unchanged; an unknown one is 404.
+/// `DELETE /v1/admin/accounts/{id}/reader-tokens/{token_id}` (and
+/// `log-tokens`, `customer-tokens`): the token stops at once. Revoking a
+/// revoked token answers it unchanged; an unknown one is 404.
 pub async fn revoke(
     Extract(state): Extract<Arc<AppState>>,
+    path: MatchedPath,
     ApiPath((id, token_id)): ApiPath<(String, i64)>,
 ) -> Result<Json<Value>, ApiError> {
-    revoke_token(&state, id, token_id, AccountTokenRole::Reader).await
-}
-
-/// `DELETE /v1/admin/accounts/{id}/log-tokens/{token_id}`: as a reader token's.
-pub async fn revoke_logs(
-    Extract(state): Extract<Arc<AppState>>,
-    ApiPath((id, token_id)): ApiPath<(String, i64)>,
-) -> Result<Json<Value>, ApiError> {
-    revoke_token(&state, id, token_id, AccountTokenRole::Logs).await
+    revoke_token(&state, id, token_id, role_of(&path)).await
 }
 
 async fn revoke_token(

@@ -62,6 +62,16 @@ pub fn looks_like_logs_token(token: &str) -> bool {
     check_token_form(LOGS_TOKEN_PREFIX, token).is_ok()
 }
 
+/// The prefix of a customer token: the reader's reads and the customer's
+/// own actions on its account (the cap, auto-renewal, image authorizations,
+/// orders paid from the balance).
+pub const CUSTOMER_TOKEN_PREFIX: &str = "cmu";
+
+/// Whether `token` has the form of a customer token (no look-up).
+pub fn looks_like_customer_token(token: &str) -> bool {
+    check_token_form(CUSTOMER_TOKEN_PREFIX, token).is_ok()
+}
+
 /// What is stored in place of a token.
 pub fn hash_token(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()

@@ -20,6 +20,8 @@ pub enum TokenKind {
     Admin,
     /// A log service's token (SPEC 10.4).
     Logs,
+    /// A customer's token: reads and acts on its own account.
+    Customer,
 }
 
 impl TokenKind {
@@ -29,6 +31,7 @@ impl TokenKind {
             TokenKind::Reader => "reader",
             TokenKind::Admin => "admin",
             TokenKind::Logs => "logs",
+            TokenKind::Customer => "customer",
         }
     }
 
@@ -38,6 +41,7 @@ impl TokenKind {
             "reader" => Ok(TokenKind::Reader),
             "admin" => Ok(TokenKind::Admin),
             "logs" => Ok(TokenKind::Logs),
+            "customer" => Ok(TokenKind::Customer),
             other => Err(StoreError::Corrupt(format!(
                 "issued token of unknown kind {other:?}"
             ))),

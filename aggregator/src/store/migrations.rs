@@ -630,7 +630,8 @@ const MIGRATIONS: &[Migration] = &[
     "#,
     },
     // 11: the key that signs monthly statements, made on first use and kept
-    // so that every replica and every restart signs with the same one.
+    // so that every replica and every restart signs with the same one;
+    // customer tokens among the kinds issued.
     Migration {
         version: 11,
         sql: r#"
@@ -640,8 +641,20 @@ const MIGRATIONS: &[Migration] = &[
         created_at_ms  {int} NOT NULL
     );
     "#,
-        sqlite: "",
-        postgres: "",
+        sqlite: r#"
+    CREATE TABLE issued_tokens_v11 (
+        token_hash    BLOB PRIMARY KEY,
+        kind          TEXT NOT NULL CHECK (kind IN ('cluster', 'reader', 'admin', 'logs', 'customer')),
+        issued_at_ms  INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO issued_tokens_v11 SELECT token_hash, kind, issued_at_ms FROM issued_tokens;
+    DROP TABLE issued_tokens;
+    ALTER TABLE issued_tokens_v11 RENAME TO issued_tokens;
+    "#,
+        postgres: r#"
+    ALTER TABLE issued_tokens DROP CONSTRAINT issued_tokens_kind_check;
+    ALTER TABLE issued_tokens ADD CHECK (kind IN ('cluster', 'reader', 'admin', 'logs', 'customer'));
+    "#,
     },
 ];
 

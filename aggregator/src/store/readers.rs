@@ -9,7 +9,9 @@ use super::db::OptionalExtension;
 use super::pages::{one_more, Listed};
 use super::{from_ms, StoreError};
 use super::{Accounts, Tokens};
-use crate::security::tokens::{hash_token, new_token, LOGS_TOKEN_PREFIX, READER_TOKEN_PREFIX};
+use crate::security::tokens::{
+    hash_token, new_token, CUSTOMER_TOKEN_PREFIX, LOGS_TOKEN_PREFIX, READER_TOKEN_PREFIX,
+};
 
 /// What an account's token may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +20,9 @@ pub enum AccountTokenRole {
     Reader,
     /// Report the log service's usage (SPEC 10.4).
     Logs,
+    /// What a reader reads, and the account's own actions: the cap,
+    /// auto-renewal, image authorizations, orders paid from the balance.
+    Customer,
 }
 
 impl AccountTokenRole {
@@ -25,6 +30,7 @@ impl AccountTokenRole {
         match self {
             AccountTokenRole::Reader => "reader",
             AccountTokenRole::Logs => "logs",
+            AccountTokenRole::Customer => "customer",
         }
     }
 
@@ -32,6 +38,7 @@ impl AccountTokenRole {
         match self {
             AccountTokenRole::Reader => READER_TOKEN_PREFIX,
             AccountTokenRole::Logs => LOGS_TOKEN_PREFIX,
+            AccountTokenRole::Customer => CUSTOMER_TOKEN_PREFIX,
         }
     }
 
@@ -39,6 +46,7 @@ impl AccountTokenRole {
         match self {
             AccountTokenRole::Reader => super::issued::TokenKind::Reader,
             AccountTokenRole::Logs => super::issued::TokenKind::Logs,
+            AccountTokenRole::Customer => super::issued::TokenKind::Customer,
         }
     }
 }

@@ -72,6 +72,8 @@ enum Kind {
     Cluster,
     /// A live logs token of account A.
     LogsOfA,
+    /// A live customer token of account A.
+    CustomerOfA,
 }
 
 /// The answer the role table promises.
@@ -90,12 +92,17 @@ fn expected(role: Role, caller: Kind, account_in_path: Option<&str>) -> Answer {
         (Role::Admin, Kind::Admin) => Allowed,
         (Role::Admin, _) => Forbidden,
         (Role::Reader, Kind::Admin) => Allowed,
-        (Role::Reader, Kind::ReaderOfA) if account_in_path == Some(A) => Allowed,
+        (Role::Reader, Kind::ReaderOfA | Kind::CustomerOfA) if account_in_path == Some(A) => {
+            Allowed
+        }
         (Role::Reader, _) => Forbidden,
         (Role::Cluster, Kind::Cluster) => Allowed,
         (Role::Cluster, _) => Forbidden,
         (Role::Logs, Kind::LogsOfA) => Allowed,
         (Role::Logs, _) => Forbidden,
+        (Role::Customer, Kind::Admin) => Allowed,
+        (Role::Customer, Kind::CustomerOfA) if account_in_path == Some(A) => Allowed,
+        (Role::Customer, _) => Forbidden,
     }
 }
 
@@ -106,6 +113,7 @@ fn role_named(name: &str) -> Role {
         "reader" => Role::Reader,
         "cluster" => Role::Cluster,
         "logs" => Role::Logs,
+        "customer" => Role::Customer,
         other => panic!("unknown role {other:?}"),
     }
 }
@@ -127,6 +135,17 @@ async fn every_route_answers_each_caller_as_its_declared_role_says() {
         .await;
     assert_eq!(s, 201, "{logs}");
     let logs = logs["token"].as_str().unwrap().to_string();
+    let (s, customer) = app
+        .admin(
+            Method::POST,
+            &format!("/v1/admin/accounts/{A}/customer-tokens"),
+            Some(json!({"name": "the customer's console"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{customer}");
+    let customer = customer["token"].as_str().unwrap().to_string();
+    assert!(customer.starts_with("cmu_"), "{customer}");
+    let unknown_customer = format!("cmu_{}", "0".repeat(64));
     let unknown_reader = format!("cmr_{}", "0".repeat(64));
     let unknown_cluster = format!("cmc_{}", "0".repeat(64));
     let unknown_logs = format!("cml_{}", "0".repeat(64));
@@ -149,6 +168,12 @@ async fn every_route_answers_each_caller_as_its_declared_role_says() {
         ("a reader token of A", Some(&reader), Kind::ReaderOfA),
         ("a cluster token of A", Some(&cluster), Kind::Cluster),
         ("a logs token of A", Some(&logs), Kind::LogsOfA),
+        (
+            "an unknown customer token",
+            Some(&unknown_customer),
+            Kind::Unknown,
+        ),
+        ("a customer token of A", Some(&customer), Kind::CustomerOfA),
     ];
 
     let (s, doc) = app.call(Method::GET, "/v1/openapi.json", None, None).await;
@@ -510,5 +535,130 @@ async fn reader_token_labels_are_checked_and_live_tokens_are_limited_per_account
     assert_eq!(revoke(&app, A, first).await.0, 200);
     let (s, v) = issue(&app, A, "one too many").await;
     assert_eq!(s, 201, "{v}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_customer_token_acts_on_its_own_account_and_pays_from_the_balance() {
+    let (_dir, app) = spawn().await;
+    let cluster = app.account_with_cluster(A, "prod").await;
+    app.account_with_cluster(B, "prod").await;
+    let (s, v) = app
+        .admin(
+            Method::POST,
+            &format!("/v1/admin/accounts/{A}/customer-tokens"),
+            Some(json!({"name": "acme's console"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let (id, customer) = (
+        v["id"].as_i64().unwrap(),
+        v["token"].as_str().unwrap().to_string(),
+    );
+    let call = |method: Method, path: String, body: Option<Value>| {
+        let (app, customer) = (&app, customer.clone());
+        async move { app.call(method, &path, Some(&customer), body).await }
+    };
+
+    // The cap: under 500 is refused naming the field; 500 is taken.
+    let (s, v) = call(
+        Method::PUT,
+        format!("/v1/accounts/{A}/cap"),
+        Some(json!({"cores": 499})),
+    )
+    .await;
+    assert_eq!((s, &v["error"]["field"]), (422, &json!("cores")), "{v}");
+    let (s, v) = call(
+        Method::PUT,
+        format!("/v1/accounts/{A}/cap"),
+        Some(json!({"cores": 500})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (_, account) = app
+        .admin(Method::GET, &format!("/v1/admin/accounts/{A}"), None)
+        .await;
+    assert_eq!(account["cap_history"][0]["cores"], 500, "{account}");
+
+    // An order the balance does not pay is an operator's; one it pays is taken.
+    let pack = json!({"product": "image_scan", "quantity": 10});
+    let (s, v) = call(
+        Method::POST,
+        format!("/v1/accounts/{A}/orders"),
+        Some(pack.clone()),
+    )
+    .await;
+    assert_eq!(
+        (s, &v["error"]["field"]),
+        (422, &json!("pay_from_balance")),
+        "{v}"
+    );
+    app.admin(
+        Method::POST,
+        &format!("/v1/admin/accounts/{A}/credits"),
+        Some(json!({"amount": "10.00", "reference": "wire-1"})),
+    )
+    .await;
+    let mut paid = pack.clone();
+    paid["pay_from_balance"] = json!(true);
+    let (s, v) = call(Method::POST, format!("/v1/accounts/{A}/orders"), Some(paid)).await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = call(Method::GET, format!("/v1/accounts/{A}/balance"), None).await;
+    assert_eq!((s, &v["balance"]), (200, &json!("7.50")), "{v}");
+
+    // Images the node pushed, authorized by the customer: three fewer available.
+    let images: Vec<Value> = (1..=3)
+        .map(|i| json!({"id": format!("sha256:{i:064x}"), "repo_tags": [], "repo_digests": [], "size_bytes": 1}))
+        .collect();
+    let (s, v) = app
+        .call(
+            Method::POST,
+            "/v1/images",
+            Some(&cluster),
+            Some(json!({"node": "n1", "at": local("2026-11-24T11:30:00"), "images": images})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let ids: Vec<String> = (1..=3).map(|i| format!("sha256:{i:064x}")).collect();
+    let (s, v) = call(
+        Method::POST,
+        format!("/v1/accounts/{A}/image-authorizations"),
+        Some(json!({"image_ids": ids})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["authorized"].as_array().unwrap().len(), 3, "{v}");
+    assert_eq!(v["available"], 7, "{v}");
+
+    // Another account is not its own; a reader token cannot act.
+    let (s, _) = call(
+        Method::PUT,
+        format!("/v1/accounts/{B}/cap"),
+        Some(json!({"cores": 500})),
+    )
+    .await;
+    assert_eq!(s, 403);
+    let (_, reader) = issued_token(&app, A, "dashboard").await;
+    let (s, _) = app
+        .call(
+            Method::PUT,
+            &format!("/v1/accounts/{A}/cap"),
+            Some(&reader),
+            Some(json!({"cores": 600})),
+        )
+        .await;
+    assert_eq!(s, 403);
+
+    // Revoked, it stops at once.
+    let (s, _) = app
+        .admin(
+            Method::DELETE,
+            &format!("/v1/admin/accounts/{A}/customer-tokens/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, _) = call(Method::GET, format!("/v1/accounts/{A}/balance"), None).await;
+    assert_eq!(s, 401);
     app.stop().await;
 }

@@ -31,7 +31,7 @@ use support::{local, RawRequest, RawResponse, TestApp, ADMIN};
 const DEFAULT_SEED: u64 = 18;
 /// The calls of a `cargo test` run: under a minute in a debug build on a
 /// 2-vCPU machine, each call followed by a canary push and `/readyz`.
-const DEFAULT_CALLS: u64 = 5_000;
+const DEFAULT_CALLS: u64 = 8_000;
 /// How long a request may take before the service counts as not answering
 /// (past the service's own 30 s request timeout).
 const ANSWER_WITHIN: Duration = Duration::from_secs(40);
@@ -161,9 +161,13 @@ enum Caller {
     Cluster,
     /// A logs token of A.
     Logs,
+    /// A customer token of the account in the path (of A where the path names none).
+    CustomerOfPath,
+    /// A customer token of another account than the one in the path.
+    CustomerOfOther,
 }
 
-const CALLERS: [Caller; 7] = [
+const CALLERS: [Caller; 9] = [
     Caller::Nobody,
     Caller::Garbage,
     Caller::Admin,
@@ -171,6 +175,8 @@ const CALLERS: [Caller; 7] = [
     Caller::ReaderOfOther,
     Caller::Cluster,
     Caller::Logs,
+    Caller::CustomerOfPath,
+    Caller::CustomerOfOther,
 ];
 
 /// Tokens no role holds.
@@ -193,7 +199,10 @@ fn pick_caller(rng: &mut fastrand::Rng, op: &Operation) -> Caller {
         match op.role.as_str() {
             "admin" => Caller::Admin,
             "reader" if rng.bool() => Caller::Admin,
+            "reader" if rng.bool() => Caller::CustomerOfPath,
             "reader" => Caller::ReaderOfPath,
+            "customer" if rng.bool() => Caller::Admin,
+            "customer" => Caller::CustomerOfPath,
             "cluster" => Caller::Cluster,
             "logs" => Caller::Logs,
             _ => CALLERS[rng.usize(..CALLERS.len())],
@@ -217,6 +226,7 @@ struct World {
     _dir: tempfile::TempDir,
     /// Reader tokens of A and B.
     readers: [String; 2],
+    customers: [String; 2],
     /// The cluster token of A's `prod`.
     cluster: String,
     /// A logs token of A.
@@ -237,6 +247,7 @@ impl World {
             app,
             _dir: dir,
             readers: [String::new(), String::new()],
+            customers: [String::new(), String::new()],
             cluster,
             logs: String::new(),
             canary,
@@ -244,6 +255,10 @@ impl World {
         };
         for i in 0..2 {
             world.readers[i] = world.issue_reader([A, B][i]).await.expect("a fixture");
+            world.customers[i] = world
+                .issue_account_token([A, B][i], "customer-tokens")
+                .await
+                .expect("a fixture");
         }
         world.logs = world.issue_logs().await.expect("a fixture");
         // Licensed cores and log storage for both, so that renewals,
@@ -284,17 +299,22 @@ impl World {
     }
 
     async fn issue_reader(&self, account: &str) -> Result<String, String> {
+        self.issue_account_token(account, "reader-tokens").await
+    }
+
+    /// A token of `account` from its `list` (`reader-tokens`, `customer-tokens`).
+    async fn issue_account_token(&self, account: &str, list: &str) -> Result<String, String> {
         let (s, v) = self
             .app
             .admin(
                 reqwest::Method::POST,
-                &format!("/v1/admin/accounts/{account}/reader-tokens"),
+                &format!("/v1/admin/accounts/{account}/{list}"),
                 Some(json!({"name": "route fuzz fixture"})),
             )
             .await;
         match v["token"].as_str() {
             Some(t) if s == 201 => Ok(t.to_string()),
-            _ => Err(format!("issue a reader token of {account}: {s} {v}")),
+            _ => Err(format!("issue one of {account}'s {list}: {s} {v}")),
         }
     }
 
@@ -314,6 +334,8 @@ impl World {
             Caller::ReaderOfOther => Some(self.readers[1 - of_path].clone()),
             Caller::Cluster => Some(self.cluster.clone()),
             Caller::Logs => Some(self.logs.clone()),
+            Caller::CustomerOfPath => Some(self.customers[of_path].clone()),
+            Caller::CustomerOfOther => Some(self.customers[1 - of_path].clone()),
         }
     }
 
@@ -333,6 +355,18 @@ impl World {
                 .await;
             if s == 401 {
                 self.readers[i] = self.issue_reader(account).await?;
+            }
+            let (s, _) = self
+                .app
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/v1/accounts/{account}/notices"),
+                    Some(&self.customers[i]),
+                    None,
+                )
+                .await;
+            if s == 401 {
+                self.customers[i] = self.issue_account_token(account, "customer-tokens").await?;
             }
         }
         let (s, _) = self
@@ -704,7 +738,10 @@ fn valid_integer(rng: &mut fastrand::Rng, name: &str, schema: &Value) -> i64 {
     let min = schema["minimum"].as_i64().unwrap_or(0);
     let max = schema["maximum"].as_i64().unwrap_or(i64::MAX);
     match name {
-        "order" | "token_id" => rng.i64(1..=3),
+        "order" => rng.i64(1..=3),
+        // Reader, customer and logs tokens share one numbering: the
+        // fixtures hold 1 to 5, and each reissue takes the next.
+        "token_id" => rng.i64(1..=6),
         // Log storage comes in steps of 10 GB.
         "gb" => rng.i64(1..=5) * 10,
         "cores" if min >= 500 => rng.i64(500..=2000),
@@ -1566,7 +1603,12 @@ fn admits(role: &str, caller: Caller, account: Option<&str>) -> bool {
     match role {
         "admin" => caller == Caller::Admin,
         "reader" => {
-            caller == Caller::Admin || (caller == Caller::ReaderOfPath && account.is_some())
+            caller == Caller::Admin
+                || (matches!(caller, Caller::ReaderOfPath | Caller::CustomerOfPath)
+                    && account.is_some())
+        }
+        "customer" => {
+            caller == Caller::Admin || (caller == Caller::CustomerOfPath && account.is_some())
         }
         "cluster" => caller == Caller::Cluster,
         "logs" => caller == Caller::Logs,
