@@ -9,7 +9,8 @@
 //! - `commands`: what the binary does besides serving (replay, demo, …).
 //! - `delivery`: bill lines to the webhook, notices by webhook or email.
 //! - `billing`: the run, the 02:00 job, each account's lifecycle step.
-//! - `reports`: daily reports (JSON, CSV, HTML) and exports.
+//! - `console`: the console's pages as HTML, its languages and catalogues.
+//! - `reports`: daily reports (JSON, CSV, HTML), statements and exports.
 //! - `ingest`: the writer that batches agents' samples into the store.
 //! - `metrics`: the service's Prometheus metrics.
 //! - `state`: what every part of the running service can reach (`AppState`).
@@ -22,6 +23,7 @@ pub mod background;
 pub mod billing;
 pub mod commands;
 pub mod config;
+pub mod console;
 pub mod delivery;
 pub mod http;
 pub mod ingest;

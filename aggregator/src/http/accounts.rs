@@ -62,6 +62,12 @@ pub async fn get_account(
     Extract(state): Extract<Arc<AppState>>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
+    Ok(Json(account_view(&state, id).await?))
+}
+
+/// The account as `GET /v1/admin/accounts/{id}` answers it (the console's
+/// overview and purchase pages show it too).
+pub(super) async fn account_view(state: &Arc<AppState>, id: String) -> Result<Value, ApiError> {
     let now = state.clock.now();
     let zone = state.config.billing.zone;
     let default_cap = state.config.billing.rules.default_cap_cores;
@@ -114,7 +120,7 @@ pub async fn get_account(
         }))
     })
     .await?;
-    Ok(Json(view))
+    Ok(view)
 }
 
 #[derive(Deserialize)]

@@ -236,9 +236,13 @@ fn refused_unknown(role: Role) -> ApiError {
 
 /// The token of a request's `Authorization: Bearer` header.
 pub fn request_token(request: &Request) -> Option<&str> {
+    header_token(request.headers())
+}
+
+/// The token of an `Authorization: Bearer` header among `headers`.
+pub fn header_token(headers: &axum::http::HeaderMap) -> Option<&str> {
     bearer(
-        request
-            .headers()
+        headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok()),
     )

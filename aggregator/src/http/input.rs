@@ -102,6 +102,7 @@ fn check_param(state: &Arc<AppState>, name: &str, value: &str) -> Result<(), Api
             }
         }
         "month" => month("month", value).map(|_| ()),
+        "day" => day("day", value).map(|_| ()),
         "product" if crate::store::PRODUCTS.contains(&value) => Ok(()),
         "product" => Err(ApiError::unprocessable(
             "product",

@@ -4,6 +4,7 @@ mod accounts;
 mod admin;
 mod authz;
 pub mod automatic_errors;
+mod console;
 mod edges;
 mod images;
 mod ingest;
@@ -405,6 +406,127 @@ pub const ROUTES: &[(&str, &str, Role, &str)] = &[
         Role::None,
         "The public key that signs statements (algorithm, key_id, public_key): what aggregator verify-statement --key takes",
     ),
+    ("get", "/", Role::None, "The console (a redirect to /console)"),
+    (
+        "get",
+        "/console",
+        Role::None,
+        "The console: an operator's accounts, a customer's own account, or the login form",
+    ),
+    (
+        "get",
+        "/console/login",
+        Role::None,
+        "The console's login form: a token opens a session",
+    ),
+    (
+        "post",
+        "/console/login",
+        Role::None,
+        "Log in (a form: token, csrf, next): a session cookie, HttpOnly and SameSite=Strict",
+    ),
+    (
+        "post",
+        "/console/logout",
+        Role::None,
+        "Log out (a form: csrf): the session ends",
+    ),
+    (
+        "get",
+        "/console/lang",
+        Role::None,
+        "Switch the console's language (to=en|zh-CN), then back to next",
+    ),
+    (
+        "get",
+        "/console/accounts",
+        Role::Admin,
+        "The console's accounts page: every account's state, licensed cores, yesterday, month to date and flags; sortable, filterable, paged; the service's panel",
+    ),
+    (
+        "get",
+        "/console/accounts/{id}",
+        Role::Reader,
+        "The console's overview of an account: the licence shortfall, each product's state and next change, today so far",
+    ),
+    (
+        "get",
+        "/console/accounts/{id}/usage",
+        Role::Reader,
+        "The console's usage page: a month of daily total cores against licensed cores and the cap, the billed amounts, today's nodes",
+    ),
+    (
+        "get",
+        "/console/accounts/{id}/purchase",
+        Role::Reader,
+        "The console's purchase page: the cap, orders, auto-renewal, the balance and its ledger (forms for a customer or an operator)",
+    ),
+    (
+        "post",
+        "/console/accounts/{id}/cap",
+        Role::Customer,
+        "Set the cap from the console (a form: cores, csrf)",
+    ),
+    (
+        "post",
+        "/console/accounts/{id}/orders",
+        Role::Customer,
+        "Order from the console, paid from the balance (a form: product, quantity, months, csrf)",
+    ),
+    (
+        "post",
+        "/console/accounts/{id}/auto-renew",
+        Role::Customer,
+        "Turn an order's auto-renewal on or off from the console (a form: product, order, auto_renew, csrf)",
+    ),
+    (
+        "get",
+        "/console/accounts/{id}/images",
+        Role::Reader,
+        "The console's images page: the inventory by status, a batch to authorize, automatic authorization",
+    ),
+    (
+        "post",
+        "/console/accounts/{id}/images/authorize",
+        Role::Customer,
+        "Authorize chosen images from the console (a form: image repeated, confirm, csrf): a confirmation first",
+    ),
+    (
+        "post",
+        "/console/accounts/{id}/images/auto",
+        Role::Customer,
+        "Automatic authorization from the console (a form: auto_authorize, max_daily, csrf)",
+    ),
+    (
+        "get",
+        "/console/accounts/{id}/log-storage",
+        Role::Reader,
+        "The console's log storage page: the quota against the bytes used by day, the purges",
+    ),
+    (
+        "get",
+        "/console/accounts/{id}/bills",
+        Role::Reader,
+        "The console's bills page: bill lines and each month's statement",
+    ),
+    (
+        "get",
+        "/console/accounts/{id}/statements/{month}",
+        Role::Reader,
+        "A monthly statement in the console (format=json|csv|html)",
+    ),
+    (
+        "get",
+        "/console/accounts/{id}/reports/{day}",
+        Role::Reader,
+        "A day's report page in the console",
+    ),
+    (
+        "get",
+        "/console/accounts/{id}/notices",
+        Role::Reader,
+        "The console's notices page: what was sent to whom and when",
+    ),
     ("get", "/healthz", Role::None, "Liveness"),
     ("get", "/readyz", Role::None, "Readiness: the database answers and can write"),
     ("get", "/metrics", Role::None, "Prometheus metrics"),
@@ -709,6 +831,31 @@ const fn of(path: &'static [Input], query: &'static [Input], body: Body) -> Inpu
 const NOTHING: Inputs = of(&[], &[], Body::None);
 /// The path of a route under `/accounts/{id}`.
 const ACCOUNT: &[Input] = &[ACCOUNT_ID];
+/// Where the console's login or language switch returns.
+const NEXT: Input = Input::optional(
+    "next",
+    Domain::Text {
+        min_chars: 0,
+        max_chars: Some(512),
+    },
+    "a /console path to return to",
+);
+/// What a console page reports as just done, and how many or which.
+const CONSOLE_DONE_WHAT: Input = Input::optional(
+    "done",
+    Domain::OneOf(&["cap", "order", "auto-renew", "authorized", "auto"]),
+    "what was just done",
+);
+const CONSOLE_DONE_N: Input = Input::optional(
+    "n",
+    Domain::Integer {
+        min: 0,
+        max: i64::MAX,
+    },
+    "how many, or which",
+);
+const CONSOLE_DONE: &[Input] = &[CONSOLE_DONE_WHAT, CONSOLE_DONE_N];
+
 const LOG_GB: Domain = Domain::Integer {
     min: shared::logs::STEP_GB as i64,
     max: shared::logs::MAX_ORDER_GB as i64,
@@ -1310,6 +1457,114 @@ pub const INPUTS: &[(&str, &str, Inputs)] = &[
         of(&[ACCOUNT_ID, MONTH], &[FORMAT_JSON_CSV_HTML], Body::None),
     ),
     ("get", "/v1/statement-key", NOTHING),
+    ("get", "/", NOTHING),
+    ("get", "/console", NOTHING),
+    ("get", "/console/login", of(&[], &[NEXT], Body::None)),
+    ("post", "/console/login", NOTHING),
+    ("post", "/console/logout", NOTHING),
+    (
+        "get",
+        "/console/lang",
+        of(
+            &[],
+            &[
+                Input::optional("to", Domain::OneOf(&["en", "zh-CN"]), "the language"),
+                NEXT,
+            ],
+            Body::None,
+        ),
+    ),
+    (
+        "get",
+        "/console/accounts",
+        of(
+            &[],
+            &[
+                Input::optional(
+                    "q",
+                    Domain::Text {
+                        min_chars: 0,
+                        max_chars: Some(64),
+                    },
+                    "accounts whose id contains this",
+                ),
+                Input::optional(
+                    "flag",
+                    Domain::OneOf(&[
+                        "licence_short",
+                        "expiring",
+                        "grace",
+                        "stopped",
+                        "silent",
+                        "authorizations_low",
+                    ]),
+                    "accounts with this flag",
+                ),
+                Input::optional(
+                    "sort",
+                    Domain::OneOf(&["id", "state", "licensed", "yesterday", "amount", "month"]),
+                    "the column to sort by",
+                ),
+                Input::optional(
+                    "page",
+                    Domain::Integer { min: 1, max: 1_000_000 },
+                    "the page, from 1",
+                ),
+            ],
+            Body::None,
+        ),
+    ),
+    ("get", "/console/accounts/{id}", of(ACCOUNT, &[], Body::None)),
+    (
+        "get",
+        "/console/accounts/{id}/usage",
+        of(
+            ACCOUNT,
+            &[Input::optional("month", Domain::Month, "the month (this month unless given)")],
+            Body::None,
+        ),
+    ),
+    ("get", "/console/accounts/{id}/purchase", of(ACCOUNT, CONSOLE_DONE, Body::None)),
+    ("post", "/console/accounts/{id}/cap", of(ACCOUNT, &[], Body::None)),
+    ("post", "/console/accounts/{id}/orders", of(ACCOUNT, &[], Body::None)),
+    ("post", "/console/accounts/{id}/auto-renew", of(ACCOUNT, &[], Body::None)),
+    (
+        "get",
+        "/console/accounts/{id}/images",
+        of(
+            ACCOUNT,
+            &[
+                Input::optional(
+                    "status",
+                    Domain::OneOf(&["all", "unauthorized", "authorized"]),
+                    "which images",
+                ),
+                Input::optional(
+                    "after",
+                    Domain::Integer { min: 0, max: i64::MAX },
+                    "the page after this image",
+                ),
+                CONSOLE_DONE_WHAT,
+                CONSOLE_DONE_N,
+            ],
+            Body::None,
+        ),
+    ),
+    ("post", "/console/accounts/{id}/images/authorize", of(ACCOUNT, &[], Body::None)),
+    ("post", "/console/accounts/{id}/images/auto", of(ACCOUNT, &[], Body::None)),
+    ("get", "/console/accounts/{id}/log-storage", of(ACCOUNT, &[], Body::None)),
+    ("get", "/console/accounts/{id}/bills", of(ACCOUNT, &[], Body::None)),
+    (
+        "get",
+        "/console/accounts/{id}/statements/{month}",
+        of(&[ACCOUNT_ID, MONTH], &[FORMAT_JSON_CSV_HTML], Body::None),
+    ),
+    (
+        "get",
+        "/console/accounts/{id}/reports/{day}",
+        of(&[ACCOUNT_ID, Input::required("day", Domain::Day, "the day")], &[], Body::None),
+    ),
+    ("get", "/console/accounts/{id}/notices", of(ACCOUNT, &[], Body::None)),
     ("get", "/healthz", NOTHING),
     ("get", "/readyz", NOTHING),
     ("get", "/metrics", NOTHING),
@@ -1414,6 +1669,27 @@ fn handler(method: &str, path: &str) -> MethodRouter<Arc<AppState>> {
         // The admin route's own handler: it takes the account from the path.
         ("get", "/v1/accounts/{id}/statements/{month}") => get(statements::monthly),
         ("get", "/v1/statement-key") => get(statements::public_key),
+        ("get", "/") => get(console::root),
+        ("get", "/console") => get(console::home),
+        ("get", "/console/login") => get(console::login_form),
+        ("post", "/console/login") => post(console::login),
+        ("post", "/console/logout") => post(console::logout),
+        ("get", "/console/lang") => get(console::switch_language),
+        ("get", "/console/accounts") => get(console::accounts),
+        ("get", "/console/accounts/{id}") => get(console::overview),
+        ("get", "/console/accounts/{id}/usage") => get(console::usage),
+        ("get", "/console/accounts/{id}/purchase") => get(console::purchase),
+        ("post", "/console/accounts/{id}/cap") => post(console::set_cap),
+        ("post", "/console/accounts/{id}/orders") => post(console::place_order),
+        ("post", "/console/accounts/{id}/auto-renew") => post(console::set_auto_renew),
+        ("get", "/console/accounts/{id}/images") => get(console::images),
+        ("post", "/console/accounts/{id}/images/authorize") => post(console::authorize_images),
+        ("post", "/console/accounts/{id}/images/auto") => post(console::set_auto),
+        ("get", "/console/accounts/{id}/log-storage") => get(console::log_storage),
+        ("get", "/console/accounts/{id}/bills") => get(console::bills),
+        ("get", "/console/accounts/{id}/statements/{month}") => get(console::statement),
+        ("get", "/console/accounts/{id}/reports/{day}") => get(console::report),
+        ("get", "/console/accounts/{id}/notices") => get(console::notices),
         ("get", "/healthz") => get(ops::healthz),
         ("get", "/readyz") => get(ops::readyz),
         ("get", "/metrics") => get(ops::metrics),
@@ -1440,12 +1716,25 @@ pub fn router(state: Arc<AppState>) -> Router {
                 input::check_path,
             ));
         }
+        let console = *path == "/" || path.starts_with("/console");
         // A body is JSON, checked after the gate (an unknown caller learns
-        // nothing); ingest checks it itself once its agent is known.
-        if matches!(*method, "post" | "put") && !matches!(role, Role::Cluster | Role::Logs) {
+        // nothing); ingest checks it itself once its agent is known. The
+        // console's are forms.
+        if matches!(*method, "post" | "put")
+            && !matches!(role, Role::Cluster | Role::Logs)
+            && !console
+        {
             route = route.route_layer(axum::middleware::from_fn(edges::json_bodies_only));
         }
-        if matches!(role, Role::Admin | Role::Reader | Role::Customer) {
+        if console && matches!(role, Role::Admin | Role::Reader | Role::Customer) {
+            route = route.route_layer(axum::middleware::from_fn_with_state(
+                console::ConsoleGate {
+                    state: state.clone(),
+                    role: *role,
+                },
+                console::gate,
+            ));
+        } else if matches!(role, Role::Admin | Role::Reader | Role::Customer) {
             route = route.route_layer(axum::middleware::from_fn_with_state(
                 authz::Gate {
                     state: state.clone(),

@@ -19,7 +19,7 @@ use crate::state::AppState;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FormatQuery {
-    format: Option<String>,
+    pub format: Option<String>,
 }
 
 /// The statement of the account in the path for the month in the path.

@@ -98,6 +98,12 @@ impl AdminToken {
         token_matches(presented, &*self.0.read().expect("admin token lock"))
     }
 
+    /// Whether `hash` is the admin token's hash now, in constant time: a
+    /// console session opened with an admin token ends when it is replaced.
+    pub fn is_hash(&self, hash: &[u8]) -> bool {
+        hash.len() == 32 && bool::from(self.0.read().expect("admin token lock").ct_eq(hash))
+    }
+
     /// Makes `token` the admin token; whether it was not already.
     fn replace(&self, token: &str) -> bool {
         let hash = hash_token(token);

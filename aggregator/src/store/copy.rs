@@ -463,6 +463,22 @@ const TABLES: &[Table] = &[
         order_by: "slot",
         identity: None,
     },
+    Table {
+        name: "console_sessions",
+        columns: &[
+            "id",
+            "session_hash",
+            "csrf",
+            "role",
+            "reader_token",
+            "admin_hash",
+            "created_at_ms",
+            "expires_at_ms",
+            "ended_at_ms",
+        ],
+        order_by: "id",
+        identity: Some("id"),
+    },
 ];
 
 /// Rows written by one multi-row INSERT (below both databases' parameter limits).

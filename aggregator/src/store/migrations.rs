@@ -631,7 +631,8 @@ const MIGRATIONS: &[Migration] = &[
     },
     // 11: the key that signs monthly statements, made on first use and kept
     // so that every replica and every restart signs with the same one;
-    // customer tokens among the kinds issued.
+    // customer tokens among the kinds issued; the console's sessions, each
+    // kept as the hash of its cookie, bound to the token that opened it.
     Migration {
         version: 11,
         sql: r#"
@@ -640,6 +641,23 @@ const MIGRATIONS: &[Migration] = &[
         seed           TEXT NOT NULL,
         created_at_ms  {int} NOT NULL
     );
+
+    CREATE TABLE console_sessions (
+        id             {id},
+        session_hash   {bytes} NOT NULL UNIQUE,
+        csrf           TEXT NOT NULL,
+        role           TEXT NOT NULL CHECK (role IN ('admin', 'reader', 'customer')),
+        -- The reader or customer token that opened it: revoking the token
+        -- ends the session. An admin session keeps the admin token's hash
+        -- instead, and ends when that token is replaced.
+        reader_token   {int} REFERENCES reader_tokens(id),
+        admin_hash     {bytes},
+        created_at_ms  {int} NOT NULL,
+        expires_at_ms  {int} NOT NULL,
+        ended_at_ms    {int},
+        CHECK ((role = 'admin') = (reader_token IS NULL))
+    );
+    CREATE INDEX console_sessions_by_token ON console_sessions(reader_token);
     "#,
         sqlite: r#"
     CREATE TABLE issued_tokens_v11 (

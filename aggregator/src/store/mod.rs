@@ -6,6 +6,7 @@ mod accounts;
 mod bills;
 mod clusters;
 mod connection;
+mod console;
 mod copy;
 pub mod db;
 mod images;
@@ -23,6 +24,7 @@ mod readers;
 mod retention;
 mod samples;
 mod schema_postgres;
+mod sessions;
 mod statements;
 mod states;
 
@@ -39,6 +41,7 @@ use db::{Conn, DbError, Dialect, OptionalExtension};
 pub use accounts::Account;
 pub use clusters::ClusterIdentity;
 pub use connection::{panic_message, Connection};
+pub use console::{AccountFacts, Backlog};
 pub use copy::{CopyError, CopyReport};
 pub use images::{
     Authorizations, Authorized, Holder, ImagesDay, InventoryImage, ListOutcome, NewImage, Pack,
@@ -60,6 +63,7 @@ pub use readers::{
 };
 pub use retention::{reads_from, Horizon, PruneTarget, Pruned, PRUNE_BATCH_ROWS};
 pub use samples::{AuditSample, Incoming, Outcome};
+pub use sessions::{Opened, Session, SessionOwner, SessionRole, SESSION_HOURS};
 pub use statements::{MonthFacts, OrderEntry, RefundEntry};
 pub use states::{StateChange, StepOutcome};
 
@@ -259,6 +263,8 @@ handles! {
     /// Monthly statements: a month's lines, orders and ledger; the key
     /// that signs them.
     statements => Statements;
+    /// The console's sessions.
+    sessions => Sessions;
 }
 
 impl Store {

@@ -146,7 +146,11 @@ impl Accounts<'_> {
         if live >= MAX_READER_TOKENS {
             let role = role.as_str();
             return Err(StoreError::Conflict {
-                code: if role == "reader" { "too_many_reader_tokens" } else { "too_many_logs_tokens" },
+                code: match role {
+                    "reader" => "too_many_reader_tokens",
+                    "customer" => "too_many_customer_tokens",
+                    _ => "too_many_logs_tokens",
+                },
                 field: "name",
                 message: format!(
                     "account {account:?} already has {live} live {role} tokens, the most it may hold ({MAX_READER_TOKENS}); revoke one first"

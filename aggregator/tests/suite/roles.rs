@@ -34,6 +34,28 @@ async fn send(
     (status, challenge, resp.text().await.unwrap())
 }
 
+/// A console call without following redirects: its status, its
+/// `Location` (where it sends the browser) and its body.
+async fn send_console(
+    client: &reqwest::Client,
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, Option<String>, String) {
+    let mut r = client.request(method, app.url(path));
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    let resp = r.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let location = resp
+        .headers()
+        .get("location")
+        .map(|v| v.to_str().unwrap().to_string());
+    (status, location, resp.text().await.unwrap())
+}
+
 async fn issue(app: &TestApp, account: &str, name: &str) -> (u16, Value) {
     app.admin(
         Method::POST,
@@ -176,6 +198,10 @@ async fn every_route_answers_each_caller_as_its_declared_role_says() {
         ("a customer token of A", Some(&customer), Kind::CustomerOfA),
     ];
 
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
     let (s, doc) = app.call(Method::GET, "/v1/openapi.json", None, None).await;
     assert_eq!(s, 200);
     let mut walked = BTreeSet::new();
@@ -209,13 +235,33 @@ async fn every_route_answers_each_caller_as_its_declared_role_says() {
                     .replace("{name}", "no-such-cluster")
                     .replace("{order}", "999999")
                     .replace("{token_id}", "999999");
+                let concrete = concrete
+                    .replace("{month}", "2026-11")
+                    .replace("{day}", "2026-11-23");
                 let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+                // A console page sends a caller it does not know to the login
+                // form (303) and answers the wrong role with a page saying so.
+                let console = path == "/" || path.starts_with("/console");
                 for (who, token, kind) in &callers {
-                    let (status, challenge, body) =
-                        send(&app, m.clone(), &concrete, *token, None).await;
+                    let (status, challenge, body) = if console {
+                        send_console(&no_redirects, &app, m.clone(), &concrete, *token).await
+                    } else {
+                        send(&app, m.clone(), &concrete, *token, None).await
+                    };
                     calls += 1;
                     let want = expected(role, *kind, *account);
+                    // A public console form answers its own refusals (a bad
+                    // token, an expired form): none is about a role.
                     let got = match status {
+                        _ if console && role == Role::None => Answer::Allowed,
+                        303 if console
+                            && role != Role::None
+                            && challenge
+                                .as_deref()
+                                .is_some_and(|l| l.starts_with("/console/login")) =>
+                        {
+                            Answer::Unauthorized
+                        }
                         401 => Answer::Unauthorized,
                         403 => Answer::Forbidden,
                         _ => Answer::Allowed,
@@ -231,6 +277,13 @@ async fn every_route_answers_each_caller_as_its_declared_role_says() {
                         );
                     }
                     match got {
+                        Answer::Forbidden if console => {
+                            assert!(
+                                body.contains(&format!("the {declared} role")),
+                                "{method} {concrete} with {who}: {body}"
+                            );
+                        }
+                        Answer::Unauthorized if console => {}
                         Answer::Unauthorized => {
                             assert_eq!(challenge.as_deref(), Some("Bearer"), "{method} {concrete}");
                             let v: Value = serde_json::from_str(&body).unwrap();

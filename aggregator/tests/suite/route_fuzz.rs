@@ -1552,7 +1552,20 @@ fn render(op: &Operation, draft: &Draft, token: Option<String>) -> RawRequest {
 
 /// What is wrong with an answer, if anything: a 5xx, no answer, or a 4xx
 /// that is not `{"error": {"code": string, "message": string}}` as JSON.
-fn judge(answer: &Result<RawResponse, String>) -> Option<Finding> {
+/// Whether an operation is a console page (HTML, forms, a login redirect)
+/// rather than the JSON API.
+fn is_console(op: &Operation) -> bool {
+    op.path == "/" || op.path.starts_with("/console")
+}
+
+/// A console answer sending the browser to the login form.
+fn to_login(r: &RawResponse) -> bool {
+    r.status == 303
+        && r.header("location")
+            .is_some_and(|l| l.starts_with("/console/login"))
+}
+
+fn judge(answer: &Result<RawResponse, String>, console: bool) -> Option<Finding> {
     let r = match answer {
         Err(e) => {
             // A connection reset while the request's body was still being
@@ -1578,7 +1591,8 @@ fn judge(answer: &Result<RawResponse, String>) -> Option<Finding> {
     if r.status >= 500 {
         return finding(&format!("{} answered", r.status));
     }
-    if !(400..500).contains(&r.status) {
+    // A console page answers a refusal as a page or a redirect, not JSON.
+    if console || !(400..500).contains(&r.status) {
         return None;
     }
     let json_type = r
@@ -1624,8 +1638,17 @@ fn judge_taken(
     draft: &Draft,
     answer: &Result<RawResponse, String>,
 ) -> Option<Finding> {
-    let r = answer.as_ref().ok().filter(|r| r.status < 300)?;
+    let console = is_console(op);
+    let r = answer
+        .as_ref()
+        .ok()
+        .filter(|r| r.status < 300 || (console && r.status == 303 && !to_login(r)))?;
     if draft.other_method {
+        return None;
+    }
+    // Console pages read their filters leniently (an unknown one shows
+    // everything); only who may call them is judged.
+    if console && admits(&op.role, draft.caller, draft.account()) {
         return None;
     }
     let (kind, detail) = if !admits(&op.role, draft.caller, draft.account()) {
@@ -1907,14 +1930,21 @@ async fn no_call_of_any_route_by_any_caller_takes_the_service_down_or_answers_ou
         // Taken, or refused by the state of the world (409: a second
         // trial, a renewal already made): either way past every check of
         // the input.
-        if answer
-            .as_ref()
-            .is_ok_and(|r| r.status < 300 || r.status == 409)
-        {
+        // A console page or form is past its gate when it answers anything
+        // but the login redirect or a refusal (a form's own checks answer
+        // 422 with the page: the fuzzer does not fill forms).
+        let console = is_console(op);
+        if answer.as_ref().is_ok_and(|r| {
+            if console {
+                r.status < 500 && r.status != 403 && r.status != 401 && !to_login(r)
+            } else {
+                r.status < 300 || r.status == 409
+            }
+        }) {
             handled_by[i] += 1;
         }
 
-        let mut found: Vec<Finding> = judge(&answer)
+        let mut found: Vec<Finding> = judge(&answer, console)
             .into_iter()
             .chain(judge_taken(op, &draft, &answer))
             .collect();

@@ -189,7 +189,7 @@ pub fn undo_migrations_9_to_11() -> String {
         ""
     };
     format!(
-        "DROP TABLE statement_keys; DROP TABLE log_purges; DROP TABLE log_usage_days; DROP TABLE log_usage;
+        "DROP TABLE console_sessions; DROP TABLE statement_keys; DROP TABLE log_purges; DROP TABLE log_usage_days; DROP TABLE log_usage;
          DROP TABLE product_states; DROP TABLE product_lives; DROP TABLE log_storage_orders;
          ALTER TABLE reader_tokens DROP COLUMN role; {notices}
          DROP TABLE image_settings; DROP TABLE image_scan_refunds;
