@@ -33,6 +33,7 @@ fn state_name(v: &Viewer, state: &str) -> &'static str {
         "grace" => v.t("state.grace"),
         "stopped" => v.t("state.stopped"),
         "deleted" => v.t("state.deleted"),
+        "unlicensed" => v.t("state.unlicensed"),
         _ => v.t("state.none"),
     }
 }
@@ -41,8 +42,9 @@ fn state_name(v: &Viewer, state: &str) -> &'static str {
 #[derive(Debug, Clone, Default)]
 pub struct Flash {
     pub ok: Option<String>,
-    /// The field refused and why.
-    pub error: Option<(String, String)>,
+    /// The form refused (its action's last part: `cap`, `orders`,
+    /// `authorize`, `auto`, `auto-renew`), the field and why.
+    pub error: Option<(&'static str, String, String)>,
 }
 
 fn flash(f: &Flash) -> Markup {
@@ -51,11 +53,11 @@ fn flash(f: &Flash) -> Markup {
     }
 }
 
-/// The error next to `field`, if it is the one refused.
-fn field_error(f: &Flash, field: &str, id: &str) -> Markup {
+/// The error next to `field` of `form`, if it is the one refused.
+fn field_error(f: &Flash, form: &str, field: &str, id: &str) -> Markup {
     html! {
-        @if let Some((name, message)) = &f.error {
-            @if name == field { p.error id=(id) role="alert" { (message) } }
+        @if let Some((refused, name, message)) = &f.error {
+            @if *refused == form && name == field { p.error id=(id) role="alert" { (message) } }
         }
     }
 }
@@ -234,8 +236,8 @@ pub fn purchase(v: &Viewer, p: &Purchase, f: &Flash) -> String {
                 (csrf(v))
                 label for="cap" { (v.t("purchase.cap_label")) }
                 input #cap type="number" name="cores" min="500" max="1000000" step="1" required value=(p.cap_cores)
-                    aria-describedby="cap-error" aria-invalid=(f.error.as_ref().is_some_and(|e| e.0 == "cores"));
-                (field_error(f, "cores", "cap-error"))
+                    aria-describedby="cap-error" aria-invalid=(f.error.as_ref().is_some_and(|e| e.0 == "cap"));
+                (field_error(f, "cap", "cores", "cap-error"))
                 button type="submit" { (v.t("purchase.cap_submit")) }
             }
         } @else {
@@ -253,14 +255,14 @@ pub fn purchase(v: &Viewer, p: &Purchase, f: &Flash) -> String {
                 }
                 label for="quantity" { (v.t("purchase.order_quantity")) }
                 input #quantity type="number" name="quantity" min="1" max="1000000" required aria-describedby="quantity-error";
-                (field_error(f, "quantity", "quantity-error"))
-                (field_error(f, "cores", "quantity-error"))
-                (field_error(f, "gb", "quantity-error"))
+                (field_error(f, "orders", "quantity", "quantity-error"))
+                (field_error(f, "orders", "cores", "quantity-error"))
+                (field_error(f, "orders", "gb", "quantity-error"))
                 label for="months" { (v.t("purchase.order_months")) }
                 input #months type="number" name="months" min="1" max="120" value="12" aria-describedby="months-error";
-                (field_error(f, "months", "months-error"))
-                (field_error(f, "pay_from_balance", "months-error"))
-                (field_error(f, "product", "months-error"))
+                (field_error(f, "orders", "months", "months-error"))
+                (field_error(f, "orders", "pay_from_balance", "months-error"))
+                (field_error(f, "orders", "product", "months-error"))
                 button type="submit" { (v.t("purchase.order_submit")) }
             }
         }
@@ -356,9 +358,8 @@ pub fn images(v: &Viewer, i: &Images, f: &Flash) -> String {
             }
             button type="submit" { (v.t("images.filter_submit")) }
         }
-        (field_error(f, "image_ids", "images-error"))
-        form #authorize method="post" action={ "/console/accounts/" (id) "/images/authorize" } {
-            @if acts { (csrf(v)) }
+        (field_error(f, "authorize", "image_ids", "images-error"))
+        @let inventory = html! {
             table #inventory {
                 thead { tr {
                     @if acts { th scope="col" { (v.t("images.choose")) } }
@@ -383,7 +384,15 @@ pub fn images(v: &Viewer, i: &Images, f: &Flash) -> String {
                     }
                 }
             }
-            @if acts { button type="submit" { (v.t("images.authorize")) } }
+        };
+        @if acts {
+            form #authorize method="post" action={ "/console/accounts/" (id) "/images/authorize" } {
+                (csrf(v))
+                (inventory)
+                button type="submit" { (v.t("images.authorize")) }
+            }
+        } @else {
+            (inventory)
         }
         @if let Some(cursor) = &i.next_cursor {
             p { a href={ "/console/accounts/" (id) "/images?status=" (i.filter) "&cursor=" (cursor) } { (v.t("images.more")) } }
@@ -398,7 +407,7 @@ pub fn images(v: &Viewer, i: &Images, f: &Flash) -> String {
                 }
                 label for="max_daily" { (v.t("images.max_daily")) }
                 input #max_daily type="number" name="max_daily" min="0" max="100000" value=(i.max_daily) aria-describedby="max-daily-error";
-                (field_error(f, "max_daily", "max-daily-error"))
+                (field_error(f, "auto", "max_daily", "max-daily-error"))
                 button type="submit" { (v.t("images.auto_submit")) }
             }
         } @else {

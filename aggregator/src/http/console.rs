@@ -601,10 +601,10 @@ pub async fn purchase(
 }
 
 /// A form's action, refused: the page again with the error by its field.
-fn refusal(e: ApiError) -> Flash {
+fn refusal(form: &'static str, e: ApiError) -> Flash {
     Flash {
         ok: None,
-        error: Some((e.field.clone().unwrap_or_default(), e.message)),
+        error: Some((form, e.field.clone().unwrap_or_default(), e.message)),
     }
 }
 
@@ -668,7 +668,7 @@ pub async fn set_cap(
                 &state,
                 &v,
                 id,
-                &refusal(e),
+                &refusal("cap", e),
                 StatusCode::UNPROCESSABLE_ENTITY,
             )
             .await
@@ -734,7 +734,7 @@ pub async fn place_order(
                 &state,
                 &v,
                 id,
-                &refusal(e),
+                &refusal("orders", e),
                 StatusCode::UNPROCESSABLE_ENTITY,
             )
             .await
@@ -781,7 +781,7 @@ pub async fn set_auto_renew(
                 &state,
                 &v,
                 id,
-                &refusal(e),
+                &refusal("auto-renew", e),
                 StatusCode::UNPROCESSABLE_ENTITY,
             )
             .await
@@ -903,7 +903,11 @@ pub async fn authorize_images(
     if ids.is_empty() {
         let flash = Flash {
             ok: None,
-            error: Some(("image_ids".into(), v.t("images.none_chosen").into())),
+            error: Some((
+                "authorize",
+                "image_ids".into(),
+                v.t("images.none_chosen").into(),
+            )),
         };
         return images_page(
             &state,
@@ -941,7 +945,7 @@ pub async fn authorize_images(
                 &v,
                 id,
                 &no_query(),
-                &refusal(e),
+                &refusal("authorize", e),
                 StatusCode::UNPROCESSABLE_ENTITY,
             )
             .await
@@ -983,7 +987,7 @@ pub async fn set_auto(
                 &v,
                 id,
                 &no_query(),
-                &refusal(e),
+                &refusal("auto", e),
                 StatusCode::UNPROCESSABLE_ENTITY,
             )
             .await
