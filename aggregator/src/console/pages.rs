@@ -341,6 +341,8 @@ pub struct Images {
     pub images: Vec<crate::store::InventoryImage>,
     /// The next page's query, if there is one.
     pub next_cursor: Option<String>,
+    /// The first receipts: each consumption and refused automatic attempt.
+    pub receipts: Vec<crate::store::Receipt>,
 }
 
 pub fn images(v: &Viewer, i: &Images, f: &Flash) -> String {
@@ -395,7 +397,7 @@ pub fn images(v: &Viewer, i: &Images, f: &Flash) -> String {
             (inventory)
         }
         @if let Some(cursor) = &i.next_cursor {
-            p { a href={ "/console/accounts/" (id) "/images?status=" (i.filter) "&cursor=" (cursor) } { (v.t("images.more")) } }
+            p { a href={ "/console/accounts/" (id) "/images?status=" (i.filter) "&after=" (cursor) } { (v.t("images.more")) } }
         }
         h2 #auto-title { (v.t("images.auto")) }
         @if acts {
@@ -412,6 +414,15 @@ pub fn images(v: &Viewer, i: &Images, f: &Flash) -> String {
             }
         } @else {
             p { (v.t("images.auto_label")) ": " (if i.auto_authorize { "✓" } else { "—" }) }
+        }
+        h2 { (v.t("images.receipts")) }
+        table #receipts {
+            thead { tr { th scope="col" { (v.t("purchase.when")) } th scope="col" { (v.t("images.image")) } th scope="col" { (v.t("images.how")) } } }
+            tbody {
+                @for r in &i.receipts {
+                    tr { td { (v.instant(r.at)) } td { code { (r.image_id.get(..19).unwrap_or(&r.image_id)) "…" } } td { (r.how) } }
+                }
+            }
         }
     };
     frame(v, Some(id), &v.tf("images.title", &[("account", id)]), body)
@@ -460,6 +471,7 @@ pub struct Usage {
     pub month: NaiveDate,
     pub days: Vec<UsageDay>,
     pub nodes: Vec<crate::reports::NodeLine>,
+    pub clusters: Vec<crate::reports::ClusterShare>,
 }
 
 fn usage_chart(v: &Viewer, u: &Usage) -> Markup {
@@ -555,6 +567,15 @@ pub fn usage(v: &Viewer, u: &Usage) -> String {
                         td { (n.silent_since.map(|s| v.instant(s)).unwrap_or_default()) }
                         td.n { (n.missing_seqs) }
                     }
+                }
+            }
+        }
+        h2 { (v.t("usage.clusters")) }
+        table #clusters {
+            thead { tr { th scope="col" { (v.t("usage.cluster")) } th scope="col" class="n" { (v.t("usage.excess_share")) } } }
+            tbody {
+                @for c in &u.clusters {
+                    tr { td { (c.cluster) } td.n { (v.lang.decimal(c.excess_core_hours)) } }
                 }
             }
         }

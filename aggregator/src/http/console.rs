@@ -809,10 +809,11 @@ async fn images_page(
         _ => None,
     };
     let (now, after, account) = (state.clock.now(), q.after, id.clone());
-    let (auth, listed) = blocking(&state.reader, move |s| {
+    let (auth, listed, receipts) = blocking(&state.reader, move |s| {
         Ok((
             s.images().authorizations(&account, now)?,
             s.images().inventory(&account, authorized, after, 200)?,
+            s.images().receipts(&account, None, 100)?,
         ))
     })
     .await?;
@@ -824,6 +825,7 @@ async fn images_page(
         filter: filter.into(),
         next_cursor: listed.next.map(|n| n.to_string()),
         images: listed.items,
+        receipts: receipts.items,
     };
     Ok(page(status, pages::images(v, &images, flash)))
 }
@@ -1076,6 +1078,10 @@ pub async fn usage(
         account: id,
         month,
         days,
+        clusters: report
+            .as_ref()
+            .map(|r| r.clusters.clone())
+            .unwrap_or_default(),
         nodes: report.map(|r| r.nodes).unwrap_or_default(),
     };
     Ok(page(StatusCode::OK, pages::usage(&v, &usage)))

@@ -421,6 +421,8 @@ async fn a_customer_and_a_reader_use_the_console_in_a_real_browser() {
     follow(&c, "#confirm").await;
     assert_eq!(available(&text(&c, "#available").await), before - 3);
     assert!(text(&c, ".ok").await.contains("3 images authorized"));
+    let receipts = c.find_all(Locator::Css("#receipts tbody tr")).await.unwrap();
+    assert_eq!(receipts.len(), 3, "a receipt for each");
 
     // The same page in Chinese.
     follow(&c, "a[hreflang='zh-CN']").await;
