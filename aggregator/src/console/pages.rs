@@ -741,7 +741,8 @@ pub struct Accounts {
     pub last_run: Option<DateTime<Utc>>,
     pub outbox_pending: u64,
     pub notices_pending: u64,
-    pub samples_last_hour: u64,
+    /// Samples this replica accepted since it started.
+    pub samples_accepted: u64,
 }
 
 pub const FLAGS: [&str; 6] = [
@@ -787,7 +788,7 @@ pub fn accounts(v: &Viewer, a: &Accounts) -> String {
                 tr { th scope="row" { (v.t("service.last_run")) } td { (a.last_run.map(|r| v.instant(r)).unwrap_or_else(|| v.t("service.never").to_string())) } }
                 tr { th scope="row" { (v.t("service.outbox")) } td.n { (v.lang.int(a.outbox_pending)) } }
                 tr { th scope="row" { (v.t("service.notices")) } td.n { (v.lang.int(a.notices_pending)) } }
-                tr { th scope="row" { (v.t("service.ingest")) } td.n { (v.lang.int(a.samples_last_hour)) } }
+                tr { th scope="row" { (v.t("service.ingest")) } td.n { (v.lang.int(a.samples_accepted)) } }
             }
         }
         form method="get" action="/console/accounts" {

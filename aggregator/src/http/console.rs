@@ -1206,7 +1206,7 @@ pub async fn accounts(
     let (facts, backlog, last_run) = blocking(&state.reader, move |s| {
         Ok((
             s.reads().account_facts(now_ms, yesterday, month_first)?,
-            s.reads().backlog(now_ms)?,
+            s.reads().backlog()?,
             s.billing().last_billing_run()?,
         ))
     })
@@ -1291,7 +1291,16 @@ pub async fn accounts(
         last_run,
         outbox_pending: backlog.outbox_pending,
         notices_pending: backlog.notices_pending,
-        samples_last_hour: backlog.samples_last_hour,
+        // Counted by this replica's ingest, not read from the samples
+        // table: a count over it would scan millions of rows.
+        samples_accepted: state
+            .metrics
+            .ingest_samples
+            .get_or_create(&crate::metrics::SampleLabels {
+                result: "accepted".into(),
+                reason: String::new(),
+            })
+            .get(),
     };
     Ok(page(StatusCode::OK, pages::accounts(&v, &view)))
 }

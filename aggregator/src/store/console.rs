@@ -30,12 +30,11 @@ pub struct AccountFacts {
     pub authorizations: (u64, u64),
 }
 
-/// The service's backlog.
+/// What waits for delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backlog {
     pub outbox_pending: u64,
     pub notices_pending: u64,
-    pub samples_last_hour: u64,
 }
 
 fn decimal(s: &str) -> Result<Decimal, StoreError> {
@@ -132,54 +131,54 @@ impl Reads<'_> {
         Ok(rows)
     }
 
-    /// Bill lines and notices waiting for delivery; samples stored in the
-    /// hour before `now_ms`.
-    pub fn backlog(&self, now_ms: i64) -> Result<Backlog, StoreError> {
-        let count = |sql: &str, param: Option<i64>| -> Result<u64, StoreError> {
-            let n: i64 = match param {
-                Some(p) => self.0.conn.query_row(sql, [p], |r| r.get(0))?,
-                None => self.0.conn.query_row(sql, (), |r| r.get(0))?,
-            };
-            Ok(n as u64)
+    /// Bill lines and notices waiting for delivery (each count read from
+    /// its queue's partial index of what is pending).
+    pub fn backlog(&self) -> Result<Backlog, StoreError> {
+        let count = |sql: &str| -> Result<u64, StoreError> {
+            Ok(self.0.conn.query_row(sql, (), |r| r.get::<_, i64>(0))? as u64)
         };
         Ok(Backlog {
-            outbox_pending: count(
-                "SELECT count(*) FROM outbox WHERE delivered_at_ms IS NULL",
-                None,
-            )?,
+            outbox_pending: count("SELECT count(*) FROM outbox WHERE delivered_at_ms IS NULL")?,
             notices_pending: count(
                 "SELECT count(*) FROM notice_deliveries WHERE delivered_at_ms IS NULL",
-                None,
-            )?,
-            samples_last_hour: count(
-                "SELECT count(*) FROM samples WHERE received_at_ms > ?1",
-                Some(now_ms - 3_600_000),
             )?,
         })
     }
 
     /// An account's total cores per hour from `from_ms` to `to_ms`: each
-    /// node's largest sample of the hour, summed; (hour start, total).
+    /// node's largest sample of the hour, summed; (hour start, total). The
+    /// samples are read once in the order they are kept (by instant), so
+    /// hours come one after another and nothing is sorted.
     pub fn hourly_totals(
         &mut self,
         account: &str,
         (from_ms, to_ms): (i64, i64),
     ) -> Result<Vec<(i64, u64)>, StoreError> {
+        const HOUR_MS: i64 = 3_600_000;
         let account_ref = self.require_account(account)?;
         let mut stmt = self.0.conn.prepare_cached(
-            "SELECT h, CAST(sum(c) AS BIGINT) FROM (
-                 SELECT node_id, at_ms / 3600000 AS h, max(cores) AS c FROM samples
-                  WHERE account_ref = ?1 AND at_ms >= ?2 AND at_ms < ?3
-                  GROUP BY node_id, at_ms / 3600000) per_node
-              GROUP BY h ORDER BY h",
+            "SELECT at_ms, node_id, cores FROM samples
+              WHERE account_ref = ?1 AND at_ms >= ?2 AND at_ms < ?3 ORDER BY at_ms",
         )?;
-        let mut r = stmt.query((account_ref, from_ms, to_ms))?;
+        let mut rows = stmt.query((account_ref, from_ms, to_ms))?;
         let mut out = Vec::new();
-        while let Some(row) = r.next()? {
-            out.push((
-                row.get::<_, i64>(0)? * 3_600_000,
-                row.get::<_, i64>(1)? as u64,
-            ));
+        let mut hour = i64::MIN;
+        let mut per_node: rustc_hash::FxHashMap<i64, u64> = Default::default();
+        while let Some(row) = rows.next()? {
+            let h = row.get::<_, i64>(0)?.div_euclid(HOUR_MS);
+            if h != hour {
+                if !per_node.is_empty() {
+                    out.push((hour * HOUR_MS, per_node.values().sum()));
+                    per_node.clear();
+                }
+                hour = h;
+            }
+            let cores = row.get::<_, i64>(2)? as u64;
+            let held = per_node.entry(row.get(1)?).or_insert(0);
+            *held = (*held).max(cores);
+        }
+        if !per_node.is_empty() {
+            out.push((hour * HOUR_MS, per_node.values().sum()));
         }
         Ok(out)
     }

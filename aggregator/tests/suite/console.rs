@@ -421,7 +421,10 @@ async fn a_customer_and_a_reader_use_the_console_in_a_real_browser() {
     follow(&c, "#confirm").await;
     assert_eq!(available(&text(&c, "#available").await), before - 3);
     assert!(text(&c, ".ok").await.contains("3 images authorized"));
-    let receipts = c.find_all(Locator::Css("#receipts tbody tr")).await.unwrap();
+    let receipts = c
+        .find_all(Locator::Css("#receipts tbody tr"))
+        .await
+        .unwrap();
     assert_eq!(receipts.len(), 3, "a receipt for each");
 
     // The same page in Chinese.
@@ -460,6 +463,28 @@ async fn a_customer_and_a_reader_use_the_console_in_a_real_browser() {
             .unwrap();
         look(&c, &page[1..]).await;
     }
+    // Today on the usage page: the node's 96 cores from midnight to noon,
+    // its peak, against 50 licensed.
+    c.goto(&app.url("/console/accounts/acme/usage"))
+        .await
+        .unwrap();
+    let today: Vec<String> = c
+        .execute(
+            "return [...document.querySelectorAll('#usage-days tbody tr')].pop().innerText.split('\\t')",
+            vec![],
+        )
+        .await
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().trim().to_string())
+        .collect();
+    assert_eq!(
+        (today[2].as_str(), today[3].as_str()),
+        ("96", "50"),
+        "{today:?}"
+    );
 
     // Logged out: the pages send the browser back to the login form.
     submit(&c, "form[action='/console/logout']").await;
