@@ -1031,7 +1031,10 @@ pub async fn usage(
         let licences = s.accounts().licences(&acct)?;
         let caps = s.accounts().caps(&acct)?;
         let lines = s.reads().bill_lines(Some(&account), None)?;
-        let report = crate::reports::daily_report(s, &config, &account, today, now).ok();
+        // Today's nodes and clusters belong to this month's page only.
+        let report = (month <= today && today < next)
+            .then(|| crate::reports::daily_report(s, &config, &account, today, now).ok())
+            .flatten();
         Ok((hourly, lines, licences, caps, report))
     })
     .await?;
