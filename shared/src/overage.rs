@@ -183,6 +183,11 @@ pub struct DayFigures {
     /// that reached it: what a `licence_short` notice reports.
     pub peak_shortfall_cores: u64,
     pub peak_shortfall_at_ms: Option<i64>,
+    /// The sum over the day's buckets of T(b), the account's total cores
+    /// (bridged hours included): what a usage chart averages over `hours`.
+    pub total_core_hours: u64,
+    /// The largest T(b) of the day.
+    pub peak_total_cores: u64,
 }
 
 /// Steps 7 to 9: from excess core-hours, hours and cap to the billed figures.
@@ -393,6 +398,8 @@ pub fn overage_with(
                 .filter(|(cores, _)| *cores > 0);
             let cap_cores = cap_at_day_end(caps, zone.day_end(day), rules.default_cap_cores);
             let (average, billable, amount) = price_day(excess, hours, cap_cores, rules);
+            let total_core_hours = range.clone().map(|b| total[b]).sum();
+            let peak_total_cores = range.clone().map(|b| total[b]).max().unwrap_or(0);
             DayFigures {
                 day,
                 hours,
@@ -404,6 +411,8 @@ pub fn overage_with(
                 sampled: range.into_iter().any(|b| sampled[b]),
                 peak_shortfall_cores: peak.map_or(0, |(cores, _)| cores),
                 peak_shortfall_at_ms: peak.map(|(_, b)| timeline.bucket_bounds_ms(b.0).0),
+                total_core_hours,
+                peak_total_cores,
             }
         })
         .collect()

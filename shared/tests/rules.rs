@@ -472,6 +472,8 @@ fn figures(excess: u64, average: &str, billable: &str, amount: &str) -> DayFigur
         sampled: true,
         peak_shortfall_cores: 0,
         peak_shortfall_at_ms: None,
+        total_core_hours: 0,
+        peak_total_cores: 0,
     }
 }
 

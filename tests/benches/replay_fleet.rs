@@ -4,6 +4,8 @@
 //! the fleet generator, writes it to a temporary file, and times the release
 //! `aggregator replay` binary on it end to end (process start, JSON parse,
 //! validation, SQLite writes, billing, output). The target is under 3 s.
+//! `REPLAY_PEER=/path/to/aggregator` times another build beside it, round
+//! by round, on the same case.
 
 use std::process::Command;
 use std::time::Instant;
@@ -49,10 +51,12 @@ fn main() {
         case.len() / 1_000_000
     );
 
-    let mut times = Vec::new();
-    for round in 1..=rounds {
+    // Another build to time beside this one, round by round (an earlier
+    // commit's `target/release/aggregator`, copied aside).
+    let peer = std::env::var_os("REPLAY_PEER").map(std::path::PathBuf::from);
+    let replay = |binary: &std::path::Path| -> (f64, usize) {
         let started = Instant::now();
-        let out = Command::new(&binary)
+        let out = Command::new(binary)
             .arg("replay")
             .arg(&path)
             .output()
@@ -64,9 +68,28 @@ fn main() {
             String::from_utf8_lossy(&out.stderr)
         );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("replay prints JSON");
-        let bills = v["bills"].as_array().map_or(0, Vec::len);
+        (secs, v["bills"].as_array().map_or(0, Vec::len))
+    };
+    let mut times = Vec::new();
+    let mut peer_times = Vec::new();
+    for round in 1..=rounds {
+        let (secs, bills) = replay(&binary);
         println!("round {round}: {secs:.3} s, {bills} bill lines");
         times.push(secs);
+        if let Some(peer) = &peer {
+            let (secs, peer_bills) = replay(peer);
+            println!("round {round}: peer {secs:.3} s, {peer_bills} bill lines");
+            assert_eq!(bills, peer_bills, "the peer billed the fleet differently");
+            peer_times.push(secs);
+        }
+    }
+    if !peer_times.is_empty() {
+        peer_times.sort_by(f64::total_cmp);
+        println!(
+            "replay_fleet peer: best {:.3} s, median {:.3} s",
+            peer_times[0],
+            peer_times[peer_times.len() / 2]
+        );
     }
     times.sort_by(f64::total_cmp);
     let (best, median) = (times[0], times[times.len() / 2]);

@@ -98,6 +98,12 @@ impl Lang {
         self.catalogue().get(key).map_or(key, String::as_str)
     }
 
+    /// The text of a key made at run time (an error code's), if the
+    /// catalogue has it.
+    pub fn lookup(self, key: &str) -> Option<&'static str> {
+        self.catalogue().get(key).map(String::as_str)
+    }
+
     /// The text of `key` with each `{name}` filled.
     pub fn tf(self, key: &'static str, values: &[(&str, &str)]) -> String {
         values
@@ -258,7 +264,7 @@ table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #8a8a8a;padd
 th{background:#e8ecf1}td.n,th.n{text-align:right}
 .prompt{border:2px solid #a4000f;background:#fdecee;padding:.6em 1em;margin:1em 0}
 .ok{border:2px solid #1b6e2b;background:#e9f6ec;padding:.5em 1em}
-.error{color:#a4000f;font-weight:bold}
+.error,.warn{color:#a4000f;font-weight:bold}
 .note{color:#4a4a4a}
 form.inline{display:inline}button,input,select{font:inherit;padding:.2em .5em}
 label{display:block;margin:.4em 0 .1em}
@@ -415,6 +421,62 @@ mod tests {
             for (k, text) in lang.catalogue() {
                 assert!(!text.trim().is_empty(), "{} {k} is empty", lang.code());
             }
+        }
+    }
+
+    #[test]
+    fn every_error_code_the_api_answers_has_a_sentence_in_both_catalogues() {
+        // The codes as the source writes them: `ApiError::new(status, "code",`,
+        // a store conflict's `code: "code"`, and the disk's codes.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut codes = BTreeSet::new();
+        let mut files = vec![dir.join("http/mod.rs")];
+        for sub in ["http", "store"] {
+            for entry in std::fs::read_dir(dir.join(sub)).unwrap() {
+                files.push(entry.unwrap().path());
+            }
+        }
+        for file in files
+            .iter()
+            .filter(|f| f.extension().is_some_and(|e| e == "rs"))
+        {
+            let text = std::fs::read_to_string(file).unwrap();
+            let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+            for (at, _) in flat.match_indices("ApiError::new(") {
+                // The first string of the call: its status is a constant.
+                let rest = &flat[at..];
+                let Some(open) = rest.find('"') else { continue };
+                let code: String = rest[open + 1..].chars().take_while(|c| *c != '"').collect();
+                codes.insert(code);
+            }
+            for (at, _) in flat.match_indices("code: \"") {
+                let code: String = flat[at + 7..].chars().take_while(|c| *c != '"').collect();
+                codes.insert(code);
+            }
+        }
+        codes.extend(
+            [
+                "invalid_request",
+                "invalid_value",
+                "internal",
+                "disk_full",
+                "disk_error",
+                "database_unreachable",
+            ]
+            .map(String::from),
+        );
+        codes.retain(|c| !c.is_empty() && c.chars().all(|ch| ch.is_ascii_lowercase() || ch == '_'));
+        assert!(codes.len() > 20, "the scan found the codes: {codes:?}");
+        for lang in Lang::ALL {
+            let missing: Vec<&String> = codes
+                .iter()
+                .filter(|c| lang.lookup(&format!("error.{c}")).is_none())
+                .collect();
+            assert!(
+                missing.is_empty(),
+                "{}: no sentence for {missing:?}",
+                lang.code()
+            );
         }
     }
 

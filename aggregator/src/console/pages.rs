@@ -42,22 +42,73 @@ fn state_name(v: &Viewer, state: &str) -> &'static str {
 #[derive(Debug, Clone, Default)]
 pub struct Flash {
     pub ok: Option<String>,
-    /// The form refused (its action's last part: `cap`, `orders`,
-    /// `authorize`, `auto`, `auto-renew`), the field and why.
-    pub error: Option<(&'static str, String, String)>,
+    pub error: Option<Refusal>,
 }
 
-fn flash(f: &Flash) -> Markup {
+/// A form's action, refused.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// The form (its action's last part: `cap`, `orders`, `authorize`,
+    /// `auto`, `auto-renew`).
+    pub form: &'static str,
+    pub field: String,
+    /// The API's error code; empty when `message` is the console's own,
+    /// already in the page's language.
+    pub code: &'static str,
+    /// Why, as the API says it (in English).
+    pub message: String,
+}
+
+/// Why something was refused, in the page's language: the catalogue's
+/// sentence for the form's code (or the code's), with the API's own
+/// precise message after it, marked as English; the API's message alone in
+/// English or where the catalogue has no sentence.
+pub fn why(lang: Lang, form: &str, code: &str, message: &str) -> Markup {
+    let said = (lang != Lang::En && !code.is_empty())
+        .then(|| {
+            lang.lookup(&format!("error.{form}.{code}"))
+                .or_else(|| lang.lookup(&format!("error.{code}")))
+        })
+        .flatten();
+    match (said, code.is_empty()) {
+        (Some(text), _) => html! { (text) " " span lang="en" { "(" (message) ")" } },
+        (None, true) => html! { (message) },
+        (None, false) => html! { span lang="en" { (message) } },
+    }
+}
+
+/// The fields a form shows its refusal next to; a refusal naming another
+/// field (the account, an order) shows above the page.
+const PLACED: &[(&str, &str)] = &[
+    ("cap", "cores"),
+    ("orders", "quantity"),
+    ("orders", "cores"),
+    ("orders", "gb"),
+    ("orders", "months"),
+    ("orders", "pay_from_balance"),
+    ("orders", "product"),
+    ("authorize", "image_ids"),
+    ("auto", "max_daily"),
+];
+
+fn flash(v: &Viewer, f: &Flash) -> Markup {
     html! {
         @if let Some(ok) = &f.ok { p.ok role="status" { (ok) } }
+        @if let Some(r) = &f.error {
+            @if !PLACED.contains(&(r.form, r.field.as_str())) {
+                p.error role="alert" { (why(v.lang, r.form, r.code, &r.message)) }
+            }
+        }
     }
 }
 
 /// The error next to `field` of `form`, if it is the one refused.
-fn field_error(f: &Flash, form: &str, field: &str, id: &str) -> Markup {
+fn field_error(v: &Viewer, f: &Flash, form: &str, field: &str, id: &str) -> Markup {
     html! {
-        @if let Some((refused, name, message)) = &f.error {
-            @if *refused == form && name == field { p.error id=(id) role="alert" { (message) } }
+        @if let Some(r) = &f.error {
+            @if r.form == form && r.field == field {
+                p.error id=(id) role="alert" { (why(v.lang, r.form, r.code, &r.message)) }
+            }
         }
     }
 }
@@ -81,7 +132,7 @@ pub fn login(lang: Lang, form_csrf: &str, message: Option<&str>, next: &str) -> 
     )
 }
 
-pub fn refused(lang: Lang, title: &str, message: &str) -> String {
+pub fn refused(lang: Lang, title: &str, message: Markup) -> String {
     bare(
         lang,
         title,
@@ -229,15 +280,15 @@ pub fn purchase(v: &Viewer, p: &Purchase, f: &Flash) -> String {
         )
         .collect();
     let body = html! {
-        (flash(f))
+        (flash(v, f))
         h2 #cap-title { (v.t("purchase.cap")) }
         @if acts {
             form method="post" action={ "/console/accounts/" (id) "/cap" } aria-labelledby="cap-title" {
                 (csrf(v))
                 label for="cap" { (v.t("purchase.cap_label")) }
                 input #cap type="number" name="cores" min="500" max="1000000" step="1" required value=(p.cap_cores)
-                    aria-describedby="cap-error" aria-invalid=(f.error.as_ref().is_some_and(|e| e.0 == "cap"));
-                (field_error(f, "cap", "cores", "cap-error"))
+                    aria-describedby="cap-error" aria-invalid=(f.error.as_ref().is_some_and(|e| e.form == "cap"));
+                (field_error(v, f, "cap", "cores", "cap-error"))
                 button type="submit" { (v.t("purchase.cap_submit")) }
             }
         } @else {
@@ -255,14 +306,14 @@ pub fn purchase(v: &Viewer, p: &Purchase, f: &Flash) -> String {
                 }
                 label for="quantity" { (v.t("purchase.order_quantity")) }
                 input #quantity type="number" name="quantity" min="1" max="1000000" required aria-describedby="quantity-error";
-                (field_error(f, "orders", "quantity", "quantity-error"))
-                (field_error(f, "orders", "cores", "quantity-error"))
-                (field_error(f, "orders", "gb", "quantity-error"))
+                (field_error(v, f, "orders", "quantity", "quantity-error"))
+                (field_error(v, f, "orders", "cores", "quantity-error"))
+                (field_error(v, f, "orders", "gb", "quantity-error"))
                 label for="months" { (v.t("purchase.order_months")) }
                 input #months type="number" name="months" min="1" max="120" value="12" aria-describedby="months-error";
-                (field_error(f, "orders", "months", "months-error"))
-                (field_error(f, "orders", "pay_from_balance", "months-error"))
-                (field_error(f, "orders", "product", "months-error"))
+                (field_error(v, f, "orders", "months", "months-error"))
+                (field_error(v, f, "orders", "pay_from_balance", "months-error"))
+                (field_error(v, f, "orders", "product", "months-error"))
                 button type="submit" { (v.t("purchase.order_submit")) }
             }
         }
@@ -349,7 +400,7 @@ pub fn images(v: &Viewer, i: &Images, f: &Flash) -> String {
     let id = i.account.as_str();
     let acts = v.acts_on(id);
     let body = html! {
-        (flash(f))
+        (flash(v, f))
         p #available { (v.tf("images.available", &[("n", &v.lang.int(i.available))])) }
         form method="get" action={ "/console/accounts/" (id) "/images" } {
             label for="status" { (v.t("images.filter")) }
@@ -360,7 +411,7 @@ pub fn images(v: &Viewer, i: &Images, f: &Flash) -> String {
             }
             button type="submit" { (v.t("images.filter_submit")) }
         }
-        (field_error(f, "authorize", "image_ids", "images-error"))
+        (field_error(v, f, "authorize", "image_ids", "images-error"))
         @let inventory = html! {
             table #inventory {
                 thead { tr {
@@ -409,7 +460,7 @@ pub fn images(v: &Viewer, i: &Images, f: &Flash) -> String {
                 }
                 label for="max_daily" { (v.t("images.max_daily")) }
                 input #max_daily type="number" name="max_daily" min="0" max="100000" value=(i.max_daily) aria-describedby="max-daily-error";
-                (field_error(f, "auto", "max_daily", "max-daily-error"))
+                (field_error(v, f, "auto", "max_daily", "max-daily-error"))
                 button type="submit" { (v.t("images.auto_submit")) }
             }
         } @else {
@@ -454,15 +505,19 @@ pub fn images_confirm(v: &Viewer, account: &str, ids: &[String], available: u64)
     )
 }
 
-/// One day of the usage chart.
+pub use crate::reports::usage::DayOfCores as UsageDay;
+
+/// A node as the usage page lists it: when it was last seen, and today's
+/// completeness.
 #[derive(Debug, Clone)]
-pub struct UsageDay {
-    pub day: NaiveDate,
-    pub average_cores: Decimal,
-    pub peak_cores: u64,
-    pub licensed_cores: u64,
-    pub cap_cores: u64,
-    pub billed: Option<Decimal>,
+pub struct NodeNow {
+    pub cluster: String,
+    pub node: String,
+    pub last_seen: chrono::DateTime<chrono::Utc>,
+    /// No sample for as long as gap bridging reaches.
+    pub silent: bool,
+    pub hours_today: u32,
+    pub missing_seqs_today: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -470,7 +525,9 @@ pub struct Usage {
     pub account: String,
     pub month: NaiveDate,
     pub days: Vec<UsageDay>,
-    pub nodes: Vec<crate::reports::NodeLine>,
+    /// Nodes seen in the last seven days, the most recently seen first.
+    pub nodes: Vec<NodeNow>,
+    /// Today's share of the excess by cluster.
     pub clusters: Vec<crate::reports::ClusterShare>,
 }
 
@@ -557,15 +614,15 @@ pub fn usage(v: &Viewer, u: &Usage) -> String {
         table #nodes {
             thead { tr {
                 th scope="col" { (v.t("usage.cluster")) } th scope="col" { (v.t("usage.node")) }
-                th scope="col" class="n" { (v.t("usage.hours")) } th scope="col" { (v.t("usage.silent_since")) }
-                th scope="col" class="n" { (v.t("usage.missing_seqs")) }
+                th scope="col" { (v.t("usage.last_seen")) } th scope="col" { (v.t("usage.status")) }
+                th scope="col" class="n" { (v.t("usage.hours")) } th scope="col" class="n" { (v.t("usage.missing_seqs")) }
             } }
             tbody {
                 @for n in &u.nodes {
                     tr {
-                        td { (n.cluster) } td { (n.node) } td.n { (n.hours_observed) }
-                        td { (n.silent_since.map(|s| v.instant(s)).unwrap_or_default()) }
-                        td.n { (n.missing_seqs) }
+                        td { (n.cluster) } td { (n.node) } td { (v.instant(n.last_seen)) }
+                        td { @if n.silent { strong.warn { (v.t("usage.silent")) } } @else { (v.t("usage.reporting")) } }
+                        td.n { (n.hours_today) } td.n { (n.missing_seqs_today) }
                     }
                 }
             }

@@ -20,7 +20,6 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, RequestExt};
 use chrono::{Datelike, Months, NaiveDate, TimeDelta};
 use cookie::{Cookie, SameSite};
-use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
@@ -217,21 +216,59 @@ pub async fn gate(
     if !allowed {
         let lang = lang_of(request.headers());
         let needs = match gate.role {
-            Role::Admin => "the admin role (an operator)",
-            Role::Customer => "the customer role (a customer token of this account)",
-            _ => "the reader role (a reader or customer token of this account)",
+            Role::Admin => lang.t("refused.needs_admin"),
+            Role::Customer => lang.t("refused.needs_customer"),
+            _ => lang.t("refused.needs_reader"),
         };
-        let message = format!(
-            "This page needs {needs}; you are signed in as {}.",
-            caller.role
-        );
+        let message = lang.tf("refused.needs", &[("needs", needs), ("role", caller.role)]);
         return page(
             StatusCode::FORBIDDEN,
-            pages::refused(lang, lang.t("refused.title"), &message),
+            pages::refused(lang, lang.t("refused.title"), maud::html! { (message) }),
         );
     }
+    let lang = lang_of(request.headers());
     request.extensions_mut().insert(caller);
-    next.run(request).await
+    as_page(lang, next.run(request).await).await
+}
+
+/// A page's refusal as a page: the API's JSON error (a query value out of
+/// its domain, an unknown account, a store that cannot write) becomes
+/// HTML in the reader's language, with the same status and headers.
+async fn as_page(lang: Lang, response: Response) -> Response {
+    let json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/json"));
+    if !json || !(response.status().is_client_error() || response.status().is_server_error()) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    // An error body is a few hundred bytes; anything larger is not one.
+    let Ok(bytes) = axum::body::to_bytes(body, 64 * 1024).await else {
+        return (parts.status, "error").into_response();
+    };
+    let error: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let code = error["error"]["code"].as_str().unwrap_or("");
+    let message = error["error"]["message"].as_str().unwrap_or("");
+    let field = error["error"]["field"].as_str().unwrap_or("");
+    let html = pages::refused(
+        lang,
+        lang.t("error.title"),
+        maud::html! {
+            (pages::why(lang, "", code, message))
+            @if !field.is_empty() { " " code { (field) } }
+        },
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    parts.headers.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    Response::from_parts(parts, axum::body::Body::from(html))
 }
 
 fn viewer(state: &AppState, caller: &ConsoleCaller, headers: &HeaderMap, here: &str) -> Viewer {
@@ -278,7 +315,11 @@ fn check_csrf(
     } else {
         Err(Box::new(page(
             StatusCode::FORBIDDEN,
-            pages::refused(lang, lang.t("refused.title"), lang.t("login.form_expired")),
+            pages::refused(
+                lang,
+                lang.t("refused.title"),
+                maud::html! { (lang.t("login.form_expired")) },
+            ),
         )))
     }
 }
@@ -604,7 +645,12 @@ pub async fn purchase(
 fn refusal(form: &'static str, e: ApiError) -> Flash {
     Flash {
         ok: None,
-        error: Some((form, e.field.clone().unwrap_or_default(), e.message)),
+        error: Some(pages::Refusal {
+            form,
+            field: e.field.clone().unwrap_or_default(),
+            code: e.code,
+            message: e.message,
+        }),
     }
 }
 
@@ -905,11 +951,12 @@ pub async fn authorize_images(
     if ids.is_empty() {
         let flash = Flash {
             ok: None,
-            error: Some((
-                "authorize",
-                "image_ids".into(),
-                v.t("images.none_chosen").into(),
-            )),
+            error: Some(pages::Refusal {
+                form: "authorize",
+                field: "image_ids".into(),
+                code: "",
+                message: v.t("images.none_chosen").into(),
+            }),
         };
         return images_page(
             &state,
@@ -998,6 +1045,9 @@ pub async fn set_auto(
     }
 }
 
+/// The most nodes the usage page lists.
+const NODES_LISTED: usize = 1_000;
+
 /// `GET /console/accounts/{id}/usage?month=YYYY-MM`.
 pub async fn usage(
     Extract(state): Extract<Arc<AppState>>,
@@ -1014,78 +1064,47 @@ pub async fn usage(
         Some(m) => super::input::month("month", m)?,
         None => today.with_day(1).expect("a first day"),
     };
-    let next = month + Months::new(1);
-    let last = next.pred_opt().expect("a month's last day").min(today);
     let account = id.clone();
-    let (hourly, lines, licences, caps, report) = blocking(&state.reader, move |s| {
-        let zone = &config.zone;
-        let window = (
-            zone.day_start(month).timestamp_millis(),
-            zone.day_start(next).timestamp_millis(),
-        );
-        let hourly = s.reads().hourly_totals(&account, window)?;
+    let (days, nodes, report) = blocking(&state.reader, move |s| {
+        let days = crate::reports::usage::month_of_cores(s, &config, &account, month, now)?;
         let acct = s
             .accounts()
             .account(&account)?
             .ok_or_else(|| crate::store::StoreError::UnknownAccount(account.clone()))?;
-        let licences = s.accounts().licences(&acct)?;
-        let caps = s.accounts().caps(&acct)?;
-        let lines = s.reads().bill_lines(Some(&account), None)?;
-        // Today's nodes and clusters belong to this month's page only.
-        let report = (month <= today && today < next)
-            .then(|| crate::reports::daily_report(s, &config, &account, today, now).ok())
-            .flatten();
-        Ok((hourly, lines, licences, caps, report))
+        let since = (now - crate::reports::usage::GONE_AFTER).timestamp_millis();
+        let nodes = s.reads().nodes_seen(&acct, since, NODES_LISTED)?;
+        // Today's completeness (hours seen, missing seqs) of each node.
+        let report = crate::reports::daily_report(s, &config, &account, today, now).ok();
+        Ok((days, nodes, report))
     })
     .await?;
-    let zone = state.config.billing.zone;
-    let default_cap = state.config.billing.rules.default_cap_cores;
-    let mut days = Vec::new();
-    let mut day = month;
-    while day <= last {
-        let (start, end) = (
-            zone.day_start(day).timestamp_millis(),
-            zone.day_end(day).timestamp_millis(),
-        );
-        let totals: Vec<u64> = hourly
-            .iter()
-            .filter(|(h, _)| *h >= start && *h < end)
-            .map(|(_, t)| *t)
-            .collect();
-        let hours = ((end - start) / 3_600_000).max(1);
-        let sum: u64 = totals.iter().sum();
-        let day_end = zone.day_end(day);
-        let licensed: u64 = licences
-            .iter()
-            .filter(|l| l.start < day_end && l.end >= day_end)
-            .map(|l| u64::from(l.cores))
-            .sum();
-        let billed: Option<Decimal> = {
-            let mut of_day = lines.iter().filter(|l| l.day == day).peekable();
-            of_day
-                .peek()
-                .is_some()
-                .then(|| of_day.map(|l| l.amount).sum())
-        };
-        days.push(pages::UsageDay {
-            day,
-            average_cores: (Decimal::from(sum) / Decimal::from(hours)).round_dp(1),
-            peak_cores: totals.iter().copied().max().unwrap_or(0),
-            licensed_cores: licensed,
-            cap_cores: u64::from(shared::overage::cap_at_day_end(&caps, day_end, default_cap)),
-            billed,
-        });
-        day += TimeDelta::days(1);
-    }
+    let quiet = TimeDelta::hours(i64::from(state.config.billing.rules.reach_hours()));
+    let today_of: std::collections::HashMap<(&str, &str), &crate::reports::NodeLine> = report
+        .iter()
+        .flat_map(|r| &r.nodes)
+        .map(|n| ((n.cluster.as_str(), n.node.as_str()), n))
+        .collect();
+    let nodes: Vec<pages::NodeNow> = nodes
+        .iter()
+        .map(|n| {
+            let seen = crate::store::from_ms(n.last_seen_ms);
+            let line = today_of.get(&(n.cluster.as_str(), n.node.as_str()));
+            pages::NodeNow {
+                cluster: n.cluster.clone(),
+                node: n.node.clone(),
+                last_seen: seen,
+                silent: now - seen >= quiet,
+                hours_today: line.map_or(0, |l| l.hours_observed),
+                missing_seqs_today: line.map_or(0, |l| l.missing_seqs),
+            }
+        })
+        .collect();
     let usage = pages::Usage {
         account: id,
         month,
         days,
-        clusters: report
-            .as_ref()
-            .map(|r| r.clusters.clone())
-            .unwrap_or_default(),
-        nodes: report.map(|r| r.nodes).unwrap_or_default(),
+        clusters: report.map(|r| r.clusters).unwrap_or_default(),
+        nodes,
     };
     Ok(page(StatusCode::OK, pages::usage(&v, &usage)))
 }
@@ -1191,6 +1210,31 @@ pub struct AccountsQuery {
 /// Rows a page of the accounts list shows.
 const ACCOUNTS_PER_PAGE: usize = 50;
 
+/// The page numbers the accounts list takes (its INPUTS domain).
+pub const MAX_PAGE: usize = 1_000_000;
+
+/// The columns the accounts list sorts by.
+pub const SORTS: &[&str] = &["id", "state", "licensed", "yesterday", "amount", "month"];
+
+/// A query value from `allowed`, or the refusal naming `field` and them.
+fn one_of(
+    field: &str,
+    value: Option<String>,
+    allowed: &[&str],
+) -> Result<Option<String>, ApiError> {
+    match value {
+        Some(v) if !allowed.contains(&v.as_str()) => Err(ApiError::unprocessable(
+            field,
+            format!(
+                "{field} must be one of {}, got {}",
+                allowed.join(", "),
+                shared::domain::quote(&v)
+            ),
+        )),
+        v => Ok(v),
+    }
+}
+
 /// `GET /console/accounts?q=&flag=&sort=&page=`: every account, filtered,
 /// sorted and paged; the service's panel.
 pub async fn accounts(
@@ -1206,19 +1250,27 @@ pub async fn accounts(
     let yesterday = shared::zone::prev_day(today);
     let month_first = today.with_day(1).expect("a first day");
     let now_ms = now.timestamp_millis();
+    let filter = match q.q {
+        Some(text) if text.chars().count() > 64 => {
+            return Err(ApiError::unprocessable(
+                "q",
+                "q must be at most 64 characters",
+            ))
+        }
+        text => text.unwrap_or_default(),
+    };
+    let flag = one_of("flag", q.flag, &pages::FLAGS)?.unwrap_or_default();
+    let sort = one_of("sort", q.sort, SORTS)?.unwrap_or_else(|| "id".into());
+    let silent = crate::reports::usage::silent_window(&state.config.billing, now);
     let (facts, backlog, last_run) = blocking(&state.reader, move |s| {
         Ok((
-            s.reads().account_facts(now_ms, yesterday, month_first)?,
+            s.reads()
+                .account_facts(now_ms, (yesterday, month_first), silent)?,
             s.reads().backlog()?,
             s.billing().last_billing_run()?,
         ))
     })
     .await?;
-    let filter: String = q.q.unwrap_or_default().chars().take(64).collect();
-    let flag = q
-        .flag
-        .filter(|f| pages::FLAGS.contains(&f.as_str()))
-        .unwrap_or_default();
     let week_ms = TimeDelta::days(7).num_milliseconds();
     let mut rows: Vec<pages::AccountRow> = facts
         .into_iter()
@@ -1238,6 +1290,9 @@ pub async fn accounts(
                 "stopped" => flags.push("stopped"),
                 _ => {}
             }
+            if f.silent_nodes > 0 {
+                flags.push("silent");
+            }
             let (bought, available) = f.authorizations;
             if bought > 0 && available * 100 <= bought * shared::images::LOW_PERCENT {
                 flags.push("authorizations_low");
@@ -1254,7 +1309,6 @@ pub async fn accounts(
         })
         .filter(|r| flag.is_empty() || r.flags.contains(&flag.as_str()))
         .collect();
-    let sort = q.sort.unwrap_or_else(|| "id".into());
     match sort.as_str() {
         "state" => rows.sort_by(|a, b| a.state.cmp(&b.state).then(a.id.cmp(&b.id))),
         "licensed" => rows.sort_by(|a, b| {
@@ -1277,7 +1331,15 @@ pub async fn accounts(
     }
     let total = rows.len();
     let pages_count = total.div_ceil(ACCOUNTS_PER_PAGE);
-    let at = q.page.unwrap_or(1).clamp(1, pages_count.max(1));
+    let at = match q.page {
+        Some(p) if p == 0 || p > MAX_PAGE => {
+            return Err(ApiError::unprocessable(
+                "page",
+                format!("page must be from 1 to {MAX_PAGE}, got {p}"),
+            ))
+        }
+        p => p.unwrap_or(1).min(pages_count.max(1)),
+    };
     let shown: Vec<pages::AccountRow> = rows
         .into_iter()
         .skip((at - 1) * ACCOUNTS_PER_PAGE)

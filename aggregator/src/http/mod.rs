@@ -1490,24 +1490,17 @@ pub const INPUTS: &[(&str, &str, Inputs)] = &[
                 ),
                 Input::optional(
                     "flag",
-                    Domain::OneOf(&[
-                        "licence_short",
-                        "expiring",
-                        "grace",
-                        "stopped",
-                        "silent",
-                        "authorizations_low",
-                    ]),
+                    Domain::OneOf(&crate::console::pages::FLAGS),
                     "accounts with this flag",
                 ),
                 Input::optional(
                     "sort",
-                    Domain::OneOf(&["id", "state", "licensed", "yesterday", "amount", "month"]),
+                    Domain::OneOf(console::SORTS),
                     "the column to sort by",
                 ),
                 Input::optional(
                     "page",
-                    Domain::Integer { min: 1, max: 1_000_000 },
+                    Domain::Integer { min: 1, max: console::MAX_PAGE as i64 },
                     "the page, from 1",
                 ),
             ],

@@ -4,6 +4,7 @@ pub mod csv;
 pub mod export;
 pub mod html;
 pub mod statement;
+pub mod usage;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;

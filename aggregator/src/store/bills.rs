@@ -61,6 +61,25 @@ fn bill_days_in(
                 .add(r.get(1)?, parse_decimal(&amount)?);
         }
     }
+    {
+        // The chart's figures of every day looked at, billed or not.
+        let mut usage = conn.prepare_cached(
+            "INSERT INTO usage_days (account_ref, day, hours, core_hours, peak_cores)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (account_ref, day) DO UPDATE
+                SET hours = excluded.hours, core_hours = excluded.core_hours,
+                    peak_cores = excluded.peak_cores",
+        )?;
+        for f in &figures {
+            usage.execute(crate::params![
+                account.reference,
+                f.day.to_string(),
+                i64::from(f.hours),
+                f.total_core_hours as i64,
+                f.peak_total_cores as i64,
+            ])?;
+        }
+    }
     let mut lines = Vec::new();
     {
         let mut insert = conn.prepare_cached(
@@ -153,7 +172,7 @@ fn corrupt(msg: String) -> StoreError {
     StoreError::Corrupt(msg)
 }
 
-fn parse_day(s: &str) -> Result<NaiveDate, StoreError> {
+pub(super) fn parse_day(s: &str) -> Result<NaiveDate, StoreError> {
     s.parse()
         .map_err(|e| corrupt(format!("stored day {s:?}: {e}")))
 }

@@ -1,15 +1,18 @@
 //! What the console reads across accounts in a few grouped queries, so a
 //! page costs the same with ten accounts or ten thousand: each account's
-//! row of the accounts page, the service's backlog, and an account's hourly
-//! total cores for its usage chart.
+//! row of the accounts page, the service's backlog; and for one account,
+//! the billed days' total cores and when each node was last seen, from the
+//! summaries the billing run and ingest keep (migration 12) rather than
+//! from the samples.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 
 use chrono::NaiveDate;
 use rust_decimal::Decimal;
 
-use super::{Reads, StoreError};
+use super::bills::parse_day;
+use super::{Account, Reads, StoreError};
 
 /// One account as the accounts page lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +31,28 @@ pub struct AccountFacts {
     pub month_to_date: Decimal,
     /// Image-scan authorizations bought, and those still available.
     pub authorizations: (u64, u64),
+    /// Nodes last seen inside the silence window asked for.
+    pub silent_nodes: u64,
+}
+
+/// A day's total cores as the billing run last figured them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CoreDay {
+    pub day: NaiveDate,
+    /// The day's hours (23 or 25 when the clocks change).
+    pub hours: u32,
+    /// The sum over the day's hours of the account's total cores.
+    pub core_hours: u64,
+    /// The largest total of an hour.
+    pub peak_cores: u64,
+}
+
+/// A node and the instant of its latest sample.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSeen {
+    pub cluster: String,
+    pub node: String,
+    pub last_seen_ms: i64,
 }
 
 /// What waits for delivery.
@@ -43,12 +68,13 @@ fn decimal(s: &str) -> Result<Decimal, StoreError> {
 
 impl Reads<'_> {
     /// Every account's row: state, licensed cores now, yesterday, the month
-    /// so far, authorizations.
+    /// so far, authorizations, and its nodes last seen in `[silent_from_ms,
+    /// silent_to_ms)`.
     pub fn account_facts(
         &self,
         now_ms: i64,
-        yesterday: NaiveDate,
-        month_first: NaiveDate,
+        (yesterday, month_first): (NaiveDate, NaiveDate),
+        (silent_from_ms, silent_to_ms): (i64, i64),
     ) -> Result<Vec<AccountFacts>, StoreError> {
         let conn = &self.0.conn;
         let mut rows: Vec<AccountFacts> = Vec::new();
@@ -68,6 +94,7 @@ impl Reads<'_> {
                     yesterday_amount: None,
                     month_to_date: Decimal::new(0, 2),
                     authorizations: (0, 0),
+                    silent_nodes: 0,
                 });
             }
         }
@@ -128,7 +155,91 @@ impl Reads<'_> {
                 }
             }
         }
+        {
+            // One pass over the nodes: their rows are few beside the samples.
+            let mut stmt = conn.prepare_cached(
+                "SELECT account_ref, count(*) FROM nodes
+                  WHERE last_seen_ms >= ?1 AND last_seen_ms < ?2 GROUP BY account_ref",
+            )?;
+            let mut r = stmt.query((silent_from_ms, silent_to_ms))?;
+            while let Some(row) = r.next()? {
+                if let Some(&i) = at.get(&row.get::<_, i64>(0)?) {
+                    rows[i].silent_nodes = row.get::<_, i64>(1)? as u64;
+                }
+            }
+        }
         Ok(rows)
+    }
+
+    /// The account's days from `first` to `last` that a billing run has
+    /// figured, in order.
+    pub fn core_days(
+        &self,
+        account: &Account,
+        (first, last): (NaiveDate, NaiveDate),
+    ) -> Result<Vec<CoreDay>, StoreError> {
+        let mut stmt = self.0.conn.prepare_cached(
+            "SELECT day, hours, core_hours, peak_cores FROM usage_days
+              WHERE account_ref = ?1 AND day >= ?2 AND day <= ?3 ORDER BY day",
+        )?;
+        let mut rows = stmt.query((account.reference, first.to_string(), last.to_string()))?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let day: String = r.get(0)?;
+            out.push(CoreDay {
+                day: parse_day(&day)?,
+                hours: u32::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+                core_hours: r.get::<_, i64>(2)? as u64,
+                peak_cores: r.get::<_, i64>(3)? as u64,
+            });
+        }
+        Ok(out)
+    }
+
+    /// What each of the account's days from `first` to `last` was billed,
+    /// adjustments included; days without a line are absent.
+    pub fn billed_days(
+        &self,
+        account: &Account,
+        (first, last): (NaiveDate, NaiveDate),
+    ) -> Result<BTreeMap<NaiveDate, Decimal>, StoreError> {
+        let mut stmt = self.0.conn.prepare_cached(
+            "SELECT day, amount FROM bill_lines
+              WHERE account_ref = ?1 AND day >= ?2 AND day <= ?3",
+        )?;
+        let mut rows = stmt.query((account.reference, first.to_string(), last.to_string()))?;
+        let mut out: BTreeMap<NaiveDate, Decimal> = BTreeMap::new();
+        while let Some(r) = rows.next()? {
+            let day: String = r.get(0)?;
+            *out.entry(parse_day(&day)?).or_insert(Decimal::new(0, 2)) +=
+                decimal(&r.get::<_, String>(1)?)?;
+        }
+        Ok(out)
+    }
+
+    /// The account's nodes last seen at or after `since_ms`, the most
+    /// recently seen first, at most `limit`.
+    pub fn nodes_seen(
+        &self,
+        account: &Account,
+        since_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<NodeSeen>, StoreError> {
+        let mut stmt = self.0.conn.prepare_cached(
+            "SELECT cluster, name, last_seen_ms FROM nodes
+              WHERE account_ref = ?1 AND last_seen_ms >= ?2
+              ORDER BY last_seen_ms DESC, cluster, name LIMIT ?3",
+        )?;
+        let mut rows = stmt.query((account.reference, since_ms, limit as i64))?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            out.push(NodeSeen {
+                cluster: r.get(0)?,
+                node: r.get(1)?,
+                last_seen_ms: r.get(2)?,
+            });
+        }
+        Ok(out)
     }
 
     /// Bill lines and notices waiting for delivery (each count read from
@@ -143,43 +254,5 @@ impl Reads<'_> {
                 "SELECT count(*) FROM notice_deliveries WHERE delivered_at_ms IS NULL",
             )?,
         })
-    }
-
-    /// An account's total cores per hour from `from_ms` to `to_ms`: each
-    /// node's largest sample of the hour, summed; (hour start, total). The
-    /// samples are read once in the order they are kept (by instant), so
-    /// hours come one after another and nothing is sorted.
-    pub fn hourly_totals(
-        &mut self,
-        account: &str,
-        (from_ms, to_ms): (i64, i64),
-    ) -> Result<Vec<(i64, u64)>, StoreError> {
-        const HOUR_MS: i64 = 3_600_000;
-        let account_ref = self.require_account(account)?;
-        let mut stmt = self.0.conn.prepare_cached(
-            "SELECT at_ms, node_id, cores FROM samples
-              WHERE account_ref = ?1 AND at_ms >= ?2 AND at_ms < ?3 ORDER BY at_ms",
-        )?;
-        let mut rows = stmt.query((account_ref, from_ms, to_ms))?;
-        let mut out = Vec::new();
-        let mut hour = i64::MIN;
-        let mut per_node: rustc_hash::FxHashMap<i64, u64> = Default::default();
-        while let Some(row) = rows.next()? {
-            let h = row.get::<_, i64>(0)?.div_euclid(HOUR_MS);
-            if h != hour {
-                if !per_node.is_empty() {
-                    out.push((hour * HOUR_MS, per_node.values().sum()));
-                    per_node.clear();
-                }
-                hour = h;
-            }
-            let cores = row.get::<_, i64>(2)? as u64;
-            let held = per_node.entry(row.get(1)?).or_insert(0);
-            *held = (*held).max(cores);
-        }
-        if !per_node.is_empty() {
-            out.push((hour * HOUR_MS, per_node.values().sum()));
-        }
-        Ok(out)
     }
 }

@@ -66,7 +66,7 @@ const TABLES: &[Table] = &[
     },
     Table {
         name: "nodes",
-        columns: &["id", "account_ref", "cluster", "name"],
+        columns: &["id", "account_ref", "cluster", "name", "last_seen_ms"],
         order_by: "id",
         identity: Some("id"),
     },
@@ -440,6 +440,12 @@ const TABLES: &[Table] = &[
     Table {
         name: "log_usage_days",
         columns: &["account_ref", "day", "used_bytes", "quota_bytes"],
+        order_by: "account_ref, day",
+        identity: None,
+    },
+    Table {
+        name: "usage_days",
+        columns: &["account_ref", "day", "hours", "core_hours", "peak_cores"],
         order_by: "account_ref, day",
         identity: None,
     },

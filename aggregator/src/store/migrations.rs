@@ -674,10 +674,35 @@ const MIGRATIONS: &[Migration] = &[
     ALTER TABLE issued_tokens ADD CHECK (kind IN ('cluster', 'reader', 'admin', 'logs', 'customer'));
     "#,
     },
+    // 12: what the console reads without going through the samples: each
+    // billed day's total cores (written by the billing run with the day's
+    // figures, so the chart of a past month reads a row a day) and each
+    // node's latest sample (written by ingest, once per node and commit),
+    // filled from the samples kept.
+    Migration {
+        version: 12,
+        sql: r#"
+    CREATE TABLE usage_days (
+        account_ref  {int} NOT NULL REFERENCES accounts(ref),
+        day          TEXT NOT NULL,
+        hours        {int} NOT NULL,
+        core_hours   {int} NOT NULL,
+        peak_cores   {int} NOT NULL,
+        PRIMARY KEY (account_ref, day)
+    ){without_rowid};
+
+    ALTER TABLE nodes ADD COLUMN last_seen_ms {int};
+    UPDATE nodes SET last_seen_ms = latest.at_ms
+      FROM (SELECT node_id, max(at_ms) AS at_ms FROM samples GROUP BY node_id) AS latest
+     WHERE latest.node_id = nodes.id;
+    "#,
+        sqlite: "",
+        postgres: "",
+    },
 ];
 
 /// The schema version this build knows.
-pub const VERSION: usize = 11;
+pub const VERSION: usize = 12;
 
 /// The version whose migration records the names outside their domain
 /// (`names::report_names_outside_domain` runs when a database crosses it).

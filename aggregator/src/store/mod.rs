@@ -41,7 +41,7 @@ use db::{Conn, DbError, Dialect, OptionalExtension};
 pub use accounts::Account;
 pub use clusters::ClusterIdentity;
 pub use connection::{panic_message, Connection};
-pub use console::{AccountFacts, Backlog};
+pub use console::{AccountFacts, Backlog, CoreDay, NodeSeen};
 pub use copy::{CopyError, CopyReport};
 pub use images::{
     Authorizations, Authorized, Holder, ImagesDay, InventoryImage, ListOutcome, NewImage, Pack,

@@ -52,6 +52,8 @@ impl Store {
             tx.query_row("SELECT next FROM sample_ids WHERE id = 1", (), |r| r.get(0))?;
         // The earliest `at` accepted per account: billing recomputes from there.
         let mut earliest: FxHashMap<i64, DateTime<Utc>> = FxHashMap::default();
+        // Each node's latest sample in the batch: its row says when it was last seen.
+        let mut latest: FxHashMap<i64, i64> = FxHashMap::default();
         {
             let mut insert_one = tx.prepare_cached(&insert_sql(1))?;
             let mut unsequenced: Vec<Row<'_>> = Vec::with_capacity(ROWS_PER_INSERT);
@@ -133,9 +135,14 @@ impl Store {
                         id
                     }
                 };
+                let at_ms = checked.at.timestamp_millis();
+                latest
+                    .entry(node_id)
+                    .and_modify(|l| *l = (*l).max(at_ms))
+                    .or_insert(at_ms);
                 let row = Row {
                     account_ref,
-                    at_ms: checked.at.timestamp_millis(),
+                    at_ms,
                     node_id,
                     id: next_id,
                     cores: checked.cores,
@@ -174,6 +181,15 @@ impl Store {
             .execute([next_id])?;
         for (account_ref, at) in earliest {
             super::accounts::mark_for_recompute(&tx, account_ref, at)?;
+        }
+        {
+            let mut seen = tx.prepare_cached(
+                "UPDATE nodes SET last_seen_ms = ?2
+                  WHERE id = ?1 AND (last_seen_ms IS NULL OR last_seen_ms < ?2)",
+            )?;
+            for (node, at_ms) in latest {
+                seen.execute((node, at_ms))?;
+            }
         }
         tx.commit()?;
         Ok(outcomes)

@@ -529,6 +529,11 @@ impl Billing<'_> {
                 "UPDATE deletions SET finished_at_ms = ?2 WHERE id = ?1",
                 (id, now.timestamp_millis()),
             )?;
+            // No sample of before is left to have seen a node then.
+            tx.execute(
+                "UPDATE nodes SET last_seen_ms = NULL WHERE account_ref = ?1 AND last_seen_ms < ?2",
+                (account_ref, before),
+            )?;
         }
         tx.commit()?;
         Ok((samples + rejections).max(1) as u64)

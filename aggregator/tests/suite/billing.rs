@@ -940,3 +940,156 @@ fn a_late_sample_stored_while_a_run_is_under_way_is_billed_by_a_later_run() {
         );
     }
 }
+
+/// The usage chart's figures of a day, as the billing run kept them and as
+/// figured again from the samples, are the same; a late sample the next run
+/// takes in changes them both.
+#[test]
+fn a_billed_days_total_cores_are_kept_as_the_run_figured_them_and_late_samples_update_them() {
+    use aggregator::reports::usage::month_of_cores;
+    let mut m = Meter::new();
+    m.account("acme");
+    // node-1: 96 cores all of the 2nd and 3rd, silent 10:00 to 12:59 on
+    // the 3rd (bridged); node-2: 8 cores from 12:00 on the 3rd.
+    m.push(&all_day("acme", "node-1", 96, "2026-11-02"));
+    m.push(&hourly("acme", "node-1", 96, "2026-11-03", 0..10));
+    m.push(&hourly("acme", "node-1", 96, "2026-11-03", 13..24));
+    m.push(&hourly("acme", "node-2", 8, "2026-11-03", 12..24));
+    let now = due("2026-11-03") + TimeDelta::hours(1);
+    m.bill(now);
+    let month = date("2026-11-01");
+    let kept = month_of_cores(&mut m.store, &m.config, "acme", month, now).unwrap();
+    support::execute_behind_the_store(&m.path(), "DELETE FROM usage_days");
+    let figured = month_of_cores(&mut m.store, &m.config, "acme", month, now).unwrap();
+    assert_eq!(kept, figured);
+    let day = |d: &[aggregator::reports::usage::DayOfCores], day: &str| {
+        d.iter().find(|x| x.day == date(day)).unwrap().clone()
+    };
+    let second = day(&kept, "2026-11-02");
+    assert_eq!(
+        (second.average_cores, second.peak_cores),
+        (rust_decimal::Decimal::from(96), 96)
+    );
+    // The 3rd: 96 in every hour (three of them bridged) and 8 more in 12 of them.
+    let third = day(&kept, "2026-11-03");
+    assert_eq!(
+        (third.average_cores, third.peak_cores),
+        (rust_decimal::Decimal::from(100), 104)
+    );
+    assert!(!third.provisional && third.billed.is_some(), "{third:?}");
+    // Days 4 (today) and later: today so far, nothing after.
+    assert_eq!(kept.len(), 4, "{kept:?}");
+    assert!(kept[3].provisional);
+    assert_eq!(kept[0].peak_cores, 0);
+
+    // A late node of 200 cores at 05:00 on the 2nd: the next run takes it in.
+    m.push(
+        &[sample("acme", "node-3", 200, local("2026-11-02T05:07:00"))
+            .received(now + TimeDelta::minutes(5))],
+    );
+    m.bill(now + TimeDelta::hours(1));
+    let kept = month_of_cores(&mut m.store, &m.config, "acme", month, now).unwrap();
+    let second = day(&kept, "2026-11-02");
+    assert_eq!(second.peak_cores, 296);
+    support::execute_behind_the_store(&m.path(), "DELETE FROM usage_days");
+    let figured = month_of_cores(&mut m.store, &m.config, "acme", month, now).unwrap();
+    assert_eq!(kept, figured);
+}
+
+/// Ingest keeps each node's latest sample: a late sample of an earlier hour
+/// does not take it back, and a node silent for longer than bridging
+/// reaches counts among its account's silent nodes for seven days.
+#[test]
+fn each_node_is_last_seen_at_its_latest_sample_and_counts_as_silent_until_gone() {
+    let mut m = Meter::new();
+    m.account("acme");
+    m.account("quiet");
+    m.push(&hourly("acme", "node-1", 4, "2026-11-03", 0..12));
+    m.push(&[sample("acme", "node-1", 4, local("2026-11-03T02:30:00"))]);
+    m.push(&hourly("acme", "node-2", 4, "2026-11-03", 0..3));
+    m.push(&hourly("quiet", "node-1", 4, "2026-11-01", 0..1));
+    let acct = m.store.accounts().account("acme").unwrap().unwrap();
+    let seen = m.store.reads().nodes_seen(&acct, 0, 10).unwrap();
+    let at: Vec<(&str, DateTime<Utc>)> = seen
+        .iter()
+        .map(|n| (n.node.as_str(), aggregator::store::from_ms(n.last_seen_ms)))
+        .collect();
+    assert_eq!(
+        at,
+        vec![
+            ("node-1", local("2026-11-03T11:07:00")),
+            ("node-2", local("2026-11-03T02:07:00")),
+        ]
+    );
+    let silent_at = |m: &mut Meter, now: DateTime<Utc>| -> BTreeMap<String, u64> {
+        let window = aggregator::reports::usage::silent_window(&m.config, now);
+        let day = date("2026-11-03");
+        m.store
+            .reads()
+            .account_facts(now.timestamp_millis(), (day, day), window)
+            .unwrap()
+            .into_iter()
+            .map(|f| (f.id, f.silent_nodes))
+            .collect()
+    };
+    // At noon node-2 has been quiet for 9 h 53 min, node-1 for 53 min;
+    // quiet's node for over two days.
+    let noon = local("2026-11-03T12:00:00");
+    let reach = i64::from(m.config.rules.reach_hours());
+    assert!(
+        reach < 9,
+        "the test's silence is longer than bridging reaches"
+    );
+    assert_eq!(silent_at(&mut m, noon)["acme"], 1);
+    assert_eq!(silent_at(&mut m, noon)["quiet"], 1);
+    // Eight days on, both are gone: no account is flagged for them.
+    let later = noon + TimeDelta::days(8);
+    assert_eq!(silent_at(&mut m, later)["acme"], 0);
+    assert_eq!(silent_at(&mut m, later)["quiet"], 0);
+}
+
+/// A database made before schema 12 gets each node's last seen from the
+/// samples it keeps when it is opened by this build.
+#[test]
+fn the_upgrade_to_schema_12_finds_each_nodes_latest_sample() {
+    let mut m = Meter::new();
+    m.account("acme");
+    m.push(&hourly("acme", "node-1", 4, "2026-11-03", 0..12));
+    m.push(&hourly("acme", "node-2", 4, "2026-11-03", 0..3));
+    let back_to_11 = if support::postgres_server().is_some() {
+        "DELETE FROM core_meter_schema WHERE version >= 12;"
+    } else {
+        "PRAGMA user_version = 11;"
+    };
+    support::execute_behind_the_store(
+        &m.path(),
+        &format!("DROP TABLE usage_days; ALTER TABLE nodes DROP COLUMN last_seen_ms; {back_to_11}"),
+    );
+    let mut m = m.restart();
+    assert_eq!(
+        m.store.schema_version().unwrap(),
+        aggregator::store::SCHEMA_VERSION
+    );
+    let acct = m.store.accounts().account("acme").unwrap().unwrap();
+    let seen: Vec<(String, i64)> = m
+        .store
+        .reads()
+        .nodes_seen(&acct, 0, 10)
+        .unwrap()
+        .into_iter()
+        .map(|n| (n.node, n.last_seen_ms))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (
+                "node-1".into(),
+                local("2026-11-03T11:07:00").timestamp_millis()
+            ),
+            (
+                "node-2".into(),
+                local("2026-11-03T02:07:00").timestamp_millis()
+            ),
+        ]
+    );
+}

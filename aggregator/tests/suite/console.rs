@@ -687,3 +687,145 @@ async fn a_session_cookie_is_http_only_strict_and_ends_with_its_token_and_forms_
         .starts_with("/console/login"));
     shop.app.stop().await;
 }
+
+/// A page's HTML as `token` and a reader of `lang` get it: status and body.
+async fn html(app: &TestApp, token: &str, path: &str, lang: &str) -> (u16, String) {
+    let answer = no_redirects()
+        .get(app.url(path))
+        .bearer_auth(token)
+        .header("accept-language", lang)
+        .send()
+        .await
+        .unwrap();
+    let status = answer.status().as_u16();
+    let kind = answer.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(kind.starts_with("text/html"), "{path}: {kind}");
+    (status, answer.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_value_outside_its_domain_is_refused_by_name_in_the_readers_language() {
+    let shop = shop().await;
+    let app = &shop.app;
+    let admin = crate::support::ADMIN;
+    for (query, field) in [
+        ("flag=bogus", "flag must be one of licence_short, expiring"),
+        ("sort=size", "sort must be one of id, state"),
+        ("page=0", "page must be from 1 to 1000000, got 0"),
+        (
+            &format!("q={}", "a".repeat(65)),
+            "q must be at most 64 characters",
+        ),
+    ] {
+        let (status, page) = html(app, admin, &format!("/console/accounts?{query}"), "en").await;
+        assert_eq!(status, 422, "{query}: {page}");
+        assert!(page.contains(field), "{query}: {page}");
+    }
+    // In Chinese: the gist translated, the API's precise words after it, marked as English.
+    let (status, page) = html(app, admin, "/console/accounts?flag=bogus", "zh-CN").await;
+    assert_eq!(status, 422);
+    assert!(page.contains("有一个值超出了该字段允许的范围"), "{page}");
+    assert!(
+        page.contains("<span lang=\"en\">(flag must be one of"),
+        "{page}"
+    );
+    let (status, page) = html(
+        app,
+        admin,
+        "/console/accounts/acme/usage?month=2026-13",
+        "zh-CN",
+    )
+    .await;
+    assert_eq!(status, 422, "{page}");
+    assert!(
+        page.contains("<html lang=\"zh-CN\">") && page.contains("month"),
+        "{page}"
+    );
+
+    // A form's refusal next to its field, in Chinese.
+    let answer = no_redirects()
+        .post(app.url("/console/accounts/acme/cap"))
+        .bearer_auth(&shop.customer)
+        .header("accept-language", "zh-CN")
+        .form(&[("cores", "499")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 422);
+    let page = answer.text().await.unwrap();
+    let error = page
+        .split("id=\"cap-error\"")
+        .nth(1)
+        .expect("the error by the cap's field")
+        .split("</p>")
+        .next()
+        .unwrap();
+    assert!(
+        error.contains("弹性上限须为每天 500 到 1,000,000 之间的整数核数"),
+        "{error}"
+    );
+    assert!(
+        error.contains("cap 499 is below the minimum of 500 cores"),
+        "{error}"
+    );
+    shop.app.stop().await;
+}
+
+#[tokio::test]
+async fn a_node_quiet_for_longer_than_bridging_reaches_shows_silent_and_flags_its_account() {
+    let shop = shop().await;
+    let app = &shop.app;
+    let (_, cluster) = app
+        .admin(
+            Method::POST,
+            &format!("/v1/admin/accounts/{ACME}/clusters"),
+            Some(json!({"name": "edge"})),
+        )
+        .await;
+    let edge = cluster["token"].as_str().unwrap();
+    // node-2 last pushed at 23:05 yesterday; node-1 at 12:05 today (now 12:30).
+    app.push_day(edge, "node-2", 8, "2026-11-23", 1).await;
+    let calm = app.account_with_cluster("calm", "prod").await;
+    app.push_day(&calm, "node-1", 8, "2026-11-24", 1).await;
+    let admin = crate::support::ADMIN;
+    let (status, page) = html(app, admin, "/console/accounts?flag=silent", "en").await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains(">acme</a>") && !page.contains(">calm</a>"),
+        "{page}"
+    );
+    let (_, page) = html(app, admin, "/console/accounts", "en").await;
+    assert!(
+        page.contains(">acme</a>") && page.contains(">calm</a>"),
+        "{page}"
+    );
+    let (_, page) = html(app, admin, "/console/accounts/acme/usage", "en").await;
+    let nodes = page
+        .split("id=\"nodes\"")
+        .nth(1)
+        .unwrap()
+        .split("</table>")
+        .next()
+        .unwrap();
+    let row = |node: &str| {
+        nodes
+            .split("<tr>")
+            .find(|r| r.contains(&format!("<td>{node}</td>")))
+            .unwrap_or_else(|| panic!("{node} in {nodes}"))
+            .to_string()
+    };
+    assert!(
+        row("node-1").contains("Reporting") && row("node-1").contains("12:05"),
+        "{}",
+        row("node-1")
+    );
+    assert!(
+        row("node-2").contains("Silent") && row("node-2").contains("23:05"),
+        "{}",
+        row("node-2")
+    );
+    shop.app.stop().await;
+}

@@ -176,10 +176,10 @@ pub fn skipped_on_postgres(what: &str) -> bool {
     skip
 }
 
-/// Undoes what migrations 9 (the image-scan add-on) and 10 (log storage)
-/// made, children first: with the version set back, a test takes a
-/// database back to how version 8 left it.
-pub fn undo_migrations_9_to_11() -> String {
+/// Undoes what migrations 9 (the image-scan add-on) to 12 (the console's
+/// summaries) made, children first: with the version set back, a test
+/// takes a database back to how version 8 left it.
+pub fn undo_migrations_9_to_12() -> String {
     let notices = if postgres_server().is_some() {
         "ALTER TABLE notices DROP COLUMN product; ALTER TABLE notices ADD UNIQUE (account_ref, kind, day);
          ALTER TABLE issued_tokens DROP CONSTRAINT issued_tokens_kind_check;
@@ -189,7 +189,8 @@ pub fn undo_migrations_9_to_11() -> String {
         ""
     };
     format!(
-        "DROP TABLE console_sessions; DROP TABLE statement_keys; DROP TABLE log_purges; DROP TABLE log_usage_days; DROP TABLE log_usage;
+        "DROP TABLE usage_days; ALTER TABLE nodes DROP COLUMN last_seen_ms;
+         DROP TABLE console_sessions; DROP TABLE statement_keys; DROP TABLE log_purges; DROP TABLE log_usage_days; DROP TABLE log_usage;
          DROP TABLE product_states; DROP TABLE product_lives; DROP TABLE log_storage_orders;
          ALTER TABLE reader_tokens DROP COLUMN role; {notices}
          DROP TABLE image_settings; DROP TABLE image_scan_refunds;
