@@ -204,6 +204,9 @@ pub struct Store {
     trial_image_authorizations: u64,
     /// Log storage's price and a trial's allowance.
     log_storage: shared::logs::Terms,
+    /// Whether ingest keeps each node's last seen (`nodes.last_seen_ms`):
+    /// always, but in `replay`'s scratch store, which only prints bills.
+    keeps_last_seen: bool,
 }
 
 /// The store as one job sees it: each handle carries only the methods its
@@ -298,6 +301,7 @@ impl Store {
             notice_channels: NoticeChannels::default(),
             trial_image_authorizations: u64::from(shared::images::TRIAL_AUTHORIZATIONS),
             log_storage: shared::logs::Terms::default(),
+            keeps_last_seen: true,
         }
     }
 

@@ -136,10 +136,12 @@ impl Store {
                     }
                 };
                 let at_ms = checked.at.timestamp_millis();
-                latest
-                    .entry(node_id)
-                    .and_modify(|l| *l = (*l).max(at_ms))
-                    .or_insert(at_ms);
+                if self.keeps_last_seen {
+                    latest
+                        .entry(node_id)
+                        .and_modify(|l| *l = (*l).max(at_ms))
+                        .or_insert(at_ms);
+                }
                 let row = Row {
                     account_ref,
                     at_ms,
@@ -428,6 +430,13 @@ fn audit_row(r: &super::db::Row<'_>) -> Result<AuditSample, super::db::DbError> 
 }
 
 impl Ingest<'_> {
+    /// Whether ingest keeps each node's last seen. A store that is read
+    /// only for its bills (`replay`'s) need not: the update is one row per
+    /// node and commit, 0.8 µs a sample when replaying 717,702.
+    pub fn keep_last_seen(&mut self, keep: bool) {
+        self.0.keeps_last_seen = keep;
+    }
+
     /// Validates and stores a batch in one transaction; returns one outcome per
     /// sample, in order, once the accepted ones are committed. A rejected
     /// sample never stops the rest of the batch.
