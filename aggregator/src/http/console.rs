@@ -48,19 +48,39 @@ pub struct ConsoleCaller {
     pub session: Option<Session>,
 }
 
+/// The cookie `name`, if the request carries it once. Twice is none: a
+/// cookie planted for a longer path (from a sibling domain, or over plain
+/// HTTP) would be sent first, and must not pick the session or the login
+/// form's token.
 fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    headers
+    let mut found = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().split_once('='))
-        .find(|(n, _)| *n == name)
-        .map(|(_, v)| v)
+        .filter(|(n, _)| *n == name)
+        .map(|(_, v)| v);
+    let first = found.next();
+    match found.next() {
+        None => first,
+        Some(_) => None,
+    }
+}
+
+/// Whether the browser reached the service over HTTPS: the service's own
+/// TLS, or a TLS-terminating proxy that says so (`X-Forwarded-Proto:
+/// https`). A client that claims it falsely only makes its cookies stricter.
+fn over_https(state: &AppState, headers: &HeaderMap) -> bool {
+    state.config.tls.is_some()
+        || headers
+            .get("x-forwarded-proto")
+            .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https"))
 }
 
 fn set_cookie(
     state: &AppState,
+    headers: &HeaderMap,
     name: &'static str,
     value: String,
     max_age_secs: i64,
@@ -69,7 +89,7 @@ fn set_cookie(
         .path("/console")
         .http_only(true)
         .same_site(SameSite::Strict)
-        .secure(state.config.tls.is_some())
+        .secure(over_https(state, headers))
         .max_age(cookie::time::Duration::seconds(max_age_secs))
         .build();
     HeaderValue::from_str(&cookie.to_string()).expect("a cookie of ASCII is a header value")
@@ -189,6 +209,28 @@ fn page(status: StatusCode, html: String) -> Response {
         .into_response()
 }
 
+/// What every console answer carries: no page may be framed (the forms'
+/// buttons cannot be clicked through another page), no type sniffed, no
+/// address leaked to another site, nothing kept by a cache.
+pub async fn harden(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "same-origin"),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+        ),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    headers
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    response
+}
+
 /// The gate in front of every console page of a role.
 pub async fn gate(
     Extract(gate): Extract<ConsoleGate>,
@@ -287,10 +329,20 @@ fn viewer(state: &AppState, caller: &ConsoleCaller, headers: &HeaderMap, here: &
     }
 }
 
-/// A form's fields, in order (a field may repeat).
-fn form(body: &[u8]) -> Vec<(String, String)> {
-    form_urlencoded::parse(body).into_owned().collect()
+/// A form's fields, in order (a field may repeat), at most `most`: a body
+/// of a million empty fields is read no further than a form can need.
+fn form(body: &[u8], most: usize) -> Vec<(String, String)> {
+    form_urlencoded::parse(body)
+        .take(most)
+        .map(|(n, v)| (n.into_owned(), v.into_owned()))
+        .collect()
 }
+
+/// The fields a form of a few inputs may have (login, cap, orders, …).
+const SMALL_FORM: usize = 16;
+/// The fields the batch authorization may have: every image id of a
+/// batch and the few others.
+const BATCH_FORM: usize = shared::images::MAX_BATCH_IDS + SMALL_FORM;
 
 fn field<'f>(fields: &'f [(String, String)], name: &str) -> Option<&'f str> {
     fields
@@ -327,11 +379,14 @@ fn check_csrf(
 /// Where a login or a language switch may send the browser: a console
 /// path of this service, nothing else.
 fn safe_next(next: Option<&str>) -> String {
+    // Only what a console path and its query are made of: no control
+    // character can reach the Location header, no `//` or `\\` another host.
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._~?=&%-+".contains(c);
     match next {
         Some(n)
             if n.starts_with("/console")
                 && !n.contains("//")
-                && !n.contains('\\')
+                && n.chars().all(plain)
                 && n.len() <= 512 =>
         {
             n.to_string()
@@ -396,7 +451,7 @@ fn login_page(
     );
     response.headers_mut().append(
         header::SET_COOKIE,
-        set_cookie(state, LOGIN_COOKIE, token, 3600),
+        set_cookie(state, headers, LOGIN_COOKIE, token, 3600),
     );
     response
 }
@@ -407,7 +462,7 @@ pub async fn login(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let fields = form(&body);
+    let fields = form(&body, SMALL_FORM);
     let lang = lang_of(&headers);
     let next = safe_next(field(&fields, "next"));
     let expected = cookie_value(&headers, LOGIN_COOKIE).unwrap_or("");
@@ -450,11 +505,17 @@ pub async fn login(
     let h = response.headers_mut();
     h.append(
         header::SET_COOKIE,
-        set_cookie(&state, SESSION_COOKIE, opened.cookie, SESSION_HOURS * 3600),
+        set_cookie(
+            &state,
+            &headers,
+            SESSION_COOKIE,
+            opened.cookie,
+            SESSION_HOURS * 3600,
+        ),
     );
     h.append(
         header::SET_COOKIE,
-        set_cookie(&state, LOGIN_COOKIE, String::new(), 0),
+        set_cookie(&state, &headers, LOGIN_COOKIE, String::new(), 0),
     );
     Ok(response)
 }
@@ -466,20 +527,23 @@ pub async fn logout(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let lang = lang_of(&headers);
+    let mut response = redirect("/console/login");
+    // Only a session's own form ends it and clears its cookie: a form
+    // posted from another site arrives without the cookie (SameSite) and
+    // must not make the browser drop it either.
     if let Some(caller) = caller_of(&state, &headers).await? {
-        if let Err(refused) = check_csrf(&caller, &form(&body), lang) {
+        if let Err(refused) = check_csrf(&caller, &form(&body, SMALL_FORM), lang) {
             return Ok(*refused);
         }
         if let Some(session) = caller.session {
             let now = state.clock.now();
             blocking(&state.store, move |s| s.sessions().end(session.id, now)).await?;
+            response.headers_mut().append(
+                header::SET_COOKIE,
+                set_cookie(&state, &headers, SESSION_COOKIE, String::new(), 0),
+            );
         }
     }
-    let mut response = redirect("/console/login");
-    response.headers_mut().append(
-        header::SET_COOKIE,
-        set_cookie(&state, SESSION_COOKIE, String::new(), 0),
-    );
     Ok(response)
 }
 
@@ -487,12 +551,19 @@ pub async fn logout(
 pub async fn switch_language(
     Extract(state): Extract<Arc<AppState>>,
     ApiQuery(q): ApiQuery<NextQuery>,
+    headers: HeaderMap,
 ) -> Response {
     let mut response = redirect(&safe_next(q.next.as_deref()));
     if let Some(lang) = q.to.as_deref().and_then(Lang::parse) {
         response.headers_mut().append(
             header::SET_COOKIE,
-            set_cookie(&state, LANG_COOKIE, lang.code().into(), 365 * 86_400),
+            set_cookie(
+                &state,
+                &headers,
+                LANG_COOKIE,
+                lang.code().into(),
+                365 * 86_400,
+            ),
         );
     }
     response
@@ -659,8 +730,9 @@ async fn form_of(
     caller: &ConsoleCaller,
     headers: &HeaderMap,
     body: &Bytes,
+    most: usize,
 ) -> Result<Vec<(String, String)>, Box<Response>> {
-    let fields = form(body);
+    let fields = form(body, most);
     check_csrf(caller, &fields, lang_of(headers))?;
     Ok(fields)
 }
@@ -691,7 +763,7 @@ pub async fn set_cap(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let fields = match form_of(&caller, &headers, &body).await {
+    let fields = match form_of(&caller, &headers, &body, SMALL_FORM).await {
         Ok(f) => f,
         Err(refused) => return Ok(*refused),
     };
@@ -732,7 +804,7 @@ pub async fn place_order(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let fields = match form_of(&caller, &headers, &body).await {
+    let fields = match form_of(&caller, &headers, &body, SMALL_FORM).await {
         Ok(f) => f,
         Err(refused) => return Ok(*refused),
     };
@@ -797,7 +869,7 @@ pub async fn set_auto_renew(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let fields = match form_of(&caller, &headers, &body).await {
+    let fields = match form_of(&caller, &headers, &body, SMALL_FORM).await {
         Ok(f) => f,
         Err(refused) => return Ok(*refused),
     };
@@ -936,7 +1008,7 @@ pub async fn authorize_images(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let fields = match form_of(&caller, &headers, &body).await {
+    let fields = match form_of(&caller, &headers, &body, BATCH_FORM).await {
         Ok(f) => f,
         Err(refused) => return Ok(*refused),
     };
@@ -1011,7 +1083,7 @@ pub async fn set_auto(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let fields = match form_of(&caller, &headers, &body).await {
+    let fields = match form_of(&caller, &headers, &body, SMALL_FORM).await {
         Ok(f) => f,
         Err(refused) => return Ok(*refused),
     };

@@ -85,12 +85,20 @@ pub(super) fn too_large_for(limit: usize) -> ApiError {
 pub(super) fn body_limit(path: &str) -> usize {
     let images = path == shared::wire::IMAGES_PATH
         || (path.starts_with("/v1/admin/accounts/") && path.ends_with("/images"));
+    // A console form is a few fields; the batch authorization is a batch
+    // of image ids (10,000 of 71 bytes fit in 1 MiB).
+    let small_form = path.starts_with("/console") && !path.ends_with("/images/authorize");
     if images {
         shared::wire::MAX_IMAGE_LIST_BYTES
+    } else if small_form {
+        CONSOLE_FORM_BYTES
     } else {
         MAX_BATCH_BYTES
     }
 }
+
+/// The largest body of a console form other than the batch authorization.
+pub(super) const CONSOLE_FORM_BYTES: usize = 16 * 1024;
 
 /// Refuses a request that declares a body over 1 MiB before a byte of it is
 /// read, on every route (those that do not read a body too): a client that

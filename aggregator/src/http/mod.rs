@@ -1719,6 +1719,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         {
             route = route.route_layer(axum::middleware::from_fn(edges::json_bodies_only));
         }
+        if console {
+            route = route.layer(axum::middleware::map_response(console::harden));
+        }
         if console && matches!(role, Role::Admin | Role::Reader | Role::Customer) {
             route = route.route_layer(axum::middleware::from_fn_with_state(
                 console::ConsoleGate {

@@ -138,7 +138,7 @@ impl PublicKey {
     /// Checks a signed statement (the document as served); answers the
     /// statement it carries.
     pub fn verify(&self, document: &[u8]) -> Result<Value, VerifyError> {
-        let mut doc: Value = serde_json::from_slice(document)
+        let Unique(mut doc) = serde_json::from_slice(document)
             .map_err(|e| VerifyError::Document(format!("not JSON: {e}")))?;
         let Some(object) = doc.as_object_mut() else {
             return Err(VerifyError::Document("not a JSON object".into()));
@@ -185,6 +185,70 @@ impl PublicKey {
         key.verify(&signed_bytes(&statement), &Signature::from_bytes(&value))
             .map_err(|_| VerifyError::Altered)?;
         Ok(statement)
+    }
+}
+
+/// A JSON value whose objects have no key twice. `serde_json` keeps the
+/// last of two equal keys, so a document could show a reader a forged
+/// first `"closing_balance"` while the signature covers the second: such a
+/// document is refused, not verified.
+struct Unique(Value);
+
+impl<'de> serde::Deserialize<'de> for Unique {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(UniqueVisitor).map(Unique)
+    }
+}
+
+struct UniqueVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Unique(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if object.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!(
+                    "member {} appears twice",
+                    shared::domain::quote(&key)
+                )));
+            }
+            let Unique(value) = map.next_value()?;
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
     }
 }
 
@@ -268,6 +332,25 @@ mod tests {
         assert_eq!(public.verify(altered.as_bytes()), Err(VerifyError::Altered));
         let renamed = doc.replacen("acme", "acmf", 1);
         assert_eq!(public.verify(renamed.as_bytes()), Err(VerifyError::Altered));
+    }
+
+    #[test]
+    fn a_member_given_twice_is_refused_though_the_signature_covers_the_last() {
+        let public = key().public();
+        let doc = String::from_utf8(document()).unwrap();
+        // A forged first "total" a reader would see; serde_json alone would
+        // keep the second, the signed one, and verify.
+        let forged = doc.replacen("\"total\"", "\"total\": \"0.00\", \"total\"", 1);
+        assert!(serde_json::from_str::<Value>(&forged).is_ok());
+        assert!(
+            matches!(public.verify(forged.as_bytes()), Err(VerifyError::Document(m)) if m.contains("appears twice")),
+            "{forged}"
+        );
+        let two_statements = doc.replacen("\"statement\"", "\"statement\": {}, \"statement\"", 1);
+        assert!(matches!(
+            public.verify(two_statements.as_bytes()),
+            Err(VerifyError::Document(_))
+        ));
     }
 
     #[test]

@@ -829,3 +829,95 @@ async fn a_node_quiet_for_longer_than_bridging_reaches_shows_silent_and_flags_it
     );
     shop.app.stop().await;
 }
+
+#[tokio::test]
+async fn the_console_cannot_be_framed_redirected_away_flooded_or_logged_out_from_elsewhere() {
+    let shop = shop().await;
+    let app = &shop.app;
+    let client = no_redirects();
+    let answer = client
+        .get(app.url("/console/accounts/acme"))
+        .bearer_auth(&shop.customer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    for (name, value) in [
+        ("x-frame-options", "DENY"),
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", "same-origin"),
+        ("cache-control", "no-store"),
+    ] {
+        assert_eq!(answer.headers()[name], value, "{name}");
+    }
+    assert!(answer.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .contains("frame-ancestors 'none'"));
+
+    // A `next` with a control character, another host or a backslash goes to the console.
+    for next in [
+        "/console%7F",
+        "/console%0d%0aSet-Cookie:%20x=1",
+        "//evil.example",
+        "/console/..%5C%5Cevil",
+    ] {
+        let answer = client
+            .get(app.url(&format!("/console/lang?to=en&next={next}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 303, "{next}");
+        assert_eq!(answer.headers()["location"], "/console", "{next}");
+    }
+
+    // A megabyte of empty fields is refused before it is read as a form.
+    let flood = "a&".repeat(512 * 1024);
+    let answer = client
+        .post(app.url("/console/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(flood)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 413);
+
+    // A logout posted from another site (no cookie, no token) clears nothing.
+    let answer = client
+        .post(app.url("/console/logout"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 303);
+    assert!(answer.headers().get("set-cookie").is_none());
+
+    // Behind a TLS-terminating proxy the session cookie is Secure.
+    let form = client
+        .get(app.url("/console/login"))
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .unwrap();
+    assert!(form.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .contains("Secure"));
+
+    // Two session cookies (one planted for a longer path) are none.
+    let (_, cookie) = session(app, &client, &shop.customer).await;
+    let page = |cookies: String| {
+        let client = &client;
+        async move {
+            client
+                .get(app.url("/console/accounts/acme"))
+                .header("cookie", cookies)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(page(cookie.clone()).await, 200);
+    assert_eq!(page(format!("cm_session=planted; {cookie}")).await, 303);
+    shop.app.stop().await;
+}

@@ -565,9 +565,11 @@ async fn an_address_the_relay_refuses_for_good_is_retried_with_the_refusal_recor
         .await;
     assert_eq!(s, 200, "{customer_view}");
     let delivery = refused_delivery(&customer_view);
-    assert_eq!(
-        delivery["attempts"],
-        refused_delivery(&admin_view)["attempts"]
+    // The worker may have tried once more between the two reads.
+    assert!(
+        delivery["attempts"].as_u64().unwrap()
+            >= refused_delivery(&admin_view)["attempts"].as_u64().unwrap(),
+        "{delivery}"
     );
     assert!(delivery.get("last_error").is_none(), "{delivery}");
     app.stop().await;
