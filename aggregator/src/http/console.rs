@@ -306,10 +306,6 @@ async fn as_page(lang: Lang, response: Response) -> Response {
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("text/html; charset=utf-8"),
     );
-    parts.headers.insert(
-        header::CACHE_CONTROL,
-        header::HeaderValue::from_static("no-store"),
-    );
     Response::from_parts(parts, axum::body::Body::from(html))
 }
 
@@ -1150,7 +1146,7 @@ pub async fn usage(
         Ok((days, nodes, report))
     })
     .await?;
-    let quiet = TimeDelta::hours(i64::from(state.config.billing.rules.reach_hours()));
+    let (silent_from, silent_to) = crate::reports::usage::silent_window(&state.config.billing, now);
     let today_of: std::collections::HashMap<(&str, &str), &crate::reports::NodeLine> = report
         .iter()
         .flat_map(|r| &r.nodes)
@@ -1165,7 +1161,7 @@ pub async fn usage(
                 cluster: n.cluster.clone(),
                 node: n.node.clone(),
                 last_seen: seen,
-                silent: now - seen >= quiet,
+                silent: (silent_from..silent_to).contains(&n.last_seen_ms),
                 hours_today: line.map_or(0, |l| l.hours_observed),
                 missing_seqs_today: line.map_or(0, |l| l.missing_seqs),
             }
@@ -1288,25 +1284,6 @@ pub const MAX_PAGE: usize = 1_000_000;
 /// The columns the accounts list sorts by.
 pub const SORTS: &[&str] = &["id", "state", "licensed", "yesterday", "amount", "month"];
 
-/// A query value from `allowed`, or the refusal naming `field` and them.
-fn one_of(
-    field: &str,
-    value: Option<String>,
-    allowed: &[&str],
-) -> Result<Option<String>, ApiError> {
-    match value {
-        Some(v) if !allowed.contains(&v.as_str()) => Err(ApiError::unprocessable(
-            field,
-            format!(
-                "{field} must be one of {}, got {}",
-                allowed.join(", "),
-                shared::domain::quote(&v)
-            ),
-        )),
-        v => Ok(v),
-    }
-}
-
 /// `GET /console/accounts?q=&flag=&sort=&page=`: every account, filtered,
 /// sorted and paged; the service's panel.
 pub async fn accounts(
@@ -1331,8 +1308,16 @@ pub async fn accounts(
         }
         text => text.unwrap_or_default(),
     };
-    let flag = one_of("flag", q.flag, &pages::FLAGS)?.unwrap_or_default();
-    let sort = one_of("sort", q.sort, SORTS)?.unwrap_or_else(|| "id".into());
+    for (field, value, allowed) in [
+        ("flag", &q.flag, &pages::FLAGS[..]),
+        ("sort", &q.sort, SORTS),
+    ] {
+        if let Some(v) = value {
+            super::input::one_of(field, v, allowed)?;
+        }
+    }
+    let flag = q.flag.unwrap_or_default();
+    let sort = q.sort.unwrap_or_else(|| "id".into());
     let silent = crate::reports::usage::silent_window(&state.config.billing, now);
     let (facts, backlog, last_run) = blocking(&state.reader, move |s| {
         Ok((

@@ -75,6 +75,21 @@ pub fn cores(field: &str, value: u64) -> Result<u32, ApiError> {
 }
 
 /// Free text: printable, not blank, at most `max_chars`.
+/// A value from `allowed`, or the refusal naming `field` and them.
+pub fn one_of(field: &str, value: &str, allowed: &[&str]) -> Result<(), ApiError> {
+    if allowed.contains(&value) {
+        return Ok(());
+    }
+    Err(ApiError::unprocessable(
+        field,
+        format!(
+            "{field} must be one of {}, got {}",
+            allowed.join(", "),
+            domain::quote(value)
+        ),
+    ))
+}
+
 pub fn text(field: &str, value: &str, max_chars: usize) -> Result<(), ApiError> {
     domain::check_text(value, max_chars).map_err(|e| refused(field, e))
 }
@@ -103,15 +118,7 @@ fn check_param(state: &Arc<AppState>, name: &str, value: &str) -> Result<(), Api
         }
         "month" => month("month", value).map(|_| ()),
         "day" => day("day", value).map(|_| ()),
-        "product" if crate::store::PRODUCTS.contains(&value) => Ok(()),
-        "product" => Err(ApiError::unprocessable(
-            "product",
-            format!(
-                "product must be one of {}, got {}",
-                crate::store::PRODUCTS.join(", "),
-                domain::quote(value)
-            ),
-        )),
+        "product" => one_of("product", value, &crate::store::PRODUCTS),
         other => Err(ApiError::internal(format!(
             "path parameter {other:?} has no domain in routes::input"
         ))),
