@@ -1,6 +1,6 @@
 //! Accounts, their licences and their cap history.
 
-use super::db::OptionalExtension;
+use super::db::{Dialect, OptionalExtension, Value};
 use super::{Accounts, Billing};
 use chrono::{DateTime, Utc};
 use shared::domain::{check_name, NameKind};
@@ -53,6 +53,39 @@ pub(super) fn mark_for_recompute(
           WHERE ref = ?1",
     )?
     .execute((account_ref, from.timestamp_millis()))?;
+    Ok(())
+}
+
+/// [`mark_for_recompute`] for many accounts at once: `(account_ref, from_ms)`
+/// pairs in ascending order of account. On PostgreSQL, where ingest
+/// transactions run side by side, the rows are locked in that order first,
+/// then marked in one statement.
+pub(super) fn mark_many_for_recompute(tx: &Conn, marks: &[(i64, i64)]) -> Result<(), StoreError> {
+    match tx.dialect() {
+        Dialect::Sqlite => {
+            for &(account_ref, from_ms) in marks {
+                mark_for_recompute(tx, account_ref, super::from_ms(from_ms))?;
+            }
+        }
+        Dialect::Postgres if !marks.is_empty() => {
+            let (refs, froms): (Vec<_>, Vec<_>) =
+                marks.iter().map(|&(r, f)| (Some(r), Some(f))).unzip();
+            tx.prepare_cached(
+                "SELECT ref FROM accounts WHERE ref = ANY(?1::BIGINT[]) ORDER BY ref FOR NO KEY UPDATE",
+            )?
+            .execute([Value::Ints(&refs)])?;
+            tx.prepare_cached(
+                "UPDATE accounts
+                    SET recompute_from_ms = least(recompute_from_ms,
+                          greatest(u.at, (SELECT recompute_floor_ms FROM retention WHERE id = 1))),
+                        marks = marks + 1
+                   FROM unnest(?1::BIGINT[], ?2::BIGINT[]) AS u(r, at)
+                  WHERE ref = u.r",
+            )?
+            .execute([Value::Ints(&refs), Value::Ints(&froms)])?;
+        }
+        Dialect::Postgres => {}
+    }
     Ok(())
 }
 

@@ -563,6 +563,21 @@ impl Store {
                 (id, by),
             )?;
         }
+        // The next sample id follows the copied ones (a PostgreSQL source
+        // does not keep `sample_ids`' row: its ids come from a sequence).
+        match tx.dialect() {
+            Dialect::Sqlite => tx.execute(
+                "UPDATE sample_ids SET next = greatest(next, (SELECT coalesce(max(id), 0) + 1 FROM samples))",
+                (),
+            )?,
+            Dialect::Postgres => tx.query_row(
+                "SELECT setval('sample_id_seq',
+                        greatest((SELECT next FROM sample_ids WHERE id = 1),
+                                 (SELECT coalesce(max(id), 0) + 1 FROM samples)), false)",
+                (),
+                |_| Ok(0),
+            )?,
+        };
         if tx.dialect() == Dialect::Postgres {
             for table in TABLES {
                 if let Some(column) = table.identity {

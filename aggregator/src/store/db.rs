@@ -15,7 +15,8 @@ use std::sync::Arc;
 use postgres::types::{IsNull, ToSql as PgToSql, Type};
 use rusqlite::types::{ToSqlOutput, ValueRef};
 
-/// PostgreSQL's advisory lock key that every write transaction takes ("corewrit").
+/// PostgreSQL's advisory lock key that every write transaction takes
+/// ("corewrit"): exclusively, except ingest's, which share it.
 pub const WRITE_LOCK: i64 = 0x636f_7265_7772_6974;
 
 /// Which database a connection talks to.
@@ -124,6 +125,12 @@ impl DbError {
         }
     }
 
+    /// PostgreSQL gave up the transaction to let another go on (a deadlock
+    /// or a serialization failure): run again, it may well succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self.sql_state(), Some("40P01" | "40001"))
+    }
+
     /// PostgreSQL's SQLSTATE, if this is its error.
     pub fn sql_state(&self) -> Option<&str> {
         match self {
@@ -155,6 +162,11 @@ pub enum Value<'a> {
     Int(i64),
     Text(&'a str),
     Blob(&'a [u8]),
+    /// A PostgreSQL array (`bigint[]`), for statements over a set of rows
+    /// (`unnest`); SQLite has no arrays and refuses it.
+    Ints(&'a [Option<i64>]),
+    /// A PostgreSQL array (`text[]`), as [`Value::Ints`].
+    Texts(&'a [Option<&'a str>]),
 }
 
 /// What can be bound to a placeholder.
@@ -286,6 +298,11 @@ impl rusqlite::ToSql for Value<'_> {
             Value::Int(i) => ValueRef::Integer(i),
             Value::Text(s) => ValueRef::Text(s.as_bytes()),
             Value::Blob(b) => ValueRef::Blob(b),
+            Value::Ints(_) | Value::Texts(_) => {
+                return Err(rusqlite::Error::ToSqlConversionFailure(
+                    "arrays are bound on PostgreSQL only".into(),
+                ))
+            }
         }))
     }
 }
@@ -308,6 +325,9 @@ impl PgToSql for Value<'_> {
             },
             Value::Text(s) => s.to_sql(ty, out),
             Value::Blob(b) => b.to_sql(ty, out),
+            // Checked: an element written as the wrong width would be garbage.
+            Value::Ints(a) => a.to_sql_checked(ty, out),
+            Value::Texts(a) => a.to_sql_checked(ty, out),
         }
     }
 
@@ -914,6 +934,33 @@ impl Conn {
         Ok(())
     }
 
+    /// Opens the write transaction of ingest. On SQLite it is
+    /// [`Conn::begin`]'s: one writer. On PostgreSQL it shares
+    /// [`WRITE_LOCK`] with the other replicas' ingest, so they write side
+    /// by side, and waits for any other write transaction to end (a billing
+    /// batch, an account's step), which waits for it: a billing batch still
+    /// counts every sample committed when it takes the lock. Ingest
+    /// transactions keep to each other by their unique keys and by taking
+    /// row locks in one order.
+    pub fn begin_ingest(&self) -> Result<(), DbError> {
+        match self.dialect() {
+            Dialect::Sqlite => self.begin(),
+            Dialect::Postgres => {
+                self.execute_batch("BEGIN")?;
+                self.set_in_transaction(true);
+                if let Err(e) = self.query_row(
+                    "SELECT pg_advisory_xact_lock_shared(?1)::TEXT",
+                    [WRITE_LOCK],
+                    |_| Ok(()),
+                ) {
+                    let _ = self.rollback();
+                    return Err(e);
+                }
+                Ok(())
+            }
+        }
+    }
+
     pub fn commit(&self) -> Result<(), DbError> {
         self.execute_batch("COMMIT")?;
         self.set_in_transaction(false);
@@ -1010,6 +1057,15 @@ impl Conn {
     /// the write lock at once, so that a read-then-write never has to retry.
     pub fn transaction(&mut self) -> Result<Tx<'_>, DbError> {
         self.begin()?;
+        Ok(Tx {
+            conn: self,
+            done: false,
+        })
+    }
+
+    /// [`Conn::begin_ingest`]'s transaction, rolled back unless committed.
+    pub fn ingest_transaction(&mut self) -> Result<Tx<'_>, DbError> {
+        self.begin_ingest()?;
         Ok(Tx {
             conn: self,
             done: false,

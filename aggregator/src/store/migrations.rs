@@ -699,10 +699,27 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: "",
         postgres: "",
     },
+    // 13: PostgreSQL's replicas ingest side by side, so sample ids come from
+    // a sequence, which no transaction waits for (a row counter would make
+    // every ingest wait for the one before). SQLite's one writer keeps
+    // `sample_ids`; on PostgreSQL that row is no longer written, and
+    // `migrate-store` sets the counter of either past the ids it copies.
+    Migration {
+        version: 13,
+        sql: "",
+        sqlite: "",
+        postgres: r#"
+    CREATE SEQUENCE sample_id_seq;
+    SELECT setval('sample_id_seq',
+                  greatest((SELECT next FROM sample_ids WHERE id = 1),
+                           (SELECT coalesce(max(id), 0) + 1 FROM samples)),
+                  false);
+    "#,
+    },
 ];
 
 /// The schema version this build knows.
-pub const VERSION: usize = 12;
+pub const VERSION: usize = 13;
 
 /// The version whose migration records the names outside their domain
 /// (`names::report_names_outside_domain` runs when a database crosses it).

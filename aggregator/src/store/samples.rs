@@ -2,7 +2,7 @@
 
 use rustc_hash::FxHashMap;
 
-use super::db::{Conn, OptionalExtension, Value};
+use super::db::{Conn, Dialect, OptionalExtension, Value};
 use super::{Billing, Ingest, Reads};
 use chrono::{DateTime, Utc};
 use shared::overage::NodeSample;
@@ -37,154 +37,185 @@ pub enum Outcome {
     Rejected(Rejection),
 }
 
+/// A sample that passed every check, on its way into the store.
+struct Checked<'a> {
+    /// Where its outcome is in the batch's.
+    index: usize,
+    account_ref: i64,
+    cluster: &'a str,
+    node: &'a str,
+    at_ms: i64,
+    cores: u32,
+    received_at_ms: i64,
+    seq: Option<i64>,
+    agent_version: Option<&'a str>,
+}
+
+/// A refused sample of a known account, recorded for the report's
+/// completeness section.
+struct Refused {
+    account_ref: i64,
+    at_ms: i64,
+    reason: Rejection,
+    received_at_ms: i64,
+}
+
+/// A node as ingest names it: (account, cluster, node name).
+type NodeKey<'a> = (i64, &'a str, &'a str);
+
+/// The batch sorted into what is stored and what is refused; the outcomes
+/// of the stored ones say `Accepted` until their insert tells a resend.
+struct Sorted<'a> {
+    outcomes: Vec<Outcome>,
+    checked: Vec<Checked<'a>>,
+    refused: Vec<Refused>,
+}
+
+/// SPEC section 3's checks and the account's stopped periods, in order; a
+/// refused sample never stops the rest.
+fn check_batch<'a>(
+    tx: &Conn,
+    batch: &[Incoming<'a>],
+    limits: &AgeLimits,
+    refs: &FxHashMap<&str, Option<i64>>,
+    stopped: &FxHashMap<i64, Vec<(i64, i64)>>,
+) -> Result<Sorted<'a>, StoreError> {
+    let mut sorted = Sorted {
+        outcomes: Vec::with_capacity(batch.len()),
+        checked: Vec::with_capacity(batch.len()),
+        refused: Vec::new(),
+    };
+    for s in batch {
+        let account_ref = refs[s.account];
+        let unchecked = Unchecked {
+            account_known: account_ref.is_some(),
+            cluster: s.cluster,
+            node: s.node,
+            cores: s.cores,
+            at: s.at,
+        };
+        let validated = match (validate(&unchecked, s.received_at, limits), account_ref) {
+            // A node stored before node names had a domain is still
+            // metered under its old name: the rest of the checks apply.
+            (Err(Rejection::InvalidNode), Some(r)) if node_stored(tx, r, s.cluster, s.node)? => {
+                let renamed = Unchecked {
+                    node: "stored-node",
+                    ..unchecked
+                };
+                validate(&renamed, s.received_at, limits)
+            }
+            (validated, _) => validated,
+        };
+        let checked = validated.and_then(|c| {
+            let at = c.at.timestamp_millis();
+            let in_stop = account_ref
+                .and_then(|r| stopped.get(&r))
+                .is_some_and(|p| p.iter().any(|&(from, to)| from <= at && at < to));
+            if in_stop {
+                Err(Rejection::ServiceStopped)
+            } else {
+                Ok(c)
+            }
+        });
+        match (checked, account_ref) {
+            (Ok(c), Some(account_ref)) => {
+                sorted.checked.push(Checked {
+                    index: sorted.outcomes.len(),
+                    account_ref,
+                    cluster: s.cluster,
+                    node: s.node,
+                    at_ms: c.at.timestamp_millis(),
+                    cores: c.cores,
+                    received_at_ms: s.received_at.timestamp_millis(),
+                    seq: s.seq,
+                    agent_version: s.agent_version,
+                });
+                sorted.outcomes.push(Outcome::Accepted);
+            }
+            (Ok(_), None) => unreachable!("a sample of an unknown account fails validation"),
+            (Err(reason), account_ref) => {
+                if let Some(account_ref) = account_ref {
+                    sorted.refused.push(Refused {
+                        account_ref,
+                        at_ms: s.at.unwrap_or(s.received_at).timestamp_millis(),
+                        reason,
+                        received_at_ms: s.received_at.timestamp_millis(),
+                    });
+                }
+                sorted.outcomes.push(Outcome::Rejected(reason));
+            }
+        }
+    }
+    Ok(sorted)
+}
+
 impl Store {
+    /// The batch checked and stored in one transaction: SQLite's one
+    /// writer a statement at a time, PostgreSQL's replicas side by side
+    /// with a handful of set-based statements (`store_set_based`).
     fn ingest_in_transaction(
         &mut self,
         batch: &[Incoming<'_>],
         limits: &AgeLimits,
         refs: &FxHashMap<&str, Option<i64>>,
         stopped: &FxHashMap<i64, Vec<(i64, i64)>>,
-        new_nodes: &mut Vec<(i64, String, String)>,
     ) -> Result<Vec<Outcome>, StoreError> {
-        let tx = self.conn.transaction()?;
-        let mut outcomes = Vec::with_capacity(batch.len());
-        let mut next_id: i64 =
-            tx.query_row("SELECT next FROM sample_ids WHERE id = 1", (), |r| r.get(0))?;
+        let keeps_last_seen = self.keeps_last_seen;
+        let Store { conn, node_ids, .. } = self;
+        let tx = conn.ingest_transaction()?;
+        let mut sorted = check_batch(&tx, batch, limits, refs, stopped)?;
+        // The nodes this transaction found or made, cached once it commits.
+        let mut found: FxHashMap<NodeKey<'_>, i64> = FxHashMap::default();
+        let cached = |key: &NodeKey<'_>| {
+            node_ids
+                .get(&key.0)
+                .and_then(|c| c.get(key.1))
+                .and_then(|n| n.get(key.2))
+                .copied()
+        };
+        let latest = match tx.dialect() {
+            Dialect::Sqlite => store_one_by_one(&tx, &mut sorted, &cached, &mut found)?,
+            Dialect::Postgres => store_set_based(&tx, &mut sorted, &cached, &mut found)?,
+        };
         // The earliest `at` accepted per account: billing recomputes from there.
-        let mut earliest: FxHashMap<i64, DateTime<Utc>> = FxHashMap::default();
-        // Each node's latest sample in the batch: its row says when it was last seen.
-        let mut latest: FxHashMap<i64, i64> = FxHashMap::default();
-        {
-            let mut insert_one = tx.prepare_cached(&insert_sql(1))?;
-            let mut unsequenced: Vec<Row<'_>> = Vec::with_capacity(ROWS_PER_INSERT);
-            // Rows with a seq, and where their outcome is: many to a
-            // statement too, the ones it did not insert being resends.
-            let mut sequenced: Vec<(Row<'_>, usize)> = Vec::with_capacity(ROWS_PER_INSERT);
-            for s in batch {
-                let account_ref = refs[s.account];
-                let unchecked = Unchecked {
-                    account_known: account_ref.is_some(),
-                    cluster: s.cluster,
-                    node: s.node,
-                    cores: s.cores,
-                    at: s.at,
-                };
-                let validated = match (validate(&unchecked, s.received_at, limits), account_ref) {
-                    // A node stored before node names had a domain is still
-                    // metered under its old name: the rest of the checks apply.
-                    (Err(Rejection::InvalidNode), Some(r))
-                        if node_stored(&tx, r, s.cluster, s.node)? =>
-                    {
-                        let renamed = Unchecked {
-                            node: "stored-node",
-                            ..unchecked
-                        };
-                        validate(&renamed, s.received_at, limits)
-                    }
-                    (validated, _) => validated,
-                };
-                let checked = validated.and_then(|c| {
-                    let at = c.at.timestamp_millis();
-                    let in_stop = account_ref
-                        .and_then(|r| stopped.get(&r))
-                        .is_some_and(|p| p.iter().any(|&(from, to)| from <= at && at < to));
-                    if in_stop {
-                        Err(Rejection::ServiceStopped)
-                    } else {
-                        Ok(c)
-                    }
-                });
-                let checked = match checked {
-                    Ok(c) => c,
-                    Err(reason) => {
-                        if let Some(account_ref) = account_ref {
-                            record_rejection(
-                                &tx,
-                                account_ref,
-                                s.at.unwrap_or(s.received_at).timestamp_millis(),
-                                reason,
-                                s.received_at.timestamp_millis(),
-                            )?;
-                        }
-                        outcomes.push(Outcome::Rejected(reason));
-                        continue;
-                    }
-                };
-                let account_ref = account_ref.expect("validated");
-                earliest
-                    .entry(account_ref)
-                    .and_modify(|e| *e = (*e).min(checked.at))
-                    .or_insert(checked.at);
-                let cached = self
-                    .node_ids
-                    .get(&account_ref)
-                    .and_then(|c| c.get(s.cluster))
-                    .and_then(|n| n.get(s.node))
-                    .copied();
-                let node_id = match cached {
-                    Some(id) => id,
-                    None => {
-                        let id = node_id(&tx, account_ref, s.cluster, s.node)?;
-                        self.node_ids
-                            .entry(account_ref)
-                            .or_default()
-                            .entry(s.cluster.to_string())
-                            .or_default()
-                            .insert(s.node.to_string(), id);
-                        new_nodes.push((account_ref, s.cluster.to_string(), s.node.to_string()));
-                        id
-                    }
-                };
-                let at_ms = checked.at.timestamp_millis();
-                if self.keeps_last_seen {
-                    latest
-                        .entry(node_id)
-                        .and_modify(|l| *l = (*l).max(at_ms))
-                        .or_insert(at_ms);
-                }
-                let row = Row {
-                    account_ref,
-                    at_ms,
-                    node_id,
-                    id: next_id,
-                    cores: checked.cores,
-                    received_at_ms: s.received_at.timestamp_millis(),
-                    seq: s.seq,
-                    agent_version: s.agent_version,
-                };
-                next_id += 1;
-                if row.seq.is_none() {
-                    // Without a seq there is nothing to be a duplicate of: such
-                    // rows go in many to a statement, which is several times faster.
-                    unsequenced.push(row);
-                    if unsequenced.len() == ROWS_PER_INSERT {
-                        insert_many(&tx, &unsequenced)?;
-                        unsequenced.clear();
-                    }
-                    outcomes.push(Outcome::Accepted);
-                    continue;
-                }
-                sequenced.push((row, outcomes.len()));
-                outcomes.push(Outcome::Accepted);
-                if sequenced.len() == ROWS_PER_INSERT {
-                    insert_sequenced(&tx, &sequenced, &mut outcomes)?;
-                    sequenced.clear();
-                }
-            }
-            if !sequenced.is_empty() {
-                insert_sequenced(&tx, &sequenced, &mut outcomes)?;
-            }
-            for row in &unsequenced {
-                insert_one.execute(row.params())?;
-            }
+        let mut earliest: Vec<(i64, i64)> = Vec::new();
+        for c in &sorted.checked {
+            earliest.push((c.account_ref, c.at_ms));
         }
-        // A duplicate leaves a gap in the ids; they only need to increase.
-        tx.prepare_cached("UPDATE sample_ids SET next = ?1 WHERE id = 1")?
-            .execute([next_id])?;
-        for (account_ref, at) in earliest {
-            super::accounts::mark_for_recompute(&tx, account_ref, at)?;
+        earliest.sort_unstable();
+        earliest.dedup_by_key(|(account_ref, _)| *account_ref);
+        super::accounts::mark_many_for_recompute(&tx, &earliest)?;
+        if keeps_last_seen {
+            keep_last_seen(&tx, latest)?;
         }
-        {
+        tx.commit()?;
+        for ((account_ref, cluster, node), id) in found {
+            node_ids
+                .entry(account_ref)
+                .or_default()
+                .entry(cluster.to_string())
+                .or_default()
+                .insert(node.to_string(), id);
+        }
+        Ok(sorted.outcomes)
+    }
+}
+
+/// Each node's latest accepted `at`, by node id, ascending: its row says
+/// when it was last seen.
+type LatestSeen = Vec<(i64, i64)>;
+
+fn latest_seen(mut pairs: Vec<(i64, i64)>) -> LatestSeen {
+    // Latest first within a node, so that dedup keeps it.
+    pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+    pairs.dedup_by_key(|(node, _)| *node);
+    pairs
+}
+
+/// Moves each node's last seen forward, never back.
+fn keep_last_seen(tx: &Conn, latest: LatestSeen) -> Result<(), StoreError> {
+    match tx.dialect() {
+        Dialect::Sqlite => {
             let mut seen = tx.prepare_cached(
                 "UPDATE nodes SET last_seen_ms = ?2
                   WHERE id = ?1 AND (last_seen_ms IS NULL OR last_seen_ms < ?2)",
@@ -193,8 +224,317 @@ impl Store {
                 seen.execute((node, at_ms))?;
             }
         }
-        tx.commit()?;
-        Ok(outcomes)
+        Dialect::Postgres if !latest.is_empty() => {
+            let (nodes, ats): (Vec<_>, Vec<_>) =
+                latest.into_iter().map(|(n, a)| (Some(n), Some(a))).unzip();
+            tx.prepare_cached(
+                "UPDATE nodes SET last_seen_ms = u.at
+                   FROM unnest(?1::BIGINT[], ?2::BIGINT[]) AS u(id, at)
+                  WHERE nodes.id = u.id AND (nodes.last_seen_ms IS NULL OR nodes.last_seen_ms < u.at)",
+            )?
+            .execute([Value::Ints(&nodes), Value::Ints(&ats)])?;
+        }
+        Dialect::Postgres => {}
+    }
+    Ok(())
+}
+
+/// SQLite: each new node looked up and inserted, the samples many to a
+/// statement, each rejection a row.
+fn store_one_by_one<'a>(
+    tx: &Conn,
+    sorted: &mut Sorted<'a>,
+    cached: &impl Fn(&NodeKey<'_>) -> Option<i64>,
+    found: &mut FxHashMap<NodeKey<'a>, i64>,
+) -> Result<LatestSeen, StoreError> {
+    let mut next_id: i64 =
+        tx.query_row("SELECT next FROM sample_ids WHERE id = 1", (), |r| r.get(0))?;
+    let mut latest = Vec::with_capacity(sorted.checked.len());
+    {
+        let mut insert_one = tx.prepare_cached(&insert_sql(1))?;
+        let mut unsequenced: Vec<Row<'_>> = Vec::with_capacity(ROWS_PER_INSERT);
+        // Rows with a seq, and where their outcome is: many to a
+        // statement too, the ones it did not insert being resends.
+        let mut sequenced: Vec<(Row<'_>, usize)> = Vec::with_capacity(ROWS_PER_INSERT);
+        for c in &sorted.checked {
+            let key = (c.account_ref, c.cluster, c.node);
+            let node_id = match cached(&key).or_else(|| found.get(&key).copied()) {
+                Some(id) => id,
+                None => {
+                    let id = node_id(tx, c.account_ref, c.cluster, c.node)?;
+                    found.insert(key, id);
+                    id
+                }
+            };
+            latest.push((node_id, c.at_ms));
+            let row = Row {
+                account_ref: c.account_ref,
+                at_ms: c.at_ms,
+                node_id,
+                id: next_id,
+                cores: c.cores,
+                received_at_ms: c.received_at_ms,
+                seq: c.seq,
+                agent_version: c.agent_version,
+            };
+            next_id += 1;
+            if row.seq.is_none() {
+                // Without a seq there is nothing to be a duplicate of: such
+                // rows go in many to a statement, which is several times faster.
+                unsequenced.push(row);
+                if unsequenced.len() == ROWS_PER_INSERT {
+                    insert_many(tx, &unsequenced)?;
+                    unsequenced.clear();
+                }
+                continue;
+            }
+            sequenced.push((row, c.index));
+            if sequenced.len() == ROWS_PER_INSERT {
+                insert_sequenced(tx, &sequenced, &mut sorted.outcomes, &mut sorted.refused)?;
+                sequenced.clear();
+            }
+        }
+        if !sequenced.is_empty() {
+            insert_sequenced(tx, &sequenced, &mut sorted.outcomes, &mut sorted.refused)?;
+        }
+        for row in &unsequenced {
+            insert_one.execute(row.params())?;
+        }
+    }
+    // A duplicate leaves a gap in the ids; they only need to increase.
+    tx.prepare_cached("UPDATE sample_ids SET next = ?1 WHERE id = 1")?
+        .execute([next_id])?;
+    let mut record = tx.prepare_cached(
+        "INSERT INTO rejections (account_ref, at_ms, reason, received_at_ms) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for r in &sorted.refused {
+        record.execute((r.account_ref, r.at_ms, r.reason.as_str(), r.received_at_ms))?;
+    }
+    Ok(latest_seen(latest))
+}
+
+/// PostgreSQL: a few statements for the whole batch, whatever its size:
+/// new nodes inserted and every node read back, the samples inserted from
+/// arrays (`unnest`) with ids from `sample_id_seq`, the stored samples of
+/// any resends read, the rejections inserted. Rows that another replica's
+/// transaction may also write (nodes, a node's seq) are written in key
+/// order, so two transactions wait for each other in one direction only.
+fn store_set_based<'a>(
+    tx: &Conn,
+    sorted: &mut Sorted<'a>,
+    cached: &impl Fn(&NodeKey<'_>) -> Option<i64>,
+    found: &mut FxHashMap<NodeKey<'a>, i64>,
+) -> Result<LatestSeen, StoreError> {
+    let mut unknown: Vec<NodeKey<'a>> = sorted
+        .checked
+        .iter()
+        .map(|c| (c.account_ref, c.cluster, c.node))
+        .filter(|key| cached(key).is_none())
+        .collect();
+    unknown.sort_unstable();
+    unknown.dedup();
+    if !unknown.is_empty() {
+        let accounts: Vec<Option<i64>> = unknown.iter().map(|k| Some(k.0)).collect();
+        let clusters: Vec<Option<&str>> = unknown.iter().map(|k| Some(k.1)).collect();
+        let names: Vec<Option<&str>> = unknown.iter().map(|k| Some(k.2)).collect();
+        let arrays = [
+            Value::Ints(&accounts),
+            Value::Texts(&clusters),
+            Value::Texts(&names),
+        ];
+        tx.prepare_cached(
+            "INSERT INTO nodes (account_ref, cluster, name)
+             SELECT * FROM unnest(?1::BIGINT[], ?2::TEXT[], ?3::TEXT[])
+             ON CONFLICT DO NOTHING",
+        )?
+        .execute(arrays)?;
+        let rows = tx
+            .prepare_cached(
+                "SELECT n.id, u.i FROM unnest(?1::BIGINT[], ?2::TEXT[], ?3::TEXT[]) WITH ORDINALITY AS u(a, c, m, i)
+                   JOIN nodes n ON n.account_ref = u.a AND n.cluster = u.c AND n.name = u.m",
+            )?
+            .query_map(arrays, |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?;
+        for row in rows {
+            let (id, ordinal) = row?;
+            found.insert(unknown[ordinal as usize - 1], id);
+        }
+    }
+    let node_of = |c: &Checked<'_>| -> Result<i64, StoreError> {
+        let key = (c.account_ref, c.cluster, c.node);
+        cached(&key)
+            .or_else(|| found.get(&key).copied())
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "node {:?}/{:?} of account {} was neither inserted nor found",
+                    c.cluster, c.node, c.account_ref
+                ))
+            })
+    };
+    // What goes into the insert: every sample without a seq, and the first
+    // of each (node, seq); a later one of the same (node, seq) is compared
+    // with whatever the insert leaves stored.
+    let mut rows: Vec<(i64, &Checked<'a>)> = Vec::with_capacity(sorted.checked.len());
+    let mut echoes: Vec<(i64, &Checked<'a>)> = Vec::new();
+    let mut firsts: FxHashMap<(i64, i64), usize> = FxHashMap::default();
+    let mut latest = Vec::with_capacity(sorted.checked.len());
+    for c in &sorted.checked {
+        let node = node_of(c)?;
+        latest.push((node, c.at_ms));
+        match c.seq {
+            Some(seq) if firsts.contains_key(&(node, seq)) => echoes.push((node, c)),
+            Some(seq) => {
+                firsts.insert((node, seq), c.index);
+                rows.push((node, c));
+            }
+            None => rows.push((node, c)),
+        }
+    }
+    rows.sort_unstable_by_key(|(node, c)| (*node, c.seq));
+    let mut columns = SampleColumns::with_capacity(rows.len());
+    for (node, c) in &rows {
+        columns.push(*node, c);
+    }
+    let inserted: rustc_hash::FxHashSet<(i64, i64)> = tx
+        .prepare_cached(
+            "INSERT INTO samples (account_ref, at_ms, node_id, id, cores, received_at_ms, seq, agent_version)
+             SELECT a, t, n, nextval('sample_id_seq'), c, r, s, v
+               FROM unnest(?1::BIGINT[], ?2::BIGINT[], ?3::BIGINT[], ?4::BIGINT[], ?5::BIGINT[], ?6::BIGINT[], ?7::TEXT[])
+                 AS u(a, t, n, c, r, s, v)
+             ON CONFLICT DO NOTHING
+             RETURNING node_id, seq",
+        )?
+        .query_map(columns.values(), |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?))
+        })?
+        .filter_map(|row| match row {
+            Ok((node, Some(seq))) => Some(Ok((node, seq))),
+            Ok((_, None)) => None,
+            Err(e) => Some(Err(e)),
+        })
+        .collect::<Result<_, _>>()?;
+    // The stored (at, cores) of every (node, seq) a resend must match.
+    let mut stored: StoredBySeq = FxHashMap::default();
+    let mut lookup: Vec<(i64, i64)> = Vec::new();
+    for (node, c) in &rows {
+        if let Some(seq) = c.seq {
+            if inserted.contains(&(*node, seq)) {
+                stored.insert((*node, seq), (c.at_ms, i64::from(c.cores)));
+            } else {
+                lookup.push((*node, seq));
+            }
+        }
+    }
+    if !lookup.is_empty() {
+        let nodes: Vec<Option<i64>> = lookup.iter().map(|k| Some(k.0)).collect();
+        let seqs: Vec<Option<i64>> = lookup.iter().map(|k| Some(k.1)).collect();
+        let rows = tx
+            .prepare_cached(
+                "SELECT s.node_id, s.seq, s.at_ms, s.cores
+                   FROM unnest(?1::BIGINT[], ?2::BIGINT[]) AS u(n, q)
+                   JOIN samples s ON s.node_id = u.n AND s.seq = u.q",
+            )?
+            .query_map([Value::Ints(&nodes), Value::Ints(&seqs)], |r| {
+                Ok(((r.get(0)?, r.get(1)?), (r.get(2)?, r.get(3)?)))
+            })?;
+        for row in rows {
+            let (key, value) = row?;
+            stored.insert(key, value);
+        }
+    }
+    let resends = rows
+        .iter()
+        .filter(|(node, c)| c.seq.is_some_and(|seq| !inserted.contains(&(*node, seq))))
+        .chain(echoes.iter());
+    for (node, c) in resends {
+        let key = (*node, c.seq.expect("a resend has a seq"));
+        let Some(&(at_ms, cores)) = stored.get(&key) else {
+            return Err(StoreError::Corrupt(format!(
+                "sample (node {}, seq {}) was neither stored nor found stored",
+                key.0, key.1
+            )));
+        };
+        sorted.outcomes[c.index] = if (at_ms, cores) == (c.at_ms, i64::from(c.cores)) {
+            Outcome::Duplicate
+        } else {
+            let reason = Rejection::ConflictingResend;
+            sorted.refused.push(Refused {
+                account_ref: c.account_ref,
+                at_ms: c.at_ms,
+                reason,
+                received_at_ms: c.received_at_ms,
+            });
+            Outcome::Rejected(reason)
+        };
+    }
+    if !sorted.refused.is_empty() {
+        let mut accounts = Vec::with_capacity(sorted.refused.len());
+        let mut ats = Vec::with_capacity(sorted.refused.len());
+        let mut reasons = Vec::with_capacity(sorted.refused.len());
+        let mut received = Vec::with_capacity(sorted.refused.len());
+        for r in &sorted.refused {
+            accounts.push(Some(r.account_ref));
+            ats.push(Some(r.at_ms));
+            reasons.push(Some(r.reason.as_str()));
+            received.push(Some(r.received_at_ms));
+        }
+        tx.prepare_cached(
+            "INSERT INTO rejections (account_ref, at_ms, reason, received_at_ms)
+             SELECT * FROM unnest(?1::BIGINT[], ?2::BIGINT[], ?3::TEXT[], ?4::BIGINT[])",
+        )?
+        .execute([
+            Value::Ints(&accounts),
+            Value::Ints(&ats),
+            Value::Texts(&reasons),
+            Value::Ints(&received),
+        ])?;
+    }
+    Ok(latest_seen(latest))
+}
+
+/// The samples' columns as arrays, in the set-based insert's order.
+struct SampleColumns<'a> {
+    accounts: Vec<Option<i64>>,
+    ats: Vec<Option<i64>>,
+    nodes: Vec<Option<i64>>,
+    cores: Vec<Option<i64>>,
+    received: Vec<Option<i64>>,
+    seqs: Vec<Option<i64>>,
+    versions: Vec<Option<&'a str>>,
+}
+
+impl<'a> SampleColumns<'a> {
+    fn with_capacity(n: usize) -> Self {
+        SampleColumns {
+            accounts: Vec::with_capacity(n),
+            ats: Vec::with_capacity(n),
+            nodes: Vec::with_capacity(n),
+            cores: Vec::with_capacity(n),
+            received: Vec::with_capacity(n),
+            seqs: Vec::with_capacity(n),
+            versions: Vec::with_capacity(n),
+        }
+    }
+
+    fn push(&mut self, node: i64, c: &Checked<'a>) {
+        self.accounts.push(Some(c.account_ref));
+        self.ats.push(Some(c.at_ms));
+        self.nodes.push(Some(node));
+        self.cores.push(Some(i64::from(c.cores)));
+        self.received.push(Some(c.received_at_ms));
+        self.seqs.push(c.seq);
+        self.versions.push(c.agent_version);
+    }
+
+    fn values(&self) -> Vec<Value<'_>> {
+        vec![
+            Value::Ints(&self.accounts),
+            Value::Ints(&self.ats),
+            Value::Ints(&self.nodes),
+            Value::Ints(&self.cores),
+            Value::Ints(&self.received),
+            Value::Ints(&self.seqs),
+            Value::Texts(&self.versions),
+        ]
     }
 }
 
@@ -271,6 +611,7 @@ fn insert_sequenced(
     tx: &Conn,
     rows: &[(Row<'_>, usize)],
     outcomes: &mut [Outcome],
+    refused: &mut Vec<Refused>,
 ) -> Result<(), StoreError> {
     let sql = format!("{} RETURNING id", insert_sql(rows.len()));
     let inserted: rustc_hash::FxHashSet<i64> = tx
@@ -298,7 +639,12 @@ fn insert_sequenced(
             Outcome::Duplicate
         } else {
             let reason = Rejection::ConflictingResend;
-            record_rejection(tx, row.account_ref, row.at_ms, reason, row.received_at_ms)?;
+            refused.push(Refused {
+                account_ref: row.account_ref,
+                at_ms: row.at_ms,
+                reason,
+                received_at_ms: row.received_at_ms,
+            });
             Outcome::Rejected(reason)
         };
     }
@@ -332,21 +678,6 @@ fn stored_by_node_seq<'r, 'a: 'r>(
         })?
         .collect::<Result<_, _>>()?;
     Ok(found)
-}
-
-/// Records a rejected sample of a known account (the report's completeness section).
-fn record_rejection(
-    tx: &Conn,
-    account_ref: i64,
-    at_ms: i64,
-    reason: Rejection,
-    received_at_ms: i64,
-) -> Result<(), StoreError> {
-    tx.prepare_cached(
-        "INSERT INTO rejections (account_ref, at_ms, reason, received_at_ms) VALUES (?1, ?2, ?3, ?4)",
-    )?
-    .execute((account_ref, at_ms, reason.as_str(), received_at_ms))?;
-    Ok(())
 }
 
 /// The rows' columns in `insert_sql`'s order.
@@ -447,42 +778,33 @@ impl Ingest<'_> {
     ) -> Result<Vec<Outcome>, StoreError> {
         // Resolve accounts first, outside the write transaction.
         let mut refs: FxHashMap<&str, Option<i64>> = FxHashMap::default();
-        // The periods while each account's service was stopped (SPEC section 8).
-        let mut stopped: FxHashMap<i64, Vec<(i64, i64)>> = FxHashMap::default();
         for s in batch {
             if !refs.contains_key(s.account) {
                 let account_ref = self.account_ref(s.account)?;
-                if let Some(r) = account_ref {
-                    let mut periods = Store::stopped_periods_of(&self.0.conn, r)?;
-                    // Samples before a deletion of the account's data are refused
-                    // too: a late one must not come back after "your data was deleted".
-                    if let Some(before) = Store::data_deleted_before_of(&self.0.conn, r)? {
-                        periods.push((i64::MIN, before));
-                    }
-                    if !periods.is_empty() {
-                        stopped.insert(r, periods);
-                    }
-                }
                 refs.insert(s.account, account_ref);
             }
         }
-        let mut new_nodes = Vec::new();
-        let result = self.ingest_in_transaction(batch, limits, &refs, &stopped, &mut new_nodes);
-        if result.is_err() {
-            // The transaction rolled back: forget the node ids it created.
-            for (account_ref, cluster, node) in new_nodes {
-                if let Some(names) = self
-                    .node_ids
-                    .get_mut(&account_ref)
-                    .and_then(|c| c.get_mut(&cluster))
-                {
-                    names.remove(&node);
+        let mut known: Vec<i64> = refs.values().flatten().copied().collect();
+        known.sort_unstable();
+        // The periods while each account's service was stopped (SPEC section 8).
+        let stopped = Store::stopped_periods_of_many(&self.0.conn, &known)?;
+        // PostgreSQL may give up one of two transactions that wait for
+        // each other; nothing of it was written, so it runs again.
+        let mut attempts = 0;
+        loop {
+            match self.ingest_in_transaction(batch, limits, &refs, &stopped) {
+                Err(StoreError::Database(e)) if e.is_retryable() && attempts < MAX_RETRIES => {
+                    attempts += 1;
+                    tracing::warn!(error = %e, attempts, "ingest's transaction ran again");
                 }
+                result => return result,
             }
         }
-        result
     }
 }
+
+/// How many times ingest runs a transaction again that PostgreSQL gave up.
+const MAX_RETRIES: u32 = 5;
 
 impl Billing<'_> {
     /// The account's samples with `at` in `[from, to)`.

@@ -5,10 +5,11 @@
 
 use std::str::FromStr;
 
-use super::db::{Conn, OptionalExtension};
+use super::db::{Conn, Dialect, OptionalExtension, Value};
 use super::Billing;
 use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
+use rustc_hash::FxHashMap;
 use serde::Serialize;
 use serde_json::json;
 use shared::lifecycle::{
@@ -169,6 +170,34 @@ pub(super) fn settle_after(
     Ok(())
 }
 
+/// An account's stopped periods, built from its states in order.
+#[derive(Default)]
+struct Periods {
+    periods: Vec<(i64, i64)>,
+    open: Option<i64>,
+}
+
+impl Periods {
+    fn then(&mut self, state: &str, at: i64) {
+        let stopped = matches!(state, "stopped" | "deleted");
+        match (self.open, stopped) {
+            (None, true) => self.open = Some(at),
+            (Some(from), false) => {
+                self.periods.push((from, at));
+                self.open = None;
+            }
+            _ => {}
+        }
+    }
+
+    fn end(mut self) -> Vec<(i64, i64)> {
+        if let Some(from) = self.open {
+            self.periods.push((from, i64::MAX));
+        }
+        self.periods
+    }
+}
+
 impl Store {
     /// The periods whose samples are refused and whose hours are not billed:
     /// from each recorded stop until the account next came back.
@@ -180,25 +209,75 @@ impl Store {
             "SELECT state, at_ms FROM account_states WHERE account_ref = ?1 ORDER BY at_ms, id",
         )?;
         let mut rows = stmt.query([account_ref])?;
-        let mut periods = Vec::new();
-        let mut open: Option<i64> = None;
+        let mut periods = Periods::default();
         while let Some(r) = rows.next()? {
-            let state: String = r.get(0)?;
-            let at: i64 = r.get(1)?;
-            let stopped = matches!(state.as_str(), "stopped" | "deleted");
-            match (open, stopped) {
-                (None, true) => open = Some(at),
-                (Some(from), false) => {
-                    periods.push((from, at));
-                    open = None;
+            periods.then(&r.get::<_, String>(0)?, r.get(1)?);
+        }
+        Ok(periods.end())
+    }
+
+    /// What ingest refuses of each account (`accounts`, ascending): its
+    /// stopped periods and, when its data was deleted, everything before the
+    /// deletion (a late sample must not come back after "your data was
+    /// deleted"). Accounts with nothing refused are left out. On PostgreSQL
+    /// two statements for all of them.
+    pub(super) fn stopped_periods_of_many(
+        conn: &Conn,
+        accounts: &[i64],
+    ) -> Result<FxHashMap<i64, Vec<(i64, i64)>>, StoreError> {
+        let mut refused: FxHashMap<i64, Vec<(i64, i64)>> = FxHashMap::default();
+        let mut deleted: Vec<(i64, i64)> = Vec::new();
+        match conn.dialect() {
+            Dialect::Sqlite => {
+                for &account_ref in accounts {
+                    let periods = Store::stopped_periods_of(conn, account_ref)?;
+                    if !periods.is_empty() {
+                        refused.insert(account_ref, periods);
+                    }
+                    if let Some(before) = Store::data_deleted_before_of(conn, account_ref)? {
+                        deleted.push((account_ref, before));
+                    }
                 }
-                _ => {}
+            }
+            Dialect::Postgres => {
+                let refs: Vec<Option<i64>> = accounts.iter().copied().map(Some).collect();
+                let mut stmt = conn.prepare_cached(
+                    "SELECT account_ref, state, at_ms FROM account_states
+                      WHERE account_ref = ANY(?1::BIGINT[]) ORDER BY account_ref, at_ms, id",
+                )?;
+                let mut rows = stmt.query([Value::Ints(&refs)])?;
+                let mut current: Option<(i64, Periods)> = None;
+                while let Some(r) = rows.next()? {
+                    let account_ref: i64 = r.get(0)?;
+                    if current.as_ref().is_some_and(|(a, _)| *a != account_ref) {
+                        let (a, periods) = current.take().expect("just checked");
+                        refused.insert(a, periods.end());
+                    }
+                    current
+                        .get_or_insert_with(|| (account_ref, Periods::default()))
+                        .1
+                        .then(&r.get::<_, String>(1)?, r.get(2)?);
+                }
+                if let Some((a, periods)) = current {
+                    refused.insert(a, periods.end());
+                }
+                refused.retain(|_, periods| !periods.is_empty());
+                deleted = conn
+                    .prepare_cached(
+                        "SELECT ref, data_deleted_before_ms FROM accounts
+                          WHERE ref = ANY(?1::BIGINT[]) AND data_deleted_before_ms IS NOT NULL",
+                    )?
+                    .query_map([Value::Ints(&refs)], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()?;
             }
         }
-        if let Some(from) = open {
-            periods.push((from, i64::MAX));
+        for (account_ref, before) in deleted {
+            refused
+                .entry(account_ref)
+                .or_default()
+                .push((i64::MIN, before));
         }
-        Ok(periods)
+        Ok(refused)
     }
 
     /// The instant before which the account's data was deleted, if it was.

@@ -1063,7 +1063,10 @@ fn the_upgrade_to_schema_12_finds_each_nodes_latest_sample() {
     };
     support::execute_behind_the_store(
         &m.path(),
-        &format!("DROP TABLE usage_days; ALTER TABLE nodes DROP COLUMN last_seen_ms; {back_to_11}"),
+        &format!(
+            "{} DROP TABLE usage_days; ALTER TABLE nodes DROP COLUMN last_seen_ms; {back_to_11}",
+            support::undo_migration_13()
+        ),
     );
     let mut m = m.restart();
     assert_eq!(

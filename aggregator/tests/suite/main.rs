@@ -15,6 +15,7 @@ mod export;
 mod http_edges;
 mod images;
 mod ingest_fuzz;
+mod ingest_side_by_side;
 mod issued_tokens;
 mod lifecycle;
 mod lifecycle_runs;

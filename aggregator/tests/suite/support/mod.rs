@@ -176,10 +176,19 @@ pub fn skipped_on_postgres(what: &str) -> bool {
     skip
 }
 
-/// Undoes what migrations 9 (the image-scan add-on) to 12 (the console's
-/// summaries) made, children first: with the version set back, a test
+/// Undoes what migration 13 made: PostgreSQL's sequence of sample ids.
+pub fn undo_migration_13() -> &'static str {
+    if postgres_server().is_some() {
+        "DROP SEQUENCE sample_id_seq;"
+    } else {
+        ""
+    }
+}
+
+/// Undoes what migrations 9 (the image-scan add-on) to 13 (PostgreSQL's
+/// sample ids) made, children first: with the version set back, a test
 /// takes a database back to how version 8 left it.
-pub fn undo_migrations_9_to_12() -> String {
+pub fn undo_migrations_9_to_13() -> String {
     let notices = if postgres_server().is_some() {
         "ALTER TABLE notices DROP COLUMN product; ALTER TABLE notices ADD UNIQUE (account_ref, kind, day);
          ALTER TABLE issued_tokens DROP CONSTRAINT issued_tokens_kind_check;
@@ -189,13 +198,14 @@ pub fn undo_migrations_9_to_12() -> String {
         ""
     };
     format!(
-        "DROP TABLE usage_days; ALTER TABLE nodes DROP COLUMN last_seen_ms;
+        "{} DROP TABLE usage_days; ALTER TABLE nodes DROP COLUMN last_seen_ms;
          DROP TABLE console_sessions; DROP TABLE statement_keys; DROP TABLE log_purges; DROP TABLE log_usage_days; DROP TABLE log_usage;
          DROP TABLE product_states; DROP TABLE product_lives; DROP TABLE log_storage_orders;
          ALTER TABLE reader_tokens DROP COLUMN role; {notices}
          DROP TABLE image_settings; DROP TABLE image_scan_refunds;
          DROP TABLE image_receipts; DROP TABLE node_image_lists; DROP TABLE node_images;
-         DROP TABLE images; DROP TABLE image_scan_packs; DROP TABLE product_pauses;"
+         DROP TABLE images; DROP TABLE image_scan_packs; DROP TABLE product_pauses;",
+        undo_migration_13()
     )
 }
 
