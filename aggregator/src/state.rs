@@ -1,7 +1,10 @@
 //! What every part of the running service can reach: the store
 //! connections, the ingest queue, the settings, the clock, the metrics.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use rustc_hash::FxHashMap;
 
 use prometheus_client::registry::Registry;
 use shared::clock::Clock;
@@ -10,7 +13,7 @@ use crate::config::Config;
 use crate::ingest::IngestQueue;
 use crate::metrics::ServiceMetrics;
 use crate::security::tokens::AdminToken;
-use crate::store::{Connection, LegacyNames};
+use crate::store::{ClusterIdentity, Connection, LegacyNames};
 
 /// What every handler can reach.
 pub struct AppState {
@@ -38,6 +41,48 @@ pub struct AppState {
     pub legacy_names: LegacyNames,
     /// The passes the background loops have begun.
     pub passes: Arc<crate::background::Passes>,
+    /// The cluster tokens this replica found lately.
+    pub cluster_tokens: ClusterTokens,
+}
+
+/// The cluster tokens found lately, by their hash, so that a fleet's
+/// pushes do not each look their token up: a cluster's nodes share one.
+/// An entry is used for [`ClusterTokens::FRESH`] on the service's clock;
+/// a rotation through this replica forgets every entry at once, so the old
+/// token stops here at once and on the other replicas within that time.
+#[derive(Default)]
+pub struct ClusterTokens {
+    found: Mutex<FxHashMap<[u8; 32], (ClusterIdentity, DateTime<Utc>)>>,
+}
+
+impl ClusterTokens {
+    /// How long a look-up is used.
+    pub const FRESH: TimeDelta = TimeDelta::seconds(1);
+    /// The most tokens kept; more, and every entry is forgotten.
+    pub const MAX: usize = 10_000;
+
+    /// The identity of the token with this hash, if found less than
+    /// [`ClusterTokens::FRESH`] ago (and not in the future: a clock set back).
+    pub fn get(&self, hash: &[u8; 32], now: DateTime<Utc>) -> Option<ClusterIdentity> {
+        let found = self.found.lock().unwrap_or_else(|e| e.into_inner());
+        found
+            .get(hash)
+            .filter(|(_, at)| *at <= now && now - *at < Self::FRESH)
+            .map(|(identity, _)| identity.clone())
+    }
+
+    pub fn put(&self, hash: [u8; 32], identity: ClusterIdentity, now: DateTime<Utc>) {
+        let mut found = self.found.lock().unwrap_or_else(|e| e.into_inner());
+        if found.len() >= Self::MAX {
+            found.clear();
+        }
+        found.insert(hash, (identity, now));
+    }
+
+    /// Forgets every token: one was rotated.
+    pub fn forget_all(&self) {
+        self.found.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
 }
 
 impl AppState {

@@ -72,6 +72,12 @@ impl TempPostgres {
 
     /// `start_durable` when `durable`, else `start`.
     pub fn start_with(durable: bool) -> anyhow::Result<TempPostgres> {
+        TempPostgres::start_with_options(durable, "")
+    }
+
+    /// A server with more `-c name=value` options (a bench's
+    /// `shared_preload_libraries=pg_stat_statements`, say).
+    pub fn start_with_options(durable: bool, extra: &str) -> anyhow::Result<TempPostgres> {
         let bin = binaries().context("no PostgreSQL on this machine (initdb not found)")?;
         let dir = tempfile::Builder::new()
             .prefix("core-meter-pg-")
@@ -102,6 +108,10 @@ impl TempPostgres {
         );
         if !durable {
             options.push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
+        }
+        if !extra.is_empty() {
+            options.push(' ');
+            options.push_str(extra);
         }
         let pg = TempPostgres {
             bin,

@@ -171,6 +171,7 @@ impl Application {
             faults: Arc::default(),
             legacy_names: crate::store::LegacyNames::new(legacy),
             passes: Arc::default(),
+            cluster_tokens: Default::default(),
         });
         for name in background_loops(&state.config, tls.is_some()) {
             state.passes.expect(name);

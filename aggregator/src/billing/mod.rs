@@ -47,6 +47,8 @@ pub fn run_billing(
     let last_due = zone.last_due_day(now);
     let reach = TimeDelta::hours(i64::from(config.rules.reach_hours()));
     let mut issued = Vec::new();
+    // Marks a replica's ingest left as rows count from this run on.
+    store.billing().fold_recompute_marks()?;
     let mut accounts = store.accounts().all()?.into_iter().peekable();
     while accounts.peek().is_some() {
         // Accounts are billed in batches, one commit each: a commit of the

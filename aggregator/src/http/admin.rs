@@ -136,6 +136,7 @@ pub async fn rotate_token(
         s.accounts().rotate_cluster_token(&id, &cluster, token, now)
     })
     .await?;
+    state.cluster_tokens.forget_all();
     Ok(Json(json!({ "name": name, "token": token })))
 }
 

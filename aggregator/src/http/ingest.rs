@@ -12,7 +12,7 @@ use shared::wire::{
 use super::{authz, blocking, edges, ApiError, Role};
 use crate::ingest::{OwnedSample, SubmitError};
 use crate::metrics::SampleLabels;
-use crate::security::tokens::{bearer, looks_like_cluster_token};
+use crate::security::tokens::{bearer, hash_token, looks_like_cluster_token};
 use crate::state::AppState;
 use crate::store::{ClusterIdentity, Outcome};
 use std::sync::Arc;
@@ -40,24 +40,35 @@ impl From<BatchError> for ApiError {
     }
 }
 
-/// The cluster a token belongs to. The look-up is one indexed read of a few
-/// microseconds, so when the reading connection is free it is done here, on
-/// the runtime's thread: under a herd, handing every request's look-up to the
-/// blocking pool cost more than the look-up itself (a thread wake-up each, and
+/// The cluster a token belongs to: found lately (`ClusterTokens`), or
+/// looked up. The look-up is one indexed read of a few microseconds, so
+/// when the reading connection is free it is done here, on the runtime's
+/// thread: under a herd, handing every request's look-up to the blocking
+/// pool cost more than the look-up itself (a thread wake-up each, and
 /// hundreds of pool threads queueing on the one connection's lock: inline,
-/// the service's CPU per pushed sample fell by a sixth). When the connection is busy
-/// (a long admin read), the look-up waits in the blocking pool as before.
+/// the service's CPU per pushed sample fell by a sixth). When the
+/// connection is busy (a long admin read), the look-up waits in the
+/// blocking pool as before.
 async fn identify(state: &Arc<AppState>, token: &str) -> Result<Option<ClusterIdentity>, ApiError> {
-    match state
+    let hash = hash_token(token);
+    let now = state.clock.now();
+    if let Some(identity) = state.cluster_tokens.get(&hash, now) {
+        return Ok(Some(identity));
+    }
+    let found = match state
         .tokens
         .try_inline(|s| s.ingest().cluster_for_token(token))
     {
-        Some(found) => Ok(found?),
+        Some(found) => found?,
         None => {
             let token = token.to_string();
-            blocking(&state.tokens, move |s| s.ingest().cluster_for_token(&token)).await
+            blocking(&state.tokens, move |s| s.ingest().cluster_for_token(&token)).await?
         }
+    };
+    if let Some(identity) = &found {
+        state.cluster_tokens.put(hash, identity.clone(), now);
     }
+    Ok(found)
 }
 
 /// The cluster of an agent's bearer token, or the refusal: 401 for a

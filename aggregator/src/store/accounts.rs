@@ -57,9 +57,12 @@ pub(super) fn mark_for_recompute(
 }
 
 /// [`mark_for_recompute`] for many accounts at once: `(account_ref, from_ms)`
-/// pairs in ascending order of account. On PostgreSQL, where ingest
-/// transactions run side by side, the rows are locked in that order first,
-/// then marked in one statement.
+/// pairs. On PostgreSQL, where replicas ingest side by side, the marks are
+/// rows inserted into `recompute_marks` in one statement: an update of each
+/// account's row would hold it until commit, and every replica's commit
+/// that marks the account would wait for the one before. The billing run
+/// and retention fold them into the accounts' marks ([`fold_marks`]) under
+/// the write lock, which ingest shares, so none is in flight then.
 pub(super) fn mark_many_for_recompute(tx: &Conn, marks: &[(i64, i64)]) -> Result<(), StoreError> {
     match tx.dialect() {
         Dialect::Sqlite => {
@@ -71,21 +74,34 @@ pub(super) fn mark_many_for_recompute(tx: &Conn, marks: &[(i64, i64)]) -> Result
             let (refs, froms): (Vec<_>, Vec<_>) =
                 marks.iter().map(|&(r, f)| (Some(r), Some(f))).unzip();
             tx.prepare_cached(
-                "SELECT ref FROM accounts WHERE ref = ANY(?1::BIGINT[]) ORDER BY ref FOR NO KEY UPDATE",
-            )?
-            .execute([Value::Ints(&refs)])?;
-            tx.prepare_cached(
-                "UPDATE accounts
-                    SET recompute_from_ms = least(recompute_from_ms,
-                          greatest(u.at, (SELECT recompute_floor_ms FROM retention WHERE id = 1))),
-                        marks = marks + 1
-                   FROM unnest(?1::BIGINT[], ?2::BIGINT[]) AS u(r, at)
-                  WHERE ref = u.r",
+                "INSERT INTO recompute_marks (account_ref, from_ms)
+                 SELECT * FROM unnest(?1::BIGINT[], ?2::BIGINT[])",
             )?
             .execute([Value::Ints(&refs), Value::Ints(&froms)])?;
         }
         Dialect::Postgres => {}
     }
+    Ok(())
+}
+
+/// Folds the marks ingest inserted into the accounts' own (the earliest per
+/// account, no earlier than retention's floor, counted as a change) and
+/// deletes them. Run inside a write transaction, where no ingest is in
+/// flight; a mark committed later stays for the next fold.
+pub(super) fn fold_marks(tx: &Conn) -> Result<(), StoreError> {
+    let pending: Vec<(i64, i64)> = tx
+        .prepare_cached(
+            "SELECT account_ref, min(from_ms) FROM recompute_marks GROUP BY account_ref ORDER BY account_ref",
+        )?
+        .query_map((), |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    if pending.is_empty() {
+        return Ok(());
+    }
+    for (account_ref, from) in pending {
+        mark_for_recompute(tx, account_ref, from_ms(from))?;
+    }
+    tx.execute("DELETE FROM recompute_marks", ())?;
     Ok(())
 }
 
@@ -200,6 +216,15 @@ impl Accounts<'_> {
 }
 
 impl Billing<'_> {
+    /// Folds the recompute marks ingest left as rows into the accounts'
+    /// own, so that reading the accounts finds every mark ([`fold_marks`]).
+    pub fn fold_recompute_marks(&mut self) -> Result<(), StoreError> {
+        let tx = self.0.conn.transaction()?;
+        fold_marks(&tx)?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Moves the account's recompute mark up to `to` once a run has handled
     /// everything before it, unless something marked the account again since
     /// the run read it. The mark never moves back, and never disappears: days

@@ -86,6 +86,12 @@ const TABLES: &[Table] = &[
         identity: None,
     },
     Table {
+        name: "recompute_marks",
+        columns: &["account_ref", "from_ms"],
+        order_by: "account_ref, from_ms",
+        identity: None,
+    },
+    Table {
         name: "sample_ids",
         columns: &["id", "next"],
         order_by: "id",

@@ -946,16 +946,20 @@ impl Conn {
         match self.dialect() {
             Dialect::Sqlite => self.begin(),
             Dialect::Postgres => {
-                self.execute_batch("BEGIN")?;
-                self.set_in_transaction(true);
-                if let Err(e) = self.query_row(
-                    "SELECT pg_advisory_xact_lock_shared(?1)::TEXT",
-                    [WRITE_LOCK],
-                    |_| Ok(()),
-                ) {
+                // One round trip: the lock is a constant. Plans are made
+                // for this transaction's values: a plan kept for a statement
+                // over arrays (`unnest`) was made when the tables were
+                // small, and would scan a grown table whole.
+                // Marked open only once sent: a lost connection is
+                // connected again for it, as for `BEGIN` alone.
+                if let Err(e) = self.execute_batch(&format!(
+                    "BEGIN; SELECT pg_advisory_xact_lock_shared({WRITE_LOCK});
+                     SET LOCAL plan_cache_mode = force_custom_plan"
+                )) {
                     let _ = self.rollback();
                     return Err(e);
                 }
+                self.set_in_transaction(true);
                 Ok(())
             }
         }

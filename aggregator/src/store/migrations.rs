@@ -701,14 +701,25 @@ const MIGRATIONS: &[Migration] = &[
     },
     // 13: PostgreSQL's replicas ingest side by side, so sample ids come from
     // a sequence, which no transaction waits for (a row counter would make
-    // every ingest wait for the one before). SQLite's one writer keeps
+    // every ingest wait for the one before), and ingest's recompute marks
+    // are rows inserted, folded into the accounts' marks by the billing run
+    // and retention (an update of the account's row would make every
+    // replica's commit wait for the one before on that row). SQLite's one writer keeps
     // `sample_ids`; on PostgreSQL that row is no longer written, and
     // `migrate-store` sets the counter of either past the ids it copies.
+    // Nodes' pages keep a fifth free, so that the hourly update of a
+    // node's last seen finds room beside it (a HOT update, no index entry).
     Migration {
         version: 13,
-        sql: "",
+        sql: r#"
+    CREATE TABLE recompute_marks ({rowid}
+        account_ref  {int} NOT NULL,
+        from_ms      {int} NOT NULL
+    );
+    "#,
         sqlite: "",
         postgres: r#"
+    ALTER TABLE nodes SET (fillfactor = 80);
     CREATE SEQUENCE sample_id_seq;
     SELECT setval('sample_id_seq',
                   greatest((SELECT next FROM sample_ids WHERE id = 1),

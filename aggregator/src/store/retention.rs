@@ -119,6 +119,7 @@ impl Billing<'_> {
                                             recompute_floor_ms = greatest(retention.recompute_floor_ms, excluded.recompute_floor_ms)",
             [horizon.prune_before.timestamp_millis(), floor.timestamp_millis()],
         )?;
+        super::accounts::fold_marks(&tx)?;
         let reach = TimeDelta::hours(i64::from(reach_hours));
         let mut targets = Vec::new();
         {

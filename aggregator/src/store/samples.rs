@@ -175,7 +175,9 @@ impl Store {
         };
         let latest = match tx.dialect() {
             Dialect::Sqlite => store_one_by_one(&tx, &mut sorted, &cached, &mut found)?,
-            Dialect::Postgres => store_set_based(&tx, &mut sorted, &cached, &mut found)?,
+            Dialect::Postgres => {
+                store_set_based(&tx, &mut sorted, &cached, &mut found, keeps_last_seen)?
+            }
         };
         // The earliest `at` accepted per account: billing recomputes from there.
         let mut earliest: Vec<(i64, i64)> = Vec::new();
@@ -314,7 +316,8 @@ fn store_one_by_one<'a>(
 }
 
 /// PostgreSQL: a few statements for the whole batch, whatever its size:
-/// new nodes inserted and every node read back, the samples inserted from
+/// new nodes inserted (with their last seen, so that their rows are
+/// written once) and the others read back, the samples inserted from
 /// arrays (`unnest`) with ids from `sample_id_seq`, the stored samples of
 /// any resends read, the rejections inserted. Rows that another replica's
 /// transaction may also write (nodes, a node's seq) are written in key
@@ -324,39 +327,97 @@ fn store_set_based<'a>(
     sorted: &mut Sorted<'a>,
     cached: &impl Fn(&NodeKey<'_>) -> Option<i64>,
     found: &mut FxHashMap<NodeKey<'a>, i64>,
+    keeps_last_seen: bool,
 ) -> Result<LatestSeen, StoreError> {
-    let mut unknown: Vec<NodeKey<'a>> = sorted
+    // The nodes not cached, each with its latest `at` in the batch.
+    let mut unknown: Vec<(NodeKey<'a>, i64)> = sorted
         .checked
         .iter()
-        .map(|c| (c.account_ref, c.cluster, c.node))
-        .filter(|key| cached(key).is_none())
+        .map(|c| ((c.account_ref, c.cluster, c.node), c.at_ms))
+        .filter(|(key, _)| cached(key).is_none())
         .collect();
-    unknown.sort_unstable();
-    unknown.dedup();
+    unknown.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+    unknown.dedup_by_key(|(key, _)| *key);
+    // Nodes this transaction inserted: their last seen is written already.
+    let mut fresh: rustc_hash::FxHashSet<i64> = rustc_hash::FxHashSet::default();
     if !unknown.is_empty() {
-        let accounts: Vec<Option<i64>> = unknown.iter().map(|k| Some(k.0)).collect();
-        let clusters: Vec<Option<&str>> = unknown.iter().map(|k| Some(k.1)).collect();
-        let names: Vec<Option<&str>> = unknown.iter().map(|k| Some(k.2)).collect();
-        let arrays = [
-            Value::Ints(&accounts),
-            Value::Texts(&clusters),
-            Value::Texts(&names),
-        ];
-        tx.prepare_cached(
-            "INSERT INTO nodes (account_ref, cluster, name)
-             SELECT * FROM unnest(?1::BIGINT[], ?2::TEXT[], ?3::TEXT[])
-             ON CONFLICT DO NOTHING",
-        )?
-        .execute(arrays)?;
-        let rows = tx
+        let accounts: Vec<Option<i64>> = unknown.iter().map(|k| Some(k.0 .0)).collect();
+        let clusters: Vec<Option<&str>> = unknown.iter().map(|k| Some(k.0 .1)).collect();
+        let names: Vec<Option<&str>> = unknown.iter().map(|k| Some(k.0 .2)).collect();
+        let seen: Vec<Option<i64>> = unknown
+            .iter()
+            .map(|k| keeps_last_seen.then_some(k.1))
+            .collect();
+        let inserted = tx
             .prepare_cached(
-                "SELECT n.id, u.i FROM unnest(?1::BIGINT[], ?2::TEXT[], ?3::TEXT[]) WITH ORDINALITY AS u(a, c, m, i)
-                   JOIN nodes n ON n.account_ref = u.a AND n.cluster = u.c AND n.name = u.m",
+                "INSERT INTO nodes (account_ref, cluster, name, last_seen_ms)
+                 SELECT a, c, m, s FROM unnest(?1::BIGINT[], ?2::TEXT[], ?3::TEXT[], ?4::BIGINT[])
+                     AS u(a, c, m, s)
+                 ON CONFLICT DO NOTHING
+                 RETURNING id, account_ref, cluster, name",
             )?
-            .query_map(arrays, |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?;
-        for row in rows {
-            let (id, ordinal) = row?;
-            found.insert(unknown[ordinal as usize - 1], id);
+            .query_map(
+                [
+                    Value::Ints(&accounts),
+                    Value::Texts(&clusters),
+                    Value::Texts(&names),
+                    Value::Ints(&seen),
+                ],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        (
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, String>(3)?,
+                        ),
+                    ))
+                },
+            )?;
+        let mut made: FxHashMap<(i64, String, String), i64> = FxHashMap::default();
+        for row in inserted {
+            let (id, key) = row?;
+            made.insert(key, id);
+        }
+        // Those another transaction had inserted are read back.
+        let mut rest = (Vec::new(), Vec::new(), Vec::new());
+        for &((account_ref, cluster, node), _) in &unknown {
+            match made.get(&(account_ref, cluster.to_string(), node.to_string())) {
+                Some(&id) => {
+                    fresh.insert(id);
+                    found.insert((account_ref, cluster, node), id);
+                }
+                None => {
+                    rest.0.push(Some(account_ref));
+                    rest.1.push(Some(cluster));
+                    rest.2.push(Some(node));
+                }
+            }
+        }
+        if !rest.0.is_empty() {
+            let rows = tx
+                .prepare_cached(
+                    "SELECT n.id, u.i FROM unnest(?1::BIGINT[], ?2::TEXT[], ?3::TEXT[]) WITH ORDINALITY AS u(a, c, m, i)
+                       JOIN nodes n ON n.account_ref = u.a AND n.cluster = u.c AND n.name = u.m",
+                )?
+                .query_map(
+                    [
+                        Value::Ints(&rest.0),
+                        Value::Texts(&rest.1),
+                        Value::Texts(&rest.2),
+                    ],
+                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+                )?;
+            for row in rows {
+                let (id, ordinal) = row?;
+                let at = ordinal as usize - 1;
+                let key = (
+                    rest.0[at].expect("set"),
+                    rest.1[at].expect("set"),
+                    rest.2[at].expect("set"),
+                );
+                found.insert(key, id);
+            }
         }
     }
     let node_of = |c: &Checked<'_>| -> Result<i64, StoreError> {
@@ -379,7 +440,9 @@ fn store_set_based<'a>(
     let mut latest = Vec::with_capacity(sorted.checked.len());
     for c in &sorted.checked {
         let node = node_of(c)?;
-        latest.push((node, c.at_ms));
+        if !fresh.contains(&node) {
+            latest.push((node, c.at_ms));
+        }
         match c.seq {
             Some(seq) if firsts.contains_key(&(node, seq)) => echoes.push((node, c)),
             Some(seq) => {

@@ -242,13 +242,25 @@ impl Store {
             Dialect::Postgres => {
                 let refs: Vec<Option<i64>> = accounts.iter().copied().map(Some).collect();
                 let mut stmt = conn.prepare_cached(
-                    "SELECT account_ref, state, at_ms FROM account_states
-                      WHERE account_ref = ANY(?1::BIGINT[]) ORDER BY account_ref, at_ms, id",
+                    "SELECT a.ref, a.data_deleted_before_ms, s.state, s.at_ms, s.id
+                       FROM accounts a JOIN account_states s ON s.account_ref = a.ref
+                      WHERE a.ref = ANY(?1::BIGINT[])
+                      UNION ALL
+                     SELECT a.ref, a.data_deleted_before_ms, NULL, NULL, NULL
+                       FROM accounts a
+                      WHERE a.ref = ANY(?1::BIGINT[]) AND a.data_deleted_before_ms IS NOT NULL
+                      ORDER BY 1, 4 NULLS LAST, 5",
                 )?;
                 let mut rows = stmt.query([Value::Ints(&refs)])?;
                 let mut current: Option<(i64, Periods)> = None;
                 while let Some(r) = rows.next()? {
                     let account_ref: i64 = r.get(0)?;
+                    let (state, at): (Option<String>, Option<i64>) = (r.get(2)?, r.get(3)?);
+                    let Some((state, at)) = state.zip(at) else {
+                        // The row saying the account's data was deleted.
+                        deleted.push((account_ref, r.get(1)?));
+                        continue;
+                    };
                     if current.as_ref().is_some_and(|(a, _)| *a != account_ref) {
                         let (a, periods) = current.take().expect("just checked");
                         refused.insert(a, periods.end());
@@ -256,19 +268,12 @@ impl Store {
                     current
                         .get_or_insert_with(|| (account_ref, Periods::default()))
                         .1
-                        .then(&r.get::<_, String>(1)?, r.get(2)?);
+                        .then(&state, at);
                 }
                 if let Some((a, periods)) = current {
                     refused.insert(a, periods.end());
                 }
                 refused.retain(|_, periods| !periods.is_empty());
-                deleted = conn
-                    .prepare_cached(
-                        "SELECT ref, data_deleted_before_ms FROM accounts
-                          WHERE ref = ANY(?1::BIGINT[]) AND data_deleted_before_ms IS NOT NULL",
-                    )?
-                    .query_map([Value::Ints(&refs)], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<Result<_, _>>()?;
             }
         }
         for (account_ref, before) in deleted {

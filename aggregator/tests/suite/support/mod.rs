@@ -176,12 +176,13 @@ pub fn skipped_on_postgres(what: &str) -> bool {
     skip
 }
 
-/// Undoes what migration 13 made: PostgreSQL's sequence of sample ids.
+/// Undoes what migration 13 made: ingest's recompute marks and
+/// PostgreSQL's sequence of sample ids.
 pub fn undo_migration_13() -> &'static str {
     if postgres_server().is_some() {
-        "DROP SEQUENCE sample_id_seq;"
+        "DROP TABLE recompute_marks; DROP SEQUENCE sample_id_seq;"
     } else {
-        ""
+        "DROP TABLE recompute_marks;"
     }
 }
 
