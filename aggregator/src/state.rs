@@ -52,8 +52,11 @@ pub struct AppState {
 /// token stops here at once and on the other replicas within that time.
 #[derive(Default)]
 pub struct ClusterTokens {
-    found: Mutex<FxHashMap<[u8; 32], (ClusterIdentity, DateTime<Utc>)>>,
+    found: Mutex<FxHashMap<[u8; 32], FoundAt>>,
 }
+
+/// A token's cluster and when it was looked up.
+type FoundAt = (ClusterIdentity, DateTime<Utc>);
 
 impl ClusterTokens {
     /// How long a look-up is used.
