@@ -102,3 +102,51 @@ impl AppState {
 pub struct Faults {
     pub panic_in_next_request: std::sync::atomic::AtomicBool,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(cluster: &str) -> ClusterIdentity {
+        ClusterIdentity {
+            account: "acme".to_string(),
+            cluster: cluster.to_string(),
+        }
+    }
+
+    fn at(ms: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(1_800_000_000_000 + ms).unwrap()
+    }
+
+    #[test]
+    fn a_token_found_is_used_for_a_second_and_never_from_a_clock_set_back() {
+        let tokens = ClusterTokens::default();
+        tokens.put([1; 32], identity("prod"), at(0));
+        assert_eq!(tokens.get(&[1; 32], at(0)), Some(identity("prod")));
+        assert_eq!(tokens.get(&[1; 32], at(999)), Some(identity("prod")));
+        assert_eq!(tokens.get(&[1; 32], at(1_000)), None, "a second later");
+        assert_eq!(tokens.get(&[1; 32], at(-1)), None, "the clock set back");
+        assert_eq!(tokens.get(&[2; 32], at(0)), None, "another token");
+    }
+
+    #[test]
+    fn a_rotation_forgets_every_token_and_a_full_cache_starts_again() {
+        let tokens = ClusterTokens::default();
+        tokens.put([1; 32], identity("prod"), at(0));
+        tokens.forget_all();
+        assert_eq!(tokens.get(&[1; 32], at(0)), None);
+        for i in 0..ClusterTokens::MAX {
+            let mut hash = [0; 32];
+            hash[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            tokens.put(hash, identity("prod"), at(0));
+        }
+        tokens.put([0xff; 32], identity("edge"), at(0));
+        assert_eq!(
+            tokens.get(&[0; 32], at(0)),
+            None,
+            "the full cache was emptied"
+        );
+        assert_eq!(tokens.get(&[0xff; 32], at(0)), Some(identity("edge")));
+        assert_eq!(tokens.found.lock().unwrap().len(), 1);
+    }
+}
