@@ -52,7 +52,15 @@ pub struct AppState {
 /// token stops here at once and on the other replicas within that time.
 #[derive(Default)]
 pub struct ClusterTokens {
-    found: Mutex<FxHashMap<[u8; 32], FoundAt>>,
+    found: Mutex<Found>,
+}
+
+/// The tokens found, and how many times they were all forgotten: a
+/// look-up that began before a rotation is not kept after it.
+#[derive(Default)]
+struct Found {
+    tokens: FxHashMap<[u8; 32], FoundAt>,
+    generation: u64,
 }
 
 /// A token's cluster and when it was looked up.
@@ -66,25 +74,42 @@ impl ClusterTokens {
 
     /// The identity of the token with this hash, if found less than
     /// [`ClusterTokens::FRESH`] ago (and not in the future: a clock set back).
-    pub fn get(&self, hash: &[u8; 32], now: DateTime<Utc>) -> Option<ClusterIdentity> {
+    /// The identity found lately, or the generation to hand to
+    /// [`ClusterTokens::put`] with what the look-up finds.
+    pub fn get(&self, hash: &[u8; 32], now: DateTime<Utc>) -> Result<ClusterIdentity, u64> {
         let found = self.found.lock().unwrap_or_else(|e| e.into_inner());
         found
+            .tokens
             .get(hash)
             .filter(|(_, at)| *at <= now && now - *at < Self::FRESH)
             .map(|(identity, _)| identity.clone())
+            .ok_or(found.generation)
     }
 
-    pub fn put(&self, hash: [u8; 32], identity: ClusterIdentity, now: DateTime<Utc>) {
+    /// Keeps a look-up's answer, unless the tokens were forgotten since it
+    /// began (`generation`, from [`ClusterTokens::get`]).
+    pub fn put(
+        &self,
+        hash: [u8; 32],
+        identity: ClusterIdentity,
+        now: DateTime<Utc>,
+        generation: u64,
+    ) {
         let mut found = self.found.lock().unwrap_or_else(|e| e.into_inner());
-        if found.len() >= Self::MAX {
-            found.clear();
+        if found.generation != generation {
+            return;
         }
-        found.insert(hash, (identity, now));
+        if found.tokens.len() >= Self::MAX {
+            found.tokens.clear();
+        }
+        found.tokens.insert(hash, (identity, now));
     }
 
     /// Forgets every token: one was rotated.
     pub fn forget_all(&self) {
-        self.found.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        let mut found = self.found.lock().unwrap_or_else(|e| e.into_inner());
+        found.tokens.clear();
+        found.generation += 1;
     }
 }
 
@@ -121,32 +146,37 @@ mod tests {
     #[test]
     fn a_token_found_is_used_for_a_second_and_never_from_a_clock_set_back() {
         let tokens = ClusterTokens::default();
-        tokens.put([1; 32], identity("prod"), at(0));
-        assert_eq!(tokens.get(&[1; 32], at(0)), Some(identity("prod")));
-        assert_eq!(tokens.get(&[1; 32], at(999)), Some(identity("prod")));
-        assert_eq!(tokens.get(&[1; 32], at(1_000)), None, "a second later");
-        assert_eq!(tokens.get(&[1; 32], at(-1)), None, "the clock set back");
-        assert_eq!(tokens.get(&[2; 32], at(0)), None, "another token");
+        tokens.put([1; 32], identity("prod"), at(0), 0);
+        assert_eq!(tokens.get(&[1; 32], at(0)), Ok(identity("prod")));
+        assert_eq!(tokens.get(&[1; 32], at(999)), Ok(identity("prod")));
+        assert_eq!(tokens.get(&[1; 32], at(1_000)), Err(0), "a second later");
+        assert_eq!(tokens.get(&[1; 32], at(-1)), Err(0), "the clock set back");
+        assert_eq!(tokens.get(&[2; 32], at(0)), Err(0), "another token");
     }
 
     #[test]
     fn a_rotation_forgets_every_token_and_a_full_cache_starts_again() {
         let tokens = ClusterTokens::default();
-        tokens.put([1; 32], identity("prod"), at(0));
+        let before = tokens.get(&[1; 32], at(0)).unwrap_err();
+        tokens.put([1; 32], identity("prod"), at(0), before);
+        // A look-up that began before the rotation answers after it.
+        let began = tokens.get(&[2; 32], at(0)).unwrap_err();
         tokens.forget_all();
-        assert_eq!(tokens.get(&[1; 32], at(0)), None);
+        tokens.put([2; 32], identity("old"), at(0), began);
+        assert_eq!(tokens.get(&[1; 32], at(0)), Err(1));
+        assert_eq!(tokens.get(&[2; 32], at(0)), Err(1), "not kept");
         for i in 0..ClusterTokens::MAX {
             let mut hash = [0; 32];
             hash[..8].copy_from_slice(&(i as u64).to_le_bytes());
-            tokens.put(hash, identity("prod"), at(0));
+            tokens.put(hash, identity("prod"), at(0), 1);
         }
-        tokens.put([0xff; 32], identity("edge"), at(0));
+        tokens.put([0xff; 32], identity("edge"), at(0), 1);
         assert_eq!(
             tokens.get(&[0; 32], at(0)),
-            None,
+            Err(1),
             "the full cache was emptied"
         );
-        assert_eq!(tokens.get(&[0xff; 32], at(0)), Some(identity("edge")));
-        assert_eq!(tokens.found.lock().unwrap().len(), 1);
+        assert_eq!(tokens.get(&[0xff; 32], at(0)), Ok(identity("edge")));
+        assert_eq!(tokens.found.lock().unwrap().tokens.len(), 1);
     }
 }

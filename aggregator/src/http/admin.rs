@@ -132,11 +132,15 @@ pub async fn rotate_token(
     };
     let now = state.clock.now();
     let cluster = name.clone();
+    // Forgotten on the thread that committed it, even if this request is
+    // dropped while it runs.
+    let service = state.clone();
     let token = blocking(&state.store, move |s| {
-        s.accounts().rotate_cluster_token(&id, &cluster, token, now)
+        let rotated = s.accounts().rotate_cluster_token(&id, &cluster, token, now);
+        service.cluster_tokens.forget_all();
+        rotated
     })
     .await?;
-    state.cluster_tokens.forget_all();
     Ok(Json(json!({ "name": name, "token": token })))
 }
 

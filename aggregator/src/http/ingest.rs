@@ -52,9 +52,10 @@ impl From<BatchError> for ApiError {
 async fn identify(state: &Arc<AppState>, token: &str) -> Result<Option<ClusterIdentity>, ApiError> {
     let hash = hash_token(token);
     let now = state.clock.now();
-    if let Some(identity) = state.cluster_tokens.get(&hash, now) {
-        return Ok(Some(identity));
-    }
+    let generation = match state.cluster_tokens.get(&hash, now) {
+        Ok(identity) => return Ok(Some(identity)),
+        Err(generation) => generation,
+    };
     let found = match state
         .tokens
         .try_inline(|s| s.ingest().cluster_for_token(token))
@@ -66,7 +67,9 @@ async fn identify(state: &Arc<AppState>, token: &str) -> Result<Option<ClusterId
         }
     };
     if let Some(identity) = &found {
-        state.cluster_tokens.put(hash, identity.clone(), now);
+        state
+            .cluster_tokens
+            .put(hash, identity.clone(), now, generation);
     }
     Ok(found)
 }

@@ -89,17 +89,19 @@ pub(super) fn mark_many_for_recompute(tx: &Conn, marks: &[(i64, i64)]) -> Result
 /// deletes them. Run inside a write transaction, where no ingest is in
 /// flight; a mark committed later stays for the next fold.
 pub(super) fn fold_marks(tx: &Conn) -> Result<(), StoreError> {
-    let pending: Vec<(i64, i64)> = tx
-        .prepare_cached(
-            "SELECT account_ref, min(from_ms) FROM recompute_marks GROUP BY account_ref ORDER BY account_ref",
-        )?
-        .query_map((), |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
-    if pending.is_empty() {
-        return Ok(());
-    }
-    for (account_ref, from) in pending {
-        mark_for_recompute(tx, account_ref, from_ms(from))?;
+    // Two statements whatever the number of marks: it runs under the lock
+    // every replica's ingest waits for.
+    let folded = tx.execute(
+        "UPDATE accounts
+            SET recompute_from_ms = least(recompute_from_ms,
+                  greatest(m.at, (SELECT recompute_floor_ms FROM retention WHERE id = 1))),
+                marks = marks + 1
+           FROM (SELECT account_ref, min(from_ms) AS at FROM recompute_marks GROUP BY account_ref) AS m
+          WHERE accounts.ref = m.account_ref",
+        (),
+    )?;
+    if folded > 0 {
+        tracing::debug!(accounts = folded, "ingest's recompute marks folded in");
     }
     tx.execute("DELETE FROM recompute_marks", ())?;
     Ok(())

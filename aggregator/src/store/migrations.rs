@@ -707,6 +707,9 @@ const MIGRATIONS: &[Migration] = &[
     // replica's commit wait for the one before on that row). SQLite's one writer keeps
     // `sample_ids`; on PostgreSQL that row is no longer written, and
     // `migrate-store` sets the counter of either past the ids it copies.
+    // The sequence starts 2^32 past the counter: replicas of the build
+    // before, still running during a rolling upgrade, go on taking ids
+    // from `sample_ids`, and the two ranges must not meet.
     // Nodes' pages keep a fifth free, so that the hourly update of a
     // node's last seen finds room beside it (a HOT update, no index entry),
     // and their names compare byte by byte, as on SQLite: under a
@@ -728,7 +731,8 @@ const MIGRATIONS: &[Migration] = &[
     CREATE SEQUENCE sample_id_seq;
     SELECT setval('sample_id_seq',
                   greatest((SELECT next FROM sample_ids WHERE id = 1),
-                           (SELECT coalesce(max(id), 0) + 1 FROM samples)),
+                           (SELECT coalesce(max(id), 0) + 1 FROM samples))
+                    + 4294967296,
                   false);
     "#,
     },

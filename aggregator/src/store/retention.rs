@@ -108,6 +108,8 @@ impl Billing<'_> {
         reach_hours: u32,
     ) -> Result<Vec<PruneTarget>, StoreError> {
         let tx = self.0.conn.transaction()?;
+        // Marks ingest left count from before the floor moves.
+        super::accounts::fold_marks(&tx)?;
         // A change recorded from now on (a backdated licence or cap) may mark
         // no day before the first one whose samples are all kept: the days
         // before it keep their bills as issued.
@@ -119,7 +121,6 @@ impl Billing<'_> {
                                             recompute_floor_ms = greatest(retention.recompute_floor_ms, excluded.recompute_floor_ms)",
             [horizon.prune_before.timestamp_millis(), floor.timestamp_millis()],
         )?;
-        super::accounts::fold_marks(&tx)?;
         let reach = TimeDelta::hours(i64::from(reach_hours));
         let mut targets = Vec::new();
         {

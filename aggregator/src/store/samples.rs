@@ -158,12 +158,17 @@ impl Store {
         batch: &[Incoming<'_>],
         limits: &AgeLimits,
         refs: &FxHashMap<&str, Option<i64>>,
-        stopped: &FxHashMap<i64, Vec<(i64, i64)>>,
     ) -> Result<Vec<Outcome>, StoreError> {
         let keeps_last_seen = self.keeps_last_seen;
         let Store { conn, node_ids, .. } = self;
         let tx = conn.ingest_transaction()?;
-        let mut sorted = check_batch(&tx, batch, limits, refs, stopped)?;
+        // The periods while each account's service was stopped (SPEC
+        // section 8), read under the lock: whoever records a stop or a
+        // deletion holds it alone, so none lands while this commits.
+        let mut known: Vec<i64> = refs.values().flatten().copied().collect();
+        known.sort_unstable();
+        let stopped = Store::stopped_periods_of_many(&tx, &known)?;
+        let mut sorted = check_batch(&tx, batch, limits, refs, &stopped)?;
         // The nodes this transaction found or made, cached once it commits.
         let mut found: FxHashMap<NodeKey<'_>, i64> = FxHashMap::default();
         let cached = |key: &NodeKey<'_>| {
@@ -847,15 +852,11 @@ impl Ingest<'_> {
                 refs.insert(s.account, account_ref);
             }
         }
-        let mut known: Vec<i64> = refs.values().flatten().copied().collect();
-        known.sort_unstable();
-        // The periods while each account's service was stopped (SPEC section 8).
-        let stopped = Store::stopped_periods_of_many(&self.0.conn, &known)?;
         // PostgreSQL may give up one of two transactions that wait for
         // each other; nothing of it was written, so it runs again.
         let mut attempts = 0;
         loop {
-            match self.ingest_in_transaction(batch, limits, &refs, &stopped) {
+            match self.ingest_in_transaction(batch, limits, &refs) {
                 Err(StoreError::Database(e)) if e.is_retryable() && attempts < MAX_RETRIES => {
                     attempts += 1;
                     tracing::warn!(error = %e, attempts, "ingest's transaction ran again");
