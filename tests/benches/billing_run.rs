@@ -35,7 +35,10 @@
 //! on the billing lead: this is the worst case, every replica doing the whole
 //! run. With `--lead` each first takes the billing lead
 //! (`Store::try_lead_billing`) as the service's 02:00 job does, and a replica
-//! without it returns at once. On any database the bench then checks in the bill lines that
+//! without it returns at once. With `--pg-statements` the server loads
+//! `pg_stat_statements` and the bench prints the statements that took its
+//! time during the billing child (the run and the lifecycle steps after it).
+//! On any database the bench then checks in the bill lines that
 //! every account's day was billed exactly once (one daily line, no
 //! adjustment) and exits non-zero if not.
 
@@ -96,6 +99,7 @@ fn main() {
     let on = On {
         postgres,
         durable: !args.iter().any(|a| a == "--pg-no-fsync"),
+        statements: args.iter().any(|a| a == "--pg-statements"),
         replicas,
         lead: args.iter().any(|a| a == "--lead"),
     };
@@ -167,6 +171,8 @@ struct On {
     replicas: u32,
     /// Each run first takes the billing lead, as the service's 02:00 job does.
     lead: bool,
+    /// Load `pg_stat_statements` and print where the server's time went.
+    statements: bool,
 }
 
 impl On {
@@ -221,9 +227,14 @@ fn measure(nodes: u32, accounts: u32, on: &On) -> Row {
         )
         .expect("temporary directory");
     // The server lives until the row is measured.
-    let postgres = on
-        .postgres
-        .then(|| TempPostgres::start_with(on.durable).expect("a throwaway PostgreSQL"));
+    let postgres = on.postgres.then(|| {
+        let extra = if on.statements {
+            TempPostgres::STATEMENTS
+        } else {
+            ""
+        };
+        TempPostgres::start_with_options(on.durable, extra).expect("a throwaway PostgreSQL")
+    });
     let db = match &postgres {
         Some(pg) => {
             println!("{}", pg.settings());
@@ -249,7 +260,15 @@ fn measure(nodes: u32, accounts: u32, on: &On) -> Row {
         bare.check,
         mib(bare.hwm_kib * 1024)
     );
+    let counted = postgres.as_ref().filter(|_| on.statements);
+    if let Some(pg) = counted {
+        pg.count_statements("billing");
+    }
     let bill = spawn_child(if on.lead { "bill-lead" } else { "bill" }, &db, on.replicas);
+    if let Some(pg) = counted {
+        // The billing run's and the lifecycle steps' after it, together.
+        print!("{}", pg.statements("billing"));
+    }
     if on.replicas > 1 {
         println!(
             "{} billing runs at once, one store each{}: wall time {:.3} s until the last returned; each run {} s; bill lines issued by each {}",

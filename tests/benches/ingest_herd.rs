@@ -671,7 +671,7 @@ fn run(args: &Args, binary: &Path, nodes: u64) -> Measured {
     let sqlite = dir.path().join("herd.sqlite");
     let postgres = (args.database == "postgres").then(|| {
         let extra = if args.pg_statements {
-            "-c shared_preload_libraries=pg_stat_statements"
+            TempPostgres::STATEMENTS
         } else {
             ""
         };
@@ -707,15 +707,10 @@ fn run(args: &Args, binary: &Path, nodes: u64) -> Measured {
         .to_string();
     let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
 
-    let statements = postgres.as_ref().filter(|_| args.pg_statements).map(|pg| {
-        let mut client = pg.client("herd");
-        client
-            .batch_execute(
-                "CREATE EXTENSION pg_stat_statements; SELECT pg_stat_statements_reset();",
-            )
-            .expect("pg_stat_statements");
-        client
-    });
+    let statements = postgres.as_ref().filter(|_| args.pg_statements);
+    if let Some(pg) = statements {
+        pg.count_statements("herd");
+    }
     let client_before = cpu_secs_of("/proc/self/stat");
     let db_before = postgres.as_ref().map(TempPostgres::cpu_ticks);
     let mut load = push_all(&addrs, &token, work, args, tls.as_deref());
@@ -724,8 +719,8 @@ fn run(args: &Args, binary: &Path, nodes: u64) -> Measured {
         .as_ref()
         .zip(db_before)
         .map(|(pg, before)| (pg.cpu_ticks() - before) as f64 / 100.0);
-    if let Some(mut client) = statements {
-        print_statements(&mut client);
+    if let Some(pg) = statements {
+        print!("{}", pg.statements("herd"));
     }
     let service_cpu_secs: f64 = servers.iter().map(Server::cpu_secs).sum();
     let (sum, count) = servers
@@ -981,27 +976,6 @@ fn print_table(rows: &[Measured]) {
             m.share()
                 .map_or_else(|| "-".to_string(), |s| format!("{:.1}%", s * 100.0)),
             m.missing
-        );
-    }
-}
-
-/// The statements that took the most of the server's time during the push,
-/// with their calls and rows (`--pg-statements`).
-fn print_statements(client: &mut postgres::Client) {
-    let rows = client
-        .query(
-            "SELECT calls, rows, total_exec_time, total_plan_time, left(regexp_replace(query, '\\s+', ' ', 'g'), 110)
-               FROM pg_stat_statements ORDER BY total_exec_time + total_plan_time DESC LIMIT 15",
-            &[],
-        )
-        .expect("pg_stat_statements");
-    println!("server time by statement (pg_stat_statements, execution + planning):");
-    for r in rows {
-        let (calls, rows, exec, plan, query): (i64, i64, f64, f64, String) =
-            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
-        println!(
-            "  {:>9.1} ms {calls:>7} calls {rows:>8} rows  {query}",
-            exec + plan
         );
     }
 }

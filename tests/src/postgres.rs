@@ -166,6 +166,45 @@ impl TempPostgres {
         Ok(())
     }
 
+    /// Starts counting where the server's time goes in `database`, for
+    /// [`TempPostgres::statements`] (the server must have been started
+    /// with [`TempPostgres::STATEMENTS`]).
+    pub fn count_statements(&self, database: &str) {
+        self.client(database)
+            .batch_execute(
+                "CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT pg_stat_statements_reset();",
+            )
+            .expect("pg_stat_statements");
+    }
+
+    /// The statements that took the most of the server's time since
+    /// [`TempPostgres::count_statements`], a line each: time (execution and
+    /// planning), calls, rows, the start of the text.
+    pub fn statements(&self, database: &str) -> String {
+        let rows = self
+            .client(database)
+            .query(
+                "SELECT calls, rows, total_exec_time + total_plan_time,
+                        left(regexp_replace(query, '\\s+', ' ', 'g'), 110)
+                   FROM pg_stat_statements ORDER BY 3 DESC LIMIT 15",
+                &[],
+            )
+            .expect("pg_stat_statements");
+        let mut out =
+            String::from("server time by statement (pg_stat_statements, execution + planning):\n");
+        for r in rows {
+            let (calls, rows, ms, query): (i64, i64, f64, String) =
+                (r.get(0), r.get(1), r.get(2), r.get(3));
+            out.push_str(&format!(
+                "  {ms:>9.1} ms {calls:>7} calls {rows:>8} rows  {query}\n"
+            ));
+        }
+        out
+    }
+
+    /// The server option that loads `pg_stat_statements`.
+    pub const STATEMENTS: &'static str = "-c shared_preload_libraries=pg_stat_statements";
+
     /// A client on `database`.
     pub fn client(&self, database: &str) -> ::postgres::Client {
         ::postgres::Client::connect(&self.url(database), ::postgres::NoTls)
