@@ -346,9 +346,7 @@ fn store_set_based<'a>(
     // Nodes this transaction inserted: their last seen is written already.
     let mut fresh: rustc_hash::FxHashSet<i64> = rustc_hash::FxHashSet::default();
     if !unknown.is_empty() {
-        let accounts: Vec<Option<i64>> = unknown.iter().map(|k| Some(k.0 .0)).collect();
-        let clusters: Vec<Option<&str>> = unknown.iter().map(|k| Some(k.0 .1)).collect();
-        let names: Vec<Option<&str>> = unknown.iter().map(|k| Some(k.0 .2)).collect();
+        let (accounts, clusters, names) = node_columns(unknown.iter().map(|(key, _)| key));
         let seen: Vec<Option<i64>> = unknown
             .iter()
             .map(|k| keeps_last_seen.then_some(k.1))
@@ -385,21 +383,18 @@ fn store_set_based<'a>(
             made.insert(key, id);
         }
         // Those another transaction had inserted are read back.
-        let mut rest = (Vec::new(), Vec::new(), Vec::new());
-        for &((account_ref, cluster, node), _) in &unknown {
+        let mut rest: Vec<NodeKey<'a>> = Vec::new();
+        for &(key @ (account_ref, cluster, node), _) in &unknown {
             match made.get(&(account_ref, cluster.to_string(), node.to_string())) {
                 Some(&id) => {
                     fresh.insert(id);
-                    found.insert((account_ref, cluster, node), id);
+                    found.insert(key, id);
                 }
-                None => {
-                    rest.0.push(Some(account_ref));
-                    rest.1.push(Some(cluster));
-                    rest.2.push(Some(node));
-                }
+                None => rest.push(key),
             }
         }
-        if !rest.0.is_empty() {
+        if !rest.is_empty() {
+            let (accounts, clusters, names) = node_columns(rest.iter());
             let rows = tx
                 .prepare_cached(
                     "SELECT n.id, u.i FROM unnest(?1::BIGINT[], ?2::TEXT[], ?3::TEXT[]) WITH ORDINALITY AS u(a, c, m, i)
@@ -407,21 +402,15 @@ fn store_set_based<'a>(
                 )?
                 .query_map(
                     [
-                        Value::Ints(&rest.0),
-                        Value::Texts(&rest.1),
-                        Value::Texts(&rest.2),
+                        Value::Ints(&accounts),
+                        Value::Texts(&clusters),
+                        Value::Texts(&names),
                     ],
                     |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
                 )?;
             for row in rows {
                 let (id, ordinal) = row?;
-                let at = ordinal as usize - 1;
-                let key = (
-                    rest.0[at].expect("set"),
-                    rest.1[at].expect("set"),
-                    rest.2[at].expect("set"),
-                );
-                found.insert(key, id);
+                found.insert(rest[ordinal as usize - 1], id);
             }
         }
     }
@@ -557,6 +546,20 @@ fn store_set_based<'a>(
         ])?;
     }
     Ok(latest_seen(latest))
+}
+
+/// Nodes' keys as the arrays of a set-based statement: accounts,
+/// clusters, names.
+type NodeColumns<'a> = (Vec<Option<i64>>, Vec<Option<&'a str>>, Vec<Option<&'a str>>);
+
+fn node_columns<'k, 'a: 'k>(keys: impl Iterator<Item = &'k NodeKey<'a>>) -> NodeColumns<'a> {
+    let mut columns: NodeColumns<'a> = (Vec::new(), Vec::new(), Vec::new());
+    for &(account_ref, cluster, name) in keys {
+        columns.0.push(Some(account_ref));
+        columns.1.push(Some(cluster));
+        columns.2.push(Some(name));
+    }
+    columns
 }
 
 /// The samples' columns as arrays, in the set-based insert's order.
