@@ -18,8 +18,17 @@ const BATCH_HOLD: Duration = Duration::from_millis(50);
 /// Rows of a deleted account's data removed per transaction.
 pub const PURGE_BATCH_ROWS: usize = 5_000;
 
+/// Accounts whose quiet runs are read, decided and recorded together.
+const QUIET_BATCH: usize = 500;
+
 /// Steps every account through every run up to the last one at or before
-/// `now`; returns what changed (renewals, states, notices), account by account.
+/// `now`; returns what changed (renewals, states, notices), account by
+/// account in the order of their ids.
+///
+/// The runs that change nothing for an account (most runs of most
+/// accounts) are recorded a batch of accounts at a time
+/// (`Billing::step_quiet_runs`); each account's first run that does
+/// something, and the runs after it, are stepped one account at a time.
 pub fn run_lifecycle(
     store: &mut Store,
     now: DateTime<Utc>,
@@ -28,34 +37,52 @@ pub fn run_lifecycle(
 ) -> Result<Vec<StepOutcome>, StoreError> {
     let last = run_day_at(zone, now);
     let mut changed = Vec::new();
-    let mut accounts = store.accounts().all()?.into_iter().peekable();
-    while accounts.peek().is_some() {
-        store.billing().in_write_batch(|store| {
-            let started = Instant::now();
-            while started.elapsed() < BATCH_HOLD {
-                let Some(account) = accounts.next() else {
-                    break;
-                };
-                // One account whose step fails (a value stored that cannot be
-                // read, say) must not hold up every account after it: its
-                // steps are undone, it is reported, and it is tried again at
-                // the next run. A disk that cannot write stops the run.
-                let steps = store.billing().in_savepoint(|store| {
-                    step_through(store, &account.id, last, zone, price_per_core_month, now)
-                });
-                match steps {
-                    Ok(steps) => changed.extend(steps),
-                    Err(e) if e.unwritable().is_some() => return Err(e),
-                    Err(e) => changed.push(StepOutcome {
-                        account: account.id.clone(),
-                        error: Some(e.to_string()),
-                        ..StepOutcome::default()
-                    }),
+    for batch in store.accounts().all_as_created()?.chunks(QUIET_BATCH) {
+        let loud = store.billing().in_write_batch(|store| {
+            let quiet = store
+                .billing()
+                .in_savepoint(|store| store.billing().step_quiet_runs(batch, last, zone));
+            match quiet {
+                Ok(loud) => Ok(loud),
+                Err(e) if e.unwritable().is_some() => Err(e),
+                // Each account's own step finds and reports what could not be read.
+                Err(e) => {
+                    tracing::warn!(error = %e, "the quiet runs of a batch of accounts could not be read; stepping each on its own");
+                    Ok((0..batch.len()).collect())
                 }
             }
-            Ok(())
         })?;
+        let mut loud = loud.into_iter().map(|i| &batch[i]).peekable();
+        while loud.peek().is_some() {
+            store.billing().in_write_batch(|store| {
+                let started = Instant::now();
+                while started.elapsed() < BATCH_HOLD {
+                    let Some(account) = loud.next() else {
+                        break;
+                    };
+                    // One account whose step fails (a value stored that cannot be
+                    // read, say) must not hold up every account after it: its
+                    // steps are undone, it is reported, and it is tried again at
+                    // the next run. A disk that cannot write stops the run.
+                    let steps = store.billing().in_savepoint(|store| {
+                        step_through(store, &account.id, last, zone, price_per_core_month, now)
+                    });
+                    match steps {
+                        Ok(steps) => changed.extend(steps),
+                        Err(e) if e.unwritable().is_some() => return Err(e),
+                        Err(e) => changed.push(StepOutcome {
+                            account: account.id.clone(),
+                            error: Some(e.to_string()),
+                            ..StepOutcome::default()
+                        }),
+                    }
+                }
+                Ok(())
+            })?;
+        }
     }
+    // Stable: each account's steps stay in the order of their runs.
+    changed.sort_by(|a, b| a.account.cmp(&b.account));
     Ok(changed)
 }
 

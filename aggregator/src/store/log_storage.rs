@@ -14,10 +14,10 @@ use shared::lifecycle::{run_of, Life, NoticeKind, Product, State, TermLicence};
 use shared::logs::{self as rules, Terms as LogStorageTerms, UsageAnswer, UsageReport, GB};
 use shared::zone::BillingZone;
 
-use super::db::{Conn, Dialect, OptionalExtension};
+use super::db::{Conn, DbError, Dialect, OptionalExtension, Row};
 use super::notices::issue_notice;
 use super::orders::{balance_of, day, decimal, invalid, payment, post_entry};
-use super::states::{trial_of, StateChange};
+use super::states::{state_after_run, trial_of, StateChange};
 use super::{from_ms, LogStorage, StoreError};
 use crate::config::NoticeChannels;
 
@@ -169,23 +169,30 @@ fn orders_of(conn: &Conn, account_ref: i64) -> Result<Vec<LogOrder>, StoreError>
 /// The storage's terms as the lifecycle sees them: an order's GB are its
 /// "cores"; an expansion never renews by itself (its GB go into its
 /// order's renewal).
+/// The columns of `log_storage_orders` that [`term`] reads, in its order.
+pub(super) const TERM_COLUMNS: &str =
+    "id, gb, start_ms, ends_ms, counts_until_ms, auto_renew, renewed_by, ordered_at_ms, expands";
+
+/// An order as the storage's life sees it, from [`TERM_COLUMNS`] starting
+/// at column `at`.
+pub(super) fn term(r: &Row<'_>, at: usize) -> Result<TermLicence, DbError> {
+    Ok(TermLicence {
+        id: r.get(at)?,
+        cores: r.get(at + 1)?,
+        start: from_ms(r.get(at + 2)?),
+        end: from_ms(r.get(at + 3)?),
+        counts_until: from_ms(r.get(at + 4)?),
+        auto_renew: r.get::<_, i64>(at + 5)? != 0 && r.get::<_, Option<i64>>(at + 8)?.is_none(),
+        renewed: r.get::<_, Option<i64>>(at + 6)?.is_some(),
+        recorded_at: from_ms(r.get(at + 7)?),
+    })
+}
+
 fn terms(conn: &Conn, account_ref: i64) -> Result<Vec<TermLicence>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, gb, start_ms, ends_ms, counts_until_ms, auto_renew, renewed_by, ordered_at_ms, expands
-           FROM log_storage_orders WHERE account_ref = ?1 ORDER BY id",
-    )?;
-    let rows = stmt.query_map([account_ref], |r| {
-        Ok(TermLicence {
-            id: r.get(0)?,
-            cores: r.get(1)?,
-            start: from_ms(r.get(2)?),
-            end: from_ms(r.get(3)?),
-            counts_until: from_ms(r.get(4)?),
-            auto_renew: r.get::<_, i64>(5)? != 0 && r.get::<_, Option<i64>>(8)?.is_none(),
-            renewed: r.get::<_, Option<i64>>(6)?.is_some(),
-            recorded_at: from_ms(r.get(7)?),
-        })
-    })?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {TERM_COLUMNS} FROM log_storage_orders WHERE account_ref = ?1 ORDER BY id"
+    ))?;
+    let rows = stmt.query_map([account_ref], |r| term(r, 0))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
@@ -464,10 +471,7 @@ pub(super) fn step(
     }
     // 2. The state.
     let life = life_of(tx, account_ref)?;
-    let after = match life.state_at(zone, at) {
-        State::Deleted if !before.is_stopped() => State::Stopped,
-        state => state,
-    };
+    let after = state_after_run(&life, zone, at, before);
     record_product_state(
         tx,
         account_ref,

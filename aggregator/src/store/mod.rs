@@ -20,6 +20,7 @@ mod notices;
 mod orders;
 mod outbox;
 mod pages;
+mod quiet_steps;
 mod readers;
 mod retention;
 mod samples;

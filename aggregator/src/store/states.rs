@@ -5,7 +5,7 @@
 
 use std::str::FromStr;
 
-use super::db::{Conn, Dialect, OptionalExtension, Value};
+use super::db::{Conn, DbError, Dialect, OptionalExtension, Row, Value};
 use super::Billing;
 use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
@@ -49,28 +49,36 @@ pub struct StepOutcome {
     pub error: Option<String>,
 }
 
+/// The columns of `licences` that [`term_licence`] reads, in its order.
+pub(super) const TERM_LICENCE_COLUMNS: &str =
+    "id, cores, start_ms, end_ms, ends_ms, auto_renew, renewed_by, created_at_ms";
+
+/// A licence as the lifecycle sees it, from [`TERM_LICENCE_COLUMNS`]
+/// starting at column `at`.
+pub(super) fn term_licence(r: &Row<'_>, at: usize) -> Result<TermLicence, DbError> {
+    let grace_ms = shared::overage::LICENCE_GRACE_DAYS * 86_400_000;
+    let start: i64 = r.get(at + 2)?;
+    let counts: i64 = r.get(at + 3)?;
+    let ends: Option<i64> = r.get(at + 4)?;
+    Ok(TermLicence {
+        id: r.get(at)?,
+        cores: r.get(at + 1)?,
+        start: from_ms(start),
+        // A licence given as a counting period ends the grace before its counting end.
+        end: from_ms(ends.unwrap_or(counts - grace_ms).max(start)),
+        counts_until: from_ms(counts),
+        auto_renew: r.get::<_, i64>(at + 5)? != 0,
+        renewed: r.get::<_, Option<i64>>(at + 6)?.is_some(),
+        recorded_at: from_ms(r.get(at + 7)?),
+    })
+}
+
 /// The account's licences as the lifecycle sees them.
 pub(super) fn term_licences(conn: &Conn, account_ref: i64) -> Result<Vec<TermLicence>, StoreError> {
-    let grace_ms = shared::overage::LICENCE_GRACE_DAYS * 86_400_000;
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, cores, start_ms, end_ms, ends_ms, auto_renew, renewed_by, created_at_ms FROM licences
-          WHERE account_ref = ?1 ORDER BY id",
-    )?;
-    let rows = stmt.query_map([account_ref], |r| {
-        let counts: i64 = r.get(3)?;
-        let ends: Option<i64> = r.get(4)?;
-        Ok(TermLicence {
-            id: r.get(0)?,
-            cores: r.get(1)?,
-            start: from_ms(r.get(2)?),
-            // A licence given as a counting period ends the grace before its counting end.
-            end: from_ms(ends.unwrap_or(counts - grace_ms).max(r.get(2)?)),
-            counts_until: from_ms(counts),
-            auto_renew: r.get::<_, i64>(5)? != 0,
-            renewed: r.get::<_, Option<i64>>(6)?.is_some(),
-            recorded_at: from_ms(r.get(7)?),
-        })
-    })?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {TERM_LICENCE_COLUMNS} FROM licences WHERE account_ref = ?1 ORDER BY id"
+    ))?;
+    let rows = stmt.query_map([account_ref], |r| term_licence(r, 0))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
@@ -102,6 +110,20 @@ pub(super) fn recorded_state(conn: &Conn, account_ref: i64) -> Result<State, Sto
         .prepare_cached("SELECT state FROM accounts WHERE ref = ?1")?
         .query_row([account_ref], |r| r.get(0))?;
     State::from_str(&s).map_err(StoreError::Corrupt)
+}
+
+/// The state a run at `at` records after `before`: the one the rules give,
+/// except that a deletion always follows a recorded stop and its notices.
+pub(super) fn state_after_run(
+    life: &Life,
+    zone: &BillingZone,
+    at: DateTime<Utc>,
+    before: State,
+) -> State {
+    match life.state_at(zone, at) {
+        State::Deleted if !before.is_stopped() => State::Stopped,
+        state => state,
+    }
 }
 
 /// Records `state` from `at` when it differs from the account's current one;
@@ -385,11 +407,7 @@ impl Step<'_> {
         // 2. The state.
         let life = life_of(tx, account_ref)?;
         let before = recorded_state(tx, account_ref)?;
-        let after = match life.state_at(zone, at) {
-            // A deletion always follows a recorded stop and its notices.
-            State::Deleted if !before.is_stopped() => State::Stopped,
-            state => state,
-        };
+        let after = state_after_run(&life, zone, at, before);
         if record_state(
             tx,
             account_ref,
@@ -730,6 +748,42 @@ mod tests {
             (jan, local("2026-02-06T00:00:00").timestamp_millis()),
         )
         .unwrap();
+    }
+
+    #[test]
+    fn an_account_older_than_the_lifecycle_whose_first_run_is_quiet_starts_its_lifecycle_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("core-meter.sqlite");
+        version_4_database(&path);
+        // Its licence runs past the first runs, so those change nothing.
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute(
+                "UPDATE licences SET end_ms = ?1",
+                [local("2027-03-01T00:00:00").timestamp_millis()],
+            )
+            .unwrap();
+        let mut store = Store::open(&path, Durability::Durable).unwrap();
+        // Recorded active since, as an admin action would have left it.
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute("UPDATE accounts SET state = 'active'", [])
+            .unwrap();
+        let zone = BillingZone::default();
+        let price = default_price_per_core_month();
+        for at in ["2026-11-26T02:00:00", "2026-11-29T02:00:00"] {
+            let changed =
+                crate::billing::lifecycle::run_lifecycle(&mut store, local(at), &zone, price)
+                    .unwrap();
+            assert_eq!(changed, Vec::new(), "the run at {at} is quiet");
+        }
+        let (life, state, _) = store.billing().life("old").unwrap();
+        assert_eq!(state, State::Active);
+        assert_eq!(life.not_before, Some(local("2026-11-26T02:00:00")));
+        assert_eq!(
+            store.billing().stepped_through("old", &zone).unwrap(),
+            Some("2026-11-29".parse().unwrap())
+        );
     }
 
     #[test]

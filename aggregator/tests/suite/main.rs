@@ -26,6 +26,7 @@ mod pagination;
 mod panics;
 mod postgres_connection;
 mod postgres_tls;
+mod quiet_runs;
 mod replay_cli;
 mod replicas;
 mod report;
