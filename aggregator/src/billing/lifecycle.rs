@@ -1,16 +1,17 @@
 //! The lifecycle step of each 02:00 run (LIFECYCLE.md): every account is
-//! stepped through each run it has not been through yet, in batches of
-//! accounts per commit like billing; then the data of deleted accounts is
-//! removed in bounded batches.
+//! stepped through each run it has not been through yet, the quiet runs a
+//! batch of accounts at a time and the others one account at a time, in
+//! batches of accounts per commit like billing; then the data of deleted
+//! accounts is removed in bounded batches.
 
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use shared::lifecycle::run_day_at;
 use shared::zone::{next_day, prev_day, BillingZone};
 
-use crate::store::{StepOutcome, Store, StoreError};
+use crate::store::{Account, StepOutcome, Store, StoreError};
 
 /// How long one batch of accounts may hold the write lock before it commits.
 const BATCH_HOLD: Duration = Duration::from_millis(50);
@@ -27,8 +28,9 @@ const QUIET_BATCH: usize = 500;
 ///
 /// The runs that change nothing for an account (most runs of most
 /// accounts) are recorded a batch of accounts at a time
-/// (`Billing::step_quiet_runs`); each account's first run that does
-/// something, and the runs after it, are stepped one account at a time.
+/// (`Billing::step_quiet_runs`). Each account left with a run that does
+/// something is stepped through that run alone; then the batch's quiet
+/// runs are looked for again, until every account is through.
 pub fn run_lifecycle(
     store: &mut Store,
     now: DateTime<Utc>,
@@ -38,47 +40,69 @@ pub fn run_lifecycle(
     let last = run_day_at(zone, now);
     let mut changed = Vec::new();
     for batch in store.accounts().all_as_created()?.chunks(QUIET_BATCH) {
-        let loud = store.billing().in_write_batch(|store| {
-            let quiet = store
-                .billing()
-                .in_savepoint(|store| store.billing().step_quiet_runs(batch, last, zone));
-            match quiet {
-                Ok(loud) => Ok(loud),
-                Err(e) if e.unwritable().is_some() => Err(e),
-                // Each account's own step finds and reports what could not be read.
-                Err(e) => {
-                    tracing::warn!(error = %e, "the quiet runs of a batch of accounts could not be read; stepping each on its own");
-                    Ok((0..batch.len()).collect())
-                }
-            }
-        })?;
-        let mut loud = loud.into_iter().map(|i| &batch[i]).peekable();
-        while loud.peek().is_some() {
-            store.billing().in_write_batch(|store| {
-                let started = Instant::now();
-                while started.elapsed() < BATCH_HOLD {
-                    let Some(account) = loud.next() else {
-                        break;
-                    };
-                    // One account whose step fails (a value stored that cannot be
-                    // read, say) must not hold up every account after it: its
-                    // steps are undone, it is reported, and it is tried again at
-                    // the next run. A disk that cannot write stops the run.
-                    let steps = store.billing().in_savepoint(|store| {
-                        step_through(store, &account.id, last, zone, price_per_core_month, now)
-                    });
-                    match steps {
-                        Ok(steps) => changed.extend(steps),
-                        Err(e) if e.unwritable().is_some() => return Err(e),
-                        Err(e) => changed.push(StepOutcome {
-                            account: account.id.clone(),
-                            error: Some(e.to_string()),
-                            ..StepOutcome::default()
-                        }),
+        let mut pending: Vec<&Account> = batch.iter().collect();
+        while !pending.is_empty() {
+            let loud = store.billing().in_write_batch(|store| {
+                let quiet = store
+                    .billing()
+                    .in_savepoint(|store| store.billing().step_quiet_runs(&pending, last, zone));
+                match quiet {
+                    Ok(loud) => Ok(loud),
+                    Err(e) if e.unwritable().is_some() => Err(e),
+                    // Each account's own step finds and reports what could not be read.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the quiet runs of a batch of accounts could not be read; stepping each on its own");
+                        Ok((0..pending.len()).map(|i| (i, None)).collect())
                     }
                 }
-                Ok(())
             })?;
+            let mut loud = loud
+                .into_iter()
+                .map(|(i, day)| (pending[i], day))
+                .peekable();
+            let mut next = Vec::new();
+            while loud.peek().is_some() {
+                store.billing().in_write_batch(|store| {
+                    let started = Instant::now();
+                    while started.elapsed() < BATCH_HOLD {
+                        let Some((account, day)) = loud.next() else {
+                            break;
+                        };
+                        // One account whose step fails (a value stored that
+                        // cannot be read, say) must not hold up every account
+                        // after it: its step is undone, it is reported, and it
+                        // is tried again at the next run. A disk that cannot
+                        // write stops the run.
+                        let step = store.billing().in_savepoint(|store| {
+                            step_next(
+                                store,
+                                &account.id,
+                                day,
+                                last,
+                                zone,
+                                price_per_core_month,
+                                now,
+                            )
+                        });
+                        match step {
+                            Ok((step, through)) => {
+                                changed.extend(step);
+                                if !through {
+                                    next.push(account);
+                                }
+                            }
+                            Err(e) if e.unwritable().is_some() => return Err(e),
+                            Err(e) => changed.push(StepOutcome {
+                                account: account.id.clone(),
+                                error: Some(e.to_string()),
+                                ..StepOutcome::default()
+                            }),
+                        }
+                    }
+                    Ok(())
+                })?;
+            }
+            pending = next;
         }
     }
     // Stable: each account's steps stay in the order of their runs.
@@ -86,35 +110,34 @@ pub fn run_lifecycle(
     Ok(changed)
 }
 
-/// Steps one account through the runs after the last it was stepped
-/// through, up to `last`; returns the steps that changed something.
-fn step_through(
+/// Steps one account through its next run, `day` when the caller knows it,
+/// up to `last`; returns the step if it changed something, and whether the
+/// account is now through `last`.
+fn step_next(
     store: &mut Store,
     account: &str,
-    last: chrono::NaiveDate,
+    day: Option<NaiveDate>,
+    last: NaiveDate,
     zone: &BillingZone,
     price_per_core_month: Decimal,
     now: DateTime<Utc>,
-) -> Result<Vec<StepOutcome>, StoreError> {
-    let from = store
-        .billing()
-        .stepped_through(account, zone)?
-        .unwrap_or(prev_day(last));
-    let mut changed = Vec::new();
-    let mut day = next_day(from);
-    while day <= last {
-        let step = store.billing().step_account(
-            account,
-            day,
-            day == last,
-            zone,
-            price_per_core_month,
-            now,
-        )?;
-        if step.state.is_some() || !step.notices.is_empty() || !step.renewed.is_empty() {
-            changed.push(step);
-        }
-        day = next_day(day);
+) -> Result<(Option<StepOutcome>, bool), StoreError> {
+    let day = match day {
+        Some(day) => day,
+        None => next_day(
+            store
+                .billing()
+                .stepped_through(account, zone)?
+                .unwrap_or(prev_day(last)),
+        ),
+    };
+    if day > last {
+        return Ok((None, true));
     }
-    Ok(changed)
+    let step =
+        store
+            .billing()
+            .step_account(account, day, day == last, zone, price_per_core_month, now)?;
+    let changed = step.state.is_some() || !step.notices.is_empty() || !step.renewed.is_empty();
+    Ok((changed.then_some(step), day == last))
 }

