@@ -17,7 +17,7 @@ pub struct Account {
     /// Days from here on may have changed since the last billing run.
     pub recompute_from: Option<DateTime<Utc>>,
     /// The change counter that went with `recompute_from` when it was read.
-    marks: i64,
+    pub(super) marks: i64,
     /// Samples before this were deleted with the account's data (SPEC
     /// section 8): days before its day are never billed again.
     pub data_deleted_before: Option<DateTime<Utc>>,
@@ -37,6 +37,34 @@ fn account_row(r: &super::db::Row<'_>) -> Result<Account, super::db::DbError> {
         marks: r.get(3)?,
         data_deleted_before: r.get::<_, Option<i64>>(4)?.map(from_ms),
     })
+}
+
+/// The account's licences as billing counts them, in the order they were added.
+pub(super) fn licences_of(conn: &Conn, account_ref: i64) -> Result<Vec<Licence>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT cores, start_ms, end_ms FROM licences WHERE account_ref = ?1 ORDER BY id",
+    )?;
+    let rows = stmt.query_map([account_ref], |r| {
+        Ok(Licence {
+            cores: r.get(0)?,
+            start: from_ms(r.get(1)?),
+            end: from_ms(r.get(2)?),
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The account's cap history in the order it was set.
+pub(super) fn caps_of(conn: &Conn, account_ref: i64) -> Result<Vec<CapChange>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT cores, from_ms FROM caps WHERE account_ref = ?1 ORDER BY id")?;
+    let rows = stmt.query_map([account_ref], |r| {
+        Ok(CapChange {
+            cores: r.get(0)?,
+            from: from_ms(r.get(1)?),
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Notes that the days of `account_ref` may have changed from `from` on, and
@@ -164,17 +192,7 @@ impl Accounts<'_> {
     }
 
     pub fn licences(&self, account: &Account) -> Result<Vec<Licence>, StoreError> {
-        let mut stmt = self.0.conn.prepare_cached(
-            "SELECT cores, start_ms, end_ms FROM licences WHERE account_ref = ?1 ORDER BY id",
-        )?;
-        let rows = stmt.query_map([account.reference], |r| {
-            Ok(Licence {
-                cores: r.get(0)?,
-                start: from_ms(r.get(1)?),
-                end: from_ms(r.get(2)?),
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        licences_of(&self.0.conn, account.reference)
     }
 
     /// Sets the elastic cap from `from` on; the history is kept. Under the minimum is refused.
@@ -204,16 +222,7 @@ impl Accounts<'_> {
 
     /// The cap history in the order it was set.
     pub fn caps(&self, account: &Account) -> Result<Vec<CapChange>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT cores, from_ms FROM caps WHERE account_ref = ?1 ORDER BY id")?;
-        let rows = stmt.query_map([account.reference], |r| {
-            Ok(CapChange {
-                cores: r.get(0)?,
-                from: from_ms(r.get(1)?),
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        caps_of(&self.0.conn, account.reference)
     }
 
     pub fn account(&mut self, id: &str) -> Result<Option<Account>, StoreError> {

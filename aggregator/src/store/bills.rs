@@ -1,13 +1,13 @@
 //! Issuing bill lines (exactly once per key) and reading them back.
 
-use std::collections::HashMap;
 use std::str::FromStr;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
-use shared::bill::{idempotency_key, next_line, BillLine, Issued, LineKind};
+use shared::bill::{idempotency_key, BillLine, LineKind};
 use shared::overage::{DayFigures, NodeSample};
 
+use super::bill_sets::Window;
 use super::db::Conn;
 use super::pages::{one_more, LineKey, Listed};
 use super::{from_ms, Account, Store, StoreError};
@@ -33,111 +33,15 @@ fn bill_days_in(
     issued_at: DateTime<Utc>,
     channels: crate::config::NoticeChannels,
 ) -> Result<Vec<BillLine>, StoreError> {
-    let samples = super::samples::samples_in(conn, account.reference, window_ms)?;
-    let figures: Vec<DayFigures> = compute(&samples)
-        .into_iter()
-        .filter(|f| f.sampled)
-        .collect();
-    drop(samples);
-    let (Some(first), Some(last)) = (figures.first(), figures.last()) else {
-        return Ok(Vec::new());
-    };
-    let mut issued: HashMap<NaiveDate, Issued> = HashMap::new();
-    {
-        let mut stmt = conn.prepare_cached(
-            "SELECT day, seq, amount FROM bill_lines WHERE account_ref = ?1 AND day >= ?2 AND day <= ?3",
-        )?;
-        let mut rows = stmt.query((
-            account.reference,
-            first.day.to_string(),
-            last.day.to_string(),
-        ))?;
-        while let Some(r) = rows.next()? {
-            let day: String = r.get(0)?;
-            let amount: String = r.get(2)?;
-            issued
-                .entry(parse_day(&day)?)
-                .or_default()
-                .add(r.get(1)?, parse_decimal(&amount)?);
-        }
-    }
-    {
-        // The chart's figures of every day looked at, billed or not.
-        let mut usage = conn.prepare_cached(
-            "INSERT INTO usage_days (account_ref, day, hours, core_hours, peak_cores)
-             VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (account_ref, day) DO UPDATE
-                SET hours = excluded.hours, core_hours = excluded.core_hours,
-                    peak_cores = excluded.peak_cores",
-        )?;
-        for f in &figures {
-            usage.execute(crate::params![
-                account.reference,
-                f.day.to_string(),
-                i64::from(f.hours),
-                f.total_core_hours as i64,
-                f.peak_total_cores as i64,
-            ])?;
-        }
-    }
-    let mut lines = Vec::new();
-    {
-        let mut insert = conn.prepare_cached(
-            "INSERT INTO bill_lines (account_ref, day, seq, kind, hours, excess_core_hours, average_excess_cores,
-                                     cap_cores, billable_cores, amount, currency, issued_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-        )?;
-        let mut queue = conn.prepare_cached(
-            "INSERT INTO outbox (account_ref, day, seq, next_attempt_ms) VALUES (?1, ?2, ?3, ?4)",
-        )?;
-        for f in &figures {
-            let before = issued.get(&f.day).copied().unwrap_or_default();
-            if let Some(line) = next_line(&account.id, f, &before, currency, issued_at) {
-                insert.execute(crate::params![
-                    account.reference,
-                    line.day.to_string(),
-                    line.seq,
-                    line.kind.as_str(),
-                    line.hours,
-                    line.excess_core_hours as i64,
-                    line.average_excess_cores.to_string(),
-                    line.cap_cores,
-                    line.billable_cores.to_string(),
-                    line.amount.to_string(),
-                    line.currency,
-                    line.issued_at.timestamp_millis(),
-                ])?;
-                queue.execute((
-                    account.reference,
-                    line.day.to_string(),
-                    line.seq,
-                    issued_at.timestamp_millis(),
-                ))?;
-                if line.kind == LineKind::Daily && f.peak_shortfall_cores > 0 {
-                    // SPEC section 8: at most once a day, with the day's first bill.
-                    let details = serde_json::json!({
-                        "peak_shortfall_cores": f.peak_shortfall_cores,
-                        "peak_hour": f.peak_shortfall_at_ms.map(from_ms),
-                        "excess_core_hours": f.excess_core_hours,
-                        "amount": line.amount,
-                        "currency": line.currency,
-                    });
-                    super::notices::issue_notice(
-                        conn,
-                        account.reference,
-                        "pro",
-                        shared::lifecycle::NoticeKind::LicenceShort,
-                        f.day,
-                        &details,
-                        issued_at,
-                        channels,
-                    )?;
-                }
-                lines.push(line);
-            }
-        }
-    }
-    Ok(lines)
+    let mut compute = Some(compute);
+    super::bill_sets::bill_windows_in(
+        conn,
+        &[Window { account, window_ms }],
+        |_, samples| compute.take().map_or_else(Vec::new, |f| f(samples)),
+        currency,
+        issued_at,
+        channels,
+    )
 }
 
 /// The columns a bill line is read from, in the order [`line_row`] expects.
@@ -177,7 +81,7 @@ pub(super) fn parse_day(s: &str) -> Result<NaiveDate, StoreError> {
         .map_err(|e| corrupt(format!("stored day {s:?}: {e}")))
 }
 
-fn parse_decimal(s: &str) -> Result<Decimal, StoreError> {
+pub(super) fn parse_decimal(s: &str) -> Result<Decimal, StoreError> {
     Decimal::from_str(s).map_err(|e| corrupt(format!("stored decimal {s:?}: {e}")))
 }
 

@@ -3,6 +3,7 @@
 //! on open. A write is durable when the call returns.
 
 mod accounts;
+mod bill_sets;
 mod bills;
 mod clusters;
 mod connection;
@@ -40,6 +41,7 @@ use crate::config::{Database, NoticeChannels};
 use db::{Conn, DbError, Dialect, OptionalExtension};
 
 pub use accounts::Account;
+pub use bill_sets::{Terms, Window};
 pub use clusters::ClusterIdentity;
 pub use connection::{panic_message, Connection};
 pub use console::{AccountFacts, Backlog, CoreDay, NodeSeen};

@@ -94,6 +94,42 @@ pub(super) fn trial_of(conn: &Conn, account_ref: i64) -> Result<Option<Trial>, S
         .optional()?)
 }
 
+/// The trial of each account of `accounts` that had one. On PostgreSQL one
+/// statement for all of them.
+pub(super) fn trials_of_many(
+    conn: &Conn,
+    accounts: &[i64],
+) -> Result<Vec<(i64, Trial)>, StoreError> {
+    match conn.dialect() {
+        Dialect::Sqlite => {
+            let mut out = Vec::new();
+            for &account_ref in accounts {
+                if let Some(trial) = trial_of(conn, account_ref)? {
+                    out.push((account_ref, trial));
+                }
+            }
+            Ok(out)
+        }
+        Dialect::Postgres => {
+            let refs: Vec<Option<i64>> = accounts.iter().copied().map(Some).collect();
+            let rows = conn
+                .prepare_cached(
+                    "SELECT account_ref, start_ms, end_ms FROM trials WHERE account_ref = ANY(?1::BIGINT[])",
+                )?
+                .query_map([Value::Ints(&refs)], |r| {
+                    Ok((
+                        r.get(0)?,
+                        Trial {
+                            start: from_ms(r.get(1)?),
+                            end: from_ms(r.get(2)?),
+                        },
+                    ))
+                })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        }
+    }
+}
+
 pub(super) fn life_of(conn: &Conn, account_ref: i64) -> Result<Life, StoreError> {
     let from: Option<i64> = conn
         .prepare_cached("SELECT lifecycle_from_ms FROM accounts WHERE ref = ?1")?
@@ -242,10 +278,28 @@ impl Store {
     /// stopped periods and, when its data was deleted, everything before the
     /// deletion (a late sample must not come back after "your data was
     /// deleted"). Accounts with nothing refused are left out. On PostgreSQL
-    /// two statements for all of them.
+    /// one statement for all of them.
     pub(super) fn stopped_periods_of_many(
         conn: &Conn,
         accounts: &[i64],
+    ) -> Result<FxHashMap<i64, Vec<(i64, i64)>>, StoreError> {
+        Store::periods_of_many(conn, accounts, true)
+    }
+
+    /// The stopped periods of each account (`accounts`, ascending), as
+    /// [`Store::stopped_periods_of`] gives them; accounts without are left
+    /// out. On PostgreSQL one statement for all of them.
+    pub(super) fn stops_of_many(
+        conn: &Conn,
+        accounts: &[i64],
+    ) -> Result<FxHashMap<i64, Vec<(i64, i64)>>, StoreError> {
+        Store::periods_of_many(conn, accounts, false)
+    }
+
+    fn periods_of_many(
+        conn: &Conn,
+        accounts: &[i64],
+        with_deletions: bool,
     ) -> Result<FxHashMap<i64, Vec<(i64, i64)>>, StoreError> {
         let mut refused: FxHashMap<i64, Vec<(i64, i64)>> = FxHashMap::default();
         let mut deleted: Vec<(i64, i64)> = Vec::new();
@@ -256,6 +310,9 @@ impl Store {
                     if !periods.is_empty() {
                         refused.insert(account_ref, periods);
                     }
+                    if !with_deletions {
+                        continue;
+                    }
                     if let Some(before) = Store::data_deleted_before_of(conn, account_ref)? {
                         deleted.push((account_ref, before));
                     }
@@ -263,17 +320,22 @@ impl Store {
             }
             Dialect::Postgres => {
                 let refs: Vec<Option<i64>> = accounts.iter().copied().map(Some).collect();
-                let mut stmt = conn.prepare_cached(
-                    "SELECT a.ref, a.data_deleted_before_ms, s.state, s.at_ms, s.id
+                const STOPS: &str = "SELECT a.ref, a.data_deleted_before_ms, s.state, s.at_ms, s.id
                        FROM accounts a JOIN account_states s ON s.account_ref = a.ref
-                      WHERE a.ref = ANY(?1::BIGINT[])
-                      UNION ALL
-                     SELECT a.ref, a.data_deleted_before_ms, NULL, NULL, NULL
-                       FROM accounts a
-                      WHERE a.ref = ANY(?1::BIGINT[]) AND a.data_deleted_before_ms IS NOT NULL
-                      ORDER BY 1, 4 NULLS LAST, 5",
-                )?;
-                let mut rows = stmt.query([Value::Ints(&refs)])?;
+                      WHERE a.ref = ANY(?1::BIGINT[])";
+                let sql = if with_deletions {
+                    format!(
+                        "{STOPS}
+                          UNION ALL
+                         SELECT a.ref, a.data_deleted_before_ms, NULL, NULL, NULL
+                           FROM accounts a
+                          WHERE a.ref = ANY(?1::BIGINT[]) AND a.data_deleted_before_ms IS NOT NULL
+                          ORDER BY 1, 4 NULLS LAST, 5"
+                    )
+                } else {
+                    format!("{STOPS} ORDER BY 1, 4, 5")
+                };
+                let mut rows = conn.prepare_cached(&sql)?.query([Value::Ints(&refs)])?;
                 let mut current: Option<(i64, Periods)> = None;
                 while let Some(r) = rows.next()? {
                     let account_ref: i64 = r.get(0)?;

@@ -8,6 +8,7 @@ mod admin_token_file;
 mod billing;
 mod billing_interleavings;
 mod billing_replica_skew;
+mod billing_sets;
 mod console;
 mod disk_full;
 mod domains;

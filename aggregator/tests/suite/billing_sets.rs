@@ -1,0 +1,187 @@
+//! The billing run bills accounts a set at a time: their terms, samples and
+//! lines read and written together (`Billing::terms_of`, `bill_windows`).
+//! This test holds a run over many accounts of every kind, across several
+//! sets, to the rules themselves: each account's lines are what
+//! `shared::overage` gives over that account's own samples and terms.
+
+use crate::support;
+
+use aggregator::billing::run_billing;
+use aggregator::config::BillingConfig;
+use aggregator::store::{Durability, Incoming, Outcome};
+use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
+use rust_decimal::Decimal;
+use shared::overage::{overage_with, CapChange, Licence, NodeSample, Period};
+use shared::sample::AgeLimits;
+use shared::zone::Timeline;
+use std::collections::BTreeMap;
+
+/// A small deterministic generator, so that a failure replays.
+struct Dice(u64);
+
+impl Dice {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) % n
+    }
+}
+
+/// An account as the oracle sees it: its samples, licences, caps and unbilled periods.
+type Account = (Vec<NodeSample>, Vec<Licence>, Vec<CapChange>, Vec<Period>);
+
+#[test]
+fn a_run_over_many_accounts_bills_each_as_the_rules_give_for_its_own_samples_and_terms() {
+    const ACCOUNTS: usize = 150;
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = support::open_store(&dir.path().join("core-meter.sqlite"), Durability::Scratch)
+        .expect("open store");
+    let config = BillingConfig::default();
+    let zone = config.zone;
+    let first: NaiveDate = "2026-11-20".parse().unwrap();
+    let last: NaiveDate = "2026-11-22".parse().unwrap();
+    let created = zone.day_start(first) - TimeDelta::days(20);
+    let mut dice = Dice(23);
+    // Each account's samples and terms, as the oracle sees them.
+    let mut oracle: BTreeMap<String, Account> = BTreeMap::new();
+    for a in 0..ACCOUNTS {
+        let id = format!("acct-{:03}", (a * 7) % ACCOUNTS);
+        store.accounts().create_account(&id, created).unwrap();
+        let (mut licences, mut caps, mut unbilled) = (Vec::new(), Vec::new(), Vec::new());
+        // Some accounts licensed since long ago (a mark far back), some with
+        // a licence from within the days, some without.
+        match dice.below(3) {
+            0 => {
+                let l = Licence::new(
+                    1 + dice.below(200) as u32,
+                    created,
+                    created + TimeDelta::days(60),
+                )
+                .unwrap();
+                store.accounts().add_licence(&id, &l, created).unwrap();
+                licences.push(l);
+            }
+            1 => {
+                let start = zone.day_start(first) + TimeDelta::hours(30);
+                let l = Licence::new(
+                    1 + dice.below(100) as u32,
+                    start,
+                    start + TimeDelta::days(30),
+                )
+                .unwrap();
+                store.accounts().add_licence(&id, &l, created).unwrap();
+                licences.push(l);
+            }
+            _ => {}
+        }
+        if dice.below(3) == 0 {
+            let cores = 500 + dice.below(100) as u32;
+            store
+                .accounts()
+                .set_cap(&id, cores, created, created)
+                .unwrap();
+            caps.push(CapChange {
+                cores,
+                from: created,
+            });
+        }
+        if licences.is_empty() && dice.below(2) == 0 {
+            let trial = store
+                .accounts()
+                .start_trial(&id, &zone, zone.day_start(first) + TimeDelta::hours(5))
+                .unwrap();
+            unbilled.push((trial.start, trial.end));
+        }
+        let mut samples = Vec::new();
+        let nodes = 1 + dice.below(4);
+        for node in 0..nodes {
+            let name = format!("node-{node}");
+            let cores = [2, 4, 8, 16, 64][dice.below(5) as usize];
+            // Accounts whose samples start on the last two days are billed
+            // with their set; those with three days a chunk of days at a time.
+            let from = first + chrono::Days::new(dice.below(2));
+            let mut at = zone.day_start(from) + TimeDelta::minutes(dice.below(600) as i64);
+            let end = zone.day_start(last) + TimeDelta::hours(24 - dice.below(12) as i64);
+            while at < end {
+                let incoming = Incoming {
+                    account: &id,
+                    cluster: "prod",
+                    node: &name,
+                    cores: Some(cores),
+                    at: Some(at),
+                    seq: None,
+                    agent_version: Some("test"),
+                    received_at: at + TimeDelta::minutes(1),
+                };
+                let outcome = store
+                    .ingest()
+                    .insert(&[incoming], &AgeLimits::default())
+                    .unwrap();
+                assert_eq!(outcome, vec![Outcome::Accepted]);
+                samples.push(NodeSample {
+                    node,
+                    at_ms: at.timestamp_millis(),
+                    cores,
+                });
+                // Hourly, with now and then a gap longer than bridging reaches.
+                at += TimeDelta::minutes(if dice.below(12) == 0 { 300 } else { 60 });
+            }
+        }
+        oracle.insert(id, (samples, licences, caps, unbilled));
+    }
+    let run: DateTime<Utc> = zone.day_start(last) + TimeDelta::days(1) + TimeDelta::hours(2);
+    let lines = run_billing(&mut store, run, &config).unwrap();
+
+    let timeline = Timeline::new(&zone, first, last, config.rules.reach_hours());
+    let mut expected = Vec::new();
+    for (id, (samples, licences, caps, unbilled)) in &oracle {
+        for f in overage_with(
+            &zone,
+            &timeline,
+            samples,
+            licences,
+            caps,
+            unbilled,
+            &config.rules,
+        ) {
+            if f.sampled {
+                expected.push((id.clone(), f.day, f.hours, f.excess_core_hours, f.amount));
+            }
+        }
+    }
+    let got: Vec<(String, NaiveDate, u32, u64, Decimal)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l.account.clone(),
+                l.day,
+                l.hours,
+                l.excess_core_hours,
+                l.amount,
+            )
+        })
+        .collect();
+    assert_eq!(got, expected, "each account billed as the rules give");
+    assert!(
+        expected.iter().filter(|e| !e.4.is_zero()).count() > ACCOUNTS / 2,
+        "many lines with an amount were compared"
+    );
+    // And what was written is what was returned.
+    let stored = store.reads().bill_lines(None, None).unwrap();
+    let mut stored: Vec<_> = stored
+        .iter()
+        .map(|l| {
+            (
+                l.account.clone(),
+                l.day,
+                l.hours,
+                l.excess_core_hours,
+                l.amount,
+            )
+        })
+        .collect();
+    stored.sort();
+    assert_eq!(stored, got);
+}
