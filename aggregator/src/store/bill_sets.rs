@@ -15,7 +15,8 @@ use shared::overage::{CapChange, DayFigures, Licence, NodeSample, Period};
 
 use super::accounts::{caps_of, licences_of};
 use super::bills::{parse_day, parse_decimal};
-use super::db::{Conn, Dialect, Value};
+use super::db::{texts, Conn, Dialect, Value};
+use super::notices::{issue_notices, NewNotice};
 use super::{from_ms, Account, Billing, Store, StoreError};
 use crate::config::NoticeChannels;
 
@@ -229,27 +230,27 @@ pub(super) fn bill_windows_in(
     }
     write_usage(conn, &usage)?;
     write_lines(conn, &lines, issued_at)?;
-    for (account_ref, f, at) in short {
-        // SPEC section 8: at most once a day, with the day's first bill.
-        let line = &lines[at].1;
-        let details = serde_json::json!({
-            "peak_shortfall_cores": f.peak_shortfall_cores,
-            "peak_hour": f.peak_shortfall_at_ms.map(from_ms),
-            "excess_core_hours": f.excess_core_hours,
-            "amount": line.amount,
-            "currency": line.currency,
-        });
-        super::notices::issue_notice(
-            conn,
-            account_ref,
-            "pro",
-            shared::lifecycle::NoticeKind::LicenceShort,
-            f.day,
-            &details,
-            issued_at,
-            channels,
-        )?;
-    }
+    // SPEC section 8: at most once a day, with the day's first bill.
+    let notices: Vec<NewNotice<'_>> = short
+        .into_iter()
+        .map(|(account_ref, f, at)| {
+            let line = &lines[at].1;
+            NewNotice {
+                account_ref,
+                product: "pro",
+                kind: shared::lifecycle::NoticeKind::LicenceShort,
+                day: f.day,
+                details: serde_json::json!({
+                    "peak_shortfall_cores": f.peak_shortfall_cores,
+                    "peak_hour": f.peak_shortfall_at_ms.map(from_ms),
+                    "excess_core_hours": f.excess_core_hours,
+                    "amount": line.amount,
+                    "currency": line.currency,
+                }),
+            }
+        })
+        .collect();
+    issue_notices(conn, &notices, issued_at, channels)?;
     Ok(lines.into_iter().map(|(_, line)| line).collect())
 }
 
@@ -517,8 +518,4 @@ fn write_lines(
         }
     }
     Ok(())
-}
-
-fn texts(v: &[String]) -> Vec<Option<&str>> {
-    v.iter().map(|s| Some(s.as_str())).collect()
 }

@@ -169,6 +169,11 @@ pub enum Value<'a> {
     Texts(&'a [Option<&'a str>]),
 }
 
+/// `strings` as a [`Value::Texts`] array takes them.
+pub fn texts(strings: &[String]) -> Vec<Option<&str>> {
+    strings.iter().map(|s| Some(s.as_str())).collect()
+}
+
 /// What can be bound to a placeholder.
 pub trait ToParam {
     fn to_param(&self) -> Value<'_>;

@@ -6,7 +6,9 @@ use serde::Serialize;
 use serde_json::Value;
 use shared::lifecycle::{NoticeKind, Product};
 
-use super::db::{Conn, OptionalExtension};
+use std::collections::HashMap;
+
+use super::db::{texts, Conn, Dialect, OptionalExtension, Value as Param};
 use super::pages::{one_more, Listed};
 use super::Accounts;
 use super::{from_ms, StoreError};
@@ -53,6 +55,49 @@ pub struct Notice {
     pub deliveries: Vec<NoticeDelivery>,
 }
 
+/// A contact as notices read it: id, name, role, email, SMS number.
+type ContactRow = (i64, String, String, Option<String>, Option<String>);
+
+/// The contacts a notice of an account goes to: its own, or a sub-account
+/// without contacts its main account's; `?1` is the account.
+const CONTACTS_OF: &str = "SELECT id, name, role, email, sms FROM contacts
+      WHERE account_ref = CASE WHEN EXISTS (SELECT 1 FROM contacts WHERE account_ref = ?1) THEN ?1
+                               ELSE coalesce((SELECT parent_ref FROM accounts WHERE ref = ?1), ?1) END
+      ORDER BY id";
+
+/// The addresses a notice of `kind` goes to, of `contacts` in their order.
+fn recipients(contacts: &[ContactRow], kind: NoticeKind) -> Vec<Recipient> {
+    let roles: Vec<&str> = kind.roles().iter().map(|r| r.as_str()).collect();
+    let mut out = Vec::new();
+    for (contact, name, role, email, sms) in contacts {
+        if !roles.contains(&role.as_str()) {
+            continue;
+        }
+        for (channel, address) in [("email", email), ("sms", sms)] {
+            if let Some(address) = address {
+                out.push(Recipient {
+                    contact: *contact,
+                    name: name.clone(),
+                    role: role.clone(),
+                    channel: channel.to_string(),
+                    address: address.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
+fn contact_row(r: &super::db::Row<'_>, at: usize) -> Result<ContactRow, super::db::DbError> {
+    Ok((
+        r.get(at)?,
+        r.get(at + 1)?,
+        r.get(at + 2)?,
+        r.get(at + 3)?,
+        r.get(at + 4)?,
+    ))
+}
+
 /// Issues a notice of `kind` about `day` to the contacts whose role it goes
 /// to (a sub-account without contacts: its main account's), unless one of that kind was already issued to the account for that
 /// day. Returns its id when issued.
@@ -67,39 +112,11 @@ pub(super) fn issue_notice(
     now: DateTime<Utc>,
     channels: NoticeChannels,
 ) -> Result<Option<i64>, StoreError> {
-    let roles: Vec<&str> = kind.roles().iter().map(|r| r.as_str()).collect();
-    let mut recipients = Vec::new();
-    {
-        // A sub-account without contacts of its own reaches its main account's.
-        let mut stmt = tx.prepare_cached(
-            "SELECT id, name, role, email, sms FROM contacts
-              WHERE account_ref = CASE WHEN EXISTS (SELECT 1 FROM contacts WHERE account_ref = ?1) THEN ?1
-                                       ELSE coalesce((SELECT parent_ref FROM accounts WHERE ref = ?1), ?1) END
-              ORDER BY id",
-        )?;
-        let mut rows = stmt.query([account_ref])?;
-        while let Some(r) = rows.next()? {
-            let role: String = r.get(2)?;
-            if !roles.contains(&role.as_str()) {
-                continue;
-            }
-            let (contact, name): (i64, String) = (r.get(0)?, r.get(1)?);
-            for (channel, address) in [
-                ("email", r.get::<_, Option<String>>(3)?),
-                ("sms", r.get(4)?),
-            ] {
-                if let Some(address) = address {
-                    recipients.push(Recipient {
-                        contact,
-                        name: name.clone(),
-                        role: role.clone(),
-                        channel: channel.to_string(),
-                        address,
-                    });
-                }
-            }
-        }
-    }
+    let contacts: Vec<ContactRow> = tx
+        .prepare_cached(CONTACTS_OF)?
+        .query_map([account_ref], |r| contact_row(r, 0))?
+        .collect::<Result<_, _>>()?;
+    let recipients = recipients(&contacts, kind);
     let inserted: Option<i64> = tx
         .query_row(
             "INSERT INTO notices (account_ref, kind, day, issued_at_ms, recipients, details, product)
@@ -122,15 +139,154 @@ pub(super) fn issue_notice(
     let mut queue = tx.prepare_cached(
         "INSERT INTO notice_deliveries (notice_id, channel, address, next_attempt_ms) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
     )?;
+    for (channel, address) in deliveries(&recipients, channels) {
+        queue.execute((id, channel, address, now.timestamp_millis()))?;
+    }
+    Ok(Some(id))
+}
+
+/// The channels and addresses a notice with `recipients` is delivered to.
+fn deliveries(recipients: &[Recipient], channels: NoticeChannels) -> Vec<(&'static str, &str)> {
+    let mut out = Vec::new();
     if channels.webhook {
-        queue.execute((id, "webhook", "", now.timestamp_millis()))?;
+        out.push(("webhook", ""));
     }
     if channels.email {
         for r in recipients.iter().filter(|r| r.channel == "email") {
-            queue.execute((id, "email", &r.address, now.timestamp_millis()))?;
+            out.push(("email", r.address.as_str()));
         }
     }
-    Ok(Some(id))
+    out
+}
+
+/// A notice to issue; see [`issue_notice`].
+pub(super) struct NewNotice<'a> {
+    pub account_ref: i64,
+    pub product: &'a str,
+    pub kind: NoticeKind,
+    pub day: NaiveDate,
+    pub details: Value,
+}
+
+/// Issues `notices` as [`issue_notice`] issues each, in their order; on
+/// PostgreSQL in three statements for all of them. Returns each one's id
+/// when issued.
+pub(super) fn issue_notices(
+    tx: &Conn,
+    notices: &[NewNotice<'_>],
+    now: DateTime<Utc>,
+    channels: NoticeChannels,
+) -> Result<Vec<Option<i64>>, StoreError> {
+    if tx.dialect() == Dialect::Sqlite || notices.is_empty() {
+        return notices
+            .iter()
+            .map(|n| {
+                issue_notice(
+                    tx,
+                    n.account_ref,
+                    n.product,
+                    n.kind,
+                    n.day,
+                    &n.details,
+                    now,
+                    channels,
+                )
+            })
+            .collect();
+    }
+    let mut accounts: Vec<i64> = notices.iter().map(|n| n.account_ref).collect();
+    accounts.sort_unstable();
+    accounts.dedup();
+    let array: Vec<Option<i64>> = accounts.iter().copied().map(Some).collect();
+    let mut contacts: HashMap<i64, Vec<ContactRow>> = HashMap::new();
+    let mut rows = tx
+        .prepare_cached(&format!(
+            "SELECT a, c.* FROM unnest(?1::BIGINT[]) AS a CROSS JOIN LATERAL ({}) AS c",
+            CONTACTS_OF.replace("?1", "a")
+        ))?
+        .query([Param::Ints(&array)])?;
+    while let Some(r) = rows.next()? {
+        contacts
+            .entry(r.get(0)?)
+            .or_default()
+            .push(contact_row(&r, 1)?);
+    }
+    let recipients: Vec<Vec<Recipient>> = notices
+        .iter()
+        .map(|n| {
+            recipients(
+                contacts.get(&n.account_ref).map_or(&[], Vec::as_slice),
+                n.kind,
+            )
+        })
+        .collect();
+    let refs: Vec<Option<i64>> = notices.iter().map(|n| Some(n.account_ref)).collect();
+    let kinds: Vec<Option<&str>> = notices.iter().map(|n| Some(n.kind.as_str())).collect();
+    let days: Vec<String> = notices.iter().map(|n| n.day.to_string()).collect();
+    let lists: Vec<String> = recipients
+        .iter()
+        .map(|r| serde_json::to_string(r).expect("recipients serialize"))
+        .collect();
+    let details: Vec<String> = notices.iter().map(|n| n.details.to_string()).collect();
+    let products: Vec<Option<&str>> = notices.iter().map(|n| Some(n.product)).collect();
+    let (days, lists, details) = (texts(&days), texts(&lists), texts(&details));
+    let mut ids: Vec<Option<i64>> = vec![None; notices.len()];
+    let mut rows = tx
+        .prepare_cached(
+            "INSERT INTO notices (account_ref, kind, day, issued_at_ms, recipients, details, product)
+             SELECT r, k, d, ?4, l, t, p FROM unnest(?1::BIGINT[], ?2::TEXT[], ?3::TEXT[], ?5::TEXT[], ?6::TEXT[], ?7::TEXT[])
+                                        WITH ORDINALITY AS n(r, k, d, l, t, p, i)
+              ORDER BY i
+             ON CONFLICT (account_ref, product, kind, day) DO NOTHING RETURNING id, account_ref, product, kind, day",
+        )?
+        .query((
+            Param::Ints(&refs),
+            Param::Texts(&kinds),
+            Param::Texts(&days),
+            now.timestamp_millis(),
+            Param::Texts(&lists),
+            Param::Texts(&details),
+            Param::Texts(&products),
+        ))?;
+    // The first notice with a key is the one inserted.
+    let mut first: HashMap<(i64, &str, &str, &str), usize> = HashMap::new();
+    for (at, n) in notices.iter().enumerate() {
+        let day = days[at].expect("every day");
+        first
+            .entry((n.account_ref, n.product, n.kind.as_str(), day))
+            .or_insert(at);
+    }
+    while let Some(r) = rows.next()? {
+        let (id, account_ref, product, kind, day): (i64, i64, String, String, String) =
+            (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
+        if let Some(&at) = first.get(&(account_ref, product.as_str(), kind.as_str(), day.as_str()))
+        {
+            ids[at] = Some(id);
+        }
+    }
+    let (mut notice_ids, mut channel_names, mut addresses) = (Vec::new(), Vec::new(), Vec::new());
+    for (id, recipients) in ids.iter().zip(&recipients) {
+        let Some(id) = id else { continue };
+        for (channel, address) in deliveries(recipients, channels) {
+            notice_ids.push(Some(*id));
+            channel_names.push(Some(channel));
+            addresses.push(Some(address));
+        }
+    }
+    if !notice_ids.is_empty() {
+        tx.prepare_cached(
+            "INSERT INTO notice_deliveries (notice_id, channel, address, next_attempt_ms)
+             SELECT n, c, a, ?4 FROM unnest(?1::BIGINT[], ?2::TEXT[], ?3::TEXT[]) AS d(n, c, a)
+             ON CONFLICT DO NOTHING",
+        )?
+        .execute((
+            Param::Ints(&notice_ids),
+            Param::Texts(&channel_names),
+            Param::Texts(&addresses),
+            now.timestamp_millis(),
+        ))?;
+    }
+    Ok(ids)
 }
 
 /// The columns `notice_row` reads, in its order.

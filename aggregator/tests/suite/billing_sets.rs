@@ -7,10 +7,11 @@
 use crate::support;
 
 use aggregator::billing::run_billing;
-use aggregator::config::BillingConfig;
-use aggregator::store::{Durability, Incoming, Outcome};
+use aggregator::config::{BillingConfig, NoticeChannels};
+use aggregator::store::{Durability, Incoming, NewContact, Outcome};
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use rust_decimal::Decimal;
+use shared::lifecycle::ContactRole;
 use shared::overage::{overage_with, CapChange, Licence, NodeSample, Period};
 use shared::sample::AgeLimits;
 use shared::zone::Timeline;
@@ -38,6 +39,10 @@ fn a_run_over_many_accounts_bills_each_as_the_rules_give_for_its_own_samples_and
     let dir = tempfile::tempdir().unwrap();
     let mut store = support::open_store(&dir.path().join("core-meter.sqlite"), Durability::Scratch)
         .expect("open store");
+    store.set_notice_channels(NoticeChannels {
+        webhook: true,
+        email: true,
+    });
     let config = BillingConfig::default();
     let zone = config.zone;
     let first: NaiveDate = "2026-11-20".parse().unwrap();
@@ -46,9 +51,24 @@ fn a_run_over_many_accounts_bills_each_as_the_rules_give_for_its_own_samples_and
     let mut dice = Dice(23);
     // Each account's samples and terms, as the oracle sees them.
     let mut oracle: BTreeMap<String, Account> = BTreeMap::new();
+    // Each account and how many addresses its notices go to.
+    let mut with_contact: BTreeMap<String, usize> = BTreeMap::new();
     for a in 0..ACCOUNTS {
         let id = format!("acct-{:03}", (a * 7) % ACCOUNTS);
         store.accounts().create_account(&id, created).unwrap();
+        with_contact.insert(id.clone(), usize::from(a % 2 == 0));
+        if a % 2 == 0 {
+            let contact = NewContact {
+                name: "Billing".into(),
+                role: ContactRole::Creator,
+                email: Some(format!("billing@{id}.example")),
+                sms: None,
+            };
+            store
+                .accounts()
+                .add_contact(&id, &contact, created)
+                .unwrap();
+        }
         let (mut licences, mut caps, mut unbilled) = (Vec::new(), Vec::new(), Vec::new());
         // Some accounts licensed since long ago (a mark far back), some with
         // a licence from within the days, some without.
@@ -135,7 +155,7 @@ fn a_run_over_many_accounts_bills_each_as_the_rules_give_for_its_own_samples_and
     let lines = run_billing(&mut store, run, &config).unwrap();
 
     let timeline = Timeline::new(&zone, first, last, config.rules.reach_hours());
-    let mut expected = Vec::new();
+    let (mut expected, mut short) = (Vec::new(), Vec::new());
     for (id, (samples, licences, caps, unbilled)) in &oracle {
         for f in overage_with(
             &zone,
@@ -148,6 +168,9 @@ fn a_run_over_many_accounts_bills_each_as_the_rules_give_for_its_own_samples_and
         ) {
             if f.sampled {
                 expected.push((id.clone(), f.day, f.hours, f.excess_core_hours, f.amount));
+                if f.peak_shortfall_cores > 0 {
+                    short.push((id.clone(), f.day, f.peak_shortfall_cores));
+                }
             }
         }
     }
@@ -184,4 +207,23 @@ fn a_run_over_many_accounts_bills_each_as_the_rules_give_for_its_own_samples_and
         .collect();
     stored.sort();
     assert_eq!(stored, got);
+    // A day short of licensed cores brings one notice with its first line,
+    // to the account's contacts.
+    let mut notices = Vec::new();
+    for (id, contacts) in &with_contact {
+        for n in store.accounts().notices(id, 100).unwrap() {
+            assert_eq!(n.kind, "licence_short", "{id}: only notices of short days");
+            assert_eq!(n.recipients.len(), *contacts, "{id}: {:?}", n.recipients);
+            assert_eq!(
+                n.deliveries.len(),
+                1 + contacts,
+                "{id}: the webhook and each email"
+            );
+            let peak = n.details["peak_shortfall_cores"].as_u64().unwrap();
+            notices.push((id.clone(), n.day, peak));
+        }
+    }
+    notices.sort();
+    assert!(short.len() > 10, "only {} short days", short.len());
+    assert_eq!(notices, short);
 }
