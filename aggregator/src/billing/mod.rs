@@ -11,14 +11,15 @@ use shared::overage::{overage_with, NodeSample};
 use shared::zone::{next_day, Timeline};
 
 use crate::config::BillingConfig;
+use crate::store::db::Dialect;
 use crate::store::{Account, Store, StoreError, Terms, Window};
 
 /// The most days one account's samples are loaded for at once.
 const CHUNK_DAYS: u64 = 7;
 
-/// Accounts billed together: on PostgreSQL their terms, samples and lines
+/// Accounts billed together on PostgreSQL: their terms, samples and lines
 /// are read, and their lines written, in one statement per table.
-const SET_SIZE: usize = 64;
+const SET_SIZE: usize = 8;
 
 /// Accounts with fewer days than this due are billed with their set; the
 /// others (after an outage, or a change to days long billed) a chunk of
@@ -57,6 +58,11 @@ pub fn run_billing(
     store.billing().fold_recompute_marks()?;
     let accounts = store.accounts().all()?;
     let mut accounts = accounts.iter().peekable();
+    // SQLite answers in the process: a set would only hold more samples at once.
+    let set_size = match store.dialect() {
+        Dialect::Sqlite => 1,
+        Dialect::Postgres => SET_SIZE,
+    };
     while accounts.peek().is_some() {
         // Accounts are billed in batches, one commit each: a commit of the
         // durable store waits for the disk, and a commit per account made that
@@ -66,7 +72,7 @@ pub fn run_billing(
             // Timed from when the lock is held, so a batch bills at least one set.
             let batch_started = Instant::now();
             while batch_started.elapsed() < BATCH_HOLD {
-                let set: Vec<&Account> = accounts.by_ref().take(SET_SIZE).collect();
+                let set: Vec<&Account> = accounts.by_ref().take(set_size).collect();
                 if set.is_empty() {
                     break;
                 }

@@ -267,24 +267,25 @@ fn samples_of(conn: &Conn, windows: &[Window<'_>]) -> Result<Vec<Vec<NodeSample>
             let from: Vec<Option<i64>> = windows.iter().map(|w| Some(w.window_ms.0)).collect();
             let to: Vec<Option<i64>> = windows.iter().map(|w| Some(w.window_ms.1)).collect();
             let mut out: Vec<Vec<NodeSample>> = windows.iter().map(|_| Vec::new()).collect();
-            let mut rows = conn
-                .prepare_cached(
-                    // A lateral scan of each account's range, whatever plan
-                    // a kept statement was given when the table was small.
-                    "SELECT w.i, s.node_id, s.at_ms, s.cores
-                       FROM unnest(?1::BIGINT[], ?2::BIGINT[], ?3::BIGINT[]) WITH ORDINALITY AS w(ref, from_ms, to_ms, i)
-                      CROSS JOIN LATERAL (SELECT node_id, at_ms, cores FROM samples
-                                           WHERE account_ref = w.ref AND at_ms >= w.from_ms AND at_ms < w.to_ms) AS s",
-                )?
-                .query((Value::Ints(&refs), Value::Ints(&from), Value::Ints(&to)))?;
-            while let Some(r) = rows.next()? {
-                let i: i64 = r.get(0)?;
-                out[i as usize - 1].push(NodeSample {
-                    node: r.get::<_, i64>(1)? as u64,
-                    at_ms: r.get(2)?,
-                    cores: r.get(3)?,
-                });
-            }
+            // Streamed: a set's samples are many, and held once, as samples.
+            conn.for_each(
+                // A lateral scan of each account's range, whatever plan
+                // a kept statement was given when the table was small.
+                "SELECT w.i, s.node_id, s.at_ms, s.cores
+                   FROM unnest(?1::BIGINT[], ?2::BIGINT[], ?3::BIGINT[]) WITH ORDINALITY AS w(ref, from_ms, to_ms, i)
+                  CROSS JOIN LATERAL (SELECT node_id, at_ms, cores FROM samples
+                                       WHERE account_ref = w.ref AND at_ms >= w.from_ms AND at_ms < w.to_ms) AS s",
+                (Value::Ints(&refs), Value::Ints(&from), Value::Ints(&to)),
+                |r| {
+                    let i: i64 = r.get(0)?;
+                    out[i as usize - 1].push(NodeSample {
+                        node: r.get::<_, i64>(1)? as u64,
+                        at_ms: r.get(2)?,
+                        cores: r.get(3)?,
+                    });
+                    Ok(())
+                },
+            )?;
             Ok(out)
         }
     }
