@@ -41,21 +41,30 @@ pub fn run_lifecycle(
     let mut changed = Vec::new();
     for batch in store.accounts().all_as_created()?.chunks(QUIET_BATCH) {
         let mut pending: Vec<&Account> = batch.iter().collect();
+        // Cleared when the batch's facts cannot be read: its accounts are
+        // then stepped on their own, each step finding and reporting what
+        // could not be read.
+        let mut quiet_runs = true;
         while !pending.is_empty() {
-            let loud = store.billing().in_write_batch(|store| {
-                let quiet = store
-                    .billing()
-                    .in_savepoint(|store| store.billing().step_quiet_runs(&pending, last, zone));
-                match quiet {
-                    Ok(loud) => Ok(loud),
-                    Err(e) if e.unwritable().is_some() => Err(e),
-                    // Each account's own step finds and reports what could not be read.
-                    Err(e) => {
-                        tracing::warn!(error = %e, "the quiet runs of a batch of accounts could not be read; stepping each on its own");
-                        Ok((0..pending.len()).map(|i| (i, None)).collect())
+            let all_loud = || (0..pending.len()).map(|i| (i, None)).collect();
+            let loud = if quiet_runs {
+                store.billing().in_write_batch(|store| {
+                    let quiet = store.billing().in_savepoint(|store| {
+                        store.billing().step_quiet_runs(&pending, last, zone)
+                    });
+                    match quiet {
+                        Ok(loud) => Ok(loud),
+                        Err(e) if e.unwritable().is_some() => Err(e),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the quiet runs of a batch of accounts could not be read; stepping each on its own");
+                            quiet_runs = false;
+                            Ok(all_loud())
+                        }
                     }
-                }
-            })?;
+                })?
+            } else {
+                all_loud()
+            };
             let mut loud = loud
                 .into_iter()
                 .map(|(i, day)| (pending[i], day))
@@ -105,8 +114,16 @@ pub fn run_lifecycle(
             pending = next;
         }
     }
-    // Stable: each account's steps stay in the order of their runs.
-    changed.sort_by(|a, b| a.account.cmp(&b.account));
+    // In the order of the accounts' ids as the database sorts them; stable,
+    // so each account's steps stay in the order of their runs.
+    let position: std::collections::HashMap<String, usize> = store
+        .accounts()
+        .all()?
+        .into_iter()
+        .enumerate()
+        .map(|(i, a)| (a.id, i))
+        .collect();
+    changed.sort_by_key(|c| position.get(&c.account).copied());
     Ok(changed)
 }
 

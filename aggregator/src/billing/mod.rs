@@ -21,9 +21,10 @@ const CHUNK_DAYS: u64 = 7;
 /// are read, and their lines written, in one statement per table.
 const SET_SIZE: usize = 8;
 
-/// Accounts with fewer days than this due are billed with their set; the
-/// others (after an outage, or a change to days long billed) a chunk of
-/// days at a time, so that no set holds many days of samples at once.
+/// Accounts whose due days span fewer days than this (`last - first`, so
+/// at most two days) are billed with their set; the others (after an
+/// outage, or a change to days long billed) a chunk of days at a time, so
+/// that no set holds many days of samples at once.
 const SET_DAYS: i64 = 2;
 
 /// How long one batch of accounts may hold the write lock before it commits
@@ -56,8 +57,8 @@ pub fn run_billing(
     let mut issued = Vec::new();
     // Marks a replica's ingest left as rows count from this run on.
     store.billing().fold_recompute_marks()?;
-    let accounts = store.accounts().all()?;
-    let mut accounts = accounts.iter().peekable();
+    let accounts_listed = store.accounts().all()?;
+    let mut accounts = accounts_listed.iter().peekable();
     // SQLite answers in the process: a set would only hold more samples at once.
     let set_size = match store.dialect() {
         Dialect::Sqlite => 1,
@@ -82,8 +83,14 @@ pub fn run_billing(
         })?;
     }
     store.billing().finish_billing_run(now)?;
-    // Stable: each account's lines stay in the order of their days.
-    issued.sort_by(|a, b| a.account.cmp(&b.account));
+    // In the order of the accounts as listed; stable, so each account's
+    // lines stay in the order of their days.
+    let position: std::collections::HashMap<&str, usize> = accounts_listed
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (a.id.as_str(), i))
+        .collect();
+    issued.sort_by_key(|l| position.get(l.account.as_str()).copied());
     Ok(issued)
 }
 

@@ -36,8 +36,7 @@ pub struct Window<'a> {
 }
 
 impl Billing<'_> {
-    /// The terms of each of `accounts` (ascending by reference), in their
-    /// order.
+    /// The terms of each of `accounts`, in their order.
     pub fn terms_of(&self, accounts: &[&Account]) -> Result<Vec<Terms>, StoreError> {
         let conn = &self.0.conn;
         let refs: Vec<i64> = accounts.iter().map(|a| a.reference).collect();
@@ -164,7 +163,8 @@ impl Billing<'_> {
         Ok(())
     }
 
-    /// Bills several accounts' windows inside the caller's write batch; see
+    /// Bills several accounts' windows inside the caller's write batch
+    /// ([`Billing::in_write_batch`]), or in a transaction of its own; see
     /// [`bill_windows_in`].
     pub fn bill_windows(
         &mut self,
@@ -173,14 +173,21 @@ impl Billing<'_> {
         currency: &str,
         issued_at: DateTime<Utc>,
     ) -> Result<Vec<BillLine>, StoreError> {
-        bill_windows_in(
-            &self.0.conn,
-            windows,
-            compute,
-            currency,
-            issued_at,
-            self.0.notice_channels,
-        )
+        let channels = self.0.notice_channels;
+        if !self.0.conn.is_autocommit() {
+            return bill_windows_in(
+                &self.0.conn,
+                windows,
+                compute,
+                currency,
+                issued_at,
+                channels,
+            );
+        }
+        let tx = self.0.conn.transaction()?;
+        let lines = bill_windows_in(&tx, windows, compute, currency, issued_at, channels)?;
+        tx.commit()?;
+        Ok(lines)
     }
 }
 

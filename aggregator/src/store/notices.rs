@@ -201,7 +201,7 @@ pub(super) fn issue_notices(
     let mut contacts: HashMap<i64, Vec<ContactRow>> = HashMap::new();
     let mut rows = tx
         .prepare_cached(&format!(
-            "SELECT a, c.* FROM unnest(?1::BIGINT[]) AS a CROSS JOIN LATERAL ({}) AS c",
+            "SELECT a, c.* FROM unnest(?1::BIGINT[]) AS a CROSS JOIN LATERAL ({}) AS c ORDER BY a, c.id",
             CONTACTS_OF.replace("?1", "a")
         ))?
         .query([Param::Ints(&array)])?;

@@ -286,7 +286,7 @@ impl Store {
         Store::periods_of_many(conn, accounts, true)
     }
 
-    /// The stopped periods of each account (`accounts`, ascending), as
+    /// The stopped periods of each account of `accounts`, as
     /// [`Store::stopped_periods_of`] gives them; accounts without are left
     /// out. On PostgreSQL one statement for all of them.
     pub(super) fn stops_of_many(

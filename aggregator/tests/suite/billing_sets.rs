@@ -114,6 +114,17 @@ fn a_run_over_many_accounts_bills_each_as_the_rules_give_for_its_own_samples_and
                 .unwrap();
             unbilled.push((trial.start, trial.end));
         }
+        // Some accounts stopped for a few hours: those hours unbilled and
+        // their samples refused.
+        if dice.below(5) == 0 {
+            let from = zone.day_start(last) + TimeDelta::hours(dice.below(12) as i64);
+            let to = from + TimeDelta::hours(1 + dice.below(6) as i64);
+            store
+                .billing()
+                .replay_life(&id, None, &[(from, Some(to))], created)
+                .unwrap();
+            unbilled.push((from, to));
+        }
         let mut samples = Vec::new();
         let nodes = 1 + dice.below(4);
         for node in 0..nodes {
@@ -139,12 +150,13 @@ fn a_run_over_many_accounts_bills_each_as_the_rules_give_for_its_own_samples_and
                     .ingest()
                     .insert(&[incoming], &AgeLimits::default())
                     .unwrap();
-                assert_eq!(outcome, vec![Outcome::Accepted]);
-                samples.push(NodeSample {
-                    node,
-                    at_ms: at.timestamp_millis(),
-                    cores,
-                });
+                if outcome == vec![Outcome::Accepted] {
+                    samples.push(NodeSample {
+                        node,
+                        at_ms: at.timestamp_millis(),
+                        cores,
+                    });
+                }
                 // Hourly, with now and then a gap longer than bridging reaches.
                 at += TimeDelta::minutes(if dice.below(12) == 0 { 300 } else { 60 });
             }
@@ -226,4 +238,72 @@ fn a_run_over_many_accounts_bills_each_as_the_rules_give_for_its_own_samples_and
     notices.sort();
     assert!(short.len() > 10, "only {} short days", short.len());
     assert_eq!(notices, short);
+
+    // Late samples of the last day, for a third of the accounts: the next
+    // run adjusts those days, so that each day's lines add up to what the
+    // rules give over all its samples.
+    let late_run = run + TimeDelta::days(1);
+    for (a, (id, account)) in oracle.iter_mut().enumerate() {
+        if a % 3 != 0 {
+            continue;
+        }
+        let at = zone.day_start(last) + TimeDelta::hours(6) + TimeDelta::minutes(30);
+        let incoming = Incoming {
+            account: id,
+            cluster: "staging",
+            node: "late-node",
+            cores: Some(96),
+            at: Some(at),
+            seq: None,
+            agent_version: Some("test"),
+            received_at: run + TimeDelta::hours(3),
+        };
+        if store
+            .ingest()
+            .insert(&[incoming], &AgeLimits::default())
+            .unwrap()
+            == vec![Outcome::Accepted]
+        {
+            account.0.push(NodeSample {
+                node: 99,
+                at_ms: at.timestamp_millis(),
+                cores: 96,
+            });
+        }
+    }
+    let adjustments = run_billing(&mut store, late_run, &config).unwrap();
+    assert!(
+        adjustments.iter().filter(|l| l.seq > 1).count() > 10,
+        "days were adjusted: {adjustments:?}"
+    );
+    let mut totals: BTreeMap<(String, NaiveDate), Decimal> = BTreeMap::new();
+    for l in store.reads().bill_lines(None, None).unwrap() {
+        *totals.entry((l.account.clone(), l.day)).or_default() += l.amount;
+    }
+    let mut expected_totals = BTreeMap::new();
+    for (id, (samples, licences, caps, unbilled)) in &oracle {
+        let timeline = Timeline::new(&zone, first, last, config.rules.reach_hours());
+        for f in overage_with(
+            &zone,
+            &timeline,
+            samples,
+            licences,
+            caps,
+            unbilled,
+            &config.rules,
+        ) {
+            if f.sampled {
+                expected_totals.insert((id.clone(), f.day), f.amount);
+            }
+        }
+    }
+    assert_eq!(
+        totals, expected_totals,
+        "each day's lines add up to the rules' amount"
+    );
+    // A run with nothing new issues nothing.
+    assert_eq!(
+        run_billing(&mut store, late_run, &config).unwrap(),
+        Vec::new()
+    );
 }
