@@ -4,31 +4,19 @@
 //! sets, to the rules themselves: each account's lines are what
 //! `shared::overage` gives over that account's own samples and terms.
 
-use crate::support;
+use crate::support::{self, Dice};
 
 use aggregator::billing::run_billing;
 use aggregator::config::{BillingConfig, NoticeChannels};
 use aggregator::store::{Durability, Incoming, NewContact, Outcome};
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use rust_decimal::Decimal;
+use shared::bill::BillLine;
 use shared::lifecycle::ContactRole;
 use shared::overage::{overage_with, CapChange, Licence, NodeSample, Period};
 use shared::sample::AgeLimits;
 use shared::zone::Timeline;
 use std::collections::BTreeMap;
-
-/// A small deterministic generator, so that a failure replays.
-struct Dice(u64);
-
-impl Dice {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        (z ^ (z >> 31)) % n
-    }
-}
 
 /// An account as the oracle sees it: its samples, licences, caps and unbilled periods.
 type Account = (Vec<NodeSample>, Vec<Licence>, Vec<CapChange>, Vec<Period>);
@@ -186,18 +174,7 @@ fn a_run_over_many_accounts_bills_each_as_the_rules_give_for_its_own_samples_and
             }
         }
     }
-    let got: Vec<(String, NaiveDate, u32, u64, Decimal)> = lines
-        .iter()
-        .map(|l| {
-            (
-                l.account.clone(),
-                l.day,
-                l.hours,
-                l.excess_core_hours,
-                l.amount,
-            )
-        })
-        .collect();
+    let got: Vec<(String, NaiveDate, u32, u64, Decimal)> = lines.iter().map(figures_of).collect();
     assert_eq!(got, expected, "each account billed as the rules give");
     assert!(
         expected.iter().filter(|e| !e.4.is_zero()).count() > ACCOUNTS / 2,
@@ -205,18 +182,7 @@ fn a_run_over_many_accounts_bills_each_as_the_rules_give_for_its_own_samples_and
     );
     // And what was written is what was returned.
     let stored = store.reads().bill_lines(None, None).unwrap();
-    let mut stored: Vec<_> = stored
-        .iter()
-        .map(|l| {
-            (
-                l.account.clone(),
-                l.day,
-                l.hours,
-                l.excess_core_hours,
-                l.amount,
-            )
-        })
-        .collect();
+    let mut stored: Vec<_> = stored.iter().map(figures_of).collect();
     stored.sort();
     assert_eq!(stored, got);
     // A day short of licensed cores brings one notice with its first line,
@@ -306,4 +272,15 @@ fn a_run_over_many_accounts_bills_each_as_the_rules_give_for_its_own_samples_and
         run_billing(&mut store, late_run, &config).unwrap(),
         Vec::new()
     );
+}
+
+/// What a line says that the rules decide: account, day, hours, excess, amount.
+fn figures_of(l: &BillLine) -> (String, NaiveDate, u32, u64, Decimal) {
+    (
+        l.account.clone(),
+        l.day,
+        l.hours,
+        l.excess_core_hours,
+        l.amount,
+    )
 }

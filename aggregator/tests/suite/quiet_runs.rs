@@ -7,7 +7,7 @@
 //! with the same states, notices, orders, balances and log storage (all but
 //! the ids of the rows the runs insert, which take another order).
 
-use crate::support;
+use crate::support::{self, Dice};
 
 use aggregator::billing::lifecycle::run_lifecycle;
 use aggregator::config::{BillingConfig, NoticeChannels};
@@ -27,19 +27,6 @@ const OUTAGE: std::ops::Range<u64> = 41..46;
 
 fn price() -> Decimal {
     shared::lifecycle::default_price_per_core_month()
-}
-
-/// A small deterministic generator, so that a failure replays.
-struct Dice(u64);
-
-impl Dice {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        (z ^ (z >> 31)) % n
-    }
 }
 
 /// What is done to an account on a day, between two runs.
