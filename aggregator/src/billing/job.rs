@@ -206,11 +206,24 @@ pub async fn prune(state: &Arc<AppState>, batch_rows: usize) -> Result<Pruned, S
         state.config.retention_days,
         reach_hours,
     );
-    let targets = state
+    let now = state.clock.now();
+    let (targets, mut total) = state
         .store
-        .blocking(move |s| s.billing().plan_pruning(&horizon, &zone, reach_hours))
+        .blocking(move |s| {
+            let mut billing = s.billing();
+            billing.make_months_ahead(now)?;
+            let targets = billing.plan_pruning(&horizon, &zone, reach_hours)?;
+            let dropped = billing.drop_past_months(&targets)?;
+            Ok::<_, StoreError>((targets, dropped))
+        })
         .await?;
-    let mut total = Pruned::default();
+    state
+        .metrics
+        .retention_pruned_rows
+        .get_or_create(&TableLabels {
+            table: "samples".to_string(),
+        })
+        .inc_by(total.samples);
     for target in targets {
         loop {
             let batch = state
@@ -227,7 +240,7 @@ pub async fn prune(state: &Arc<AppState>, batch_rows: usize) -> Result<Pruned, S
                     })
                     .inc_by(rows);
             }
-            if batch.rows() < batch_rows as u64 {
+            if !batch.full {
                 break;
             }
         }

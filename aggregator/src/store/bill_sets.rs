@@ -112,26 +112,14 @@ impl Billing<'_> {
                 .map(|(account, from)| self.first_sample_at(account, *from))
                 .collect(),
             Dialect::Postgres => {
-                let mut out = vec![None; after.len()];
-                if after.is_empty() {
-                    return Ok(out);
-                }
-                let refs: Vec<Option<i64>> = after.iter().map(|a| Some(a.0.reference)).collect();
-                let from: Vec<Option<i64>> =
-                    after.iter().map(|a| Some(a.1.timestamp_millis())).collect();
-                let mut rows = self
-                    .0
-                    .conn
-                    .prepare_cached(
-                        "SELECT w.i, (SELECT min(at_ms) FROM samples WHERE account_ref = w.ref AND at_ms >= w.from_ms)
-                           FROM unnest(?1::BIGINT[], ?2::BIGINT[]) WITH ORDINALITY AS w(ref, from_ms, i)",
-                    )?
-                    .query((Value::Ints(&refs), Value::Ints(&from)))?;
-                while let Some(r) = rows.next()? {
-                    let i: i64 = r.get(0)?;
-                    out[i as usize - 1] = r.get::<_, Option<i64>>(1)?.map(from_ms);
-                }
-                Ok(out)
+                let after: Vec<(i64, i64)> = after
+                    .iter()
+                    .map(|(account, from)| (account.reference, from.timestamp_millis()))
+                    .collect();
+                Ok(super::samples::first_samples_after(&self.0.conn, &after)?
+                    .into_iter()
+                    .map(|ms| ms.map(from_ms))
+                    .collect())
             }
         }
     }
@@ -269,30 +257,13 @@ fn samples_of(conn: &Conn, windows: &[Window<'_>]) -> Result<Vec<Vec<NodeSample>
             .map(|w| super::samples::samples_in(conn, w.account.reference, w.window_ms))
             .collect(),
         Dialect::Postgres => {
-            let refs: Vec<Option<i64>> =
-                windows.iter().map(|w| Some(w.account.reference)).collect();
-            let from: Vec<Option<i64>> = windows.iter().map(|w| Some(w.window_ms.0)).collect();
-            let to: Vec<Option<i64>> = windows.iter().map(|w| Some(w.window_ms.1)).collect();
             let mut out: Vec<Vec<NodeSample>> = windows.iter().map(|_| Vec::new()).collect();
+            let of: Vec<(i64, (i64, i64))> = windows
+                .iter()
+                .map(|w| (w.account.reference, w.window_ms))
+                .collect();
             // Streamed: a set's samples are many, and held once, as samples.
-            conn.for_each(
-                // A lateral scan of each account's range, whatever plan
-                // a kept statement was given when the table was small.
-                "SELECT w.i, s.node_id, s.at_ms, s.cores
-                   FROM unnest(?1::BIGINT[], ?2::BIGINT[], ?3::BIGINT[]) WITH ORDINALITY AS w(ref, from_ms, to_ms, i)
-                  CROSS JOIN LATERAL (SELECT node_id, at_ms, cores FROM samples
-                                       WHERE account_ref = w.ref AND at_ms >= w.from_ms AND at_ms < w.to_ms) AS s",
-                (Value::Ints(&refs), Value::Ints(&from), Value::Ints(&to)),
-                |r| {
-                    let i: i64 = r.get(0)?;
-                    out[i as usize - 1].push(NodeSample {
-                        node: r.get::<_, i64>(1)? as u64,
-                        at_ms: r.get(2)?,
-                        cores: r.get(3)?,
-                    });
-                    Ok(())
-                },
-            )?;
+            super::samples::samples_of_windows(conn, &of, |i, sample| out[i].push(sample))?;
             Ok(out)
         }
     }

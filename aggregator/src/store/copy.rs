@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use shared::bill::BillLine;
 
-use super::db::{Conn, DbError, Dialect, Owned, ToParam};
+use super::db::{Conn, DbError, Dialect, Owned, ToParam, Value};
 use super::{Store, StoreError};
 
 /// A table: its name, its columns in copy order, and the column that orders
@@ -550,6 +550,11 @@ impl Store {
         let tx = target.conn.transaction()?;
         let mut rows = Vec::with_capacity(TABLES.len());
         for table in TABLES {
+            if table.name == "samples" && tx.dialect() == Dialect::Postgres {
+                // Filed by node and day: the target is empty, as checked.
+                rows.push((table.name, copy_samples_into_days(&self.conn, &tx)?));
+                continue;
+            }
             // The target's migration wrote the single-row tables' first rows.
             tx.execute(&format!("DELETE FROM {}", table.name), ())?;
             rows.push((table.name, copy_table(&self.conn, &tx, table)?));
@@ -657,6 +662,94 @@ fn copy_table(source: &Conn, target: &Conn, table: &Table) -> Result<u64, DbErro
         Ok(())
     })?;
     flush(&mut pending)?;
+    Ok(copied)
+}
+
+/// Samples a PostgreSQL target files into its node's rows of the day at a time.
+const SAMPLES_PER_APPEND: usize = 10_000;
+
+/// Streams the samples of `source` into a PostgreSQL `target`'s rows of a
+/// node and day (`sample_days`), with their ids, making the months'
+/// partitions as they come; then each node's highest seq.
+fn copy_samples_into_days(source: &Conn, target: &Conn) -> Result<u64, DbError> {
+    let mut columns: [Vec<Option<i64>>; 7] = Default::default();
+    let mut versions: Vec<Option<String>> = Vec::new();
+    let mut months: std::collections::BTreeSet<(i32, u32)> = Default::default();
+    let mut copied = 0u64;
+    let flush = |columns: &mut [Vec<Option<i64>>; 7], versions: &mut Vec<Option<String>>| {
+        if versions.is_empty() {
+            return Ok(());
+        }
+        let texts: Vec<Option<&str>> = versions.iter().map(|v| v.as_deref()).collect();
+        let [accounts, ats, nodes, ids, cores, received, seqs] = &*columns;
+        target.execute(
+            "INSERT INTO sample_days AS d (account_ref, day, node_id, at_offsets, ids, cores, received_at_ms, seqs, agent_versions)
+             SELECT a, day, n, array_agg((t - day::BIGINT * 86400000)::INT ORDER BY id), array_agg(id ORDER BY id),
+                    array_agg(c::SMALLINT ORDER BY id), array_agg(r ORDER BY id), array_agg(s ORDER BY id),
+                    array_agg(v ORDER BY id)
+               FROM (SELECT u.*, floor(t / 86400000.0)::INT AS day
+                       FROM unnest(?1::BIGINT[], ?2::BIGINT[], ?3::BIGINT[], ?4::BIGINT[], ?5::BIGINT[], ?6::BIGINT[], ?7::BIGINT[], ?8::TEXT[])
+                            AS u(a, t, n, id, c, r, s, v)) AS x
+              GROUP BY a, day, n
+             ON CONFLICT (account_ref, day, node_id) DO UPDATE SET
+                at_offsets = d.at_offsets || excluded.at_offsets,
+                ids = d.ids || excluded.ids,
+                cores = d.cores || excluded.cores,
+                received_at_ms = d.received_at_ms || excluded.received_at_ms,
+                seqs = d.seqs || excluded.seqs,
+                agent_versions = d.agent_versions || excluded.agent_versions",
+            [
+                Value::Ints(accounts),
+                Value::Ints(ats),
+                Value::Ints(nodes),
+                Value::Ints(ids),
+                Value::Ints(cores),
+                Value::Ints(received),
+                Value::Ints(seqs),
+                Value::Texts(&texts),
+            ],
+        )?;
+        columns.iter_mut().for_each(Vec::clear);
+        versions.clear();
+        Ok::<(), DbError>(())
+    };
+    source.for_each(
+        "SELECT account_ref, at_ms, node_id, id, cores, received_at_ms, seq, agent_version
+           FROM samples ORDER BY id",
+        (),
+        |r| {
+            for (i, column) in columns.iter_mut().enumerate() {
+                column.push(r.get(i)?);
+            }
+            versions.push(r.get(7)?);
+            let at = columns[1].last().copied().flatten().unwrap_or_default();
+            if let Some(date) = chrono::DateTime::from_timestamp_millis(at).map(|t| t.date_naive())
+            {
+                if months.insert((
+                    chrono::Datelike::year(&date),
+                    chrono::Datelike::month(&date),
+                )) {
+                    target.query_row(
+                        "SELECT sample_days_partition(floor(?1::BIGINT / 86400000.0)::INT)::TEXT",
+                        [at],
+                        |_| Ok(()),
+                    )?;
+                }
+            }
+            copied += 1;
+            if versions.len() == SAMPLES_PER_APPEND {
+                flush(&mut columns, &mut versions)?;
+            }
+            Ok(())
+        },
+    )?;
+    flush(&mut columns, &mut versions)?;
+    target.execute(
+        "UPDATE nodes SET seq_hi = hi.seq
+           FROM (SELECT node_id, max(q) AS seq FROM sample_days CROSS JOIN LATERAL unnest(seqs) AS q GROUP BY node_id) AS hi
+          WHERE hi.node_id = nodes.id",
+        (),
+    )?;
     Ok(copied)
 }
 

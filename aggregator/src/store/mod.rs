@@ -210,6 +210,9 @@ pub struct Store {
     /// Whether ingest keeps each node's last seen (`nodes.last_seen_ms`):
     /// always, but in `replay`'s scratch store, which only prints bills.
     keeps_last_seen: bool,
+    /// PostgreSQL: the months whose partition of `sample_days` this
+    /// connection has seen made, by the day number of their first day.
+    months: rustc_hash::FxHashSet<i64>,
 }
 
 /// The store as one job sees it: each handle carries only the methods its
@@ -305,6 +308,7 @@ impl Store {
             trial_image_authorizations: u64::from(shared::images::TRIAL_AUTHORIZATIONS),
             log_storage: shared::logs::Terms::default(),
             keeps_last_seen: true,
+            months: rustc_hash::FxHashSet::default(),
         }
     }
 

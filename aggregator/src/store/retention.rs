@@ -5,7 +5,8 @@
 //! of showing an empty day. The record only moves forward: raising
 //! `retention_days` later cannot bring pruned days back.
 
-use super::db::OptionalExtension;
+use super::db::{Conn, Dialect, OptionalExtension};
+use super::samples::{day_of_ms, DAY_MS};
 use super::Billing;
 use chrono::{DateTime, Days, NaiveDate, TimeDelta, Utc};
 use shared::zone::{next_day, BillingZone};
@@ -61,6 +62,9 @@ pub struct Pruned {
     pub rejections: u64,
     /// Write transactions that deleted rows, each at most the batch size.
     pub transactions: u64,
+    /// Whether the (last) batch deleted as many rows as it could: more
+    /// may be left. On PostgreSQL a row holds a node's samples of a day.
+    pub full: bool,
 }
 
 impl Pruned {
@@ -72,6 +76,7 @@ impl Pruned {
         self.samples += other.samples;
         self.rejections += other.rejections;
         self.transactions += other.transactions;
+        self.full = other.full;
     }
 }
 
@@ -164,28 +169,78 @@ impl Billing<'_> {
         assert!(limit > 0, "a pruning batch deletes at least one row");
         let before_ms = target.before.timestamp_millis();
         let tx = self.0.conn.transaction()?;
-        let samples = tx
-            .prepare_cached(
-                "DELETE FROM samples WHERE (account_ref, at_ms, node_id, id) IN (
-                     SELECT account_ref, at_ms, node_id, id FROM samples
-                      WHERE account_ref = ?1 AND at_ms < ?2 ORDER BY at_ms LIMIT ?3)",
-            )?
-            .execute((target.account_ref, before_ms, limit as i64))?;
-        let rejections = if samples < limit {
+        let (samples, rows) = delete_samples_before(&tx, target.account_ref, before_ms, limit)?;
+        let rejections = if rows < limit {
             tx.prepare_cached(
                 "DELETE FROM rejections WHERE rowid IN (
                      SELECT rowid FROM rejections WHERE account_ref = ?1 AND at_ms < ?2 ORDER BY at_ms LIMIT ?3)",
             )?
-            .execute((target.account_ref, before_ms, (limit - samples) as i64))?
+            .execute((target.account_ref, before_ms, (limit - rows) as i64))?
         } else {
             0
         };
         tx.commit()?;
         Ok(Pruned {
-            samples: samples as u64,
+            samples,
             rejections: rejections as u64,
-            transactions: u64::from(samples + rejections > 0),
+            transactions: u64::from(rows + rejections > 0),
+            full: rows + rejections >= limit,
         })
+    }
+
+    /// PostgreSQL: drops each month of `sample_days` whose days are all
+    /// before every target's instant, at once instead of row by row, and
+    /// counts its samples as pruned. Nothing on SQLite.
+    pub fn drop_past_months(&mut self, targets: &[PruneTarget]) -> Result<Pruned, StoreError> {
+        let mut pruned = Pruned::default();
+        let Some(before) = targets.iter().map(|t| t.before).min() else {
+            return Ok(pruned);
+        };
+        if self.0.conn.dialect() == Dialect::Sqlite {
+            return Ok(pruned);
+        }
+        let past_day = day_of_ms(before.timestamp_millis());
+        let tx = self.0.conn.transaction()?;
+        let mut months: Vec<(String, i64)> = Vec::new();
+        {
+            let mut rows = tx.query(
+                "SELECT c.relname::TEXT FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                  WHERE i.inhparent = 'sample_days'::regclass ORDER BY 1",
+                (),
+            )?;
+            while let Some(r) = rows.next()? {
+                let name: String = r.get(0)?;
+                if let Some(end) = month_end_day(&name) {
+                    months.push((name, end));
+                }
+            }
+        }
+        for (name, end) in months {
+            if end > past_day {
+                continue;
+            }
+            let samples: i64 = tx.query_row(
+                &format!("SELECT coalesce(sum(cardinality(ids)), 0)::BIGINT FROM \"{name}\""),
+                (),
+                |r| r.get(0),
+            )?;
+            tx.execute_batch(&format!("DROP TABLE \"{name}\""))?;
+            tracing::info!(partition = %name, samples, "retention dropped a month of samples");
+            pruned.samples += samples as u64;
+            pruned.transactions = 1;
+        }
+        tx.commit()?;
+        Ok(pruned)
+    }
+
+    /// PostgreSQL: makes the partitions of `sample_days` of the month of
+    /// `now` and of the month after, so that ingest rarely has to.
+    pub fn make_months_ahead(&mut self, now: DateTime<Utc>) -> Result<(), StoreError> {
+        if self.0.conn.dialect() == Dialect::Postgres {
+            let today = day_of_ms(now.timestamp_millis());
+            self.0.make_months([today, today + 31].into_iter())?;
+        }
+        Ok(())
     }
 
     /// Prunes everything before `horizon` in batches of `limit` rows, holding
@@ -198,12 +253,13 @@ impl Billing<'_> {
         reach_hours: u32,
         limit: usize,
     ) -> Result<Pruned, StoreError> {
-        let mut total = Pruned::default();
-        for target in self.plan_pruning(horizon, zone, reach_hours)? {
+        let targets = self.plan_pruning(horizon, zone, reach_hours)?;
+        let mut total = self.drop_past_months(&targets)?;
+        for target in targets {
             loop {
                 let batch = self.prune_batch(&target, limit)?;
                 total.add(batch);
-                if batch.rows() < limit as u64 {
+                if !batch.full {
                     break;
                 }
             }
@@ -245,4 +301,89 @@ impl Billing<'_> {
             pruned_before,
         })
     }
+}
+
+/// Deletes up to `limit` rows of the account's samples with `at` before
+/// `before_ms`, oldest first; returns the samples deleted and the rows
+/// written, which reach `limit` when more may be left. On PostgreSQL a row
+/// is a node's day (`sample_days`): the days before `before_ms`'s go whole,
+/// then the rows of its day lose the samples before it.
+pub(super) fn delete_samples_before(
+    tx: &Conn,
+    account_ref: i64,
+    before_ms: i64,
+    limit: usize,
+) -> Result<(u64, usize), StoreError> {
+    if tx.dialect() == Dialect::Sqlite {
+        let deleted = tx
+            .prepare_cached(
+                "DELETE FROM samples WHERE (account_ref, at_ms, node_id, id) IN (
+                     SELECT account_ref, at_ms, node_id, id FROM samples
+                      WHERE account_ref = ?1 AND at_ms < ?2 ORDER BY at_ms LIMIT ?3)",
+            )?
+            .execute((account_ref, before_ms, limit as i64))?;
+        return Ok((deleted as u64, deleted));
+    }
+    let day = day_of_ms(before_ms);
+    let (rows, samples): (i64, i64) = tx
+        .prepare_cached(
+            "WITH gone AS (
+                 DELETE FROM sample_days WHERE (account_ref, day, node_id) IN (
+                     SELECT account_ref, day, node_id FROM sample_days
+                      WHERE account_ref = ?1 AND day < ?2 ORDER BY day LIMIT ?3)
+                 RETURNING cardinality(ids) AS n)
+             SELECT count(*), coalesce(sum(n), 0)::BIGINT FROM gone",
+        )?
+        .query_row((account_ref, day, limit as i64), |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    let rows = rows as usize;
+    if rows >= limit {
+        return Ok((samples as u64, rows));
+    }
+    let from_offset = before_ms - day * DAY_MS;
+    let (cut_rows, cut): (i64, i64) = tx
+        .prepare_cached(
+            "WITH old AS (
+                 SELECT node_id, (SELECT count(*) FROM unnest(at_offsets) AS a WHERE a < ?3) AS n
+                   FROM sample_days
+                  WHERE account_ref = ?1 AND day = ?2
+                    AND EXISTS (SELECT 1 FROM unnest(at_offsets) AS a WHERE a < ?3)
+                  ORDER BY node_id LIMIT ?4 FOR UPDATE),
+             cut AS (
+                 UPDATE sample_days AS d SET
+                     ids = sample_days_from(d.ids, d.at_offsets, ?3),
+                     cores = sample_days_from(d.cores, d.at_offsets, ?3),
+                     received_at_ms = sample_days_from(d.received_at_ms, d.at_offsets, ?3),
+                     seqs = sample_days_from(d.seqs, d.at_offsets, ?3),
+                     agent_versions = sample_days_from(d.agent_versions, d.at_offsets, ?3),
+                     at_offsets = sample_days_from(d.at_offsets, d.at_offsets, ?3)
+                   FROM old
+                  WHERE d.account_ref = ?1 AND d.day = ?2 AND d.node_id = old.node_id)
+             SELECT count(*), coalesce(sum(n), 0)::BIGINT FROM old",
+        )?
+        .query_row(
+            (account_ref, day, from_offset, (limit - rows) as i64),
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+    if cut_rows > 0 {
+        tx.prepare_cached(
+            "DELETE FROM sample_days WHERE account_ref = ?1 AND day = ?2 AND cardinality(ids) = 0",
+        )?
+        .execute((account_ref, day))?;
+    }
+    Ok(((samples + cut) as u64, rows + cut_rows as usize))
+}
+
+/// The first day after the month a partition of `sample_days` holds, from
+/// its name (`sample_days_YYYYMM`); `None` for a name of another shape.
+fn month_end_day(name: &str) -> Option<i64> {
+    let month = name.strip_prefix("sample_days_")?;
+    if month.len() != 6 || !month.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let (year, month) = (month[..4].parse().ok()?, month[4..].parse().ok()?);
+    let first = NaiveDate::from_ymd_opt(year, month, 1)?;
+    let next = first.checked_add_months(chrono::Months::new(1))?;
+    Some((next - NaiveDate::default()).num_days())
 }

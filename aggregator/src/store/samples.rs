@@ -321,12 +321,15 @@ fn store_one_by_one<'a>(
 }
 
 /// PostgreSQL: a few statements for the whole batch, whatever its size:
-/// new nodes inserted (with their last seen, so that their rows are
-/// written once) and the others read back, the samples inserted from
-/// arrays (`unnest`) with ids from `sample_id_seq`, the stored samples of
-/// any resends read, the rejections inserted. Rows that another replica's
-/// transaction may also write (nodes, a node's seq) are written in key
-/// order, so two transactions wait for each other in one direction only.
+/// new nodes inserted (with their last seen and highest seq, so that their
+/// rows are written once) and the others read back; the nodes' rows locked
+/// and moved on (last seen, highest seq), which tells the samples that
+/// cannot be resends; the stored samples of any that may be read; the new
+/// samples appended to their node's row of the day (`sample_days`), with
+/// ids from `sample_id_seq`; the rejections inserted. Rows that another
+/// replica's transaction may also write (nodes, and through them their
+/// samples' rows) are locked in key order, so two transactions wait for
+/// each other in one direction only.
 fn store_set_based<'a>(
     tx: &Conn,
     sorted: &mut Sorted<'a>,
@@ -334,6 +337,16 @@ fn store_set_based<'a>(
     found: &mut FxHashMap<NodeKey<'a>, i64>,
     keeps_last_seen: bool,
 ) -> Result<LatestSeen, StoreError> {
+    // Each node's highest seq in the batch.
+    let mut seq_hi: FxHashMap<NodeKey<'a>, i64> = FxHashMap::default();
+    for c in &sorted.checked {
+        if let Some(seq) = c.seq {
+            let hi = seq_hi
+                .entry((c.account_ref, c.cluster, c.node))
+                .or_insert(seq);
+            *hi = (*hi).max(seq);
+        }
+    }
     // The nodes not cached, each with its latest `at` in the batch.
     let mut unknown: Vec<(NodeKey<'a>, i64)> = sorted
         .checked
@@ -343,7 +356,8 @@ fn store_set_based<'a>(
         .collect();
     unknown.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
     unknown.dedup_by_key(|(key, _)| *key);
-    // Nodes this transaction inserted: their last seen is written already.
+    // Nodes this transaction inserted: their last seen and highest seq are
+    // written already, and none of their samples can be a resend.
     let mut fresh: rustc_hash::FxHashSet<i64> = rustc_hash::FxHashSet::default();
     if !unknown.is_empty() {
         let (accounts, clusters, names) = node_columns(unknown.iter().map(|(key, _)| key));
@@ -351,11 +365,12 @@ fn store_set_based<'a>(
             .iter()
             .map(|k| keeps_last_seen.then_some(k.1))
             .collect();
+        let his: Vec<Option<i64>> = unknown.iter().map(|k| seq_hi.get(&k.0).copied()).collect();
         let inserted = tx
             .prepare_cached(
-                "INSERT INTO nodes (account_ref, cluster, name, last_seen_ms)
-                 SELECT a, c, m, s FROM unnest(?1::BIGINT[], ?2::TEXT[], ?3::TEXT[], ?4::BIGINT[])
-                     AS u(a, c, m, s)
+                "INSERT INTO nodes (account_ref, cluster, name, last_seen_ms, seq_hi)
+                 SELECT a, c, m, s, q FROM unnest(?1::BIGINT[], ?2::TEXT[], ?3::TEXT[], ?4::BIGINT[], ?5::BIGINT[])
+                     AS u(a, c, m, s, q)
                  ON CONFLICT DO NOTHING
                  RETURNING id, account_ref, cluster, name",
             )?
@@ -365,6 +380,7 @@ fn store_set_based<'a>(
                     Value::Texts(&clusters),
                     Value::Texts(&names),
                     Value::Ints(&seen),
+                    Value::Ints(&his),
                 ],
                 |r| {
                     Ok((
@@ -425,91 +441,58 @@ fn store_set_based<'a>(
                 ))
             })
     };
-    // What goes into the insert: every sample without a seq, and the first
-    // of each (node, seq); a later one of the same (node, seq) is compared
-    // with whatever the insert leaves stored.
+    // What may be stored: every sample without a seq, and the first of
+    // each (node, seq); a later one of the same (node, seq) is compared
+    // with the first, or with what is stored.
     let mut rows: Vec<(i64, &Checked<'a>)> = Vec::with_capacity(sorted.checked.len());
     let mut echoes: Vec<(i64, &Checked<'a>)> = Vec::new();
-    let mut firsts: FxHashMap<(i64, i64), usize> = FxHashMap::default();
-    let mut latest = Vec::with_capacity(sorted.checked.len());
+    let mut firsts: rustc_hash::FxHashSet<(i64, i64)> = rustc_hash::FxHashSet::default();
+    let mut moved: FxHashMap<i64, (Option<i64>, Option<i64>)> = FxHashMap::default();
     for c in &sorted.checked {
         let node = node_of(c)?;
         if !fresh.contains(&node) {
-            latest.push((node, c.at_ms));
+            let (seen, hi) = moved.entry(node).or_default();
+            if keeps_last_seen {
+                *seen = (*seen).max(Some(c.at_ms));
+            }
+            *hi = (*hi).max(c.seq);
         }
         match c.seq {
-            Some(seq) if firsts.contains_key(&(node, seq)) => echoes.push((node, c)),
-            Some(seq) => {
-                firsts.insert((node, seq), c.index);
-                rows.push((node, c));
-            }
-            None => rows.push((node, c)),
+            Some(seq) if !firsts.insert((node, seq)) => echoes.push((node, c)),
+            _ => rows.push((node, c)),
         }
     }
-    rows.sort_unstable_by_key(|(node, c)| (*node, c.seq));
-    let mut columns = SampleColumns::with_capacity(rows.len());
-    for (node, c) in &rows {
-        columns.push(*node, c);
-    }
-    let inserted: rustc_hash::FxHashSet<(i64, i64)> = tx
-        .prepare_cached(
-            "INSERT INTO samples (account_ref, at_ms, node_id, id, cores, received_at_ms, seq, agent_version)
-             SELECT a, t, n, nextval('sample_id_seq'), c, r, s, v
-               FROM unnest(?1::BIGINT[], ?2::BIGINT[], ?3::BIGINT[], ?4::BIGINT[], ?5::BIGINT[], ?6::BIGINT[], ?7::TEXT[])
-                 AS u(a, t, n, c, r, s, v)
-             ON CONFLICT DO NOTHING
-             RETURNING node_id, seq",
-        )?
-        .query_map(columns.values(), |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?))
-        })?
-        .filter_map(|row| match row {
-            Ok((node, Some(seq))) => Some(Ok((node, seq))),
-            Ok((_, None)) => None,
-            Err(e) => Some(Err(e)),
-        })
-        .collect::<Result<_, _>>()?;
-    // The stored (at, cores) of every (node, seq) a resend must match.
-    let mut stored: StoredBySeq = FxHashMap::default();
-    let mut lookup: Vec<(i64, i64)> = Vec::new();
-    for (node, c) in &rows {
-        if let Some(seq) = c.seq {
-            if inserted.contains(&(*node, seq)) {
-                stored.insert((*node, seq), (c.at_ms, i64::from(c.cores)));
-            } else {
-                lookup.push((*node, seq));
-            }
-        }
-    }
-    if !lookup.is_empty() {
-        let nodes: Vec<Option<i64>> = lookup.iter().map(|k| Some(k.0)).collect();
-        let seqs: Vec<Option<i64>> = lookup.iter().map(|k| Some(k.1)).collect();
-        let rows = tx
-            .prepare_cached(
-                "SELECT s.node_id, s.seq, s.at_ms, s.cores
-                   FROM unnest(?1::BIGINT[], ?2::BIGINT[]) AS u(n, q)
-                   JOIN samples s ON s.node_id = u.n AND s.seq = u.q",
-            )?
-            .query_map([Value::Ints(&nodes), Value::Ints(&seqs)], |r| {
-                Ok(((r.get(0)?, r.get(1)?), (r.get(2)?, r.get(3)?)))
-            })?;
-        for row in rows {
-            let (key, value) = row?;
-            stored.insert(key, value);
-        }
-    }
-    let resends = rows
+    // The nodes' rows locked in id order and moved on; what each said was
+    // its highest seq before tells which samples may be resends.
+    let before = move_nodes_on(tx, moved)?;
+    let maybe_resent: Vec<(i64, &Checked<'a>)> = rows
         .iter()
-        .filter(|(node, c)| c.seq.is_some_and(|seq| !inserted.contains(&(*node, seq))))
-        .chain(echoes.iter());
-    for (node, c) in resends {
+        .filter(|(node, c)| {
+            c.seq
+                .zip(before.get(node).copied().flatten())
+                .is_some_and(|(seq, hi)| seq <= hi)
+        })
+        .copied()
+        .collect();
+    let mut stored = stored_days(tx, &maybe_resent)?;
+    let mut new_rows: Vec<(i64, &Checked<'a>)> = Vec::with_capacity(rows.len());
+    let mut resends: Vec<(i64, &Checked<'a>)> = Vec::new();
+    for (node, c) in rows {
+        match c.seq {
+            Some(seq) if stored.contains_key(&(node, seq)) => resends.push((node, c)),
+            Some(seq) => {
+                stored.insert((node, seq), (c.at_ms, i64::from(c.cores)));
+                new_rows.push((node, c));
+            }
+            None => new_rows.push((node, c)),
+        }
+    }
+    append_to_days(tx, &new_rows)?;
+    for (node, c) in resends.iter().chain(echoes.iter()) {
         let key = (*node, c.seq.expect("a resend has a seq"));
-        let Some(&(at_ms, cores)) = stored.get(&key) else {
-            return Err(StoreError::Corrupt(format!(
-                "sample (node {}, seq {}) was neither stored nor found stored",
-                key.0, key.1
-            )));
-        };
+        let &(at_ms, cores) = stored
+            .get(&key)
+            .expect("every resend's (node, seq) is stored or being stored");
         sorted.outcomes[c.index] = if (at_ms, cores) == (c.at_ms, i64::from(c.cores)) {
             Outcome::Duplicate
         } else {
@@ -545,7 +528,8 @@ fn store_set_based<'a>(
             Value::Ints(&received),
         ])?;
     }
-    Ok(latest_seen(latest))
+    // The nodes' last seen moved on with their highest seq, above.
+    Ok(Vec::new())
 }
 
 /// Nodes' keys as the arrays of a set-based statement: accounts,
@@ -562,51 +546,172 @@ fn node_columns<'k, 'a: 'k>(keys: impl Iterator<Item = &'k NodeKey<'a>>) -> Node
     columns
 }
 
-/// The samples' columns as arrays, in the set-based insert's order.
-struct SampleColumns<'a> {
-    accounts: Vec<Option<i64>>,
-    ats: Vec<Option<i64>>,
-    nodes: Vec<Option<i64>>,
-    cores: Vec<Option<i64>>,
-    received: Vec<Option<i64>>,
-    seqs: Vec<Option<i64>>,
-    versions: Vec<Option<&'a str>>,
+/// PostgreSQL files a sample under its UTC day (days since 1970-01-01) in
+/// `sample_days`, its `at` as milliseconds into that day.
+pub(super) const DAY_MS: i64 = 86_400_000;
+
+/// The UTC day `at_ms` is filed under.
+pub(super) fn day_of_ms(at_ms: i64) -> i64 {
+    at_ms.div_euclid(DAY_MS)
 }
 
-impl<'a> SampleColumns<'a> {
-    fn with_capacity(n: usize) -> Self {
-        SampleColumns {
-            accounts: Vec::with_capacity(n),
-            ats: Vec::with_capacity(n),
-            nodes: Vec::with_capacity(n),
-            cores: Vec::with_capacity(n),
-            received: Vec::with_capacity(n),
-            seqs: Vec::with_capacity(n),
-            versions: Vec::with_capacity(n),
+/// Nodes moving on: by node id, the latest `at` (when ingest keeps it) and
+/// the highest seq of the batch.
+type MovedOn = FxHashMap<i64, (Option<i64>, Option<i64>)>;
+
+/// Locks the nodes' rows in id order and moves each one's last seen and
+/// highest seq on, never back; returns each node's highest seq before.
+/// Until this transaction ends, no other stores samples of these nodes.
+fn move_nodes_on(tx: &Conn, moved: MovedOn) -> Result<FxHashMap<i64, Option<i64>>, StoreError> {
+    let mut moved: Vec<_> = moved
+        .into_iter()
+        .filter(|(_, (seen, hi))| seen.is_some() || hi.is_some())
+        .collect();
+    if moved.is_empty() {
+        return Ok(FxHashMap::default());
+    }
+    moved.sort_unstable_by_key(|(id, _)| *id);
+    let ids: Vec<Option<i64>> = moved.iter().map(|(id, _)| Some(*id)).collect();
+    let seen: Vec<Option<i64>> = moved.iter().map(|(_, (seen, _))| *seen).collect();
+    let his: Vec<Option<i64>> = moved.iter().map(|(_, (_, hi))| *hi).collect();
+    let rows = tx
+        .prepare_cached(
+            "WITH old AS (SELECT id, seq_hi FROM nodes WHERE id = ANY(?1::BIGINT[]) ORDER BY id FOR UPDATE)
+             UPDATE nodes SET last_seen_ms = greatest(nodes.last_seen_ms, u.seen),
+                              seq_hi = greatest(nodes.seq_hi, u.hi)
+               FROM old JOIN unnest(?1::BIGINT[], ?2::BIGINT[], ?3::BIGINT[]) AS u(id, seen, hi) ON u.id = old.id
+              WHERE nodes.id = old.id
+             RETURNING nodes.id, old.seq_hi",
+        )?
+        .query_map(
+            [Value::Ints(&ids), Value::Ints(&seen), Value::Ints(&his)],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?)),
+        )?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The stored `at_ms` and cores of the samples' (node, seq), where stored:
+/// first under the day each one names (a resend's), then under any day of
+/// its node (a conflicting resend's).
+fn stored_days(tx: &Conn, samples: &[(i64, &Checked<'_>)]) -> Result<StoredBySeq, StoreError> {
+    let mut stored = StoredBySeq::default();
+    if samples.is_empty() {
+        return Ok(stored);
+    }
+    type Found = ((i64, i64), (i64, i64));
+    let found = |r: &super::db::Row<'_>| -> Result<Found, super::db::DbError> {
+        let day: i64 = r.get(2)?;
+        let offset: i64 = r.get(3)?;
+        Ok(((r.get(0)?, r.get(1)?), (day * DAY_MS + offset, r.get(4)?)))
+    };
+    let accounts: Vec<Option<i64>> = samples.iter().map(|(_, c)| Some(c.account_ref)).collect();
+    let days: Vec<Option<i64>> = samples
+        .iter()
+        .map(|(_, c)| Some(day_of_ms(c.at_ms)))
+        .collect();
+    let nodes: Vec<Option<i64>> = samples.iter().map(|(node, _)| Some(*node)).collect();
+    let seqs: Vec<Option<i64>> = samples.iter().map(|(_, c)| c.seq).collect();
+    let rows = tx
+        .prepare_cached(
+            "SELECT u.n, u.q, d.day, x.a, x.c
+               FROM unnest(?1::BIGINT[], ?2::BIGINT[], ?3::BIGINT[], ?4::BIGINT[]) AS u(acc, day, n, q)
+               JOIN sample_days d ON d.account_ref = u.acc AND d.day = u.day AND d.node_id = u.n
+                                 AND d.seqs @> ARRAY[u.q]
+              CROSS JOIN LATERAL unnest(d.seqs, d.at_offsets, d.cores) AS x(q, a, c)
+              WHERE x.q = u.q",
+        )?
+        .query_map(
+            [
+                Value::Ints(&accounts),
+                Value::Ints(&days),
+                Value::Ints(&nodes),
+                Value::Ints(&seqs),
+            ],
+            found,
+        )?;
+    for row in rows {
+        let (key, value) = row?;
+        stored.entry(key).or_insert(value);
+    }
+    let (nodes, seqs): (Vec<Option<i64>>, Vec<Option<i64>>) = samples
+        .iter()
+        .filter_map(|(node, c)| c.seq.map(|seq| (*node, seq)))
+        .filter(|key| !stored.contains_key(key))
+        .map(|(node, seq)| (Some(node), Some(seq)))
+        .unzip();
+    if nodes.is_empty() {
+        return Ok(stored);
+    }
+    let rows = tx
+        .prepare_cached(
+            "SELECT u.n, u.q, d.day, x.a, x.c
+               FROM unnest(?1::BIGINT[], ?2::BIGINT[]) AS u(n, q)
+               JOIN sample_days d ON d.node_id = u.n AND d.seqs @> ARRAY[u.q]
+              CROSS JOIN LATERAL unnest(d.seqs, d.at_offsets, d.cores) AS x(q, a, c)
+              WHERE x.q = u.q
+              ORDER BY d.day",
+        )?
+        .query_map([Value::Ints(&nodes), Value::Ints(&seqs)], found)?;
+    for row in rows {
+        let (key, value) = row?;
+        stored.entry(key).or_insert(value);
+    }
+    Ok(stored)
+}
+
+/// Appends the samples to their node's row of their day, making the row
+/// where there is none; the rows in key order.
+fn append_to_days(tx: &Conn, samples: &[(i64, &Checked<'_>)]) -> Result<(), StoreError> {
+    if samples.is_empty() {
+        return Ok(());
+    }
+    let n = samples.len();
+    let mut columns: [Vec<Option<i64>>; 7] = std::array::from_fn(|_| Vec::with_capacity(n));
+    let mut versions: Vec<Option<&str>> = Vec::with_capacity(n);
+    for (node, c) in samples {
+        let day = day_of_ms(c.at_ms);
+        for (column, value) in columns.iter_mut().zip([
+            Some(c.account_ref),
+            Some(day),
+            Some(*node),
+            Some(c.at_ms - day * DAY_MS),
+            Some(i64::from(c.cores)),
+            Some(c.received_at_ms),
+            c.seq,
+        ]) {
+            column.push(value);
         }
+        versions.push(c.agent_version);
     }
-
-    fn push(&mut self, node: i64, c: &Checked<'a>) {
-        self.accounts.push(Some(c.account_ref));
-        self.ats.push(Some(c.at_ms));
-        self.nodes.push(Some(node));
-        self.cores.push(Some(i64::from(c.cores)));
-        self.received.push(Some(c.received_at_ms));
-        self.seqs.push(c.seq);
-        self.versions.push(c.agent_version);
-    }
-
-    fn values(&self) -> Vec<Value<'_>> {
-        vec![
-            Value::Ints(&self.accounts),
-            Value::Ints(&self.ats),
-            Value::Ints(&self.nodes),
-            Value::Ints(&self.cores),
-            Value::Ints(&self.received),
-            Value::Ints(&self.seqs),
-            Value::Texts(&self.versions),
-        ]
-    }
+    let [accounts, days, nodes, offsets, cores, received, seqs] = &columns;
+    tx.prepare_cached(
+        "INSERT INTO sample_days AS d (account_ref, day, node_id, at_offsets, ids, cores, received_at_ms, seqs, agent_versions)
+         SELECT a, day::INT, n, array_agg(t::INT ORDER BY i), array_agg(id ORDER BY i), array_agg(c::SMALLINT ORDER BY i),
+                array_agg(r ORDER BY i), array_agg(s ORDER BY i), array_agg(v ORDER BY i)
+           FROM (SELECT u.*, nextval('sample_id_seq') AS id
+                   FROM unnest(?1::BIGINT[], ?2::BIGINT[], ?3::BIGINT[], ?4::BIGINT[], ?5::BIGINT[], ?6::BIGINT[], ?7::BIGINT[], ?8::TEXT[])
+                        WITH ORDINALITY AS u(a, day, n, t, c, r, s, v, i)) AS x
+          GROUP BY a, day, n
+          ORDER BY a, day, n
+         ON CONFLICT (account_ref, day, node_id) DO UPDATE SET
+            at_offsets = d.at_offsets || excluded.at_offsets,
+            ids = d.ids || excluded.ids,
+            cores = d.cores || excluded.cores,
+            received_at_ms = d.received_at_ms || excluded.received_at_ms,
+            seqs = d.seqs || excluded.seqs,
+            agent_versions = d.agent_versions || excluded.agent_versions",
+    )?
+    .execute([
+        Value::Ints(accounts),
+        Value::Ints(days),
+        Value::Ints(nodes),
+        Value::Ints(offsets),
+        Value::Ints(cores),
+        Value::Ints(received),
+        Value::Ints(seqs),
+        Value::Texts(&versions),
+    ])?;
+    Ok(())
 }
 
 /// The account's samples with `at` in `[from_ms, to_ms)`, whenever received:
@@ -616,6 +721,11 @@ pub(super) fn samples_in(
     account_ref: i64,
     (from_ms, to_ms): (i64, i64),
 ) -> Result<Vec<NodeSample>, StoreError> {
+    if conn.dialect() == Dialect::Postgres {
+        let mut out = Vec::new();
+        samples_of_windows(conn, &[(account_ref, (from_ms, to_ms))], |_, s| out.push(s))?;
+        return Ok(out);
+    }
     let mut stmt = conn.prepare_cached(
         "SELECT node_id, at_ms, cores FROM samples WHERE account_ref = ?1 AND at_ms >= ?2 AND at_ms < ?3",
     )?;
@@ -627,6 +737,89 @@ pub(super) fn samples_in(
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// PostgreSQL: each window's samples (an account's, with `at` in
+/// `[from_ms, to_ms)`) through `f` with the window's position, streamed, a
+/// row of `sample_days` at a time: one lateral scan of each account's days.
+pub(super) fn samples_of_windows(
+    conn: &Conn,
+    windows: &[(i64, (i64, i64))],
+    mut f: impl FnMut(usize, NodeSample),
+) -> Result<(), StoreError> {
+    let refs: Vec<Option<i64>> = windows.iter().map(|(r, _)| Some(*r)).collect();
+    let from: Vec<Option<i64>> = windows.iter().map(|(_, w)| Some(day_of_ms(w.0))).collect();
+    let to: Vec<Option<i64>> = windows
+        .iter()
+        .map(|(_, w)| Some(day_of_ms(w.1.saturating_sub(1))))
+        .collect();
+    conn.for_each(
+        "SELECT w.i, d.node_id, d.day, d.at_offsets, d.cores
+           FROM unnest(?1::BIGINT[], ?2::BIGINT[], ?3::BIGINT[]) WITH ORDINALITY AS w(ref, from_day, to_day, i)
+          CROSS JOIN LATERAL (SELECT node_id, day, at_offsets, cores FROM sample_days
+                               WHERE account_ref = w.ref AND day >= w.from_day AND day <= w.to_day) AS d",
+        (Value::Ints(&refs), Value::Ints(&from), Value::Ints(&to)),
+        |r| {
+            let i = r.get::<_, i64>(0)? as usize - 1;
+            let (from_ms, to_ms) = windows[i].1;
+            let node = r.get::<_, i64>(1)? as u64;
+            let start = r.get::<_, i64>(2)? * DAY_MS;
+            let offsets = r.ints(3)?;
+            let cores = r.ints(4)?;
+            for (offset, cores) in offsets.into_iter().zip(cores) {
+                let (Some(offset), Some(cores)) = (offset, cores) else {
+                    continue;
+                };
+                let at_ms = start + offset;
+                if (from_ms..to_ms).contains(&at_ms) {
+                    f(
+                        i,
+                        NodeSample {
+                            node,
+                            at_ms,
+                            cores: cores as u32,
+                        },
+                    );
+                }
+            }
+            Ok(())
+        },
+    )?;
+    Ok(())
+}
+
+/// PostgreSQL: for each (account, instant), the `at` of the account's
+/// first sample at or after it: the first day holding one, then its least.
+pub(super) fn first_samples_after(
+    conn: &Conn,
+    after: &[(i64, i64)],
+) -> Result<Vec<Option<i64>>, StoreError> {
+    let mut out = vec![None; after.len()];
+    if after.is_empty() {
+        return Ok(out);
+    }
+    let refs: Vec<Option<i64>> = after.iter().map(|a| Some(a.0)).collect();
+    let from: Vec<Option<i64>> = after.iter().map(|a| Some(a.1)).collect();
+    let days: Vec<Option<i64>> = after.iter().map(|a| Some(day_of_ms(a.1))).collect();
+    let mut rows = conn
+        .prepare_cached(
+            "SELECT w.i,
+                    (SELECT min(d.day::BIGINT * 86400000 + x.a)
+                       FROM sample_days d CROSS JOIN LATERAL unnest(d.at_offsets) AS x(a)
+                      WHERE d.account_ref = w.ref
+                        AND d.day = (SELECT min(e.day) FROM sample_days e
+                                      WHERE e.account_ref = w.ref AND e.day >= w.from_day
+                                        AND EXISTS (SELECT 1 FROM unnest(e.at_offsets) AS y(a)
+                                                     WHERE e.day::BIGINT * 86400000 + y.a >= w.from_ms))
+                        AND d.day::BIGINT * 86400000 + x.a >= w.from_ms)
+               FROM unnest(?1::BIGINT[], ?2::BIGINT[], ?3::BIGINT[]) WITH ORDINALITY AS w(ref, from_ms, from_day, i)",
+        )?
+        .query((Value::Ints(&refs), Value::Ints(&from), Value::Ints(&days)))?;
+    while let Some(r) = rows.next()? {
+        let i: i64 = r.get(0)?;
+        out[i as usize - 1] = r.get::<_, Option<i64>>(1)?;
+    }
+    Ok(out)
 }
 
 /// Sample rows written by one multi-row INSERT.
@@ -802,6 +995,27 @@ pub(super) fn node_id(
     )?)
 }
 
+/// On PostgreSQL, the days that the view `samples` reads for `at` in
+/// `[from_ms, to_ms)`, as a condition on `s.day` with its parameters
+/// numbered from `first`: the view files samples by day, and a bound on
+/// `at` alone would read every day of the account. Nothing on SQLite.
+fn filed_days(
+    conn: &Conn,
+    first: usize,
+    (from_ms, to_ms): (i64, i64),
+) -> (String, Vec<Value<'static>>) {
+    match conn.dialect() {
+        Dialect::Sqlite => (String::new(), Vec::new()),
+        Dialect::Postgres => (
+            format!(" AND s.day >= ?{first} AND s.day <= ?{}", first + 1),
+            vec![
+                Value::Int(day_of_ms(from_ms)),
+                Value::Int(day_of_ms(to_ms.saturating_sub(1))),
+            ],
+        ),
+    }
+}
+
 /// A stored sample as the audit trail shows it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct AuditSample {
@@ -855,6 +1069,18 @@ impl Ingest<'_> {
                 refs.insert(s.account, account_ref);
             }
         }
+        if self.conn.dialect() == Dialect::Postgres {
+            let days = batch.iter().filter_map(|s| {
+                // Only an `at` that may be accepted gets its month made.
+                let at = s.at?;
+                let oldest = s.received_at.checked_sub_signed(limits.max_age)?;
+                let newest = s.received_at.checked_add_signed(limits.max_future)?;
+                (oldest..=newest)
+                    .contains(&at)
+                    .then(|| day_of_ms(at.timestamp_millis()))
+            });
+            self.0.make_months(days)?;
+        }
         // PostgreSQL may give up one of two transactions that wait for
         // each other; nothing of it was written, so it runs again.
         let mut attempts = 0;
@@ -867,6 +1093,39 @@ impl Ingest<'_> {
                 result => return result,
             }
         }
+    }
+}
+
+impl Store {
+    /// PostgreSQL: makes the partition of `sample_days` of each day's month
+    /// that this connection has not seen made, each in a transaction of
+    /// its own, before the transaction that writes into it: making one
+    /// waits for the transactions writing the table, and must hold nothing
+    /// they wait for.
+    pub(super) fn make_months(
+        &mut self,
+        days: impl Iterator<Item = i64>,
+    ) -> Result<(), StoreError> {
+        let mut firsts: Vec<i64> = days
+            .filter_map(|day| {
+                let date =
+                    chrono::DateTime::from_timestamp(day.checked_mul(86_400)?, 0)?.date_naive();
+                let first = chrono::Datelike::with_day(&date, 1)?;
+                Some((first - chrono::NaiveDate::default()).num_days())
+            })
+            .filter(|first| !self.months.contains(first))
+            .collect();
+        firsts.sort_unstable();
+        firsts.dedup();
+        for first in firsts {
+            self.conn.query_row(
+                "SELECT sample_days_partition((?1::BIGINT)::INT)::TEXT",
+                [first],
+                |_| Ok(()),
+            )?;
+            self.months.insert(first);
+        }
+        Ok(())
     }
 }
 
@@ -894,6 +1153,11 @@ impl Billing<'_> {
         account: &Account,
         from: DateTime<Utc>,
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        if self.conn.dialect() == Dialect::Postgres {
+            let first =
+                first_samples_after(&self.conn, &[(account.reference, from.timestamp_millis())])?;
+            return Ok(first[0].map(super::from_ms));
+        }
         let ms: Option<i64> = self
             .conn
             .prepare_cached(
@@ -913,16 +1177,21 @@ impl Reads<'_> {
         to: DateTime<Utc>,
     ) -> Result<Vec<AuditSample>, StoreError> {
         let account_ref = self.require_account(account)?;
+        let window = (from.timestamp_millis(), to.timestamp_millis());
+        let (days, bounds) = filed_days(&self.0.conn, 4, window);
         let mut stmt = self.0.conn.prepare_cached(&format!(
             "SELECT {AUDIT_COLUMNS}
                FROM samples s JOIN nodes n ON n.id = s.node_id
-              WHERE s.account_ref = ?1 AND s.at_ms >= ?2 AND s.at_ms < ?3
+              WHERE s.account_ref = ?1 AND s.at_ms >= ?2 AND s.at_ms < ?3{days}
               ORDER BY s.at_ms, s.id"
         ))?;
-        let rows = stmt.query_map(
-            (account_ref, from.timestamp_millis(), to.timestamp_millis()),
-            audit_row,
-        )?;
+        let mut params = vec![
+            Value::Int(account_ref),
+            Value::Int(window.0),
+            Value::Int(window.1),
+        ];
+        params.extend(bounds);
+        let rows = stmt.query_map(params, audit_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -937,37 +1206,46 @@ impl Reads<'_> {
     ) -> Result<Listed<AuditSample, SampleKey>, StoreError> {
         let account_ref = self.require_account(account)?;
         let window = (account_ref, from.timestamp_millis(), to.timestamp_millis());
+        let (days, bounds) = filed_days(&self.0.conn, 4, (window.1, window.2));
+        let mut params = vec![
+            Value::Int(window.0),
+            Value::Int(window.1),
+            Value::Int(window.2),
+        ];
+        params.extend(bounds.iter().copied());
         let total: i64 = self.0.conn.query_row(
-            "SELECT count(*) FROM samples WHERE account_ref = ?1 AND at_ms >= ?2 AND at_ms < ?3",
-            window,
+            &format!(
+                "SELECT count(*) FROM samples s WHERE account_ref = ?1 AND at_ms >= ?2 AND at_ms < ?3{days}"
+            ),
+            params,
             |r| r.get(0),
         )?;
         let after = after.map_or((i64::MIN, i64::MIN), |k| (k.at_ms, k.id));
+        let (days, bounds) = filed_days(&self.0.conn, 7, (window.1, window.2));
         let mut stmt = self.0.conn.prepare_cached(&format!(
             "SELECT {AUDIT_COLUMNS}
                FROM samples s JOIN nodes n ON n.id = s.node_id
               WHERE s.account_ref = ?1 AND s.at_ms >= ?2 AND s.at_ms < ?3
-                AND (s.at_ms, s.id) > (?4, ?5)
+                AND (s.at_ms, s.id) > (?4, ?5){days}
               ORDER BY s.at_ms, s.id LIMIT ?6"
         ))?;
-        let rows = stmt.query_map(
-            (
-                window.0,
-                window.1,
-                window.2,
-                after.0,
-                after.1,
-                one_more(limit),
-            ),
-            |r| {
-                let sample = audit_row(r)?;
-                let key = SampleKey {
-                    at_ms: sample.at.timestamp_millis(),
-                    id: sample.id,
-                };
-                Ok((key, sample))
-            },
-        )?;
+        let mut params = vec![
+            Value::Int(window.0),
+            Value::Int(window.1),
+            Value::Int(window.2),
+            Value::Int(after.0),
+            Value::Int(after.1),
+            Value::Int(one_more(limit)),
+        ];
+        params.extend(bounds);
+        let rows = stmt.query_map(params, |r| {
+            let sample = audit_row(r)?;
+            let key = SampleKey {
+                at_ms: sample.at.timestamp_millis(),
+                id: sample.id,
+            };
+            Ok((key, sample))
+        })?;
         let rows = rows.collect::<Result<_, _>>()?;
         Ok(Listed::from_rows(rows, limit, total as u64))
     }

@@ -674,11 +674,8 @@ impl Billing<'_> {
         let Some((id, account_ref, before)) = job else {
             return Ok(0);
         };
-        let samples = tx.execute(
-            "DELETE FROM samples WHERE (account_ref, at_ms, node_id, id) IN
-               (SELECT account_ref, at_ms, node_id, id FROM samples WHERE account_ref = ?1 AND at_ms < ?2 LIMIT ?3)",
-            (account_ref, before, limit as i64),
-        )?;
+        let (samples, rows) =
+            super::retention::delete_samples_before(&tx, account_ref, before, limit)?;
         let rejections = tx.execute(
             "DELETE FROM rejections WHERE rowid IN
                (SELECT rowid FROM rejections WHERE account_ref = ?1 AND at_ms < ?2 LIMIT ?3)",
@@ -688,7 +685,7 @@ impl Billing<'_> {
             "UPDATE deletions SET samples = samples + ?2, rejections = rejections + ?3 WHERE id = ?1",
             (id, samples as i64, rejections as i64),
         )?;
-        if samples < limit && rejections < limit {
+        if rows < limit && rejections < limit {
             tx.execute(
                 "UPDATE deletions SET finished_at_ms = ?2 WHERE id = ?1",
                 (id, now.timestamp_millis()),
@@ -700,7 +697,7 @@ impl Billing<'_> {
             )?;
         }
         tx.commit()?;
-        Ok((samples + rejections).max(1) as u64)
+        Ok((samples as usize + rejections).max(1) as u64)
     }
 
     /// The periods of the account's stops as instants, open-ended stops

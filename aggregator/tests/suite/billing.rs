@@ -1050,6 +1050,63 @@ fn each_node_is_last_seen_at_its_latest_sample_and_counts_as_silent_until_gone()
 
 /// A database made before schema 12 gets each node's last seen from the
 /// samples it keeps when it is opened by this build.
+/// Migration 14 moves PostgreSQL's samples into a row per node and UTC
+/// day: every field of every sample reads back the same, a resend of a
+/// stored seq is still told from a new one, and billing is unchanged.
+#[test]
+fn the_upgrade_to_schema_14_keeps_every_sample_as_it_was() {
+    let mut m = Meter::new();
+    m.account("acme");
+    // Two nodes over two local days (three UTC days), with seqs.
+    let sent: Vec<Sample> = ["node-1", "node-2"]
+        .iter()
+        .flat_map(|node| {
+            let mut day = all_day("acme", node, 40, "2026-11-03");
+            day.extend(all_day("acme", node, 44, "2026-11-04"));
+            day
+        })
+        .zip(1..)
+        .map(|(s, seq)| s.seq(seq))
+        .collect();
+    assert_eq!(m.push(&sent), vec![Outcome::Accepted; 96]);
+    let (from, to) = (local("2026-11-01T00:00:00"), local("2026-11-10T00:00:00"));
+    let before = m.store.reads().audit_samples("acme", from, to).unwrap();
+    let billed_before = m.bill(due("2026-11-04"));
+    assert_eq!(billed_before.len(), 2);
+    let back_to_13 = if support::postgres_server().is_some() {
+        "DELETE FROM core_meter_schema WHERE version >= 14;"
+    } else {
+        "PRAGMA user_version = 13;"
+    };
+    support::execute_behind_the_store(
+        &m.path(),
+        &format!("{} {back_to_13}", support::undo_migration_14()),
+    );
+    let mut m = m.restart();
+    assert_eq!(
+        m.store.schema_version().unwrap(),
+        aggregator::store::SCHEMA_VERSION
+    );
+    assert_eq!(
+        m.store.reads().audit_samples("acme", from, to).unwrap(),
+        before
+    );
+    // A stored seq of either day is a resend; one never sent is new.
+    let mut garbled = sent[30].clone();
+    garbled.cores = Some(7);
+    let new = sample("acme", "node-1", 40, local("2026-11-05T00:07:00")).seq(500);
+    assert_eq!(
+        m.push(&[sent[3].clone(), garbled, new]),
+        vec![
+            Outcome::Duplicate,
+            Outcome::Rejected(Rejection::ConflictingResend),
+            Outcome::Accepted
+        ]
+    );
+    // A run after the upgrade issues nothing more for the days billed.
+    assert_eq!(m.bill(due("2026-11-04")), vec![]);
+}
+
 #[test]
 fn the_upgrade_to_schema_12_finds_each_nodes_latest_sample() {
     let mut m = Meter::new();
@@ -1065,7 +1122,7 @@ fn the_upgrade_to_schema_12_finds_each_nodes_latest_sample() {
         &m.path(),
         &format!(
             "{} DROP TABLE usage_days; ALTER TABLE nodes DROP COLUMN last_seen_ms; {back_to_11}",
-            support::undo_migration_13()
+            support::undo_migrations_13_to_14()
         ),
     );
     let mut m = m.restart();
