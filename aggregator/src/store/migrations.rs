@@ -788,7 +788,7 @@ const MIGRATIONS: &[Migration] = &[
     BEGIN
         PERFORM pg_advisory_xact_lock(7165071312172446324); -- "corepart"
         IF to_regclass(name) IS NULL THEN
-            EXECUTE format('CREATE TABLE %I PARTITION OF sample_days FOR VALUES FROM (%s) TO (%s)',
+            EXECUTE format('CREATE TABLE %I PARTITION OF sample_days FOR VALUES FROM (%s) TO (%s) WITH (autovacuum_vacuum_scale_factor = 0.02)',
                            name, first - DATE '1970-01-01', next - DATE '1970-01-01');
         END IF;
     END $$;
