@@ -683,7 +683,8 @@ fn copy_samples_into_days(source: &Conn, target: &Conn) -> Result<u64, DbError> 
         let texts: Vec<Option<&str>> = versions.iter().map(|v| v.as_deref()).collect();
         let [accounts, ats, nodes, ids, cores, received, seqs] = &*columns;
         target.execute(
-            "INSERT INTO sample_days AS d (account_ref, day, node_id, at_offsets, ids, cores, received_at_ms, seqs, agent_versions)
+            &format!(
+                "INSERT INTO sample_days AS d (account_ref, day, node_id, at_offsets, ids, cores, received_at_ms, seqs, agent_versions)
              SELECT a, day, n, array_agg((t - day::BIGINT * 86400000)::INT ORDER BY id), array_agg(id ORDER BY id),
                     array_agg(c::SMALLINT ORDER BY id), array_agg(r ORDER BY id), array_agg(s ORDER BY id),
                     array_agg(v ORDER BY id)
@@ -691,13 +692,9 @@ fn copy_samples_into_days(source: &Conn, target: &Conn) -> Result<u64, DbError> 
                        FROM unnest(?1::BIGINT[], ?2::BIGINT[], ?3::BIGINT[], ?4::BIGINT[], ?5::BIGINT[], ?6::BIGINT[], ?7::BIGINT[], ?8::TEXT[])
                             AS u(a, t, n, id, c, r, s, v)) AS x
               GROUP BY a, day, n
-             ON CONFLICT (account_ref, day, node_id) DO UPDATE SET
-                at_offsets = d.at_offsets || excluded.at_offsets,
-                ids = d.ids || excluded.ids,
-                cores = d.cores || excluded.cores,
-                received_at_ms = d.received_at_ms || excluded.received_at_ms,
-                seqs = d.seqs || excluded.seqs,
-                agent_versions = d.agent_versions || excluded.agent_versions",
+             {}",
+                super::samples::APPEND_TO_DAY
+            ),
             [
                 Value::Ints(accounts),
                 Value::Ints(ats),

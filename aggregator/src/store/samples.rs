@@ -659,6 +659,16 @@ fn stored_days(tx: &Conn, samples: &[(i64, &Checked<'_>)]) -> Result<StoredBySeq
     Ok(stored)
 }
 
+/// What an insert into `sample_days` does with a row that is there: the
+/// new samples go after its own, every array in step.
+pub(super) const APPEND_TO_DAY: &str = "ON CONFLICT (account_ref, day, node_id) DO UPDATE SET
+            at_offsets = d.at_offsets || excluded.at_offsets,
+            ids = d.ids || excluded.ids,
+            cores = d.cores || excluded.cores,
+            received_at_ms = d.received_at_ms || excluded.received_at_ms,
+            seqs = d.seqs || excluded.seqs,
+            agent_versions = d.agent_versions || excluded.agent_versions";
+
 /// Appends the samples to their node's row of their day, making the row
 /// where there is none; the rows in key order.
 fn append_to_days(tx: &Conn, samples: &[(i64, &Checked<'_>)]) -> Result<(), StoreError> {
@@ -684,7 +694,7 @@ fn append_to_days(tx: &Conn, samples: &[(i64, &Checked<'_>)]) -> Result<(), Stor
         versions.push(c.agent_version);
     }
     let [accounts, days, nodes, offsets, cores, received, seqs] = &columns;
-    tx.prepare_cached(
+    tx.prepare_cached(&format!(
         "INSERT INTO sample_days AS d (account_ref, day, node_id, at_offsets, ids, cores, received_at_ms, seqs, agent_versions)
          SELECT a, day::INT, n, array_agg(t::INT ORDER BY i), array_agg(id ORDER BY i), array_agg(c::SMALLINT ORDER BY i),
                 array_agg(r ORDER BY i), array_agg(s ORDER BY i), array_agg(v ORDER BY i)
@@ -693,14 +703,8 @@ fn append_to_days(tx: &Conn, samples: &[(i64, &Checked<'_>)]) -> Result<(), Stor
                         WITH ORDINALITY AS u(a, day, n, t, c, r, s, v, i)) AS x
           GROUP BY a, day, n
           ORDER BY a, day, n
-         ON CONFLICT (account_ref, day, node_id) DO UPDATE SET
-            at_offsets = d.at_offsets || excluded.at_offsets,
-            ids = d.ids || excluded.ids,
-            cores = d.cores || excluded.cores,
-            received_at_ms = d.received_at_ms || excluded.received_at_ms,
-            seqs = d.seqs || excluded.seqs,
-            agent_versions = d.agent_versions || excluded.agent_versions",
-    )?
+         {APPEND_TO_DAY}"
+    ))?
     .execute([
         Value::Ints(accounts),
         Value::Ints(days),
