@@ -134,7 +134,7 @@ fn bill_set(
         .filter(|(_, first)| (last_due - *first).num_days() >= SET_DAYS)
         .map(|&(account, first)| (account, zone.day_start(first) - reach))
         .collect();
-    let mut firsts = store.billing().first_samples_at(&long)?.into_iter();
+    let mut firsts = store.billing().first_sample_days_from(&long)?.into_iter();
     due.retain_mut(|(_, first)| {
         if (last_due - *first).num_days() < SET_DAYS {
             return true;
@@ -215,7 +215,7 @@ fn bill_account(
         // Jump over days without samples: nothing there can be billed.
         let Some(next) = store
             .billing()
-            .first_sample_at(account, zone.day_start(chunk_start) - reach)?
+            .first_sample_day_from(account, zone.day_start(chunk_start) - reach)?
         else {
             break;
         };

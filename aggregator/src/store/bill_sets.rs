@@ -100,23 +100,24 @@ impl Billing<'_> {
         Ok(terms)
     }
 
-    /// For each (account, instant): the instant of the account's first
-    /// sample at or after it, as [`Billing::first_sample_at`] gives one.
-    pub fn first_samples_at(
+    /// For each (account, instant): where the account's samples at or
+    /// after it begin, to the UTC day, as [`Billing::first_sample_day_from`]
+    /// gives it.
+    pub fn first_sample_days_from(
         &self,
         after: &[(&Account, DateTime<Utc>)],
     ) -> Result<Vec<Option<DateTime<Utc>>>, StoreError> {
         match self.0.conn.dialect() {
             Dialect::Sqlite => after
                 .iter()
-                .map(|(account, from)| self.first_sample_at(account, *from))
+                .map(|(account, from)| self.first_sample_day_from(account, *from))
                 .collect(),
             Dialect::Postgres => {
                 let after: Vec<(i64, i64)> = after
                     .iter()
                     .map(|(account, from)| (account.reference, from.timestamp_millis()))
                     .collect();
-                Ok(super::samples::first_samples_after(&self.0.conn, &after)?
+                Ok(super::samples::first_sample_days_from(&self.0.conn, &after)?
                     .into_iter()
                     .map(|ms| ms.map(from_ms))
                     .collect())

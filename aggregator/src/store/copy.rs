@@ -685,8 +685,8 @@ fn copy_samples_into_days(source: &Conn, target: &Conn) -> Result<u64, DbError> 
         target.execute(
             &format!(
                 "INSERT INTO sample_days AS d (account_ref, day, node_id, at_offsets, ids, cores, received_at_ms, seqs, agent_versions)
-             SELECT a, day, n, array_agg((t - day::BIGINT * 86400000)::INT ORDER BY id), array_agg(id ORDER BY id),
-                    array_agg(c::SMALLINT ORDER BY id), array_agg(r ORDER BY id), array_agg(s ORDER BY id),
+             SELECT a, day, n, string_agg(int4send((t - day::BIGINT * 86400000)::INT), ''::BYTEA ORDER BY id), array_agg(id ORDER BY id),
+                    string_agg(int2send(c::SMALLINT), ''::BYTEA ORDER BY id), array_agg(r ORDER BY id), array_agg(s ORDER BY id),
                     array_agg(v ORDER BY id)
                FROM (SELECT u.*, floor(t / 86400000.0)::INT AS day
                        FROM unnest(?1::BIGINT[], ?2::BIGINT[], ?3::BIGINT[], ?4::BIGINT[], ?5::BIGINT[], ?6::BIGINT[], ?7::BIGINT[], ?8::TEXT[])

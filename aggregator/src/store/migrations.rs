@@ -825,10 +825,51 @@ const MIGRATIONS: &[Migration] = &[
            AS u(at_offset, id, cores, received_at_ms, seq, agent_version);
     "#,
     },
+    // PostgreSQL: a day's offsets and cores packed as bytes (4 and 2 a
+    // sample, big-endian, in step with the arrays). Billing reads only
+    // these two of a row, and an integer array goes out element by element
+    // (a call and an allocation each: 0.54 s of the server's time for 100,000
+    // nodes' day, against 0.15 s for the same bytes), where bytes go out
+    // whole. `sample_days_ints` and `sample_days_bytes` turn them back and
+    // forth for the SQL that looks inside a row (the view, resends,
+    // retention's cut).
+    Migration {
+        version: 15,
+        sql: "",
+        sqlite: "",
+        postgres: r#"
+    CREATE FUNCTION sample_days_ints(packed BYTEA, width INT) RETURNS INT[]
+        LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+        SELECT coalesce(array_agg(CASE width
+                   WHEN 4 THEN (get_byte(packed, i) << 24) | (get_byte(packed, i + 1) << 16)
+                             | (get_byte(packed, i + 2) << 8) | get_byte(packed, i + 3)
+                   ELSE (get_byte(packed, i) << 8) | get_byte(packed, i + 1) END ORDER BY i), ARRAY[]::INT[])
+          FROM generate_series(0, length(packed) - width, width) AS i
+    $$;
+    CREATE FUNCTION sample_days_bytes(vals INT[], width INT) RETURNS BYTEA
+        LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+        SELECT coalesce(string_agg(CASE width WHEN 4 THEN int4send(v) ELSE int2send(v::SMALLINT) END,
+                                   ''::BYTEA ORDER BY i), ''::BYTEA)
+          FROM unnest(vals) WITH ORDINALITY AS u(v, i)
+    $$;
+
+    DROP VIEW samples;
+    ALTER TABLE sample_days
+        ALTER COLUMN at_offsets TYPE BYTEA USING sample_days_bytes(at_offsets, 4),
+        ALTER COLUMN cores TYPE BYTEA USING sample_days_bytes(cores::INT[], 2);
+    CREATE VIEW samples AS
+    SELECT d.account_ref, d.day::BIGINT * 86400000 + u.at_offset AS at_ms, d.node_id, u.id,
+           u.cores::BIGINT AS cores, u.received_at_ms, u.seq, u.agent_version, d.day
+      FROM sample_days AS d
+     CROSS JOIN LATERAL unnest(sample_days_ints(d.at_offsets, 4), d.ids, sample_days_ints(d.cores, 2),
+                               d.received_at_ms, d.seqs, d.agent_versions)
+           AS u(at_offset, id, cores, received_at_ms, seq, agent_version);
+    "#,
+    },
 ];
 
 /// The schema version this build knows.
-pub const VERSION: usize = 14;
+pub const VERSION: usize = 15;
 
 /// The version whose migration records the names outside their domain
 /// (`names::report_names_outside_domain` runs when a database crosses it).

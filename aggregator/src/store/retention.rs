@@ -345,19 +345,19 @@ pub(super) fn delete_samples_before(
     let (cut_rows, cut): (i64, i64) = tx
         .prepare_cached(
             "WITH old AS (
-                 SELECT node_id, (SELECT count(*) FROM unnest(at_offsets) AS a WHERE a < ?3) AS n
-                   FROM sample_days
+                 SELECT node_id, offsets, (SELECT count(*) FROM unnest(offsets) AS a WHERE a < ?3) AS n
+                   FROM sample_days CROSS JOIN LATERAL sample_days_ints(at_offsets, 4) AS offsets
                   WHERE account_ref = ?1 AND day = ?2
-                    AND EXISTS (SELECT 1 FROM unnest(at_offsets) AS a WHERE a < ?3)
-                  ORDER BY node_id LIMIT ?4 FOR UPDATE),
+                    AND EXISTS (SELECT 1 FROM unnest(offsets) AS a WHERE a < ?3)
+                  ORDER BY node_id LIMIT ?4 FOR UPDATE OF sample_days),
              cut AS (
                  UPDATE sample_days AS d SET
-                     ids = sample_days_from(d.ids, d.at_offsets, ?3),
-                     cores = sample_days_from(d.cores, d.at_offsets, ?3),
-                     received_at_ms = sample_days_from(d.received_at_ms, d.at_offsets, ?3),
-                     seqs = sample_days_from(d.seqs, d.at_offsets, ?3),
-                     agent_versions = sample_days_from(d.agent_versions, d.at_offsets, ?3),
-                     at_offsets = sample_days_from(d.at_offsets, d.at_offsets, ?3)
+                     ids = sample_days_from(d.ids, old.offsets, ?3),
+                     cores = sample_days_bytes(sample_days_from(sample_days_ints(d.cores, 2), old.offsets, ?3), 2),
+                     received_at_ms = sample_days_from(d.received_at_ms, old.offsets, ?3),
+                     seqs = sample_days_from(d.seqs, old.offsets, ?3),
+                     agent_versions = sample_days_from(d.agent_versions, old.offsets, ?3),
+                     at_offsets = sample_days_bytes(sample_days_from(old.offsets, old.offsets, ?3), 4)
                    FROM old
                   WHERE d.account_ref = ?1 AND d.day = ?2 AND d.node_id = old.node_id)
              SELECT count(*), coalesce(sum(n), 0)::BIGINT FROM old",

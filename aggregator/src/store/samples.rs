@@ -617,7 +617,7 @@ fn stored_days(tx: &Conn, samples: &[(i64, &Checked<'_>)]) -> Result<StoredBySeq
                FROM unnest(?1::BIGINT[], ?2::BIGINT[], ?3::BIGINT[], ?4::BIGINT[]) AS u(acc, day, n, q)
                JOIN sample_days d ON d.account_ref = u.acc AND d.day = u.day AND d.node_id = u.n
                                  AND d.seqs @> ARRAY[u.q]
-              CROSS JOIN LATERAL unnest(d.seqs, d.at_offsets, d.cores) AS x(q, a, c)
+              CROSS JOIN LATERAL unnest(d.seqs, sample_days_ints(d.at_offsets, 4), sample_days_ints(d.cores, 2)) AS x(q, a, c)
               WHERE x.q = u.q",
         )?
         .query_map(
@@ -647,7 +647,7 @@ fn stored_days(tx: &Conn, samples: &[(i64, &Checked<'_>)]) -> Result<StoredBySeq
             "SELECT u.n, u.q, d.day, x.a, x.c
                FROM unnest(?1::BIGINT[], ?2::BIGINT[]) AS u(n, q)
                JOIN sample_days d ON d.node_id = u.n AND d.seqs @> ARRAY[u.q]
-              CROSS JOIN LATERAL unnest(d.seqs, d.at_offsets, d.cores) AS x(q, a, c)
+              CROSS JOIN LATERAL unnest(d.seqs, sample_days_ints(d.at_offsets, 4), sample_days_ints(d.cores, 2)) AS x(q, a, c)
               WHERE x.q = u.q
               ORDER BY d.day",
         )?
@@ -696,7 +696,8 @@ fn append_to_days(tx: &Conn, samples: &[(i64, &Checked<'_>)]) -> Result<(), Stor
     let [accounts, days, nodes, offsets, cores, received, seqs] = &columns;
     tx.prepare_cached(&format!(
         "INSERT INTO sample_days AS d (account_ref, day, node_id, at_offsets, ids, cores, received_at_ms, seqs, agent_versions)
-         SELECT a, day::INT, n, array_agg(t::INT ORDER BY i), array_agg(id ORDER BY i), array_agg(c::SMALLINT ORDER BY i),
+         SELECT a, day::INT, n, string_agg(int4send(t::INT), ''::BYTEA ORDER BY i), array_agg(id ORDER BY i),
+                string_agg(int2send(c::SMALLINT), ''::BYTEA ORDER BY i),
                 array_agg(r ORDER BY i), array_agg(s ORDER BY i), array_agg(v ORDER BY i)
            FROM (SELECT u.*, nextval('sample_id_seq') AS id
                    FROM unnest(?1::BIGINT[], ?2::BIGINT[], ?3::BIGINT[], ?4::BIGINT[], ?5::BIGINT[], ?6::BIGINT[], ?7::BIGINT[], ?8::TEXT[])
@@ -768,20 +769,23 @@ pub(super) fn samples_of_windows(
             let (from_ms, to_ms) = windows[i].1;
             let node = r.get::<_, i64>(1)? as u64;
             let start = r.get::<_, i64>(2)? * DAY_MS;
-            let offsets = r.ints(3)?;
-            let cores = r.ints(4)?;
-            for (offset, cores) in offsets.into_iter().zip(cores) {
-                let (Some(offset), Some(cores)) = (offset, cores) else {
-                    continue;
-                };
-                let at_ms = start + offset;
+            let offsets: Vec<u8> = r.get(3)?;
+            let cores: Vec<u8> = r.get(4)?;
+            let offsets = offsets
+                .chunks_exact(4)
+                .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+            let cores = cores
+                .chunks_exact(2)
+                .map(|b| u16::from_be_bytes([b[0], b[1]]));
+            for (offset, cores) in offsets.zip(cores) {
+                let at_ms = start + i64::from(offset);
                 if (from_ms..to_ms).contains(&at_ms) {
                     f(
                         i,
                         NodeSample {
                             node,
                             at_ms,
-                            cores: cores as u32,
+                            cores: u32::from(cores),
                         },
                     );
                 }
@@ -792,9 +796,11 @@ pub(super) fn samples_of_windows(
     Ok(())
 }
 
-/// PostgreSQL: for each (account, instant), the `at` of the account's
-/// first sample at or after it: the first day holding one, then its least.
-pub(super) fn first_samples_after(
+/// PostgreSQL: for each (account, instant), [`Billing::first_sample_day_from`]:
+/// the least day at or after the instant's own holding a sample at or after
+/// it, found on the key's index (a row of the instant's own day is looked
+/// into until one has such a sample), never a sample's own instant.
+pub(super) fn first_sample_days_from(
     conn: &Conn,
     after: &[(i64, i64)],
 ) -> Result<Vec<Option<i64>>, StoreError> {
@@ -808,20 +814,21 @@ pub(super) fn first_samples_after(
     let mut rows = conn
         .prepare_cached(
             "SELECT w.i,
-                    (SELECT min(d.day::BIGINT * 86400000 + x.a)
-                       FROM sample_days d CROSS JOIN LATERAL unnest(d.at_offsets) AS x(a)
-                      WHERE d.account_ref = w.ref
-                        AND d.day = (SELECT min(e.day) FROM sample_days e
-                                      WHERE e.account_ref = w.ref AND e.day >= w.from_day
-                                        AND EXISTS (SELECT 1 FROM unnest(e.at_offsets) AS y(a)
-                                                     WHERE e.day::BIGINT * 86400000 + y.a >= w.from_ms))
-                        AND d.day::BIGINT * 86400000 + x.a >= w.from_ms)
+                    (SELECT min(e.day) FROM sample_days e
+                      WHERE e.account_ref = w.ref AND e.day >= w.from_day
+                        AND (e.day > w.from_day
+                             AND length(e.at_offsets) > 0
+                             OR EXISTS (SELECT 1 FROM unnest(sample_days_ints(e.at_offsets, 4)) AS y(a)
+                                         WHERE e.day::BIGINT * 86400000 + y.a >= w.from_ms)))
                FROM unnest(?1::BIGINT[], ?2::BIGINT[], ?3::BIGINT[]) WITH ORDINALITY AS w(ref, from_ms, from_day, i)",
         )?
         .query((Value::Ints(&refs), Value::Ints(&from), Value::Ints(&days)))?;
     while let Some(r) = rows.next()? {
         let i: i64 = r.get(0)?;
-        out[i as usize - 1] = r.get::<_, Option<i64>>(1)?;
+        let (from_ms, from_day) = (after[i as usize - 1].1, days[i as usize - 1]);
+        out[i as usize - 1] = r
+            .get::<_, Option<i64>>(1)?
+            .map(|day| if Some(day) == from_day { from_ms } else { day * DAY_MS });
     }
     Ok(out)
 }
@@ -1151,15 +1158,20 @@ impl Billing<'_> {
         )
     }
 
-    /// The `at` of the account's first stored sample at or after `from`, if any.
-    pub fn first_sample_at(
+    /// Where the account's samples at or after `from` begin, to the UTC
+    /// day: the start of the UTC day of the first of them, or `from` itself
+    /// when that sample is on `from`'s own day; `None` when there is none.
+    /// Billing only needs the day a stretch without samples ends, and on
+    /// PostgreSQL the day is found on the key's index, without reading
+    /// every sample of it.
+    pub fn first_sample_day_from(
         &self,
         account: &Account,
         from: DateTime<Utc>,
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let from_ms = from.timestamp_millis();
         if self.conn.dialect() == Dialect::Postgres {
-            let first =
-                first_samples_after(&self.conn, &[(account.reference, from.timestamp_millis())])?;
+            let first = first_sample_days_from(&self.conn, &[(account.reference, from_ms)])?;
             return Ok(first[0].map(super::from_ms));
         }
         let ms: Option<i64> = self
@@ -1167,8 +1179,11 @@ impl Billing<'_> {
             .prepare_cached(
                 "SELECT min(at_ms) FROM samples WHERE account_ref = ?1 AND at_ms >= ?2",
             )?
-            .query_row((account.reference, from.timestamp_millis()), |r| r.get(0))?;
-        Ok(ms.map(super::from_ms))
+            .query_row((account.reference, from_ms), |r| r.get(0))?;
+        Ok(ms.map(|at| {
+            let day_start = day_of_ms(at) * DAY_MS;
+            super::from_ms(day_start.max(from_ms))
+        }))
     }
 }
 

@@ -1054,7 +1054,7 @@ fn each_node_is_last_seen_at_its_latest_sample_and_counts_as_silent_until_gone()
 /// day: every field of every sample reads back the same, a resend of a
 /// stored seq is still told from a new one, and billing is unchanged.
 #[test]
-fn the_upgrade_to_schema_14_keeps_every_sample_as_it_was() {
+fn the_upgrade_to_schemas_14_and_15_keeps_every_sample_as_it_was() {
     let mut m = Meter::new();
     m.account("acme");
     // Two nodes over two local days (three UTC days), with seqs.
@@ -1080,7 +1080,7 @@ fn the_upgrade_to_schema_14_keeps_every_sample_as_it_was() {
     };
     support::execute_behind_the_store(
         &m.path(),
-        &format!("{} {back_to_13}", support::undo_migration_14()),
+        &format!("{} {back_to_13}", support::undo_migrations_14_to_15()),
     );
     let mut m = m.restart();
     assert_eq!(
@@ -1122,7 +1122,7 @@ fn the_upgrade_to_schema_12_finds_each_nodes_latest_sample() {
         &m.path(),
         &format!(
             "{} DROP TABLE usage_days; ALTER TABLE nodes DROP COLUMN last_seen_ms; {back_to_11}",
-            support::undo_migrations_13_to_14()
+            support::undo_migrations_13_to_15()
         ),
     );
     let mut m = m.restart();

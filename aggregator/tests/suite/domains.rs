@@ -329,7 +329,7 @@ async fn names_stored_before_the_domain_are_reported_by_the_migration_and_stay_r
              INSERT INTO nodes (account_ref, cluster, name)
                SELECT ref, 'east/1', 'node 7' FROM accounts WHERE id = 'old acme';
              {back_a_version}",
-            support::undo_migrations_9_to_14()
+            support::undo_migrations_9_to_15()
         ),
     );
     let app = TestApp::spawn(path.clone(), None, local(NOW)).await;

@@ -234,7 +234,7 @@ fn the_upgrade_to_schema_7_records_every_token_held_before_it() {
     };
     execute_behind_the_store(
         &path,
-        &format!("{}{back_to_6}", crate::support::undo_migrations_9_to_14()),
+        &format!("{}{back_to_6}", crate::support::undo_migrations_9_to_15()),
     );
 
     let mut store = open_store(&path, Durability::Scratch).unwrap();

@@ -189,14 +189,16 @@ pub fn skipped_on_postgres(what: &str) -> bool {
     skip
 }
 
-/// Undoes what migration 14 made on PostgreSQL: its samples filed a row
-/// per node and day go back into a table of a row each, with its keys.
-pub fn undo_migration_14() -> &'static str {
+/// Undoes what migrations 14 and 15 made on PostgreSQL: its samples filed
+/// a row per node and day (15: offsets and cores packed as bytes) go back
+/// into a table of a row each, with its keys.
+pub fn undo_migrations_14_to_15() -> &'static str {
     if postgres_server().is_some() {
         "CREATE TABLE samples_of_13 AS
              SELECT account_ref, at_ms, node_id, id, cores, received_at_ms, seq, agent_version FROM samples;
          DROP VIEW samples; DROP TABLE sample_days;
          DROP FUNCTION sample_days_partition(INT); DROP FUNCTION sample_days_from(ANYARRAY, INT[], BIGINT);
+         DROP FUNCTION sample_days_ints(BYTEA, INT); DROP FUNCTION sample_days_bytes(INT[], INT);
          ALTER TABLE samples_of_13 RENAME TO samples;
          ALTER TABLE samples ADD PRIMARY KEY (account_ref, at_ms, node_id, id);
          CREATE UNIQUE INDEX samples_by_node_seq ON samples(node_id, seq) WHERE seq IS NOT NULL;
@@ -206,21 +208,21 @@ pub fn undo_migration_14() -> &'static str {
     }
 }
 
-/// Undoes what migrations 13 and 14 made: ingest's recompute marks,
+/// Undoes what migrations 13 to 15 made: ingest's recompute marks,
 /// PostgreSQL's sequence of sample ids and its samples by node and day.
-pub fn undo_migrations_13_to_14() -> String {
+pub fn undo_migrations_13_to_15() -> String {
     let thirteen = if postgres_server().is_some() {
         "DROP TABLE recompute_marks; DROP SEQUENCE sample_id_seq;"
     } else {
         "DROP TABLE recompute_marks;"
     };
-    format!("{} {thirteen}", undo_migration_14())
+    format!("{} {thirteen}", undo_migrations_14_to_15())
 }
 
-/// Undoes what migrations 9 (the image-scan add-on) to 14 (PostgreSQL's
+/// Undoes what migrations 9 (the image-scan add-on) to 15 (PostgreSQL's
 /// samples by node and day) made, children first: with the version set
 /// back, a test takes a database back to how version 8 left it.
-pub fn undo_migrations_9_to_14() -> String {
+pub fn undo_migrations_9_to_15() -> String {
     let notices = if postgres_server().is_some() {
         "ALTER TABLE notices DROP COLUMN product; ALTER TABLE notices ADD UNIQUE (account_ref, kind, day);
          ALTER TABLE issued_tokens DROP CONSTRAINT issued_tokens_kind_check;
@@ -237,7 +239,7 @@ pub fn undo_migrations_9_to_14() -> String {
          DROP TABLE image_settings; DROP TABLE image_scan_refunds;
          DROP TABLE image_receipts; DROP TABLE node_image_lists; DROP TABLE node_images;
          DROP TABLE images; DROP TABLE image_scan_packs; DROP TABLE product_pauses;",
-        undo_migrations_13_to_14()
+        undo_migrations_13_to_15()
     )
 }
 
