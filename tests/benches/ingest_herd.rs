@@ -103,6 +103,14 @@ struct Args {
     /// that took the server's time during the push: where its CPU goes.
     #[arg(long)]
     pg_statements: bool,
+    /// PostgreSQL's own group commit: the server's `commit_delay` in
+    /// microseconds, with `commit_siblings = 1`, so that a commit made while
+    /// another transaction is open waits that long for others to share its
+    /// WAL flush. One replica commits alone and never waits; with several,
+    /// each replica's commit takes longer, so more requests queue for its
+    /// next group and it commits less often.
+    #[arg(long)]
+    pg_commit_delay: Option<u32>,
     /// The service speaks HTTPS (a throwaway CA's certificate, rustls) and
     /// the herd pushes over it: what TLS costs ingest.
     #[arg(long)]
@@ -670,12 +678,16 @@ fn run(args: &Args, binary: &Path, nodes: u64) -> Measured {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let sqlite = dir.path().join("herd.sqlite");
     let postgres = (args.database == "postgres").then(|| {
-        let extra = if args.pg_statements {
-            TempPostgres::STATEMENTS
+        let mut extra = if args.pg_statements {
+            TempPostgres::STATEMENTS.to_string()
         } else {
-            ""
+            String::new()
         };
-        TempPostgres::start_with_options(!args.pg_no_fsync, extra).expect("a throwaway PostgreSQL")
+        if let Some(us) = args.pg_commit_delay {
+            extra.push_str(&format!(" -c commit_delay={us} -c commit_siblings=1"));
+        }
+        TempPostgres::start_with_options(!args.pg_no_fsync, extra.trim())
+            .expect("a throwaway PostgreSQL")
     });
     let (database, label) = match &postgres {
         Some(pg) => {

@@ -229,6 +229,8 @@ impl TempPostgres {
             "full_page_writes",
             "wal_sync_method",
             "shared_buffers",
+            "commit_delay",
+            "commit_siblings",
         ];
         let shown: Vec<String> = names
             .iter()

@@ -117,10 +117,12 @@ impl Billing<'_> {
                     .iter()
                     .map(|(account, from)| (account.reference, from.timestamp_millis()))
                     .collect();
-                Ok(super::samples::first_sample_days_from(&self.0.conn, &after)?
-                    .into_iter()
-                    .map(|ms| ms.map(from_ms))
-                    .collect())
+                Ok(
+                    super::samples::first_sample_days_from(&self.0.conn, &after)?
+                        .into_iter()
+                        .map(|ms| ms.map(from_ms))
+                        .collect(),
+                )
             }
         }
     }

@@ -826,9 +826,13 @@ pub(super) fn first_sample_days_from(
     while let Some(r) = rows.next()? {
         let i: i64 = r.get(0)?;
         let (from_ms, from_day) = (after[i as usize - 1].1, days[i as usize - 1]);
-        out[i as usize - 1] = r
-            .get::<_, Option<i64>>(1)?
-            .map(|day| if Some(day) == from_day { from_ms } else { day * DAY_MS });
+        out[i as usize - 1] = r.get::<_, Option<i64>>(1)?.map(|day| {
+            if Some(day) == from_day {
+                from_ms
+            } else {
+                day * DAY_MS
+            }
+        });
     }
     Ok(out)
 }
