@@ -485,37 +485,6 @@ impl Row<'_> {
         T::from_cell(cell).map_err(|message| DbError::Conversion { column, message })
     }
 
-    /// A PostgreSQL integer array (`SMALLINT[]`, `INT[]`, `BIGINT[]`),
-    /// its NULL elements `None`. SQLite has no arrays.
-    pub fn ints(&self, column: usize) -> Result<Vec<Option<i64>>, DbError> {
-        let Row::Postgres(r) = self else {
-            return Err(DbError::Conversion {
-                column,
-                message: "arrays are read from PostgreSQL only".into(),
-            });
-        };
-        let ty = r.columns().get(column).map(|c| c.type_().clone());
-        Ok(match ty {
-            Some(Type::INT8_ARRAY) => r.try_get(column)?,
-            Some(Type::INT4_ARRAY) => r
-                .try_get::<_, Vec<Option<i32>>>(column)?
-                .into_iter()
-                .map(|v| v.map(i64::from))
-                .collect(),
-            Some(Type::INT2_ARRAY) => r
-                .try_get::<_, Vec<Option<i16>>>(column)?
-                .into_iter()
-                .map(|v| v.map(i64::from))
-                .collect(),
-            other => {
-                return Err(DbError::Conversion {
-                    column,
-                    message: format!("expected an integer array, found {other:?}"),
-                })
-            }
-        })
-    }
-
     fn cell(&self, column: usize) -> Result<Cell<'_>, DbError> {
         match self {
             Row::Sqlite(r) => Ok(match r.get_ref(column)? {

@@ -555,6 +555,13 @@ pub(super) fn day_of_ms(at_ms: i64) -> i64 {
     at_ms.div_euclid(DAY_MS)
 }
 
+/// The start of UTC day `day`, or `from_ms` when that is later (the day is
+/// `from_ms`'s own): where [`Billing::first_sample_day_from`] says samples
+/// found on `day` begin.
+fn day_start_from(day: i64, from_ms: i64) -> i64 {
+    (day * DAY_MS).max(from_ms)
+}
+
 /// Nodes moving on: by node id, the latest `at` (when ingest keeps it) and
 /// the highest seq of the batch.
 type MovedOn = FxHashMap<i64, (Option<i64>, Option<i64>)>;
@@ -825,14 +832,10 @@ pub(super) fn first_sample_days_from(
         .query((Value::Ints(&refs), Value::Ints(&from), Value::Ints(&days)))?;
     while let Some(r) = rows.next()? {
         let i: i64 = r.get(0)?;
-        let (from_ms, from_day) = (after[i as usize - 1].1, days[i as usize - 1]);
-        out[i as usize - 1] = r.get::<_, Option<i64>>(1)?.map(|day| {
-            if Some(day) == from_day {
-                from_ms
-            } else {
-                day * DAY_MS
-            }
-        });
+        let from_ms = after[i as usize - 1].1;
+        out[i as usize - 1] = r
+            .get::<_, Option<i64>>(1)?
+            .map(|day| day_start_from(day, from_ms));
     }
     Ok(out)
 }
@@ -1184,10 +1187,7 @@ impl Billing<'_> {
                 "SELECT min(at_ms) FROM samples WHERE account_ref = ?1 AND at_ms >= ?2",
             )?
             .query_row((account.reference, from_ms), |r| r.get(0))?;
-        Ok(ms.map(|at| {
-            let day_start = day_of_ms(at) * DAY_MS;
-            super::from_ms(day_start.max(from_ms))
-        }))
+        Ok(ms.map(|at| super::from_ms(day_start_from(day_of_ms(at), from_ms))))
     }
 }
 
