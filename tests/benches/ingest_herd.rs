@@ -55,7 +55,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use clap::Parser;
-use e2e::procs::request;
+use e2e::procs::{cpu_secs_of, loadavg, request};
 
 use e2e::postgres::TempPostgres;
 
@@ -217,12 +217,6 @@ fn release_aggregator() -> PathBuf {
         binary.display()
     );
     binary
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
 }
 
 fn print_machine(args: &Args, binary: &Path) {
@@ -589,23 +583,6 @@ fn push_all(
         load.secs = started.elapsed().as_secs_f64();
         load
     })
-}
-
-/// utime + stime of a /proc/…/stat file, in seconds (clock ticks of 1/100 s on Linux).
-fn cpu_secs_of(stat: &str) -> f64 {
-    let text = std::fs::read_to_string(stat).unwrap_or_default();
-    // The fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = text
-        .rsplit_once(')')
-        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn percentile(sorted: &[Duration], p: usize) -> Duration {

@@ -50,7 +50,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use clap::Parser;
 use e2e::postgres::TempPostgres;
-use e2e::procs::{Service, ServiceOptions};
+use e2e::procs::{cpu_secs_of, loadavg, Service, ServiceOptions};
 use rust_decimal::Decimal;
 use shared::zone::BillingZone;
 
@@ -994,21 +994,6 @@ impl Cpu {
     }
 }
 
-/// utime + stime of a /proc/…/stat file, in seconds (ticks of 1/100 s).
-fn cpu_secs_of(stat: &str) -> f64 {
-    let text = std::fs::read_to_string(stat).unwrap_or_default();
-    let fields: Vec<&str> = text
-        .rsplit_once(')')
-        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
-}
-
 /// A process's peak resident memory (VmHWM), in MiB.
 fn peak_rss_mib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -1054,10 +1039,4 @@ fn billing_runs(log: &str) -> Vec<String> {
         }
     }
     runs
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
 }

@@ -450,3 +450,30 @@ pub fn taken_in(log: &str) -> Vec<Taken> {
     out.sort();
     out
 }
+
+/// utime + stime of a /proc/…/stat file, in seconds (clock ticks of 1/100 s
+/// on Linux): the CPU a bench's process has used.
+// CPU seconds are a measurement, not money.
+#[allow(clippy::float_arithmetic)]
+pub fn cpu_secs_of(stat: &str) -> f64 {
+    let text = std::fs::read_to_string(stat).unwrap_or_default();
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = text
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The machine's load average, as a bench prints it beside its figures.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
