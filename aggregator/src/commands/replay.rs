@@ -17,7 +17,7 @@ use shared::zone::BillingZone;
 
 use crate::billing::run_billing;
 use crate::config::BillingConfig;
-use crate::store::{Durability, Incoming, Outcome, Store};
+use crate::store::{Incoming, Outcome, Store};
 
 /// Samples stored per transaction while replaying.
 const INGEST_CHUNK: usize = 10_000;
@@ -208,6 +208,9 @@ pub fn replay_file(path: &Path) -> anyhow::Result<Output> {
 
 /// Parses a case; a malformed one is an error naming the field.
 pub fn parse_case(text: &[u8]) -> anyhow::Result<Case<'_>> {
+    if let Some(case) = parse_case_quickly(text) {
+        return Ok(case);
+    }
     match serde_json::from_slice(text) {
         Ok(case) => Ok(case),
         // Parse again, slower, only to say where the problem is.
@@ -218,6 +221,147 @@ pub fn parse_case(text: &[u8]) -> anyhow::Result<Case<'_>> {
                 Ok(_) => Err(anyhow!("malformed case: {e}")),
             }
         }
+    }
+}
+
+/// A well-formed case parsed without reading its samples twice: parsed as
+/// a whole, the samples (nearly all of a large case) would be scanned once
+/// to find where they end and again to be split among threads. Here they
+/// are found and split in one scan, and the rest of the case, with an empty
+/// array in their place, goes to `serde_json`. `None` whenever anything is
+/// unexpected (an escape in a member's name, `samples` twice, a malformed
+/// sample): the case is then parsed as a whole, which also says what is wrong.
+fn parse_case_quickly(bytes: &[u8]) -> Option<Case<'_>> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let (samples, elements) = find_samples(text)?;
+    let rest = format!("{}[]{}", &text[..samples.start], &text[samples.end..]);
+    let rest: Case<'_> = serde_json::from_str(&rest).ok()?;
+    let samples = parse_samples_split(text, &elements).ok()?;
+    Some(Case {
+        name: rest.name,
+        settings: rest.settings,
+        accounts: rest.accounts,
+        samples,
+        runs: rest.runs,
+    })
+}
+
+/// Byte ranges of a text.
+type Spans = Vec<(usize, usize)>;
+
+/// JSON's whitespace; `u8::is_ascii_whitespace` also takes a form feed.
+fn is_json_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+/// Where the value of the top-level member `samples` starts and ends, and
+/// its elements: `None` unless the text is an object whose member names
+/// have no escapes, with one `samples`, an array. The members are only
+/// delimited here; `serde_json` checks them.
+fn find_samples(text: &str) -> Option<(std::ops::Range<usize>, Spans)> {
+    let bytes = text.as_bytes();
+    let mut i = skip_space(bytes, 0);
+    if bytes.get(i) != Some(&b'{') {
+        return None;
+    }
+    let mut found = None;
+    i = skip_space(bytes, i + 1);
+    if bytes.get(i) == Some(&b'}') {
+        return None;
+    }
+    loop {
+        // A member's name, without escapes, then its value.
+        if bytes.get(i) != Some(&b'"') {
+            return None;
+        }
+        let close = i + 1 + memchr::memchr2(b'"', b'\\', bytes.get(i + 1..)?)?;
+        if bytes[close] != b'"' {
+            return None;
+        }
+        let name = &text[i + 1..close];
+        i = skip_space(bytes, close + 1);
+        if bytes.get(i) != Some(&b':') {
+            return None;
+        }
+        i = skip_space(bytes, i + 1);
+        let value = i;
+        if name == "samples" {
+            if found.is_some() {
+                return None;
+            }
+            let (elements, end) = split_array(&text[value..])?;
+            let elements = elements
+                .into_iter()
+                .map(|(s, e)| (value + s, value + e))
+                .collect();
+            i = value + end;
+            found = Some((value..i, elements));
+        } else {
+            i = value + value_end(&bytes[value..])?;
+        }
+        i = skip_space(bytes, i);
+        match bytes.get(i)? {
+            b',' => i = skip_space(bytes, i + 1),
+            b'}' => break,
+            _ => return None,
+        }
+    }
+    found
+}
+
+fn skip_space(bytes: &[u8], mut i: usize) -> usize {
+    while bytes.get(i).is_some_and(|&b| is_json_space(b)) {
+        i += 1;
+    }
+    i
+}
+
+/// Where the string starting at `bytes[0]` (a quote) ends: just past its
+/// closing quote, escapes stepped over.
+fn string_end(bytes: &[u8]) -> Option<usize> {
+    let mut i = 1;
+    loop {
+        i += memchr::memchr2(b'"', b'\\', bytes.get(i..)?)?;
+        if bytes[i] == b'"' {
+            return Some(i + 1);
+        }
+        i += 2;
+    }
+}
+
+/// Values nested deeper than this are left to the whole parse: `serde_json`
+/// refuses nesting past 127 levels of the whole case, which the case's
+/// object and its samples' array start.
+const DEEPEST: usize = 100;
+
+/// Where the value starting at `bytes[0]` ends, by nesting outside strings:
+/// a delimiter, not a check (`serde_json` checks it).
+fn value_end(bytes: &[u8]) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut i = 0;
+    loop {
+        match *bytes.get(i)? {
+            b'"' => {
+                i += string_end(&bytes[i..])?;
+                if depth == 0 {
+                    return Some(i);
+                }
+                continue;
+            }
+            b'{' | b'[' if depth == DEEPEST => return None,
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' if depth == 0 => return Some(i),
+            b'}' | b']' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i + 1);
+                }
+            }
+            b',' if depth == 0 => return Some(i),
+            b if depth == 0 && is_json_space(b) => return Some(i),
+            _ => {}
+        }
+        i += 1;
     }
 }
 
@@ -292,8 +436,7 @@ pub fn replay(case: &Case<'_>) -> anyhow::Result<Output> {
             }
         }
     }
-    let dir = tempfile::tempdir().context("create a temporary directory")?;
-    let mut store = Store::open(&dir.path().join("replay.sqlite"), Durability::Scratch)?;
+    let mut store = Store::in_memory()?;
     // Thrown away once the bills are printed: no console reads its nodes.
     store.ingest().keep_last_seen(false);
     replay_into(case, &config, &runs, &mut store)
@@ -344,9 +487,8 @@ pub fn replay_into(
         }
     }
 
-    // Samples are processed in the order received.
-    let mut pending: Vec<&Pending> = case.samples.pending.iter().collect();
-    pending.sort_unstable_by_key(|p| (p.received_ms, p.index));
+    // Samples are processed in the order received, the order they are kept in.
+    let pending = &case.samples.pending[..];
     let mut bills = Vec::new();
     let mut rejected = Vec::new();
     let mut next = 0;
@@ -390,11 +532,19 @@ pub struct Pending {
     at: Option<DateTime<Utc>>,
 }
 
+impl Pending {
+    /// The order samples are taken in: as received, ties in the file's order.
+    fn order(&self) -> (i64, usize) {
+        (self.received_ms, self.index)
+    }
+}
+
 /// The samples of a case, reduced to [`Pending`] records as they are parsed,
 /// so a large case is never held twice in memory.
 #[derive(Debug, Default)]
 pub struct CaseSamples<'a> {
     names: Names<'a>,
+    /// In the order received ([`Pending::order`]).
     pending: Vec<Pending>,
 }
 
@@ -412,7 +562,15 @@ const PARALLEL_FROM: usize = 20_000;
 /// many threads as the machine has (up to 4): the elements are found by a
 /// scan that knows JSON strings, then each thread parses its share.
 fn parse_samples(text: &str) -> Result<CaseSamples<'_>, String> {
-    let elements = split_array(text).ok_or("samples: expected an array of samples")?;
+    let (elements, _) = split_array(text).ok_or("samples: expected an array of samples")?;
+    parse_samples_split(text, &elements)
+}
+
+/// Parses the samples at `elements`, byte ranges of `text`.
+fn parse_samples_split<'a>(
+    text: &'a str,
+    elements: &[(usize, usize)],
+) -> Result<CaseSamples<'a>, String> {
     let threads = if elements.len() < PARALLEL_FROM {
         1
     } else {
@@ -432,6 +590,7 @@ fn parse_samples(text: &str) -> Result<CaseSamples<'_>, String> {
     });
     let mut out = CaseSamples::default();
     out.pending.reserve(elements.len());
+    let mut runs = Vec::with_capacity(parts.len());
     for part in parts {
         let part = part?;
         // Re-intern the part's names into the whole case's table.
@@ -441,12 +600,25 @@ fn parse_samples(text: &str) -> Result<CaseSamples<'_>, String> {
             .into_iter()
             .map(|n| out.names.intern(n))
             .collect();
-        out.pending.extend(part.pending.into_iter().map(|mut p| {
-            p.account = ids[p.account as usize];
-            p.cluster = ids[p.cluster as usize];
-            p.node = ids[p.node as usize];
-            p
-        }));
+        runs.push((part.pending.into_iter().peekable(), ids));
+    }
+    // Each part is in order of receipt: merged, so is the whole.
+    loop {
+        let mut first: Option<(usize, (i64, usize))> = None;
+        for (k, (run, _)) in runs.iter_mut().enumerate() {
+            if let Some(order) = run.peek().map(Pending::order) {
+                if first.is_none_or(|(_, o)| order < o) {
+                    first = Some((k, order));
+                }
+            }
+        }
+        let Some((k, _)) = first else { break };
+        let (run, ids) = &mut runs[k];
+        let mut p = run.next().expect("a run with a next sample");
+        p.account = ids[p.account as usize];
+        p.cluster = ids[p.cluster as usize];
+        p.node = ids[p.node as usize];
+        out.pending.push(p);
     }
     Ok(out)
 }
@@ -482,56 +654,40 @@ fn parse_elements<'a>(
             at,
         });
     }
+    out.pending.sort_unstable_by_key(Pending::order);
     Ok(out)
 }
 
-/// The byte ranges of the elements of a JSON array (already known to be
-/// valid JSON), found by tracking nesting outside strings.
-fn split_array(text: &str) -> Option<Vec<(usize, usize)>> {
+/// The byte ranges of the elements of the JSON array at the start of
+/// `text`, and where it ends (just past its `]`), by nesting outside
+/// strings: `None` unless the elements are separated by single commas. The
+/// elements themselves are checked when each is parsed. Most of a case's
+/// bytes are inside strings, which are skipped to their end at once.
+fn split_array(text: &str) -> Option<(Spans, usize)> {
     let bytes = text.as_bytes();
-    let open = bytes.iter().position(|b| !b.is_ascii_whitespace())?;
-    if bytes[open] != b'[' {
+    let mut i = skip_space(bytes, 0);
+    if bytes.get(i) != Some(&b'[') {
         return None;
     }
     let mut elements = Vec::new();
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    let mut start: Option<usize> = None;
-    for (i, &b) in bytes.iter().enumerate().skip(open + 1) {
-        if in_string {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
+    i = skip_space(bytes, i + 1);
+    if bytes.get(i) == Some(&b']') {
+        return Some((elements, i + 1));
+    }
+    loop {
+        let start = i;
+        i += value_end(&bytes[i..])?;
+        if i == start {
+            return None;
         }
-        match b {
-            b'"' => {
-                in_string = true;
-                start.get_or_insert(i);
-            }
-            b'{' | b'[' => {
-                depth += 1;
-                start.get_or_insert(i);
-            }
-            b'}' | b']' if depth > 0 => depth -= 1,
-            b']' => {
-                if let Some(s) = start.take() {
-                    elements.push((s, i));
-                }
-                return Some(elements);
-            }
-            b',' if depth == 0 => {
-                elements.push((start.take()?, i));
-            }
-            _ if b.is_ascii_whitespace() => {}
-            _ => {
-                start.get_or_insert(i);
-            }
+        elements.push((start, i));
+        i = skip_space(bytes, i);
+        match bytes.get(i)? {
+            b',' => i = skip_space(bytes, i + 1),
+            b']' => return Some((elements, i + 1)),
+            _ => return None,
         }
     }
-    None
 }
 
 #[derive(Debug, Default)]
@@ -562,7 +718,7 @@ impl<'a> Names<'a> {
 fn ingest_chunk(
     store: &mut Store,
     names: &Names<'_>,
-    chunk: &[&Pending],
+    chunk: &[Pending],
     limits: &AgeLimits,
     rejected: &mut Vec<RejectedSample>,
 ) -> anyhow::Result<()> {
@@ -599,4 +755,153 @@ pub fn print(case: &std::path::Path) -> anyhow::Result<()> {
     writeln!(out)?;
     out.flush()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// What a parsed case's samples say, in the order they are taken in.
+    fn taken(case: &Case<'_>) -> Vec<String> {
+        let names = &case.samples.names;
+        case.samples
+            .pending
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} {} {:?} {:?} {:?} {:?} {:?} {:?}",
+                    p.index,
+                    p.received_ms,
+                    p.received_at,
+                    names.get(p.account),
+                    names.get(p.cluster),
+                    names.get(p.node),
+                    p.cores,
+                    p.at
+                )
+            })
+            .collect()
+    }
+
+    /// The case parsed whole, the way a case the quick parse declines is.
+    fn parsed_whole(text: &str) -> Case<'_> {
+        serde_json::from_str(text).expect("a well-formed case")
+    }
+
+    fn sample(node: &str, at: &str, received: &str) -> String {
+        serde_json::json!({
+            "account": "acme", "cluster": "c", "node": node, "cores": 4, "at": at, "received": received,
+        })
+        .to_string()
+    }
+
+    #[test]
+    fn a_case_parsed_quickly_takes_its_samples_in_the_order_received_as_a_whole_parse_does() {
+        // Past PARALLEL_FROM, so that parts are parsed apart and merged;
+        // names with quotes, escapes, brackets and commas in them.
+        let names = ["n\"1", "n\\2", "n],{3", "n\u{e9}4", "n\\\"}5"];
+        let samples: Vec<String> = (0..PARALLEL_FROM + 517)
+            .map(|i| {
+                let minute = (i * 7919) % 1440;
+                sample(
+                    names[i % names.len()],
+                    &format!("2026-01-01T{:02}:{:02}:00Z", minute / 60, minute % 60),
+                    &format!("2026-01-02T{:02}:{:02}:00Z", minute / 60, minute % 60),
+                )
+            })
+            .collect();
+        let text = format!(
+            "{{\"name\": \"x\",\r\n \"samples\" :\t[ {} ] ,\n \"runs\": [\"2026-01-03T00:00:00Z\"],\"accounts\":[{{\"id\":\"acme\"}}]}}\n",
+            samples.join(" ,\n")
+        );
+        let quick = parse_case_quickly(text.as_bytes()).expect("taken quickly");
+        let whole = parsed_whole(&text);
+        assert_eq!(taken(&quick), taken(&whole));
+        assert_eq!(quick.runs, whole.runs);
+        assert_eq!(quick.accounts.len(), 1);
+        let order: Vec<(i64, usize)> = quick.samples.pending.iter().map(Pending::order).collect();
+        assert!(
+            order.windows(2).all(|w| w[0] < w[1]),
+            "in the order received, ties in the file's order"
+        );
+        assert_eq!(order.len(), PARALLEL_FROM + 517);
+    }
+
+    #[test]
+    fn a_case_the_quick_parse_cannot_vouch_for_is_parsed_whole() {
+        let one = sample("n", "2026-01-01T00:00:00Z", "2026-01-01T00:00:00Z");
+        for (text, why) in [
+            (
+                format!("{{\"samples\":[{one}],\"samples\":[]}}"),
+                "samples twice",
+            ),
+            (
+                format!("{{\"sam\\u0070les\":[{one}]}}"),
+                "an escape in a member's name",
+            ),
+            (
+                format!("{{\"samples\":[{one},]}}"),
+                "a comma after the last sample",
+            ),
+            (format!("{{\"samples\":[{one},,{one}]}}"), "two commas"),
+            (format!("{{\"samples\":[{one}\u{c},{one}]}}"), "a form feed"),
+            (format!("{{\"samples\":[{one} {one}]}}"), "no comma"),
+            (format!("{{\"samples\":[{one}]}} x"), "text after the case"),
+            (format!("{{\"samples\":{one}}}"), "samples not an array"),
+            (
+                format!("{{\"samples\":[{}]}}", "[".repeat(150) + &"]".repeat(150)),
+                "deep nesting",
+            ),
+            (
+                "{\"samples\":[{\"node\":[}]}".to_string(),
+                "brackets that do not match",
+            ),
+            ("[]".to_string(), "not an object"),
+        ] {
+            assert!(
+                parse_case_quickly(text.as_bytes()).is_none(),
+                "{why}: declined"
+            );
+        }
+        // Declined, then parsed whole: the escaped name is `samples`.
+        let escaped = format!("{{\"sam\\u0070les\":[{one}]}}");
+        let case = parse_case(escaped.as_bytes()).unwrap();
+        assert_eq!(case.samples.pending.len(), 1);
+        // And a malformed case is still an error naming where.
+        let err = parse_case(format!("{{\"samples\":[{one},]}}").as_bytes()).unwrap_err();
+        assert!(format!("{err:#}").contains("malformed case"), "{err:#}");
+        let err =
+            parse_case(format!("{{\"samples\":[{one}],\"samples\":[]}}").as_bytes()).unwrap_err();
+        assert!(format!("{err:#}").contains("samples"), "{err:#}");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Any names, any order of receipt, any spacing JSON allows: the
+        /// quick parse says what the whole parse says.
+        #[test]
+        fn the_quick_parse_agrees_with_the_whole_parse(
+            rows in proptest::collection::vec(("\\PC{0,12}", 0u32..3600, any::<bool>()), 0..40),
+            space in "[ \t\r\n]{0,3}",
+        ) {
+            let samples: Vec<String> = rows
+                .iter()
+                .map(|(node, second, has_received)| {
+                    let at = format!("2026-01-01T00:{:02}:{:02}Z", second / 60, second % 60);
+                    let mut v = serde_json::json!({"node": node, "cores": 2, "at": at});
+                    if *has_received {
+                        v["received"] = serde_json::json!(format!("2026-01-01T01:{:02}:00Z", second % 60));
+                    }
+                    v.to_string()
+                })
+                .collect();
+            let text = format!(
+                "{space}{{{space}\"samples\"{space}:{space}[{space}{}{space}]{space},\"runs\":[]{space}}}{space}",
+                samples.join(&format!("{space},{space}"))
+            );
+            let quick = parse_case_quickly(text.as_bytes()).expect("taken quickly");
+            prop_assert_eq!(taken(&quick), taken(&parsed_whole(&text)));
+        }
+    }
 }

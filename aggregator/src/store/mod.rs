@@ -285,6 +285,12 @@ impl Store {
         Ok(store)
     }
 
+    /// A store in memory, gone when dropped: `replay`'s, whose bills are
+    /// all it keeps. No file to write pages to at each commit.
+    pub fn in_memory() -> Result<Store, StoreError> {
+        Store::open(Path::new(":memory:"), Durability::Scratch)
+    }
+
     /// Opens the store at `database`: a SQLite file as [`Store::open`], or a
     /// PostgreSQL database (which must exist), migrated on connecting.
     /// PostgreSQL's durability is the server's; `durability` is SQLite's.
