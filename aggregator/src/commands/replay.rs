@@ -289,7 +289,7 @@ fn find_samples(text: &str) -> Option<(std::ops::Range<usize>, Spans)> {
             if found.is_some() {
                 return None;
             }
-            let (elements, end) = split_array(&text[value..])?;
+            let (elements, end) = split_array(&text[value..], DEEPEST)?;
             let elements = elements
                 .into_iter()
                 .map(|(s, e)| (value + s, value + e))
@@ -297,7 +297,7 @@ fn find_samples(text: &str) -> Option<(std::ops::Range<usize>, Spans)> {
             i = value + end;
             found = Some((value..i, elements));
         } else {
-            i = value + value_end(&bytes[value..])?;
+            i = value + value_end(&bytes[value..], usize::MAX)?;
         }
         i = skip_space(bytes, i);
         match bytes.get(i)? {
@@ -329,14 +329,16 @@ fn string_end(bytes: &[u8]) -> Option<usize> {
     }
 }
 
-/// Values nested deeper than this are left to the whole parse: `serde_json`
-/// refuses nesting past 127 levels of the whole case, which the case's
-/// object and its samples' array start.
+/// Samples nested deeper than this are left to the whole parse. A sample's
+/// `cores` is read as a `serde_json::Value`, which `serde_json` refuses
+/// past 127 levels of the whole case (its object and its samples' array
+/// being two of them); parsed alone, a sample would have two more.
 const DEEPEST: usize = 100;
 
 /// Where the value starting at `bytes[0]` ends, by nesting outside strings:
-/// a delimiter, not a check (`serde_json` checks it).
-fn value_end(bytes: &[u8]) -> Option<usize> {
+/// a delimiter, not a check (`serde_json` checks it). `None` past
+/// `deepest` levels.
+fn value_end(bytes: &[u8], deepest: usize) -> Option<usize> {
     let mut depth = 0usize;
     let mut i = 0;
     loop {
@@ -348,7 +350,7 @@ fn value_end(bytes: &[u8]) -> Option<usize> {
                 }
                 continue;
             }
-            b'{' | b'[' if depth == DEEPEST => return None,
+            b'{' | b'[' if depth == deepest => return None,
             b'{' | b'[' => depth += 1,
             b'}' | b']' if depth == 0 => return Some(i),
             b'}' | b']' => {
@@ -521,9 +523,11 @@ pub fn replay_into(
 #[derive(Debug)]
 pub struct Pending {
     received_at: DateTime<Utc>,
-    /// `received_at` in milliseconds, the order samples are taken in:
+    /// `received_at` in nanoseconds (`i64::MIN` for the earliest instant,
+    /// given to a sample with neither), the order samples are taken in:
     /// worked out once, not at each of a sort's 14 million comparisons.
-    received_ms: i64,
+    /// As precise as `received_at`, which the runs are compared with.
+    received_ns: i64,
     index: usize,
     account: u32,
     cluster: u32,
@@ -535,7 +539,7 @@ pub struct Pending {
 impl Pending {
     /// The order samples are taken in: as received, ties in the file's order.
     fn order(&self) -> (i64, usize) {
-        (self.received_ms, self.index)
+        (self.received_ns, self.index)
     }
 }
 
@@ -562,7 +566,8 @@ const PARALLEL_FROM: usize = 20_000;
 /// many threads as the machine has (up to 4): the elements are found by a
 /// scan that knows JSON strings, then each thread parses its share.
 fn parse_samples(text: &str) -> Result<CaseSamples<'_>, String> {
-    let (elements, _) = split_array(text).ok_or("samples: expected an array of samples")?;
+    let (elements, _) =
+        split_array(text, usize::MAX).ok_or("samples: expected an array of samples")?;
     parse_samples_split(text, &elements)
 }
 
@@ -645,7 +650,7 @@ fn parse_elements<'a>(
         let names = &mut out.names;
         out.pending.push(Pending {
             received_at,
-            received_ms: received_at.timestamp_millis(),
+            received_ns: received_at.timestamp_nanos_opt().unwrap_or(i64::MIN),
             index,
             account: names.intern(s.account.0.unwrap_or_default()),
             cluster: names.intern(s.cluster.0.unwrap_or_default()),
@@ -663,7 +668,8 @@ fn parse_elements<'a>(
 /// strings: `None` unless the elements are separated by single commas. The
 /// elements themselves are checked when each is parsed. Most of a case's
 /// bytes are inside strings, which are skipped to their end at once.
-fn split_array(text: &str) -> Option<(Spans, usize)> {
+/// `None` also for an element nested past `deepest` levels.
+fn split_array(text: &str, deepest: usize) -> Option<(Spans, usize)> {
     let bytes = text.as_bytes();
     let mut i = skip_space(bytes, 0);
     if bytes.get(i) != Some(&b'[') {
@@ -676,7 +682,7 @@ fn split_array(text: &str) -> Option<(Spans, usize)> {
     }
     loop {
         let start = i;
-        i += value_end(&bytes[i..])?;
+        i += value_end(&bytes[i..], deepest)?;
         if i == start {
             return None;
         }
@@ -772,7 +778,7 @@ mod tests {
                 format!(
                     "{} {} {:?} {:?} {:?} {:?} {:?} {:?}",
                     p.index,
-                    p.received_ms,
+                    p.received_ns,
                     p.received_at,
                     names.get(p.account),
                     names.get(p.cluster),
@@ -874,6 +880,35 @@ mod tests {
         let err =
             parse_case(format!("{{\"samples\":[{one}],\"samples\":[]}}").as_bytes()).unwrap_err();
         assert!(format!("{err:#}").contains("samples"), "{err:#}");
+    }
+
+    #[test]
+    fn samples_received_within_one_millisecond_are_taken_in_the_order_received() {
+        let text = format!(
+            "{{\"samples\":[{},{}]}}",
+            sample("a", "2026-01-01T00:00:00Z", "2026-01-01T00:00:00.0009Z"),
+            sample("b", "2026-01-01T00:00:00Z", "2026-01-01T00:00:00.0001Z"),
+        );
+        for case in [
+            parse_case_quickly(text.as_bytes()).unwrap(),
+            parsed_whole(&text),
+        ] {
+            let order: Vec<usize> = case.samples.pending.iter().map(|p| p.index).collect();
+            assert_eq!(order, [1, 0]);
+        }
+    }
+
+    #[test]
+    fn a_deeply_nested_field_the_service_ignores_is_read_by_the_whole_parse() {
+        // Past DEEPEST: declined quickly, taken whole as before.
+        let deep = format!("{}{}", "[".repeat(110), "]".repeat(110));
+        let one = format!(
+            "{{\"node\":\"n\",\"cores\":2,\"at\":\"2026-01-01T00:00:00Z\",\"notes\":{deep}}}"
+        );
+        let text = format!("{{\"samples\":[{one}]}}");
+        assert!(parse_case_quickly(text.as_bytes()).is_none());
+        let case = parse_case(text.as_bytes()).expect("the whole parse reads it");
+        assert_eq!(case.samples.pending.len(), 1);
     }
 
     proptest! {
