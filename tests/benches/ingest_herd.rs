@@ -96,6 +96,11 @@ struct Args {
     /// Aggregator replicas on the one PostgreSQL database; push i goes to replica i mod N.
     #[arg(long, default_value_t = 1)]
     replicas: usize,
+    /// Each replica's `worker_threads`; by default the machine's CPUs shared
+    /// among the replicas (at least 1), as docs/replicas.md says to run
+    /// replicas that share a host.
+    #[arg(long)]
+    worker_threads: Option<usize>,
     /// PostgreSQL with the test helpers' fsync=off, synchronous_commit=off instead of its durable defaults.
     #[arg(long)]
     pg_no_fsync: bool,
@@ -387,7 +392,12 @@ impl Drop for Server {
     }
 }
 
-fn start(binary: &Path, database: &std::ffi::OsStr, tls: Option<Arc<Tls>>) -> Server {
+fn start(
+    binary: &Path,
+    database: &std::ffi::OsStr,
+    workers: usize,
+    tls: Option<Arc<Tls>>,
+) -> Server {
     let admin = format!("bench-admin-{}", std::process::id());
     let mut command = Command::new(binary);
     let addr = testkit::ports::HeldPort::new().hand_to(&mut command);
@@ -403,6 +413,7 @@ fn start(binary: &Path, database: &std::ffi::OsStr, tls: Option<Arc<Tls>>) -> Se
     }
     let child = command
         .env("CORE_METER_ADMIN_TOKEN", &admin)
+        .env("CORE_METER_WORKER_THREADS", workers.to_string())
         .env_remove("CORE_METER_WEBHOOK_URL")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -684,9 +695,16 @@ fn run(args: &Args, binary: &Path, nodes: u64) -> Measured {
     };
     // The first replica migrates the new database; the others find it migrated.
     let tls = args.tls.then(|| Arc::new(Tls::new()));
-    let mut servers = vec![start(binary, &database, tls.clone())];
+    let workers = args.worker_threads.unwrap_or_else(|| {
+        (std::thread::available_parallelism().map_or(1, |n| n.get()) / args.replicas.max(1)).max(1)
+    });
+    println!(
+        "replicas: {}, each with {workers} worker thread(s)",
+        args.replicas
+    );
+    let mut servers = vec![start(binary, &database, workers, tls.clone())];
     for _ in 1..args.replicas {
-        servers.push(start(binary, &database, tls.clone()));
+        servers.push(start(binary, &database, workers, tls.clone()));
     }
     servers[0].admin("/v1/admin/accounts", r#"{"id":"herd"}"#);
     let token = servers[0].admin("/v1/admin/accounts/herd/clusters", r#"{"name":"fleet"}"#)

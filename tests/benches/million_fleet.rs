@@ -218,6 +218,14 @@ fn run(args: &Args, binary: &Path, faketime: &str) -> Vec<String> {
     let mut env = clock.env(faketime);
     env.push(("CORE_METER_TIMEZONE".into(), ZONE.name().into()));
     env.push(("RUST_LOG".into(), "info".into()));
+    // Replicas that share this machine share its CPUs (docs/replicas.md).
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = (cpus / args.replicas.max(1)).max(1);
+    println!(
+        "replicas: {}, each with {workers} worker thread(s)",
+        args.replicas
+    );
+    env.push(("CORE_METER_WORKER_THREADS".into(), workers.to_string()));
     let replicas: Vec<Service> = (0..args.replicas)
         .map(|i| {
             Service::start_with(

@@ -21,7 +21,7 @@ pub fn serve(mut flags: crate::config::Flags) -> anyhow::Result<()> {
         logs.init();
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(config.worker_threads)
         .enable_all()
         .build()?;
     runtime.block_on(async move {

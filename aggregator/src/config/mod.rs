@@ -34,6 +34,9 @@ pub struct Config {
     pub admin_token_file: Option<PathBuf>,
     pub webhook: Option<WebhookConfig>,
     pub log_json: bool,
+    /// The runtime's threads serving requests: the setting, or when it is
+    /// 0, one per CPU the process may use.
+    pub worker_threads: usize,
     /// The longest any request may take.
     pub request_timeout: Duration,
     /// Raw samples (and rejections) older than this many days before today
@@ -307,6 +310,10 @@ impl Config {
             admin_token_file,
             webhook,
             log_json: v.flag("log_json"),
+            worker_threads: match v.whole("worker_threads") {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => usize::try_from(n).expect("checked at most 256"),
+            },
             request_timeout: Duration::from_secs(v.whole("request_timeout_secs")),
             retention_days,
             licence_price_per_core_month,
@@ -1615,6 +1622,32 @@ pub(crate) mod tests {
         }
         let c = load(None, &[("CORE_METER_LOG_JSON", "Yes")], Flags::default()).unwrap();
         assert!(c.log_json);
+    }
+
+    #[test]
+    fn worker_threads_default_to_the_cpus_the_process_may_use_and_are_bounded() {
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(
+            load(None, &[], Flags::default()).unwrap().worker_threads,
+            cpus
+        );
+        let one = load(
+            None,
+            &[("CORE_METER_WORKER_THREADS", "1")],
+            Flags::default(),
+        );
+        assert_eq!(one.unwrap().worker_threads, 1);
+        let e = load(
+            None,
+            &[("CORE_METER_WORKER_THREADS", "257")],
+            Flags::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("setting worker_threads ") && e.contains("257"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -132,6 +132,13 @@ pub const SETTINGS: &[Setting] = &[
         doc: "",
     },
     Setting {
+        key: "worker_threads",
+        env: "CORE_METER_WORKER_THREADS",
+        kind: Kind::Whole { min: 0, max: 256 },
+        default: "0",
+        doc: "the threads serving requests; `0` is one per CPU the process may use (a container's CPU limit counted). Replicas that share a host each take their share of its CPUs: see docs/replicas.md",
+    },
+    Setting {
         key: "request_timeout_secs",
         env: "CORE_METER_REQUEST_TIMEOUT_SECS",
         kind: Kind::Whole { min: 1, max: 86_400 },
