@@ -491,6 +491,24 @@ const TABLES: &[Table] = &[
         order_by: "id",
         identity: Some("id"),
     },
+    // The audit log's chain is copied as it is: seq, hashes and all.
+    Table {
+        name: "audit_log",
+        columns: &[
+            "seq",
+            "at_ms",
+            "actor_role",
+            "actor_id",
+            "source",
+            "action",
+            "account",
+            "change",
+            "prev_hash",
+            "hash",
+        ],
+        order_by: "seq",
+        identity: None,
+    },
 ];
 
 /// Rows written by one multi-row INSERT (below both databases' parameter limits).

@@ -1064,11 +1064,31 @@ impl Conn {
 
     /// A transaction that is rolled back unless committed. SQLite's takes
     /// the write lock at once, so that a read-then-write never has to retry.
+    ///
+    /// Inside a transaction already (an audited change runs a store method
+    /// inside its own, `audit.rs`), it is a savepoint of that one: its
+    /// commit releases the savepoint, its drop undoes what it did, and the
+    /// outer transaction commits or rolls back the whole.
     pub fn transaction(&mut self) -> Result<Tx<'_>, DbError> {
+        if !self.is_autocommit() {
+            return self.nested();
+        }
         self.begin()?;
         Ok(Tx {
             conn: self,
             done: false,
+            savepoint: None,
+        })
+    }
+
+    /// A savepoint of the transaction open on this connection, as a [`Tx`].
+    fn nested(&mut self) -> Result<Tx<'_>, DbError> {
+        let name = savepoint_name();
+        self.execute_batch(&format!("SAVEPOINT {name}"))?;
+        Ok(Tx {
+            conn: self,
+            done: false,
+            savepoint: Some(name),
         })
     }
 
@@ -1078,6 +1098,7 @@ impl Conn {
         Ok(Tx {
             conn: self,
             done: false,
+            savepoint: None,
         })
     }
 
@@ -1085,7 +1106,12 @@ impl Conn {
     /// several reads that must agree (a statement's parts) see the database
     /// as of its first read on SQLite (a deferred transaction in WAL mode),
     /// as of its start on PostgreSQL (repeatable read). Dropped, it ends.
+    /// Inside a write transaction it is a savepoint of it, which sees what
+    /// that transaction sees.
     pub fn snapshot(&mut self) -> Result<Tx<'_>, DbError> {
+        if !self.is_autocommit() {
+            return self.nested();
+        }
         match self.dialect() {
             Dialect::Sqlite => self.execute_batch("BEGIN DEFERRED")?,
             Dialect::Postgres => {
@@ -1096,6 +1122,7 @@ impl Conn {
         Ok(Tx {
             conn: self,
             done: false,
+            savepoint: None,
         })
     }
 
@@ -1150,10 +1177,18 @@ impl Stmt<'_> {
     }
 }
 
-/// An open transaction; dropping it uncommitted rolls it back.
+/// A savepoint's name no other on the connection has.
+fn savepoint_name() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    format!("sp{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// An open transaction; dropping it uncommitted rolls it back. Opened
+/// inside another, it is a savepoint of that one.
 pub struct Tx<'c> {
     conn: &'c mut Conn,
     done: bool,
+    savepoint: Option<String>,
 }
 
 impl Deref for Tx<'_> {
@@ -1165,7 +1200,12 @@ impl Deref for Tx<'_> {
 
 impl Tx<'_> {
     pub fn commit(mut self) -> Result<(), DbError> {
-        self.conn.commit()?;
+        match &self.savepoint {
+            Some(name) => self
+                .conn
+                .execute_batch(&format!("RELEASE SAVEPOINT {name}"))?,
+            None => self.conn.commit()?,
+        }
         self.done = true;
         Ok(())
     }
@@ -1173,8 +1213,7 @@ impl Tx<'_> {
     /// A savepoint inside this transaction; dropping it unreleased undoes
     /// what was done since, and the transaction goes on.
     pub fn savepoint(&self) -> Result<Savepoint<'_>, DbError> {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
-        let name = format!("sp{}", NEXT.fetch_add(1, Ordering::Relaxed));
+        let name = savepoint_name();
         self.conn.execute_batch(&format!("SAVEPOINT {name}"))?;
         Ok(Savepoint {
             conn: self.conn,
@@ -1187,7 +1226,16 @@ impl Tx<'_> {
 impl Drop for Tx<'_> {
     fn drop(&mut self) {
         if !self.done {
-            let _ = self.conn.rollback();
+            match &self.savepoint {
+                Some(name) => {
+                    let _ = self.conn.execute_batch(&format!(
+                        "ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}"
+                    ));
+                }
+                None => {
+                    let _ = self.conn.rollback();
+                }
+            }
         }
     }
 }

@@ -866,10 +866,33 @@ const MIGRATIONS: &[Migration] = &[
            AS u(at_offset, id, cores, received_at_ms, seq, agent_version);
     "#,
     },
+    // 16: the audit log (`audit.rs`): every change an admin, a customer or
+    // the service's own runs made, appended and never updated, each entry
+    // carrying the hash of the one before. Not pruned with samples.
+    Migration {
+        version: 16,
+        sql: r#"
+    CREATE TABLE audit_log (
+        seq          {int} PRIMARY KEY,
+        at_ms        {int} NOT NULL,
+        actor_role   TEXT NOT NULL,
+        actor_id     TEXT NOT NULL,
+        source       TEXT NOT NULL,
+        action       TEXT NOT NULL,
+        account      TEXT,
+        change       TEXT NOT NULL,
+        prev_hash    TEXT NOT NULL,
+        hash         TEXT NOT NULL
+    );
+    CREATE INDEX audit_log_by_account ON audit_log (account, seq);
+    "#,
+        sqlite: "",
+        postgres: "",
+    },
 ];
 
 /// The schema version this build knows.
-pub const VERSION: usize = 15;
+pub const VERSION: usize = 16;
 
 /// The version whose migration records the names outside their domain
 /// (`names::report_names_outside_domain` runs when a database crosses it).

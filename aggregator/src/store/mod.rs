@@ -3,6 +3,7 @@
 //! on open. A write is durable when the call returns.
 
 mod accounts;
+pub mod audit;
 mod bill_sets;
 mod bills;
 mod clusters;
@@ -274,6 +275,8 @@ handles! {
     statements => Statements;
     /// The console's sessions.
     sessions => Sessions;
+    /// The audit log: entries appended, read, verified.
+    audit => Audit;
 }
 
 impl Store {
