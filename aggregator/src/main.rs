@@ -72,6 +72,17 @@ enum Command {
         #[arg(long)]
         key: PathBuf,
     },
+    /// The audit log of every change: check its chain, or print it.
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+        /// The SQLite file, or a postgres:// URL [default: data/core-meter.sqlite].
+        #[arg(long, global = true)]
+        database: Option<String>,
+        /// The service's settings file.
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+    },
     /// Run the service: ingest, admin API, 02:00 billing, bill delivery.
     Serve {
         /// A TOML file of settings (docs/settings.md lists every key).
@@ -112,6 +123,15 @@ enum Command {
         #[arg(long)]
         to: String,
     },
+}
+
+#[derive(Subcommand)]
+enum AuditAction {
+    /// Walk the chain: exits non-zero naming the first entry missing,
+    /// altered or unlinked; prints the count and the last entry's hash.
+    Verify,
+    /// Print every entry, oldest first, one JSON object a line.
+    Export,
 }
 
 fn main() -> ExitCode {
@@ -155,6 +175,14 @@ fn main() -> ExitCode {
             commands::statements::print_key(config, database)
         }
         Command::VerifyStatement { file, key } => commands::statements::verify(&file, &key),
+        Command::Audit {
+            action,
+            database,
+            config,
+        } => match action {
+            AuditAction::Verify => commands::audit::verify(config, database),
+            AuditAction::Export => commands::audit::export(config, database),
+        },
         Command::Serve {
             config,
             listen,

@@ -536,9 +536,9 @@ async fn serve(
                 }
             }
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok((stream, peer)) => (stream, peer),
                 Err(e) => {
                     if !is_connection_error(&e) {
                         // Out of descriptors or memory: wait rather than spin.
@@ -558,6 +558,7 @@ async fn serve(
                     app,
                     tls::Transport {
                         client_certificate: false,
+                        peer: Some(peer),
                     },
                 );
                 tokio::spawn(async move {
@@ -580,7 +581,10 @@ async fn serve(
                                 stream.get_ref().1.peer_certificates().is_some();
                             let app = tower_http::add_extension::AddExtension::new(
                                 app,
-                                tls::Transport { client_certificate },
+                                tls::Transport {
+                                    client_certificate,
+                                    peer: Some(peer),
+                                },
                             );
                             serve_connection(stream, app, limits, watcher).await;
                         }

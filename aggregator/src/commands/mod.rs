@@ -1,9 +1,10 @@
 //! What the binary does, one module per command: serve, replay a
 //! conformance case, the demo, reports, exports, migrate-store, the
-//! statements' key and their offline check.
+//! statements' key and their offline check, the audit log's check and export.
 
 use std::path::PathBuf;
 
+pub mod audit;
 pub mod demo;
 pub mod export;
 pub mod migrate;

@@ -14,6 +14,7 @@ use shared::domain::NameKind;
 use shared::lifecycle::ContactRole;
 
 use super::admin::{body, read, ApiPath};
+use super::audit::{audited, By};
 use super::input;
 use super::page::{Listing, Page, Paged};
 use super::{blocking, ApiError};
@@ -34,6 +35,7 @@ struct NewAccount {
 
 pub async fn create_account(
     Extract(state): Extract<Arc<AppState>>,
+    by: By,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let raw = read(raw)?;
@@ -44,7 +46,7 @@ pub async fn create_account(
     }
     let now = state.clock.now();
     let (created, main) = (id.clone(), parent.clone());
-    blocking(&state.store, move |s| match main {
+    audited(&state, by, Some(id.clone()), move |s| match main {
         Some(parent) => s.accounts().create_sub_account(&created, &parent, now),
         None => s.accounts().create_account(&created, now),
     })
@@ -134,6 +136,7 @@ struct ContactBody {
 
 pub async fn add_contact(
     Extract(state): Extract<Arc<AppState>>,
+    by: By,
     ApiPath(id): ApiPath<String>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -151,7 +154,7 @@ pub async fn add_contact(
         sms: c.sms,
     };
     let now = state.clock.now();
-    let added = blocking(&state.store, move |s| {
+    let added = audited(&state, by, Some(id.clone()), move |s| {
         s.accounts().add_contact(&id, &contact, now)
     })
     .await?;
@@ -160,6 +163,7 @@ pub async fn add_contact(
 
 pub async fn start_trial(
     Extract(state): Extract<Arc<AppState>>,
+    by: By,
     ApiPath(id): ApiPath<String>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -169,7 +173,7 @@ pub async fn start_trial(
     }
     let (now, zone) = (state.clock.now(), state.config.billing.zone);
     let account = id.clone();
-    let trial = blocking(&state.store, move |s| {
+    let trial = audited(&state, by, Some(id.clone()), move |s| {
         s.accounts().start_trial(&account, &zone, now)
     })
     .await?;
@@ -208,17 +212,19 @@ struct OrderBody {
 /// paid from the balance.
 pub async fn place_order(
     Extract(state): Extract<Arc<AppState>>,
+    by: By,
     ApiPath(id): ApiPath<String>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let raw = read(raw)?;
-    order(&state, id, body(&raw)?).await
+    order(&state, by, id, body(&raw)?).await
 }
 
 /// `POST /v1/accounts/{id}/orders`: the customer's own order, which the
 /// balance pays; an invoiced order is an operator's to place.
 pub async fn customer_order(
     Extract(state): Extract<Arc<AppState>>,
+    by: By,
     ApiPath(id): ApiPath<String>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -230,14 +236,19 @@ pub async fn customer_order(
             "a customer's order is paid from the balance: pay_from_balance must be true (an operator places invoiced orders)",
         ));
     }
-    order(&state, id, o).await
+    order(&state, by, id, o).await
 }
 
-async fn order(state: &Arc<AppState>, id: String, o: OrderBody) -> Result<Response, ApiError> {
+async fn order(
+    state: &Arc<AppState>,
+    by: By,
+    id: String,
+    o: OrderBody,
+) -> Result<Response, ApiError> {
     match o.product.as_deref().unwrap_or("pro") {
         "pro" => {}
-        "image_scan" => return image_scan_order(state, id, o).await,
-        "log_storage" => return log_storage_order(state, id, o).await,
+        "image_scan" => return image_scan_order(state, by, id, o).await,
+        "log_storage" => return log_storage_order(state, by, id, o).await,
         other => {
             return Err(ApiError::unprocessable(
                 "product",
@@ -278,7 +289,7 @@ async fn order(state: &Arc<AppState>, id: String, o: OrderBody) -> Result<Respon
         state.config.billing.zone,
         state.config.licence_price_per_core_month,
     );
-    let (placed, now_state) = blocking(&state.store, move |s| {
+    let (placed, now_state) = audited(state, by, Some(id.clone()), move |s| {
         let placed = s.accounts().place_order(&id, &order, &zone, price, now)?;
         Ok((placed, s.billing().life(&id)?.1))
     })
@@ -292,6 +303,7 @@ async fn order(state: &Arc<AppState>, id: String, o: OrderBody) -> Result<Respon
 /// 100,000) at the configured price each, invoiced or from the balance.
 async fn image_scan_order(
     state: &Arc<AppState>,
+    by: By,
     id: String,
     o: OrderBody,
 ) -> Result<Response, ApiError> {
@@ -329,7 +341,7 @@ async fn image_scan_order(
         state.config.image_scan_price,
     );
     let pay = o.pay_from_balance;
-    let pack = blocking(&state.store, move |s| {
+    let pack = audited(state, by, Some(id.clone()), move |s| {
         s.images().buy_pack(&id, quantity, pay, each, &zone, now)
     })
     .await?;
@@ -340,6 +352,7 @@ async fn image_scan_order(
 /// `months` or `years`, with auto-renewal, invoiced or from the balance.
 async fn log_storage_order(
     state: &Arc<AppState>,
+    by: By,
     id: String,
     o: OrderBody,
 ) -> Result<Response, ApiError> {
@@ -371,7 +384,7 @@ async fn log_storage_order(
         pay_from_balance: o.pay_from_balance,
     };
     let (now, zone) = (state.clock.now(), state.config.billing.zone);
-    let (placed, view) = blocking(&state.store, move |s| {
+    let (placed, view) = audited(state, by, Some(id.clone()), move |s| {
         let placed = s.log_storage().place_order(&id, &order, &zone, now)?;
         Ok((placed, s.log_storage().view(&id, &zone, now)?))
     })
@@ -409,6 +422,7 @@ fn term(months: Option<u32>, years: Option<u32>, default: Option<u32>) -> Result
 /// Renews an order's licence by hand from its end day (a month unless given).
 pub async fn renew_order(
     Extract(state): Extract<Arc<AppState>>,
+    by: By,
     ApiPath((id, order)): ApiPath<(String, i64)>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -424,7 +438,7 @@ pub async fn renew_order(
         state.config.billing.zone,
         state.config.licence_price_per_core_month,
     );
-    let (placed, now_state) = blocking(&state.store, move |s| {
+    let (placed, now_state) = audited(&state, by, Some(id.clone()), move |s| {
         let placed =
             s.accounts()
                 .renew_order(&id, order, months, r.pay_from_balance, &zone, price, now)?;
@@ -444,12 +458,13 @@ struct AutoRenewBody {
 
 pub async fn set_auto_renew(
     Extract(state): Extract<Arc<AppState>>,
+    by: By,
     ApiPath((id, order)): ApiPath<(String, i64)>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let raw = read(raw)?;
     let AutoRenewBody { auto_renew } = body(&raw)?;
-    blocking(&state.store, move |s| {
+    audited(&state, by, Some(id.clone()), move |s| {
         s.accounts().set_auto_renew(&id, order, auto_renew)
     })
     .await?;
@@ -467,6 +482,7 @@ struct CreditBody {
 
 pub async fn credit(
     Extract(state): Extract<Arc<AppState>>,
+    by: By,
     ApiPath(id): ApiPath<String>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -475,7 +491,7 @@ pub async fn credit(
     let amount = input::money("amount", &c.amount)?;
     input::text("reference", &c.reference, input::TEXT_MAX_CHARS)?;
     let now = state.clock.now();
-    let (balance, credited) = blocking(&state.store, move |s| {
+    let (balance, credited) = audited(&state, by, Some(id.clone()), move |s| {
         s.accounts().credit_balance(&id, amount, &c.reference, now)
     })
     .await?;

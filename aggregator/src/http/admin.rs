@@ -14,6 +14,7 @@ use shared::bill::BillLine;
 use shared::domain::NameKind;
 use shared::overage::{Licence, LICENCE_GRACE_DAYS};
 
+use super::audit::{audited, By};
 use super::input::{self, clip_quoted, required_day};
 use super::page::{Listing, Page};
 use super::{blocking, ApiError};
@@ -91,6 +92,7 @@ struct NewCluster {
 
 pub async fn create_cluster(
     Extract(state): Extract<Arc<AppState>>,
+    by: By,
     ApiPath(id): ApiPath<String>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -99,7 +101,7 @@ pub async fn create_cluster(
     input::new_name("name", NameKind::ClusterName, &name)?;
     let now = state.clock.now();
     let cluster = name.clone();
-    let token = blocking(&state.store, move |s| {
+    let token = audited(&state, by, Some(id.clone()), move |s| {
         s.accounts().create_cluster(&id, &cluster, token, now)
     })
     .await?;
@@ -120,6 +122,7 @@ struct Rotation {
 
 pub async fn rotate_token(
     Extract(state): Extract<Arc<AppState>>,
+    by: By,
     ApiPath((id, name)): ApiPath<(String, String)>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -135,7 +138,7 @@ pub async fn rotate_token(
     // Forgotten on the thread that committed it, even if this request is
     // dropped while it runs.
     let service = state.clone();
-    let token = blocking(&state.store, move |s| {
+    let token = audited(&state, by, Some(id.clone()), move |s| {
         let rotated = s.accounts().rotate_cluster_token(&id, &cluster, token, now);
         service.cluster_tokens.forget_all();
         rotated
@@ -154,6 +157,7 @@ struct NewLicence {
 
 pub async fn add_licence(
     Extract(state): Extract<Arc<AppState>>,
+    by: By,
     ApiPath(id): ApiPath<String>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -187,7 +191,7 @@ pub async fn add_licence(
         Licence::new(cores, start, counts_until).map_err(crate::store::StoreError::from)?;
     let now = state.clock.now();
     let zone = state.config.billing.zone;
-    blocking(&state.store, move |s| {
+    audited(&state, by, Some(id.clone()), move |s| {
         s.accounts().add_licence(&id, &licence, now)?;
         // A licence that covers now makes a stopped account active at once.
         s.billing().settle_state(&id, &zone, now, "licence added")
@@ -208,6 +212,7 @@ struct NewCap {
 
 pub async fn set_cap(
     Extract(state): Extract<Arc<AppState>>,
+    by: By,
     ApiPath(id): ApiPath<String>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -215,7 +220,7 @@ pub async fn set_cap(
     let NewCap { cores } = body(&raw)?;
     let cores = input::cores("cores", cores)?;
     let now = state.clock.now();
-    blocking(&state.store, move |s| {
+    audited(&state, by, Some(id.clone()), move |s| {
         s.accounts().set_cap(&id, cores, now, now)
     })
     .await?;
@@ -259,9 +264,22 @@ pub async fn audit_samples(
 }
 
 /// The 02:00 run, now: billing, then the lifecycle step (LIFECYCLE.md).
-pub async fn billing_run(Extract(state): Extract<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+/// The run is batches of accounts, each its own transaction; its entry,
+/// written when it ends, says who started it and what it did. The lines
+/// it issued are their own trail, and the lifecycle's changes have the
+/// `system` entries the step writes.
+pub async fn billing_run(
+    Extract(state): Extract<Arc<AppState>>,
+    By(by): By,
+) -> Result<Json<Value>, ApiError> {
     let issued = run_billing_now(&state).await?;
     let lifecycle = run_lifecycle_now(&state).await?;
+    let now = state.clock.now();
+    let stated = json!({"billing_run": {"before": null, "after": {"issued": issued, "lifecycle": lifecycle}}});
+    blocking(&state.store, move |s| {
+        s.audited_as_stated(&by, None, now, |_| Ok(((), stated)))
+    })
+    .await?;
     Ok(Json(json!({ "issued": issued, "lifecycle": lifecycle })))
 }
 

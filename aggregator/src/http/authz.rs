@@ -271,7 +271,11 @@ pub async fn authorize(Extract(gate): Extract<Gate>, mut request: Request, next:
         _ => None,
     };
     match decide(gate.role, &caller, account.as_deref()) {
-        Ok(()) => next.run(request).await,
+        Ok(()) => {
+            // A change's handler records who made it (`audit::By`).
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
         Err(e) => {
             tracing::debug!(role = gate.role.as_str(), caller = caller.kind(), status = %e.status, "request refused");
             e.into_response()

@@ -24,11 +24,13 @@ use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
 use super::admin::{ApiPath, ApiQuery};
+use super::audit::{admin_actor, token_actor, By, Source};
 use super::authz::{classify, header_token, Caller, Role};
 use super::{blocking, ApiError};
 use crate::console::pages::{self, Flash};
 use crate::console::{Lang, Viewer};
 use crate::state::AppState;
+use crate::store::audit::{Actor, ChangeBy};
 use crate::store::{Session, SessionOwner, SessionRole, SESSION_HOURS};
 
 const SESSION_COOKIE: &str = "cm_session";
@@ -46,6 +48,8 @@ pub struct ConsoleCaller {
     /// The session, when the caller came with its cookie (a bearer token
     /// has none, and no form of theirs needs a CSRF token).
     pub session: Option<Session>,
+    /// The token behind the caller, as the audit log names it.
+    pub actor: Actor,
 }
 
 /// The cookie `name`, if the request carries it once. Twice is none: a
@@ -120,14 +124,17 @@ async fn caller_of(
                 role: "admin",
                 account: None,
                 session: None,
+                actor: admin_actor(&crate::security::tokens::hash_token(token)),
             }),
             Caller::Reader(r) => Some(ConsoleCaller {
                 role: "reader",
+                actor: token_actor("reader", r.token_id),
                 account: Some(r.account),
                 session: None,
             }),
             Caller::Customer(r) => Some(ConsoleCaller {
                 role: "customer",
+                actor: token_actor("customer", r.token_id),
                 account: Some(r.account),
                 session: None,
             }),
@@ -137,6 +144,7 @@ async fn caller_of(
                 role: "agent or log service",
                 account: None,
                 session: None,
+                actor: token_actor("agent or log service", "-"),
             }),
             Caller::Anonymous | Caller::Unknown => None,
         });
@@ -162,10 +170,15 @@ async fn caller_of(
             SessionRole::Reader => "reader",
             SessionRole::Customer => "customer",
         };
+        let actor = match (&session.admin_hash, session.reader_token) {
+            (Some(hash), _) => admin_actor(hash),
+            (None, token) => token_actor(role, token.unwrap_or_default()),
+        };
         Some(ConsoleCaller {
             role,
             account: session.account.clone(),
             session: Some(session),
+            actor,
         })
     }))
 }
@@ -455,6 +468,7 @@ fn login_page(
 /// `POST /console/login`: a token opens a session.
 pub async fn login(
     Extract(state): Extract<Arc<AppState>>,
+    Source(source): Source,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -473,16 +487,25 @@ pub async fn login(
         ));
     }
     let token = field(&fields, "token").unwrap_or("").trim().to_string();
-    let owner = match classify(&state, Some(&token)).await? {
-        Caller::Admin => SessionOwner::Admin(crate::security::tokens::hash_token(&token)),
-        Caller::Reader(r) => SessionOwner::Token {
-            role: SessionRole::Reader,
-            token_id: r.token_id,
-        },
-        Caller::Customer(r) => SessionOwner::Token {
-            role: SessionRole::Customer,
-            token_id: r.token_id,
-        },
+    let (owner, caller_account) = match classify(&state, Some(&token)).await? {
+        Caller::Admin => (
+            SessionOwner::Admin(crate::security::tokens::hash_token(&token)),
+            None,
+        ),
+        Caller::Reader(r) => (
+            SessionOwner::Token {
+                role: SessionRole::Reader,
+                token_id: r.token_id,
+            },
+            Some(r.account),
+        ),
+        Caller::Customer(r) => (
+            SessionOwner::Token {
+                role: SessionRole::Customer,
+                token_id: r.token_id,
+            },
+            Some(r.account),
+        ),
         _ => {
             tracing::info!("console login refused");
             return Ok(login_page(
@@ -495,7 +518,30 @@ pub async fn login(
         }
     };
     let now = state.clock.now();
-    let opened = blocking(&state.store, move |s| s.sessions().open(&owner, now)).await?;
+    let (actor, account) = match (&owner, &caller_account) {
+        (SessionOwner::Admin(hash), _) => (admin_actor(hash), None),
+        (SessionOwner::Token { role, token_id }, account) => {
+            (token_actor(role.as_str(), token_id), account.clone())
+        }
+    };
+    let by = ChangeBy {
+        actor,
+        source,
+        action: "POST /console/login".into(),
+    };
+    let opened = blocking(&state.store, move |s| {
+        s.audited_as_stated(&by, account.as_deref(), now, |s| {
+            let opened = s.sessions().open(&owner, now)?;
+            let change = json!({
+                format!("console_sessions.{}", opened.session.id): {
+                    "before": null,
+                    "after": {"role": opened.session.role.as_str(), "expires_at": opened.session.expires_at},
+                }
+            });
+            Ok((opened, change))
+        })
+    })
+    .await?;
     tracing::info!(session = opened.session.id, role = ?opened.session.role, "console session opened");
     let mut response = redirect(&next);
     let h = response.headers_mut();
@@ -519,6 +565,7 @@ pub async fn login(
 /// `POST /console/logout`: the session ends here and now.
 pub async fn logout(
     Extract(state): Extract<Arc<AppState>>,
+    Source(source): Source,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -533,7 +580,21 @@ pub async fn logout(
         }
         if let Some(session) = caller.session {
             let now = state.clock.now();
-            blocking(&state.store, move |s| s.sessions().end(session.id, now)).await?;
+            let by = ChangeBy {
+                actor: caller.actor,
+                source,
+                action: "POST /console/logout".into(),
+            };
+            blocking(&state.store, move |s| {
+                s.audited_as_stated(&by, caller.account.as_deref(), now, |s| {
+                    s.sessions().end(session.id, now)?;
+                    let change = json!({
+                        format!("console_sessions.{}.ended_at", session.id): {"before": null, "after": now}
+                    });
+                    Ok(((), change))
+                })
+            })
+            .await?;
             response.headers_mut().append(
                 header::SET_COOKIE,
                 set_cookie(&state, &headers, SESSION_COOKIE, String::new(), 0),
@@ -755,6 +816,7 @@ fn number(fields: &[(String, String)], name: &'static str) -> Result<u64, ApiErr
 pub async fn set_cap(
     Extract(state): Extract<Arc<AppState>>,
     Extension(caller): Extension<ConsoleCaller>,
+    by: By,
     ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -768,6 +830,7 @@ pub async fn set_cap(
     let done = match number(&fields, "cores") {
         Ok(cores) => super::admin::set_cap(
             Extract(state.clone()),
+            by,
             ApiPath(id.clone()),
             json_body(json!({"cores": cores})),
         )
@@ -796,6 +859,7 @@ pub async fn set_cap(
 pub async fn place_order(
     Extract(state): Extract<Arc<AppState>>,
     Extension(caller): Extension<ConsoleCaller>,
+    by: By,
     ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -824,6 +888,7 @@ pub async fn place_order(
         Ok(o) => {
             super::accounts::customer_order(
                 Extract(state.clone()),
+                by,
                 ApiPath(id.clone()),
                 json_body(o),
             )
@@ -861,6 +926,7 @@ pub async fn place_order(
 pub async fn set_auto_renew(
     Extract(state): Extract<Arc<AppState>>,
     Extension(caller): Extension<ConsoleCaller>,
+    by: By,
     ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -877,11 +943,11 @@ pub async fn set_auto_renew(
             let path = ApiPath((id.clone(), order as i64));
             let body = json_body(json!({"auto_renew": on}));
             if field(&fields, "product") == Some("log_storage") {
-                super::log_storage::set_auto_renew(Extract(state.clone()), path, body)
+                super::log_storage::set_auto_renew(Extract(state.clone()), by, path, body)
                     .await
                     .map(|_| ())
             } else {
-                super::accounts::set_auto_renew(Extract(state.clone()), path, body)
+                super::accounts::set_auto_renew(Extract(state.clone()), by, path, body)
                     .await
                     .map(|_| ())
             }
@@ -1000,6 +1066,7 @@ fn no_query() -> DoneQuery {
 pub async fn authorize_images(
     Extract(state): Extract<Arc<AppState>>,
     Extension(caller): Extension<ConsoleCaller>,
+    by: By,
     ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -1050,6 +1117,7 @@ pub async fn authorize_images(
     let n = ids.len();
     match super::images::authorize(
         Extract(state.clone()),
+        by,
         ApiPath(id.clone()),
         json_body(json!({"image_ids": ids})),
     )
@@ -1075,6 +1143,7 @@ pub async fn authorize_images(
 pub async fn set_auto(
     Extract(state): Extract<Arc<AppState>>,
     Extension(caller): Extension<ConsoleCaller>,
+    by: By,
     ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -1089,6 +1158,7 @@ pub async fn set_auto(
     let done = match number(&fields, "max_daily") {
         Ok(max) => super::images::set_auto(
             Extract(state.clone()),
+            by,
             ApiPath(id.clone()),
             json_body(json!({"auto_authorize": on, "max_daily": max})),
         )

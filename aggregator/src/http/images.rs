@@ -17,6 +17,7 @@ use shared::domain::{check_name, NameKind};
 use shared::images::{check_image_id, MAX_BATCH_IDS, MAX_IMAGES_PER_NODE};
 
 use super::admin::{body, read, ApiPath, ApiQuery};
+use super::audit::{audited, By};
 use super::page::{Listing, Page};
 use super::{blocking, edges, input, ApiError};
 use crate::security::tokens::bearer;
@@ -182,6 +183,7 @@ struct RegistryImages {
 /// `POST /v1/admin/accounts/{id}/images`: images held in a registry.
 pub async fn add_registry_images(
     Extract(state): Extract<Arc<AppState>>,
+    by: By,
     ApiPath(id): ApiPath<String>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -195,7 +197,7 @@ pub async fn add_registry_images(
     let b: RegistryImages = body(&raw)?;
     let images = checked_images(b.images, true)?;
     let (now, zone) = (state.clock.now(), state.config.billing.zone);
-    let outcome = blocking(&state.store, move |s| {
+    let outcome = audited(&state, by, Some(id.clone()), move |s| {
         s.images().add_registry_images(&id, &images, &zone, now)
     })
     .await?;
@@ -261,6 +263,7 @@ struct Batch {
 /// `POST …/image-authorizations`: authorizes a batch of image IDs.
 pub async fn authorize(
     Extract(state): Extract<Arc<AppState>>,
+    by: By,
     ApiPath(id): ApiPath<String>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -281,7 +284,7 @@ pub async fn authorize(
         })?;
     }
     let (now, zone) = (state.clock.now(), state.config.billing.zone);
-    let done = blocking(&state.store, move |s| {
+    let done = audited(&state, by, Some(id.clone()), move |s| {
         s.images().authorize(&id, &b.image_ids, &zone, now)
     })
     .await;
@@ -321,6 +324,7 @@ struct Auto {
 /// `PUT …/image-authorizations/auto`: automatic authorization on arrival.
 pub async fn set_auto(
     Extract(state): Extract<Arc<AppState>>,
+    by: By,
     ApiPath(id): ApiPath<String>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -337,7 +341,7 @@ pub async fn set_auto(
         ));
     }
     let account = id.clone();
-    blocking(&state.store, move |s| {
+    audited(&state, by, Some(id.clone()), move |s| {
         s.images()
             .set_auto(&account, a.auto_authorize, u64::from(a.max_daily))
     })
@@ -385,13 +389,14 @@ struct RefundBody {
 /// balance at the price paid.
 pub async fn refund(
     Extract(state): Extract<Arc<AppState>>,
+    by: By,
     ApiPath(id): ApiPath<String>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let raw = read(raw)?;
     let r: RefundBody = body(&raw)?;
     let now = state.clock.now();
-    let refund = blocking(&state.store, move |s| {
+    let refund = audited(&state, by, Some(id.clone()), move |s| {
         s.images().refund(&id, u64::from(r.quantity), now)
     })
     .await?;
@@ -409,6 +414,7 @@ struct PauseBody {
 /// product from one day to another, both included.
 pub async fn pause_product(
     Extract(state): Extract<Arc<AppState>>,
+    by: By,
     ApiPath(product): ApiPath<String>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -417,7 +423,7 @@ pub async fn pause_product(
     let from = input::day("paused_from", &p.paused_from)?;
     let until = input::day("paused_until", &p.paused_until)?;
     let now = state.clock.now();
-    let pause = blocking(&state.store, move |s| {
+    let pause = audited(&state, by, None, move |s| {
         s.images().pause_product(&product, from, until, now)
     })
     .await?;
@@ -427,10 +433,11 @@ pub async fn pause_product(
 /// `DELETE /v1/admin/products/{product}/pause`: purchases again.
 pub async fn resume_product(
     Extract(state): Extract<Arc<AppState>>,
+    by: By,
     ApiPath(product): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     let name = product.clone();
-    let lifted = blocking(&state.store, move |s| s.images().resume_product(&name)).await?;
+    let lifted = audited(&state, by, None, move |s| s.images().resume_product(&name)).await?;
     Ok(Json(json!({ "product": product, "lifted": lifted })))
 }
 

@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use shared::logs::{DayBytes, UsageReport, MAX_REPORT_BYTES, MAX_REPORT_DAYS};
 
 use super::admin::{body, read, ApiPath};
+use super::audit::{audited, By};
 use super::{authz, blocking, edges, input, ApiError};
 use crate::metrics::ResultLabels;
 use crate::state::AppState;
@@ -123,6 +124,7 @@ struct ExpansionBody {
 /// priced pro rata by the days left.
 pub async fn expand(
     Extract(state): Extract<Arc<AppState>>,
+    by: By,
     ApiPath(id): ApiPath<String>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -130,7 +132,7 @@ pub async fn expand(
     let b: ExpansionBody = body(&raw)?;
     let gb = shared::logs::check_order_gb(b.gb).map_err(|m| ApiError::unprocessable("gb", m))?;
     let (now, zone) = (state.clock.now(), state.config.billing.zone);
-    let (placed, view) = blocking(&state.store, move |s| {
+    let (placed, view) = audited(&state, by, Some(id.clone()), move |s| {
         let placed = s
             .log_storage()
             .expand(&id, u64::from(gb), b.pay_from_balance, &zone, now)?;
@@ -151,12 +153,13 @@ struct AutoRenewBody {
 /// `PUT /v1/admin/accounts/{id}/log-storage/orders/{order}/auto-renew {"auto_renew"}`.
 pub async fn set_auto_renew(
     Extract(state): Extract<Arc<AppState>>,
+    by: By,
     ApiPath((id, order)): ApiPath<(String, i64)>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let raw = read(raw)?;
     let b: AutoRenewBody = body(&raw)?;
-    let updated = blocking(&state.store, move |s| {
+    let updated = audited(&state, by, Some(id.clone()), move |s| {
         s.log_storage().set_auto_renew(&id, order, b.auto_renew)
     })
     .await?;

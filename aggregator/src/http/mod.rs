@@ -2,6 +2,7 @@
 
 mod accounts;
 mod admin;
+mod audit;
 mod authz;
 pub mod automatic_errors;
 mod console;
@@ -138,6 +139,12 @@ pub const ROUTES: &[(&str, &str, Role, &str)] = &[
     ("post", "/v1/admin/billing-runs", Role::Admin, "Run billing now"),
     (
         "get",
+        "/v1/admin/audit",
+        Role::Admin,
+        "The audit log: every change, by whom (a token's role and id, or system), from where, through what, and its before and after values; oldest first, a page at a time (account=, actor=, since=, until=, limit=, cursor=)",
+    ),
+    (
+        "get",
         "/v1/admin/bills",
         Role::Admin,
         "Issued bill lines as JSON or CSV, a page at a time (limit=, cursor=)",
@@ -183,6 +190,12 @@ pub const ROUTES: &[(&str, &str, Role, &str)] = &[
         "/v1/accounts/{id}/bills",
         Role::Reader,
         "The account's issued bill lines, of one day if day= is given, as JSON or CSV, a page at a time (limit=, cursor=)",
+    ),
+    (
+        "get",
+        "/v1/accounts/{id}/audit",
+        Role::Reader,
+        "The account's own entries of the audit log, oldest first, a page at a time (actor=, since=, until=, limit=, cursor=)",
     ),
     (
         "get",
@@ -703,6 +716,16 @@ const FORMAT_JSON_CSV_HTML: Input = Input::optional(
     "the answer's format (json unless given)",
 );
 const PAGE: &[Input] = &[LIMIT, CURSOR];
+const AUDIT_ACTOR: Input = Input::optional(
+    "actor",
+    Domain::Text {
+        min_chars: 1,
+        max_chars: Some(128),
+    },
+    "entries by one role (admin, customer, reader, logs, cluster, system) or one token (role:id)",
+);
+const AUDIT_SINCE: Input = Input::optional("since", Domain::Instant, "entries at or after");
+const AUDIT_UNTIL: Input = Input::optional("until", Domain::Instant, "entries before");
 
 /// The fields of one sample of `POST /v1/samples` (SPEC section 9).
 const SAMPLE_FIELDS: &[Input] = &[
@@ -1133,6 +1156,31 @@ pub const INPUTS: &[(&str, &str, Inputs)] = &[
         of(ACCOUNT, &[REQUIRED_DAY, LIMIT, CURSOR], Body::None),
     ),
     ("post", "/v1/admin/billing-runs", NOTHING),
+    (
+        "get",
+        "/v1/admin/audit",
+        of(
+            &[],
+            &[
+                Input::optional("account", Domain::Name, "one account's entries"),
+                AUDIT_ACTOR,
+                AUDIT_SINCE,
+                AUDIT_UNTIL,
+                LIMIT,
+                CURSOR,
+            ],
+            Body::None,
+        ),
+    ),
+    (
+        "get",
+        "/v1/accounts/{id}/audit",
+        of(
+            ACCOUNT,
+            &[AUDIT_ACTOR, AUDIT_SINCE, AUDIT_UNTIL, LIMIT, CURSOR],
+            Body::None,
+        ),
+    ),
     (
         "get",
         "/v1/admin/bills",
@@ -1608,6 +1656,8 @@ fn handler(method: &str, path: &str) -> MethodRouter<Arc<AppState>> {
         ("get", "/v1/admin/accounts/{id}/samples") => get(admin::audit_samples),
         ("post", "/v1/admin/billing-runs") => post(admin::billing_run),
         ("get", "/v1/admin/bills") => get(admin::bills),
+        ("get", "/v1/admin/audit") => get(audit::admin_log),
+        ("get", "/v1/accounts/{id}/audit") => get(audit::account_log),
         ("get", "/v1/admin/outbox") => get(admin::outbox),
         ("get", "/v1/reports/daily") => get(admin::daily_report),
         ("post", "/v1/admin/accounts/{id}/reader-tokens") => post(readers::issue),

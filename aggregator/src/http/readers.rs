@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::admin::{bills_response, body, read, report_response, ApiPath, ApiQuery, DayQuery};
+use super::audit::{audited, By};
 use super::input::{self, required_day};
 use super::page::{Listing, Page};
 use super::{blocking, ApiError};
@@ -37,15 +38,17 @@ fn role_of(path: &MatchedPath) -> AccountTokenRole {
 /// `customer-tokens`): the token is in this answer and nowhere else, ever.
 pub async fn issue(
     Extract(state): Extract<Arc<AppState>>,
+    by: By,
     path: MatchedPath,
     ApiPath(id): ApiPath<String>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    issue_token(&state, id, raw, role_of(&path)).await
+    issue_token(&state, by, id, raw, role_of(&path)).await
 }
 
 async fn issue_token(
     state: &Arc<AppState>,
+    by: By,
     id: String,
     raw: Result<Bytes, BytesRejection>,
     role: AccountTokenRole,
@@ -54,7 +57,7 @@ async fn issue_token(
     let NewReaderToken { name } = body(&raw)?;
     input::text("name", &name, crate::store::READER_NAME_MAX_CHARS)?;
     let now = state.clock.now();
-    let issued = blocking(&state.store, move |s| {
+    let issued = audited(state, by, Some(id.clone()), move |s| {
         s.accounts().issue_account_token(&id, role, &name, now)
     })
     .await?;
@@ -126,20 +129,22 @@ async fn list_tokens(
 /// revoked token answers it unchanged; an unknown one is 404.
 pub async fn revoke(
     Extract(state): Extract<Arc<AppState>>,
+    by: By,
     path: MatchedPath,
     ApiPath((id, token_id)): ApiPath<(String, i64)>,
 ) -> Result<Json<Value>, ApiError> {
-    revoke_token(&state, id, token_id, role_of(&path)).await
+    revoke_token(&state, by, id, token_id, role_of(&path)).await
 }
 
 async fn revoke_token(
     state: &Arc<AppState>,
+    by: By,
     id: String,
     token_id: i64,
     role: AccountTokenRole,
 ) -> Result<Json<Value>, ApiError> {
     let now = state.clock.now();
-    let revoked = blocking(&state.store, move |s| {
+    let revoked = audited(state, by, Some(id.clone()), move |s| {
         s.accounts().revoke_account_token(&id, role, token_id, now)
     })
     .await?;

@@ -33,6 +33,8 @@ const MAX_PEM_BYTES: u64 = 1024 * 1024;
 pub struct Transport {
     /// The client presented a certificate the client CA verified.
     pub client_certificate: bool,
+    /// The client's address, as the audit log records it.
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 /// The TLS settings in force, and what they were read from.

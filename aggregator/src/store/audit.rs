@@ -611,10 +611,35 @@ impl Store {
         now: DateTime<Utc>,
         change: impl FnOnce(&mut Store) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        // Opened and ended by hand, as `in_write_batch` does: `change`
-        // borrows the store. A panic inside is rolled back by `Connection`.
+        self.in_one_transaction(|s| s.audited_inside(by, account, now, change))
+    }
+
+    /// Runs `change`, which says what it changed, and appends that as its
+    /// entry in the same transaction: for a change to rows no account owns
+    /// (a console session opened or ended).
+    pub fn audited_as_stated<T>(
+        &mut self,
+        by: &ChangeBy,
+        account: Option<&str>,
+        now: DateTime<Utc>,
+        change: impl FnOnce(&mut Store) -> Result<(T, Json), StoreError>,
+    ) -> Result<T, StoreError> {
+        self.in_one_transaction(|s| {
+            let (value, stated) = change(s)?;
+            append(&s.conn, by, account, &stated, now)?;
+            Ok(value)
+        })
+    }
+
+    /// `work` in one write transaction, committed if it succeeds. Opened
+    /// and ended by hand, as `in_write_batch` does: `work` borrows the
+    /// store. A panic inside is rolled back by `Connection`.
+    fn in_one_transaction<T>(
+        &mut self,
+        work: impl FnOnce(&mut Store) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         self.conn.begin()?;
-        let result = self.audited_inside(by, account, now, change);
+        let result = work(self);
         let ended = match &result {
             Ok(_) => self.conn.commit(),
             Err(_) => self.conn.rollback(),

@@ -28,7 +28,7 @@ pub enum SessionRole {
 }
 
 impl SessionRole {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             SessionRole::Admin => "admin",
             SessionRole::Reader => "reader",
@@ -64,6 +64,8 @@ pub struct Session {
     pub account: Option<String>,
     /// The admin token's hash an admin session was opened with.
     pub admin_hash: Option<Vec<u8>>,
+    /// The reader or customer token a session was opened with, by its id.
+    pub reader_token: Option<i64>,
     /// What every form of the session must carry back.
     pub csrf: String,
     pub expires_at: DateTime<Utc>,
@@ -143,6 +145,7 @@ impl Sessions<'_> {
                 role,
                 account,
                 admin_hash,
+                reader_token: token_id,
                 csrf,
                 expires_at: from_ms(expires.timestamp_millis()),
             },
@@ -155,7 +158,7 @@ impl Sessions<'_> {
         let found = self
             .conn
             .prepare_cached(
-                "SELECT s.id, s.role, a.id, s.admin_hash, s.csrf, s.expires_at_ms
+                "SELECT s.id, s.role, a.id, s.admin_hash, s.csrf, s.expires_at_ms, s.reader_token
                    FROM console_sessions s
                    LEFT JOIN reader_tokens r ON r.id = s.reader_token
                    LEFT JOIN accounts a ON a.ref = r.account_ref
@@ -170,20 +173,24 @@ impl Sessions<'_> {
                     r.get::<_, Option<Vec<u8>>>(3)?,
                     r.get::<_, String>(4)?,
                     r.get::<_, i64>(5)?,
+                    r.get::<_, Option<i64>>(6)?,
                 ))
             })
             .optional()?;
         found
-            .map(|(id, role, account, admin_hash, csrf, expires)| {
-                Ok(Session {
-                    id,
-                    role: SessionRole::parse(&role)?,
-                    account,
-                    admin_hash,
-                    csrf,
-                    expires_at: from_ms(expires),
-                })
-            })
+            .map(
+                |(id, role, account, admin_hash, csrf, expires, reader_token)| {
+                    Ok(Session {
+                        id,
+                        role: SessionRole::parse(&role)?,
+                        account,
+                        admin_hash,
+                        reader_token,
+                        csrf,
+                        expires_at: from_ms(expires),
+                    })
+                },
+            )
             .transpose()
     }
 

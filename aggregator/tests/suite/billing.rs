@@ -1074,9 +1074,9 @@ fn the_upgrade_to_schemas_14_and_15_keeps_every_sample_as_it_was() {
     let billed_before = m.bill(due("2026-11-04"));
     assert_eq!(billed_before.len(), 2);
     let back_to_13 = if support::postgres_server().is_some() {
-        "DELETE FROM core_meter_schema WHERE version >= 14;"
+        "DROP TABLE audit_log; DELETE FROM core_meter_schema WHERE version >= 14;"
     } else {
-        "PRAGMA user_version = 13;"
+        "DROP TABLE audit_log; PRAGMA user_version = 13;"
     };
     support::execute_behind_the_store(
         &m.path(),
@@ -1114,9 +1114,9 @@ fn the_upgrade_to_schema_12_finds_each_nodes_latest_sample() {
     m.push(&hourly("acme", "node-1", 4, "2026-11-03", 0..12));
     m.push(&hourly("acme", "node-2", 4, "2026-11-03", 0..3));
     let back_to_11 = if support::postgres_server().is_some() {
-        "DELETE FROM core_meter_schema WHERE version >= 12;"
+        "DROP TABLE audit_log; DELETE FROM core_meter_schema WHERE version >= 12;"
     } else {
-        "PRAGMA user_version = 11;"
+        "DROP TABLE audit_log; PRAGMA user_version = 11;"
     };
     support::execute_behind_the_store(
         &m.path(),

@@ -309,12 +309,15 @@ async fn names_stored_before_the_domain_are_reported_by_the_migration_and_stay_r
     let created = local("2026-11-23T09:00:00").timestamp_millis();
     let (back_a_version, hash) = if support::postgres_server().is_some() {
         (
-            format!("DELETE FROM core_meter_schema WHERE version >= {reported_at};"),
+            format!("DROP TABLE audit_log; DELETE FROM core_meter_schema WHERE version >= {reported_at};"),
             "'\\x00'::bytea",
         )
     } else {
         (
-            format!("PRAGMA user_version = {};", reported_at - 1),
+            format!(
+                "DROP TABLE audit_log; PRAGMA user_version = {};",
+                reported_at - 1
+            ),
             "X'00'",
         )
     };

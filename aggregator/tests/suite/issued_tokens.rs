@@ -228,9 +228,9 @@ fn the_upgrade_to_schema_7_records_every_token_held_before_it() {
 
     // The database as version 6 left it: no record of issued tokens.
     let back_to_6 = if postgres_server().is_some() {
-        "DROP TABLE issued_tokens; DROP TABLE names_outside_domain; DELETE FROM core_meter_schema WHERE version >= 7;"
+        "DROP TABLE audit_log; DROP TABLE issued_tokens; DROP TABLE names_outside_domain; DELETE FROM core_meter_schema WHERE version >= 7;"
     } else {
-        "DROP TABLE issued_tokens; DROP TABLE names_outside_domain; PRAGMA user_version = 6;"
+        "DROP TABLE audit_log; DROP TABLE issued_tokens; DROP TABLE names_outside_domain; PRAGMA user_version = 6;"
     };
     execute_behind_the_store(
         &path,

@@ -5,6 +5,7 @@
 mod support;
 
 mod admin_token_file;
+mod audit;
 mod billing;
 mod billing_interleavings;
 mod billing_replica_skew;

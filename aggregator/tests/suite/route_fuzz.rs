@@ -27,8 +27,13 @@ use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use serde_json::{json, Value};
 use support::{local, RawRequest, RawResponse, TestApp, ADMIN};
 
-/// The seed of a `cargo test` run.
-const DEFAULT_SEED: u64 = 18;
+/// The seed of a `cargo test` run. Calls go round the operations, so a
+/// route added shifts every later call: with the audit log's two routes,
+/// seed 18's 8,000 calls (and 16,000) never got a customer's order past its
+/// checks, seeds 12 and 13 missed one or two other operations, seed 11
+/// reached every one. Whether 8,000 calls reach them all is the fuzzer's
+/// coverage, not the service's behaviour (the audit walk makes each change).
+const DEFAULT_SEED: u64 = 11;
 /// The calls of a `cargo test` run: under a minute in a debug build on a
 /// 2-vCPU machine, each call followed by a canary push and `/readyz`.
 const DEFAULT_CALLS: u64 = 8_000;
