@@ -11,6 +11,7 @@ use rust_decimal::Decimal;
 use shared::lifecycle::run_day_at;
 use shared::zone::{next_day, prev_day, BillingZone};
 
+use crate::store::audit::{Actor, ChangeBy};
 use crate::store::{Account, StepOutcome, Store, StoreError};
 
 /// How long one batch of accounts may hold the write lock before it commits.
@@ -151,10 +152,18 @@ fn step_next(
     if day > last {
         return Ok((None, true));
     }
-    let step =
+    // What the step changes (renewals, the state, notices) is the system's,
+    // in the audit log beside what people changed.
+    let by = ChangeBy {
+        actor: Actor::system("lifecycle"),
+        source: String::new(),
+        action: format!("lifecycle step of {day}"),
+    };
+    let step = store.audited_if_changed(&by, account, now, |store| {
         store
             .billing()
-            .step_account(account, day, day == last, zone, price_per_core_month, now)?;
+            .step_account(account, day, day == last, zone, price_per_core_month, now)
+    })?;
     let changed = step.state.is_some() || !step.notices.is_empty() || !step.renewed.is_empty();
     Ok((changed.then_some(step), day == last))
 }

@@ -651,6 +651,36 @@ impl Store {
         result
     }
 
+    /// Inside the caller's write transaction (a batch of the lifecycle's
+    /// step): runs `change` and appends its entry only if it changed
+    /// something of `account`, as the service's own runs do.
+    pub fn audited_if_changed<T>(
+        &mut self,
+        by: &ChangeBy,
+        account: &str,
+        now: DateTime<Utc>,
+        change: impl FnOnce(&mut Store) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        assert!(
+            !self.conn.is_autocommit(),
+            "audited_if_changed runs inside the caller's transaction"
+        );
+        let reference: Option<i64> = self
+            .conn
+            .query_row("SELECT ref FROM accounts WHERE id = ?1", [account], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let (before, marks) = facts_before(&self.conn, reference)?;
+        let value = change(self)?;
+        let after = facts_after(&self.conn, reference, &marks)?;
+        let change = diff(&before, &after);
+        if change.as_object().is_some_and(|c| !c.is_empty()) {
+            append(&self.conn, by, Some(account), &change, now)?;
+        }
+        Ok(value)
+    }
+
     fn audited_inside<T>(
         &mut self,
         by: &ChangeBy,

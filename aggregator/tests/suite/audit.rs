@@ -815,3 +815,67 @@ async fn audit_verify_finds_an_entry_altered_or_removed_behind_the_service() {
     assert!(!ok, "{said}");
     assert!(said.contains("entry 3 is missing"), "{said}");
 }
+
+#[tokio::test]
+async fn the_lifecycle_step_records_its_renewals_as_the_systems_changes() {
+    let (_dir, app) = TestApp::in_temp_dir(local("2026-12-01T10:00:00")).await;
+    app.account_with_cluster(ACME, "prod").await;
+    let a = |rest: &str| format!("/v1/admin/accounts/{ACME}{rest}");
+    created(
+        &app,
+        ADMIN,
+        &a("/credits"),
+        json!({"amount": "1000.00", "reference": "p"}),
+    )
+    .await;
+    let order = created(
+        &app,
+        ADMIN,
+        &a("/orders"),
+        json!({"cores": 10, "months": 1, "auto_renew": true, "pay_from_balance": true}),
+    )
+    .await;
+    app.clock.set(local("2027-01-02T10:00:00"));
+    let (s, run) = app
+        .admin(Method::POST, "/v1/admin/billing-runs", None)
+        .await;
+    assert_eq!(s, 200, "{run}");
+    let system = log(&app, "?actor=system").await;
+    assert!(!system.is_empty(), "{run}");
+    for e in &system {
+        assert_eq!(e["actor"]["id"], "lifecycle", "{e}");
+        assert_eq!(e["source"], "", "{e}");
+        assert_eq!(e["account"], ACME, "{e}");
+        assert!(
+            e["action"]
+                .as_str()
+                .unwrap()
+                .starts_with("lifecycle step of "),
+            "{e}"
+        );
+    }
+    let renewal = system
+        .iter()
+        .find(|e| {
+            e["change"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .any(|k| k.starts_with("orders.") && !k.ends_with(&format!(".{}", order["id"])))
+        })
+        .unwrap_or_else(|| panic!("no renewal among {system:?}"));
+    let balance = renewal["change"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(k, _)| k.starts_with("balance_entries."))
+        .expect("the renewal's debit");
+    assert_eq!(balance.1["before"], Value::Null);
+    // The admin's run is one entry of its own, after the steps it made.
+    let runs = log(&app, "?actor=admin").await;
+    assert_eq!(
+        runs.last().unwrap()["action"],
+        "POST /v1/admin/billing-runs"
+    );
+    app.stop().await;
+}
