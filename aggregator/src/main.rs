@@ -83,6 +83,32 @@ enum Command {
         #[arg(long, global = true)]
         config: Option<PathBuf>,
     },
+    /// Copy a SQLite store, running or not, into a new file with SQLite's
+    /// online backup; say its size, its last bill line and its audit log.
+    Backup {
+        /// The file to write; it must not exist.
+        #[arg(long)]
+        to: PathBuf,
+        /// The SQLite file [default: data/core-meter.sqlite].
+        #[arg(long)]
+        database: Option<String>,
+        /// The service's settings file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Put a backup in place of an empty store after checking it (integrity,
+    /// schema version, the audit log's chain). Stop the service first.
+    Restore {
+        /// The backup file.
+        #[arg(long)]
+        from: PathBuf,
+        /// The SQLite file to fill: absent or empty [default: data/core-meter.sqlite].
+        #[arg(long)]
+        database: Option<String>,
+        /// The service's settings file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Run the service: ingest, admin API, 02:00 billing, bill delivery.
     Serve {
         /// A TOML file of settings (docs/settings.md lists every key).
@@ -175,6 +201,16 @@ fn main() -> ExitCode {
             commands::statements::print_key(config, database)
         }
         Command::VerifyStatement { file, key } => commands::statements::verify(&file, &key),
+        Command::Backup {
+            to,
+            database,
+            config,
+        } => commands::backup::backup(&to, config, database),
+        Command::Restore {
+            from,
+            database,
+            config,
+        } => commands::backup::restore(&from, config, database),
         Command::Audit {
             action,
             database,

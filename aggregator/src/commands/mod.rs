@@ -1,10 +1,11 @@
 //! What the binary does, one module per command: serve, replay a
 //! conformance case, the demo, reports, exports, migrate-store, the
-//! statements' key and their offline check, the audit log's check and export.
+//! statements' key and their offline check, the audit log's check and export, backups and their restore.
 
 use std::path::PathBuf;
 
 pub mod audit;
+pub mod backup;
 pub mod demo;
 pub mod export;
 pub mod migrate;

@@ -1987,9 +1987,11 @@ impl From<StoreError> for ApiError {
             E::DataDeleted { .. } => {
                 ApiError::new(StatusCode::GONE, "data_deleted", with_route(&e, BILLS)).field("day")
             }
-            E::TooNew { .. } | E::Corrupt(_) | E::Database(_) | E::Panicked { .. } => {
-                ApiError::internal(e)
-            }
+            E::TooNew { .. }
+            | E::Corrupt(_)
+            | E::Database(_)
+            | E::Panicked { .. }
+            | E::Backup(_) => ApiError::internal(e),
         }
     }
 }

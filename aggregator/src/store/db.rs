@@ -41,6 +41,9 @@ pub enum DbError {
     /// The TLS settings of a `postgres://` URL cannot be used.
     #[error("database: {0}")]
     Tls(String),
+    /// What only one database does, asked of the other.
+    #[error("{0}")]
+    Unsupported(&'static str),
 }
 
 /// PostgreSQL's own message and detail, not the driver's "db error".
@@ -762,6 +765,56 @@ impl Conn {
         // 16 MiB of page cache keeps the sample indexes' hot pages in memory.
         conn.pragma_update(None, "cache_size", -16_384)?;
         Conn::sqlite(conn)
+    }
+
+    /// Copies this SQLite database as of one instant into `to`, a new file,
+    /// with SQLite's online backup: the pages are read in one read
+    /// transaction, which in WAL mode blocks no writer, so the copy holds
+    /// every transaction committed before it began and none after.
+    pub fn backup_into(&self, to: &std::path::Path) -> Result<(), DbError> {
+        let Conn::Sqlite(source) = self else {
+            return Err(DbError::Unsupported(
+                "a PostgreSQL database is backed up with its own tools (pg_basebackup and WAL archiving)",
+            ));
+        };
+        let mut target = rusqlite::Connection::open(to)?;
+        let backup = rusqlite::backup::Backup::new(source, &mut target)?;
+        // All pages in one step (-1): one snapshot, not pages of several.
+        // Busy only while another connection holds an exclusive lock (a
+        // checkpoint's moment); tried again for up to a minute.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            use rusqlite::backup::StepResult;
+            match backup.step(-1)? {
+                StepResult::Done => break,
+                StepResult::More => {}
+                _ if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                _ => {
+                    return Err(DbError::Unsupported(
+                        "the database stayed locked for a minute; the backup was not made",
+                    ))
+                }
+            }
+        }
+        drop(backup);
+        target.close().map_err(|(_, e)| e)?;
+        Ok(())
+    }
+
+    /// SQLite's own check of every page and index: `ok`, or what is wrong.
+    pub fn integrity_check(&self) -> Result<Vec<String>, DbError> {
+        match self {
+            Conn::Sqlite(c) => {
+                let mut stmt = c.prepare("PRAGMA integrity_check")?;
+                let rows = stmt.query_map((), |r| r.get::<_, String>(0))?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            }
+            Conn::Postgres(_) => Err(DbError::Unsupported(
+                "an integrity check of a PostgreSQL database is the server's (amcheck)",
+            )),
+        }
     }
 
     /// A SQLite connection, with `greatest` and `least` as PostgreSQL has them.

@@ -4,6 +4,7 @@
 
 mod accounts;
 pub mod audit;
+mod backup;
 mod bill_sets;
 mod bills;
 mod clusters;
@@ -42,6 +43,7 @@ use crate::config::{Database, NoticeChannels};
 use db::{Conn, DbError, Dialect, OptionalExtension};
 
 pub use accounts::Account;
+pub use backup::{Copied, Refused};
 pub use bill_sets::{Terms, Window};
 pub use clusters::ClusterIdentity;
 pub use connection::{panic_message, Connection};
@@ -123,6 +125,10 @@ pub enum StoreError {
         field: &'static str,
         message: String,
     },
+    /// A backup or restore that cannot be made (a file in the way, a
+    /// copy that does not check).
+    #[error("{0}")]
+    Backup(String),
     /// A request that contradicts what is recorded (409 with its own code).
     #[error("{message}")]
     Conflict {

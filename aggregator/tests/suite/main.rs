@@ -6,6 +6,7 @@ mod support;
 
 mod admin_token_file;
 mod audit;
+mod backup;
 mod billing;
 mod billing_interleavings;
 mod billing_replica_skew;
