@@ -14,6 +14,9 @@ use crate::support::{self, local, TestApp};
 
 const AGENTS: usize = 8;
 
+/// Each node's samples acknowledged: seq, and when the answer came.
+type Acknowledged = BTreeMap<String, Vec<(i64, std::time::Instant)>>;
+
 fn command(args: &[&str]) -> (bool, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_aggregator"))
         .args(args)
@@ -79,7 +82,7 @@ async fn a_backup_taken_while_agents_push_and_billing_runs_restores_whole_and_th
     // Eight agents, each pushing its node's samples one at a time and
     // noting the ones acknowledged.
     let stop = Arc::new(AtomicBool::new(false));
-    let acknowledged: Arc<Mutex<BTreeMap<String, Vec<(i64, std::time::Instant)>>>> = Arc::default();
+    let acknowledged: Arc<Mutex<Acknowledged>> = Arc::default();
     let mut agents = Vec::new();
     for n in 0..AGENTS {
         let (app, token, stop, acknowledged) = (
