@@ -87,8 +87,16 @@ enum Command {
     /// online backup; say its size, its last bill line and its audit log.
     Backup {
         /// The file to write; it must not exist.
-        #[arg(long)]
-        to: PathBuf,
+        #[arg(long, required_unless_present = "into", conflicts_with = "into")]
+        to: Option<PathBuf>,
+        /// A directory to write core-meter-YYYYMMDDTHHMMSSZ.sqlite into (a
+        /// CronJob's volume), keeping the newest --keep.
+        #[arg(long, requires = "keep")]
+        into: Option<PathBuf>,
+        /// With --into: how many backups to keep, 1 to 1000; older ones are
+        /// deleted once the new one is written.
+        #[arg(long, requires = "into", value_parser = clap::value_parser!(u16).range(1..=1000))]
+        keep: Option<u16>,
         /// The SQLite file [default: data/core-meter.sqlite].
         #[arg(long)]
         database: Option<String>,
@@ -203,9 +211,17 @@ fn main() -> ExitCode {
         Command::VerifyStatement { file, key } => commands::statements::verify(&file, &key),
         Command::Backup {
             to,
+            into,
+            keep,
             database,
             config,
-        } => commands::backup::backup(&to, config, database),
+        } => match (to, into, keep) {
+            (Some(to), None, None) => commands::backup::backup(&to, config, database),
+            (None, Some(dir), Some(keep)) => {
+                commands::backup::backup_into(&dir, usize::from(keep), config, database)
+            }
+            _ => unreachable!("clap holds --to or --into with --keep"),
+        },
         Command::Restore {
             from,
             database,

@@ -1168,6 +1168,129 @@ fn the_aggregator_on_sqlite_is_one_replica_with_its_own_volume() {
 }
 
 #[test]
+fn the_sqlite_store_is_backed_up_daily_onto_a_second_volume_beside_the_aggregator() {
+    in_every_rendering(|r| {
+        let jobs = r.objects_of("CronJob");
+        let settings = r.aggregator_settings();
+        let aggregator::config::Database::Sqlite(database) = &settings.database else {
+            assert!(
+                jobs.is_empty(),
+                "{}",
+                r.says("no SQLite backup job: PostgreSQL has its own backups")
+            );
+            return;
+        };
+        let job = r.object("CronJob", "core-meter-aggregator-backup");
+        assert_eq!(
+            job["spec"]["concurrencyPolicy"],
+            "Forbid",
+            "{}",
+            r.says("one backup at a time")
+        );
+        let pod = &job["spec"]["jobTemplate"]["spec"]["template"]["spec"];
+        let backup = container(pod, "backup");
+        assert_eq!(
+            backup["args"][0],
+            "backup",
+            "{}",
+            r.says("the backup command")
+        );
+        assert_eq!(
+            flag(backup, "--database").as_deref(),
+            database.to_str(),
+            "{}",
+            r.says("the database the aggregator serves")
+        );
+        let keep: u32 = flag(backup, "--keep")
+            .and_then(|k| k.parse().ok())
+            .unwrap_or(0);
+        assert!(
+            (1..=1000).contains(&keep),
+            "{}",
+            r.says("--keep of 1 to 1000")
+        );
+        // The store's volume is the StatefulSet's claim of pod 0, mounted where
+        // the aggregator mounts it; the backups go to another claim.
+        let set = r.aggregator();
+        let template = set["spec"]["volumeClaimTemplates"][0]["metadata"]["name"]
+            .as_str()
+            .unwrap();
+        let claim_of = |volume: &str| volume_claim(pod, volume);
+        let data_mount = mount_of(r.aggregator_container(), template).unwrap();
+        let data_volume = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| {
+                v["persistentVolumeClaim"]["claimName"]
+                    == format!("{template}-{}-0", set["metadata"]["name"].as_str().unwrap())
+            })
+            .unwrap_or_else(|| panic!("{}", r.says("the StatefulSet's data claim mounted")));
+        let data_name = data_volume["name"].as_str().unwrap();
+        assert_eq!(
+            mount_of(backup, data_name),
+            Some(data_mount),
+            "{}",
+            r.says("the store's mount")
+        );
+        assert!(
+            database.starts_with(data_mount),
+            "{}",
+            r.says("the database on that volume")
+        );
+        let into = flag(backup, "--into").unwrap();
+        let shelf = backup["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["mountPath"] == into.as_str())
+            .unwrap_or_else(|| panic!("{}", r.says("--into on a volume of its own")));
+        let shelf_claim = claim_of(shelf["name"].as_str().unwrap());
+        assert_ne!(
+            Some(data_name.to_string()),
+            shelf["name"].as_str().map(str::to_string)
+        );
+        r.object("PersistentVolumeClaim", &shelf_claim);
+        // A ReadWriteOnce volume is mounted on one node: the aggregator's.
+        let affinity =
+            &pod["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0];
+        assert_eq!(
+            affinity["topologyKey"],
+            "kubernetes.io/hostname",
+            "{}",
+            r.says("the same node")
+        );
+        for (k, v) in affinity["labelSelector"]["matchLabels"]
+            .as_object()
+            .unwrap()
+        {
+            assert_eq!(
+                &r.aggregator_pod_labels()[k],
+                v,
+                "{}",
+                r.says("the aggregator's pods")
+            );
+        }
+        assert_eq!(
+            security(pod, backup, "runAsNonRoot"),
+            true,
+            "{}",
+            r.says("not root")
+        );
+        assert_eq!(backup["securityContext"]["readOnlyRootFilesystem"], true);
+        assert_eq!(pod["automountServiceAccountToken"], false);
+    });
+}
+
+/// The claim a pod's volume `name` is.
+fn volume_claim(pod: &Value, name: &str) -> String {
+    volume(pod, name)["persistentVolumeClaim"]["claimName"]
+        .as_str()
+        .unwrap_or_else(|| panic!("volume {name} is no claim"))
+        .to_string()
+}
+
+#[test]
 fn the_aggregator_on_postgres_runs_several_replicas_on_several_nodes_without_a_volume() {
     in_every_rendering(|r| {
         if !r.aggregator_settings().database.is_postgres() {

@@ -63,6 +63,41 @@ pub fn backup(to: &Path, config: Option<PathBuf>, database: Option<String>) -> a
     Ok(())
 }
 
+/// The backups `backup --into` writes: `core-meter-` and the instant, so
+/// that their names sort as their instants.
+const PREFIX: &str = "core-meter-";
+
+/// A backup into `dir` named by the instant, then the oldest beyond `keep` deleted.
+pub fn backup_into(
+    dir: &Path,
+    keep: usize,
+    config: Option<PathBuf>,
+    database: Option<String>,
+) -> anyhow::Result<()> {
+    use shared::clock::Clock;
+    anyhow::ensure!(dir.is_dir(), "no directory at {}", dir.display());
+    let now = shared::clock::SystemClock.now();
+    let file = dir.join(format!("{PREFIX}{}.sqlite", now.format("%Y%m%dT%H%M%SZ")));
+    backup(&file, config, database)?;
+    let mut kept: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("list {}", dir.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(PREFIX) && n.ends_with(".sqlite"))
+        })
+        .collect();
+    kept.sort();
+    let excess = kept.len().saturating_sub(keep);
+    for old in &kept[..excess] {
+        std::fs::remove_file(old).with_context(|| format!("delete {}", old.display()))?;
+        println!("deleted {}: {keep} newer backups are kept", old.display());
+    }
+    Ok(())
+}
+
 pub fn restore(
     from: &Path,
     config: Option<PathBuf>,

@@ -271,3 +271,54 @@ async fn a_backup_that_does_not_check_is_not_restored() {
     assert!(!ok, "{said}");
     assert!(!target.exists());
 }
+
+#[tokio::test]
+async fn backups_into_a_directory_keep_the_newest_and_leave_other_files() {
+    if support::skipped_on_postgres("backups of a SQLite store") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("live.sqlite");
+    let app = TestApp::spawn(live.clone(), None, local("2026-12-02T10:00:00")).await;
+    app.account_with_cluster("acme", "prod").await;
+    app.stop().await;
+    let shelf = dir.path().join("backups");
+    std::fs::create_dir(&shelf).unwrap();
+    // Backups of earlier days, and a file of someone else's.
+    for day in ["20261128", "20261129", "20261130"] {
+        std::fs::write(
+            shelf.join(format!("core-meter-{day}T033000Z.sqlite")),
+            b"old",
+        )
+        .unwrap();
+    }
+    std::fs::write(shelf.join("notes.txt"), b"mine").unwrap();
+    let (ok, said) = command(&[
+        "backup",
+        "--into",
+        path(&shelf),
+        "--keep",
+        "2",
+        "--database",
+        path(&live),
+    ]);
+    assert!(ok, "{said}");
+    let mut left: Vec<String> = std::fs::read_dir(&shelf)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left.len(), 3, "{left:?}");
+    assert_eq!(left[0], "core-meter-20261130T033000Z.sqlite");
+    assert!(
+        left[1].starts_with("core-meter-2") && left[1] != left[0],
+        "{left:?}"
+    );
+    assert_eq!(left[2], "notes.txt");
+    assert!(
+        said.contains("deleted") && said.contains("20261128"),
+        "{said}"
+    );
+    let (ok, said) = command(&["backup", "--into", path(&shelf), "--database", path(&live)]);
+    assert!(!ok && said.contains("--keep"), "{said}");
+}
