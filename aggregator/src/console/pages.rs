@@ -774,6 +774,42 @@ pub fn notices(v: &Viewer, account: &str, listed: &Value) -> String {
     )
 }
 
+/// The account's newest entries of the audit log, newest first: when, by
+/// whom, from where, through what, and each value before and after.
+pub fn changes(v: &Viewer, account: &str, entries: &[crate::store::audit::Entry]) -> String {
+    let body = html! {
+        p { (v.tf("changes.intro", &[("n", &v.lang.int(entries.len() as u64))])) }
+        table #changes {
+            thead { tr {
+                th scope="col" { (v.t("changes.at")) } th scope="col" { (v.t("changes.by")) }
+                th scope="col" { (v.t("changes.from")) } th scope="col" { (v.t("changes.action")) }
+                th scope="col" { (v.t("changes.what")) }
+            } }
+            tbody {
+                @for e in entries {
+                    tr {
+                        td { (v.instant(e.at)) }
+                        td { (e.actor.role) " " (e.actor.id) }
+                        td { (e.source) }
+                        td { code { (e.action) } }
+                        td {
+                            @for (field, values) in e.change.as_object().into_iter().flatten() {
+                                code { (field) } ": " (text(&values["before"])) " → " (text(&values["after"])) br;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    frame(
+        v,
+        Some(account),
+        &v.tf("changes.title", &[("account", account)]),
+        body,
+    )
+}
+
 /// One row of the accounts page.
 #[derive(Debug, Clone)]
 pub struct AccountRow {

@@ -1337,6 +1337,27 @@ pub async fn notices(
     Ok(page(StatusCode::OK, pages::notices(&v, &id, &listed)))
 }
 
+/// Entries the changes page shows: the newest.
+const CHANGES_SHOWN: u32 = 200;
+
+/// `GET /console/accounts/{id}/changes`: who changed what of the account,
+/// newest first (the whole log: `GET /v1/accounts/{id}/audit`).
+pub async fn changes(
+    Extract(state): Extract<Arc<AppState>>,
+    Extension(caller): Extension<ConsoleCaller>,
+    ApiPath(id): ApiPath<String>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Result<Response, ApiError> {
+    let v = viewer(&state, &caller, &headers, &here(&uri));
+    let account = id.clone();
+    let entries = blocking(&state.reader, move |s| {
+        s.audit().latest(&account, CHANGES_SHOWN)
+    })
+    .await?;
+    Ok(page(StatusCode::OK, pages::changes(&v, &id, &entries)))
+}
+
 #[derive(serde::Deserialize)]
 pub struct AccountsQuery {
     q: Option<String>,

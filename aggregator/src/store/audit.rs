@@ -807,6 +807,21 @@ impl Audit<'_> {
         ))
     }
 
+    /// The newest `limit` entries of `account`, newest first: the console's page.
+    pub fn latest(&mut self, account: &str, limit: u32) -> Result<Vec<Entry>, StoreError> {
+        Ok(self
+            .0
+            .conn
+            .query_map(
+                &format!(
+                    "SELECT {ENTRY_COLUMNS} FROM audit_log WHERE account = ?1 ORDER BY seq DESC LIMIT ?2"
+                ),
+                (account, i64::from(limit)),
+                entry_row,
+            )?
+            .collect::<Result<_, _>>()?)
+    }
+
     /// Every entry in order, through `each`, without holding them all.
     pub fn each(
         &mut self,

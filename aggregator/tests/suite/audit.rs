@@ -673,6 +673,7 @@ async fn a_refused_change_writes_no_entry_and_the_log_is_filtered_by_account_act
     assert_eq!(by_customer.len(), 1);
     let change = by_customer[0]["change"].as_object().unwrap();
     let (key, cap) = change.iter().next().unwrap();
+    let key = key.clone();
     assert!(key.starts_with("caps."), "{key}");
     assert_eq!(cap["before"], Value::Null);
     assert_eq!(cap["after"]["cores"], 600);
@@ -702,6 +703,24 @@ async fn a_refused_change_writes_no_entry_and_the_log_is_filtered_by_account_act
         )
         .await;
     assert_eq!(s, 403);
+
+    // The console's page of the account's changes shows the same entries.
+    let (s, html) = app
+        .call(
+            Method::GET,
+            &format!("/console/accounts/{ACME}/changes"),
+            Some(&shop.customer),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    let html = html.as_str().unwrap();
+    assert!(html.contains("PUT /v1/accounts/{id}/cap"), "{html}");
+    assert!(
+        html.contains(&format!("customer {}", shop.customer_id)),
+        "{html}"
+    );
+    assert!(html.contains(key.as_str()), "{html}");
 
     // A window of time, and its edges refused when out of order.
     app.clock.advance(chrono::TimeDelta::hours(1));

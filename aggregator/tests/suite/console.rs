@@ -448,6 +448,7 @@ async fn a_customer_and_a_reader_use_the_console_in_a_real_browser() {
         "/log-storage",
         "/bills",
         "/notices",
+        "/changes",
     ] {
         c.goto(&app.url(&format!("/console/accounts/acme{page}")))
             .await
@@ -457,7 +458,7 @@ async fn a_customer_and_a_reader_use_the_console_in_a_real_browser() {
     follow(&c, "a[hreflang='en']").await;
 
     // Every other page, in English.
-    for page in ["/usage", "/log-storage", "/bills", "/notices"] {
+    for page in ["/usage", "/log-storage", "/bills", "/notices", "/changes"] {
         c.goto(&app.url(&format!("/console/accounts/acme{page}")))
             .await
             .unwrap();
