@@ -138,8 +138,12 @@ pub async fn rotate_token(
     // Forgotten on the thread that committed it, even if this request is
     // dropped while it runs.
     let service = state.clone();
-    let token = audited(&state, by, Some(id.clone()), move |s| {
-        let rotated = s.accounts().rotate_cluster_token(&id, &cluster, token, now);
+    let token = blocking(&state.store, move |s| {
+        let rotated = s.audited(&by.0, Some(&id), now, |s| {
+            s.accounts().rotate_cluster_token(&id, &cluster, token, now)
+        });
+        // After the commit: a look-up between the two would find the old
+        // token still stored and keep it for a second.
         service.cluster_tokens.forget_all();
         rotated
     })
@@ -265,21 +269,22 @@ pub async fn audit_samples(
 
 /// The 02:00 run, now: billing, then the lifecycle step (LIFECYCLE.md).
 /// The run is batches of accounts, each its own transaction; its entry,
-/// written when it ends, says who started it and what it did. The lines
-/// it issued are their own trail, and the lifecycle's changes have the
+/// written before it starts, says who started it and when. The lines it
+/// issues are their own trail, and the lifecycle's changes have the
 /// `system` entries the step writes.
 pub async fn billing_run(
     Extract(state): Extract<Arc<AppState>>,
     By(by): By,
 ) -> Result<Json<Value>, ApiError> {
-    let issued = run_billing_now(&state).await?;
-    let lifecycle = run_lifecycle_now(&state).await?;
+    // Recorded first: a run that fails partway still shows who started it.
     let now = state.clock.now();
-    let stated = json!({"billing_run": {"before": null, "after": {"issued": issued, "lifecycle": lifecycle}}});
+    let stated = json!({"billing_run": {"before": null, "after": {"requested_at_ms": now.timestamp_millis()}}});
     blocking(&state.store, move |s| {
         s.audited_as_stated(&by, None, now, |_| Ok(((), stated)))
     })
     .await?;
+    let issued = run_billing_now(&state).await?;
+    let lifecycle = run_lifecycle_now(&state).await?;
     Ok(Json(json!({ "issued": issued, "lifecycle": lifecycle })))
 }
 

@@ -21,7 +21,7 @@ use super::page::{Listing, Page};
 use super::{blocking, input, ApiError};
 use crate::security::tls::Transport;
 use crate::state::AppState;
-use crate::store::audit::{Actor, ChangeBy, Filter};
+use crate::store::audit::{Actor, ChangeBy, Entry, Filter};
 use crate::store::{Store, StoreError};
 
 /// The admin token as the log names it: the first 12 hex digits of its
@@ -180,12 +180,14 @@ pub async fn admin_log(
         input::existing_name(&state, "account", NameKind::AccountId, a)?;
     }
     let filter = filter_of(q, None)?;
-    log_page(&state, filter, page).await
+    log_page(&state, filter, page, false).await
 }
 
-/// `GET /v1/accounts/{id}/audit`: the account's own entries.
+/// `GET /v1/accounts/{id}/audit`: the account's own entries; to the
+/// customer, without an operator's address and token ([`for_customer`]).
 pub async fn account_log(
     Extract(state): Extract<Arc<AppState>>,
+    axum::Extension(caller): axum::Extension<Caller>,
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<AuditQuery>,
     page: Page,
@@ -197,10 +199,25 @@ pub async fn account_log(
         ));
     }
     let filter = filter_of(q, Some(id))?;
-    log_page(&state, filter, page).await
+    log_page(&state, filter, page, caller != Caller::Admin).await
 }
 
-async fn log_page(state: &Arc<AppState>, filter: Filter, page: Page) -> Result<Response, ApiError> {
+/// An entry as a customer sees it: an operator's address and the
+/// fingerprint of the admin token are the operators' own.
+pub fn for_customer(mut entry: Entry) -> Entry {
+    if entry.actor.role == "admin" {
+        entry.actor.id = String::new();
+        entry.source = String::new();
+    }
+    entry
+}
+
+async fn log_page(
+    state: &Arc<AppState>,
+    filter: Filter,
+    page: Page,
+    customer: bool,
+) -> Result<Response, ApiError> {
     let named = format!(
         "{}|{}|{:?}|{:?}",
         filter.account.as_deref().unwrap_or(""),
@@ -214,10 +231,13 @@ async fn log_page(state: &Arc<AppState>, filter: Filter, page: Page) -> Result<R
     };
     let after: Option<i64> = page.after(listing)?;
     let limit = page.limit;
-    let entries = blocking(&state.reader, move |s| {
+    let mut entries = blocking(&state.reader, move |s| {
         s.audit().page(&filter, after, limit)
     })
     .await?;
+    if customer {
+        entries.items = entries.items.into_iter().map(for_customer).collect();
+    }
     let paged = listing.paged(entries.total, entries.next.as_ref());
     Ok(paged.respond(Json(json!({
         "entries": entries.items,

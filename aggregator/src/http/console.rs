@@ -533,9 +533,9 @@ pub async fn login(
         s.audited_as_stated(&by, account.as_deref(), now, |s| {
             let opened = s.sessions().open(&owner, now)?;
             let change = json!({
-                format!("console_sessions.{}", opened.session.id): {
+                format!("console_sessions/{}", opened.session.id): {
                     "before": null,
-                    "after": {"role": opened.session.role.as_str(), "expires_at": opened.session.expires_at},
+                    "after": {"role": opened.session.role.as_str(), "expires_at_ms": opened.session.expires_at.timestamp_millis()},
                 }
             });
             Ok((opened, change))
@@ -589,7 +589,7 @@ pub async fn logout(
                 s.audited_as_stated(&by, caller.account.as_deref(), now, |s| {
                     s.sessions().end(session.id, now)?;
                     let change = json!({
-                        format!("console_sessions.{}.ended_at", session.id): {"before": null, "after": now}
+                        format!("console_sessions/{}/ended_at_ms", session.id): {"before": null, "after": now.timestamp_millis()}
                     });
                     Ok(((), change))
                 })
@@ -1351,10 +1351,16 @@ pub async fn changes(
 ) -> Result<Response, ApiError> {
     let v = viewer(&state, &caller, &headers, &here(&uri));
     let account = id.clone();
-    let entries = blocking(&state.reader, move |s| {
+    let mut entries = blocking(&state.reader, move |s| {
         s.audit().latest(&account, CHANGES_SHOWN)
     })
     .await?;
+    if caller.role != "admin" {
+        entries = entries
+            .into_iter()
+            .map(super::audit::for_customer)
+            .collect();
+    }
     Ok(page(StatusCode::OK, pages::changes(&v, &id, &entries)))
 }
 

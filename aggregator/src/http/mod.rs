@@ -194,8 +194,8 @@ pub const ROUTES: &[(&str, &str, Role, &str)] = &[
     (
         "get",
         "/v1/accounts/{id}/audit",
-        Role::Reader,
-        "The account's own entries of the audit log, oldest first, a page at a time (actor=, since=, until=, limit=, cursor=)",
+        Role::Customer,
+        "The account's own entries of the audit log, oldest first, a page at a time (actor=, since=, until=, limit=, cursor=); an operator's address and token are not shown",
     ),
     (
         "get",
@@ -543,7 +543,7 @@ pub const ROUTES: &[(&str, &str, Role, &str)] = &[
     (
         "get",
         "/console/accounts/{id}/changes",
-        Role::Reader,
+        Role::Customer,
         "The console's changes page: the account's newest entries of the audit log",
     ),
     ("get", "/healthz", Role::None, "Liveness"),

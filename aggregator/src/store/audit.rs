@@ -61,8 +61,9 @@ pub struct Entry {
     pub source: String,
     pub action: String,
     pub account: Option<String>,
-    /// `{"table.key.column": {"before": …, "after": …}}`; a row added or
-    /// removed is `{"table.key": {"before": null, "after": {…}}}`.
+    /// `{"table/key/column": {"before": …, "after": …}}`; a row added or
+    /// removed is `{"table/key": {"before": null, "after": {…}}}` (a name
+    /// may hold a dot, never a slash).
     pub change: Json,
     pub prev_hash: String,
     pub hash: String,
@@ -357,7 +358,7 @@ const AUDITED: &[Audited] = &[
 ];
 
 /// The rows of one account (or of no account: `Global` tables only) in
-/// every audited table, by `table.key`.
+/// every audited table, by `table/key`.
 type Facts = BTreeMap<String, Json>;
 
 /// The last key of each appended table before a change: the read after
@@ -390,11 +391,13 @@ fn scope_of(table: &Audited, account: Option<i64>) -> Option<String> {
 /// the last key of every table rows are only added to.
 fn facts_before(conn: &Conn, account: Option<i64>) -> Result<(Facts, Marks), StoreError> {
     let mut marks = Marks::new();
+    // The table's last id, whoever's: the rows after it are few, and
+    // found by the primary key (the account's rows would be read whole).
     for table in AUDITED.iter().filter(|t| t.appended) {
-        if let Some(scope) = scope_of(table, account) {
+        if scope_of(table, account).is_some() {
             let last: Option<i64> = conn.query_row(
-                &format!("SELECT max({}) FROM {}{scope}", table.key[0], table.table),
-                params(account),
+                &format!("SELECT max({}) FROM {}", table.key[0], table.table),
+                (),
                 |r| r.get(0),
             )?;
             marks.insert(table.table, last.unwrap_or(i64::MIN));
@@ -431,7 +434,16 @@ fn read_facts(
                 continue;
             };
             values.push(Value::Int(*mark));
-            sql.push_str(&format!(" AND {} > ?{}", table.key[0], values.len()));
+            // By the primary key from the mark on; `+` keeps SQLite off the
+            // account's index (PostgreSQL reads it as the number it is).
+            sql = match (table.scope, account) {
+                (Scope::Ref(column), Some(_)) => format!(
+                    " WHERE {} > ?{} AND +{column} = ?1",
+                    table.key[0],
+                    values.len()
+                ),
+                _ => format!("{sql} AND {} > ?{}", table.key[0], values.len()),
+            };
         }
         let select = format!(
             "SELECT {}, {} FROM {}{sql} ORDER BY {}",
@@ -454,7 +466,7 @@ fn read_facts(
                 row.insert((*column).to_string(), cell(r.get(i)?));
             }
             facts.insert(
-                format!("{}.{}", table.table, key.join(".")),
+                format!("{}/{}", table.table, key.join("/")),
                 Json::Object(row),
             );
             Ok(())
@@ -480,7 +492,7 @@ fn diff(before: &Facts, after: &Facts) -> Json {
                     let new = &now[column];
                     if new != old {
                         change.insert(
-                            format!("{key}.{column}"),
+                            format!("{key}/{column}"),
                             json!({"before": old, "after": new}),
                         );
                     }
@@ -638,6 +650,12 @@ impl Store {
         &mut self,
         work: impl FnOnce(&mut Store) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        // Inside another transaction, BEGIN would commit nothing of its own
+        // on PostgreSQL (a warning), and COMMIT would end the outer one.
+        assert!(
+            self.conn.is_autocommit(),
+            "an audited change opens its own transaction; inside one, use audited_if_changed"
+        );
         self.conn.begin()?;
         let result = work(self);
         let ended = match &result {
@@ -725,21 +743,6 @@ fn created_marks() -> Marks {
 }
 
 impl Audit<'_> {
-    /// Appends an entry whose change the caller states (a login, a billing
-    /// run started by hand), in its own transaction.
-    pub fn record(
-        &mut self,
-        by: &ChangeBy,
-        account: Option<&str>,
-        change: &Json,
-        now: DateTime<Utc>,
-    ) -> Result<i64, StoreError> {
-        let tx = self.0.conn.transaction()?;
-        let seq = append(&tx, by, account, change, now)?;
-        tx.commit()?;
-        Ok(seq)
-    }
-
     /// A page of the log in the order written, after `after` (a seq).
     pub fn page(
         &mut self,
@@ -962,13 +965,13 @@ mod tests {
         let log = entries(&mut s);
         assert_eq!(log.len(), 3);
         let created = log[0].change.as_object().unwrap();
-        assert_eq!(created["accounts.1"]["before"], Json::Null);
-        assert_eq!(created["accounts.1"]["after"]["id"], "acme");
+        assert_eq!(created["accounts/1"]["before"], Json::Null);
+        assert_eq!(created["accounts/1"]["after"]["id"], "acme");
         // The second cap is a row added; the first is not shown again.
         let cap = log[2].change.as_object().unwrap();
         assert_eq!(cap.len(), 1, "{cap:?}");
         let (key, value) = cap.iter().next().unwrap();
-        assert!(key.starts_with("caps."), "{key}");
+        assert!(key.starts_with("caps/"), "{key}");
         assert_eq!(value["before"], Json::Null);
         assert_eq!(value["after"]["cores"], 800);
         assert_eq!(log[2].account.as_deref(), Some("acme"));
@@ -994,7 +997,7 @@ mod tests {
         })
         .unwrap();
         let change = entries(&mut s).remove(0).change;
-        let key = format!("reader_tokens.{}.revoked_at_ms", token.id);
+        let key = format!("reader_tokens/{}/revoked_at_ms", token.id);
         assert_eq!(change[&key]["before"], Json::Null, "{change}");
         assert_eq!(change[&key]["after"], at(3).timestamp_millis());
         assert!(

@@ -45,6 +45,7 @@ struct Shop {
     orders: Vec<i64>,
     log_order: i64,
     reader_id: i64,
+    reader: String,
     spare_customer_id: i64,
     log_token_id: i64,
 }
@@ -114,6 +115,7 @@ async fn shop(app: &TestApp) -> Shop {
         orders,
         log_order: log_order["id"].as_i64().unwrap(),
         reader_id: reader["id"].as_i64().unwrap(),
+        reader: reader["token"].as_str().unwrap().into(),
         spare_customer_id: spare["id"].as_i64().unwrap(),
         log_token_id: spare_logs["id"].as_i64().unwrap(),
     }
@@ -674,7 +676,7 @@ async fn a_refused_change_writes_no_entry_and_the_log_is_filtered_by_account_act
     let change = by_customer[0]["change"].as_object().unwrap();
     let (key, cap) = change.iter().next().unwrap();
     let key = key.clone();
-    assert!(key.starts_with("caps."), "{key}");
+    assert!(key.starts_with("caps/"), "{key}");
     assert_eq!(cap["before"], Value::Null);
     assert_eq!(cap["after"]["cores"], 600);
 
@@ -690,6 +692,28 @@ async fn a_refused_change_writes_no_entry_and_the_log_is_filtered_by_account_act
     assert_eq!(s, 200, "{own}");
     let own = own["entries"].as_array().unwrap();
     assert!(own.iter().all(|e| e["account"] == ACME), "{own:?}");
+    // An operator's address and token are the operators' own.
+    let by_admin: Vec<&Value> = own
+        .iter()
+        .filter(|e| e["actor"]["role"] == "admin")
+        .collect();
+    assert!(!by_admin.is_empty());
+    assert!(
+        by_admin
+            .iter()
+            .all(|e| e["source"] == "" && e["actor"]["id"] == ""),
+        "{by_admin:?}"
+    );
+    // A reader token reads the account, not its log.
+    let (s, _) = app
+        .call(
+            Method::GET,
+            &format!("/v1/accounts/{ACME}/audit"),
+            Some(&shop.reader),
+            None,
+        )
+        .await;
+    assert_eq!(s, 403);
     assert_eq!(
         own.len(),
         log(&app, &format!("?account={ACME}")).await.len()
@@ -880,14 +904,14 @@ async fn the_lifecycle_step_records_its_renewals_as_the_systems_changes() {
                 .as_object()
                 .unwrap()
                 .keys()
-                .any(|k| k.starts_with("orders.") && !k.ends_with(&format!(".{}", order["id"])))
+                .any(|k| k.starts_with("orders/") && !k.ends_with(&format!("/{}", order["id"])))
         })
         .unwrap_or_else(|| panic!("no renewal among {system:?}"));
     let balance = renewal["change"]
         .as_object()
         .unwrap()
         .iter()
-        .find(|(k, _)| k.starts_with("balance_entries."))
+        .find(|(k, _)| k.starts_with("balance_entries/"))
         .expect("the renewal's debit");
     assert_eq!(balance.1["before"], Value::Null);
     // The admin's run is one entry of its own, after the steps it made.
