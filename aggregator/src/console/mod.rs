@@ -301,7 +301,9 @@ pub fn frame(v: &Viewer, account: Option<&str>, title: &str, body: Markup) -> St
                             a href={ "/console/accounts/" (id) "/log-storage" } { (v.t("nav.log_storage")) }
                             a href={ "/console/accounts/" (id) "/bills" } { (v.t("nav.bills")) }
                             a href={ "/console/accounts/" (id) "/notices" } { (v.t("nav.notices")) }
-                            a href={ "/console/accounts/" (id) "/changes" } { (v.t("nav.changes")) }
+                            @if v.role != "reader" {
+                                a href={ "/console/accounts/" (id) "/changes" } { (v.t("nav.changes")) }
+                            }
                         }
                     }
                     span.who {
