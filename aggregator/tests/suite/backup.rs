@@ -63,10 +63,17 @@ async fn a_backup_taken_while_agents_push_and_billing_runs_restores_whole_and_th
     let live = dir.path().join("live.sqlite");
     let app = Arc::new(TestApp::spawn(live.clone(), None, local("2026-12-02T10:00:00")).await);
     let token = app.account_with_cluster("acme", "prod").await;
-    // Yesterday's hours, billed by the run below while the agents push today's.
+    // Yesterday's hours, billed by the run below while the agents push
+    // today's; forty accounts more, so the run lasts.
     for n in 0..AGENTS {
         app.push_day(&token, &format!("node-{n}"), 4, "2026-12-01", 1)
             .await;
+    }
+    for a in 0..40 {
+        let other = app
+            .account_with_cluster(&format!("shop-{a:02}"), "prod")
+            .await;
+        app.push_day(&other, "node-0", 4, "2026-12-01", 1).await;
     }
     for cores in [600, 700] {
         let (s, _) = app
@@ -112,14 +119,16 @@ async fn a_backup_taken_while_agents_push_and_billing_runs_restores_whole_and_th
             }
         }));
     }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let running = {
         let app = app.clone();
         tokio::spawn(async move {
-            app.admin(Method::POST, "/v1/admin/billing-runs", None)
-                .await
+            let answer = app
+                .admin(Method::POST, "/v1/admin/billing-runs", None)
+                .await;
+            (answer, std::time::Instant::now())
         })
     };
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
 
     let copy = dir.path().join("backup.sqlite");
     let began = std::time::Instant::now();
@@ -141,8 +150,12 @@ async fn a_backup_taken_while_agents_push_and_billing_runs_restores_whole_and_th
     for a in agents {
         a.await.unwrap();
     }
-    let (s, run) = running.await.unwrap();
+    let ((s, run), run_ended) = running.await.unwrap();
     assert_eq!(s, 200, "{run}");
+    eprintln!(
+        "backup: the billing run ended {:?} after the backup began",
+        run_ended.saturating_duration_since(began)
+    );
     let bills_now = app.bills().await;
     Arc::try_unwrap(app)
         .ok()
