@@ -30,8 +30,8 @@ const LINGER_SAMPLES: usize = 256;
 /// the billing run's batch hold, not an instant of the service's `Clock`.
 /// A herd's pushes wait for their answers, so each millisecond here is a
 /// millisecond more for each of them: in the herd bench three replicas
-/// took 9,000 samples/s at 40 ms, 10,000 to 11,000 at 20 ms, 11,600 at 10
-/// ms, 10,500 at 5 ms, and 7,300 without waiting.
+/// took 9,100 samples/s at 40 ms, 10,600 at 20 ms, 11,600 at 10 ms,
+/// 10,300 at 5 ms and 7,300 without waiting (medians of 3 to 6 rounds).
 const LINGER_LONGEST: Duration = Duration::from_millis(10);
 
 /// One sample of a request, owned.

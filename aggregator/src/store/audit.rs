@@ -683,18 +683,9 @@ impl Store {
             !self.conn.is_autocommit(),
             "audited_if_changed runs inside the caller's transaction"
         );
-        let reference: Option<i64> = self
-            .conn
-            .query_row("SELECT ref FROM accounts WHERE id = ?1", [account], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        let (before, marks) = facts_before(&self.conn, reference)?;
-        let value = change(self)?;
-        let after = facts_after(&self.conn, reference, &marks)?;
-        let change = diff(&before, &after);
-        if change.as_object().is_some_and(|c| !c.is_empty()) {
-            append(&self.conn, by, Some(account), &change, now)?;
+        let (value, changed) = self.run_and_diff(Some(account), change)?;
+        if changed.as_object().is_some_and(|c| !c.is_empty()) {
+            append(&self.conn, by, Some(account), &changed, now)?;
         }
         Ok(value)
     }
@@ -706,6 +697,18 @@ impl Store {
         now: DateTime<Utc>,
         change: impl FnOnce(&mut Store) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        let (value, changed) = self.run_and_diff(account, change)?;
+        append(&self.conn, by, account, &changed, now)?;
+        Ok(value)
+    }
+
+    /// Runs `change` between two reads of `account`'s rows (of the rows of
+    /// no account for `None`); its value and what differs.
+    fn run_and_diff<T>(
+        &mut self,
+        account: Option<&str>,
+        change: impl FnOnce(&mut Store) -> Result<T, StoreError>,
+    ) -> Result<(T, Json), StoreError> {
         let reference = |s: &Store| -> Result<Option<i64>, StoreError> {
             let Some(id) = account else { return Ok(None) };
             Ok(s.conn
@@ -728,8 +731,7 @@ impl Store {
             // Created by this change: every row of it is new.
             (_, is, _) => facts_after(&self.conn, is, &created_marks())?,
         };
-        append(&self.conn, by, account, &diff(&before, &after), now)?;
-        Ok(value)
+        Ok((value, diff(&before, &after)))
     }
 }
 

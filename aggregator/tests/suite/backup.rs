@@ -10,28 +10,12 @@ use aggregator::store::Durability;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::support::{self, local, TestApp};
+use crate::support::{self, aggregator_command as command, local, TestApp};
 
 const AGENTS: usize = 8;
 
 /// Each node's samples acknowledged: seq, and when the answer came.
 type Acknowledged = BTreeMap<String, Vec<(i64, std::time::Instant)>>;
-
-fn command(args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_aggregator"))
-        .args(args)
-        .env_remove("CORE_METER_DATABASE")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
 
 fn path(p: &Path) -> &str {
     p.to_str().unwrap()

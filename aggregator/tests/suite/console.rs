@@ -18,7 +18,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::support::{local, TestApp};
+use crate::support::{console_login as session, local, no_redirects, TestApp};
 
 const ACME: &str = "acme";
 
@@ -532,49 +532,6 @@ async fn a_customer_and_a_reader_use_the_console_in_a_real_browser() {
     look(&c, "accounts").await;
     c.close().await.unwrap();
     shop.app.stop().await;
-}
-
-/// The console's HTTP without a browser.
-fn no_redirects() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
-/// Logs in with `token`; the session cookie's `Set-Cookie` and its value.
-async fn session(app: &TestApp, client: &reqwest::Client, token: &str) -> (String, String) {
-    let form = client.get(app.url("/console/login")).send().await.unwrap();
-    let login_cookie = form.headers()["set-cookie"].to_str().unwrap().to_string();
-    let csrf = login_cookie
-        .split(';')
-        .next()
-        .unwrap()
-        .split_once('=')
-        .unwrap()
-        .1
-        .to_string();
-    let answer = client
-        .post(app.url("/console/login"))
-        .header("cookie", format!("cm_login={csrf}"))
-        .form(&[
-            ("token", token),
-            ("csrf", csrf.as_str()),
-            ("next", "/console"),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status(), 303);
-    let set = answer
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.to_str().unwrap().to_string())
-        .find(|c| c.starts_with("cm_session="))
-        .expect("a session cookie");
-    let value = set.split(';').next().unwrap().to_string();
-    (set, value)
 }
 
 #[tokio::test]

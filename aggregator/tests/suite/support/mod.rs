@@ -823,3 +823,69 @@ fn seen_pair(header: &str) -> (String, String) {
 }
 
 pub use testkit::eventually_async;
+
+/// The console's HTTP without a browser.
+pub fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Logs in with `token`; the session cookie's `Set-Cookie` and its value.
+pub async fn console_login(
+    app: &TestApp,
+    client: &reqwest::Client,
+    token: &str,
+) -> (String, String) {
+    let form = client.get(app.url("/console/login")).send().await.unwrap();
+    let login_cookie = form.headers()["set-cookie"].to_str().unwrap().to_string();
+    let csrf = login_cookie
+        .split(';')
+        .next()
+        .unwrap()
+        .split_once('=')
+        .unwrap()
+        .1
+        .to_string();
+    let answer = client
+        .post(app.url("/console/login"))
+        .header("cookie", format!("cm_login={csrf}"))
+        .form(&[
+            ("token", token),
+            ("csrf", csrf.as_str()),
+            ("next", "/console"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 303);
+    let set = answer
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .find(|c| c.starts_with("cm_session="))
+        .expect("a session cookie");
+    let value = set.split(';').next().unwrap().to_string();
+    (set, value)
+}
+
+/// Runs the aggregator binary with `args` (without the environment's
+/// database): whether it succeeded, and what it printed, standard output
+/// then standard error.
+pub fn aggregator_command(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_aggregator"))
+        .args(args)
+        .env_remove("CORE_METER_DATABASE")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
